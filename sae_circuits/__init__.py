@@ -1,0 +1,26 @@
+"""sae_circuits: splice sparse autoencoders into TransformerLens models, edit their features,
+and trace the circuits they form."""
+
+from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, scale, steer
+from sae_circuits.io import SAEFormatError
+from sae_circuits.sae import SAE, SAEConfig
+from sae_circuits.splice import saes_of, splice, spliced, unsplice
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAE",
+    "SAEConfig",
+    "SAEFormatError",
+    "Intervention",
+    "ablate",
+    "add",
+    "clamp",
+    "intervene",
+    "saes_of",
+    "scale",
+    "splice",
+    "spliced",
+    "steer",
+    "unsplice",
+]

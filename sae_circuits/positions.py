@@ -1,0 +1,193 @@
+"""Token positions for interventions: absolute indices in the full sequence (prompt + generated).
+
+A forward pass sees a *chunk* of the sequence: the whole of it without a KV cache, only the new
+tokens with one. :class:`PositionTracker` follows where the current chunk starts (the cache
+length passed to ``forward``) and, inside ``generate``, how long the prompt was, so a position
+spec means the same tokens whether or not the cache is on.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import torch
+from torch import Tensor, nn
+
+from sae_circuits._model import cache_length
+
+Positions = Union[None, int, Sequence[int], slice, Literal["prompt", "generated"]]
+"""``None`` (all), an int, a list of ints, a slice, ``"prompt"`` or ``"generated"``."""
+
+
+def normalize_positions(positions: Positions) -> None | tuple[int, ...] | slice | str:
+    """Validate a position spec; ints become a sorted tuple. Raises ``ValueError``/``TypeError``."""
+    if positions is None or positions in ("prompt", "generated"):
+        return positions  # type: ignore[return-value]
+    if isinstance(positions, str):
+        raise ValueError(f"positions={positions!r}: expected 'prompt', 'generated', an int, a list or a slice")
+    if isinstance(positions, slice):
+        for part in ("start", "stop", "step"):
+            value = getattr(positions, part)
+            if value is not None and (not _is_int(value) or value < 0):
+                raise ValueError(f"positions={positions!r}: slice {part} must be a non-negative int or None")
+        if positions.step == 0:
+            raise ValueError(f"positions={positions!r}: slice step must be positive")
+        return positions
+    items = [positions] if _is_int(positions) else positions
+    if isinstance(items, Tensor):
+        items = items.tolist()
+    try:
+        items = list(items)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"positions={positions!r}: expected None, an int, a list of ints, a slice, 'prompt' or 'generated'") from None
+    for item in items:
+        if not _is_int(item):
+            raise TypeError(f"positions={positions!r}: {item!r} is not an int")
+        if item < 0:
+            raise ValueError(
+                f"positions={positions!r}: {item} is negative; positions are absolute indices "
+                "into the full sequence (prompt + generated), counted from 0"
+            )
+    return tuple(sorted(set(int(i) for i in items)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) or (
+        isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point()
+    )
+
+
+@dataclass
+class Chunk:
+    """Where the tokens of the current forward pass sit in the full sequence."""
+
+    start: int
+    """Absolute position of the chunk's first token."""
+    length: int
+    """Number of tokens in the chunk."""
+    prompt_length: int
+    """Prompt length: inside ``generate``, the first call's tokens; otherwise the whole sequence."""
+    generating: bool
+    """Whether the forward pass is a step of ``generate``."""
+
+    def mask(self, spec: None | tuple[int, ...] | slice | str, device: torch.device) -> Tensor | None:
+        """Boolean ``[length]`` mask of the chunk positions selected by ``spec`` (``None``: all)."""
+        if spec is None:
+            return None
+        absolute = torch.arange(self.start, self.start + self.length, device=device)
+        if spec == "prompt":
+            return absolute < self.prompt_length
+        if spec == "generated":
+            return absolute >= self.prompt_length
+        if isinstance(spec, slice):
+            start = spec.start or 0
+            selected = absolute >= start
+            if spec.stop is not None:
+                selected &= absolute < spec.stop
+            if spec.step not in (None, 1):
+                selected &= (absolute - start) % spec.step == 0
+            return selected
+        assert isinstance(spec, tuple)
+        end = self.start + self.length
+        if not self.generating and spec and spec[-1] >= end:
+            raise IndexError(
+                f"position {spec[-1]} is beyond the sequence: the forward pass has {end} tokens "
+                f"(positions 0..{end - 1})"
+            )
+        wanted = torch.tensor(spec, device=device)
+        return torch.isin(absolute, wanted)
+
+
+class PositionTracker:
+    """Follows the absolute offset of each forward call on one model (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def _state(self) -> dict[str, Any]:
+        if not hasattr(self._local, "state"):
+            self._local.state = {"offset": 0, "generating": False, "prompt_length": None}
+        return self._local.state
+
+    def chunk(self, length: int) -> Chunk:
+        """The chunk of ``length`` tokens being processed now (called from inside hooks)."""
+        state = self._state
+        start = state["offset"]
+        if state["generating"]:
+            if state["prompt_length"] is None:  # the first forward of generate holds the prompt
+                state["prompt_length"] = start + length
+            prompt_length = state["prompt_length"]
+        else:
+            prompt_length = start + length
+        return Chunk(start, length, prompt_length, state["generating"])
+
+    def wrap_forward(self, forward: Any) -> Any:
+        @functools.wraps(forward)
+        def tracked_forward(*args: Any, **kwargs: Any) -> Any:
+            state = self._state
+            previous = state["offset"]
+            state["offset"] = cache_length(kwargs)
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                state["offset"] = previous
+
+        return tracked_forward
+
+    def wrap_generate(self, generate: Any) -> Any:
+        @functools.wraps(generate)
+        def tracked_generate(*args: Any, **kwargs: Any) -> Any:
+            state = self._state
+            saved = dict(state)
+            state.update(generating=True, prompt_length=None, offset=0)
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                state.update(saved)
+
+        return tracked_generate
+
+
+_trackers: weakref.WeakKeyDictionary[nn.Module, tuple[PositionTracker, int]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+@contextmanager
+def tracking(model: nn.Module) -> Iterator[PositionTracker]:
+    """Install (or reuse, when nested) the model's position tracker for the duration of the block.
+
+    It wraps ``model.forward`` and ``model.generate`` as instance attributes; leaving the
+    outermost block deletes them, so the model's class methods are back as they were.
+    """
+    with _lock:
+        tracker, depth = _trackers.get(model, (None, 0))
+        if tracker is None:
+            tracker = PositionTracker()
+            had = {name: name in model.__dict__ for name in ("forward", "generate")}
+            if any(had.values()):
+                raise RuntimeError(
+                    f"{type(model).__name__} already has an instance-level forward/generate; "
+                    "sae_circuits cannot track positions on it"
+                )
+            model.forward = tracker.wrap_forward(model.forward)  # type: ignore[method-assign]
+            if hasattr(model, "generate"):
+                model.generate = tracker.wrap_generate(model.generate)  # type: ignore[method-assign]
+        _trackers[model] = (tracker, depth + 1)
+    try:
+        yield tracker
+    finally:
+        with _lock:
+            tracker, depth = _trackers[model]
+            if depth == 1:
+                del _trackers[model]
+                for name in ("forward", "generate"):
+                    model.__dict__.pop(name, None)
+            else:
+                _trackers[model] = (tracker, depth - 1)

@@ -1,0 +1,317 @@
+"""Splice SAEs into an existing HookedTransformer or TransformerBridge, in place, as hook points.
+
+How it works: the hook point ``H`` where an SAE sits keeps its identity (and the user's hooks on
+it). Splicing gives it an instance-level ``forward`` that runs the SAE, and hangs the SAE's own
+hook points under it, so they are addressable as ``H.hook_sae_input`` ... ``H.hook_sae_output``.
+A hook on ``H`` itself sees the site's output (what flows downstream). Unsplicing deletes the
+instance ``forward`` and the sub-hooks: the model is then bitwise what it was.
+
+The site encodes once per forward pass. With the error term on and nothing edited, the output
+*is* the input activation (bitwise); an edit adds exactly ``(f_edited - f) @ W_dec``, decoded over
+the edited features only. Reconstruction and error are materialised only when something hooks
+``hook_sae_recons``/``hook_sae_error``/``hook_sae_output`` or the error term is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from sae_circuits._model import (
+    check_model,
+    expected_width,
+    get_hook_point,
+    register_hook_points,
+)
+from sae_circuits.sae import HOOK_NAMES, SAE
+
+_STATE_ATTR = "_sae_circuits_state"
+
+
+class _HookState:
+    """What sae_circuits has put on one hook point: a spliced SAE and/or transcoder input taps."""
+
+    def __init__(self, hook_point: HookPoint) -> None:
+        self.hook_point = hook_point
+        self.site: _Site | None = None
+        self.taps: list[_Site] = []  # transcoders that read their input here
+
+    def __call__(self, x: Tensor) -> Tensor:  # becomes hook_point.forward
+        if self.site is not None:
+            x = self.site(x)
+        for site in self.taps:
+            site.captured_input = x
+        return x
+
+    @property
+    def empty(self) -> bool:
+        return self.site is None and not self.taps
+
+
+def _state(hook_point: HookPoint, create: bool) -> _HookState | None:
+    state = hook_point.__dict__.get(_STATE_ATTR)
+    if state is None and create:
+        state = _HookState(hook_point)
+        hook_point.__dict__[_STATE_ATTR] = state
+        hook_point.forward = state  # type: ignore[method-assign]
+    return state
+
+
+def _drop_state_if_empty(hook_point: HookPoint) -> None:
+    state = hook_point.__dict__.get(_STATE_ATTR)
+    if state is not None and state.empty:
+        del hook_point.__dict__[_STATE_ATTR]
+        hook_point.__dict__.pop("forward", None)
+
+
+def _has_fwd_hooks(hook_point: HookPoint) -> bool:
+    return bool(hook_point._forward_hooks)
+
+
+class _Hooked(NamedTuple):
+    value: Tensor
+    changed: bool
+    """A hook returned another tensor or edited this one."""
+    in_place: bool
+    """A hook edited the input tensor itself (its pre-hook value is lost)."""
+
+
+def _run_hook(hook_point: HookPoint, value: Tensor) -> _Hooked:
+    """Pass ``value`` through a hook point and report what its hooks did to it."""
+    if not _has_fwd_hooks(hook_point):
+        return _Hooked(hook_point(value), False, False)
+    version = value._version
+    out = hook_point(value)
+    in_place = value._version != version
+    return _Hooked(out, in_place or out is not value, in_place)
+
+
+class _Site:
+    """An SAE spliced at one hook point (the output hook, for transcoders)."""
+
+    def __init__(self, sae: SAE, name: str, error_term: bool) -> None:
+        self.sae = sae
+        self.name = name
+        self.error_term = error_term
+        self.captured_input: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        sae = self.sae
+        if sae.cfg.is_transcoder:
+            x_in, self.captured_input = self.captured_input, None
+            if x_in is None:
+                raise RuntimeError(
+                    f"transcoder at {self.name!r}: its input hook {sae.cfg.hook_name!r} did not run "
+                    "before its output hook in this forward pass"
+                )
+        else:
+            x_in = x
+        flat = sae._flatten(x_in)
+        if flat.shape[-1] != sae.cfg.d_in:
+            raise ValueError(
+                f"SAE at {self.name!r} has d_in={sae.cfg.d_in} but the activation at "
+                f"{sae.cfg.hook_name!r} has shape {list(x_in.shape)} (width {flat.shape[-1]})"
+            )
+        inp = _run_hook(sae.hook_sae_input, flat)
+        h0, norm, gate = sae._pre_acts(inp.value)
+        h = _run_hook(sae.hook_sae_acts_pre, h0)
+        f0 = sae._activate(h.value, gate)
+        post = _run_hook(sae.hook_sae_acts_post, f0)
+        f = post.value
+        if inp.changed or h.changed:  # rare: a hook edited the input or pre-activations
+            h_clean, _, gate_clean = sae._pre_acts(flat)
+            f_clean = sae._activate(h_clean, gate_clean)
+        elif not post.changed:
+            f_clean = f
+        elif post.in_place:  # the clean activations were overwritten: recompute (cheap)
+            f_clean = sae._activate(h.value, gate)
+        else:
+            f_clean = f0
+
+        if not self.error_term:
+            recons = sae.hook_sae_recons(sae._decode_linear(f) + sae.b_dec)
+            out = sae.hook_sae_output(self._to_site(sae._finish(recons, norm, flat), x))
+            return out
+        if not any(_has_fwd_hooks(getattr(sae, n)) for n in ("hook_sae_recons", "hook_sae_error", "hook_sae_output")):
+            if f is f_clean:
+                return x  # bitwise the model's own activation
+            return x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
+        # Someone is looking at the reconstruction or the error: materialise both.
+        recons = sae.hook_sae_recons(sae._decode_linear(f) + sae.b_dec)
+        recons_clean = recons if f is f_clean else sae._decode_linear(f_clean) + sae.b_dec
+        error = sae.hook_sae_error(x - self._to_site(sae._finish(recons_clean, norm, flat), x))
+        return sae.hook_sae_output(self._to_site(sae._finish(recons, norm, flat), x) + error)
+
+    def _decoded_edit(self, df: Tensor, norm: Any) -> Tensor:
+        """``df @ W_dec`` (in the activation's scale), using only the features that changed."""
+        columns = df.reshape(-1, df.shape[-1]).ne(0).any(dim=0).nonzero().squeeze(-1)
+        delta = self.sae._decode_columns(df, columns)
+        if norm.scale is not None:
+            delta = delta * norm.scale
+        return delta
+
+    def _to_site(self, y: Tensor, like: Tensor) -> Tensor:
+        """Reshape to the site's activation shape; cast to the model's dtype and device."""
+        return y.reshape(like.shape).to(device=like.device, dtype=like.dtype)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def saes_of(model: nn.Module) -> dict[str, SAE]:
+    """The SAEs spliced into ``model``, keyed by the hook name they replace (their site)."""
+    return {name: site.sae for name, site in _sites(model).items()}
+
+
+def _sites(model: nn.Module) -> dict[str, _Site]:
+    registry: dict[str, _Site] = model.__dict__.setdefault("_sae_circuits_sites", {})
+    return registry
+
+
+def splice(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = True) -> None:
+    """Splice ``saes`` into ``model`` in place (no copy, no subclass).
+
+    Each SAE sits at ``sae.cfg.site`` (its hook name; a transcoder's output hook) and exposes
+    ``{site}.hook_sae_input`` ... ``{site}.hook_sae_output``. With ``error_term=True`` the model's
+    outputs are unchanged until a feature is edited; with ``False`` the site outputs the SAE's
+    reconstruction. All checks run before anything changes: on error the model is untouched.
+
+    >>> sc.splice(model, [sae])                                    # doctest: +SKIP
+    >>> _, cache = model.run_with_cache(tokens)                     # doctest: +SKIP
+    >>> cache["blocks.1.hook_resid_post.hook_sae_acts_post"].shape  # doctest: +SKIP
+    """
+    check_model(model)
+    saes = [saes] if isinstance(saes, SAE) else list(saes)
+    if not isinstance(error_term, bool):
+        raise TypeError(f"error_term must be a bool, got {error_term!r}")
+    plans = _plan(model, saes)
+    sites = _sites(model)
+    added: dict[str, HookPoint] = {}
+    done: list[str] = []
+    try:
+        for sae, site_point, input_point in plans:
+            name = sae.cfg.site
+            site = _Site(sae, name, error_term)
+            for hook_name in HOOK_NAMES:
+                site_point.add_module(hook_name, getattr(sae, hook_name))
+                added[f"{name}.{hook_name}"] = getattr(sae, hook_name)
+            state = _state(site_point, create=True)
+            assert state is not None
+            state.site = site
+            if input_point is not None:
+                tap_state = _state(input_point, create=True)
+                assert tap_state is not None
+                tap_state.taps.append(site)
+            sites[name] = site
+            sae.__dict__["_sae_circuits_spliced_in"] = model
+            done.append(name)
+        register_hook_points(model, added, removed=[])
+    except BaseException:
+        unsplice(model, done)
+        raise
+
+
+def _plan(model: nn.Module, saes: list[SAE]) -> list[tuple[SAE, HookPoint, HookPoint | None]]:
+    """Validate every SAE against the model and each other; return where each goes."""
+    taken = set(_sites(model))
+    plans = []
+    for sae in saes:
+        if not isinstance(sae, SAE):
+            raise TypeError(
+                f"expected sae_circuits.SAE, got {type(sae).__name__} "
+                "(convert sae_lens objects with sc.SAE.from_sae_lens)"
+            )
+        name = sae.cfg.site
+        if sae.__dict__.get("_sae_circuits_spliced_in") is not None:
+            raise ValueError(f"this SAE ({name!r}) is already spliced into a model; unsplice it first")
+        if name in taken:
+            raise ValueError(f"an SAE is already spliced at {name!r}; unsplice it first")
+        site_point = get_hook_point(model, name)
+        input_point = get_hook_point(model, sae.cfg.hook_name) if sae.cfg.is_transcoder else None
+        if sae.cfg.is_transcoder and sae.cfg.hook_name_out is None:
+            raise ValueError(f"transcoder reading {sae.cfg.hook_name!r} has no hook_name_out")
+        _check_width(model, sae.cfg.hook_name, sae.cfg.d_in, "d_in")
+        if sae.cfg.is_transcoder:
+            _check_width(model, name, sae.cfg.output_width, "d_out")
+        taken.add(name)
+        plans.append((sae, site_point, input_point))
+    return plans
+
+
+def _check_width(model: nn.Module, hook_name: str, width: int, field: str) -> None:
+    expected = expected_width(model, hook_name)
+    if expected is not None and expected != width:
+        raise ValueError(
+            f"SAE {field}={width} does not match the activation at {hook_name!r}, "
+            f"which has width {expected}"
+        )
+
+
+def unsplice(model: nn.Module, hook_names: str | Iterable[str] | None = None) -> None:
+    """Remove spliced SAEs (all, or those at ``hook_names``); the model is then bitwise as before."""
+    check_model(model)
+    sites = _sites(model)
+    names = list(sites) if hook_names is None else [hook_names] if isinstance(hook_names, str) else list(hook_names)
+    unknown = [n for n in names if n not in sites]
+    if unknown:
+        raise ValueError(f"no SAE is spliced at {unknown}; spliced sites: {sorted(sites)}")
+    removed: list[str] = []
+    for name in names:
+        site = sites.pop(name)
+        site_point = get_hook_point(model, name)
+        for hook_name in HOOK_NAMES:
+            site_point._modules.pop(hook_name, None)
+            getattr(site.sae, hook_name).name = hook_name
+            removed.append(f"{name}.{hook_name}")
+        state = _state(site_point, create=False)
+        if state is not None:
+            state.site = None
+        _drop_state_if_empty(site_point)
+        if site.sae.cfg.is_transcoder:
+            input_point = get_hook_point(model, site.sae.cfg.hook_name)
+            tap_state = _state(input_point, create=False)
+            if tap_state is not None:
+                tap_state.taps = [s for s in tap_state.taps if s is not site]
+            _drop_state_if_empty(input_point)
+        site.sae.__dict__.pop("_sae_circuits_spliced_in", None)
+    if not sites:
+        model.__dict__.pop("_sae_circuits_sites", None)
+    register_hook_points(model, {}, removed)
+
+
+@contextmanager
+def spliced(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = True) -> Iterator[nn.Module]:
+    """Splice for the duration of a ``with`` block; the model is restored even on error.
+
+    >>> with sc.spliced(model, [sae], error_term=False):           # doctest: +SKIP
+    ...     loss = model(tokens, return_type="loss")
+    """
+    saes = [saes] if isinstance(saes, SAE) else list(saes)
+    splice(model, saes, error_term=error_term)
+    try:
+        yield model
+    finally:
+        unsplice(model, [sae.cfg.site for sae in saes])
+
+
+def site_of(model: nn.Module, site: str | SAE) -> _Site:
+    """The spliced site named by a hook name (a transcoder's input hook also works) or an SAE."""
+    sites = _sites(model)
+    if isinstance(site, SAE):
+        for candidate in sites.values():
+            if candidate.sae is site:
+                return candidate
+        raise ValueError(f"this SAE ({site.cfg.site!r}) is not spliced into the model")
+    if not isinstance(site, str):
+        raise TypeError(f"site must be a hook name or an SAE, got {type(site).__name__}")
+    if site in sites:
+        return sites[site]
+    for candidate in sites.values():
+        if candidate.sae.cfg.hook_name == site:
+            return candidate
+    raise ValueError(f"no SAE is spliced at {site!r}; spliced sites: {sorted(sites) or 'none'}")
