@@ -77,13 +77,15 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "cfg.json") -> SAE
     if isinstance(normalize, bool):  # pre-6.0: True meant the (folded) expected-average scaling
         normalize = "expected_average_only_in" if normalize else "none"
     hook_name = need("hook_name", metadata)
+    hook_name_out = metadata.pop("hook_name_out", None)
+    del metadata["hook_name"]  # both live in SAEConfig fields; config_to_dict writes them back
     try:
         return SAEConfig(
             architecture=architecture,
             d_in=_int(need("d_in", cfg), "d_in", source),
             d_sae=_int(need("d_sae", cfg), "d_sae", source),
             hook_name=hook_name,
-            hook_name_out=metadata.get("hook_name_out") if is_transcoder else None,
+            hook_name_out=hook_name_out if is_transcoder else None,
             d_out=_int(cfg["d_out"], "d_out", source) if cfg.get("d_out") is not None else None,
             k=_int(cfg["k"], "k", source) if cfg.get("k") is not None else None,
             rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),

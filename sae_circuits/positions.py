@@ -75,6 +75,9 @@ class Chunk:
     """Prompt length: inside ``generate``, the first call's tokens; otherwise the whole sequence."""
     generating: bool
     """Whether the forward pass is a step of ``generate``."""
+    open_ended: bool = False
+    """Whether later tokens may follow (generate, or a KV cache was passed): then positions past
+    the chunk are not an error, they just have not been reached yet."""
 
     def mask(self, spec: None | tuple[int, ...] | slice | str, device: torch.device) -> Tensor | None:
         """Boolean ``[length]`` mask of the chunk positions selected by ``spec`` (``None``: all)."""
@@ -95,7 +98,7 @@ class Chunk:
             return selected
         assert isinstance(spec, tuple)
         end = self.start + self.length
-        if not self.generating and spec and spec[-1] >= end:
+        if not self.open_ended and spec and spec[-1] >= end:
             raise IndexError(
                 f"position {spec[-1]} is beyond the sequence: the forward pass has {end} tokens "
                 f"(positions 0..{end - 1})"
@@ -113,7 +116,7 @@ class PositionTracker:
     @property
     def _state(self) -> dict[str, Any]:
         if not hasattr(self._local, "state"):
-            self._local.state = {"offset": 0, "generating": False, "prompt_length": None}
+            self._local.state = {"offset": 0, "cached": False, "generating": False, "prompt_length": None}
         return self._local.state
 
     def chunk(self, length: int) -> Chunk:
@@ -126,18 +129,20 @@ class PositionTracker:
             prompt_length = state["prompt_length"]
         else:
             prompt_length = start + length
-        return Chunk(start, length, prompt_length, state["generating"])
+        open_ended = state["generating"] or state["cached"]
+        return Chunk(start, length, prompt_length, state["generating"], open_ended)
 
     def wrap_forward(self, forward: Any) -> Any:
         @functools.wraps(forward)
         def tracked_forward(*args: Any, **kwargs: Any) -> Any:
             state = self._state
-            previous = state["offset"]
+            previous = state["offset"], state["cached"]
             state["offset"] = cache_length(kwargs)
+            state["cached"] = any(kwargs.get(k) is not None for k in ("past_kv_cache", "past_key_values"))
             try:
                 return forward(*args, **kwargs)
             finally:
-                state["offset"] = previous
+                state["offset"], state["cached"] = previous
 
         return tracked_forward
 

@@ -102,10 +102,13 @@ class SAEConfig:
             raise ValueError(
                 f"reshape_activations={self.reshape_activations!r}; expected 'none' or 'hook_z'"
             )
-        if self.architecture == "topk":
-            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
-                raise ValueError(f"topk SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k!r}")
+        if self.architecture != "topk":  # TopK-only fields mean nothing elsewhere (SAELens ignores them)
+            self.k, self.rescale_acts_by_decoder_norm = None, False
+        elif not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
+            raise ValueError(f"topk SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k!r}")
         if self.is_transcoder:
+            if self.d_out is None:
+                self.d_out = self.d_in
             if self.apply_b_dec_to_input:
                 raise ValueError(
                     "apply_b_dec_to_input=True is not allowed for transcoders (b_dec has the output width)"

@@ -85,6 +85,9 @@ def _run_hook(hook_point: HookPoint, value: Tensor) -> _Hooked:
     """Pass ``value`` through a hook point and report what its hooks did to it."""
     if not _has_fwd_hooks(hook_point):
         return _Hooked(hook_point(value), False, False)
+    if value.is_inference():  # no version counter under inference_mode: hooks get a copy
+        out = hook_point(value.clone())
+        return _Hooked(out, not torch.equal(out, value), False)
     version = value._version
     out = hook_point(value)
     in_place = value._version != version

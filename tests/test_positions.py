@@ -1,0 +1,54 @@
+"""Position specs: validation and the chunk mask, checked against a brute-force definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sae_circuits.positions import Chunk, normalize_positions
+
+specs = st.one_of(
+    st.none(),
+    st.sampled_from(["prompt", "generated"]),
+    st.integers(0, 40),
+    st.lists(st.integers(0, 40), max_size=5),
+    st.builds(slice, st.none() | st.integers(0, 40), st.none() | st.integers(0, 40), st.none() | st.integers(1, 4)),
+)
+
+
+def brute_force(spec, position: int, prompt_length: int) -> bool:
+    if spec is None:
+        return True
+    if spec == "prompt":
+        return position < prompt_length
+    if spec == "generated":
+        return position >= prompt_length
+    if isinstance(spec, slice):
+        return position in range(40)[spec]
+    return position in spec
+
+
+@given(spec=specs, start=st.integers(0, 20), length=st.integers(1, 20), prompt=st.integers(1, 20))
+def test_chunk_mask_matches_brute_force(spec, start, length, prompt):
+    spec = normalize_positions(spec)
+    chunk = Chunk(start, length, prompt, generating=True, open_ended=True)
+    mask = chunk.mask(spec, torch.device("cpu"))
+    got = [True] * length if mask is None else mask.tolist()
+    assert got == [brute_force(spec, start + i, prompt) for i in range(length)]
+
+
+@given(bad=st.one_of(st.integers(max_value=-1), st.lists(st.integers(max_value=-1), min_size=1),
+                     st.text(min_size=1).filter(lambda s: s not in ("prompt", "generated")),
+                     st.floats(), st.builds(slice, st.integers(max_value=-1), st.none())))
+def test_invalid_specs_raise_value_or_type_errors(bad):
+    with pytest.raises((ValueError, TypeError)):
+        normalize_positions(bad)
+
+
+def test_plain_forward_rejects_positions_past_the_end():
+    chunk = Chunk(0, 4, 4, generating=False, open_ended=False)
+    with pytest.raises(IndexError, match="position 4 is beyond the sequence"):
+        chunk.mask((1, 4), torch.device("cpu"))
+    assert chunk.mask("generated", torch.device("cpu")).tolist() == [False] * 4
