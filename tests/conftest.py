@@ -3,7 +3,6 @@ loadable as a HookedTransformer or a TransformerBridge; and random SAEs that act
 
 from __future__ import annotations
 
-import sysconfig
 import warnings
 from pathlib import Path
 
@@ -12,46 +11,17 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.splice import saes_of
+from sae_circuits.zoo.random_model import random_gpt2
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 D_MODEL = 64
 N_LAYERS = 2
 
 
-def _train_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train([str(f) for f in files], trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
-    fast.save_pretrained(str(folder))
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
     folder = tmp_path_factory.mktemp("tiny_gpt2")
-    _train_tokenizer(folder)
-    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=vocab, n_positions=128, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=4,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(str(folder))
+    random_gpt2(folder, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=4, n_ctx=128)
     return folder
 
 
