@@ -219,12 +219,28 @@ class SAE(nn.Module):
             self.threshold = param(cfg.d_sae)
         if cfg.has_skip:
             self.W_skip = param(cfg.output_width, cfg.d_in)
+        if device.type != "meta":
+            self.reset_parameters()
         for name in HOOK_NAMES:
             setattr(self, name, HookPoint())
             getattr(self, name).name = name
         self._d_head: int | None = None  # remembered from the last hook_z encode, for decode()
         self.sparsity: Tensor | None = None
         """log10 firing frequency per feature, when loaded from ``sparsity.safetensors``."""
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random unit-norm decoder rows, encoder = decoder transpose, zero biases/thresholds/skip
+        (the usual SAE initialisation; uses torch's global RNG)."""
+        for param in self.parameters():
+            param.zero_()
+        direction = torch.randn(self.cfg.d_sae, self.cfg.output_width, device=self.device, dtype=torch.float32)
+        self.W_dec.copy_(direction / direction.norm(dim=-1, keepdim=True))
+        if self.cfg.d_in == self.cfg.output_width:
+            self.W_enc.copy_(self.W_dec.T)
+        else:  # transcoders: an independent random encoder
+            enc = torch.randn(self.cfg.d_in, self.cfg.d_sae, device=self.device, dtype=torch.float32)
+            self.W_enc.copy_(enc / enc.norm(dim=0, keepdim=True))
 
     # ------------------------------------------------------------------ I/O (see io.py)
 

@@ -1,0 +1,101 @@
+"""The main job: read a prompt's features, then steer generation by clamping one.
+
+Runs on the embedded model when its weights are installed (``sae_circuits/zoo/tiny``), otherwise on
+a small randomly initialised GPT-2 with a real tokenizer and random SAEs (which shows the
+mechanics, not meaningful features).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sae_circuits.interventions import clamp, intervene
+from sae_circuits.sae import SAE, SAEConfig
+from sae_circuits.splice import spliced
+
+
+@dataclass
+class TopFeature:
+    """A feature active at a position, with the tokens its decoder direction promotes."""
+
+    site: str
+    index: int
+    activation: float
+    top_tokens: list[str]
+
+
+def top_features(model: nn.Module, saes: Sequence[SAE], prompt: str, k: int = 3) -> dict[str, list[TopFeature]]:
+    """The ``k`` strongest features at the prompt's last token, per site, with the tokens each
+    feature's decoder row promotes through the unembedding (a direct-logit view)."""
+    tokens = model.to_tokens(prompt, prepend_bos=False)
+    names = [f"{sae.cfg.site}.hook_sae_acts_post" for sae in saes]
+    with torch.no_grad(), spliced(model, list(saes)):
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+    result: dict[str, list[TopFeature]] = {}
+    for sae, name in zip(saes, names):
+        acts = cache[name][0, -1]
+        values, indices = acts.topk(k)
+        rows = []
+        for value, index in zip(values.tolist(), indices.tolist()):
+            if value <= 0:
+                break
+            logits = sae.W_dec[index].to(model.W_U.dtype) @ model.W_U
+            promoted = [model.to_string(int(t)) for t in logits.topk(5).indices]
+            rows.append(TopFeature(sae.cfg.site, index, value, promoted))
+        result[sae.cfg.site] = rows
+    return result
+
+
+def steer_text(
+    model: nn.Module, sae: SAE, feature: int, value: float, prompt: str, max_new_tokens: int = 30
+) -> tuple[str, str]:
+    """Greedy continuations of ``prompt`` without and with ``feature`` clamped at ``value`` on
+    the generated tokens (KV cache on)."""
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, verbose=False, stop_at_eos=False)
+    tokens = model.to_tokens(prompt, prepend_bos=False)
+    with torch.no_grad(), spliced(model, [sae]):
+        before = model.generate(tokens, **kwargs)
+        with intervene(model, [clamp(sae, feature, value, positions="generated")]):
+            after = model.generate(tokens, **kwargs)
+    n = tokens.shape[1]
+    return model.to_string(before[0, n:]), model.to_string(after[0, n:])
+
+
+def _random_setup(folder: str) -> tuple[nn.Module, list[SAE]]:
+    from sae_circuits.zoo.random_model import random_gpt2
+
+    model = random_gpt2(folder, d_model=64, n_layers=2, n_heads=4, n_ctx=128)
+    saes = []
+    for layer in range(model.cfg.n_layers):
+        cfg = SAEConfig("topk", d_in=64, d_sae=1024, hook_name=f"blocks.{layer}.hook_resid_post", k=16)
+        sae = SAE(cfg)
+        gen = torch.Generator().manual_seed(layer)
+        with torch.no_grad():
+            sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(1024, 64, generator=gen), dim=-1))
+            sae.W_enc.copy_(sae.W_dec.T)
+        saes.append(sae)
+    return model, saes
+
+
+def run(prompt: str = "def parse(self, text):\n    return", out: Callable[[str], None] = print) -> None:
+    """Print the demo: top features per layer, then text before/after a clamp."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        out("No embedded model installed: using a random GPT-2 (d_model 64) with random TopK SAEs.")
+        model, saes = _random_setup(folder)
+        out(f"\nPrompt: {prompt!r}\n\nTop features at the last token:")
+        for site, rows in top_features(model, saes, prompt).items():
+            out(f"  {site}")
+            for row in rows:
+                out(f"    #{row.index:<5} act={row.activation:6.2f}  promotes {row.top_tokens}")
+        sae = saes[-1]
+        feature = top_features(model, [sae], prompt, k=1)[sae.cfg.site][0].index
+        before, after = steer_text(model, sae, feature, 20.0, prompt)
+        out(f"\nSteering: clamp {sae.cfg.site} feature #{feature} at 20.0 on generated tokens")
+        out(f"  before: {before!r}")
+        out(f"  after:  {after!r}")
