@@ -5,6 +5,7 @@ from sae_circuits.interventions import Intervention, ablate, add, clamp, interve
 from sae_circuits.io import SAEFormatError
 from sae_circuits.sae import SAE, SAEConfig
 from sae_circuits.splice import saes_of, splice, spliced, unsplice
+from sae_circuits.train import TrainConfig, train_sae, train_transcoder
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,7 @@ __all__ = [
     "SAEConfig",
     "SAEFormatError",
     "Intervention",
+    "TrainConfig",
     "ablate",
     "add",
     "clamp",
@@ -22,5 +24,7 @@ __all__ = [
     "splice",
     "spliced",
     "steer",
+    "train_sae",
+    "train_transcoder",
     "unsplice",
 ]

@@ -1,0 +1,7 @@
+"""SAE and transcoder training: streamed activations, TopK/BatchTopK/JumpReLU/ReLU recipes."""
+
+from sae_circuits.train.activations import ActivationStore
+from sae_circuits.train.config import TrainConfig
+from sae_circuits.train.trainer import SAETrainer, train_sae, train_transcoder
+
+__all__ = ["ActivationStore", "SAETrainer", "TrainConfig", "train_sae", "train_transcoder"]

@@ -1,0 +1,91 @@
+"""Training configuration for SAEs and transcoders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TrainArchitecture = Literal["topk", "batchtopk", "jumprelu", "relu"]
+
+
+@dataclass
+class TrainConfig:
+    """How to train one dictionary. Defaults suit a small model on a CPU."""
+
+    architecture: TrainArchitecture = "batchtopk"
+    """``topk`` (saved as ``topk``), ``batchtopk`` (top ``k * batch`` over the batch; saved as
+    ``jumprelu`` with the learned global threshold), ``jumprelu`` (learned per-feature thresholds,
+    L0 penalty through a straight-through estimator) or ``relu`` (ReLU + L1 penalty)."""
+    d_sae: int | None = None
+    """Number of features; ``None`` means ``expansion_factor * d_in``."""
+    expansion_factor: int = 16
+    """Width multiplier used when ``d_sae`` is ``None``."""
+    k: int = 32
+    """Active features per token for ``topk``/``batchtopk`` (on average, for ``batchtopk``)."""
+    aux_k: int | None = None
+    """AuxK: how many dead features reconstruct the residual error (``None``: ``d_in // 2``)."""
+    aux_coeff: float = 1 / 32
+    """Weight of the AuxK loss (OpenAI's TopK recipe)."""
+    dead_after_tokens: int = 1_000_000
+    """A feature that has not fired for this many training tokens counts as dead."""
+    l1_coeff: float = 5.0
+    """``relu``: weight of the L1 penalty on feature activations (activations normalised)."""
+    l0_coeff: float = 1e-3
+    """``jumprelu``: weight of the (straight-through) L0 penalty."""
+    jumprelu_bandwidth: float = 1e-3
+    """``jumprelu``: width of the rectangle kernel in the threshold's pseudo-gradient."""
+    jumprelu_init_threshold: float = 1e-3
+    """``jumprelu``: initial threshold of every feature."""
+    lr: float = 4e-4
+    """Peak learning rate (Adam)."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up from 0."""
+    decay_fraction: float = 0.2
+    """Fraction of training, at the end, over which the learning rate decays linearly to 0."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping."""
+    batch_size: int = 4096
+    """Activations (tokens) per optimiser step."""
+    total_tokens: int = 2_000_000
+    """Training tokens; the number of steps is ``total_tokens // batch_size``."""
+    buffer_tokens: int = 65_536
+    """Shuffling buffer size in activations; it is refilled by half at a time."""
+    model_batch_size: int = 16
+    """Sequences per model forward pass when filling the buffer."""
+    skip_first_position: bool = True
+    """Drop position 0 of every sequence (its activations are outliers in most models)."""
+    normalize_activations: bool = True
+    """Train on activations scaled to unit mean squared norm; the scale is folded into the
+    weights when saving, so the saved SAE reads raw activations."""
+    geometric_median_samples: int = 8192
+    """Activations used for the geometric-median initialisation of the decoder bias."""
+    seed: int = 0
+    """Seeds initialisation and the buffer's shuffling: the same seed gives the same SAE."""
+    progress: bool = True
+    """Show a tqdm progress bar with loss, explained variance, L0 and dead fraction."""
+    log_every: int = 20
+    """Steps between progress-bar updates (metrics cost a little)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("topk", "batchtopk", "jumprelu", "relu"):
+            raise ValueError(
+                f"architecture={self.architecture!r}; expected 'topk', 'batchtopk', 'jumprelu' or 'relu'"
+            )
+        for name in ("expansion_factor", "k", "batch_size", "total_tokens", "buffer_tokens", "model_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.d_sae is not None and self.d_sae <= 0:
+            raise ValueError(f"d_sae={self.d_sae} must be positive")
+        if self.buffer_tokens < 2 * self.batch_size:
+            raise ValueError(
+                f"buffer_tokens={self.buffer_tokens} must be at least 2 * batch_size={2 * self.batch_size}"
+            )
+        if not 0 <= self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction={self.decay_fraction} must be in [0, 1]")
+        if self.lr <= 0 or self.grad_clip <= 0:
+            raise ValueError(f"lr={self.lr} and grad_clip={self.grad_clip} must be positive")
+
+    @property
+    def n_steps(self) -> int:
+        return max(1, self.total_tokens // self.batch_size)

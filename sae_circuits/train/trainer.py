@@ -1,0 +1,343 @@
+"""Train SAEs and transcoders on activations streamed from a hooked model.
+
+Recipe (Towards Monosemanticity; OpenAI's TopK paper; Gated/JumpReLU papers): decoder bias
+initialised at the geometric median of the targets; decoder rows kept at unit norm (the gradient
+component parallel to each row is removed before every step, the rows renormalised after);
+activations scaled to unit mean squared norm per dimension and the scale folded into the saved
+weights; AuxK for dead features of TopK/BatchTopK; linear warm-up, a linear decay over the last
+part of training, gradient clipping. The loop is :meth:`SAETrainer.step`, read top to bottom.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any, NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sae_circuits.sae import SAE, SAEConfig
+from sae_circuits.train.activations import ActivationBatch, ActivationStore
+from sae_circuits.train.config import TrainConfig
+
+
+@torch.no_grad()
+def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-6) -> Float[Tensor, " d"]:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to ``points``."""
+    median = points.mean(dim=0)
+    for _ in range(iters):
+        weights = 1.0 / (points - median).norm(dim=-1).clamp_min(1e-8)
+        updated = (weights[:, None] * points).sum(0) / weights.sum()
+        if (updated - median).norm() < tol * median.norm().clamp_min(1.0):
+            return updated
+        median = updated
+    return median
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``h * (h > t)``; the threshold gets a rectangle-kernel pseudo-gradient (JumpReLU SAEs)."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(h, threshold)
+        ctx.bandwidth = bandwidth
+        return h * (h > threshold)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        h, threshold = ctx.saved_tensors
+        window = ((h - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        grad_threshold = -(threshold / ctx.bandwidth) * window * grad
+        return (h > threshold) * grad, grad_threshold.sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """``(h > t)`` with the same pseudo-gradient for the threshold: a differentiable L0."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(h, threshold)
+        ctx.bandwidth = bandwidth
+        return (h > threshold).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        h, threshold = ctx.saved_tensors
+        window = ((h - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        return None, (-(1.0 / ctx.bandwidth) * window * grad).sum(0), None
+
+
+class TrainableDictionary(nn.Module):
+    """The parameters being trained and the training-time forward pass (normalised space)."""
+
+    def __init__(self, d_in: int, d_out: int, d_sae: int, cfg: TrainConfig, b_dec: Tensor, transcoder: bool):
+        super().__init__()
+        self.cfg, self.transcoder = cfg, transcoder
+        direction = torch.randn(d_sae, d_out)
+        self.W_dec = nn.Parameter(direction / direction.norm(dim=-1, keepdim=True))
+        encoder = self.W_dec.data.T.clone() if not transcoder else torch.randn(d_in, d_sae) / math.sqrt(d_in)
+        self.W_enc = nn.Parameter(encoder)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(b_dec.clone())
+        if cfg.architecture == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold)))
+        self.register_buffer("batch_threshold", torch.tensor(-1.0))  # BatchTopK's running threshold
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        centred = x if self.transcoder else x - self.b_dec
+        return centred @ self.W_enc + self.b_enc
+
+    def activate(self, h: Tensor) -> Tensor:
+        arch, k = self.cfg.architecture, self.cfg.k
+        if arch == "topk":
+            values, indices = h.topk(k, dim=-1)
+            return torch.zeros_like(h).scatter(-1, indices, values.relu())
+        if arch == "batchtopk":
+            flat = h.relu().flatten()
+            values, indices = flat.topk(min(k * h.shape[0], flat.numel()))
+            if self.training:
+                self._update_threshold(values)
+            return torch.zeros_like(flat).scatter(-1, indices, values).view_as(h)
+        if arch == "jumprelu":
+            return _JumpReLU.apply(h.relu(), self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+        return h.relu()
+
+    @torch.no_grad()
+    def _update_threshold(self, selected: Tensor) -> None:
+        positive = selected[selected > 0]
+        if positive.numel():
+            low = positive.min()
+            if self.batch_threshold < 0:
+                self.batch_threshold.copy_(low)
+            else:
+                self.batch_threshold.mul_(0.99).add_(0.01 * low)
+
+    def decode(self, f: Tensor) -> Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        """Project out the part of each decoder row's gradient that would change its norm."""
+        if self.W_dec.grad is not None:
+            parallel = (self.W_dec.grad * self.W_dec.data).sum(-1, keepdim=True)
+            self.W_dec.grad -= parallel * self.W_dec.data
+
+
+class StepMetrics(NamedTuple):
+    """What one optimiser step measured (in the normalised space)."""
+
+    loss: float
+    mse: float
+    explained_variance: float
+    l0: float
+    dead_fraction: float
+
+
+class SAETrainer:
+    """Trains one dictionary from an :class:`ActivationStore`; ``run()`` returns the saved-format SAE."""
+
+    def __init__(self, store: ActivationStore, cfg: TrainConfig, sae_cfg: SAEConfig) -> None:
+        torch.manual_seed(cfg.seed)
+        self.store, self.cfg, self.sae_cfg = store, cfg, sae_cfg
+        sample = store.sample(max(cfg.geometric_median_samples, cfg.batch_size))
+        # Scale so that E||x||^2 = d (SAELens's convention); inputs and targets separately.
+        self.scale_in = _norm_scale(sample.x) if cfg.normalize_activations else 1.0
+        self.scale_out = self.scale_in if not sae_cfg.is_transcoder else (
+            _norm_scale(sample.y) if cfg.normalize_activations else 1.0
+        )  # fmt: skip
+        b_dec = geometric_median(sample.y[: cfg.geometric_median_samples] * self.scale_out)
+        self.dictionary = TrainableDictionary(
+            sae_cfg.d_in, sae_cfg.output_width, sae_cfg.d_sae, cfg, b_dec, sae_cfg.is_transcoder
+        )
+        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.steps_done = 0
+        self.tokens_since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+        self.fire_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+        self.counted_tokens = 0
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, constant, then a linear decay to 0 over the last ``decay_fraction``."""
+        cfg, total = self.cfg, self.cfg.n_steps
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        decay_start = total * (1 - cfg.decay_fraction)
+        decay = 1.0 if step < decay_start else max(0.0, (total - step) / max(1.0, total - decay_start))
+        return cfg.lr * warm * decay
+
+    def step(self, batch: ActivationBatch) -> StepMetrics:
+        """One optimiser step on one batch."""
+        cfg, model = self.cfg, self.dictionary
+        x, y = batch.x * self.scale_in, batch.y * self.scale_out
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.steps_done)
+
+        h = model.pre_acts(x)
+        f = model.activate(h)
+        y_hat = model.decode(f)
+        mse = (y_hat - y).pow(2).sum(-1).mean()
+        loss = mse + self._sparsity_loss(h, f, y - y_hat)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        model.remove_parallel_gradient()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        model.normalise_decoder()
+        self.steps_done += 1
+        return self._bookkeeping(f.detach(), y, y_hat.detach(), loss.item(), mse.item())
+
+    def _sparsity_loss(self, h: Tensor, f: Tensor, residual: Tensor) -> Tensor:
+        cfg, model = self.cfg, self.dictionary
+        if cfg.architecture == "relu":
+            return cfg.l1_coeff * f.sum(-1).mean()
+        if cfg.architecture == "jumprelu":
+            fired = _Step.apply(h.relu(), model.log_threshold.exp(), cfg.jumprelu_bandwidth)
+            return cfg.l0_coeff * fired.sum(-1).mean()
+        return cfg.aux_coeff * self._aux_k_loss(h, residual.detach())
+
+    def _aux_k_loss(self, h: Tensor, residual: Tensor) -> Tensor:
+        """AuxK: the top ``aux_k`` dead features must reconstruct what the live ones missed."""
+        dead = self.tokens_since_fired >= self.cfg.dead_after_tokens
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return h.new_zeros(())
+        aux_k = min(self.cfg.aux_k or h.shape[-1] // 32 or 1, n_dead)
+        masked = h.masked_fill(~dead, float("-inf"))
+        values, indices = masked.topk(aux_k, dim=-1)
+        f_aux = torch.zeros_like(h).scatter(-1, indices, values.relu())
+        error = (f_aux @ self.dictionary.W_dec - residual).pow(2).sum(-1).mean()
+        return error / residual.pow(2).sum(-1).mean().clamp_min(1e-8) * residual.shape[-1]
+
+    @torch.no_grad()
+    def _bookkeeping(self, f: Tensor, y: Tensor, y_hat: Tensor, loss: float, mse: float) -> StepMetrics:
+        fired = (f > 0).any(0)
+        self.tokens_since_fired += f.shape[0]
+        self.tokens_since_fired[fired] = 0
+        if self.steps_done > self.cfg.n_steps * 0.8:  # firing frequencies over the last 20%
+            self.fire_counts += (f > 0).sum(0)
+            self.counted_tokens += f.shape[0]
+        variance = (y - y.mean(0)).pow(2).sum()
+        explained = 1.0 - float((y - y_hat).pow(2).sum() / variance.clamp_min(1e-12))
+        l0 = float((f > 0).sum(-1).float().mean())
+        dead = float((self.tokens_since_fired >= self.cfg.dead_after_tokens).float().mean())
+        return StepMetrics(loss, mse, explained, l0, dead)
+
+    def run(self) -> SAE:
+        """Train for ``cfg.n_steps`` steps; return the SAE with normalisation folded in."""
+        bar = tqdm(total=self.cfg.n_steps, disable=not self.cfg.progress, desc=f"train {self.sae_cfg.site}")
+        self.dictionary.train()
+        for batch in self.store:
+            if self.steps_done >= self.cfg.n_steps:
+                break
+            metrics = self.step(batch)
+            if self.steps_done % self.cfg.log_every == 0 or self.steps_done == self.cfg.n_steps:
+                bar.set_postfix(
+                    loss=f"{metrics.loss:.3g}", ev=f"{metrics.explained_variance:.3f}",
+                    l0=f"{metrics.l0:.1f}", dead=f"{metrics.dead_fraction:.3f}",
+                )  # fmt: skip
+            bar.update(1)
+        bar.close()
+        self.last_metrics = metrics
+        return self.export()
+
+    @torch.no_grad()
+    def export(self) -> SAE:
+        """The trained dictionary in the inference format, reading and writing raw activations."""
+        d = self.dictionary
+        sae = SAE(self.sae_cfg)
+        # Fold the input scale into the encoder and the output scale into the decoder:
+        # h = (s_in x - b) W + c = (x - b/s_in) (s_in W) + c; out = (f W_dec + b_dec) / s_out.
+        sae.W_enc.copy_(d.W_enc * self.scale_in)
+        sae.W_dec.copy_(d.W_dec / self.scale_out)
+        sae.b_dec.copy_(d.b_dec / self.scale_out)
+        sae.b_enc.copy_(d.b_enc)
+        if self.cfg.architecture == "jumprelu":
+            sae.threshold.copy_(d.log_threshold.exp())
+        elif self.cfg.architecture == "batchtopk":
+            sae.threshold.fill_(max(float(d.batch_threshold), 0.0))
+        frequency = self.fire_counts.double() / max(self.counted_tokens, 1)
+        sae.sparsity = torch.log10(frequency + 1e-10).float()
+        return sae
+
+
+def _norm_scale(x: Tensor) -> float:
+    return math.sqrt(x.shape[-1]) / float(x.norm(dim=-1).mean())
+
+
+def _saved_architecture(cfg: TrainConfig, transcoder: bool) -> str:
+    if not transcoder:
+        return {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}[cfg.architecture]
+    if cfg.architecture == "topk":
+        raise ValueError(
+            "the SAELens format has no TopK transcoder; train it with architecture='batchtopk' "
+            "(saved as jumprelu_transcoder)"
+        )
+    return "transcoder" if cfg.architecture == "relu" else "jumprelu_transcoder"
+
+
+def _width(model: nn.Module, tokens: Tensor, hook_name: str) -> int:
+    from sae_circuits.train.activations import stop_layer
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens[:1, :2], names_filter=hook_name, stop_at_layer=stop_layer(hook_name))
+    if hook_name not in cache.keys():
+        raise ValueError(f"hook {hook_name!r} produced no activation in {type(model).__name__}")
+    return int(cache[hook_name].shape[-1])
+
+
+def _train(model: nn.Module, hook_in: str, hook_out: str | None, tokens: Tensor, config: TrainConfig) -> SAE:
+    from sae_circuits._model import get_hook_point
+
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError("tokens must be an integer tensor of shape [n_sequences, sequence_length]")
+    for name in (hook_in, hook_out):
+        if name is not None:
+            get_hook_point(model, name)
+    transcoder = hook_out is not None
+    d_in = _width(model, tokens, hook_in)
+    d_out = _width(model, tokens, hook_out) if transcoder else d_in
+    sae_cfg = SAEConfig(
+        _saved_architecture(config, transcoder),  # type: ignore[arg-type]
+        d_in=d_in,
+        d_sae=config.d_sae or config.expansion_factor * d_in,
+        hook_name=hook_in,
+        hook_name_out=hook_out,
+        d_out=d_out if transcoder else None,
+        k=config.k if config.architecture == "topk" else None,
+        apply_b_dec_to_input=not transcoder,
+        metadata={
+            "model_name": getattr(getattr(model, "cfg", None), "model_name", None),
+            "context_size": int(tokens.shape[1]),
+            "prepend_bos": False,
+            "sae_circuits_training": asdict(config),
+        },
+    )
+    store = ActivationStore(
+        model, tokens.long(), hook_in, hook_out,
+        batch_size=config.batch_size, buffer_tokens=config.buffer_tokens,
+        model_batch_size=config.model_batch_size, skip_first_position=config.skip_first_position, seed=config.seed,
+    )  # fmt: skip
+    return SAETrainer(store, config, sae_cfg).run()
+
+
+def train_sae(model: nn.Module, hook_name: str, tokens: Int[Tensor, "n_seq seq"], config: TrainConfig | None = None) -> SAE:
+    """Train an SAE on the activations at ``hook_name`` of ``model`` over ``tokens``.
+
+    >>> sae = sc.train_sae(model, "blocks.0.hook_resid_post", tokens, sc.TrainConfig(k=16))  # doctest: +SKIP
+    >>> sae.save("my_sae")                                                                    # doctest: +SKIP
+    """
+    return _train(model, hook_name, None, tokens, config or TrainConfig())
+
+
+def train_transcoder(
+    model: nn.Module, hook_in: str, hook_out: str, tokens: Int[Tensor, "n_seq seq"], config: TrainConfig | None = None
+) -> SAE:
+    """Train a transcoder predicting the activation at ``hook_out`` from the one at ``hook_in``
+    (e.g. ``blocks.L.ln2.hook_normalized`` -> ``blocks.L.hook_mlp_out``)."""
+    return _train(model, hook_in, hook_out, tokens, config or TrainConfig())

@@ -1,0 +1,128 @@
+"""SAE training: determinism, the recipe's invariants, exact folding of the normalisation, output format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sae_circuits as sc
+from sae_circuits.train import ActivationStore, SAETrainer, TrainConfig, train_sae, train_transcoder
+from sae_circuits.train.activations import stop_layer
+from sae_circuits.train.trainer import geometric_median
+
+SITE = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture
+def train_tokens(hooked):
+    text = "".join(open(__import__(m).__file__).read() for m in ("os", "json", "textwrap"))
+    ids = hooked.tokenizer(text)["input_ids"]
+    n = len(ids) // 32 * 32
+    return torch.tensor(ids[:n]).view(-1, 32)[:200]
+
+
+def small(**overrides) -> TrainConfig:
+    base = dict(expansion_factor=4, k=8, batch_size=256, total_tokens=256 * 30, buffer_tokens=2048,
+                model_batch_size=8, progress=False, warmup_steps=5, lr=3e-3, geometric_median_samples=512,
+                dead_after_tokens=2000)  # fmt: skip
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_training_is_deterministic_under_a_seed(hooked, train_tokens):
+    a = train_sae(hooked, SITE, train_tokens, small(seed=3))
+    b = train_sae(hooked, SITE, train_tokens, small(seed=3))
+    c = train_sae(hooked, SITE, train_tokens, small(seed=4))
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[name]), name
+    assert not torch.equal(a.W_dec, c.W_dec)
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "jumprelu", "relu"])
+def test_training_reduces_loss_and_keeps_decoder_rows_unit_norm(hooked, train_tokens, architecture):
+    cfg = small(architecture=architecture, l0_coeff=1e-2, l1_coeff=1.0)
+    store = ActivationStore(hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens, seed=0)
+    sae_cfg = sc.SAEConfig("topk" if architecture == "topk" else "jumprelu" if "jump" in architecture or "batch" in architecture else "standard",
+                           d_in=64, d_sae=256, hook_name=SITE, k=8 if architecture == "topk" else None)  # fmt: skip
+    trainer = SAETrainer(store, cfg, sae_cfg)
+    losses = []
+    for batch, _ in zip(store, range(cfg.n_steps)):
+        losses.append(trainer.step(batch).mse)
+        norms = trainer.dictionary.W_dec.norm(dim=-1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+
+
+def test_export_folds_normalisation_exactly(hooked, train_tokens):
+    cfg = small(architecture="batchtopk")
+    store = ActivationStore(hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens)
+    trainer = SAETrainer(store, cfg, sc.SAEConfig("jumprelu", d_in=64, d_sae=256, hook_name=SITE))
+    for batch, _ in zip(store, range(10)):
+        trainer.step(batch)
+    assert trainer.scale_in != 1.0
+    sae = trainer.export()
+    d = trainer.dictionary.eval()
+    x = store.sample(300).x
+    with torch.no_grad():
+        h = d.pre_acts(x * trainer.scale_in)
+        f_train = h * (h > d.batch_threshold)
+        y_train = d.decode(f_train) / trainer.scale_out
+        assert torch.allclose(sae.encode(x), f_train, atol=1e-4)
+        assert torch.allclose(sae(x), y_train, atol=1e-4)
+
+
+def test_saved_format_with_sparsity_loads_back(hooked, train_tokens, tmp_path):
+    sae = train_sae(hooked, SITE, train_tokens, small(architecture="topk"))
+    assert sae.cfg.architecture == "topk" and sae.cfg.k == 8 and sae.cfg.d_sae == 256
+    assert sae.cfg.metadata["sae_circuits_training"]["architecture"] == "topk"
+    sae.save(tmp_path)
+    assert (tmp_path / "sparsity.safetensors").is_file()
+    back = sc.SAE.load(tmp_path)
+    assert back.sparsity is not None and back.sparsity.shape == (256,) and (back.sparsity <= 0).all()
+    with sc.spliced(hooked, [back]):
+        hooked(train_tokens[:2])
+
+
+def test_transcoder_training(hooked, train_tokens):
+    tc = train_transcoder(hooked, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", train_tokens, small())
+    assert tc.cfg.architecture == "jumprelu_transcoder" and tc.cfg.hook_name_out == "blocks.0.hook_mlp_out"
+    with pytest.raises(ValueError, match="no TopK transcoder"):
+        train_transcoder(hooked, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", train_tokens, small(architecture="topk"))
+
+
+def test_bad_training_input(hooked, train_tokens):
+    with pytest.raises(ValueError, match="unknown hook name"):
+        train_sae(hooked, "blocks.0.hook_nope", train_tokens, small())
+    with pytest.raises(ValueError, match="integer tensor"):
+        train_sae(hooked, SITE, train_tokens.float(), small())
+    with pytest.raises(ValueError, match="buffer_tokens=100 must be at least"):
+        small(buffer_tokens=100)
+    with pytest.raises(ValueError, match="architecture='gelu'"):
+        small(architecture="gelu")
+
+
+def test_geometric_median_resists_outliers():
+    points = torch.cat([torch.randn(200, 3) * 0.01 + torch.tensor([1.0, 2.0, 3.0]), torch.full((20, 3), 100.0)])
+    assert torch.allclose(geometric_median(points), torch.tensor([1.0, 2.0, 3.0]), atol=0.05)
+    assert not torch.allclose(points.mean(0), torch.tensor([1.0, 2.0, 3.0]), atol=1.0)
+
+
+def test_stop_layer_runs_no_more_than_needed():
+    assert stop_layer("blocks.0.hook_resid_post") == 1
+    assert stop_layer("blocks.1.ln2.hook_normalized", "blocks.3.hook_mlp_out") == 4
+    assert stop_layer("hook_embed") is None
+
+
+def test_aux_k_revives_dead_features(hooked, train_tokens):
+    """With every feature marked dead, AuxK is the only sparsity term and it must be non-zero."""
+    cfg = small(architecture="topk")
+    store = ActivationStore(hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens)
+    trainer = SAETrainer(store, cfg, sc.SAEConfig("topk", d_in=64, d_sae=256, hook_name=SITE, k=8))
+    trainer.tokens_since_fired.fill_(10**9)
+    batch = next(iter(store))
+    x = batch.x * trainer.scale_in
+    h = trainer.dictionary.pre_acts(x)
+    residual = x - trainer.dictionary.decode(trainer.dictionary.activate(h))
+    assert trainer._sparsity_loss(h, None, residual).item() > 0
+    trainer.tokens_since_fired.zero_()
+    assert trainer._sparsity_loss(h, None, residual).item() == 0
