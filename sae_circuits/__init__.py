@@ -1,6 +1,7 @@
 """sae_circuits: splice sparse autoencoders into TransformerLens models, edit their features,
 and trace the circuits they form."""
 
+from sae_circuits.evals import EvalResult, evaluate
 from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, scale, steer
 from sae_circuits.io import SAEFormatError
 from sae_circuits.sae import SAE, SAEConfig
@@ -13,11 +14,13 @@ __all__ = [
     "SAE",
     "SAEConfig",
     "SAEFormatError",
+    "EvalResult",
     "Intervention",
     "TrainConfig",
     "ablate",
     "add",
     "clamp",
+    "evaluate",
     "intervene",
     "saes_of",
     "scale",

@@ -1,0 +1,197 @@
+"""SAE evaluation with the SAEBench "core" definitions, beside a trivial baseline at the same L0.
+
+- ``ce_loss_score = (CE_zero - CE_spliced) / (CE_zero - CE_clean)``: spliced replaces the site by the
+  SAE's reconstruction (no error term); zero ablation sets the site to zero.
+- ``kl_div_score = (KL_zero - KL_spliced) / KL_zero`` with ``KL(clean || other)`` per token, averaged.
+- explained variance ``1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2)``, accumulated in float64.
+- ``l0``: mean number of active features per token; dead: never fired in the eval window; dense:
+  fires on more than 10% of tokens.
+
+The baseline is PCA top-k at ``k = round(L0)`` (for transcoders: rank-k linear regression from the
+input to the output), written as an ordinary SAE with a pair of ``±`` features per direction so that
+it is spliced and scored by exactly the same code as the SAE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sae_circuits.sae import SAE, SAEConfig
+from sae_circuits.splice import spliced
+
+
+@dataclass
+class EvalResult:
+    """Reconstruction and downstream metrics of one SAE (see the module docstring)."""
+
+    site: str
+    n_tokens: int
+    ce_loss_clean: float
+    ce_loss_spliced: float
+    ce_loss_zero: float
+    ce_loss_score: float
+    kl_div_spliced: float
+    kl_div_zero: float
+    kl_div_score: float
+    explained_variance: float
+    mse: float
+    l0: float
+    dead_fraction: float
+    dense_fraction: float
+    baseline: EvalResult | None = field(default=None)
+    """The same metrics for the trivial baseline at the same L0 (``None`` if not computed)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Accumulator:
+    """Running sums (float64) for the per-token metrics."""
+
+    def __init__(self, d_sae: int) -> None:
+        self.tokens = 0
+        self.sq_error = self.sq_norm = 0.0
+        self.sum_x: Tensor | None = None
+        self.active = 0.0
+        self.fires = torch.zeros(d_sae, dtype=torch.float64)
+        self.ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+        self.kl = {"spliced": 0.0, "zero": 0.0}
+        self.ce_tokens = 0
+
+    def add_reconstruction(self, y: Tensor, y_hat: Tensor, f: Tensor) -> None:
+        y, y_hat = y.reshape(-1, y.shape[-1]).double(), y_hat.reshape(-1, y.shape[-1]).double()
+        f = f.reshape(-1, f.shape[-1])
+        self.tokens += y.shape[0]
+        self.sq_error += float((y - y_hat).pow(2).sum())
+        self.sq_norm += float(y.pow(2).sum())
+        self.sum_x = y.sum(0) if self.sum_x is None else self.sum_x + y.sum(0)
+        active = (f > 0).double()
+        self.active += float(active.sum())
+        self.fires += active.sum(0).cpu()
+
+    def add_logits(self, tokens: Tensor, clean: Tensor, spliced_logits: Tensor, zero: Tensor) -> None:
+        target = tokens[:, 1:].reshape(-1)
+        logp = {k: F.log_softmax(v[:, :-1].double(), -1).reshape(target.shape[0], -1)
+                for k, v in (("clean", clean), ("spliced", spliced_logits), ("zero", zero))}  # fmt: skip
+        for name, values in logp.items():
+            self.ce[name] += float(F.nll_loss(values, target, reduction="sum"))
+        p_clean = logp["clean"].exp()
+        for name in ("spliced", "zero"):
+            self.kl[name] += float((p_clean * (logp["clean"] - logp[name])).sum())
+        self.ce_tokens += target.shape[0]
+
+    def result(self, site: str, baseline: EvalResult | None) -> EvalResult:
+        n, m = self.tokens, self.ce_tokens
+        assert self.sum_x is not None
+        variance = self.sq_norm / n - float(self.sum_x.div(n).pow(2).sum())
+        ce = {k: v / m for k, v in self.ce.items()}
+        kl = {k: v / m for k, v in self.kl.items()}
+        frequency = self.fires / n
+        return EvalResult(
+            site=site,
+            n_tokens=n,
+            ce_loss_clean=ce["clean"],
+            ce_loss_spliced=ce["spliced"],
+            ce_loss_zero=ce["zero"],
+            ce_loss_score=_ratio(ce["zero"] - ce["spliced"], ce["zero"] - ce["clean"]),
+            kl_div_spliced=kl["spliced"],
+            kl_div_zero=kl["zero"],
+            kl_div_score=_ratio(kl["zero"] - kl["spliced"], kl["zero"]),
+            explained_variance=1.0 - (self.sq_error / n) / variance,
+            mse=self.sq_error / n / (self.sum_x.shape[0]),
+            l0=self.active / n,
+            dead_fraction=float((frequency == 0).double().mean()),
+            dense_fraction=float((frequency > 0.1).double().mean()),
+            baseline=baseline,
+        )
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den != 0 else float("nan")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    sae: SAE,
+    tokens: Int[Tensor, "n_seq seq"],
+    *,
+    batch_size: int = 8,
+    baseline: bool = True,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate ``sae`` on ``model`` over ``tokens`` (SAEBench core metrics, see module docstring).
+
+    >>> result = sc.evaluate(model, sae, tokens)     # doctest: +SKIP
+    >>> result.ce_loss_score, result.baseline.ce_loss_score  # doctest: +SKIP
+    """
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.shape[1] < 2 or tokens.shape[0] == 0:
+        raise ValueError("tokens must be an integer tensor [n_sequences, sequence_length >= 2]")
+    hook_in, site = sae.cfg.hook_name, sae.cfg.site
+    acc = _Accumulator(sae.cfg.d_sae)
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, tokens.shape[0], batch_size), disable=not progress, desc=f"eval {site}"):
+        batch = tokens[start : start + batch_size].to(device)
+        clean, cache = model.run_with_cache(batch, names_filter=sorted({hook_in, site}))
+        x, y = cache[hook_in], cache[site]
+        f = sae.encode(x)
+        acc.add_reconstruction(y.reshape(*y.shape[:2], -1), sae(x).reshape(*y.shape[:2], -1), f)
+        with spliced(model, [sae], error_term=False):
+            spliced_logits = model(batch)
+        zero = model.run_with_hooks(batch, fwd_hooks=[(site, lambda act, hook: torch.zeros_like(act))])
+        acc.add_logits(batch, clean, spliced_logits, zero)
+    base = None
+    if baseline:
+        k = max(1, round(acc.active / acc.tokens))
+        base = evaluate(model, pca_baseline(model, sae, tokens, k), tokens, batch_size=batch_size, baseline=False)
+    return acc.result(site, base)
+
+
+@torch.no_grad()
+def pca_baseline(model: nn.Module, sae: SAE, tokens: Tensor, k: int, max_tokens: int = 20_000) -> SAE:
+    """A rank-``k`` linear baseline in SAE form: PCA top-``k`` of the activation (for a
+    transcoder, rank-``k`` regression of its output on its input); ``2k`` features (``±``)."""
+    hook_in, site = sae.cfg.hook_name, sae.cfg.site
+    xs, ys, have = [], [], 0
+    for start in range(0, tokens.shape[0], 8):
+        _, cache = model.run_with_cache(tokens[start : start + 8], names_filter=sorted({hook_in, site}))
+        x, y = cache[hook_in], cache[site]
+        xs.append(x.reshape(-1, sae.cfg.d_in).double().cpu())
+        ys.append(y.reshape(-1, sae.cfg.output_width).double().cpu())
+        have += xs[-1].shape[0]
+        if have >= max_tokens:
+            break
+    x, y = torch.cat(xs), torch.cat(ys)
+    mean_x, mean_y = x.mean(0), y.mean(0)
+    if sae.cfg.is_transcoder:
+        weights = torch.linalg.lstsq(x - mean_x, y - mean_y).solution  # [d_in, d_out]
+        fitted = (x - mean_x) @ weights
+        directions = torch.linalg.svd(fitted, full_matrices=False).Vh[:k]  # [k, d_out]
+        encoder = weights @ directions.T  # [d_in, k]
+    else:
+        directions = torch.linalg.svd(y - mean_y, full_matrices=False).Vh[:k]
+        encoder = directions.T
+    cfg = SAEConfig(
+        "transcoder" if sae.cfg.is_transcoder else "standard",
+        d_in=sae.cfg.d_in,
+        d_sae=2 * k,
+        hook_name=hook_in,
+        hook_name_out=sae.cfg.hook_name_out,
+        d_out=sae.cfg.d_out if sae.cfg.is_transcoder else None,
+        apply_b_dec_to_input=False,
+        reshape_activations=sae.cfg.reshape_activations,
+        metadata={"baseline": f"pca_top{k}" if not sae.cfg.is_transcoder else f"rank{k}_regression"},
+    )
+    base = SAE(cfg)
+    base.W_enc.copy_(torch.cat([encoder, -encoder], dim=1).float())
+    base.b_enc.copy_((-(mean_x @ torch.cat([encoder, -encoder], dim=1))).float())
+    base.W_dec.copy_(torch.cat([directions, -directions]).float())
+    base.b_dec.copy_(mean_y.float())
+    return base

@@ -1,0 +1,71 @@
+"""Evaluation metrics against hand-computed values and limiting cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sae_circuits as sc
+from sae_circuits.evals import evaluate, pca_baseline
+from tests.conftest import D_MODEL, random_sae
+
+SITE = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture
+def eval_tokens(hooked):
+    ids = hooked.tokenizer(open(__import__("json").__file__).read())["input_ids"]
+    return torch.tensor(ids[: 6 * 24]).view(6, 24)
+
+
+def _perfect_sae() -> sc.SAE:
+    """A 'standard' SAE that reconstructs exactly: features are x and -x along the basis."""
+    sae = sc.SAE(sc.SAEConfig("standard", d_in=D_MODEL, d_sae=2 * D_MODEL, hook_name=SITE, apply_b_dec_to_input=False))
+    eye = torch.eye(D_MODEL)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye]))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+@torch.no_grad()
+def test_perfect_reconstruction_scores_one(hooked, eval_tokens):
+    result = evaluate(hooked, _perfect_sae(), eval_tokens, baseline=False)
+    assert result.explained_variance == pytest.approx(1.0, abs=1e-6)
+    assert result.ce_loss_spliced == pytest.approx(result.ce_loss_clean, abs=1e-5)
+    assert result.ce_loss_score == pytest.approx(1.0, abs=1e-4)
+    assert result.kl_div_score == pytest.approx(1.0, abs=1e-4)
+    assert result.l0 == pytest.approx(D_MODEL, abs=1.0)  # one of each ± pair, almost always non-zero
+    assert result.n_tokens == eval_tokens.numel()
+
+
+@torch.no_grad()
+def test_metrics_match_a_direct_computation(hooked, eval_tokens):
+    sae = random_sae()
+    result = evaluate(hooked, sae, eval_tokens, baseline=False)
+    logits, cache = hooked.run_with_cache(eval_tokens, names_filter=SITE)
+    x = cache[SITE].reshape(-1, D_MODEL).double()
+    x_hat = sae(cache[SITE]).reshape(-1, D_MODEL).double()
+    ev = 1 - (x - x_hat).pow(2).sum(-1).mean() / (x.pow(2).sum(-1).mean() - x.mean(0).pow(2).sum())
+    assert result.explained_variance == pytest.approx(float(ev), rel=1e-6)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), eval_tokens[:, 1:].reshape(-1))
+    assert result.ce_loss_clean == pytest.approx(float(ce), rel=1e-5)
+    f = sae.encode(cache[SITE])
+    assert result.l0 == pytest.approx(float((f > 0).sum(-1).float().mean()), rel=1e-6)
+    fires = (f > 0).reshape(-1, f.shape[-1]).float().mean(0)
+    assert result.dead_fraction == pytest.approx(float((fires == 0).float().mean()))
+    assert result.dense_fraction == pytest.approx(float((fires > 0.1).float().mean()))
+    assert result.kl_div_zero > 0 and result.ce_loss_zero > result.ce_loss_clean
+
+
+@torch.no_grad()
+def test_pca_baseline_is_the_best_rank_k_reconstruction(hooked, eval_tokens):
+    sae = random_sae()
+    base = pca_baseline(hooked, sae, eval_tokens, k=D_MODEL)  # full rank: exact
+    _, cache = hooked.run_with_cache(eval_tokens, names_filter=SITE)
+    assert torch.allclose(base(cache[SITE]), cache[SITE], atol=1e-4)
+    result = evaluate(hooked, sae, eval_tokens)
+    assert result.baseline is not None and result.baseline.site == SITE
+    assert result.baseline.l0 <= round(result.l0) + 1e-6
