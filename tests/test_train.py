@@ -6,7 +6,15 @@ import pytest
 import torch
 
 import sae_circuits as sc
-from sae_circuits.train import ActivationStore, SAETrainer, TrainConfig, train_sae, train_transcoder
+from sae_circuits.train import (
+    ActivationStore,
+    DictionarySpec,
+    SAETrainer,
+    TrainConfig,
+    train_dictionaries,
+    train_sae,
+    train_transcoder,
+)
 from sae_circuits.train.activations import stop_layer
 from sae_circuits.train.trainer import geometric_median
 
@@ -62,7 +70,7 @@ def test_export_folds_normalisation_exactly(hooked, train_tokens):
     assert trainer.scale_in != 1.0
     sae = trainer.export()
     d = trainer.dictionary.eval()
-    x = store.sample(300).x
+    x = store.sample(300)[SITE]
     with torch.no_grad():
         h = d.pre_acts(x * trainer.scale_in)
         f_train = h * (h > d.batch_threshold)
@@ -101,6 +109,15 @@ def test_bad_training_input(hooked, train_tokens):
         small(architecture="gelu")
 
 
+def test_training_several_dictionaries_from_one_stream_equals_training_each(hooked, train_tokens):
+    specs = [DictionarySpec(SITE), DictionarySpec("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")]
+    together = train_dictionaries(hooked, specs, train_tokens, small())
+    alone = train_sae(hooked, SITE, train_tokens, small())
+    for name, tensor in alone.state_dict().items():
+        assert torch.equal(together[0].state_dict()[name], tensor), name
+    assert together[1].cfg.is_transcoder and together[1].cfg.site == "blocks.1.hook_mlp_out"
+
+
 def test_geometric_median_resists_outliers():
     points = torch.cat([torch.randn(200, 3) * 0.01 + torch.tensor([1.0, 2.0, 3.0]), torch.full((20, 3), 100.0)])
     assert torch.allclose(geometric_median(points), torch.tensor([1.0, 2.0, 3.0]), atol=0.05)
@@ -120,7 +137,7 @@ def test_aux_k_revives_dead_features(hooked, train_tokens):
     trainer = SAETrainer(store, cfg, sc.SAEConfig("topk", d_in=64, d_sae=256, hook_name=SITE, k=8))
     trainer.tokens_since_fired.fill_(10**9)
     batch = next(iter(store))
-    x = batch.x * trainer.scale_in
+    x = batch[SITE] * trainer.scale_in
     h = trainer.dictionary.pre_acts(x)
     residual = x - trainer.dictionary.decode(trainer.dictionary.activate(h))
     assert trainer._sparsity_loss(h, None, residual).item() > 0

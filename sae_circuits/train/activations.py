@@ -11,19 +11,15 @@ read in shuffled order); nothing in the trainer depends on where batches come fr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 
-class ActivationBatch(NamedTuple):
-    """Inputs (and, for transcoders, targets) of one training batch."""
-
-    x: Float[Tensor, "batch d_in"]
-    y: Float[Tensor, "batch d_out"]
+ActivationBatch = dict[str, Float[Tensor, "batch d"]]
+"""Hook name -> activations of the same ``batch`` tokens (one row per token)."""
 
 
 def stop_layer(*hook_names: str) -> int | None:
@@ -38,14 +34,14 @@ def stop_layer(*hook_names: str) -> int | None:
 
 
 class ActivationStore:
-    """Serves shuffled activation batches from ``hook_in`` (and ``hook_out``) of ``model``."""
+    """Serves shuffled batches of the activations at ``hook_names`` of ``model`` (one forward
+    pass feeds every hook, so several dictionaries can train from one stream)."""
 
     def __init__(
         self,
         model: nn.Module,
         tokens: Int[Tensor, "n_seq seq"],
-        hook_in: str,
-        hook_out: str | None = None,
+        hook_names: str | Sequence[str],
         *,
         batch_size: int,
         buffer_tokens: int,
@@ -57,21 +53,30 @@ class ActivationStore:
             raise ValueError(f"tokens must be a non-empty [n_seq, seq] tensor, got shape {list(tokens.shape)}")
         self.model = model
         self.tokens = tokens
-        self.hook_in, self.hook_out = hook_in, hook_out or hook_in
+        self.hook_names = sorted({hook_names} if isinstance(hook_names, str) else set(hook_names))
         self.batch_size = batch_size
         self.buffer_tokens = buffer_tokens
         self.model_batch_size = model_batch_size
         self.first = 1 if skip_first_position and tokens.shape[1] > 1 else 0
+        self.seed = seed
+        self.stop = stop_layer(*self.hook_names)
         self.generator = torch.Generator().manual_seed(seed)
         self._order = torch.randperm(tokens.shape[0], generator=self.generator)
         self._cursor = 0
         self.epochs = 0
 
     @torch.no_grad()
+    def _activations(self, index: Tensor) -> ActivationBatch:
+        """Activations of the sequences ``index``, flattened to one row per token."""
+        batch = self.tokens[index].to(_device(self.model))
+        _, cache = self.model.run_with_cache(batch, names_filter=self.hook_names, stop_at_layer=self.stop)
+        return {
+            name: cache[name][:, self.first :].reshape(-1, cache[name].shape[-1]).float().cpu()
+            for name in self.hook_names
+        }
+
     def _next_sequences(self) -> Iterator[ActivationBatch]:
-        """Activations of the next ``model_batch_size`` sequences, flattened; loops over epochs."""
-        names = sorted({self.hook_in, self.hook_out})
-        stop = stop_layer(*names)
+        """The training stream: batches of sequences in shuffled order, epoch after epoch."""
         while True:
             if self._cursor >= len(self._order):
                 self._order = torch.randperm(self.tokens.shape[0], generator=self.generator)
@@ -79,24 +84,25 @@ class ActivationStore:
                 self.epochs += 1
             index = self._order[self._cursor : self._cursor + self.model_batch_size]
             self._cursor += self.model_batch_size
-            batch = self.tokens[index].to(_device(self.model))
-            _, cache = self.model.run_with_cache(batch, names_filter=names, stop_at_layer=stop)
-            x = cache[self.hook_in][:, self.first :]
-            y = cache[self.hook_out][:, self.first :]
-            yield ActivationBatch(x.reshape(-1, x.shape[-1]).float().cpu(), y.reshape(-1, y.shape[-1]).float().cpu())
+            yield self._activations(index)
 
     def _fill(self, source: Iterator[ActivationBatch], n: int) -> ActivationBatch:
-        xs, ys, have = [], [], 0
+        chunks, have = [], 0
         while have < n:
-            chunk = next(source)
-            xs.append(chunk.x)
-            ys.append(chunk.y)
-            have += chunk.x.shape[0]
-        return ActivationBatch(torch.cat(xs)[:n], torch.cat(ys)[:n])
+            chunks.append(next(source))
+            have += chunks[-1][self.hook_names[0]].shape[0]
+        return {name: torch.cat([c[name] for c in chunks])[:n] for name in self.hook_names}
 
     def sample(self, n: int) -> ActivationBatch:
-        """``n`` activations from a fresh pass (for initialisation and normalisation statistics)."""
-        return self._fill(self._next_sequences(), n)
+        """``n`` activations for initialisation statistics, from a fixed seeded order of sequences
+        that does not move the training stream (so trainers sharing a store start alike)."""
+        order = torch.randperm(self.tokens.shape[0], generator=torch.Generator().manual_seed(self.seed + 1))
+        chunks = (self._activations(order[i : i + self.model_batch_size])
+                  for i in range(0, len(order), self.model_batch_size))  # fmt: skip
+        try:
+            return self._fill(iter(chunks), n)
+        except StopIteration:
+            raise ValueError(f"the tokens hold fewer than the {n} activations needed to initialise") from None
 
     def __iter__(self) -> Iterator[ActivationBatch]:
         source = self._next_sequences()
@@ -104,13 +110,11 @@ class ActivationStore:
         half = self.buffer_tokens // 2
         while True:
             perm = torch.randperm(self.buffer_tokens, generator=self.generator)
-            buffer = ActivationBatch(buffer.x[perm], buffer.y[perm])
+            buffer = {name: acts[perm] for name, acts in buffer.items()}
             for start in range(0, half - self.batch_size + 1, self.batch_size):
-                yield ActivationBatch(
-                    buffer.x[start : start + self.batch_size], buffer.y[start : start + self.batch_size]
-                )
+                yield {name: acts[start : start + self.batch_size] for name, acts in buffer.items()}
             fresh = self._fill(source, half)
-            buffer = ActivationBatch(torch.cat([fresh.x, buffer.x[half:]]), torch.cat([fresh.y, buffer.y[half:]]))
+            buffer = {name: torch.cat([fresh[name], buffer[name][half:]]) for name in self.hook_names}
 
 
 def _device(model: nn.Module) -> torch.device:

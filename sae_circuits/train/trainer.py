@@ -146,13 +146,15 @@ class SAETrainer:
     def __init__(self, store: ActivationStore, cfg: TrainConfig, sae_cfg: SAEConfig) -> None:
         torch.manual_seed(cfg.seed)
         self.store, self.cfg, self.sae_cfg = store, cfg, sae_cfg
+        self.hook_in, self.hook_out = sae_cfg.hook_name, sae_cfg.site
         sample = store.sample(max(cfg.geometric_median_samples, cfg.batch_size))
+        x, y = sample[self.hook_in], sample[self.hook_out]
         # Scale so that E||x||^2 = d (SAELens's convention); inputs and targets separately.
-        self.scale_in = _norm_scale(sample.x) if cfg.normalize_activations else 1.0
+        self.scale_in = _norm_scale(x) if cfg.normalize_activations else 1.0
         self.scale_out = self.scale_in if not sae_cfg.is_transcoder else (
-            _norm_scale(sample.y) if cfg.normalize_activations else 1.0
+            _norm_scale(y) if cfg.normalize_activations else 1.0
         )  # fmt: skip
-        b_dec = geometric_median(sample.y[: cfg.geometric_median_samples] * self.scale_out)
+        b_dec = geometric_median(y[: cfg.geometric_median_samples] * self.scale_out)
         self.dictionary = TrainableDictionary(
             sae_cfg.d_in, sae_cfg.output_width, sae_cfg.d_sae, cfg, b_dec, sae_cfg.is_transcoder
         )
@@ -173,7 +175,7 @@ class SAETrainer:
     def step(self, batch: ActivationBatch) -> StepMetrics:
         """One optimiser step on one batch."""
         cfg, model = self.cfg, self.dictionary
-        x, y = batch.x * self.scale_in, batch.y * self.scale_out
+        x, y = batch[self.hook_in] * self.scale_in, batch[self.hook_out] * self.scale_out
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.steps_done)
 
@@ -229,22 +231,8 @@ class SAETrainer:
         return StepMetrics(loss, mse, explained, l0, dead)
 
     def run(self) -> SAE:
-        """Train for ``cfg.n_steps`` steps; return the SAE with normalisation folded in."""
-        bar = tqdm(total=self.cfg.n_steps, disable=not self.cfg.progress, desc=f"train {self.sae_cfg.site}")
-        self.dictionary.train()
-        for batch in self.store:
-            if self.steps_done >= self.cfg.n_steps:
-                break
-            metrics = self.step(batch)
-            if self.steps_done % self.cfg.log_every == 0 or self.steps_done == self.cfg.n_steps:
-                bar.set_postfix(
-                    loss=f"{metrics.loss:.3g}", ev=f"{metrics.explained_variance:.3f}",
-                    l0=f"{metrics.l0:.1f}", dead=f"{metrics.dead_fraction:.3f}",
-                )  # fmt: skip
-            bar.update(1)
-        bar.close()
-        self.last_metrics = metrics
-        return self.export()
+        """Train for ``cfg.n_steps`` steps on this trainer's own stream; return the SAE."""
+        return run_trainers(self.store, [self])[0]
 
     @torch.no_grad()
     def export(self) -> SAE:
@@ -291,24 +279,67 @@ def _width(model: nn.Module, tokens: Tensor, hook_name: str) -> int:
     return int(cache[hook_name].shape[-1])
 
 
-def _train(model: nn.Module, hook_in: str, hook_out: str | None, tokens: Tensor, config: TrainConfig) -> SAE:
+class DictionarySpec(NamedTuple):
+    """Where one dictionary reads (and, for a transcoder, writes)."""
+
+    hook_in: str
+    hook_out: str | None = None
+
+
+def run_trainers(store: ActivationStore, trainers: list[SAETrainer]) -> list[SAE]:
+    """Step every trainer on every batch of one shared stream; one progress bar for all."""
+    cfg = trainers[0].cfg
+    label = trainers[0].sae_cfg.site if len(trainers) == 1 else f"{len(trainers)} dictionaries"
+    bar = tqdm(total=cfg.n_steps, disable=not cfg.progress, desc=f"train {label}")
+    for trainer in trainers:
+        trainer.dictionary.train()
+    for step, batch in enumerate(store):
+        if step >= cfg.n_steps:
+            break
+        metrics = [trainer.step(batch) for trainer in trainers]
+        for trainer, m in zip(trainers, metrics):
+            trainer.last_metrics = m
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.n_steps:
+            worst = min(metrics, key=lambda m: m.explained_variance)
+            bar.set_postfix(
+                loss=f"{worst.loss:.3g}", ev=f"{worst.explained_variance:.3f}",
+                l0=f"{worst.l0:.1f}", dead=f"{max(m.dead_fraction for m in metrics):.3f}",
+            )  # fmt: skip
+        bar.update(1)
+    bar.close()
+    return [trainer.export() for trainer in trainers]
+
+
+def train_dictionaries(
+    model: nn.Module, specs: list[DictionarySpec], tokens: Int[Tensor, "n_seq seq"], config: TrainConfig
+) -> list[SAE]:
+    """Train one dictionary per spec from a single activation stream (one model pass for all)."""
     from sae_circuits._model import get_hook_point
 
     if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
         raise ValueError("tokens must be an integer tensor of shape [n_sequences, sequence_length]")
-    for name in (hook_in, hook_out):
-        if name is not None:
-            get_hook_point(model, name)
-    transcoder = hook_out is not None
-    d_in = _width(model, tokens, hook_in)
-    d_out = _width(model, tokens, hook_out) if transcoder else d_in
-    sae_cfg = SAEConfig(
+    names = sorted({n for spec in specs for n in spec if n is not None})
+    for name in names:
+        get_hook_point(model, name)
+    store = ActivationStore(
+        model, tokens.long(), names,
+        batch_size=config.batch_size, buffer_tokens=config.buffer_tokens,
+        model_batch_size=config.model_batch_size, skip_first_position=config.skip_first_position, seed=config.seed,
+    )  # fmt: skip
+    trainers = [SAETrainer(store, config, _sae_config(model, spec, tokens, config)) for spec in specs]
+    return run_trainers(store, trainers)
+
+
+def _sae_config(model: nn.Module, spec: DictionarySpec, tokens: Tensor, config: TrainConfig) -> SAEConfig:
+    transcoder = spec.hook_out is not None
+    d_in = _width(model, tokens, spec.hook_in)
+    return SAEConfig(
         _saved_architecture(config, transcoder),  # type: ignore[arg-type]
         d_in=d_in,
         d_sae=config.d_sae or config.expansion_factor * d_in,
-        hook_name=hook_in,
-        hook_name_out=hook_out,
-        d_out=d_out if transcoder else None,
+        hook_name=spec.hook_in,
+        hook_name_out=spec.hook_out,
+        d_out=_width(model, tokens, spec.hook_out) if spec.hook_out is not None else None,
         k=config.k if config.architecture == "topk" else None,
         apply_b_dec_to_input=not transcoder,
         metadata={
@@ -318,12 +349,6 @@ def _train(model: nn.Module, hook_in: str, hook_out: str | None, tokens: Tensor,
             "sae_circuits_training": asdict(config),
         },
     )
-    store = ActivationStore(
-        model, tokens.long(), hook_in, hook_out,
-        batch_size=config.batch_size, buffer_tokens=config.buffer_tokens,
-        model_batch_size=config.model_batch_size, skip_first_position=config.skip_first_position, seed=config.seed,
-    )  # fmt: skip
-    return SAETrainer(store, config, sae_cfg).run()
 
 
 def train_sae(model: nn.Module, hook_name: str, tokens: Int[Tensor, "n_seq seq"], config: TrainConfig | None = None) -> SAE:
@@ -332,7 +357,7 @@ def train_sae(model: nn.Module, hook_name: str, tokens: Int[Tensor, "n_seq seq"]
     >>> sae = sc.train_sae(model, "blocks.0.hook_resid_post", tokens, sc.TrainConfig(k=16))  # doctest: +SKIP
     >>> sae.save("my_sae")                                                                    # doctest: +SKIP
     """
-    return _train(model, hook_name, None, tokens, config or TrainConfig())
+    return train_dictionaries(model, [DictionarySpec(hook_name)], tokens, config or TrainConfig())[0]
 
 
 def train_transcoder(
@@ -340,4 +365,4 @@ def train_transcoder(
 ) -> SAE:
     """Train a transcoder predicting the activation at ``hook_out`` from the one at ``hook_in``
     (e.g. ``blocks.L.ln2.hook_normalized`` -> ``blocks.L.hook_mlp_out``)."""
-    return _train(model, hook_in, hook_out, tokens, config or TrainConfig())
+    return train_dictionaries(model, [DictionarySpec(hook_in, hook_out)], tokens, config or TrainConfig())[0]
