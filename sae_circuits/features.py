@@ -1,0 +1,85 @@
+"""Feature statistics: activations over a corpus, top-activating tokens, logit effects, and
+features selective for a kind of text (e.g. base64)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from sae_circuits.sae import SAE
+from sae_circuits.splice import spliced
+
+
+@torch.no_grad()
+def feature_activations(
+    model: nn.Module, sae: SAE, tokens: Int[Tensor, "batch pos"], batch_size: int = 8
+) -> Float[Tensor, "batch pos d_sae"]:
+    """Activations of every feature of ``sae`` on ``tokens`` (the SAE is spliced temporarily)."""
+    name = f"{sae.cfg.site}.hook_sae_acts_post"
+    with spliced(model, [sae]):
+        parts = []
+        for start in range(0, tokens.shape[0], batch_size):
+            _, cache = model.run_with_cache(tokens[start : start + batch_size], names_filter=name)
+            parts.append(cache[name].float())
+    return torch.cat(parts)
+
+
+@dataclass
+class TokenActivation:
+    """One token of a corpus where a feature fires."""
+
+    token: str
+    context: str
+    activation: float
+
+
+def top_activating_tokens(
+    model: nn.Module, acts: Float[Tensor, "batch pos d_sae"], tokens: Tensor, feature: int, k: int = 5, context: int = 6
+) -> list[TokenActivation]:
+    """The ``k`` strongest activations of ``feature`` with the token and a little left context."""
+    values = acts[..., feature].flatten()
+    top = values.topk(min(k, values.numel()))
+    out = []
+    for value, flat in zip(top.values.tolist(), top.indices.tolist()):
+        if value <= 0:
+            break
+        row, pos = divmod(flat, acts.shape[1])
+        out.append(TokenActivation(
+            model.to_string(tokens[row, pos : pos + 1]),
+            model.to_string(tokens[row, max(0, pos - context) : pos + 1]),
+            value,
+        ))  # fmt: skip
+    return out
+
+
+@torch.no_grad()
+def logit_effects(model: nn.Module, sae: SAE, feature: int, k: int = 5) -> tuple[list[str], list[str]]:
+    """Tokens a feature's decoder direction promotes and suppresses through the unembedding
+    (direct path; the final LayerNorm's scale is a common positive factor, so it does not change
+    the ranking), median-shifted as in the dictionary-learning paper."""
+    weights = sae.W_dec[feature].to(model.W_U.dtype) @ model.W_U
+    weights = weights - weights.median()
+    promote = [model.to_string(int(t)) for t in weights.topk(k).indices]
+    suppress = [model.to_string(int(t)) for t in (-weights).topk(k).indices]
+    return promote, suppress
+
+
+def selective_features(
+    acts_in: Float[Tensor, "... d_sae"], acts_out: Float[Tensor, "... d_sae"], k: int = 5
+) -> list[tuple[int, float, float]]:
+    """Features that fire on the ``in`` text and not on the ``out`` text, best first:
+    ``(index, firing rate in, firing rate out)`` ranked by ``rate_in - rate_out``."""
+    rate_in = (acts_in > 0).flatten(0, -2).float().mean(0)
+    rate_out = (acts_out > 0).flatten(0, -2).float().mean(0)
+    order = (rate_in - rate_out).argsort(descending=True)[:k]
+    return [(int(i), float(rate_in[i]), float(rate_out[i])) for i in order]
+
+
+def max_activation(acts: Float[Tensor, "... d_sae"], features: Sequence[int]) -> list[float]:
+    """The largest observed activation of each feature (the paper's steering value)."""
+    flat = acts.flatten(0, -2)
+    return [float(flat[:, i].max()) for i in features]

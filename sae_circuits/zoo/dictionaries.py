@@ -1,0 +1,144 @@
+"""Recipe stage: train the embedded model's dictionaries and evaluate them.
+
+    python -m sae_circuits.zoo.dictionaries [--model-dir DIR] [--tokens DIR] [--smoke]
+
+Trains, from one activation stream, a residual-stream SAE after every block
+(``blocks.{L}.hook_resid_post``) and a transcoder per MLP (``blocks.{L}.ln2.hook_normalized`` ->
+``blocks.{L}.hook_mlp_out``), saves them in the SAELens layout under ``saes/`` and
+``transcoders/`` of the model folder, evaluates each on held-out text beside its PCA / rank-k
+baseline, and writes the figures into ``card.json`` and the model card ``docs/zoo.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sae_circuits.evals import EvalResult, evaluate
+from sae_circuits.io import atomic_write_text
+from sae_circuits.train import DictionarySpec, TrainConfig, train_dictionaries
+from sae_circuits.zoo.loader import load_hf_gpt2
+
+ZOO = Path(__file__).resolve().parent
+DOCS = ZOO.parents[1] / "docs" / "zoo.md"
+FULL = TrainConfig(
+    architecture="batchtopk", expansion_factor=16, k=24, batch_size=4096, total_tokens=6_000_000,
+    buffer_tokens=131_072, model_batch_size=16, lr=1e-3, warmup_steps=50, skip_first_position=False,
+    dead_after_tokens=1_000_000, seed=0,
+)  # fmt: skip
+SMOKE = replace(FULL, total_tokens=4096 * 6, buffer_tokens=8192, model_batch_size=4, warmup_steps=2,
+                geometric_median_samples=1024, progress=False)  # fmt: skip
+MARK_BEGIN, MARK_END = "<!-- dictionaries:begin -->", "<!-- dictionaries:end -->"
+
+
+def specs(n_layers: int) -> tuple[list[DictionarySpec], list[DictionarySpec]]:
+    resid = [DictionarySpec(f"blocks.{layer}.hook_resid_post") for layer in range(n_layers)]
+    mlp = [DictionarySpec(f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out") for layer in range(n_layers)]
+    return resid, mlp
+
+
+def eval_tokens(tokens_dir: Path, rows_per_corpus: int) -> torch.Tensor:
+    """Held-out rows from every sub-corpus's validation split."""
+    parts = [np.load(p)[:rows_per_corpus] for p in sorted(tokens_dir.glob("val_*.npy"))]
+    if not parts:
+        raise FileNotFoundError(f"no val_*.npy in {tokens_dir}; run the recipe's tokenizer stage first")
+    return torch.from_numpy(np.concatenate(parts).astype(np.int64))
+
+
+def build(model_dir: Path, tokens_dir: Path, config: TrainConfig, eval_rows: int) -> dict[str, Any]:
+    """Train, save and evaluate every dictionary; return the card entry."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = load_hf_gpt2(model_dir, "hooked")
+    train = torch.from_numpy(np.load(tokens_dir / "train.npy").astype(np.int64))
+    resid, mlp = specs(model.cfg.n_layers)
+    started = time.time()
+    saes = train_dictionaries(model, resid + mlp, train, config)
+    train_seconds = time.time() - started
+    held_out = eval_tokens(tokens_dir, eval_rows)
+    entries = []
+    for spec, sae in zip(resid + mlp, saes):
+        kind = "saes" if spec.hook_out is None else "transcoders"
+        folder = model_dir / kind / (spec.hook_in if spec.hook_out is None else spec.hook_out)
+        sae.save(folder)
+        result = evaluate(model, sae, held_out, batch_size=4)
+        entries.append({"kind": kind, "folder": str(folder.relative_to(model_dir)), "eval": result.to_dict()})
+    return {
+        "training": asdict(config),
+        "train_seconds": round(train_seconds, 1),
+        "eval_tokens": int(held_out.numel()),
+        "dictionaries": entries,
+    }
+
+
+def markdown(card: dict[str, Any]) -> str:
+    """The model card's dictionaries section."""
+    cfg = card["training"]
+    lines = [
+        MARK_BEGIN,
+        "## Dictionaries",
+        "",
+        f"Trained by `python -m sae_circuits.zoo.dictionaries` (all {len(card['dictionaries'])} from one activation "
+        f"stream, {card['train_seconds'] / 60:.1f} min on this CPU): {cfg['architecture']} with k={cfg['k']} "
+        f"(saved as JumpReLU with the learned threshold), width {cfg['expansion_factor']} x d_model, "
+        f"{cfg['total_tokens'] / 1e6:.1f}M training tokens each, lr {cfg['lr']}, batch {cfg['batch_size']}.",
+        f"Evaluated on {card['eval_tokens']:,} held-out tokens (validation rows of every sub-corpus); "
+        "the baseline is PCA top-k (transcoders: rank-k regression) at the same L0.",
+        "",
+        "| dictionary | L0 | explained var. (baseline) | ce_loss_score (baseline) | kl_div_score (baseline) | CE clean / spliced / zero | dead | dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in card["dictionaries"]:
+        r, b = entry["eval"], entry["eval"]["baseline"] or {}
+        lines.append(
+            f"| `{entry['folder']}` | {r['l0']:.1f} | {r['explained_variance']:.3f} ({b.get('explained_variance', float('nan')):.3f}) "
+            f"| {r['ce_loss_score']:.3f} ({b.get('ce_loss_score', float('nan')):.3f}) "
+            f"| {r['kl_div_score']:.3f} ({b.get('kl_div_score', float('nan')):.3f}) "
+            f"| {r['ce_loss_clean']:.3f} / {r['ce_loss_spliced']:.3f} / {r['ce_loss_zero']:.3f} "
+            f"| {r['dead_fraction']:.1%} | {r['dense_fraction']:.1%} |"
+        )
+    lines += ["", MARK_END]
+    return "\n".join(lines)
+
+
+def write_card(model_dir: Path, card: dict[str, Any], docs: Path | None) -> None:
+    card_path = model_dir / "card.json"
+    existing = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    existing["dictionaries"] = card
+    atomic_write_text(card_path, json.dumps(existing, indent=2))
+    if docs is None:
+        return
+    text = docs.read_text() if docs.is_file() else "# The embedded model\n"
+    section = markdown(card)
+    if MARK_BEGIN in text and MARK_END in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        text = head + section + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    atomic_write_text(docs, text)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=ZOO / "tiny")
+    parser.add_argument("--tokens", type=Path, default=Path("build/zoo/tokens"))
+    parser.add_argument("--smoke", action="store_true", help="a few steps, for tests; does not touch docs/")
+    parser.add_argument("--eval-rows", type=int, default=None, help="validation rows per sub-corpus")
+    args = parser.parse_args(argv)
+    config = SMOKE if args.smoke else FULL
+    card = build(args.model_dir, args.tokens, config, args.eval_rows or (1 if args.smoke else 12))
+    write_card(args.model_dir, card, None if args.smoke else DOCS)
+    for entry in card["dictionaries"]:
+        r = entry["eval"]
+        print(f"{entry['folder']}: L0 {r['l0']:.1f} EV {r['explained_variance']:.3f} ce_loss_score {r['ce_loss_score']:.3f}")
+    return card
+
+
+if __name__ == "__main__":
+    main()
