@@ -82,9 +82,67 @@ def _random_setup(folder: str) -> tuple[nn.Module, list[SAE]]:
     return model, saes
 
 
+def _embedded() -> tuple[nn.Module, list[SAE]] | None:
+    from sae_circuits import zoo
+
+    if "tiny" not in zoo.names():
+        return None
+    try:
+        return zoo.load("tiny")
+    except FileNotFoundError:  # the model is installed but its dictionaries are not
+        return None
+
+
+def _label_corpus(model: nn.Module) -> torch.Tensor:
+    """A small offline corpus (stdlib code, markup, base64) for labelling features by the tokens
+    they fire on."""
+    from sae_circuits.zoo import automata
+    from sae_circuits.zoo.base64_steering import probe_texts
+
+    blobs, code = probe_texts()
+    markup = ["".join(symbols) for symbols, _ in automata.generate("markup", 8, seed=1)]
+    rows = [model.to_tokens(t, prepend_bos=False)[0, :64] for t in code[:24] + blobs[:8] + markup]
+    return torch.stack([r for r in rows if r.numel() == 64])
+
+
+def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[str], None]) -> None:
+    """The demo on the embedded model: labelled top features per layer, then base64 steering."""
+    from sae_circuits.features import feature_activations, logit_effects, top_activating_tokens
+    from sae_circuits.zoo import base64_steering
+
+    corpus = _label_corpus(model)
+    out(f"Embedded model 'tiny': {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
+        f"{len(saes)} residual SAEs of {saes[0].cfg.d_sae} features.")  # fmt: skip
+    out(f"\nPrompt: {prompt!r}\n\nTop features at the last token (fires on ... | promotes ...):")
+    for site, rows in top_features(model, saes, prompt).items():
+        sae = next(s for s in saes if s.cfg.site == site)
+        acts = feature_activations(model, sae, corpus)
+        out(f"  {site}")
+        for row in rows:
+            fires = [t.token for t in top_activating_tokens(model, acts, corpus, row.index, k=5)]
+            promotes, _ = logit_effects(model, sae, row.index, k=4)
+            out(f"    #{row.index:<5} act={row.activation:6.2f}  fires on {fires} | promotes {promotes}")
+
+    out("\nThe paper's classic: pin the base64 feature at its maximum observed activation.")
+    result = base64_steering.measure(model, saes, max_new_tokens=32, prompts=base64_steering.PROMPTS[9:12])
+    out(f"  base64 feature: {result.site} #{result.feature} (fires on {result.rate_in:.0%} of base64 tokens, "
+        f"{result.rate_out:.1%} of English/code tokens); pinned at {result.value:.2f}")  # fmt: skip
+    for prompt_text, plain, pinned in result.samples:
+        out(f"  prompt {prompt_text!r}")
+        out(f"    without: {plain!r}")
+        out(f"    pinned:  {pinned!r}")
+    out(f"  continuations with a base64-looking run: {result.fraction_without:.0%} without, "
+        f"{result.fraction_with:.0%} pinned (the model card has the 20-prompt figure)")  # fmt: skip
+
+
 def run(prompt: str = "def parse(self, text):\n    return", out: Callable[[str], None] = print) -> None:
     """Print the demo: top features per layer, then text before/after a clamp."""
     torch.manual_seed(0)
+    embedded = _embedded()
+    if embedded is not None:
+        with torch.no_grad():
+            run_embedded(*embedded, prompt=prompt, out=out)
+        return
     with tempfile.TemporaryDirectory() as folder:
         out("No embedded model installed: using a random GPT-2 (d_model 64) with random TopK SAEs.")
         model, saes = _random_setup(folder)
