@@ -143,3 +143,24 @@ def test_aux_k_revives_dead_features(hooked, train_tokens):
     assert trainer._sparsity_loss(h, None, residual).item() > 0
     trainer.tokens_since_fired.zero_()
     assert trainer._sparsity_loss(h, None, residual).item() == 0
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
+def test_sparse_decode_matches_dense_values_and_gradients(architecture):
+    from sae_circuits.train.trainer import SparseCode, TrainableDictionary
+
+    torch.manual_seed(0)
+    cfg = small(architecture=architecture, k=5)
+    d = TrainableDictionary(16, 16, 64, cfg, torch.zeros(16), transcoder=False)
+    x = torch.randn(32, 16)
+    h = d.pre_acts(x)
+    code = d.activate(h)
+    assert isinstance(code, SparseCode)
+    dense = code.dense()
+    assert (dense > 0).sum() > 0 and (dense != 0).sum() <= 5 * 32
+    sparse_out, dense_out = d.decode(code), dense @ d.W_dec + d.b_dec
+    assert torch.allclose(sparse_out, dense_out, atol=1e-5)
+    g_sparse = torch.autograd.grad(sparse_out.pow(2).sum(), [d.W_dec, d.W_enc], retain_graph=True)
+    g_dense = torch.autograd.grad(dense_out.pow(2).sum(), [d.W_dec, d.W_enc])
+    for a, b in zip(g_sparse, g_dense):
+        assert torch.allclose(a, b, atol=1e-4)

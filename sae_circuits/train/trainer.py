@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -70,6 +71,24 @@ class _Step(torch.autograd.Function):
         return None, (-(1.0 / ctx.bandwidth) * window * grad).sum(0), None
 
 
+class SparseCode(NamedTuple):
+    """Feature activations stored as their selected entries, token after token."""
+
+    values: Tensor
+    """``[n]`` activation of each entry (differentiable)."""
+    features: Tensor
+    """``[n]`` feature index of each entry."""
+    offsets: Tensor
+    """``[batch]`` where each token's entries start."""
+    d_sae: int
+
+    def dense(self) -> Tensor:
+        counts = torch.diff(self.offsets, append=self.offsets.new_tensor([self.values.numel()]))
+        rows = torch.repeat_interleave(torch.arange(len(self.offsets), device=self.values.device), counts)
+        out = self.values.new_zeros(len(self.offsets), self.d_sae)
+        return out.index_put((rows, self.features), self.values)
+
+
 class TrainableDictionary(nn.Module):
     """The parameters being trained and the training-time forward pass (normalised space)."""
 
@@ -90,17 +109,23 @@ class TrainableDictionary(nn.Module):
         centred = x if self.transcoder else x - self.b_dec
         return centred @ self.W_enc + self.b_enc
 
-    def activate(self, h: Tensor) -> Tensor:
+    def activate(self, h: Tensor) -> Tensor | SparseCode:
+        """Feature activations: a :class:`SparseCode` for TopK/BatchTopK (only the selected
+        entries exist, so decoding skips the zeros), a dense tensor otherwise."""
         arch, k = self.cfg.architecture, self.cfg.k
         if arch == "topk":
             values, indices = h.topk(k, dim=-1)
-            return torch.zeros_like(h).scatter(-1, indices, values.relu())
+            offsets = torch.arange(0, h.shape[0] * k, k, device=h.device)
+            return SparseCode(values.relu().flatten(), indices.flatten(), offsets, h.shape[-1])
         if arch == "batchtopk":
             flat = h.relu().flatten()
             values, indices = flat.topk(min(k * h.shape[0], flat.numel()))
             if self.training:
                 self._update_threshold(values)
-            return torch.zeros_like(flat).scatter(-1, indices, values).view_as(h)
+            indices, order = indices.sort()  # group the entries token by token
+            rows = indices // h.shape[-1]
+            offsets = torch.searchsorted(rows, torch.arange(h.shape[0], device=h.device))
+            return SparseCode(values[order], indices % h.shape[-1], offsets, h.shape[-1])
         if arch == "jumprelu":
             return _JumpReLU.apply(h.relu(), self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
         return h.relu()
@@ -115,7 +140,9 @@ class TrainableDictionary(nn.Module):
             else:
                 self.batch_threshold.mul_(0.99).add_(0.01 * low)
 
-    def decode(self, f: Tensor) -> Tensor:
+    def decode(self, f: Tensor | SparseCode) -> Tensor:
+        if isinstance(f, SparseCode):  # sum of value * W_dec row over each token's entries
+            return F.embedding_bag(f.features, self.W_dec, f.offsets, mode="sum", per_sample_weights=f.values) + self.b_dec
         return f @ self.W_dec + self.b_dec
 
     @torch.no_grad()
@@ -192,7 +219,7 @@ class SAETrainer:
         self.optimizer.step()
         model.normalise_decoder()
         self.steps_done += 1
-        return self._bookkeeping(f.detach(), y, y_hat.detach(), loss.item(), mse.item())
+        return self._bookkeeping(f, y, y_hat.detach(), loss.item(), mse.item())
 
     def _sparsity_loss(self, h: Tensor, f: Tensor, residual: Tensor) -> Tensor:
         cfg, model = self.cfg, self.dictionary
@@ -217,16 +244,20 @@ class SAETrainer:
         return error / residual.pow(2).sum(-1).mean().clamp_min(1e-8) * residual.shape[-1]
 
     @torch.no_grad()
-    def _bookkeeping(self, f: Tensor, y: Tensor, y_hat: Tensor, loss: float, mse: float) -> StepMetrics:
-        fired = (f > 0).any(0)
-        self.tokens_since_fired += f.shape[0]
-        self.tokens_since_fired[fired] = 0
+    def _bookkeeping(self, f: Tensor | SparseCode, y: Tensor, y_hat: Tensor, loss: float, mse: float) -> StepMetrics:
+        n_tokens = y.shape[0]
+        if isinstance(f, SparseCode):
+            counts = torch.bincount(f.features[f.values > 0], minlength=f.d_sae)
+        else:
+            counts = (f > 0).sum(0)
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[counts > 0] = 0
         if self.steps_done > self.cfg.n_steps * 0.8:  # firing frequencies over the last 20%
-            self.fire_counts += (f > 0).sum(0)
-            self.counted_tokens += f.shape[0]
+            self.fire_counts += counts
+            self.counted_tokens += n_tokens
         variance = (y - y.mean(0)).pow(2).sum()
         explained = 1.0 - float((y - y_hat).pow(2).sum() / variance.clamp_min(1e-12))
-        l0 = float((f > 0).sum(-1).float().mean())
+        l0 = float(counts.sum()) / n_tokens
         dead = float((self.tokens_since_fired >= self.cfg.dead_after_tokens).float().mean())
         return StepMetrics(loss, mse, explained, l0, dead)
 
