@@ -59,6 +59,7 @@ class ActivationStore:
         self.model_batch_size = model_batch_size
         self.first = 1 if skip_first_position and tokens.shape[1] > 1 else 0
         self.seed = seed
+        self._samples: dict[int, ActivationBatch] = {}
         self.stop = stop_layer(*self.hook_names)
         self.generator = torch.Generator().manual_seed(seed)
         self._order = torch.randperm(tokens.shape[0], generator=self.generator)
@@ -96,11 +97,15 @@ class ActivationStore:
     def sample(self, n: int) -> ActivationBatch:
         """``n`` activations for initialisation statistics, from a fixed seeded order of sequences
         that does not move the training stream (so trainers sharing a store start alike)."""
+        cached = self._samples.get(n)
+        if cached is not None:  # trainers sharing a store ask for the same sample
+            return cached
         order = torch.randperm(self.tokens.shape[0], generator=torch.Generator().manual_seed(self.seed + 1))
         chunks = (self._activations(order[i : i + self.model_batch_size])
                   for i in range(0, len(order), self.model_batch_size))  # fmt: skip
         try:
-            return self._fill(iter(chunks), n)
+            self._samples = {n: self._fill(iter(chunks), n)}
+            return self._samples[n]
         except StopIteration:
             raise ValueError(f"the tokens hold fewer than the {n} activations needed to initialise") from None
 
