@@ -7,6 +7,7 @@ from sae_circuits.io import SAEFormatError
 from sae_circuits.sae import SAE, SAEConfig
 from sae_circuits.splice import saes_of, splice, spliced, unsplice
 from sae_circuits.train import TrainConfig, train_sae, train_transcoder
+from sae_circuits import zoo  # noqa: E402  (sc.zoo.load(...))
 
 __version__ = "0.1.0"
 
@@ -30,4 +31,5 @@ __all__ = [
     "train_sae",
     "train_transcoder",
     "unsplice",
+    "zoo",
 ]

@@ -132,3 +132,63 @@ def measure(model: nn.Module, saes: list[SAE], max_new_tokens: int = 40, prompts
         sae.cfg.site, feature, value, rate_in, rate_out,
         hits[False] / len(prompts), hits[True] / len(prompts), len(prompts), samples,
     )  # fmt: skip
+
+
+MARK_BEGIN, MARK_END = "<!-- base64:begin -->", "<!-- base64:end -->"
+
+
+def markdown(result: Base64Steering, seconds: float) -> str:
+    """The model card's section for the measurement."""
+    lines = [
+        MARK_BEGIN,
+        "## Steering: the base64 feature",
+        "",
+        "The dictionary-learning paper's classic, reproduced by `python -m sae_circuits.zoo.base64_steering`"
+        f" ({seconds:.0f} s): the feature most selective for base64 text over English/code, among all residual"
+        " SAEs, is pinned at its maximum observed activation from the last prompt token on, during greedy"
+        " generation (KV cache on) of 40 tokens from 20 English and code prompts. A continuation counts when"
+        " it holds a base64-looking run: 16+ characters of the base64 alphabet with no space, mixing upper"
+        " case, lower case and digits.",
+        "",
+        f"- feature: `{result.site}` #{result.feature}; fires on {result.rate_in:.0%} of base64 tokens and"
+        f" {result.rate_out:.1%} of English/code tokens; pinned at {result.value:.2f}",
+        f"- continuations with a base64-looking run: **{result.fraction_without:.0%} without** the clamp,"
+        f" **{result.fraction_with:.0%} with** it ({result.n_prompts} prompts)",
+        "",
+        "| prompt | without | pinned |",
+        "|---|---|---|",
+    ]
+    for prompt, plain, pinned in result.samples:
+        cells = [repr(t)[1:-1].replace("|", "\\|")[:70] for t in (prompt, plain, pinned)]
+        lines.append("| `" + "` | `".join(cells) + "` |")
+    lines += ["", MARK_END]
+    return "\n".join(lines)
+
+
+def main() -> Base64Steering:
+    """Measure on the embedded model; write the result into its card.json and docs/zoo.md."""
+    import json
+    import time
+    from dataclasses import asdict
+
+    from sae_circuits import zoo
+    from sae_circuits.io import atomic_write_text
+    from sae_circuits.zoo.dictionaries import DOCS, replace_section
+
+    torch.manual_seed(0)
+    started = time.time()
+    model, saes = zoo.load("tiny")
+    result = measure(model, saes)
+    seconds = time.time() - started
+    card_path = zoo.model_path("tiny") / "card.json"
+    card = json.loads(card_path.read_text())
+    card["base64_steering"] = asdict(result)
+    atomic_write_text(card_path, json.dumps(card, indent=2))
+    replace_section(DOCS, MARK_BEGIN, MARK_END, markdown(result, seconds))
+    print(f"{result.site} #{result.feature}: base64-looking continuations {result.fraction_without:.0%} "
+          f"without, {result.fraction_with:.0%} pinned at {result.value:.2f}")  # fmt: skip
+    return result
+
+
+if __name__ == "__main__":
+    main()

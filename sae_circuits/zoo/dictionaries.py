@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae_circuits.evals import EvalResult, evaluate
+from sae_circuits.evals import evaluate
 from sae_circuits.io import atomic_write_text
 from sae_circuits.train import DictionarySpec, TrainConfig, train_dictionaries
 from sae_circuits.zoo.loader import load_hf_gpt2
@@ -112,13 +112,17 @@ def write_card(model_dir: Path, card: dict[str, Any], docs: Path | None) -> None
     existing = json.loads(card_path.read_text()) if card_path.is_file() else {}
     existing["dictionaries"] = card
     atomic_write_text(card_path, json.dumps(existing, indent=2))
-    if docs is None:
-        return
+    if docs is not None:
+        replace_section(docs, MARK_BEGIN, MARK_END, markdown(card))
+
+
+def replace_section(docs: Path, begin: str, end: str, section: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) into the Markdown file
+    ``docs``: in place of the previous one, or appended."""
     text = docs.read_text() if docs.is_file() else "# The embedded model\n"
-    section = markdown(card)
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     atomic_write_text(docs, text)
