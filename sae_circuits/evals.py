@@ -178,6 +178,7 @@ def pca_baseline(model: nn.Module, sae: SAE, tokens: Tensor, k: int, max_tokens:
     else:
         directions = torch.linalg.svd(y - mean_y, full_matrices=False).Vh[:k]
         encoder = directions.T
+    k = directions.shape[0]  # fewer tokens than k: the rank the data supports
     cfg = SAEConfig(
         "transcoder" if sae.cfg.is_transcoder else "standard",
         d_in=sae.cfg.d_in,

@@ -69,3 +69,9 @@ def test_pca_baseline_is_the_best_rank_k_reconstruction(hooked, eval_tokens):
     result = evaluate(hooked, sae, eval_tokens)
     assert result.baseline is not None and result.baseline.site == SITE
     assert result.baseline.l0 <= round(result.l0) + 1e-6
+
+
+@torch.no_grad()
+def test_baseline_rank_is_capped_by_the_data(hooked, eval_tokens):
+    base = pca_baseline(hooked, random_sae(), eval_tokens[:1, :10], k=32)
+    assert base.cfg.d_sae == 2 * 10  # 10 tokens support at most 10 directions
