@@ -164,3 +164,22 @@ def test_sparse_decode_matches_dense_values_and_gradients(architecture):
     g_dense = torch.autograd.grad(dense_out.pow(2).sum(), [d.W_dec, d.W_enc])
     for a, b in zip(g_sparse, g_dense):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_aux_k_on_dead_columns_matches_the_dense_definition(hooked, train_tokens):
+    cfg = small(architecture="topk", aux_k=6)
+    store = ActivationStore(hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens)
+    trainer = SAETrainer(store, cfg, sc.SAEConfig("topk", d_in=64, d_sae=256, hook_name=SITE, k=8))
+    dead = torch.zeros(256, dtype=torch.bool)
+    dead[::3] = True
+    trainer.tokens_since_fired[dead] = 10**9
+    x = next(iter(store))[SITE] * trainer.scale_in
+    h = trainer.dictionary.pre_acts(x)
+    residual = torch.randn_like(x)
+    # dense reference: top aux_k of h over the dead features only, decoded through W_dec
+    masked = h.masked_fill(~dead, float("-inf"))
+    values, indices = masked.topk(6, dim=-1)
+    f_aux = torch.zeros_like(h).scatter(-1, indices, values.relu())
+    reference = (f_aux @ trainer.dictionary.W_dec - residual).pow(2).sum(-1).mean()
+    reference = reference / residual.pow(2).sum(-1).mean() * residual.shape[-1]
+    assert torch.allclose(trainer._aux_k_loss(h, residual), reference, rtol=1e-5)
