@@ -68,13 +68,22 @@ def build(model_dir: Path, tokens_dir: Path, config: TrainConfig, eval_rows: int
         folder = model_dir / kind / (spec.hook_in if spec.hook_out is None else spec.hook_out)
         sae.save(folder)
         result = evaluate(model, sae, held_out, batch_size=4)
-        entries.append({"kind": kind, "folder": str(folder.relative_to(model_dir)), "eval": result.to_dict()})
+        entries.append({
+            "kind": kind, "folder": str(folder.relative_to(model_dir)), "eval": result.to_dict(),
+            "dead_training_window": training_window_dead(sae),
+        })  # fmt: skip
     return {
         "training": asdict(config),
         "train_seconds": round(train_seconds, 1),
         "eval_tokens": int(held_out.numel()),
         "dictionaries": entries,
     }
+
+
+def training_window_dead(sae: Any) -> float:
+    """Fraction of features that never fired over the last 20% of training (``sparsity.safetensors``
+    holds log10 of the firing frequency there, -10 for never)."""
+    return float((sae.sparsity <= -9.99).float().mean())
 
 
 def markdown(card: dict[str, Any]) -> str:
@@ -89,9 +98,11 @@ def markdown(card: dict[str, Any]) -> str:
         f"(saved as JumpReLU with the learned threshold), width {cfg['expansion_factor']} x d_model, "
         f"{cfg['total_tokens'] / 1e6:.1f}M training tokens each, lr {cfg['lr']}, batch {cfg['batch_size']}.",
         f"Evaluated on {card['eval_tokens']:,} held-out tokens (validation rows of every sub-corpus); "
-        "the baseline is PCA top-k (transcoders: rank-k regression) at the same L0.",
+        "the baseline is PCA top-k (transcoders: rank-k regression) at the same L0. *Dead* is given over two "
+        "windows: the held-out tokens (a feature rarer than ~1/30k tokens looks dead there) and the last 20% of "
+        f"training ({cfg['total_tokens'] * 0.2 / 1e3:.0f}k tokens, from `sparsity.safetensors`).",
         "",
-        "| dictionary | L0 | explained var. (baseline) | ce_loss_score (baseline) | kl_div_score (baseline) | CE clean / spliced / zero | dead | dense |",
+        "| dictionary | L0 | explained var. (baseline) | ce_loss_score (baseline) | kl_div_score (baseline) | CE clean / spliced / zero | dead: held-out / training | dense |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for entry in card["dictionaries"]:
@@ -101,7 +112,7 @@ def markdown(card: dict[str, Any]) -> str:
             f"| {r['ce_loss_score']:.3f} ({b.get('ce_loss_score', float('nan')):.3f}) "
             f"| {r['kl_div_score']:.3f} ({b.get('kl_div_score', float('nan')):.3f}) "
             f"| {r['ce_loss_clean']:.3f} / {r['ce_loss_spliced']:.3f} / {r['ce_loss_zero']:.3f} "
-            f"| {r['dead_fraction']:.1%} | {r['dense_fraction']:.1%} |"
+            f"| {r['dead_fraction']:.1%} / {entry.get('dead_training_window', float('nan')):.1%} | {r['dense_fraction']:.1%} |"
         )
     lines += ["", MARK_END]
     return "\n".join(lines)
