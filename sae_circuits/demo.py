@@ -124,15 +124,16 @@ def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[
             out(f"    #{row.index:<5} act={row.activation:6.2f}  fires on {fires} | promotes {promotes}")
 
     out("\nThe paper's classic: pin the base64 feature at its maximum observed activation.")
-    result = base64_steering.measure(model, saes, max_new_tokens=32, prompts=base64_steering.PROMPTS[9:12])
+    result = base64_steering.measure(model, saes)  # all 20 prompts: a few seconds
     out(f"  base64 feature: {result.site} #{result.feature} (fires on {result.rate_in:.0%} of base64 tokens, "
         f"{result.rate_out:.1%} of English/code tokens); pinned at {result.value:.2f}")  # fmt: skip
     for prompt_text, plain, pinned in result.samples:
         out(f"  prompt {prompt_text!r}")
         out(f"    without: {plain!r}")
         out(f"    pinned:  {pinned!r}")
-    out(f"  continuations with a base64-looking run: {result.fraction_without:.0%} without, "
-        f"{result.fraction_with:.0%} pinned (the model card has the 20-prompt figure)")  # fmt: skip
+    out(f"  continuations with a base64-looking run (16+ base64 characters mixing cases and digits), "
+        f"over {result.n_prompts} English/code prompts: {result.fraction_without:.0%} without, "
+        f"{result.fraction_with:.0%} pinned")  # fmt: skip
 
 
 def run(prompt: str = "def parse(self, text):\n    return", out: Callable[[str], None] = print) -> None:

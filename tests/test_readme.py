@@ -16,7 +16,8 @@ def test_readme_tour_runs():
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)  # noqa: S102 - our own README
     model, tokens = namespace["model"], namespace["tokens"]
-    assert namespace["acts"].shape == (1, tokens.shape[1], 512)
+    assert namespace["acts"].shape == (1, tokens.shape[1], namespace["saes"][1].cfg.d_sae)
+    assert namespace["metrics"].explained_variance > 0.5
     assert namespace["out"].shape == (1, tokens.shape[1] + 20)
     assert torch.isfinite(namespace["loss"])
     assert namespace["steered"].shape == namespace["out"].shape
