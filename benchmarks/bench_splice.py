@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
-import re
 import statistics
 import sys
 import sysconfig
@@ -48,6 +46,8 @@ warnings.filterwarnings("ignore")
 
 import sae_circuits as sc  # noqa: E402
 from sae_circuits.zoo.random_model import random_gpt2  # noqa: E402
+
+from _report import machine, versions, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -314,20 +314,8 @@ def time_generation(s: Setup, repeats: int) -> tuple[dict[str, float], dict[str,
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-        cores = len(re.findall(r"^processor\s*:", cpuinfo, re.M))
-        cpu = f"{match.group(1).strip() if match else 'unknown CPU'} ({cores} logical cores)"
-    except OSError:
-        cpu = "unknown CPU"
-    return f"{cpu}, torch threads = {torch.get_num_threads()}"
 
 
-def versions() -> str:
-    names = ("torch", "transformer-lens", "sae-lens")
-    return ", ".join(f"{n} {importlib.metadata.version(n)}" for n in names) + f", Python {sys.version.split()[0]}"
 
 
 def ms(seconds: float) -> str:
@@ -510,18 +498,6 @@ def interpretation(*, over_ratio: float, edit_ratio: float, edit_extra: float, e
     return " ".join(sentences)
 
 
-def write_docs(section: str, path: Path = DOCS) -> None:
-    """Add or replace this script's section in ``docs/benchmarks.md``; other sections are kept."""
-    if not path.exists():
-        path.write_text("# Benchmarks\n\n" + section.rstrip() + "\n")
-        return
-    text = path.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
 
 
 # --------------------------------------------------------------------------- main
@@ -549,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         section = report(s, fwd, gen, per_step, same_tokens, parity, args.repeats, args.gen_repeats)
     print(section)
     if args.write_docs:
-        write_docs(section)
+        write_section(section, SECTION, DOCS)
         print(f"wrote {DOCS.relative_to(REPO)}", file=sys.stderr)
     return 0
 

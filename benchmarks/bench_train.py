@@ -52,9 +52,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import math
-import re
 import statistics
 import sys
 import sysconfig
@@ -74,6 +72,8 @@ warnings.filterwarnings("ignore")
 from sae_circuits.sae import SAEConfig  # noqa: E402
 from sae_circuits.train.config import TrainConfig  # noqa: E402
 from sae_circuits.train.trainer import SAETrainer, SparseCode  # noqa: E402
+
+from _report import machine, versions, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -385,25 +385,8 @@ def profile_steps(runners: list[Runner], order: BatchOrder, n_steps: int, n_prof
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-        cores = len(re.findall(r"^processor\s*:", cpuinfo, re.M))
-        name = match.group(1).strip() if match else "unknown CPU"
-    except OSError:
-        name, cores = "unknown CPU", 0
-    return f"{name} ({cores} logical cores), torch threads = {torch.get_num_threads()}"
 
 
-def versions() -> str:
-    parts = []
-    for package in ("torch", "transformer-lens", "sae-lens"):
-        try:
-            parts.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{package} (not installed)")
-    return ", ".join(parts) + f", Python {sys.version.split()[0]}"
 
 
 def report(acts: Activations, order: BatchOrder, runners: list[Runner], quality: dict[str, dict[str, float]],
@@ -623,18 +606,6 @@ def interpretation(by_name: dict[str, Runner], quality: dict[str, dict[str, floa
     return " ".join(sentences)
 
 
-def write_docs(section: str, path: Path = DOCS) -> None:
-    """Add or replace this script's section in ``docs/benchmarks.md``; other sections are kept."""
-    if not path.exists():
-        path.write_text("# Benchmarks\n\n" + section.rstrip() + "\n")
-        return
-    text = path.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
 
 
 # --------------------------------------------------------------------------- main
@@ -678,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report(acts, order, runners, quality, prof, probe, args)
     print(section)
     if args.write_docs:
-        write_docs(section)
+        write_section(section, SECTION, DOCS)
         print(f"wrote {DOCS.relative_to(REPO)}", file=sys.stderr)
     return 0
 
