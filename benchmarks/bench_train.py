@@ -445,7 +445,7 @@ def report(acts: Activations, order: BatchOrder, runners: list[Runner], quality:
         f"linear decay to 0 over the last {DECAY_FRACTION:.0%}, gradient clipping {GRAD_CLIP:g}, a feature is dead "
         f"after {DEAD_AFTER_TOKENS:,} tokens without firing ({DEAD_AFTER_TOKENS // BATCH} steps; AuxK uses it), "
         "float32, normalisation off in both (the data are pre-scaled). Otherwise each library's own recipe: ours "
-        "unit-norm decoder rows kept unit-norm, geometric-median `b_dec`, AuxK (k_aux = d_sae/32 = 64) normalised "
+        "unit-norm decoder rows kept unit-norm, geometric-median `b_dec`, AuxK (k_aux = d_in/2 = 64) normalised "
         "by the residual's variance and weighted 1/32; sae-lens decoder rows initialised at norm 0.1, "
         "`rescale_acts_by_decoder_norm=True`, zero `b_dec`, AuxK (k_aux = d_in/2 = 64) unnormalised, weight 1.",
         f"- Timed for ours: `SAETrainer.step({{hook: batch}})` (forward, loss, backward, decoder-gradient "
@@ -554,8 +554,8 @@ def interpretation(by_name: dict[str, Runner], quality: dict[str, dict[str, floa
         f"{quality[OURS]['dead']:.1%} of its features silent on the held-out set against sae-lens's "
         f"{quality[LENS]['dead']:.1%}.",
         f"One dense product of the batch with a {D_IN} x {D_SAE} matrix is {flops:.2f} GFLOP. Without AuxK, ours "
-        "runs three per step (the encoder's forward, its weight gradient, and the gradient of the encoder's input, "
-        "which only `b_dec` needs) and decodes the k selected rows with `embedding_bag` (k/d_sae = 1/64 of a dense "
+        "runs two per step (the encoder's forward, one `addmm` with `b_dec` folded into the bias, and its weight "
+        "gradient) and decodes the k selected rows with `embedding_bag` (k/d_sae = 1/64 of a dense "
         "decode's arithmetic, forward and backward); sae-lens scatters the top-k into a dense [batch, d_sae] tensor "
         "and runs the decoder as three more dense products (forward, weight gradient, activation gradient), and, "
         "with its default `rescale_acts_by_decoder_norm=True`, multiplies the dense pre-activations and the dense "
@@ -576,8 +576,9 @@ def interpretation(by_name: dict[str, Runner], quality: dict[str, dict[str, floa
     if probe:
         (o_off, o_on), (l_off, l_on) = probe[OURS], probe[LENS]
         sentences.append(
-            f"Both build AuxK's input densely (a masked [batch, d_sae] copy, a second `topk`, a zero-filled scatter, "
-            f"a dense product with W_dec and its backward): with the probe's features marked dead, AuxK adds "
+            f"Sae-lens builds AuxK's input densely (a masked [batch, d_sae] copy, a second `topk`, a zero-filled "
+            f"scatter, a dense product with W_dec and its backward); ours takes the dead columns only and decodes "
+            f"them with `embedding_bag`: with the probe's features marked dead, AuxK adds "
             f"{(o_on - o_off) * 1e3:.0f} ms to ours' step ({o_on / o_off - 1:.0%}) and {(l_on - l_off) * 1e3:.0f} ms to "
             f"sae-lens's ({l_on / l_off - 1:.0%}), so once features die in a longer run ours runs at "
             f"{l_on / o_on:.2f}x sae-lens."
@@ -597,11 +598,8 @@ def interpretation(by_name: dict[str, Runner], quality: dict[str, dict[str, floa
             sentences.append(
                 f"In ours' profile the dense products ({mm_calls} per step) take {mm / total:.0%} of the operator "
                 f"time and `topk` over the [batch, d_sae] pre-activations {topk / total:.0%}. The encoder's forward "
-                "and `topk` are the floor of a dense-encoder TopK step; the rest is not: `b_dec`'s gradient through "
-                "the encoder input is a full [batch, d_sae] x [d_sae, d_in] product although it equals "
-                "-(sum over the batch of the pre-activation gradient) @ W_enc^T, `+ b_enc` is a separate pass over "
-                "the [batch, d_sae] pre-activations (`addmm` would fuse it), the encoder's weight gradient is dense "
-                "although each row of the pre-activation gradient has only k non-zeros, and AuxK is dense."
+                "and `topk` are the floor of a dense-encoder TopK step; what is left above it is the encoder's "
+                "weight gradient, dense although each row of the pre-activation gradient has only k non-zeros."
             )
     return " ".join(sentences)
 
