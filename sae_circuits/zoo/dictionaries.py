@@ -29,9 +29,9 @@ from sae_circuits.zoo.loader import load_hf_gpt2
 ZOO = Path(__file__).resolve().parent
 DOCS = ZOO.parents[1] / "docs" / "zoo.md"
 FULL = TrainConfig(
-    architecture="batchtopk", expansion_factor=16, k=24, batch_size=4096, total_tokens=2_048_000,
+    architecture="batchtopk", expansion_factor=16, k=24, batch_size=4096, total_tokens=2_457_600,
     buffer_tokens=131_072, model_batch_size=16, lr=1e-3, warmup_steps=50, skip_first_position=False,
-    dead_after_tokens=1_000_000, seed=0,
+    dead_after_tokens=256_000, seed=0,
 )  # fmt: skip
 SMOKE = replace(FULL, expansion_factor=2, batch_size=1024, total_tokens=1024 * 6, buffer_tokens=4096, model_batch_size=4, warmup_steps=2,
                 geometric_median_samples=1024, progress=False)  # fmt: skip
