@@ -108,9 +108,8 @@ def markdown(card: dict[str, Any]) -> str:
         f"stream, {card['train_seconds'] / 60:.1f} min on this CPU): {cfg['architecture']} with k={cfg['k']} "
         f"(saved as JumpReLU with the learned threshold), width {cfg['expansion_factor']} x d_model, "
         f"{cfg['total_tokens'] / 1e6:.1f}M training tokens each, lr {cfg['lr']}, batch {cfg['batch_size']}.",
-        *( [f"The committed dictionaries were trained by the code of commit `{card['trained_at_commit']}`; later "
-            "trainer speed-ups (encoder bias folded into one matmul, AuxK on the dead columns only) change a "
-            "training step by floating-point rounding only, so a rebuild is equivalent but not bitwise identical."] if card.get("trained_at_commit") else []),
+        *([f"The committed dictionaries were trained by the code of commit `{card['trained_at_commit']}`."]
+          if card.get("trained_at_commit") else []),
         f"Evaluated on {card['eval_tokens']:,} held-out tokens (validation rows of every sub-corpus); "
         "the baseline is PCA top-k (transcoders: rank-k regression) at the same L0. *Dead* is given over two "
         "windows: the held-out tokens (a feature rarer than ~1/30k tokens looks dead there) and the last 20% of "
