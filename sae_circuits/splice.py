@@ -171,9 +171,11 @@ def saes_of(model: nn.Module) -> dict[str, SAE]:
     return {name: site.sae for name, site in _sites(model).items()}
 
 
-def _sites(model: nn.Module) -> dict[str, _Site]:
-    registry: dict[str, _Site] = model.__dict__.setdefault("_sae_circuits_sites", {})
-    return registry
+def _sites(model: nn.Module, create: bool = False) -> dict[str, _Site]:
+    """The model's spliced sites; reading never adds anything to the model."""
+    if create:
+        return model.__dict__.setdefault("_sae_circuits_sites", {})
+    return model.__dict__.get("_sae_circuits_sites", {})
 
 
 def splice(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = True) -> None:
@@ -193,7 +195,7 @@ def splice(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = Tr
     if not isinstance(error_term, bool):
         raise TypeError(f"error_term must be a bool, got {error_term!r}")
     plans = _plan(model, saes)
-    sites = _sites(model)
+    sites = _sites(model, create=True)
     added: dict[str, HookPoint] = {}
     done: list[str] = []
     try:

@@ -70,6 +70,9 @@ def test_unsplice_is_bitwise_and_keeps_user_hooks(hooked, sae, tokens):
     assert torch.equal(before, spliced_out) and torch.equal(before, after)
     assert hooked.hook_dict[SITE] is hook_point and "forward" not in hook_point.__dict__
     assert sorted(hooked.hook_dict) == names_before
+    assert not any(k.startswith("_sae_circuits") for k in hooked.__dict__)  # nothing left on the model
+    sc.saes_of(hooked)
+    assert not any(k.startswith("_sae_circuits") for k in hooked.__dict__)  # reading adds nothing
     assert fired == [SITE, SITE, SITE]  # fired before, during and after the splice
     hooked.reset_hooks(including_permanent=True)
 
