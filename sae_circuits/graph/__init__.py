@@ -1,0 +1,1 @@
+"""Attribution graphs: sparse graph math (graph.py); the attribution pass and exports follow."""
