@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sae_circuits.features import logit_effects
 from sae_circuits.interventions import clamp, intervene
 from sae_circuits.sae import SAE, SAEConfig
 from sae_circuits.splice import spliced
@@ -44,8 +45,7 @@ def top_features(model: nn.Module, saes: Sequence[SAE], prompt: str, k: int = 3)
         for value, index in zip(values.tolist(), indices.tolist()):
             if value <= 0:
                 break
-            logits = sae.W_dec[index].to(model.W_U.dtype) @ model.W_U
-            promoted = [model.to_string(int(t)) for t in logits.topk(5).indices]
+            promoted, _ = logit_effects(model, sae, index, k=5)
             rows.append(TopFeature(sae.cfg.site, index, value, promoted))
         result[sae.cfg.site] = rows
     return result
@@ -107,7 +107,7 @@ def _label_corpus(model: nn.Module) -> torch.Tensor:
 
 def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[str], None]) -> None:
     """The demo on the embedded model: labelled top features per layer, then base64 steering."""
-    from sae_circuits.features import feature_activations, logit_effects, top_activating_tokens
+    from sae_circuits.features import feature_activations, top_activating_tokens
     from sae_circuits.zoo import base64_steering
 
     corpus = _label_corpus(model)
@@ -120,8 +120,7 @@ def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[
         out(f"  {site}")
         for row in rows:
             fires = [t.token for t in top_activating_tokens(model, acts, corpus, row.index, k=5)]
-            promotes, _ = logit_effects(model, sae, row.index, k=4)
-            out(f"    #{row.index:<5} act={row.activation:6.2f}  fires on {fires} | promotes {promotes}")
+            out(f"    #{row.index:<5} act={row.activation:6.2f}  fires on {fires} | promotes {row.top_tokens[:4]}")
 
     out("\nThe paper's classic: pin the base64 feature at its maximum observed activation.")
     result = base64_steering.measure(model, saes)  # all 20 prompts: a few seconds

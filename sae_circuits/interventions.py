@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from sae_circuits._model import check_model, get_hook_point
-from sae_circuits.positions import Chunk, Positions, PositionTracker, normalize_positions, tracking
+from sae_circuits.positions import Chunk, Positions, PositionTracker, is_int, normalize_positions, tracking
 from sae_circuits.sae import SAE
 from sae_circuits.splice import site_of
 
@@ -70,7 +70,7 @@ class Intervention:
 
 
 def _features(features: Features) -> tuple[int, ...]:
-    items = [features] if isinstance(features, int) or _int_tensor(features) else features
+    items = [features] if is_int(features) else features
     try:
         items = list(items)  # type: ignore[arg-type]
     except TypeError:
@@ -79,17 +79,13 @@ def _features(features: Features) -> tuple[int, ...]:
         raise ValueError("features=[]: give at least one feature index")
     out: list[int] = []
     for item in items:
-        if isinstance(item, bool) or not (isinstance(item, int) or _int_tensor(item)):
+        if not is_int(item):
             raise TypeError(f"features={features!r}: {item!r} is not an int")
         if int(item) < 0:
             raise ValueError(f"features={features!r}: feature index {int(item)} is negative")
         if int(item) not in out:
             out.append(int(item))
     return tuple(out)
-
-
-def _int_tensor(value: Any) -> bool:
-    return isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point()
 
 
 def _number(value: Any, name: str, *, non_negative: bool) -> float:

@@ -34,12 +34,12 @@ def normalize_positions(positions: Positions) -> None | tuple[int, ...] | slice 
     if isinstance(positions, slice):
         for part in ("start", "stop", "step"):
             value = getattr(positions, part)
-            if value is not None and (not _is_int(value) or value < 0):
+            if value is not None and (not is_int(value) or value < 0):
                 raise ValueError(f"positions={positions!r}: slice {part} must be a non-negative int or None")
         if positions.step == 0:
             raise ValueError(f"positions={positions!r}: slice step must be positive")
         return positions
-    items = [positions] if _is_int(positions) else positions
+    items = [positions] if is_int(positions) else positions
     if isinstance(items, Tensor):
         items = items.tolist()
     try:
@@ -47,7 +47,7 @@ def normalize_positions(positions: Positions) -> None | tuple[int, ...] | slice 
     except TypeError:
         raise TypeError(f"positions={positions!r}: expected None, an int, a list of ints, a slice, 'prompt' or 'generated'") from None
     for item in items:
-        if not _is_int(item):
+        if not is_int(item):
             raise TypeError(f"positions={positions!r}: {item!r} is not an int")
         if item < 0:
             raise ValueError(
@@ -57,7 +57,8 @@ def normalize_positions(positions: Positions) -> None | tuple[int, ...] | slice 
     return tuple(sorted(set(int(i) for i in items)))
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int (not a bool) or a 0-d integer tensor."""
     return isinstance(value, int) and not isinstance(value, bool) or (
         isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point()
     )

@@ -16,27 +16,15 @@ import torch
 
 from sae_circuits.zoo.loader import ModelKind, load_hf_gpt2
 
-EOT = "<|endoftext|>"
 
 
 def train_small_tokenizer(folder: str | os.PathLike[str], vocab_size: int = 512, n_files: int = 40) -> Path:
-    """Train a byte-level BPE on a few stdlib modules; save it as a Hugging Face tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """Train the recipe's byte-level BPE on a few stdlib modules; save it as a Hugging Face tokenizer."""
+    from sae_circuits.zoo.tokenizer import save_tokenizer, train_tokenizer
 
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:n_files]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train([str(f) for f in files], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT)
-    fast.save_pretrained(str(folder))
+    texts = (f.read_text(errors="ignore") for f in files)
+    save_tokenizer(train_tokenizer(texts, vocab_size), Path(folder))
     return Path(folder)
 
 
