@@ -2,6 +2,7 @@
 and trace the circuits they form."""
 
 from sae_circuits.evals import EvalResult, evaluate
+from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
 from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, scale, steer
 from sae_circuits.io import SAEFormatError
 from sae_circuits.sae import SAE, SAEConfig
@@ -12,6 +13,9 @@ from sae_circuits import zoo  # noqa: E402  (sc.zoo.load(...))
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttributionGraph",
+    "Feature",
+    "LogitDirection",
     "SAE",
     "SAEConfig",
     "SAEFormatError",
@@ -20,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "ablate",
     "add",
+    "attribute",
     "clamp",
     "evaluate",
     "intervene",

@@ -320,3 +320,22 @@ def site_of(model: nn.Module, site: str | SAE) -> _Site:
         if candidate.sae.cfg.hook_name == site:
             return candidate
     raise ValueError(f"no SAE is spliced at {site!r}; spliced sites: {sorted(sites) or 'none'}")
+
+
+@contextmanager
+def bypassed(model: nn.Module) -> Iterator[nn.Module]:
+    """Make every spliced site a pass-through for the ``with`` block (the model's own activations
+    flow; no dictionary runs). Attribution uses it to put its own leaves at the sites."""
+    states = [
+        state
+        for hook_point in model.hook_dict.values()
+        if (state := hook_point.__dict__.get(_STATE_ATTR)) is not None
+    ]
+    saved = [(state.site, state.taps) for state in states]
+    try:
+        for state in states:
+            state.site, state.taps = None, []
+        yield model
+    finally:
+        for state, (site, taps) in zip(states, saved):
+            state.site, state.taps = site, taps

@@ -1,1 +1,8 @@
-"""Attribution graphs: sparse graph math (graph.py); the attribution pass and exports follow."""
+"""Attribution graphs: the attribution pass (attribute.py), the frozen replacement model
+(replacement.py), sparse graph math (graph.py), the graph object and its file formats."""
+
+from sae_circuits.graph.attribute import attribute
+from sae_circuits.graph.attribution_graph import AttributionGraph
+from sae_circuits.graph.targets import Feature, LogitDirection
+
+__all__ = ["AttributionGraph", "Feature", "LogitDirection", "attribute"]

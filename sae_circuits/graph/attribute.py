@@ -1,0 +1,477 @@
+"""``sc.attribute``: the attribution graph of a prompt, by batched backward passes.
+
+One forward pass of the frozen replacement model (``replacement.py``) over ``batch_size`` copies
+of the prompt; then each backward pass injects ``batch_size`` different target vectors (a logit
+direction at the last position, or a feature's encoder direction at its position) and reads the
+gradient at every site output and at the embedding. Dotting those gradients with each active
+feature's decoded vector, each error vector and each token embedding gives ``batch_size`` rows of
+the adjacency matrix at once.
+
+Which features get a row: all that can reach the targets (every active feature with a nonzero
+path), or, with ``max_feature_nodes``, the most influential ones, chosen greedily by the influence
+pushed to them from the rows computed so far. A feature without a row is not dropped: its direct
+effects are folded into an explicit "other" node of its site, so every row keeps its full input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sae_circuits._model import check_model, is_bridge
+from sae_circuits.graph.attribution_graph import AttributionGraph
+from sae_circuits.graph.graph import Edges, NodeKind
+from sae_circuits.graph.replacement import (
+    MLP_NONLINEARITY,
+    PromptValues,
+    block_of,
+    capture,
+    frozen_pass,
+    stage_of,
+)
+from sae_circuits.graph.targets import ResolvedTarget, TargetSpec, resolve_targets
+from sae_circuits.positions import is_int
+from sae_circuits.splice import saes_of
+
+_GATHER_ELEMENTS = 1 << 24  # cap on batch x features x width per gathered chunk (64 MB in fp32)
+
+
+def attribute(
+    model: nn.Module,
+    prompt: str | Sequence[int] | Int[Tensor, " pos"],
+    targets: TargetSpec = None,
+    *,
+    batch_size: int = 64,
+    max_feature_nodes: int | None = None,
+    edge_tolerance: float = 0.0,
+    prepend_bos: bool | None = None,
+    progress: bool = True,
+) -> AttributionGraph:
+    """The attribution graph of ``prompt`` through the dictionaries spliced into ``model``.
+
+    Args:
+        model: a ``HookedTransformer`` with SAEs and/or transcoders spliced (:func:`sc.splice`).
+        prompt: text, or token ids.
+        targets: what to explain. ``None``: the most likely next tokens until their probability
+            adds up to 0.95 (at most 10), weighted by probability. Or tokens (strings that are one
+            token, or ids), a :class:`LogitDirection` (e.g. a logit difference), one or more
+            :class:`Feature` (their pre-activations are explained), or a list mixing them.
+        batch_size: target rows per backward pass (copies of the prompt in the forward pass).
+        max_feature_nodes: most features to expand (None: every feature that reaches a target).
+            The rest are folded into one "other" node per site.
+        edge_tolerance: per row, feature edges smaller than this share of the row's feature mass
+            (the smallest ones, adding up to at most ``edge_tolerance``) are folded into their
+            site's "other" node: memory for long prompts, nothing lost. 0 keeps every edge.
+        prepend_bos: passed to ``model.to_tokens`` for text prompts (None: the model's default).
+        progress: show a progress bar.
+
+    Edges are direct effects in the frozen replacement model (attention patterns and
+    normalisation scales frozen): exact wherever no bare MLP lies between source and target,
+    first-order otherwise (:meth:`AttributionGraph.first_order_edges`).
+
+    >>> sc.splice(model, sc.zoo.load_saes("tiny", kind="transcoder"))   # doctest: +SKIP
+    >>> g = sc.attribute(model, "def foo(x):\\n    return")               # doctest: +SKIP
+    """
+    check_model(model)
+    if is_bridge(model):
+        raise NotImplementedError(
+            "attribution needs a HookedTransformer (it freezes hook_pattern/hook_scale); "
+            "load the model with kind='hooked'"
+        )
+    if not saes_of(model):
+        raise ValueError("no SAE or transcoder is spliced into the model; splice some first (sc.splice)")
+    _check_settings(batch_size, max_feature_nodes, edge_tolerance)
+    tokens = _tokens(model, prompt, prepend_bos)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            return _Attribution(model, capture(model, tokens), targets, batch_size, max_feature_nodes,
+                                edge_tolerance, progress).run(prompt if isinstance(prompt, str) else None)
+    finally:
+        model.train(was_training)
+
+
+def _check_settings(batch_size: Any, max_feature_nodes: Any, edge_tolerance: Any) -> None:
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    if max_feature_nodes is not None and (not is_int(max_feature_nodes) or max_feature_nodes < 0):
+        raise ValueError(f"max_feature_nodes={max_feature_nodes!r} must be None or an integer >= 0")
+    if isinstance(edge_tolerance, bool) or not isinstance(edge_tolerance, (int, float)) or not 0 <= edge_tolerance < 1:
+        raise ValueError(f"edge_tolerance={edge_tolerance!r} must be a number in [0, 1)")
+
+
+def _tokens(model: Any, prompt: Any, prepend_bos: bool | None) -> Tensor:
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        if getattr(model, "tokenizer", None) is None:
+            raise ValueError("the model has no tokenizer: pass the prompt as token ids")
+        tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)[0]
+    else:
+        tokens = torch.as_tensor(prompt)
+        if tokens.ndim == 2 and tokens.shape[0] == 1:
+            tokens = tokens[0]
+        if tokens.ndim != 1 or tokens.is_floating_point():
+            raise ValueError(f"prompt tokens must be a 1-D sequence of ids, got shape {tuple(tokens.shape)}")
+        bad = tokens[(tokens < 0) | (tokens >= model.cfg.d_vocab)]
+        if bad.numel():
+            raise ValueError(f"prompt token id {int(bad[0])} is not in the vocabulary [0, {model.cfg.d_vocab})")
+    if tokens.numel() == 0:
+        raise ValueError("the prompt is empty")
+    if tokens.numel() > model.cfg.n_ctx:
+        raise ValueError(f"the prompt has {tokens.numel()} tokens, more than the model's context of {model.cfg.n_ctx}")
+    return tokens.to(next(model.parameters()).device)
+
+
+@dataclass
+class _Row:
+    """One row of the adjacency matrix: a target, or a feature being expanded."""
+
+    weight: float  # target weight, or the feature's influence estimate when it was expanded
+    target: int = -1  # index into the resolved targets
+    active: int = -1  # index into the active features
+
+
+class _Attribution:
+    """The state of one attribution run (active features, rows computed, edges kept)."""
+
+    def __init__(
+        self, model: Any, values: PromptValues, targets: TargetSpec, batch_size: int,
+        max_feature_nodes: int | None, edge_tolerance: float, progress: bool,
+    ) -> None:
+        self.model, self.values, self.batch = model, values, batch_size
+        self.budget, self.tolerance, self.progress = max_feature_nodes, edge_tolerance, progress
+        self.n = values.tokens.numel()
+        self.targets = resolve_targets(targets, values.probs, model, self.n)
+        sites = values.sites
+        self.site_index = {s.name: i for i, s in enumerate(sites)}
+        # active features, numbered site by site
+        self.offsets = [0]
+        for s in sites:
+            self.offsets.append(self.offsets[-1] + s.positions.numel())
+        self.n_active = self.offsets[-1]
+        self.active_site = torch.cat([torch.full_like(s.positions, i) for i, s in enumerate(sites)]) if sites else torch.zeros(0, dtype=torch.long)
+        self.active_pos = torch.cat([s.positions for s in sites])
+        self.active_index = torch.cat([s.indices for s in sites])
+        self.active_value = torch.cat([s.activations for s in sites]).float()
+        self.target_features = self._check_feature_targets()
+        self.rows: list[_Row] = []
+        self.visited = torch.zeros(self.n_active, dtype=torch.bool)
+        self.score = torch.zeros(self.n_active, dtype=torch.float64)
+        for active in self.target_features.values():
+            self.visited[active] = True
+        # edges, kept per batch and concatenated at the end: (row, column, weight)
+        self.token_edges: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.error_edges: list[tuple[Tensor, Tensor, Tensor]] = []  # column = site * n + pos
+        self.feature_edges: list[tuple[Tensor, Tensor, Tensor]] = []  # column = active id
+        self.folded: list[Tensor] = []  # per batch: (rows, sites) sums folded by the tolerance
+
+    def _check_feature_targets(self) -> dict[int, int]:
+        """Target number -> active id for feature targets that are active (checked first)."""
+        found: dict[int, int] = {}
+        for t, target in enumerate(self.targets):
+            if target.feature is None:
+                continue
+            site_name = target.feature.site
+            matches = [i for i, s in enumerate(self.values.sites) if site_name in (s.name, s.sae.cfg.hook_name)]
+            if not matches:
+                raise ValueError(
+                    f"feature target site {site_name!r} has no spliced dictionary; spliced: {[s.name for s in self.values.sites]}"
+                )
+            site = self.values.sites[matches[0]]
+            if not is_int(target.feature.index) or not 0 <= target.feature.index < site.sae.cfg.d_sae:
+                raise ValueError(f"feature target index {target.feature.index!r} is outside [0, {site.sae.cfg.d_sae}) at {site.name!r}")
+            hit = ((site.positions == target.feature.position) & (site.indices == target.feature.index)).nonzero()
+            if hit.numel():
+                found[t] = self.offsets[matches[0]] + int(hit[0, 0])
+        return found
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, prompt: str | None) -> AttributionGraph:
+        expected = len(self.targets) + (self.n_active if self.budget is None else min(self.budget, self.n_active))
+        bar = tqdm(total=expected, desc="attribution rows", unit="row", disable=not self.progress, leave=False)
+        self.pass_ = frozen_pass(self.model, self.values, self.batch)
+        try:
+            targets = [_Row(t.weight, target=i) for i, t in enumerate(self.targets)]
+            for start in range(0, len(targets), self.batch):
+                self._compute(targets[start : start + self.batch])
+                bar.update(len(targets[start : start + self.batch]))
+            while pending := self._next_features():
+                self._compute(pending)
+                bar.update(len(pending))
+        finally:
+            bar.close()
+            del self.pass_  # frees the autograd graph
+        return self._graph(prompt)
+
+    def _next_features(self) -> list[_Row]:
+        expanded = len(self.rows) - len(self.targets)
+        room = self.batch if self.budget is None else min(self.batch, self.budget - expanded)
+        candidates = (~self.visited) & (self.score > 0)
+        count = min(room, int(candidates.sum()))
+        if count <= 0:
+            return []
+        chosen = torch.where(candidates, self.score, -1.0).topk(count).indices
+        self.visited[chosen] = True
+        return [_Row(float(self.score[a]), active=int(a)) for a in chosen]
+
+    def _compute(self, rows: list[_Row]) -> None:
+        """One backward pass for up to ``batch`` rows; keeps their edges and pushes influence."""
+        first = len(self.rows)
+        self.rows.extend(rows)
+        grads = self._backward(rows)
+        k = len(rows)
+        if grads[0] is None:  # no path from the embedding to any of these rows
+            token_w = torch.zeros(k, self.n)
+        else:
+            token_w = torch.einsum("bnd,nd->bn", grads[0][:k], self.values.embedding.to(grads[0].dtype)).float()
+        error_w, feature_w = [], []
+        for i, site in enumerate(self.values.sites):
+            g = grads[1 + i]
+            if g is None:
+                error_w.append(torch.zeros(k, self.n))
+                feature_w.append(torch.zeros(k, site.positions.numel()))
+                continue
+            g = g[:k].reshape(k, self.n, -1).to(site.decoded.dtype)
+            error_w.append(torch.einsum("bnd,nd->bn", g, site.error).float())
+            feature_w.append(_gather_dot(g, site.positions, site.decoded).float())
+        errors = torch.cat(error_w, dim=1).float()  # (k, sites * n)
+        features = torch.cat(feature_w, dim=1).float() if feature_w else torch.zeros(k, 0)  # (k, n_active)
+        row_ids = torch.arange(first, first + k)
+        # influence pushed to the sources: each row's normalised |weights| times its weight
+        mass = token_w.abs().sum(1).double() + errors.abs().sum(1).double() + features.abs().sum(1).double()
+        weights = torch.tensor([r.weight for r in rows], dtype=torch.float64)
+        share = torch.where(mass > 0, weights / mass.clamp_min(1e-300), 0.0)
+        self.score += (features.abs().double() * share.unsqueeze(1)).sum(0)
+        if self.tolerance > 0 and self.n_active:
+            features = self._fold_small(features)
+        else:
+            self.folded.append(torch.zeros(k, len(self.values.sites), dtype=torch.float64))
+        for store, dense in ((self.token_edges, token_w), (self.error_edges, errors), (self.feature_edges, features)):
+            r, c = dense.nonzero(as_tuple=True)
+            store.append((row_ids[r].int(), c.int(), dense[r, c]))
+
+    def _backward(self, rows: list[_Row]) -> list[Tensor | None]:
+        """Inject every row's target vector in its own copy of the prompt; one backward pass."""
+        p = self.pass_
+        seeds: dict[str, Tensor] = {}
+        final_seed = None
+        for b, row in enumerate(rows):
+            if row.target >= 0 and self.targets[row.target].feature is None:
+                if final_seed is None:
+                    final_seed = torch.zeros_like(p.final)
+                final_seed[b, -1] = self._logit_vector(self.targets[row.target]).to(p.final.dtype)
+                continue
+            site_i, position, index = self._feature_of(row)
+            site = self.values.sites[site_i]
+            x = p.inputs[site.name]
+            if site.name not in seeds:
+                seeds[site.name] = torch.zeros_like(x)
+            direction = site.encoder_directions(torch.tensor([position]), torch.tensor([index]))[0]
+            seeds[site.name][b, position] = direction.reshape(x.shape[2:]).to(x.dtype)
+        outputs = [p.inputs[name] for name in seeds] + ([p.final] if final_seed is not None else [])
+        grad_outputs = list(seeds.values()) + ([final_seed] if final_seed is not None else [])
+        leaves = [p.embedding] + [p.outputs[s.name] for s in self.values.sites]
+        live = [i for i, o in enumerate(outputs) if o.requires_grad]
+        if not live:
+            return [None] * len(leaves)
+        return list(torch.autograd.grad(
+            [outputs[i] for i in live], leaves, [grad_outputs[i] for i in live], retain_graph=True, allow_unused=True
+        ))
+
+    def _feature_of(self, row: _Row) -> tuple[int, int, int]:
+        if row.target >= 0:
+            feature = self.targets[row.target].feature
+            assert feature is not None
+            site = next(i for i, s in enumerate(self.values.sites) if feature.site in (s.name, s.sae.cfg.hook_name))
+            return site, feature.position, feature.index
+        a = row.active
+        return int(self.active_site[a]), int(self.active_pos[a]), int(self.active_index[a])
+
+    def _logit_vector(self, target: ResolvedTarget) -> Tensor:
+        """``W_U`` times the (vocabulary-demeaned) logit direction of a token or direction target."""
+        w_u = self.model.W_U  # (d_model, d_vocab)
+        if target.kind == "token":
+            return w_u[:, target.token] - w_u.mean(dim=1)
+        assert target.direction is not None
+        direction = target.direction.to(w_u)
+        return w_u @ direction - w_u.mean(dim=1) * direction.sum()
+
+    def _fold_small(self, features: Tensor) -> Tensor:
+        """Zero each row's smallest feature edges holding at most ``tolerance`` of its feature
+        mass; their signed sums per site go to the "other" nodes."""
+        magnitude = features.abs()
+        ordered, order = magnitude.sort(dim=1)  # ascending: the tail first
+        tail = ordered.double().cumsum(1) <= self.tolerance * magnitude.double().sum(1, keepdim=True)
+        drop = torch.zeros_like(tail).scatter_(1, order, tail)
+        dropped = torch.where(drop, features, 0.0).double()
+        sums = torch.zeros(features.shape[0], len(self.values.sites), dtype=torch.float64)
+        sums.index_add_(1, self.active_site, dropped)
+        self.folded.append(sums)
+        return torch.where(drop, 0.0, features)
+
+    # ------------------------------------------------------------------ assembly
+
+    def _graph(self, prompt: str | None) -> AttributionGraph:
+        v, sites, n = self.values, self.values.sites, self.n
+        n_sites = len(sites)
+        n_layers = self.model.cfg.n_layers
+        expanded = torch.tensor(
+            sorted((r.active for r in self.rows if r.active >= 0),
+                   key=lambda a: (sites[int(self.active_site[a])].stage, int(self.active_pos[a]), int(self.active_index[a]))),
+            dtype=torch.long,
+        )
+        columns = _Columns()
+        # tokens
+        token_ids = v.tokens.cpu()
+        strings = [self.model.to_string(token_ids[i : i + 1]) if self.model.tokenizer is not None else str(int(t)) for i, t in enumerate(token_ids)]
+        columns.add(NodeKind.TOKEN, site=-1, layer=-1, stage=0, position=torch.arange(n), index=token_ids, labels=strings)
+        # features with rows
+        node_of_active = torch.full((self.n_active,), -1, dtype=torch.long)
+        node_of_active[expanded] = torch.arange(expanded.numel()) + columns.size
+        f_site = self.active_site[expanded]
+        columns.add(
+            NodeKind.FEATURE, site=f_site, layer=torch.tensor([block_of(sites[int(s)].name) for s in f_site], dtype=torch.long),
+            stage=torch.tensor([sites[int(s)].stage for s in f_site], dtype=torch.long), position=self.active_pos[expanded],
+            index=self.active_index[expanded], activation=self.active_value[expanded],
+            labels=[f"{_short(sites[int(s)].name)} #{int(i)}" for s, i in zip(f_site, self.active_index[expanded])],
+        )
+        # errors: site-major
+        error_base = columns.size
+        for i, s in enumerate(sites):
+            columns.add(NodeKind.ERROR, site=i, layer=block_of(s.name), stage=s.stage, position=torch.arange(n),
+                        index=-1, labels=[f"{_short(s.name)} error"] * n)
+        # edges, row -> node
+        row_node = torch.empty(len(self.rows), dtype=torch.long)
+        target_rows = [(r, row) for r, row in enumerate(self.rows) if row.target >= 0]
+        feature_rows = torch.tensor([r for r, row in enumerate(self.rows) if row.active >= 0], dtype=torch.long)
+        if feature_rows.numel():
+            row_node[feature_rows] = node_of_active[torch.tensor([self.rows[r].active for r in feature_rows.tolist()])]
+        tok = _cat(self.token_edges)
+        err = _cat(self.error_edges)
+        feat = _cat(self.feature_edges)
+        folded = torch.cat(self.folded) if self.folded else torch.zeros(0, n_sites, dtype=torch.float64)
+        # feature edges from features without a row (and the tolerance's tail) -> "other" nodes
+        has_node = node_of_active >= 0
+        has_node[list(self.target_features.values())] = True
+        unexpanded = ~has_node[feat[1].long()]
+        other_sum = folded.clone()
+        other_sum.index_put_(
+            (feat[0][unexpanded].long(), self.active_site[feat[1][unexpanded].long()]),
+            feat[2][unexpanded].double(), accumulate=True,
+        )
+        other_rows, other_sites = (other_sum != 0).nonzero(as_tuple=True)
+        other_node = torch.full((n_sites,), -1, dtype=torch.long)
+        for i in sorted(set(other_sites.tolist())):
+            other_node[i] = columns.size
+            count = int(((self.active_site == i) & (node_of_active < 0)).sum())
+            columns.add(NodeKind.OTHER, site=i, layer=block_of(sites[i].name), stage=sites[i].stage, position=-1, index=-1,
+                        labels=[f"{_short(sites[i].name)} other ({count} features without a row)"])
+        # targets
+        target_node = {}
+        for t, target in enumerate(self.targets):
+            target_node[t] = columns.size
+            if target.feature is not None:
+                si = self.site_index.get(target.feature.site) if target.feature.site in self.site_index else next(
+                    i for i, s in enumerate(sites) if s.sae.cfg.hook_name == target.feature.site)
+                active = self.target_features.get(t)
+                columns.add(NodeKind.TARGET, site=si, layer=block_of(sites[si].name), stage=sites[si].stage,
+                            position=target.feature.position, index=target.feature.index,
+                            activation=float(self.active_value[active]) if active is not None else 0.0,
+                            labels=[target.label], weight=target.weight)
+                if active is not None:
+                    node_of_active[active] = target_node[t]
+            else:
+                columns.add(NodeKind.TARGET, site=-1, layer=n_layers, stage=1 + 12 * n_layers, position=n - 1,
+                            index=target.token, activation=target.probability, labels=[target.label], weight=target.weight)
+        for r, row in target_rows:
+            row_node[r] = target_node[row.target]
+        # feature sources that are feature targets map to the target node; recompute after targets
+        feat_source = node_of_active[feat[1].long()]
+        keep = feat_source >= 0
+        edges = Edges(
+            target=torch.cat([row_node[tok[0].long()], row_node[err[0].long()], row_node[feat[0][keep].long()], row_node[other_rows]]),
+            source=torch.cat([tok[1].long(), error_base + err[1].long(), feat_source[keep], other_node[other_sites]]),
+            weight=torch.cat([tok[2], err[2], feat[2][keep], other_sum[other_rows, other_sites].float()]),
+        )
+        input_stages = [s.input_stage for s in sites]
+        covered = {stage_of(s.name) for s in sites}
+        first_order = [
+            1 + 12 * layer + MLP_NONLINEARITY
+            for layer in range(n_layers)
+            if not self.model.cfg.attn_only
+            and not {1 + 12 * layer + 9, 1 + 12 * layer + 10} & covered
+        ]
+        metadata = {
+            "model": str(getattr(self.model.cfg, "model_name", "")),
+            "n_layers": n_layers,
+            "batch_size": self.batch,
+            "max_feature_nodes": self.budget,
+            "edge_tolerance": self.tolerance,
+            "n_active_features": self.n_active,
+            "n_expanded_features": int(expanded.numel()),
+            "site_input_stages": input_stages,
+            "first_order_stages": first_order,
+        }
+        return columns.build(prompt if prompt is not None else "".join(strings), token_ids.tolist(), strings,
+                             [s.name for s in sites], edges, metadata)
+
+
+def _gather_dot(grad: Tensor, positions: Tensor, decoded: Tensor) -> Tensor:
+    """``out[b, k] = grad[b, positions[k]] · decoded[k]``, in chunks that bound the gathered copy."""
+    batch, _, width = grad.shape
+    chunk = max(1, _GATHER_ELEMENTS // max(1, batch * width))
+    out = [torch.einsum("bkd,kd->bk", grad[:, positions[i : i + chunk]], decoded[i : i + chunk])
+           for i in range(0, positions.numel(), chunk)]
+    return torch.cat(out, dim=1) if out else grad.new_zeros(batch, 0)
+
+
+def _cat(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.int32)
+        return empty, empty, torch.zeros(0)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+
+
+def _short(site: str) -> str:
+    """``blocks.2.hook_mlp_out`` -> ``L2 mlp_out``."""
+    rest = site.split(".", 2)[-1] if site.startswith("blocks.") else site
+    return f"L{block_of(site)} {rest.replace('hook_', '')}" if block_of(site) >= 0 else rest
+
+
+class _Columns:
+    """Builds the node table column by column (scalars broadcast to a group's length)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[Tensor]] = {k: [] for k in ("kind", "site", "layer", "stage", "position", "index", "activation", "weight")}
+        self.labels: list[str] = []
+        self.size = 0
+
+    def add(self, kind: NodeKind, *, labels: list[str], activation: Any = 0.0, weight: float = 0.0, **ints: Any) -> None:
+        m = len(labels)
+        if m == 0:
+            return
+        for name, value in ints.items():
+            self.parts[name].append(torch.as_tensor(value, dtype=torch.long).expand(m).clone())
+        self.parts["kind"].append(torch.full((m,), int(kind), dtype=torch.long))
+        self.parts["activation"].append(torch.as_tensor(activation, dtype=torch.float32).expand(m).clone())
+        self.parts["weight"].append(torch.full((m,), weight, dtype=torch.float64))
+        self.labels.extend(labels)
+        self.size += m
+
+    def build(self, prompt: str, tokens: list[int], strings: list[str], sites: list[str], edges: Edges,
+              metadata: dict[str, Any]) -> AttributionGraph:
+        col = {k: torch.cat(v) for k, v in self.parts.items()}
+        return AttributionGraph(
+            prompt=prompt, tokens=tokens, token_strings=strings, sites=sites, kind=col["kind"], site=col["site"],
+            layer=col["layer"], stage=col["stage"], position=col["position"], index=col["index"],
+            activation=col["activation"], labels=self.labels, target_weight=col["weight"], edges=edges, metadata=metadata,
+        )

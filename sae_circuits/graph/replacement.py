@@ -1,0 +1,223 @@
+"""The frozen local replacement model of one prompt, in which attribution edges are direct effects.
+
+Attention patterns and normalisation scales are frozen at their prompt values, and every
+dictionary site's output is a leaf holding ``decode(f) + error`` (plus, for skip transcoders, the
+live skip term ``x_in @ W_skip.T``, which is linear). With patterns and scales frozen, everything
+between two sites is linear except MLPs that no dictionary replaces, so the gradient of a target's
+pre-activation with respect to a site's output, dotted with a feature's decoded vector, is that
+feature's direct effect on the target: exact through attention, first-order through a bare MLP.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from sae_circuits.sae import SAE
+from sae_circuits.splice import bypassed, saes_of
+
+# Where each hook sits inside a TransformerLens block, in forward order. MLP nonlinearities sit
+# at sub-stage 8, between ``mlp.hook_pre`` (7) and ``mlp.hook_post`` (9).
+_SUB_STAGES = [
+    (r"hook_resid_pre", 0), (r"ln1\.", 1), (r"attn\.hook_(q|k|v|attn_scores|pattern|rot_q|rot_k)", 2),
+    (r"attn\.hook_z|hook_z", 3), (r"hook_attn_out|attn\.hook_result", 4), (r"hook_resid_mid", 5),
+    (r"ln2\.|hook_mlp_in", 6), (r"mlp\.hook_pre", 7), (r"mlp\.hook_post", 9), (r"hook_mlp_out", 10),
+    (r"hook_resid_post", 11),
+]
+_PER_BLOCK = 12
+MLP_NONLINEARITY = 8
+
+
+def stage_of(hook_name: str) -> int:
+    """Rank of a hook in the forward pass: 0 is the embedding, ``1 + 12 * block + sub`` a block hook."""
+    match = re.match(r"blocks\.(\d+)\.(.*)$", hook_name)
+    if match is None:
+        if hook_name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+            return 0
+        raise ValueError(f"cannot place hook {hook_name!r} in the forward pass (expected blocks.<layer>.<hook>)")
+    block, rest = int(match.group(1)), match.group(2)
+    for pattern, sub in _SUB_STAGES:
+        if re.match(pattern, rest):
+            return 1 + _PER_BLOCK * block + sub
+    raise ValueError(f"cannot place hook {hook_name!r} in the forward pass")
+
+
+def block_of(hook_name: str) -> int:
+    match = re.match(r"blocks\.(\d+)\.", hook_name)
+    return int(match.group(1)) if match else -1
+
+
+@dataclass
+class SiteValues:
+    """One dictionary site on the prompt: its features, their decoded vectors and its error."""
+
+    name: str
+    sae: SAE
+    stage: int
+    input_stage: int
+    x_in: Float[Tensor, "pos d_in"]
+    """The dictionary's input (flattened, in the dictionary's dtype)."""
+    leaf: Float[Tensor, "pos ..."]
+    """The site output minus the live skip term: the constant the frozen model holds there."""
+    positions: Int[Tensor, " n_active"]
+    indices: Int[Tensor, " n_active"]
+    activations: Float[Tensor, " n_active"]
+    decoded: Float[Tensor, "n_active d_out"]
+    """Each active feature's contribution ``f_i * W_dec[i]`` to the site output (flattened)."""
+    error: Float[Tensor, "pos d_out"]
+    """Site output minus the reconstruction (bias included): the error node's vector."""
+
+    def encoder_directions(self, positions: Tensor, indices: Tensor) -> Float[Tensor, "k d_in"]:
+        """d(pre-activation of feature ``indices`` at ``positions``)/d(input), with the
+        dictionary's own input normalisation frozen like the model's."""
+        sae, cfg = self.sae, self.sae.cfg
+        weights = sae.W_enc[:, indices].T  # (k, d_in)
+        if cfg.activation == "gated":  # pre-activations are the magnitude path's
+            weights = weights * sae.r_mag[indices].exp().unsqueeze(-1)
+        if cfg.normalize_activations == "constant_norm_rescale":
+            weights = weights * (cfg.d_in**0.5 / self.x_in[positions].norm(dim=-1, keepdim=True))
+        elif cfg.normalize_activations == "layer_norm":
+            x = self.x_in[positions]
+            std = (x - x.mean(-1, keepdim=True)).std(dim=-1, keepdim=True)
+            weights = (weights - weights.mean(-1, keepdim=True)) / (std + 1e-5)
+        return weights.detach()
+
+
+@dataclass
+class PromptValues:
+    """Everything the frozen replacement model needs from the clean forward pass."""
+
+    tokens: Int[Tensor, " pos"]
+    sites: list[SiteValues]
+    frozen: dict[str, Tensor]
+    """Attention patterns and normalisation scales, by hook name."""
+    embedding: Float[Tensor, "pos d_model"]
+    """The input to block 0 (token plus positional embedding): the token nodes' vectors."""
+    probs: Float[Tensor, " d_vocab"]
+    """Next-token probabilities at the last position."""
+
+
+def capture(model: nn.Module, tokens: Int[Tensor, " pos"]) -> PromptValues:
+    """Run the spliced model once on ``tokens`` and keep what the frozen model needs."""
+    saes = saes_of(model)
+    names = set()
+    for site in saes:
+        names.update({site, f"{site}.hook_sae_input", f"{site}.hook_sae_acts_post"})
+    frozen_filter = re.compile(r".*(attn\.hook_pattern|hook_scale)$")
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(
+            tokens.unsqueeze(0),
+            names_filter=lambda n: n in names or n == "blocks.0.hook_resid_pre" or bool(frozen_filter.match(n)),
+        )
+    sites = [_site_values(name, sae, cache) for name, sae in saes.items()]
+    sites.sort(key=lambda s: s.stage)
+    frozen = {name: value for name, value in cache.items() if frozen_filter.match(name)}
+    return PromptValues(
+        tokens=tokens,
+        sites=sites,
+        frozen=frozen,
+        embedding=cache["blocks.0.hook_resid_pre"][0],
+        probs=logits[0, -1].double().softmax(-1),
+    )
+
+
+def _site_values(name: str, sae: SAE, cache: Any) -> SiteValues:
+    x_in = cache[f"{name}.hook_sae_input"][0]
+    f = cache[f"{name}.hook_sae_acts_post"][0]
+    out = cache[name][0]
+    flat_out = out.reshape(out.shape[0], -1).to(sae.dtype)
+    _, norm, _ = sae._pre_acts(x_in)
+    recons = sae._finish(sae._decode_linear(f) + sae.b_dec, norm, x_in)
+    skip = x_in @ sae.W_skip.T if sae.cfg.has_skip else torch.zeros_like(flat_out)
+    positions, indices = f.nonzero(as_tuple=True)
+    rows = sae.W_dec[indices]
+    if sae.cfg.rescale_acts_by_decoder_norm:
+        rows = rows / rows.norm(dim=-1, keepdim=True)
+    decoded = f[positions, indices].unsqueeze(-1) * rows
+    if norm.scale is not None:
+        decoded = decoded * norm.scale[positions]
+    return SiteValues(
+        name=name,
+        sae=sae,
+        stage=stage_of(name),
+        input_stage=stage_of(sae.cfg.hook_name),
+        x_in=x_in.detach(),
+        leaf=(flat_out - skip).reshape(out.shape).to(out.dtype).detach(),
+        positions=positions,
+        indices=indices,
+        activations=f[positions, indices].detach(),
+        decoded=decoded.detach(),
+        error=(flat_out - recons).detach(),
+    )
+
+
+@dataclass
+class FrozenPass:
+    """One forward pass of the frozen model over ``batch`` copies of the prompt."""
+
+    embedding: Tensor
+    """Leaf: the block-0 input (token nodes read their gradient here)."""
+    outputs: dict[str, Tensor]
+    """Leaf per site: its output (feature and error nodes read their gradient here)."""
+    inputs: dict[str, Tensor]
+    """Each site's input as computed from the leaves (feature targets inject here)."""
+    final: Tensor
+    """The normalised final residual stream (logit targets inject here)."""
+
+
+def frozen_pass(model: nn.Module, values: PromptValues, batch: int) -> FrozenPass:
+    """Forward ``batch`` copies of the prompt through the frozen replacement model.
+
+    The spliced dictionaries are bypassed (their outputs are leaves); the autograd graph is kept
+    so that many backward passes can reuse it.
+    """
+    def expand(t: Tensor) -> Tensor:  # a view: the copies share the prompt's memory
+        return t.expand(batch, *t.shape)
+
+    embedding = expand(values.embedding).detach().requires_grad_(True)
+    outputs = {s.name: expand(s.leaf).detach().requires_grad_(True) for s in values.sites}
+    inputs: dict[str, Tensor] = {}
+    by_output = {s.name: s for s in values.sites}
+    taps: dict[str, list[SiteValues]] = {}
+    for s in values.sites:
+        taps.setdefault(s.sae.cfg.hook_name, []).append(s)
+
+    def at(name: str):  # one hook per hook point: replace the output first, then read inputs
+        def hook(x: Tensor, hook: Any) -> Tensor:
+            if name in by_output:
+                site = by_output[name]
+                if not site.sae.cfg.is_transcoder:
+                    inputs[name] = x
+                x = outputs[name]
+                if site.sae.cfg.has_skip:
+                    x = x + _skip(site, inputs[name])
+            for site in taps.get(name, []):
+                if site.sae.cfg.is_transcoder:
+                    inputs[site.name] = x
+            return x
+
+        return hook
+
+    hooks = [(name, _constant(value.expand(batch, *value.shape[1:]))) for name, value in values.frozen.items()]
+    hooks.append(("blocks.0.hook_resid_pre", lambda x, hook: embedding))
+    hooks += [(name, at(name)) for name in sorted(set(by_output) | set(taps))]
+    n_layers = model.cfg.n_layers
+    with bypassed(model), model.hooks(fwd_hooks=hooks):
+        resid = model(values.tokens.expand(batch, -1), stop_at_layer=n_layers)
+        final = model.ln_final(resid) if getattr(model, "ln_final", None) is not None else resid
+    return FrozenPass(embedding, outputs, inputs, final)
+
+
+def _constant(value: Tensor) -> Any:
+    """A hook that replaces the activation with ``value``."""
+    return lambda x, hook: value
+
+
+def _skip(site: SiteValues, x_in: Tensor) -> Tensor:
+    flat = site.sae._flatten(x_in)
+    return (flat @ site.sae.W_skip.T).reshape(*x_in.shape[:-1], -1).to(x_in.dtype)
