@@ -314,7 +314,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_files(target.parent) as write:
-        write(target.name, lambda p: Path(p).write_text(text))
+        write(target.name, lambda p: Path(p).write_text(text, encoding="utf-8"))
     return target
 
 

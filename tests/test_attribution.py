@@ -16,6 +16,7 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.graph.graph import NodeKind
+from tests.conftest import D_MODEL, random_sae
 
 PROMPT = "def foo(x):\n    return x + 1\n"
 
@@ -56,16 +57,16 @@ class FrozenReference:
         self.outputs = {k: cache[k].double() for k in self.saes}
         self.inputs = {s.cfg.site: cache[s.cfg.hook_name].double() for s in saes}
         self.embedding = cache["blocks.0.hook_resid_pre"].double()
-        self.acts = {k: s.encode(self.inputs[k].float()).double() for k, s in self.saes.items()}
+        self.acts = {k: s.encode(self.inputs[k]) for k, s in self.saes.items()}
 
     def decoded(self, site, position, index):
         sae = self.saes[site]
-        return self.acts[site][0, position, index] * sae.W_dec[index].double()
+        return self.acts[site][0, position, index] * sae.W_dec[index]
 
     def error(self, site, position):
         sae = self.saes[site]
-        recons = self.acts[site][0, position] @ sae.W_dec.double() + sae.b_dec.double()
-        return self.outputs[site][0, position] - recons
+        recons = self.acts[site][0, position] @ sae.W_dec + sae.b_dec
+        return self.outputs[site][0, position].flatten() - recons
 
     def run(self, edits=(), embedding_edit=None, zero_embedding=False):
         """Pre-activations of every site and the final logits, with ``(site, position, vector)``
@@ -76,13 +77,14 @@ class FrozenReference:
             emb[0, embedding_edit[0]] -= embedding_edit[1]
         hooks.append(("blocks.0.hook_resid_pre", lambda x, hook: emb))
         pre = {}
+        for site, sae in self.saes.items():  # read the inputs before pinning (same hook for SAEs)
+            hooks.append((sae.cfg.hook_name, partial(_read_pre_acts, sae=sae, site=site, into=pre)))
         for site in self.saes:
             out = self.outputs[site].clone()
             for s, p, vec in edits:
                 if s == site:
-                    out[0, p] -= vec
+                    out[0, p] -= vec.reshape(out[0, p].shape)
             hooks.append((site, _constant(out)))
-            hooks.append((self.saes[site].cfg.hook_name, partial(_read_pre_acts, sae=self.saes[site], site=site, into=pre)))
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             logits = self.model(self.tokens)
         return pre, logits[0, -1]
@@ -93,18 +95,17 @@ def _constant(value):
 
 
 def _read_pre_acts(x, hook, sae, site, into):
-    into[site] = sae._pre_acts(x)[0]
+    into[site] = sae._pre_acts(sae._flatten(x))[0]
     return x
 
 
 def _double_copies(saes):
-    model64 = sc.zoo.load_model("tiny").double()
     copies = []
     for sae in saes:
         copy = sc.SAE(sae.cfg)
         copy.load_state_dict(sae.state_dict())
         copies.append(copy.double())
-    return model64, copies
+    return copies
 
 
 def _node(g, kind, site=None, position=None, index=None):
@@ -125,31 +126,52 @@ def _incoming(g, target):
     return g.edges.source[mask], g.edges.weight[mask].double()
 
 
-def _effect_of(ref, g, source, target):
-    """Change of ``target`` when ``source`` is removed in the reference frozen model."""
+def _effect_of(ref, g, source, target, eps=1.0):
+    """Change of ``target`` when ``source`` is removed (``eps`` of it, divided by ``eps``)
+    in the reference frozen model."""
     kind = NodeKind(int(g.kind[source]))
     position = int(g.position[source])
     if kind == NodeKind.TOKEN:
-        pre, logits = ref.run(embedding_edit=(position, ref.embedding[0, position]))
+        pre, logits = ref.run(embedding_edit=(position, eps * ref.embedding[0, position]))
     else:
         site = g.sites[int(g.site[source])]
         vec = ref.error(site, position) if kind == NodeKind.ERROR else ref.decoded(site, position, int(g.index[source]))
-        pre, logits = ref.run(edits=[(site, position, vec)])
+        pre, logits = ref.run(edits=[(site, position, eps * vec)])
     clean_pre, clean_logits = ref.clean
     if g.kind[target] == NodeKind.TARGET and g.site[target] < 0:
         tok = int(g.index[target])
         value = lambda lg: lg[tok] - lg.mean()
-        return float(value(clean_logits) - value(logits))
+        return float(value(clean_logits) - value(logits)) / eps
     site = g.sites[int(g.site[target])]
     p, i = int(g.position[target]), int(g.index[target])
-    return float(clean_pre[site][0, p, i] - pre[site][0, p, i])
+    return float(clean_pre[site][0, p, i] - pre[site][0, p, i]) / eps
+
+
+def _check_top_edges(g, ref, targets, per_kind=2, eps=1.0, rel=1e-4):
+    """Compare the largest incoming edges of each kind of ``targets`` with the reference."""
+    checked = 0
+    for target in targets:
+        sources, weights = _incoming(g, target)
+        for kind in (NodeKind.FEATURE, NodeKind.ERROR, NodeKind.TOKEN):
+            of_kind = g.kind[sources] == kind
+            if not of_kind.any():
+                continue
+            for j in weights[of_kind].abs().topk(min(per_kind, int(of_kind.sum()))).indices.tolist():
+                source, weight = int(sources[of_kind][j]), float(weights[of_kind][j])
+                effect = _effect_of(ref, g, source, target, eps)
+                assert effect == pytest.approx(weight, rel=rel, abs=1e-6), (g.labels[source], g.labels[target])
+                checked += 1
+    return checked
 
 
 @pytest.fixture(scope="module")
 def reference(embedded, transcoders, transcoder_graph):
-    model64, saes64 = _double_copies(transcoders)
-    tokens = torch.tensor([transcoder_graph.tokens])
-    ref = FrozenReference(model64, saes64, tokens)
+    return _reference(sc.zoo.load_model("tiny"), transcoders, transcoder_graph)
+
+
+def _reference(model, saes, graph):
+    model.cfg.dtype = torch.float64  # TransformerLens casts LayerNorm outputs to cfg.dtype
+    ref = FrozenReference(model.double(), _double_copies(saes), torch.tensor([graph.tokens]))
     ref.clean = ref.run()
     return ref
 
@@ -157,24 +179,12 @@ def reference(embedded, transcoders, transcoder_graph):
 def test_edges_equal_interventions_in_the_frozen_model(transcoder_graph, reference):
     """With transcoders every edge is exact: it equals the change of the target when the source
     is removed (features, errors, tokens; into features and logits), to 1e-4 relative."""
-    g, checked = transcoder_graph, 0
+    g = transcoder_graph
     assert not g.first_order_edges().any()
     logit_rows = g.nodes_of(NodeKind.TARGET)[:2].tolist()
     features = g.nodes_of(NodeKind.FEATURE)
     deep = features[g.layer[features] >= 2][:: max(1, len(features) // 6)][:3].tolist()
-    for target in logit_rows + deep:
-        sources, weights = _incoming(g, target)
-        for kind in (NodeKind.FEATURE, NodeKind.ERROR, NodeKind.TOKEN):
-            of_kind = g.kind[sources] == kind
-            if not of_kind.any():
-                continue
-            top = weights[of_kind].abs().topk(min(2, int(of_kind.sum()))).indices
-            for j in top.tolist():
-                source, weight = int(sources[of_kind][j]), float(weights[of_kind][j])
-                effect = _effect_of(reference, g, source, target)
-                assert effect == pytest.approx(weight, rel=1e-4, abs=1e-6), (g.labels[source], g.labels[target])
-                checked += 1
-    assert checked >= 15
+    assert _check_top_edges(g, reference, logit_rows + deep) >= 15
 
 
 def test_every_row_adds_up_to_its_target_even_with_a_budget(embedded, transcoders, reference):
@@ -207,7 +217,144 @@ def test_batch_size_does_not_change_the_graph(embedded, transcoders, transcoder_
     with sc.spliced(embedded, transcoders):
         g1 = sc.attribute(embedded, PROMPT, prepend_bos=False, progress=False, batch_size=7)
     assert g1.n_nodes == transcoder_graph.n_nodes
-    a = torch.sparse_coo_tensor(torch.stack([g1.edges.target, g1.edges.source]), g1.edges.weight, (g1.n_nodes,) * 2).to_dense()
-    b = torch.sparse_coo_tensor(torch.stack([transcoder_graph.edges.target, transcoder_graph.edges.source]),
-                                transcoder_graph.edges.weight, (g1.n_nodes,) * 2).to_dense()
-    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(_dense(g1), _dense(transcoder_graph), atol=1e-5, rtol=1e-4)
+
+
+def _dense(g):
+    return torch.zeros(g.n_nodes, g.n_nodes).index_put_((g.edges.target, g.edges.source), g.edges.weight, accumulate=True)
+
+
+def _mixed_dictionaries():
+    """Every kind of site on the 2-layer random model, with both MLPs covered by transcoders."""
+    saes = [
+        random_sae("transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_out=D_MODEL, d_sae=96, seed=layer)
+        for layer in (0, 1)
+    ]
+    for layer, tc in enumerate(saes):
+        tc.cfg.hook_name_out = f"blocks.{layer}.hook_mlp_out"
+    saes.append(random_sae(hook_name="blocks.0.attn.hook_z", d_in=D_MODEL, reshape_activations="hook_z", seed=5))
+    saes.append(random_sae(hook_name="blocks.1.hook_attn_out", seed=6))
+    saes.append(random_sae(hook_name="blocks.0.hook_resid_post", seed=7))
+    return saes
+
+
+def test_any_mix_of_sites_is_exact_when_every_mlp_is_covered(hooked, tiny_model_dir):
+    """Residual, attention-out, hook_z SAEs and transcoders together: all edges exact."""
+    from sae_circuits.zoo.loader import load_hf_gpt2
+
+    saes = _mixed_dictionaries()
+    prompt = "def parse(self, text):\n    return"
+    with sc.spliced(hooked, saes):
+        g = sc.attribute(hooked, prompt, prepend_bos=False, progress=False, batch_size=16)
+    assert len(g.sites) == 5 and not g.first_order_edges().any()
+    assert set(g.site[g.kind == NodeKind.FEATURE].tolist()) == set(range(5)), "every site has feature nodes"
+    ref = _reference(load_hf_gpt2(tiny_model_dir, "hooked"), saes, g)
+    features = g.nodes_of(NodeKind.FEATURE)
+    late = features[g.stage[features] >= g.stage[features].max() - 1][:2].tolist()
+    assert _check_top_edges(g, ref, g.nodes_of(NodeKind.TARGET)[:2].tolist() + late) >= 12
+
+
+def test_edges_through_a_bare_mlp_are_first_order(embedded, resid_saes):
+    """Residual SAEs leave the MLPs uncovered: those edges are flagged, and equal the derivative
+    of the target along the source (a finite difference in float64)."""
+    with sc.spliced(embedded, resid_saes):
+        g = sc.attribute(embedded, PROMPT, prepend_bos=False, progress=False, max_feature_nodes=30)
+    flags = g.first_order_edges()
+    assert flags.any() and not flags.all()
+    from_layer0 = (g.site[g.edges.source] == 0) & (g.kind[g.edges.source] == NodeKind.FEATURE)
+    assert flags[from_layer0 & (g.site[g.edges.target] == 1)].all(), "layer 0 -> 1 crosses MLP 1"
+    ref = _reference(sc.zoo.load_model("tiny"), resid_saes, g)
+    features = g.nodes_of(NodeKind.FEATURE)
+    targets = features[g.site[features] >= 1][:: max(1, len(features) // 4)][:4].tolist()
+    assert _check_top_edges(g, ref, targets, eps=1e-6, rel=1e-4) >= 6
+
+
+def test_a_logit_difference_is_the_difference_of_the_token_rows(embedded, transcoders, transcoder_graph):
+    g = transcoder_graph
+    a, b = [int(g.index[t]) for t in g.nodes_of(NodeKind.TARGET)[:2]]
+    direction = torch.zeros(embedded.cfg.d_vocab)
+    direction[a], direction[b] = 1.0, -1.0
+    with sc.spliced(embedded, transcoders):
+        gd = sc.attribute(embedded, PROMPT, targets=[a, b, sc.LogitDirection(direction, "a - b")],
+                          prepend_bos=False, progress=False, max_feature_nodes=0)
+    ta, tb, td = gd.nodes_of(NodeKind.TARGET).tolist()
+    assert gd.labels[td] == "a - b" and gd.target_weight[td] == 1.0
+    with torch.no_grad():
+        probs = torch.softmax(embedded(PROMPT, prepend_bos=False)[0, -1].double(), -1)
+    assert gd.target_weight[ta] == pytest.approx(float(probs[a]))
+
+    def row(target):
+        dense = torch.zeros(gd.n_nodes)
+        sources, weights = _incoming(gd, target)
+        return dense.index_add_(0, sources, weights.float())
+
+    assert torch.allclose(row(td), row(ta) - row(tb), atol=1e-5)
+
+
+def test_a_feature_target_has_the_same_row_as_in_the_logit_graph(embedded, transcoders, transcoder_graph):
+    g = transcoder_graph
+    node = int(g.nodes_of(NodeKind.FEATURE)[-1])
+    site, position, index = g.sites[int(g.site[node])], int(g.position[node]), int(g.index[node])
+    with sc.spliced(embedded, transcoders):
+        gf = sc.attribute(embedded, PROMPT, targets=sc.Feature(site, position, index), prepend_bos=False, progress=False)
+    (target,) = gf.nodes_of(NodeKind.TARGET).tolist()
+    assert gf.activation[target] == g.activation[node] and gf.target_weight[target] == 1.0
+
+    def row(graph, t):
+        sources, weights = _incoming(graph, t)
+        keys = [(int(graph.kind[s]), int(graph.site[s]), int(graph.position[s]), int(graph.index[s])) for s in sources]
+        return dict(zip(keys, weights.tolist()))
+
+    expected, got = row(g, node), row(gf, target)
+    assert expected.keys() == got.keys()
+    assert all(got[k] == pytest.approx(v, rel=1e-5, abs=1e-7) for k, v in expected.items())
+
+
+def test_default_targets_cover_95_percent_or_ten_tokens(transcoder_graph, embedded):
+    g = transcoder_graph
+    probs = g.target_weight[g.kind == NodeKind.TARGET]
+    assert probs.sum() >= 0.95 or probs.numel() == 10
+    assert probs.numel() == 1 or probs[:-1].sum() < 0.95
+    assert torch.all(probs[:-1] >= probs[1:])
+    assert int(g.layer[g.kind == NodeKind.TARGET][0]) == embedded.cfg.n_layers
+
+
+def test_prune_and_scores(transcoder_graph):
+    g = transcoder_graph
+    full = g.scores()
+    assert 0.5 < full["replacement"] <= 1 and 0.5 < full["completeness"] <= 1
+    pruned = g.prune(node_threshold=0.8, edge_threshold=0.98)
+    assert pruned.n_nodes < g.n_nodes and pruned.n_edges < g.n_edges
+    assert (pruned.kind == NodeKind.TOKEN).sum() == (g.kind == NodeKind.TOKEN).sum()
+    assert torch.equal(pruned.target_weight[pruned.kind == NodeKind.TARGET], g.target_weight[g.kind == NodeKind.TARGET])
+    for bad in (0, 1.5, -0.1, True, "0.8"):
+        with pytest.raises(ValueError, match="node_threshold"):
+            g.prune(node_threshold=bad)
+        with pytest.raises(ValueError, match="edge_threshold"):
+            g.prune(edge_threshold=bad)
+
+
+def test_bad_input_gets_a_clear_error(hooked, bridge):
+    with pytest.raises(ValueError, match="no SAE or transcoder is spliced"):
+        sc.attribute(hooked, "def f():")
+    with sc.spliced(hooked, [random_sae()]):
+        with pytest.raises(ValueError, match="the prompt is empty"):
+            sc.attribute(hooked, "")
+        with pytest.raises(ValueError, match="more than the model's context of 128"):
+            sc.attribute(hooked, list(range(129)))
+        with pytest.raises(ValueError, match="token id 99999 is not in the vocabulary"):
+            sc.attribute(hooked, "def f():", targets=[99999])
+        with pytest.raises(ValueError, match="'def f' is not one token"):
+            sc.attribute(hooked, "def f():", targets=["def f"])
+        with pytest.raises(ValueError, match="batch_size=0"):
+            sc.attribute(hooked, "def f():", batch_size=0)
+        with pytest.raises(ValueError, match="edge_tolerance=1"):
+            sc.attribute(hooked, "def f():", edge_tolerance=1)
+        with pytest.raises(ValueError, match="'blocks.1.hook_mlp_out' has no spliced dictionary"):
+            sc.attribute(hooked, "def f():", targets=sc.Feature("blocks.1.hook_mlp_out", 0, 3))
+        with pytest.raises(ValueError, match="position 40 is outside"):
+            sc.attribute(hooked, "def f():", targets=sc.Feature("blocks.0.hook_resid_post", 40, 3))
+        with pytest.raises(ValueError, match="shape"):
+            sc.attribute(hooked, "def f():", targets=sc.LogitDirection(torch.zeros(3)))
+    with sc.spliced(bridge, [random_sae()]), pytest.raises(NotImplementedError, match="HookedTransformer"):
+        sc.attribute(bridge, "def f():")

@@ -89,12 +89,17 @@ def attribute(
     _check_settings(batch_size, max_feature_nodes, edge_tolerance)
     tokens = _tokens(model, prompt, prepend_bos)
     was_training = model.training
+    # no weight gradients: autograd then keeps only what the input gradients need
+    trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        model.requires_grad_(False)
         with torch.enable_grad():
             return _Attribution(model, capture(model, tokens), targets, batch_size, max_feature_nodes,
                                 edge_tolerance, progress).run(prompt if isinstance(prompt, str) else None)
     finally:
+        for p in trainable:
+            p.requires_grad_(True)
         model.train(was_training)
 
 

@@ -176,12 +176,12 @@ class AttributionGraph:
         )
         columns = ("kind", "site", "layer", "stage", "position", "index")
         same_columns = all(torch.equal(getattr(self, c), getattr(other, c)) for c in columns)
-        close = torch.allclose(self.activation, other.activation, atol=atol, rtol=0) and torch.allclose(
-            self.target_weight.double(), other.target_weight.double(), atol=atol, rtol=0
+        close = torch.allclose(self.activation, other.activation, atol=atol, rtol=0, equal_nan=True) and torch.allclose(
+            self.target_weight.double(), other.target_weight.double(), atol=atol, rtol=0, equal_nan=True
         )
         same_edges = torch.equal(self.edges.target, other.edges.target) and torch.equal(
             self.edges.source, other.edges.source
-        ) and torch.allclose(self.edges.weight, other.edges.weight, atol=atol, rtol=0)
+        ) and torch.allclose(self.edges.weight, other.edges.weight, atol=atol, rtol=0, equal_nan=True)
         return same_lists and same_columns and close and same_edges and self.metadata == other.metadata
 
     def __repr__(self) -> str:
