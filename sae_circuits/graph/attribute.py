@@ -39,8 +39,7 @@ from sae_circuits.graph.targets import ResolvedTarget, TargetSpec, resolve_targe
 from sae_circuits.positions import is_int
 from sae_circuits.splice import saes_of
 
-_GATHER_ELEMENTS = 1 << 24  # cap on batch x features x width per gathered chunk (64 MB in fp32)
-
+_CANDIDATES_PER_NODE = 4  # under a budget, itemise edges to the top 4 x budget unexpanded features
 
 def attribute(
     model: nn.Module,
@@ -176,7 +175,12 @@ class _Attribution:
         self.token_edges: list[tuple[Tensor, Tensor, Tensor]] = []
         self.error_edges: list[tuple[Tensor, Tensor, Tensor]] = []  # column = site * n + pos
         self.feature_edges: list[tuple[Tensor, Tensor, Tensor]] = []  # column = active id
-        self.folded: list[Tensor] = []  # per batch: (rows, sites) sums folded by the tolerance
+        self.folded: list[Tensor] = []  # per batch: (rows, sites) sums folded into "other" nodes
+        # Under a budget, only features with a row or likely to get one keep itemised edges; the
+        # rest go to "other" straight away (memory), and ``missing`` counts what that cost features
+        # that got a row later.
+        self.candidates = None if max_feature_nodes is None else _CANDIDATES_PER_NODE * max(1, max_feature_nodes)
+        self.missing = torch.zeros(self.n_active, dtype=torch.float64)
 
     def _check_feature_targets(self) -> dict[int, int]:
         """Target number -> active id for feature targets that are active (checked first)."""
@@ -247,7 +251,7 @@ class _Attribution:
                 continue
             g = g[:k].reshape(k, self.n, -1).to(site.decoded.dtype)
             error_w.append(torch.einsum("bnd,nd->bn", g, site.error).float())
-            feature_w.append(_gather_dot(g, site.positions, site.decoded).float())
+            feature_w.append(site.feature_dots(g).float())
         errors = torch.cat(error_w, dim=1).float()  # (k, sites * n)
         features = torch.cat(feature_w, dim=1).float() if feature_w else torch.zeros(k, 0)  # (k, n_active)
         row_ids = torch.arange(first, first + k)
@@ -255,11 +259,13 @@ class _Attribution:
         mass = token_w.abs().sum(1).double() + errors.abs().sum(1).double() + features.abs().sum(1).double()
         weights = torch.tensor([r.weight for r in rows], dtype=torch.float64)
         share = torch.where(mass > 0, weights / mass.clamp_min(1e-300), 0.0)
-        self.score += (features.abs().double() * share.unsqueeze(1)).sum(0)
+        self.score += (features.abs() * share.float().unsqueeze(1)).sum(0).double()
+        folded = torch.zeros(k, len(self.values.sites), dtype=torch.float64)
         if self.tolerance > 0 and self.n_active:
-            features = self._fold_small(features)
-        else:
-            self.folded.append(torch.zeros(k, len(self.values.sites), dtype=torch.float64))
+            features = self._fold(features, self._small_edges(features), folded)
+        if self.candidates is not None and self.n_active:
+            features = self._fold(features, ~self._candidates().unsqueeze(0), folded, count_missing=True)
+        self.folded.append(folded)
         for store, dense in ((self.token_edges, token_w), (self.error_edges, errors), (self.feature_edges, features)):
             r, c = dense.nonzero(as_tuple=True)
             store.append((row_ids[r].int(), c.int(), dense[r, c]))
@@ -310,18 +316,30 @@ class _Attribution:
         direction = target.direction.to(w_u)
         return w_u @ direction - w_u.mean(dim=1) * direction.sum()
 
-    def _fold_small(self, features: Tensor) -> Tensor:
-        """Zero each row's smallest feature edges holding at most ``tolerance`` of its feature
-        mass; their signed sums per site go to the "other" nodes."""
+    def _small_edges(self, features: Tensor) -> Tensor:
+        """Each row's smallest feature edges holding at most ``tolerance`` of its feature mass."""
         magnitude = features.abs()
         ordered, order = magnitude.sort(dim=1)  # ascending: the tail first
         tail = ordered.double().cumsum(1) <= self.tolerance * magnitude.double().sum(1, keepdim=True)
-        drop = torch.zeros_like(tail).scatter_(1, order, tail)
-        dropped = torch.where(drop, features, 0.0).double()
-        sums = torch.zeros(features.shape[0], len(self.values.sites), dtype=torch.float64)
-        sums.index_add_(1, self.active_site, dropped)
-        self.folded.append(sums)
-        return torch.where(drop, 0.0, features)
+        return torch.zeros_like(tail).scatter_(1, order, tail)
+
+    def _candidates(self) -> Tensor:
+        """Features whose edges are kept one by one under a budget: those with a row, and the
+        unexpanded ones most likely to get one (the highest influence estimates so far)."""
+        keep = self.visited.clone()
+        unvisited = torch.where(self.visited, -1.0, self.score)
+        count = min(self.candidates, int((unvisited > 0).sum()))
+        if count:
+            keep[unvisited.topk(count).indices] = True
+        return keep
+
+    def _fold(self, features: Tensor, fold: Tensor, sums: Tensor, count_missing: bool = False) -> Tensor:
+        """Move the ``fold`` entries of ``features`` into per-(row, site) sums (the "other" nodes)."""
+        folded = torch.where(fold, features, 0.0)
+        sums.index_add_(1, self.active_site, folded.double())
+        if count_missing:
+            self.missing += folded.abs().sum(0).double()
+        return torch.where(fold, 0.0, features)
 
     # ------------------------------------------------------------------ assembly
 
@@ -407,6 +425,7 @@ class _Attribution:
             source=torch.cat([tok[1].long(), error_base + err[1].long(), feat_source[keep], other_node[other_sites]]),
             weight=torch.cat([tok[2], err[2], feat[2][keep], other_sum[other_rows, other_sites].float()]),
         )
+        late = float(self.missing[node_of_active[: self.n_active] >= 0].sum()) if self.n_active else 0.0
         input_stages = [s.input_stage for s in sites]
         covered = {stage_of(s.name) for s in sites}
         first_order = [
@@ -423,20 +442,14 @@ class _Attribution:
             "edge_tolerance": self.tolerance,
             "n_active_features": self.n_active,
             "n_expanded_features": int(expanded.numel()),
+            # share of the expanded features' outgoing mass that sits in "other" because they were
+            # not yet candidates when some rows were computed (0 without a budget)
+            "late_share": late / (late + float(feat[2][keep].abs().double().sum())) if late > 0 else 0.0,
             "site_input_stages": input_stages,
             "first_order_stages": first_order,
         }
         return columns.build(prompt if prompt is not None else "".join(strings), token_ids.tolist(), strings,
                              [s.name for s in sites], edges, metadata)
-
-
-def _gather_dot(grad: Tensor, positions: Tensor, decoded: Tensor) -> Tensor:
-    """``out[b, k] = grad[b, positions[k]] · decoded[k]``, in chunks that bound the gathered copy."""
-    batch, _, width = grad.shape
-    chunk = max(1, _GATHER_ELEMENTS // max(1, batch * width))
-    out = [torch.einsum("bkd,kd->bk", grad[:, positions[i : i + chunk]], decoded[i : i + chunk])
-           for i in range(0, positions.numel(), chunk)]
-    return torch.cat(out, dim=1) if out else grad.new_zeros(batch, 0)
 
 
 def _cat(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:

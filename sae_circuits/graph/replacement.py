@@ -11,7 +11,10 @@ feature's direct effect on the target: exact through attention, first-order thro
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -71,6 +74,25 @@ class SiteValues:
     """Each active feature's contribution ``f_i * W_dec[i]`` to the site output (flattened)."""
     error: Float[Tensor, "pos d_out"]
     """Site output minus the reconstruction (bias included): the error node's vector."""
+    _padded: tuple[Tensor, Tensor] | None = None
+
+    def feature_dots(self, grad: Float[Tensor, "batch pos d_out"]) -> Float[Tensor, "batch n_active"]:
+        """``out[b, k] = grad[b, positions[k]] · decoded[k]``: every active feature's direct effect.
+
+        Features are grouped by position into a padded ``(pos, slots, d_out)`` block, so this is
+        one batched matmul over positions (no gathered ``batch x n_active x d_out`` copy)."""
+        if self._padded is None:
+            n_pos = self.x_in.shape[0]
+            counts = torch.bincount(self.positions, minlength=n_pos)
+            slots = int(counts.max()) if counts.numel() else 0
+            start = torch.cumsum(counts, 0) - counts  # first active index of each position
+            slot = torch.arange(self.positions.numel()) - start[self.positions]
+            flat = self.positions * slots + slot
+            padded = self.decoded.new_zeros(n_pos * slots, self.decoded.shape[-1]).index_copy_(0, flat, self.decoded)
+            self._padded = (padded.view(n_pos, slots, -1), flat)
+        padded, flat = self._padded
+        dots = torch.bmm(grad.transpose(0, 1), padded.transpose(1, 2))  # (pos, batch, slots)
+        return dots.transpose(0, 1).reshape(grad.shape[0], -1)[:, flat]
 
     def encoder_directions(self, positions: Tensor, indices: Tensor) -> Float[Tensor, "k d_in"]:
         """d(pre-activation of feature ``indices`` at ``positions``)/d(input), with the
@@ -203,14 +225,59 @@ def frozen_pass(model: nn.Module, values: PromptValues, batch: int) -> FrozenPas
 
         return hook
 
-    hooks = [(name, _constant(value.expand(batch, *value.shape[1:]))) for name, value in values.frozen.items()]
-    hooks.append(("blocks.0.hook_resid_pre", lambda x, hook: embedding))
-    hooks += [(name, at(name)) for name in sorted(set(by_output) | set(taps))]
-    n_layers = model.cfg.n_layers
-    with bypassed(model), model.hooks(fwd_hooks=hooks):
-        resid = model(values.tokens.expand(batch, -1), stop_at_layer=n_layers)
-        final = model.ln_final(resid) if getattr(model, "ln_final", None) is not None else resid
+    frozen_blocks = {_pattern_block(name) for name in values.frozen}
+    with bypassed(model), _broadcast_attention(model, frozen_blocks) as light:
+        hooks = [
+            (name, _constant(value if _pattern_block(name) in light else value.expand(batch, *value.shape[1:])))
+            for name, value in values.frozen.items()
+        ]
+        hooks.append(("blocks.0.hook_resid_pre", lambda x, hook: embedding))
+        hooks += [(name, at(name)) for name in sorted(set(by_output) | set(taps))]
+        with model.hooks(fwd_hooks=hooks):
+            resid = model(values.tokens.expand(batch, -1), stop_at_layer=model.cfg.n_layers)
+            final = model.ln_final(resid) if getattr(model, "ln_final", None) is not None else resid
     return FrozenPass(embedding, outputs, inputs, final)
+
+
+def _pattern_block(hook_name: str) -> int:
+    match = re.match(r"blocks\.(\d+)\.attn\.hook_pattern$", hook_name)
+    return int(match.group(1)) if match else -1
+
+
+@contextmanager
+def _broadcast_attention(model: nn.Module, blocks: set[int]) -> Iterator[set[int]]:
+    """Let frozen attention patterns stay one ``(1, heads, q, k)`` copy for all prompt copies.
+
+    With patterns frozen, attention scores are never needed (a dummy ``(1, heads, q, k)`` stands in)
+    and ``z = pattern @ v`` broadcasts the pattern over the copies inside one einsum, so neither the
+    forward pass nor autograd holds ``batch x heads x n^2`` tensors (4 GB at 1,024 tokens and 64
+    copies). Yields the blocks patched; attention classes that override these methods are left alone.
+    """
+    from transformer_lens.components.abstract_attention import AbstractAttention
+
+    patched: list[nn.Module] = []
+    try:
+        for layer, block in enumerate(model.blocks):
+            attn = block.attn
+            own = type(attn).calculate_attention_scores is AbstractAttention.calculate_attention_scores
+            own_z = type(attn).calculate_z_scores is AbstractAttention.calculate_z_scores
+            if layer in blocks and own and own_z:  # only where the pattern really is frozen
+                attn.calculate_attention_scores = partial(_dummy_scores, attn)
+                attn.calculate_z_scores = partial(_broadcast_z, attn)
+                patched.append(attn)
+        yield {layer for layer, block in enumerate(model.blocks) if block.attn in patched}
+    finally:
+        for attn in patched:
+            del attn.calculate_attention_scores, attn.calculate_z_scores
+
+
+def _dummy_scores(attn: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+    return q.new_zeros(1, attn.cfg.n_heads, q.shape[1], k.shape[1])
+
+
+def _broadcast_z(attn: nn.Module, v: Tensor, pattern: Tensor) -> Tensor:
+    z = torch.einsum("hqk,bkhd->bqhd", pattern[0], v)  # one pattern for every copy
+    return attn.hook_z(z)
 
 
 def _constant(value: Tensor) -> Any:
