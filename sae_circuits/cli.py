@@ -74,6 +74,56 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _graph(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sae_circuits import zoo
+    from sae_circuits.graph import attribute
+    from sae_circuits.graph.graph import NodeKind
+    from sae_circuits.sae import SAE
+    from sae_circuits.splice import splice
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".json", ".graphml", ".dot", ".html"):
+        raise ValueError(f"--out {args.out!r}: the suffix must be .json, .graphml, .dot or .html")
+    for name in ("node_threshold", "edge_threshold"):
+        value = getattr(args, name)
+        if not 0 < value <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be in (0, 1]")
+    model = _load_model(args.model)
+    if args.sae:
+        saes = [SAE.load(path) for path in args.sae]
+    elif args.model in zoo.names():
+        kinds = ("resid", "transcoder") if args.dictionaries == "all" else (args.dictionaries,)
+        saes = [sae for kind in kinds for sae in zoo.load_saes(args.model, kind=kind)]  # type: ignore[arg-type]
+    else:
+        raise ValueError("--sae is required with a model that is not embedded")
+    splice(model, saes)
+    targets = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
+    graph = attribute(
+        model, args.prompt, targets, batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes,
+        prepend_bos=args.prepend_bos,
+    )  # fmt: skip
+    full_scores = graph.scores()
+    if not args.no_prune:
+        graph = graph.prune(args.node_threshold, args.edge_threshold)
+    written = [graph.save(out)]
+    if args.html and out.suffix.lower() != ".html":
+        written.append(graph.save(out.with_suffix(".html")))
+    counts = {k.name.lower(): int((graph.kind == k).sum()) for k in NodeKind}
+    print(f"{len(graph.tokens)} tokens; kept {counts['feature']} features, {counts['error']} error nodes, "
+          f"{graph.n_edges} edges; replacement {full_scores['replacement']:.3f}, "
+          f"completeness {full_scores['completeness']:.3f} (unpruned)")  # fmt: skip
+    influence = graph.influence()
+    features = (graph.kind == NodeKind.FEATURE).nonzero().squeeze(-1)
+    for node in features[influence[features].argsort(descending=True)[:8]].tolist():
+        print(f"  {graph.labels[node]:<24} at {graph.token_strings[int(graph.position[node])]!r:<14} "
+              f"activation {float(graph.activation[node]):6.2f}  influence {float(influence[node]):.3f}")  # fmt: skip
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-circuits",
@@ -91,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seq-len", type=int, default=128, help="tokens per row (default 128)")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ev.set_defaults(func=_eval)
+    gr = sub.add_parser("graph", help="attribution graph of a prompt: features, error nodes, edges; pruned and saved")
+    gr.add_argument("--prompt", required=True, help="the prompt to explain")
+    gr.add_argument("--out", required=True, help="output file: .json (front-end schema), .graphml, .dot or .html")
+    gr.add_argument("--html", action="store_true", help="also write an HTML view beside --out")
+    gr.add_argument("--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)")
+    gr.add_argument("--dictionaries", choices=("transcoder", "resid", "all"), default="transcoder",
+                    help="embedded dictionaries to splice (default: transcoder, whose edges are exact)")
+    gr.add_argument("--sae", action="append", help="SAE/transcoder folder to splice instead (repeatable)")
+    gr.add_argument("--target", action="append", help="a target token (text or id; repeatable; default: top tokens)")
+    gr.add_argument("--node-threshold", type=float, default=0.8, help="influence kept by node pruning (default 0.8)")
+    gr.add_argument("--edge-threshold", type=float, default=0.98, help="influence kept by edge pruning (default 0.98)")
+    gr.add_argument("--no-prune", action="store_true", help="save the full graph")
+    gr.add_argument("--max-feature-nodes", type=int, default=None, help="most features to expand (default: all)")
+    gr.add_argument("--batch-size", type=int, default=64, help="target rows per backward pass (default 64)")
+    gr.add_argument("--prepend-bos", action="store_true", help="prepend the BOS token (the embedded model is trained without)")
+    gr.set_defaults(func=_graph)
     return parser
 
 

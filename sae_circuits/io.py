@@ -301,12 +301,20 @@ def _atomic_files(folder: Path) -> Iterator[Callable[[str, Callable[[str], Any]]
 
     try:
         yield write
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; give them the usual permissions
         for tmp, final in staged:
+            os.chmod(tmp, mode)
             os.replace(tmp, final)
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -31,3 +31,31 @@ def test_eval_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["eval", "--sae", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "missing" in err and "Traceback" not in err
+
+
+def test_graph_writes_a_loadable_pruned_graph_and_html(tmp_path, capsys):
+    import sae_circuits as sc
+    from sae_circuits.graph.graph import NodeKind
+
+    out = tmp_path / "g.json"
+    assert main(["graph", "--prompt", "def foo(x):\n    return", "--out", str(out), "--html"]) == 0
+    printed = capsys.readouterr().out
+    assert "replacement" in printed and f"wrote {out}" in printed
+    g = sc.AttributionGraph.load(out)
+    assert g.prompt == "def foo(x):\n    return" and g.metadata["node_threshold"] == 0.8
+    assert (g.kind == NodeKind.FEATURE).sum() > 0 and (g.kind == NodeKind.TARGET).sum() >= 1
+    assert json.loads(out.read_text())["metadata"]["prompt_tokens"] == g.token_strings
+    assert "<svg" in out.with_suffix(".html").read_text()
+
+
+def test_graph_bad_input_is_one_clear_line(tmp_path, capsys):
+    for argv, message in (
+        (["--prompt", "", "--out", str(tmp_path / "g.json")], "the prompt is empty"),
+        (["--prompt", "x", "--out", str(tmp_path / "g.txt")], "suffix must be .json"),
+        (["--prompt", "x", "--out", str(tmp_path / "g.json"), "--node-threshold", "1.5"], "--node-threshold 1.5"),
+        (["--prompt", "x", "--out", str(tmp_path / "g.json"), "--target", "99999"], "token id 99999"),
+    ):
+        assert main(["graph", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())

@@ -155,3 +155,15 @@ def test_config_loader_only_raises_format_errors(drop, changes, meta_changes):
         assert replace(back, metadata=unmarked) == replace(
             cfg, metadata={k: v for k, v in cfg.metadata.items() if k != "sae_lens_version"}
         )  # a round trip changes nothing but (at most) adding the 6.x layout marker
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path, sae):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        sae.save(tmp_path / "sae")
+    finally:
+        os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "sae").iterdir()}
+    assert set(modes.values()) == {0o644}, modes
