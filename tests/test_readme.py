@@ -10,10 +10,11 @@ import torch
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_tour_runs():
+def test_readme_tour_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python block"
     namespace: dict = {}
+    monkeypatch.chdir(tmp_path)  # the tour writes graph.json
     exec(compile(blocks[0], str(README), "exec"), namespace)  # noqa: S102 - our own README
     model, tokens = namespace["model"], namespace["tokens"]
     assert namespace["acts"].shape == (1, tokens.shape[1], namespace["saes"][1].cfg.d_sae)
@@ -29,3 +30,6 @@ def test_readme_tour_runs():
             assert not torch.allclose(model(tokens), plain, atol=1e-4)  # the tour's steer acts
 
     assert not sc.saes_of(model) and "forward" not in model.__dict__
+    graph = sc.AttributionGraph.load(tmp_path / "graph.json")
+    assert graph.equals(namespace["g"]) and graph.tokens == tokens[0].tolist()
+    assert 0 < graph.scores()["replacement"] <= 1

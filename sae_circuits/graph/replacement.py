@@ -76,8 +76,9 @@ class SiteValues:
     """Site output minus the reconstruction (bias included): the error node's vector."""
     _padded: tuple[Tensor, Tensor] | None = None
 
-    def feature_dots(self, grad: Float[Tensor, "batch pos d_out"]) -> Float[Tensor, "batch n_active"]:
-        """``out[b, k] = grad[b, positions[k]] · decoded[k]``: every active feature's direct effect.
+    def feature_dots(self, grad: Float[Tensor, "batch horizon d_out"]) -> Float[Tensor, "batch n_before"]:
+        """``out[b, k] = grad[b, positions[k]] · decoded[k]`` for the active features at positions
+        before ``horizon`` (``grad`` may stop there: later positions get no gradient).
 
         Features are grouped by position into a padded ``(pos, slots, d_out)`` block, so this is
         one batched matmul over positions (no gathered ``batch x n_active x d_out`` copy)."""
@@ -89,10 +90,12 @@ class SiteValues:
             slot = torch.arange(self.positions.numel()) - start[self.positions]
             flat = self.positions * slots + slot
             padded = self.decoded.new_zeros(n_pos * slots, self.decoded.shape[-1]).index_copy_(0, flat, self.decoded)
-            self._padded = (padded.view(n_pos, slots, -1), flat)
+            self._padded = (padded.view(n_pos, slots, -1).transpose(1, 2).contiguous(), flat)  # (pos, d_out, slots)
         padded, flat = self._padded
-        dots = torch.bmm(grad.transpose(0, 1), padded.transpose(1, 2))  # (pos, batch, slots)
-        return dots.transpose(0, 1).reshape(grad.shape[0], -1)[:, flat]
+        horizon = grad.shape[1]
+        before = int(torch.searchsorted(self.positions, horizon))  # features are sorted by position
+        dots = torch.bmm(grad.transpose(0, 1), padded[:horizon])  # (horizon, batch, slots)
+        return dots.transpose(0, 1).reshape(grad.shape[0], -1)[:, flat[:before]]
 
     def encoder_directions(self, positions: Tensor, indices: Tensor) -> Float[Tensor, "k d_in"]:
         """d(pre-activation of feature ``indices`` at ``positions``)/d(input), with the

@@ -39,7 +39,7 @@ from sae_circuits.graph.targets import ResolvedTarget, TargetSpec, resolve_targe
 from sae_circuits.positions import is_int
 from sae_circuits.splice import saes_of
 
-_CANDIDATES_PER_NODE = 4  # under a budget, itemise edges to the top 4 x budget unexpanded features
+_CANDIDATES_PER_NODE = 8  # under a budget, itemise edges to the top 8 x budget unexpanded features
 
 def attribute(
     model: nn.Module,
@@ -225,69 +225,88 @@ class _Attribution:
         expanded = len(self.rows) - len(self.targets)
         room = self.batch if self.budget is None else min(self.batch, self.budget - expanded)
         candidates = (~self.visited) & (self.score > 0)
-        count = min(room, int(candidates.sum()))
-        if count <= 0:
+        if room <= 0 or not bool(candidates.any()):
             return []
-        chosen = torch.where(candidates, self.score, -1.0).topk(count).indices
+        # one site per pass: the backward then only runs from that site's input (and reads only
+        # the sites upstream of it); the site is the one holding the best candidate
+        best = int(torch.where(candidates, self.score, -1.0).argmax())
+        candidates &= self.active_site == self.active_site[best]
+        count = min(room, int(candidates.sum()))
+        if self.budget is None:  # every candidate gets a row: take the earliest positions, so the
+            # pass's gradient stops early (active ids run in position order within a site)
+            chosen = candidates.nonzero().squeeze(-1)[:count]
+        else:
+            chosen = torch.where(candidates, self.score, -1.0).topk(count).indices
         self.visited[chosen] = True
-        return [_Row(float(self.score[a]), active=int(a)) for a in chosen]
+        return [_Row(w, active=a) for a, w in zip(chosen.tolist(), self.score[chosen].tolist())]
 
     def _compute(self, rows: list[_Row]) -> None:
-        """One backward pass for up to ``batch`` rows; keeps their edges and pushes influence."""
+        """One backward pass for up to ``batch`` rows; keeps their edges and pushes influence.
+
+        Only the sites the gradient reaches are read: their active features are the columns
+        (global active ids ``cols``) of this pass's dense ``(rows, cols)`` block."""
         first = len(self.rows)
         self.rows.extend(rows)
         grads = self._backward(rows)
         k = len(rows)
-        if grads[0] is None:  # no path from the embedding to any of these rows
-            token_w = torch.zeros(k, self.n)
-        else:
-            token_w = torch.einsum("bnd,nd->bn", grads[0][:k], self.values.embedding.to(grads[0].dtype)).float()
-        error_w, feature_w = [], []
-        for i, site in enumerate(self.values.sites):
-            g = grads[1 + i]
-            if g is None:
-                error_w.append(torch.zeros(k, self.n))
-                feature_w.append(torch.zeros(k, site.positions.numel()))
-                continue
-            g = g[:k].reshape(k, self.n, -1).to(site.decoded.dtype)
-            error_w.append(torch.einsum("bnd,nd->bn", g, site.error).float())
+        h = 1 + max(self.n - 1 if row.target >= 0 and row.active < 0 and self.targets[row.target].feature is None
+                    else self._feature_of(row)[1] for row in rows)  # no gradient reaches later positions
+        token_w = torch.zeros(k, self.n)
+        if grads[0] is not None:  # else no path from the embedding to these rows
+            token_w[:, :h] = (grads[0][:k, :h] * self.values.embedding[:h].to(grads[0].dtype)).sum(-1).float()
+        live = [i for i in range(len(self.values.sites)) if grads[1 + i] is not None]
+        error_w, feature_w, error_cols, cols = [], [], [], []
+        for i in live:
+            site = self.values.sites[i]
+            g = grads[1 + i][:k, :h].reshape(k, h, -1).to(site.decoded.dtype)
+            error_w.append((g * site.error[:h]).sum(-1).float())  # (an einsum here would be a slow bmm)
+            error_cols.append(torch.arange(i * self.n, i * self.n + h))
             feature_w.append(site.feature_dots(g).float())
-        errors = torch.cat(error_w, dim=1).float()  # (k, sites * n)
-        features = torch.cat(feature_w, dim=1).float() if feature_w else torch.zeros(k, 0)  # (k, n_active)
+            cols.append(torch.arange(self.offsets[i], self.offsets[i] + feature_w[-1].shape[1]))
+        errors = torch.cat(error_w, dim=1) if live else torch.zeros(k, 0)  # (k, live sites * h)
+        error_cols = torch.cat(error_cols) if live else torch.zeros(0, dtype=torch.long)
+        features = torch.cat(feature_w, dim=1) if live else torch.zeros(k, 0)  # (k, cols)
+        cols = torch.cat(cols) if live else torch.zeros(0, dtype=torch.long)
         row_ids = torch.arange(first, first + k)
         # influence pushed to the sources: each row's normalised |weights| times its weight
-        mass = token_w.abs().sum(1).double() + errors.abs().sum(1).double() + features.abs().sum(1).double()
+        magnitude = features.abs()
+        mass = token_w.abs().sum(1).double() + errors.abs().sum(1).double() + magnitude.sum(1).double()
         weights = torch.tensor([r.weight for r in rows], dtype=torch.float64)
         share = torch.where(mass > 0, weights / mass.clamp_min(1e-300), 0.0)
-        self.score += (features.abs() * share.float().unsqueeze(1)).sum(0).double()
+        self.score.index_add_(0, cols, (magnitude * share.float().unsqueeze(1)).sum(0).double())
         folded = torch.zeros(k, len(self.values.sites), dtype=torch.float64)
-        if self.tolerance > 0 and self.n_active:
-            features = self._fold(features, self._small_edges(features), folded)
-        if self.candidates is not None and self.n_active:
-            features = self._fold(features, ~self._candidates().unsqueeze(0), folded, count_missing=True)
+        if self.tolerance > 0 and cols.numel():
+            features = self._fold(features, cols, self._small_edges(magnitude), folded)
+        if self.candidates is not None and cols.numel():
+            features = self._fold(features, cols, ~self._candidates()[cols].unsqueeze(0), folded, count_missing=True)
         self.folded.append(folded)
-        for store, dense in ((self.token_edges, token_w), (self.error_edges, errors), (self.feature_edges, features)):
+        for store, dense, columns in (
+            (self.token_edges, token_w, None), (self.error_edges, errors, error_cols), (self.feature_edges, features, cols)
+        ):  # fmt: skip
             r, c = dense.nonzero(as_tuple=True)
-            store.append((row_ids[r].int(), c.int(), dense[r, c]))
+            store.append((row_ids[r], c if columns is None else columns[c], dense[r, c]))
 
     def _backward(self, rows: list[_Row]) -> list[Tensor | None]:
         """Inject every row's target vector in its own copy of the prompt; one backward pass."""
         p = self.pass_
         seeds: dict[str, Tensor] = {}
         final_seed = None
+        by_site: dict[int, list[tuple[int, int, int]]] = {}
         for b, row in enumerate(rows):
             if row.target >= 0 and self.targets[row.target].feature is None:
                 if final_seed is None:
                     final_seed = torch.zeros_like(p.final)
                 final_seed[b, -1] = self._logit_vector(self.targets[row.target]).to(p.final.dtype)
-                continue
-            site_i, position, index = self._feature_of(row)
+            else:
+                site_i, position, index = self._feature_of(row)
+                by_site.setdefault(site_i, []).append((b, position, index))
+        for site_i, entries in by_site.items():
             site = self.values.sites[site_i]
             x = p.inputs[site.name]
-            if site.name not in seeds:
-                seeds[site.name] = torch.zeros_like(x)
-            direction = site.encoder_directions(torch.tensor([position]), torch.tensor([index]))[0]
-            seeds[site.name][b, position] = direction.reshape(x.shape[2:]).to(x.dtype)
+            b, position, index = (torch.tensor(column) for column in zip(*entries))
+            seed = torch.zeros_like(x)
+            seed[b, position] = site.encoder_directions(position, index).reshape(-1, *x.shape[2:]).to(x.dtype)
+            seeds[site.name] = seed
         outputs = [p.inputs[name] for name in seeds] + ([p.final] if final_seed is not None else [])
         grad_outputs = list(seeds.values()) + ([final_seed] if final_seed is not None else [])
         leaves = [p.embedding] + [p.outputs[s.name] for s in self.values.sites]
@@ -316,9 +335,8 @@ class _Attribution:
         direction = target.direction.to(w_u)
         return w_u @ direction - w_u.mean(dim=1) * direction.sum()
 
-    def _small_edges(self, features: Tensor) -> Tensor:
+    def _small_edges(self, magnitude: Tensor) -> Tensor:
         """Each row's smallest feature edges holding at most ``tolerance`` of its feature mass."""
-        magnitude = features.abs()
         ordered, order = magnitude.sort(dim=1)  # ascending: the tail first
         tail = ordered.double().cumsum(1) <= self.tolerance * magnitude.double().sum(1, keepdim=True)
         return torch.zeros_like(tail).scatter_(1, order, tail)
@@ -333,12 +351,13 @@ class _Attribution:
             keep[unvisited.topk(count).indices] = True
         return keep
 
-    def _fold(self, features: Tensor, fold: Tensor, sums: Tensor, count_missing: bool = False) -> Tensor:
-        """Move the ``fold`` entries of ``features`` into per-(row, site) sums (the "other" nodes)."""
+    def _fold(self, features: Tensor, cols: Tensor, fold: Tensor, sums: Tensor, count_missing: bool = False) -> Tensor:
+        """Move the ``fold`` entries of ``features`` (columns ``cols``) into per-(row, site) sums
+        (the "other" nodes)."""
         folded = torch.where(fold, features, 0.0)
-        sums.index_add_(1, self.active_site, folded.double())
+        sums.index_add_(1, self.active_site[cols], folded.double())
         if count_missing:
-            self.missing += folded.abs().sum(0).double()
+            self.missing.index_add_(0, cols, folded.abs().sum(0).double())
         return torch.where(fold, 0.0, features)
 
     # ------------------------------------------------------------------ assembly
@@ -347,11 +366,12 @@ class _Attribution:
         v, sites, n = self.values, self.values.sites, self.n
         n_sites = len(sites)
         n_layers = self.model.cfg.n_layers
-        expanded = torch.tensor(
-            sorted((r.active for r in self.rows if r.active >= 0),
-                   key=lambda a: (sites[int(self.active_site[a])].stage, int(self.active_pos[a]), int(self.active_index[a]))),
-            dtype=torch.long,
-        )
+        # expanded features in reading order: by stage, then position, then index
+        expanded = torch.tensor([r.active for r in self.rows if r.active >= 0], dtype=torch.long)
+        site_stage = torch.tensor([site.stage for site in sites], dtype=torch.long)
+        width = int(self.active_index.max()) + 1 if self.n_active else 1
+        key = (site_stage[self.active_site[expanded]] * n + self.active_pos[expanded]) * width + self.active_index[expanded]
+        expanded = expanded[key.argsort()]
         columns = _Columns()
         # tokens
         token_ids = v.tokens.cpu()
@@ -361,12 +381,14 @@ class _Attribution:
         node_of_active = torch.full((self.n_active,), -1, dtype=torch.long)
         node_of_active[expanded] = torch.arange(expanded.numel()) + columns.size
         f_site = self.active_site[expanded]
+        short = [_short(site.name) for site in sites]
         columns.add(
-            NodeKind.FEATURE, site=f_site, layer=torch.tensor([block_of(sites[int(s)].name) for s in f_site], dtype=torch.long),
-            stage=torch.tensor([sites[int(s)].stage for s in f_site], dtype=torch.long), position=self.active_pos[expanded],
+            NodeKind.FEATURE, site=f_site,
+            layer=torch.tensor([block_of(site.name) for site in sites], dtype=torch.long)[f_site],
+            stage=site_stage[f_site], position=self.active_pos[expanded],
             index=self.active_index[expanded], activation=self.active_value[expanded],
-            labels=[f"{_short(sites[int(s)].name)} #{int(i)}" for s, i in zip(f_site, self.active_index[expanded])],
-        )
+            labels=[f"{short[s]} #{i}" for s, i in zip(f_site.tolist(), self.active_index[expanded].tolist())],
+        )  # fmt: skip
         # errors: site-major
         error_base = columns.size
         for i, s in enumerate(sites):
@@ -385,12 +407,12 @@ class _Attribution:
         # feature edges from features without a row (and the tolerance's tail) -> "other" nodes
         has_node = node_of_active >= 0
         has_node[list(self.target_features.values())] = True
-        unexpanded = ~has_node[feat[1].long()]
+        unexpanded = (~has_node[feat[1]]).nonzero().squeeze(-1)
         other_sum = folded.clone()
-        other_sum.index_put_(
-            (feat[0][unexpanded].long(), self.active_site[feat[1][unexpanded].long()]),
-            feat[2][unexpanded].double(), accumulate=True,
-        )
+        if unexpanded.numel():
+            other_sum.index_put_(
+                (feat[0][unexpanded], self.active_site[feat[1][unexpanded]]), feat[2][unexpanded].double(), accumulate=True
+            )
         other_rows, other_sites = (other_sum != 0).nonzero(as_tuple=True)
         other_node = torch.full((n_sites,), -1, dtype=torch.long)
         for i in sorted(set(other_sites.tolist())):
@@ -418,12 +440,14 @@ class _Attribution:
         for r, row in target_rows:
             row_node[r] = target_node[row.target]
         # feature sources that are feature targets map to the target node; recompute after targets
-        feat_source = node_of_active[feat[1].long()]
-        keep = feat_source >= 0
+        feat_source = node_of_active[feat[1]]
+        if unexpanded.numel():
+            keep = feat_source >= 0
+            feat, feat_source = (feat[0][keep], feat[1], feat[2][keep]), feat_source[keep]
         edges = Edges(
-            target=torch.cat([row_node[tok[0].long()], row_node[err[0].long()], row_node[feat[0][keep].long()], row_node[other_rows]]),
-            source=torch.cat([tok[1].long(), error_base + err[1].long(), feat_source[keep], other_node[other_sites]]),
-            weight=torch.cat([tok[2], err[2], feat[2][keep], other_sum[other_rows, other_sites].float()]),
+            target=torch.cat([row_node[tok[0]], row_node[err[0]], row_node[feat[0]], row_node[other_rows]]),
+            source=torch.cat([tok[1], error_base + err[1], feat_source, other_node[other_sites]]),
+            weight=torch.cat([tok[2], err[2], feat[2], other_sum[other_rows, other_sites].float()]),
         )
         late = float(self.missing[node_of_active[: self.n_active] >= 0].sum()) if self.n_active else 0.0
         input_stages = [s.input_stage for s in sites]
@@ -444,7 +468,7 @@ class _Attribution:
             "n_expanded_features": int(expanded.numel()),
             # share of the expanded features' outgoing mass that sits in "other" because they were
             # not yet candidates when some rows were computed (0 without a budget)
-            "late_share": late / (late + float(feat[2][keep].abs().double().sum())) if late > 0 else 0.0,
+            "late_share": late / (late + float(feat[2].abs().double().sum())) if late > 0 else 0.0,
             "site_input_stages": input_stages,
             "first_order_stages": first_order,
         }
@@ -454,7 +478,7 @@ class _Attribution:
 
 def _cat(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
     if not parts:
-        empty = torch.zeros(0, dtype=torch.int32)
+        empty = torch.zeros(0, dtype=torch.long)
         return empty, empty, torch.zeros(0)
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
 

@@ -1,0 +1,25 @@
+"""The example scripts run offline on the embedded model, and what they print holds."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import sae_circuits as sc
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_attribution_example_checks_an_edge_and_writes_every_format(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "attribution_graph.py"), "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    edge, effect = map(float, re.search(r": ([-+][\d.]+); removing .* by ([-+][\d.]+)", out.stdout).groups())
+    assert abs(edge - effect) <= 1e-4 * abs(edge) + 1e-5, out.stdout  # the edge is exact
+    for suffix in ("json", "graphml", "dot", "html"):
+        assert (tmp_path / f"graph.{suffix}").stat().st_size > 0
+    graph = sc.AttributionGraph.load(tmp_path / "graph.json")
+    assert graph.metadata["node_threshold"] == 0.8
