@@ -42,7 +42,7 @@ def removal_effect(model, graph, source: int, target: int) -> float:
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         removed = model(tokens)
     token = int(graph.index[target])
-    demeaned = lambda lg: lg[0, -1, token] - lg[0, -1].mean()  # noqa: E731
+    demeaned = lambda lg: lg[0, -1, token] - lg[0, -1].mean()
     return float(demeaned(logits) - demeaned(removed))
 
 
