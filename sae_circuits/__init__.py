@@ -2,6 +2,7 @@
 and trace the circuits they form."""
 
 from sae_circuits.evals import EvalResult, evaluate
+from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
 from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
 from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, scale, steer
 from sae_circuits.io import SAEFormatError
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttributionGraph",
     "Feature",
+    "FeatureAutomaton",
     "LogitDirection",
     "SAE",
     "SAEConfig",
@@ -25,11 +27,13 @@ __all__ = [
     "ablate",
     "add",
     "attribute",
+    "automaton",
     "clamp",
     "evaluate",
     "intervene",
     "saes_of",
     "scale",
+    "score_automaton",
     "splice",
     "spliced",
     "steer",

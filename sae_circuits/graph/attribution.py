@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -35,7 +35,12 @@ from sae_circuits.graph.replacement import (
     frozen_pass,
     stage_of,
 )
-from sae_circuits.graph.targets import ResolvedTarget, TargetSpec, resolve_targets
+from sae_circuits.graph.targets import (
+    Feature,
+    ResolvedTarget,
+    TargetSpec,
+    resolve_targets,
+)
 from sae_circuits.positions import is_int
 from sae_circuits.splice import saes_of
 
@@ -100,6 +105,59 @@ def attribute(
         for p in trainable:
             p.requires_grad_(True)
         model.train(was_training)
+
+
+class DirectEffects(NamedTuple):
+    """The attribution rows of some feature targets: every active feature's direct effect on each.
+
+    ``weight[k]`` is the effect of active feature ``source[k]`` (its site, position and index are
+    ``active_site/active_pos/active_index[source[k]]``) on target ``row[k]``; ``mass[r]`` is row
+    ``r``'s total absolute input (tokens, errors and features), to turn edges into shares."""
+
+    row: Int[Tensor, " n_edges"]
+    source: Int[Tensor, " n_edges"]
+    weight: Float[Tensor, " n_edges"]
+    mass: Float[Tensor, " n_rows"]
+    active_site: Int[Tensor, " n_active"]
+    active_pos: Int[Tensor, " n_active"]
+    active_index: Int[Tensor, " n_active"]
+    sites: list[str]
+
+
+def direct_effects(
+    model: nn.Module, tokens: Int[Tensor, " pos"], targets: Sequence[Feature], batch_size: int = 64
+) -> DirectEffects:
+    """Direct effects of every active feature on each of ``targets`` (features of the spliced
+    dictionaries), in the frozen replacement model of ``tokens``: the target rows of the
+    attribution graph, every edge kept one by one (no feature is expanded).
+
+    >>> rows = direct_effects(model, tokens, [sc.Feature("blocks.2.hook_resid_post", 9, 41)])  # doctest: +SKIP
+    """
+    check_model(model)
+    if not saes_of(model):
+        raise ValueError("no SAE or transcoder is spliced into the model; splice some first (sc.splice)")
+    if not targets:
+        raise ValueError("direct_effects needs at least one target feature")
+    _check_settings(batch_size, None, 0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        model.requires_grad_(False)
+        with torch.enable_grad():
+            run = _Attribution(model, capture(model, tokens), list(targets), batch_size, 0, 0.0, False)
+            run.candidates = None  # rows are few: keep every edge itemised
+            run.pass_ = frozen_pass(model, run.values, min(batch_size, len(run.targets)))
+            rows = [_Row(t.weight, target=i) for i, t in enumerate(run.targets)]
+            for start in range(0, len(rows), batch_size):
+                run._compute(rows[start : start + batch_size])
+            del run.pass_
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    row, source, weight = _cat(run.feature_edges)
+    return DirectEffects(
+        row, source, weight, torch.cat(run.masses), run.active_site, run.active_pos, run.active_index,
+        [s.name for s in run.values.sites],
+    )  # fmt: skip
 
 
 def _check_settings(batch_size: Any, max_feature_nodes: Any, edge_tolerance: Any) -> None:
@@ -176,6 +234,7 @@ class _Attribution:
         self.error_edges: list[tuple[Tensor, Tensor, Tensor]] = []  # column = site * n + pos
         self.feature_edges: list[tuple[Tensor, Tensor, Tensor]] = []  # column = active id
         self.folded: list[Tensor] = []  # per batch: (rows, sites) sums folded into "other" nodes
+        self.masses: list[Tensor] = []  # per batch: each row's total |input| (tokens, errors, features)
         # Under a budget, only features with a row or likely to get one keep itemised edges; the
         # rest go to "other" straight away (memory), and ``missing`` counts what that cost features
         # that got a row later.
@@ -271,6 +330,7 @@ class _Attribution:
         # influence pushed to the sources: each row's normalised |weights| times its weight
         magnitude = features.abs()
         mass = token_w.abs().sum(1).double() + errors.abs().sum(1).double() + magnitude.sum(1).double()
+        self.masses.append(mass)
         weights = torch.tensor([r.weight for r in rows], dtype=torch.float64)
         share = torch.where(mass > 0, weights / mass.clamp_min(1e-300), 0.0)
         self.score.index_add_(0, cols, (magnitude * share.float().unsqueeze(1)).sum(0).double())

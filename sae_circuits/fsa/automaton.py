@@ -1,0 +1,108 @@
+"""The automaton that features form: states (features or groups of features) and transitions
+between them (via attention inside a forward pass, or via the token the model emits), with the
+data needed to score it against ground truth. Extraction lives in ``extract.py``, ground-truth
+scores in ``score.py``, file formats in ``export.py``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+Mechanism = Literal["attention", "token"]
+
+
+@dataclass
+class State:
+    """One state: a feature, or a group of features that play one role."""
+
+    id: int
+    members: list[tuple[str, int]]
+    """``(site, feature index)`` of every member feature."""
+    label: str
+    """Top activating tokens, e.g. ``'"<" "</"'``."""
+    frequency: float
+    """Share of the corpus tokens on which the state fires (any member active)."""
+    max_activation: float = 0.0
+    """Largest member activation seen in the corpus (the paper's steering value)."""
+
+
+@dataclass
+class Transition:
+    """``src -> dst``: the source state at token t raises the destination state at token t+1."""
+
+    src: int
+    dst: int
+    mechanism: Mechanism
+    weight: float
+    """``attention``: the share of dst's input at t+1 that comes directly from src at t, averaged
+    over the corpus; ``token``: ``sum_x p_src(x) P(dst fires | token x)`` (see ``extract.py``)."""
+    tokens: dict[str, int] = field(default_factory=dict)
+    """The tokens at t+1 that carry the transition, with how often (src at t, dst at t+1) co-occurred."""
+    effect: float | None = None
+    """Causal check (not yet implemented; None until then): dst's next-step firing rate with src
+    pinned at its maximum activation, minus without."""
+    confirmed: bool | None = None
+    """Verdict of that check (None: not checked)."""
+
+
+@dataclass
+class FeatureAutomaton:
+    """States, transitions, and the corpus layout they were extracted from.
+
+    >>> fsa = sc.automaton(model, texts)            # doctest: +SKIP
+    >>> fsa.cycles()[:3]                            # doctest: +SKIP
+    """
+
+    states: list[State]
+    transitions: list[Transition]
+    firing: Bool[Tensor, "tokens states"]
+    """Whether each state fires on each corpus token (text tokens only, texts concatenated)."""
+    lengths: Int[Tensor, " texts"]
+    """Tokens per text, so ``firing`` splits back into texts."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Float[Tensor, "states states"]] = field(default_factory=dict)
+    """Every pair's weight per mechanism, before ``min_weight`` (scores rank all pairs)."""
+
+    def state(self, state_id: int) -> State:
+        return self.states[state_id]
+
+    def weight(self, src: int, dst: int, mechanism: Mechanism | None = None) -> float:
+        """Weight of ``src -> dst`` (one mechanism, or both added), from the full weight matrices
+        when present (so pairs under ``min_weight`` count too), else from the transitions kept."""
+        if self.weights:
+            return sum(float(w[src, dst]) for m, w in self.weights.items() if mechanism in (None, m))
+        return sum(t.weight for t in self.transitions if t.src == src and t.dst == dst and mechanism in (None, t.mechanism))
+
+    def cycles(self, min_weight: float = 0.0, max_length: int = 6) -> list[tuple[list[int], float]]:
+        """Loops of states (simple cycles up to ``max_length``), strongest first; a cycle's weight
+        is its weakest transition (both mechanisms added)."""
+        from sae_circuits.fsa.export import cycles
+
+        return cycles(self, min_weight, max_length)
+
+    def to_networkx(self) -> Any:
+        from sae_circuits.fsa.export import to_networkx
+
+        return to_networkx(self)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``.json`` (loads back), ``.dot``, ``.graphml`` or ``.html``, atomically."""
+        from sae_circuits.fsa.export import save
+
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FeatureAutomaton:
+        from sae_circuits.fsa.export import load
+
+        return load(path)
+
+    def __repr__(self) -> str:
+        kinds = {m: sum(t.mechanism == m for t in self.transitions) for m in ("attention", "token")}
+        return (f"FeatureAutomaton({len(self.states)} states, {kinds['attention']} attention and "
+                f"{kinds['token']} token transitions, {int(self.lengths.sum())} tokens)")  # fmt: skip

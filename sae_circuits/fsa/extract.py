@@ -1,0 +1,339 @@
+"""``sc.automaton``: the finite-state automaton that a model's features form over a corpus.
+
+1. **Activations** of every spliced dictionary on every text (sparse; text tokens only).
+2. **Candidates**: features firing on between ``min_frequency`` and ``max_frequency`` of the
+   tokens, most frequent first (at most ``8 * max_states``).
+3. **States**: single features by default; with ``grouping=True``, candidates that fire together are one state: greedily,
+   most frequent first, a seed feature takes every ungrouped candidate whose firing set overlaps
+   its own with Jaccard ≥ ``group_threshold`` (features at different layers that play one role
+   join up; that is also what lets attention-mediated transitions close loops across layers).
+   A state fires where any member fires. The ``max_states`` most frequent states are kept.
+4. **Transitions**, both in [0, 1] and kept when ≥ ``min_weight``:
+
+   - ``token``: the dictionary-learning paper's mechanism. ``p_A`` is the model's next-token
+     corpus's vocabulary, of state A's direct logit effect (members' decoder rows times their mean
+     activation, through the unembedding, median-shifted); ``P(B | x)`` is how often B fires on
+     token ``x`` in the corpus. ``w(A -> B) = Σ_x p_A(x) P(B | x)``.
+   - ``attention``: inside one forward pass. On ``attention_contexts`` texts, active members of
+     states at t+1 (a fixed random sample of at most 512 per text) get their attribution rows (direct effects in the frozen replacement
+     model, ``graph/attribution.py``); ``w(A -> B)`` is the share of B's input mass at t+1 that
+     comes, positively, from A's members at t, over all of B's occurrences.
+
+   Each transition is labelled by the tokens at t+1 where A fired at t and B at t+1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sae_circuits._model import check_model, is_bridge
+from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
+from sae_circuits.graph.attribution import direct_effects
+from sae_circuits.graph.replacement import stage_of
+from sae_circuits.graph.targets import Feature
+from sae_circuits.positions import is_int
+from sae_circuits.splice import saes_of
+
+_ROWS_PER_TEXT = 512  # attention transitions: state occurrences given an attribution row, per text
+
+
+class _Corpus:
+    """Texts as token rows and the sparse feature activations of every spliced site on them."""
+
+    def __init__(self, model: Any, texts: Any, prepend_bos: bool | None, progress: bool) -> None:
+        self.model = model
+        self.rows, self.offset = _tokenize(model, texts, prepend_bos)  # offset: BOS tokens to skip
+        self.lengths = torch.tensor([len(r) - self.offset for r in self.rows])
+        self.tokens = torch.cat([r[self.offset :] for r in self.rows])  # text tokens, concatenated
+        saes = saes_of(model)
+        self.sites = sorted(saes, key=stage_of)
+        self.saes = [saes[s] for s in self.sites]
+        names = {f"{s}.hook_sae_acts_post": i for i, s in enumerate(self.sites)}
+        token_ids, feature_ids, values, probs = [], [], [], []
+        self.vocab = torch.unique(self.tokens)
+        start = 0
+        with torch.no_grad():
+            for row in tqdm(self.rows, desc="activations", unit="text", disable=not progress, leave=False):
+                logits, cache = model.run_with_cache(row.unsqueeze(0), names_filter=lambda n: n in names)
+                probs.append(logits[0, self.offset :].double().softmax(-1)[:, self.vocab])
+                for name, site in names.items():
+                    acts = cache[name][0, self.offset :].float()
+                    pos, idx = acts.nonzero(as_tuple=True)
+                    token_ids.append(pos + start)
+                    feature_ids.append(idx + self.feature_offset(site))
+                    values.append(acts[pos, idx])
+                start += row.numel() - self.offset
+        self.token_ids, self.feature_ids, self.values = torch.cat(token_ids), torch.cat(feature_ids), torch.cat(values)
+        self.next_probs = torch.cat(probs)  # (tokens, vocab): the model's next-token probabilities
+
+    def feature_offset(self, site: int) -> int:
+        return sum(s.cfg.d_sae for s in self.saes[:site])
+
+    def feature_of(self, global_id: int) -> tuple[int, int]:
+        """(site number, index) of a global feature id."""
+        for site, sae in enumerate(self.saes):
+            if global_id < sae.cfg.d_sae:
+                return site, global_id
+            global_id -= sae.cfg.d_sae
+        raise IndexError(global_id)
+
+    @property
+    def n_features(self) -> int:
+        return self.feature_offset(len(self.saes))
+
+    def firing(self, features: Int[Tensor, " c"]) -> Bool[Tensor, "tokens c"]:
+        column = torch.full((self.n_features,), -1, dtype=torch.long)
+        column[features] = torch.arange(features.numel())
+        keep = column[self.feature_ids] >= 0
+        out = torch.zeros(int(self.lengths.sum()), features.numel(), dtype=torch.bool)
+        out[self.token_ids[keep], column[self.feature_ids[keep]]] = True
+        return out
+
+    def next_mask(self) -> Bool[Tensor, " tokens"]:
+        """Tokens that have a next token in the same text."""
+        last = torch.zeros(int(self.lengths.sum()), dtype=torch.bool)
+        last[self.lengths.cumsum(0) - 1] = True
+        return ~last
+
+
+def _tokenize(model: Any, texts: Any, prepend_bos: bool | None) -> tuple[list[Tensor], int]:
+    if isinstance(texts, str) or not isinstance(texts, (Sequence, Tensor)) or len(texts) == 0:
+        raise ValueError(f"texts must be a non-empty list of strings or token rows, got {type(texts).__name__}")
+    n_ctx = model.cfg.n_ctx
+    rows: list[Tensor] = []
+    bos = prepend_bos if prepend_bos is not None else bool(getattr(model.cfg, "default_prepend_bos", True))
+    for i, text in enumerate(texts):
+        if isinstance(text, str):
+            if not text:
+                raise ValueError(f"text {i} is empty")
+            row = model.to_tokens(text, prepend_bos=bos, truncate=False)[0]
+        else:
+            row = torch.as_tensor(text).reshape(-1)
+            if row.numel() == 0:
+                raise ValueError(f"text {i} is empty")
+            if bos and model.tokenizer is not None and model.tokenizer.bos_token_id is not None:
+                row = torch.cat([torch.tensor([model.tokenizer.bos_token_id]), row])
+        if row.numel() > n_ctx:
+            raise ValueError(f"text {i} has {row.numel()} tokens, more than the model's context of {n_ctx}")
+        rows.append(row.to(next(model.parameters()).device))
+    return rows, int(bos)
+
+
+def automaton(
+    model: nn.Module,
+    texts: Sequence[str] | Sequence[Sequence[int]] | Int[Tensor, "texts pos"],
+    *,
+    max_states: int = 256,
+    min_weight: float = 0.1,
+    min_frequency: float = 0.002,
+    max_frequency: float = 0.5,
+    grouping: bool = False,
+    group_threshold: float = 0.7,
+    max_overlap: float = 1.0,
+    attention_contexts: int = 8,
+    prepend_bos: bool | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> FeatureAutomaton:
+    """The automaton the spliced features form over ``texts`` (see the module docstring).
+
+    Args:
+        model: a ``HookedTransformer`` with SAEs and/or transcoders spliced.
+        texts: strings, or token rows (without BOS; one is prepended if ``prepend_bos``).
+        max_states: most states kept (the most frequent).
+        min_weight: transitions weaker than this are dropped (both mechanisms are in [0, 1]).
+        min_frequency, max_frequency: firing-rate window of candidate features.
+        grouping: group co-firing features into one state; ``False`` keeps single features.
+        group_threshold: Jaccard overlap of firing sets needed to join a group.
+        attention_contexts: texts used for attention-mediated transitions (0 turns them off).
+        prepend_bos: prepend BOS to each text (None: the model's default); BOS is never scored.
+        batch_size: attribution rows per backward pass.
+        progress: show progress bars.
+
+    >>> fsa = sc.automaton(model, texts)   # doctest: +SKIP
+    >>> fsa.cycles()[0]                    # doctest: +SKIP
+    """
+    check_model(model)
+    if is_bridge(model):
+        raise NotImplementedError("automaton extraction needs a HookedTransformer (attention transitions use attribution)")
+    if not saes_of(model):
+        raise ValueError("no SAE or transcoder is spliced into the model; splice some first (sc.splice)")
+    for name, value, low in (("max_states", max_states, 1), ("attention_contexts", attention_contexts, 0), ("batch_size", batch_size, 1)):
+        if not is_int(value) or value < low:
+            raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+    for name, value in (("min_weight", min_weight), ("group_threshold", group_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{name}={value!r} must be a number in [0, 1]")
+    if not 0 <= min_frequency < max_frequency <= 1:
+        raise ValueError(f"need 0 <= min_frequency < max_frequency <= 1, got {min_frequency}, {max_frequency}")
+
+    corpus = _Corpus(model, texts, prepend_bos, progress)
+    n_tokens = int(corpus.lengths.sum())
+    counts = torch.bincount(corpus.feature_ids, minlength=corpus.n_features).double()
+    rate = counts / max(n_tokens, 1)
+    window = ((rate >= min_frequency) & (rate <= max_frequency)).nonzero().squeeze(-1)
+    candidates = window[rate[window].argsort(descending=True)][: 8 * max_states]
+    if candidates.numel() == 0:
+        raise ValueError(f"no feature fires on between {min_frequency:.2%} and {max_frequency:.0%} of the {n_tokens} tokens")
+    fire = corpus.firing(candidates)
+    groups = _group(fire, group_threshold) if grouping else [[i] for i in range(candidates.numel())]
+    state_fire = torch.stack([fire[:, g].any(1) for g in groups], dim=1)
+    order = _distinct(state_fire, max_states, max_overlap)
+    groups, state_fire = [groups[i] for i in order], state_fire[:, order]
+    members = [[int(candidates[j]) for j in g] for g in groups]  # global feature ids
+
+    states = [_state(corpus, i, m, state_fire[:, i]) for i, m in enumerate(members)]
+    weights = {"token": _token_weights(corpus, state_fire)}
+    if attention_contexts:
+        weights["attention"] = _attention_weights(corpus, members, attention_contexts, batch_size, progress)
+    transitions = [
+        Transition(a, b, mechanism, float(w[a, b]))  # type: ignore[arg-type]
+        for mechanism, w in weights.items()
+        for a, b in (w >= max(min_weight, 1e-12)).nonzero().tolist()
+    ]
+    _label_tokens(corpus, transitions, state_fire)
+    return FeatureAutomaton(
+        states=states, transitions=transitions, firing=state_fire, lengths=corpus.lengths, weights=weights,
+        metadata={
+            "sites": corpus.sites, "n_texts": len(corpus.rows), "n_tokens": n_tokens, "max_states": max_states,
+            "min_weight": min_weight, "min_frequency": min_frequency, "max_frequency": max_frequency,
+            "grouping": grouping, "group_threshold": group_threshold, "attention_contexts": attention_contexts,
+            "n_candidates": int(candidates.numel()), "prepend_bos": bool(corpus.offset),
+        },
+    )  # fmt: skip
+
+
+def _distinct(fire: Bool[Tensor, "tokens g"], count: int, max_overlap: float) -> list[int]:
+    """Most frequent first, skipping a group that mostly repeats one already kept (overlap
+    coefficient ``|A ∩ B| / min(|A|, |B|)`` above ``max_overlap``): states of an automaton split
+    the tokens between them, so near-duplicates add nothing."""
+    f = fire.float()
+    sizes = f.sum(0)
+    kept: list[int] = []
+    for g in sizes.argsort(descending=True).tolist():
+        if len(kept) == count or sizes[g] == 0:
+            break
+        if kept:
+            overlap = (f[:, kept].T @ f[:, g]) / torch.minimum(sizes[kept], sizes[g]).clamp_min(1)
+            if float(overlap.max()) > max_overlap:
+                continue
+        kept.append(g)
+    return kept
+
+
+def _group(fire: Bool[Tensor, "tokens c"], threshold: float) -> list[list[int]]:
+    """Greedy co-activation groups: most frequent first, a seed takes every ungrouped candidate
+    whose firing set has Jaccard overlap >= ``threshold`` with its own."""
+    f = fire.float()
+    inter = f.T @ f  # (c, c) co-firing counts
+    sizes = inter.diagonal()
+    jaccard = inter / (sizes[:, None] + sizes[None, :] - inter).clamp_min(1)
+    free = torch.ones(fire.shape[1], dtype=torch.bool)
+    groups = []
+    for seed in sizes.argsort(descending=True).tolist():
+        if not free[seed]:
+            continue
+        members = ((jaccard[seed] >= threshold) & free).nonzero().squeeze(-1).tolist()
+        members = [seed] + [m for m in members if m != seed]
+        free[members] = False
+        groups.append(members)
+    return groups
+
+
+def _state(corpus: _Corpus, state_id: int, members: list[int], fires: Tensor) -> State:
+    model = corpus.model
+    top = Counter(corpus.tokens[fires].tolist()).most_common(3)
+    label = " ".join(repr(model.to_string(torch.tensor([t]))) for t, _ in top)
+    in_members = torch.isin(corpus.feature_ids, torch.tensor(members))
+    sites = []
+    for m in members:
+        site, index = corpus.feature_of(m)
+        sites.append((corpus.sites[site], index))
+    return State(
+        id=state_id, members=sites, label=label, frequency=float(fires.float().mean()),
+        max_activation=float(corpus.values[in_members].max()) if bool(in_members.any()) else 0.0,
+    )
+
+
+def _token_weights(corpus: _Corpus, fire: Tensor) -> Tensor:
+    """``w(A -> B) = Σ_x p_A(x) P(B fires | token x)``: ``p_A`` is the model's next-token
+    distribution averaged over the tokens where A fires, ``P(B | x)`` how often B fires on ``x``."""
+    token_col = torch.searchsorted(corpus.vocab, corpus.tokens)
+    occurrences = torch.bincount(token_col, minlength=corpus.vocab.numel()).double()
+    fires_on = torch.zeros(corpus.vocab.numel(), fire.shape[1], dtype=torch.float64).index_add_(0, token_col, fire.double())
+    p_fire = fires_on / occurrences.clamp_min(1)[:, None]  # (vocab, states)
+    f = fire.double()
+    p_next = (f.T @ corpus.next_probs) / f.sum(0).clamp_min(1)[:, None]  # (states, vocab)
+    return p_next @ p_fire  # (states, states)
+
+
+def _attention_weights(
+    corpus: _Corpus, members: list[list[int]], n_contexts: int, batch_size: int, progress: bool
+) -> Tensor:
+    """Share of each state's input at t+1 that comes, positively, from another state at t."""
+    model = corpus.model
+    state_of = defaultdict(list)  # global feature id -> states it belongs to
+    for s, group in enumerate(members):
+        for m in group:
+            state_of[m].append(s)
+    member_ids = torch.tensor(sorted(state_of))
+    n_states = len(members)
+    inflow = torch.zeros(n_states, n_states, dtype=torch.float64)
+    mass = torch.zeros(n_states, dtype=torch.float64)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), corpus.lengths.cumsum(0)])
+    generator = torch.Generator().manual_seed(0)
+    for text in tqdm(range(min(n_contexts, len(corpus.rows))), desc="attention transitions", unit="text", disable=not progress, leave=False):
+        lo, hi = int(starts[text]), int(starts[text + 1])
+        in_text = ((corpus.token_ids >= lo + 1) & (corpus.token_ids < hi) & torch.isin(corpus.feature_ids, member_ids)).nonzero().squeeze(-1)
+        if in_text.numel() > _ROWS_PER_TEXT:  # a fixed random sample of the occurrences bounds the cost
+            in_text = in_text[torch.randperm(in_text.numel(), generator=generator)[:_ROWS_PER_TEXT]]
+        targets, target_ids = [], []
+        for token, feature in zip(corpus.token_ids[in_text].tolist(), corpus.feature_ids[in_text].tolist()):
+            site, index = corpus.feature_of(feature)
+            targets.append(Feature(corpus.sites[site], token - lo + corpus.offset, index))
+            target_ids.append(feature)
+        if not targets:
+            continue
+        rows = direct_effects(model, corpus.rows[text], targets, batch_size=batch_size)
+        source_pos = rows.active_pos[rows.source] - corpus.offset  # text position of each source
+        target_pos = torch.tensor([t.position - corpus.offset for t in targets])[rows.row]
+        previous = (source_pos == target_pos - 1) & (rows.weight > 0)
+        source_global = torch.tensor(
+            [corpus.feature_offset(int(s)) for s in range(len(corpus.sites))]
+        )[rows.active_site[rows.source]] + rows.active_index[rows.source]
+        for r, feature in enumerate(target_ids):
+            for b in state_of[feature]:
+                mass[b] += float(rows.mass[r])
+        for r, src, w in zip(rows.row[previous].tolist(), source_global[previous].tolist(), rows.weight[previous].tolist()):
+            for a in state_of.get(src, []):
+                for b in state_of[target_ids[r]]:
+                    inflow[a, b] += w
+    return inflow / mass.clamp_min(1e-12)[None, :]
+
+
+def _label_tokens(corpus: _Corpus, transitions: list[Transition], fire: Tensor, top: int = 5) -> None:
+    """Tokens at t+1 where src fired at t and dst at t+1, with counts (all pairs at once: for each
+    next token x, ``F[t]^T F[t+1]`` over the positions whose next token is x)."""
+    if not transitions:
+        return
+    nxt = corpus.next_mask().nonzero().squeeze(-1)
+    token_col = torch.searchsorted(corpus.vocab, corpus.tokens[nxt + 1])
+    now, then = fire[nxt].float(), fire[nxt + 1].float()
+    src = torch.tensor([t.src for t in transitions])
+    dst = torch.tensor([t.dst for t in transitions])
+    counts = torch.zeros(len(transitions), corpus.vocab.numel())
+    for x in token_col.unique().tolist():
+        at = token_col == x
+        counts[:, x] = (now[at].T @ then[at])[src, dst]
+    best = counts.topk(min(top, counts.shape[1]), dim=1)
+    for t, values, columns in zip(transitions, best.values.tolist(), best.indices.tolist()):
+        t.tokens = {
+            corpus.model.to_string(corpus.vocab[c : c + 1]): int(v) for v, c in zip(values, columns) if v > 0
+        }

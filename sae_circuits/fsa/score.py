@@ -1,0 +1,223 @@
+"""Score a recovered :class:`~sae_circuits.fsa.automaton.FeatureAutomaton` against a known one.
+
+Two numbers, as in the design notes: how well the recovered states pick out the true states
+(per-state F1 of "this recovered state fires" against "the true label is s", best match per true
+state), and how well the recovered transition weights between matched states rank the true
+transition table above the non-transitions (ROC AUC).
+
+>>> from sae_circuits.zoo import automata
+>>> docs = automata.generate("markup", 20, seed=0)
+>>> score = score_automaton(fsa, [states for _, states in docs], automata.AUTOMATA["markup"])  # doctest: +SKIP
+>>> score.mean_f1, score.transition_auroc                                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sae_circuits.fsa.automaton import FeatureAutomaton, Mechanism
+
+START = "START"  # the zoo automata's start state: it labels no token
+_UNLABELLED = (None, START)
+_CHUNK = 1 << 16  # labelled tokens per matmul
+
+
+@dataclass(frozen=True)
+class AutomatonScore:
+    """How well a recovered automaton matches a ground-truth one (:func:`score_automaton`)."""
+
+    state_f1: dict[Hashable, float]
+    """Per true state: the best F1, over recovered states, of "recovered state fires" against "true
+    label is this state" on the labelled tokens. NaN for a true state no labelled token carries."""
+    matches: dict[Hashable, int]
+    """Per true state: the recovered state id with that best F1 (lowest id on ties); ``-1`` when no
+    recovered state ever fires on it (best F1 0) or when no labelled token carries it."""
+    mean_f1: float
+    """Mean of ``state_f1`` over the true states that some labelled token carries."""
+    transition_auroc: float
+    """ROC AUC of ``fsa.weight(match[s], match[s'])`` (0 for an unmatched state) against "the true
+    table has ``s -> s'``", over ordered pairs of true states, self-pairs included. NaN when all
+    pairs are one class (see ``note``)."""
+    n_pairs: int
+    """Ordered pairs scored: both states carried by some labelled token."""
+    n_positive: int
+    """Of those, pairs that are true transitions."""
+    n_labelled: int
+    """Tokens with a label (neither ``None`` nor ``"START"``)."""
+    note: str = ""
+    """Why ``transition_auroc`` is NaN, and which true states no labelled token carries; ``""`` if none."""
+
+
+def auroc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative, ties counting one half (Mann-Whitney U over average ranks; no sklearn).
+
+    ``scores``: real numbers; ``labels``: booleans (or 0/1) of the same length. NaN when the labels
+    are all one class (the AUC is undefined then).
+
+    >>> auroc([0.9, 0.1, 0.5, 0.5], [True, False, True, False])
+    0.875
+    """
+    if torch.is_tensor(scores):
+        scores = scores.detach().cpu().double().numpy()
+    if torch.is_tensor(labels):
+        labels = labels.detach().cpu().numpy()
+    s, y = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(labels).reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"auroc: {s.size} scores but {y.size} labels")
+    if np.isnan(s).any():
+        raise ValueError(f"auroc: {int(np.isnan(s).sum())} of the {s.size} scores are NaN")
+    if y.dtype != np.bool_:
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError(f"auroc: labels must be booleans or 0/1, got values {np.unique(y)[:5].tolist()}")
+        y = y.astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    # Average ranks (1-based): a group of c tied values ending at rank e shares rank e - (c - 1) / 2.
+    _, group, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[group.reshape(-1)]
+    # U = (sum of positive ranks) - n_pos (n_pos + 1) / 2 counts the (positive, negative) pairs won.
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _flat_labels(fsa: FeatureAutomaton, true_states: Any) -> list[Hashable]:
+    """One label per row of ``fsa.firing``, from a flat sequence or per-text lists."""
+    n_tokens = int(fsa.firing.shape[0])
+    if torch.is_tensor(true_states) or isinstance(true_states, np.ndarray):
+        true_states = true_states.tolist()
+    true_states = list(true_states)
+    nested = bool(true_states) and all(isinstance(x, (list, tuple)) for x in true_states)
+    if not nested:
+        if len(true_states) != n_tokens:
+            raise ValueError(
+                f"true_states has {len(true_states)} labels but fsa.firing has {n_tokens} tokens "
+                f"(rows); give one label per token, or one list per text with lengths fsa.lengths"
+            )
+        return true_states
+    lengths = [int(n) for n in fsa.lengths.tolist()]
+    if len(true_states) != len(lengths):
+        raise ValueError(
+            f"true_states has {len(true_states)} per-text label lists but fsa.lengths has {len(lengths)} texts"
+        )
+    for i, (text, n) in enumerate(zip(true_states, lengths)):
+        if len(text) != n:
+            raise ValueError(f"true_states[{i}] has {len(text)} labels but fsa.lengths[{i}] is {n}")
+    flat = [label for text in true_states for label in text]
+    if len(flat) != n_tokens:
+        raise ValueError(f"true_states has {len(flat)} labels in all but fsa.firing has {n_tokens} tokens (rows)")
+    return flat
+
+
+def _truth(true_transitions: Any, labels: list[Hashable]) -> tuple[list[Hashable], set[tuple[Hashable, Hashable]]]:
+    """The true states (in a fixed order) and the set of true ``(src, dst)`` pairs, START dropped."""
+    seen = dict.fromkeys(x for x in labels if x not in _UNLABELLED)  # first-appearance order
+    if hasattr(true_transitions, "transitions") and hasattr(true_transitions, "states"):  # a zoo Automaton
+        states = list(true_transitions.states)
+        pairs = {(src, dst) for src, row in true_transitions.transitions.items() for dst in row}
+        unknown = sorted(map(str, set(seen) - set(states)))
+        if unknown:
+            name = getattr(true_transitions, "name", "?")
+            raise ValueError(f"true_states has labels that are not states of automaton {name!r}: {unknown[:10]}")
+    else:
+        pairs = set()
+        for k, pair in enumerate(true_transitions):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"true_transitions[{k}] is {pair!r}; expected a (src_label, dst_label) pair")
+            pairs.add((pair[0], pair[1]))
+        # Labels only the pairs name are true states no token carries: scored like an Automaton's
+        # absent states (F1 NaN, pairs skipped, named in the note), so a typo shows up there.
+        extra = (x for p in sorted(pairs, key=str) for x in p if x not in _UNLABELLED)
+        states = list({**seen, **dict.fromkeys(extra)})
+    pairs = {(a, b) for a, b in pairs if a not in _UNLABELLED and b not in _UNLABELLED}
+    return states, pairs
+
+
+def score_automaton(
+    fsa: FeatureAutomaton,
+    true_states: Sequence[Hashable] | Sequence[Sequence[Hashable]],
+    true_transitions: Any,
+    mechanism: Mechanism | None = None,
+) -> AutomatonScore:
+    """Score ``fsa``'s states and transitions against ground truth.
+
+    ``true_states``: one label per token of ``fsa.firing`` (flat), or one list per text with the
+    lengths in ``fsa.lengths`` (so a label may not itself be a list or tuple); a label ``None`` or
+    ``"START"`` marks a token to ignore.
+    ``true_transitions``: a zoo :class:`~sae_circuits.zoo.automata.Automaton` (its ``states`` are the
+    true states, its table minus ``START`` the true transitions), or ``(src, dst)`` label pairs (the
+    true states are then the distinct labels in ``true_states``, plus any label only a pair names).
+    ``mechanism`` scores only the ``"attention"`` or ``"token"`` transitions (default: their sum, as
+    ``fsa.weight``).
+
+    >>> docs = zoo.automata.generate("markup", 50, seed=0)                        # doctest: +SKIP
+    >>> s = score_automaton(fsa, [st for _, st in docs], zoo.automata.AUTOMATA["markup"])  # doctest: +SKIP
+    >>> s.mean_f1, s.matches["TEXT"], s.transition_auroc                          # doctest: +SKIP
+    """
+    if not fsa.states:
+        raise ValueError("cannot score an empty automaton: it has no states")
+    if mechanism not in (None, "attention", "token"):
+        raise ValueError(f"mechanism must be None, 'attention' or 'token', got {mechanism!r}")
+    firing = fsa.firing
+    if firing.ndim != 2 or firing.shape[1] != len(fsa.states):
+        raise ValueError(f"fsa.firing has shape {list(firing.shape)}; expected [tokens, {len(fsa.states)} states]")
+    labels = _flat_labels(fsa, true_states)
+    states, true_pairs = _truth(true_transitions, labels)
+    index = {s: i for i, s in enumerate(states)}
+    labelled = [i for i, x in enumerate(labels) if x not in _UNLABELLED]
+    if not labelled:
+        raise ValueError(f"no labelled tokens: all {len(labels)} labels are None or 'START'")
+
+    # State recovery. Y: one-hot true labels, X: firing, both on the labelled tokens; tp = Y^T X.
+    # In chunks, so a long corpus never holds a dense float copy of firing; each chunk's counts are
+    # exact in float32 (< 2^24) and add up in float64.
+    rows = torch.tensor(labelled, device=firing.device)
+    cls = torch.tensor([index[labels[i]] for i in labelled], device=firing.device)
+    tp = torch.zeros(len(states), firing.shape[1], dtype=torch.float64, device=firing.device)
+    fires = torch.zeros(firing.shape[1], dtype=torch.float64, device=firing.device)
+    for start in range(0, len(labelled), _CHUNK):
+        x = firing[rows[start : start + _CHUNK]].float()  # (chunk, n_rec)
+        y = torch.nn.functional.one_hot(cls[start : start + _CHUNK], len(states)).float()  # (chunk, n_true)
+        tp += (y.T @ x).double()  # (n_true, n_rec)
+        fires += x.sum(0).double()
+    support = torch.bincount(cls, minlength=len(states)).double()  # (n_true,)
+    # F1 = 2 tp / (|fires| + |is s|); 0/0 only when s has no tokens and r never fires (s is skipped).
+    f1 = 2 * tp / (fires[None, :] + support[:, None]).clamp_min(1)
+    best_f1, best = f1.max(1)  # max returns the first (lowest id) maximum
+    present = (support > 0).tolist()
+    state_f1 = {s: float(best_f1[i]) if present[i] else math.nan for i, s in enumerate(states)}
+    ids = [state.id for state in fsa.states]  # firing column -> state id (what transitions name)
+    matches = {s: ids[int(best[i])] if present[i] and best_f1[i] > 0 else -1 for i, s in enumerate(states)}
+    mean_f1 = float(np.mean([state_f1[s] for i, s in enumerate(states) if present[i]]))
+
+    # Transition recovery over ordered pairs of present true states, self-pairs included.
+    weights: dict[tuple[int, int], float] = {}
+    for t in fsa.transitions:
+        if mechanism in (None, t.mechanism):
+            weights[t.src, t.dst] = weights.get((t.src, t.dst), 0.0) + t.weight
+    kept = [s for i, s in enumerate(states) if present[i]]
+    scores, positive = [], []
+    for a in kept:
+        for b in kept:
+            unmatched = matches[a] < 0 or matches[b] < 0
+            scores.append(0.0 if unmatched else weights.get((matches[a], matches[b]), 0.0))
+            positive.append((a, b) in true_pairs)
+    value = auroc(scores, positive)
+    notes = []
+    if math.isnan(value):
+        kind = "true transitions" if all(positive) else "non-transitions"
+        notes.append(f"transition_auroc is NaN: all {len(positive)} pairs of labelled true states are {kind}")
+    missing = [str(s) for i, s in enumerate(states) if not present[i]]
+    if missing:
+        notes.append(f"no labelled token carries the true states {missing} (F1 NaN, pairs skipped)")
+    return AutomatonScore(
+        state_f1=state_f1, matches=matches, mean_f1=mean_f1, transition_auroc=value, n_pairs=len(positive),
+        n_positive=sum(positive), n_labelled=len(labelled), note="; ".join(notes),
+    )  # fmt: skip

@@ -1,0 +1,91 @@
+"""Automaton extraction on the embedded model: layout, the documented token-transition weight
+recomputed by brute force, recovered states against the markup automaton's true states, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sae_circuits as sc
+from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
+from sae_circuits.zoo import automata
+
+STATES = 256
+
+
+@pytest.fixture(scope="module")
+def markup():
+    docs = automata.generate("markup", 60, seed=11)
+    return ["".join(symbols[:64]) for symbols, _ in docs], [states[:64] for _, states in docs]
+
+
+@pytest.fixture(scope="module")
+def extracted(markup):
+    model = sc.zoo.load_model("tiny")
+    sc.splice(model, sc.zoo.load_saes("tiny", kind="resid"))
+    fsa = automaton(model, markup[0], max_states=STATES, attention_contexts=2, progress=False)
+    return model, fsa
+
+
+def test_layout_and_weights(extracted, markup):
+    _, fsa = extracted
+    labels = markup[1]
+    assert isinstance(fsa, FeatureAutomaton) and len(fsa.states) == STATES
+    assert fsa.lengths.tolist() == [len(row) for row in labels]  # BOS is not a scored token
+    assert fsa.firing.shape == (sum(map(len, labels)), STATES)
+    for state in fsa.states:
+        assert state.frequency == pytest.approx(float(fsa.firing[:, state.id].float().mean()))
+        assert state.members and state.max_activation > 0
+    for mechanism in ("token", "attention"):
+        w = fsa.weights[mechanism]
+        assert w.shape == (STATES, STATES) and float(w.min()) >= 0 and float(w.max()) <= 1 + 1e-9
+    assert all(t.weight >= fsa.metadata["min_weight"] for t in fsa.transitions)
+
+
+def test_token_weight_is_the_documented_sum(extracted, markup):
+    """w(A -> B) = sum_x p_A(x) P(B fires | x), p_A = the model's next-token distribution averaged
+    over A's tokens, recomputed here from the model's logits."""
+    model, fsa = extracted
+    rows = [model.to_tokens(t)[0] for t in markup[0]]
+    skip = int(fsa.metadata["prepend_bos"])  # the BOS position, when there is one, is not a text token
+    with torch.no_grad():
+        probs = torch.cat([model(r[None])[0, skip:].double().softmax(-1) for r in rows])
+    tokens = torch.cat([r[skip:] for r in rows])
+    fire = fsa.firing
+    a, b = divmod(int(fsa.weights["token"].argmax()), STATES)
+    p_a = probs[fire[:, a]].mean(0)
+    expected = sum(float(p_a[x]) * float(fire[tokens == x, b].double().mean()) for x in tokens.unique().tolist())
+    assert fsa.weight(a, b, "token") == pytest.approx(expected, rel=1e-6)
+
+
+def test_recovered_states_match_the_markup_automaton(extracted, markup):
+    _, fsa = extracted
+    score = score_automaton(fsa, markup[1], automata.AUTOMATA["markup"])
+    assert score.mean_f1 > 0.8, score.state_f1
+    assert score.transition_auroc > 0.75
+
+
+def test_json_round_trip_keeps_the_weights(extracted, tmp_path):
+    _, fsa = extracted
+    back = FeatureAutomaton.load(fsa.save(tmp_path / "fsa.json"))
+    assert torch.equal(back.firing, fsa.firing) and back.weights.keys() == fsa.weights.keys()
+    assert all(torch.equal(back.weights[m], fsa.weights[m]) for m in fsa.weights)
+    assert [(t.src, t.dst, t.mechanism, t.weight, t.tokens) for t in back.transitions] == [
+        (t.src, t.dst, t.mechanism, t.weight, t.tokens) for t in fsa.transitions
+    ]
+
+
+def test_bad_input_gets_a_clear_error(hooked, markup):
+    with pytest.raises(ValueError, match="no SAE or transcoder is spliced"):
+        automaton(hooked, ["<p>"])
+    from tests.conftest import random_sae
+
+    with sc.spliced(hooked, [random_sae()]):
+        with pytest.raises(ValueError, match="non-empty list"):
+            automaton(hooked, [])
+        with pytest.raises(ValueError, match="text 1 is empty"):
+            automaton(hooked, ["<p>", ""])
+        with pytest.raises(ValueError, match="more than the model's context of 128"):
+            automaton(hooked, ["<p>", " x" * 200])
+        with pytest.raises(ValueError, match="max_states=0"):
+            automaton(hooked, ["<p>"], max_states=0)

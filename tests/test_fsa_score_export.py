@@ -1,0 +1,412 @@
+"""Automaton scores against ground truth (state F1, transition AUROC, the zoo's markup automaton)
+and automaton files (lossless JSON, DOT, GraphML, the HTML view), cycles, atomic writes, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sae_circuits.fsa import export
+from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
+from sae_circuits.fsa.score import auroc, score_automaton
+from sae_circuits.zoo import automata
+
+EVIL = "</script><script>alert(1)</script>"
+TRICKY = 'tag "x"\nnew \\ line'
+
+
+def fsa_from_firing(firing: list[list[int]] | torch.Tensor, transitions=(), lengths=None) -> FeatureAutomaton:
+    firing = torch.as_tensor(firing, dtype=torch.bool)
+    states = [State(i, [("blocks.0.hook_resid_post", i)], f"s{i}", float(firing[:, i].float().mean()))
+              for i in range(firing.shape[1])]  # fmt: skip
+    lengths = torch.tensor([firing.shape[0]] if lengths is None else lengths)
+    return FeatureAutomaton(states, list(transitions), firing, lengths)
+
+
+# --------------------------------------------------------------------------- state F1
+
+# 12 tokens in two texts; None and START are unlabelled. Recovered state 0 fires on C, 1 on A,
+# 2 on B, 3 is noise (on every third token).
+LABELS = [["START", "A", "B", "C", "A", None], ["A", "B", "B", "C", "A", "C"]]
+FLAT = [x for text in LABELS for x in text]
+ONE_HOT = {"C": 0, "A": 1, "B": 2}
+
+
+def exact_firing() -> torch.Tensor:
+    firing = torch.zeros(len(FLAT), 4, dtype=torch.bool)
+    for i, label in enumerate(FLAT):
+        if label in ONE_HOT:
+            firing[i, ONE_HOT[label]] = True
+    firing[::3, 3] = True
+    return firing
+
+
+def test_exact_states_score_one():
+    fsa = fsa_from_firing(exact_firing(), lengths=[6, 6])
+    for labels in (LABELS, FLAT):  # per-text lists and the flat sequence agree
+        score = score_automaton(fsa, labels, [("A", "B"), ("B", "C"), ("C", "A")])
+        assert score.matches == ONE_HOT and score.state_f1 == {"A": 1.0, "B": 1.0, "C": 1.0}
+        assert score.mean_f1 == 1.0 and score.n_labelled == 10 and score.note == ""
+
+
+def test_degraded_state_f1_is_hand_computed():
+    firing = exact_firing()
+    a_tokens = [i for i, x in enumerate(FLAT) if x == "A"]  # 4 of them
+    firing[a_tokens[0], 1] = False  # misses one A ...
+    firing[FLAT.index("B"), 1] = True  # ... fires on one B ...
+    firing[FLAT.index(None), 1] = True  # ... and on an unlabelled token, which does not count
+    score = score_automaton(fsa_from_firing(firing), FLAT, [("A", "B")])
+    # tp = 3, |fires on labelled| = 4, |A| = 4: F1 = 2 * 3 / (4 + 4)
+    assert score.state_f1["A"] == pytest.approx(0.75) and score.matches == ONE_HOT
+    assert score.mean_f1 == pytest.approx((0.75 + 1 + 1) / 3)
+
+
+def test_never_fired_and_absent_states():
+    firing = exact_firing()
+    firing[:, 0] = False  # nothing fires on C any more (state 3's noise does hit a C token)
+    firing[:, 3] = False
+    score = score_automaton(fsa_from_firing(firing), FLAT, [("A", "B"), ("B", "Z")])
+    assert score.state_f1["C"] == 0.0 and score.matches["C"] == -1
+    assert math.isnan(score.state_f1["Z"]) and score.matches["Z"] == -1 and "'Z'" in score.note
+    assert score.mean_f1 == pytest.approx(2 / 3) and score.n_pairs == 9  # Z's pairs are skipped
+
+
+# --------------------------------------------------------------------------- transition AUROC
+
+TRUE = [("A", "B"), ("B", "C"), ("C", "A")]
+
+
+def fsa_with(weights: dict[tuple[str, str], float]) -> FeatureAutomaton:
+    transitions = [Transition(ONE_HOT[a], ONE_HOT[b], "token", w) for (a, b), w in weights.items()]
+    return fsa_from_firing(exact_firing(), transitions)
+
+
+def test_transition_auroc():
+    ranked = fsa_with({("A", "B"): 0.5, ("B", "C"): 0.3, ("C", "A"): 0.4, ("A", "C"): 0.1, ("B", "B"): 0.2})
+    score = score_automaton(ranked, FLAT, TRUE)
+    assert score.transition_auroc == 1.0 and (score.n_pairs, score.n_positive) == (9, 3)
+    constant = fsa_with({pair: 0.2 for pair in itertools.product("ABC", repeat=2)})
+    assert score_automaton(constant, FLAT, TRUE).transition_auroc == 0.5
+    assert score_automaton(fsa_with({}), FLAT, TRUE).transition_auroc == 0.5
+    # Positives 0.5, 0.2, 0 (C -> A missing); negatives A -> A 0.2 and five 0s.
+    # Wins: 0.5 beats 6; 0.2 beats 5, ties 1; 0 ties 5. AUROC = (6 + 5.5 + 2.5) / 18.
+    ties = fsa_with({("A", "B"): 0.5, ("B", "C"): 0.2, ("A", "A"): 0.2})
+    assert score_automaton(ties, FLAT, TRUE).transition_auroc == pytest.approx(14 / 18)
+    # Both mechanisms add up, as fsa.weight does (A -> C: 0.45 - 0.4); mechanism= picks one: then
+    # A -> C (0.45) outranks the true B -> C (0.3) and C -> A (0.4): AUROC = (6 + 5 + 5) / 18.
+    mixed = fsa_with({("A", "B"): 0.5, ("B", "C"): 0.3, ("C", "A"): 0.4, ("A", "C"): 0.45})
+    mixed.transitions.append(Transition(ONE_HOT["A"], ONE_HOT["C"], "attention", -0.4))
+    assert score_automaton(mixed, FLAT, TRUE).transition_auroc == 1.0
+    assert score_automaton(mixed, FLAT, TRUE, mechanism="token").transition_auroc == pytest.approx(16 / 18)
+
+
+def test_transition_auroc_undefined_for_one_class():
+    score = score_automaton(fsa_with({}), FLAT, list(itertools.product("ABC", repeat=2)))
+    assert math.isnan(score.transition_auroc) and "all 9 pairs" in score.note and "true transitions" in score.note
+    assert math.isnan(auroc([0.1, 0.2], [False, False]))
+
+
+def test_auroc_hand_computed():
+    assert auroc([0.9, 0.5, 0.5, 0.1, 0.5], [1, 1, 0, 0, 0]) == pytest.approx(5 / 6)
+    assert auroc(torch.tensor([3.0, 2.0, 1.0]), torch.tensor([True, False, False])) == 1.0
+    assert auroc([1.0, 2.0], [True, False]) == 0.0
+
+
+def brute_force_auroc(scores, labels) -> float:
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([-1.0, 0.0, 0.25, 0.5, 2.0, 1e9]), st.booleans()), min_size=2, max_size=40))
+def test_auroc_matches_pairwise_definition(pairs):
+    scores, labels = zip(*pairs)
+    if len(set(labels)) < 2:
+        assert math.isnan(auroc(scores, labels))
+    else:
+        assert auroc(scores, labels) == pytest.approx(brute_force_auroc(scores, labels), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- the zoo's markup automaton
+
+
+def test_markup_ground_truth_scores_perfectly():
+    markup = automata.AUTOMATA["markup"]
+    docs = automata.generate("markup", 20, seed=0)
+    labels = [doc_states for _, doc_states in docs]
+    flat = [x for text in labels for x in text]
+    order = list(reversed(markup.states))  # recovered state i is true state order[i]: not the identity
+    firing = torch.tensor([[x == s for s in order] for x in flat])
+    table = [(a, b) for a, row in markup.transitions.items() if a != automata.START for b in row]
+    transitions = [Transition(order.index(a), order.index(b), "token", 0.9) for a, b in table]
+    fsa = fsa_from_firing(firing, transitions, lengths=[len(text) for text in labels])
+    score = score_automaton(fsa, labels, markup)
+    assert score.mean_f1 == 1.0 and score.transition_auroc == 1.0 and score.note == ""
+    assert score.matches == {s: order.index(s) for s in markup.states}
+    assert (score.n_pairs, score.n_positive) == (100, len(table))
+    with pytest.raises(ValueError, match=r"not states of automaton 'kvlog'.*'TEXT'"):
+        score_automaton(fsa, labels, automata.AUTOMATA["kvlog"])
+
+
+# --------------------------------------------------------------------------- score errors
+
+
+def test_score_errors():
+    fsa = fsa_from_firing(exact_firing(), lengths=[6, 6])
+    with pytest.raises(ValueError, match=r"true_states has 11 labels but fsa\.firing has 12 tokens"):
+        score_automaton(fsa, FLAT[:-1], TRUE)
+    with pytest.raises(ValueError, match=r"true_states\[1\] has 5 labels but fsa\.lengths\[1\] is 6"):
+        score_automaton(fsa, [LABELS[0], LABELS[1][:5]], TRUE)
+    with pytest.raises(ValueError, match=r"no labelled tokens.*12 labels"):
+        score_automaton(fsa, [None] * 6 + ["START"] * 6, TRUE)
+    empty = FeatureAutomaton([], [], torch.zeros(12, 0, dtype=torch.bool), torch.tensor([12]))
+    with pytest.raises(ValueError, match="empty automaton"):
+        score_automaton(empty, FLAT, TRUE)
+    with pytest.raises(ValueError, match=r"true_transitions\[0\] is 'AB'"):
+        score_automaton(fsa, FLAT, ["AB"])
+
+
+# --------------------------------------------------------------------------- a hand-built automaton to save
+
+SITE = "blocks.1.hook_resid_post"
+STATES = [
+    State(0, [(SITE, 12), ("blocks.0.hook_mlp_out", 7)], '"<"', 0.125, 3.5),
+    State(1, [(SITE, 3)], TRICKY, 0.1 + 0.2, 1.25),
+    State(2, [(SITE, 40)], EVIL, 0.3, 2.0),
+    State(3, [(SITE, 5)], "café ☃ bell\x07", 0.05, 0.5),
+]
+TRANSITIONS = [
+    Transition(0, 1, "attention", 0.5, {"div": 3, "p": 1}, effect=0.25, confirmed=True),
+    Transition(1, 2, "token", 0.3, {">": 4, '"': 1}, effect=-0.01, confirmed=False),
+    Transition(2, 0, "attention", 0.4, {"<": 5, EVIL: 2}),
+    Transition(2, 0, "token", 0.1, {"\n": 1}),
+    Transition(1, 0, "token", 0.3, {}),
+    Transition(3, 3, "token", 0.35, {"é": 2}),
+    Transition(0, 3, "attention", 0.05, {}),
+]
+
+
+@pytest.fixture
+def fsa() -> FeatureAutomaton:
+    firing = torch.rand(37, 4, generator=torch.Generator().manual_seed(0)) < 0.3
+    return FeatureAutomaton(
+        STATES, TRANSITIONS, firing, torch.tensor([10, 27]), {"model": "tiny", "n": 3, "nested": {"a": [1, 2.5, None, True]}}
+    )
+
+
+def strict_loads(text: str):
+    def no_constant(name: str):
+        raise ValueError(f"non-strict JSON constant {name}")
+
+    return json.loads(text, parse_constant=no_constant)
+
+
+# --------------------------------------------------------------------------- cycles
+
+
+def test_cycles_rank_by_weakest_edge(fsa):
+    # [3] self-loop 0.35; [0, 1] weakest 0.3; [0, 1, 2] weakest 0.3 (2 -> 0 is 0.4 + 0.1): shorter first.
+    assert fsa.cycles() == [([3], 0.35), ([0, 1], 0.3), ([0, 1, 2], 0.3)]
+    assert fsa.cycles(min_weight=0.32) == [([3], 0.35)]
+    assert fsa.cycles(max_length=2) == [([3], 0.35), ([0, 1], 0.3)]
+    with pytest.raises(ValueError, match="max_length"):
+        fsa.cycles(max_length=0)
+
+
+def test_cycles_past_the_cap_are_the_strongest(monkeypatch):
+    n = 5
+    rng = np.random.default_rng(0)
+    transitions = [Transition(a, b, "token", float(w))
+                   for (a, b), w in zip(itertools.product(range(n), repeat=2), rng.permutation(n * n) + 1.0)]  # fmt: skip
+    dense = fsa_from_firing(torch.zeros(3, n), transitions)
+    everything = export.cycles(dense)
+    assert len(everything) > 50
+    monkeypatch.setattr(export, "MAX_CYCLES", 20)
+    with pytest.warns(UserWarning, match="more than 20 cycles"):
+        top = export.cycles(dense)
+    assert 0 < len(top) <= 20 and top == everything[: len(top)]  # exactly the strongest ones
+    assert everything[len(top)][1] < top[-1][1]
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def test_json_round_trip_is_exact(fsa, tmp_path):
+    path = fsa.save(tmp_path / "a.json")
+    text = path.read_text()
+    assert text.isascii()
+    raw = strict_loads(text)
+    assert raw["format_version"] == export.FORMAT_VERSION and len(raw["firing"]["data"]) < 37 * 4
+    back = FeatureAutomaton.load(path)
+    assert back.states == fsa.states and back.transitions == fsa.transitions
+    assert back.firing.dtype == torch.bool and torch.equal(back.firing, fsa.firing)
+    assert back.lengths.dtype == torch.long and torch.equal(back.lengths, fsa.lengths)
+    assert back.metadata == fsa.metadata and back.states[1].frequency == 0.1 + 0.2
+    assert isinstance(back.states[0].members[0], tuple)
+
+
+def test_json_round_trip_edge_cases(tmp_path):
+    # No states (an empty firing matrix), an odd number of bits, non-finite floats.
+    empty = FeatureAutomaton([], [], torch.zeros(5, 0, dtype=torch.bool), torch.tensor([5]))
+    assert torch.equal(FeatureAutomaton.load(empty.save(tmp_path / "e.json")).firing, empty.firing)
+    odd = fsa_from_firing(torch.rand(13, 3, generator=torch.Generator().manual_seed(1)) < 0.5,
+                          [Transition(0, 1, "token", math.inf, effect=math.nan)])  # fmt: skip
+    back = FeatureAutomaton.load(odd.save(tmp_path / "o.json"))
+    assert torch.equal(back.firing, odd.firing) and back.transitions[0].weight == math.inf
+    assert math.isnan(back.transitions[0].effect)
+
+
+def test_json_errors(fsa, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        FeatureAutomaton.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match=r"'\.dot' is a view"):
+        FeatureAutomaton.load(fsa.save(tmp_path / "a.dot"))
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json: not valid JSON"):
+        FeatureAutomaton.load(tmp_path / "broken.json")
+    raw = strict_loads(export.to_json(fsa))
+    del raw["transitions"][1]["mechanism"]
+    (tmp_path / "nokey.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"nokey\.json.*missing key 'transitions\[1\]\.mechanism'"):
+        FeatureAutomaton.load(tmp_path / "nokey.json")
+    raw = strict_loads(export.to_json(fsa))
+    raw["firing"]["data"] = raw["firing"]["data"][:-8]
+    (tmp_path / "corrupt.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="firing.data is corrupt"):
+        FeatureAutomaton.load(tmp_path / "corrupt.json")
+    bad = FeatureAutomaton(STATES, TRANSITIONS, fsa.firing, fsa.lengths, {"tensor": torch.zeros(1)})
+    with pytest.raises(TypeError, match="metadata value .* Tensor"):
+        bad.save(tmp_path / "bad.json")
+
+
+# --------------------------------------------------------------------------- DOT, GraphML
+
+
+def test_dot_escapes_and_styles(fsa, tmp_path):
+    text = fsa.save(tmp_path / "a.dot").read_text(encoding="utf-8")
+    assert text.startswith("digraph automaton {") and text.rstrip().endswith("}")
+    quoted = r'"(?:[^"\\]|\\.)*"'
+    bare = re.sub(quoted, "S", text)
+    assert '"' not in bare and bare.count("{") == bare.count("}") == 1  # every string closed
+    nodes = re.findall(rf"^  \"s(\d+)\" \[label=({quoted}), tooltip=({quoted})\];$", text, flags=re.MULTILINE)
+    assert [int(i) for i, _, _ in nodes] == [0, 1, 2, 3]
+    assert r'1: tag \"x\"\nnew \\ line\n30.00% of tokens' in nodes[1][1]
+    assert "\x07" not in text and r"bell\\x07" in nodes[3][1]
+    assert nodes[0][2] == '"blocks.1.hook_resid_post#12,blocks.0.hook_mlp_out#7"'
+    edges = re.findall(r'^  "s(\d+)" -> "s(\d+)" \[(.*)\];$', text, flags=re.MULTILINE)
+    assert len(edges) == len(TRANSITIONS)
+    for (src, dst, attrs), t in zip(edges, TRANSITIONS):
+        assert (int(src), int(dst)) == (t.src, t.dst) and f'transition_weight="{t.weight!r}"' in attrs
+        assert f'color="{"#1f77b4" if t.mechanism == "attention" else "#ff7f0e"}"' in attrs
+        style = {True: "style=solid", False: "style=dashed", None: "style="}[t.confirmed]
+        assert (style in attrs) == (t.confirmed is not None)
+    assert r'label="\"div\" \"p\""' in edges[0][2] and "penwidth=4.000" in edges[0][2]
+
+
+def test_graphml_reads_back(fsa, tmp_path):
+    path = fsa.save(tmp_path / "a.graphml")
+    assert path.read_bytes().isascii()
+    graph = nx.read_graphml(path)
+    assert graph.number_of_nodes() == 4 and graph.number_of_edges() == 6  # 2 -> 0 merges two mechanisms
+    assert graph.nodes["2"]["label"] == EVIL and graph.nodes["3"]["label"] == "café ☃ bell\\x07"
+    assert graph.nodes["0"]["members"] == "blocks.1.hook_resid_post#12,blocks.0.hook_mlp_out#7"
+    merged = graph.edges["2", "0"]
+    assert merged["weight"] == pytest.approx(0.5) and merged["mechanism"] == "both"
+    assert (merged["attention_weight"], merged["token_weight"]) == (0.4, 0.1)
+    assert math.isnan(merged["effect"]) and merged["confirmed"] == ""
+    assert merged["tokens"] == json.dumps("<") + " " + json.dumps(EVIL) + " " + json.dumps("\n")
+    assert graph.edges["0", "1"]["confirmed"] == "true" and graph.edges["1", "2"]["confirmed"] == "false"
+    assert graph.edges["0", "1"]["effect"] == 0.25
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _html_data(html: str) -> dict:
+    match = re.search(r'<script type="application/json" id="fsa-data">(.*?)</script>', html, flags=re.DOTALL)
+    assert match
+    return strict_loads(match.group(1))
+
+
+def test_html_is_self_contained_and_injection_safe(fsa, tmp_path):
+    html = fsa.save(tmp_path / "a.html").read_text()
+    assert html.isascii() and "default-src 'none'" in html and "innerHTML" not in html
+    assert html.count("<script") == 2 and html.count("</script>") == 2  # ours only: EVIL is inert data
+    assert "alert(1)</script>" not in html and "</script><script>" not in html and "<!--" not in html
+    assert "http://" not in html and "https://" not in html and not re.search(r"(src|href)\s*=", html)
+    data = _html_data(html)
+    assert [s["label"] for s in data["states"]] == [s.label for s in STATES]
+    assert len(data["transitions"]) == len(TRANSITIONS) and data["cycles"][0] == [[3], 0.35]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node.js")
+def test_html_script_builds_the_svg(fsa, tmp_path):
+    html = fsa.save(tmp_path / "a.html").read_text()
+    data = html.split('id="fsa-data">')[1].split("</script>")[0]
+    script = html.split("<script>")[1].split("</script>")[0]
+    stub = """
+class El { constructor(tag) { this.tag = tag; this.children = []; this.attrs = {}; this.textContent = ""; }
+  setAttribute(k, v) { this.attrs[k] = v; } appendChild(c) { this.children.push(c); } }
+const root = new El("svg"); root.namespaceURI = "svg-ns";
+const elements = {"fsa-data": {textContent: DATA}, "graph": root, "summary": new El("p"), "cycles": new El("ol")};
+globalThis.document = {getElementById: id => elements[id], createElementNS: (ns, tag) => new El(tag), title: ""};
+"""
+    walk = """
+const all = []; (function visit(e) { all.push(e); e.children.forEach(visit); })(root);
+const paths = all.filter(e => e.tag === "path" && e.attrs["marker-end"]);
+console.log(JSON.stringify({circle: all.filter(e => e.tag === "circle").length, paths: paths.length,
+  widths: paths.map(e => Number(e.attrs["stroke-width"])), dashed: paths.map(e => "stroke-dasharray" in e.attrs),
+  hot: all.filter(e => e.attrs.class === "hot").length, bad: paths.filter(e => /NaN|undefined/.test(e.attrs.d)).length,
+  titles: all.filter(e => e.tag === "title").map(e => e.textContent),
+  cycles: elements.cycles.children.map(e => e.textContent), summary: elements.summary.textContent}));
+"""
+    (tmp_path / "run.js").write_text(stub.replace("DATA", json.dumps(data)) + script + walk)
+    out = subprocess.run(["node", str(tmp_path / "run.js")], capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["circle"], result["paths"], result["bad"], result["hot"]) == (4, len(TRANSITIONS), 0, 1)
+    assert result["dashed"] == [t.confirmed is False for t in TRANSITIONS]
+    assert result["widths"][5] == max(result["widths"])  # the self-loop [3] is the strongest cycle
+    assert any(t.startswith(f"state 2: {EVIL}\n") for t in result["titles"])
+    assert result["cycles"][0].startswith("3 café") and result["summary"] == repr(fsa)
+
+
+# --------------------------------------------------------------------------- atomicity and errors
+
+
+def test_failed_writes_leave_the_old_file(fsa, tmp_path, monkeypatch):
+    path = tmp_path / "a.json"
+    path.write_text("old")
+
+    def half_then_fail(self: Path, text: str, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[:10])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        fsa.save(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(export.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        fsa.save(path)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_unsupported_suffix(fsa, tmp_path):
+    with pytest.raises(ValueError, match=r"'\.txt'.*\.json, \.graphml, \.dot, \.html"):
+        fsa.save(tmp_path / "a.txt")
+    assert not (tmp_path / "a.txt").exists()
