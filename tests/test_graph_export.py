@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from sae_circuits._text import printable
 from sae_circuits.graph import export
 from sae_circuits.graph.attribution_graph import AttributionGraph
 from sae_circuits.graph.graph import Edges, NodeKind
@@ -211,7 +212,7 @@ def test_dot_quotes_and_escapes(g, tmp_path):
         return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), s[1:-1])
 
     assert [unquote(k) for k in labels] == IDS
-    assert [unquote(v) for v in labels.values()] == [export._printable(label) for label in g.labels]
+    assert [unquote(v) for v in labels.values()] == [printable(label) for label in g.labels]
     assert r'"say \"hi\" \\ there\nbye"' in text
     edges = re.findall(r'-> "[^"]+" \[attribution="([^"]+)", color="(#\w+)", penwidth=([\d.]+)', text)
     assert len(edges) == g.n_edges

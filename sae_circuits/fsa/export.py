@@ -30,7 +30,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from sae_circuits.graph.export import _dot_string, _exact, _finite, _printable
+from sae_circuits._text import dot_string, exact_float, finite_json, printable
 from sae_circuits.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -176,9 +176,9 @@ def to_graphml(fsa: FeatureAutomaton) -> str:
     """GraphML text of :func:`to_networkx` (strings made XML-safe; pure ASCII)."""
     graph = to_networkx(fsa)
     for _, attrs in graph.nodes(data=True):
-        attrs.update({k: _printable(v) for k, v in attrs.items() if isinstance(v, str)})
+        attrs.update({k: printable(v) for k, v in attrs.items() if isinstance(v, str)})
     for _, _, attrs in graph.edges(data=True):
-        attrs.update({k: _printable(v) for k, v in attrs.items() if isinstance(v, str)})
+        attrs.update({k: printable(v) for k, v in attrs.items() if isinstance(v, str)})
     buffer = io.BytesIO()
     nx.write_graphml(graph, buffer, encoding="utf-8")
     # Character references keep the file ASCII, whatever encoding atomic_write_text uses.
@@ -203,21 +203,21 @@ def to_dot(fsa: FeatureAutomaton) -> str:
     ]  # fmt: skip
     for s in fsa.states:
         label = f"{s.id}: {s.label}\n{100 * s.frequency:.2f}% of tokens"
-        lines.append(f"  {_dot_string(f's{s.id}')} [label={_dot_string(label)}, tooltip={_dot_string(_members(s))}];")
+        lines.append(f"  {dot_string(f's{s.id}')} [label={dot_string(label)}, tooltip={dot_string(_members(s))}];")
     largest = max((abs(t.weight) for t in fsa.transitions if math.isfinite(t.weight)), default=0.0) or 1.0
     for t in fsa.transitions:
         width = min(4.0, 0.5 + 3.5 * abs(t.weight) / largest) if math.isfinite(t.weight) else 4.0
         attrs = [
             f'transition_weight="{t.weight!r}"', f'mechanism="{t.mechanism}"',
             f'color="{_COLORS.get(t.mechanism, "#555555")}"', f"penwidth={width:.3f}",
-            f"label={_dot_string(_top_tokens(t.tokens, 3))}",
-            f"tooltip={_dot_string(f'{t.mechanism} {t.weight:.4g}; tokens {_top_tokens(t.tokens)}')}",
+            f"label={dot_string(_top_tokens(t.tokens, 3))}",
+            f"tooltip={dot_string(f'{t.mechanism} {t.weight:.4g}; tokens {_top_tokens(t.tokens)}')}",
         ]  # fmt: skip
         if t.effect is not None:
             attrs.append(f'effect="{float(t.effect)!r}"')
         if t.confirmed is not None:
             attrs += [f'confirmed="{str(bool(t.confirmed)).lower()}"', f"style={'solid' if t.confirmed else 'dashed'}"]
-        lines.append(f"  {_dot_string(f's{t.src}')} -> {_dot_string(f's{t.dst}')} [{', '.join(attrs)}];")
+        lines.append(f"  {dot_string(f's{t.src}')} -> {dot_string(f's{t.dst}')} [{', '.join(attrs)}];")
     return "\n".join([*lines, "}", ""])
 
 
@@ -336,7 +336,7 @@ def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
     ]  # fmt: skip
     data = {"summary": repr(fsa), "states": states, "transitions": transitions,
             "cycles": [[ids, w] for ids, w in cycles(fsa)[:n_cycles]]}  # fmt: skip
-    text = json.dumps(_finite(data), ensure_ascii=True, allow_nan=False)
+    text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
     # Inside <script>, "</script>" or "<!--" in a label would end or derail the element: no "<" at all.
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return _HTML.replace("__DATA__", text)
@@ -361,13 +361,13 @@ def to_json_dict(fsa: FeatureAutomaton) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "states": [
             {"id": s.id, "members": [[site, int(index)] for site, index in s.members], "label": s.label,
-             "frequency": _exact(float(s.frequency)), "max_activation": _exact(float(s.max_activation))}
+             "frequency": exact_float(float(s.frequency)), "max_activation": exact_float(float(s.max_activation))}
             for s in fsa.states
         ],
         "transitions": [
-            {"src": t.src, "dst": t.dst, "mechanism": t.mechanism, "weight": _exact(float(t.weight)),
+            {"src": t.src, "dst": t.dst, "mechanism": t.mechanism, "weight": exact_float(float(t.weight)),
              "tokens": {str(k): int(v) for k, v in t.tokens.items()},
-             "effect": None if t.effect is None else _exact(float(t.effect)),
+             "effect": None if t.effect is None else exact_float(float(t.effect)),
              "confirmed": None if t.confirmed is None else bool(t.confirmed)}
             for t in fsa.transitions
         ],
@@ -376,7 +376,7 @@ def to_json_dict(fsa: FeatureAutomaton) -> dict[str, Any]:
             "data": base64.b64encode(zlib.compress(packed.tobytes(), 6)).decode("ascii"),
         },
         "lengths": [int(n) for n in fsa.lengths.tolist()],
-        "metadata": _finite(fsa.metadata),
+        "metadata": finite_json(fsa.metadata),
         "weights": {  # every pair's weight per mechanism: float64 bytes, exact
             m: {"shape": list(w.shape), "data": base64.b64encode(zlib.compress(
                 w.detach().cpu().double().contiguous().numpy().tobytes(), 6)).decode("ascii")}

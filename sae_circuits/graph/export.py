@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import torch
 
+from sae_circuits._text import dot_string, exact_float, finite_json, printable
 from sae_circuits.graph.graph import Edges, NodeKind
 from sae_circuits.io import atomic_write_text
 
@@ -38,9 +39,6 @@ _FEATURE_TYPE = {
     NodeKind.ERROR: "mlp reconstruction error", NodeKind.OTHER: "other features",
 }  # fmt: skip
 _POSITIVE, _NEGATIVE = "#1f77b4", "#d62728"
-# Control characters (which XML 1.0 forbids) and unencodable lone surrogates: byte-level BPE tokens
-# can decode to them. GraphML and DOT show them as visible escapes instead.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 # --------------------------------------------------------------------------- node ids
@@ -109,22 +107,6 @@ def node_ids(g: AttributionGraph) -> list[str]:
 # --------------------------------------------------------------------------- JSON
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _exact(value: float) -> float | str:
-    """Finite floats as they are; NaN/inf as ``"nan"``/``"inf"``/``"-inf"``, which ``float()`` reads back."""
-    return value if math.isfinite(value) else str(value)
-
-
 def to_json_dict(g: AttributionGraph) -> dict[str, Any]:
     """The graph in the attribution-graph front end's JSON schema (see ``REFERENCES.md``)."""
     ids, n_layers, n_tokens = node_ids(g), _n_layers(g), len(g.tokens)
@@ -149,7 +131,7 @@ def to_json_dict(g: AttributionGraph) -> dict[str, Any]:
             "clerp": g.labels[i],
             "influence": influence[i],
             "activation": columns["activation"][i],
-            "sc": {c: columns[c][i] if c in _INT_COLUMNS else _exact(columns[c][i]) for c in columns},
+            "sc": {c: columns[c][i] if c in _INT_COLUMNS else exact_float(columns[c][i]) for c in columns},
         })
     links = [
         {"source": ids[s], "target": ids[t], "weight": w}
@@ -167,7 +149,7 @@ def to_json_dict(g: AttributionGraph) -> dict[str, Any]:
         },
     }  # fmt: skip
     q_params = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
-    return _finite({"metadata": metadata, "qParams": q_params, "nodes": nodes, "links": links})
+    return finite_json({"metadata": metadata, "qParams": q_params, "nodes": nodes, "links": links})
 
 
 def to_json(g: AttributionGraph) -> str:
@@ -255,24 +237,15 @@ def to_networkx(g: AttributionGraph) -> nx.DiGraph:
     return graph
 
 
-def _printable(text: str) -> str:
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if m.group() < "\x20" else "\ufffd", text)
-
-
 def to_graphml(g: AttributionGraph) -> str:
     """GraphML text of :func:`to_networkx` (labels made XML-safe; pure ASCII)."""
     graph = to_networkx(g)
     for _, attrs in graph.nodes(data=True):
-        attrs["label"] = _printable(attrs["label"])
+        attrs["label"] = printable(attrs["label"])
     buffer = io.BytesIO()
     nx.write_graphml(graph, buffer, encoding="utf-8")
     # Character references keep the file ASCII, whatever encoding atomic_write_text uses.
     return buffer.getvalue().decode("utf-8").encode("ascii", "xmlcharrefreplace").decode("ascii")
-
-
-def _dot_string(text: str) -> str:
-    escaped = _printable(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
 
 
 def to_dot(g: AttributionGraph) -> str:
@@ -287,10 +260,10 @@ def to_dot(g: AttributionGraph) -> str:
     lines = ["digraph attribution {", "  rankdir=BT;", "  node [style=filled, fillcolor=white];"]
     for i, (node_id, kind) in enumerate(zip(ids, g.kind.tolist())):
         shape = shapes.get(NodeKind(kind), "ellipse")
-        lines.append(f"  {_dot_string(node_id)} [label={_dot_string(g.labels[i])}, shape={shape}];")
+        lines.append(f"  {dot_string(node_id)} [label={dot_string(g.labels[i])}, shape={shape}];")
     by_stage: dict[int, list[str]] = {}
     for node_id, stage in zip(ids, g.stage.tolist()):
-        by_stage.setdefault(stage, []).append(_dot_string(node_id))
+        by_stage.setdefault(stage, []).append(dot_string(node_id))
     lines += [f"  {{ rank=same; {'; '.join(members)}; }}" for members in by_stage.values()]
     weights = g.edges.weight.tolist()
     shortest = [str(w) for w in g.edges.weight.detach().cpu().numpy()]  # numpy: shortest float32 text
@@ -298,7 +271,7 @@ def to_dot(g: AttributionGraph) -> str:
     for t, s, w, text in zip(g.edges.target.tolist(), g.edges.source.tolist(), weights, shortest):
         width = min(4.0, 0.5 + 3.5 * abs(w) / largest) if math.isfinite(w) else 4.0
         lines.append(
-            f'  {_dot_string(ids[s])} -> {_dot_string(ids[t])} [attribution="{text}", '
+            f'  {dot_string(ids[s])} -> {dot_string(ids[t])} [attribution="{text}", '
             f'color="{_NEGATIVE if w < 0 else _POSITIVE}", penwidth={width:.3f}, tooltip="{w:.4g}"];'
         )
     return "\n".join([*lines, "}", ""])
@@ -381,7 +354,7 @@ def to_html(g: AttributionGraph) -> str:
     links = [list(e) for e in zip(g.edges.source.tolist(), g.edges.target.tolist(), g.edges.weight.tolist())]
     data = {"prompt": g.prompt, "tokens": g.token_strings, "nodes": nodes, "links": links,
             "columns": (n_tokens + 1) * width, "rows": len(rows), "width": width}  # fmt: skip
-    text = json.dumps(_finite(data), ensure_ascii=True, allow_nan=False)
+    text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
     # Inside <script>, "</script>" or "<!--" in a token would end or derail the element: no "<" at all.
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return _HTML.replace("__DATA__", text)
