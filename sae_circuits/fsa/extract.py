@@ -8,16 +8,17 @@
    its own with Jaccard ≥ ``group_threshold`` (features at different layers that play one role
    join up; that is also what lets attention-mediated transitions close loops across layers).
    A state fires where any member fires. The ``max_states`` most frequent states are kept.
-4. **Transitions**, both in [0, 1] and kept when ≥ ``min_weight``:
+4. **Transitions**, both in [0, 1] and kept when ≥ ``min_weight`` (the full weight matrices are
+   kept too, for scoring):
 
-   - ``token``: the dictionary-learning paper's mechanism. ``p_A`` is the model's next-token
-     corpus's vocabulary, of state A's direct logit effect (members' decoder rows times their mean
-     activation, through the unembedding, median-shifted); ``P(B | x)`` is how often B fires on
-     token ``x`` in the corpus. ``w(A -> B) = Σ_x p_A(x) P(B | x)``.
-   - ``attention``: inside one forward pass. On ``attention_contexts`` texts, active members of
-     states at t+1 (a fixed random sample of at most 512 per text) get their attribution rows (direct effects in the frozen replacement
-     model, ``graph/attribution.py``); ``w(A -> B)`` is the share of B's input mass at t+1 that
-     comes, positively, from A's members at t, over all of B's occurrences.
+   - ``token`` (the dictionary-learning paper's mechanism): ``w(A -> B) = Σ_x p_A(x) P(B | A, x)``,
+     where ``p_A`` is the model's next-token distribution averaged over the tokens where A fires and
+     ``P(B | A, x)`` is how often B fires on token ``x`` right after A fired, counted in the corpus
+     (``P(B | x)`` when ``x`` never follows A there).
+   - ``attention`` (inside one forward pass): on ``attention_contexts`` texts, active members of
+     states at t+1 (a fixed random sample of at most 512 per text) get their attribution rows
+     (direct effects in the frozen replacement model, ``graph/attribution.py``); ``w(A -> B)`` is
+     the share of B's input mass at t+1 that comes, positively, from A's members at t.
 
    Each transition is labelled by the tokens at t+1 where A fired at t and B at t+1.
 """
@@ -263,15 +264,31 @@ def _state(corpus: _Corpus, state_id: int, members: list[int], fires: Tensor) ->
 
 
 def _token_weights(corpus: _Corpus, fire: Tensor) -> Tensor:
-    """``w(A -> B) = Σ_x p_A(x) P(B fires | token x)``: ``p_A`` is the model's next-token
-    distribution averaged over the tokens where A fires, ``P(B | x)`` how often B fires on ``x``."""
+    """``w(A -> B) = Σ_x p_A(x) P(B fires at t+1 | A at t, token x at t+1)``.
+
+    ``p_A`` is the model's next-token distribution averaged over the tokens where A fires; the
+    conditional is counted in the corpus (the model's own activations), falling back to
+    ``P(B | x)`` for a token the model predicts after A but that never follows A in the corpus."""
     token_col = torch.searchsorted(corpus.vocab, corpus.tokens)
     occurrences = torch.bincount(token_col, minlength=corpus.vocab.numel()).double()
     fires_on = torch.zeros(corpus.vocab.numel(), fire.shape[1], dtype=torch.float64).index_add_(0, token_col, fire.double())
-    p_fire = fires_on / occurrences.clamp_min(1)[:, None]  # (vocab, states)
+    p_fire = fires_on / occurrences.clamp_min(1)[:, None]  # (vocab, states): P(B | x)
     f = fire.double()
-    p_next = (f.T @ corpus.next_probs) / f.sum(0).clamp_min(1)[:, None]  # (states, vocab)
-    return p_next @ p_fire  # (states, states)
+    p_next = (f.T @ corpus.next_probs) / f.sum(0).clamp_min(1)[:, None]  # (states, vocab): p_A(x)
+    weights = torch.zeros(fire.shape[1], fire.shape[1], dtype=torch.float64)
+    nxt = corpus.next_mask().nonzero().squeeze(-1)
+    next_col = token_col[nxt + 1]
+    now, then = f[nxt], f[nxt + 1]
+    seen = torch.zeros(fire.shape[1], corpus.vocab.numel(), dtype=torch.bool)
+    for x in next_col.unique().tolist():
+        at = next_col == x
+        a_count = now[at].sum(0)  # (states,): how often x follows A
+        together = now[at].T @ then[at]  # (A, B): ... and B fires on it
+        known = a_count > 0
+        seen[known, x] = True
+        weights[known] += p_next[known, x, None] * together[known] / a_count[known, None]
+    unseen = p_next.masked_fill(seen, 0.0)  # fallback: P(B | x) alone
+    return weights + unseen @ p_fire
 
 
 def _attention_weights(

@@ -198,16 +198,26 @@ def score_automaton(
     mean_f1 = float(np.mean([state_f1[s] for i, s in enumerate(states) if present[i]]))
 
     # Transition recovery over ordered pairs of present true states, self-pairs included.
+    # The full weight matrices when the automaton has them (pairs under min_weight still rank),
+    # else the transitions kept.
     weights: dict[tuple[int, int], float] = {}
     for t in fsa.transitions:
         if mechanism in (None, t.mechanism):
             weights[t.src, t.dst] = weights.get((t.src, t.dst), 0.0) + t.weight
+    column = {state_id: i for i, state_id in enumerate(ids)}
+    dense = [w for m, w in fsa.weights.items() if mechanism in (None, m)]
+
+    def weight(src: int, dst: int) -> float:
+        if dense:
+            return sum(float(w[column[src], column[dst]]) for w in dense)
+        return weights.get((src, dst), 0.0)
+
     kept = [s for i, s in enumerate(states) if present[i]]
     scores, positive = [], []
     for a in kept:
         for b in kept:
             unmatched = matches[a] < 0 or matches[b] < 0
-            scores.append(0.0 if unmatched else weights.get((matches[a], matches[b]), 0.0))
+            scores.append(0.0 if unmatched else weight(matches[a], matches[b]))
             positive.append((a, b) in true_pairs)
     value = auroc(scores, positive)
     notes = []
