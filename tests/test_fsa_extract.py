@@ -89,3 +89,17 @@ def test_bad_input_gets_a_clear_error(hooked, markup):
             automaton(hooked, ["<p>", " x" * 200])
         with pytest.raises(ValueError, match="max_states=0"):
             automaton(hooked, ["<p>"], max_states=0)
+
+
+def test_validate_pins_sources_and_stores_effects(extracted):
+    model, fsa = extracted
+    checked = sorted(fsa.transitions, key=lambda t: -t.weight)[:3]
+    fsa.validate(model, transitions=checked, n_prompts=6, progress=False)
+    for t in checked:
+        assert -1 <= t.effect <= 1 and isinstance(t.confirmed, bool)
+        assert t.confirmed == (t.effect > 0 and t.confirmed)  # never confirmed without a positive effect
+    assert fsa.metadata["validation"]["n_prompts"] == 6
+    assert all(t.effect is None for t in fsa.transitions if t not in checked)
+    from sae_circuits.fsa.validate import _one_sided_p
+
+    assert _one_sided_p(0.9, 0.1, 20) < 1e-6 and _one_sided_p(0.1, 0.1, 20) == pytest.approx(0.5)

@@ -1,5 +1,5 @@
 """Finite-state-automaton circuits: states and transitions that features form over a corpus
-(extract.py), ground-truth scores (score.py), file formats (export.py)."""
+(extract.py), causal checks (validate.py), ground-truth scores (score.py), file formats (export.py)."""
 
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.fsa.extract import automaton

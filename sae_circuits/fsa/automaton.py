@@ -1,7 +1,7 @@
 """The automaton that features form: states (features or groups of features) and transitions
 between them (via attention inside a forward pass, or via the token the model emits), with the
-data needed to score it against ground truth. Extraction lives in ``extract.py``, ground-truth
-scores in ``score.py``, file formats in ``export.py``."""
+data needed to score it against ground truth. Extraction lives in ``extract.py``, causal checks in
+``validate.py``, ground-truth scores in ``score.py``, file formats in ``export.py``."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Transition:
     tokens: dict[str, int] = field(default_factory=dict)
     """The tokens at t+1 that carry the transition, with how often (src at t, dst at t+1) co-occurred."""
     effect: float | None = None
-    """Causal check (not yet implemented; None until then): dst's next-step firing rate with src
+    """Causal check (``validate``; None until checked): dst's next-step firing rate with src
     pinned at its maximum activation, minus without."""
     confirmed: bool | None = None
     """Verdict of that check (None: not checked)."""
@@ -67,6 +67,8 @@ class FeatureAutomaton:
     metadata: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Float[Tensor, "states states"]] = field(default_factory=dict)
     """Every pair's weight per mechanism, before ``min_weight`` (scores rank all pairs)."""
+    tokens: Int[Tensor, " tokens"] | None = None
+    """The corpus's text tokens, concatenated (``validate`` draws its prompts from them)."""
 
     def state(self, state_id: int) -> State:
         return self.states[state_id]
@@ -102,6 +104,14 @@ class FeatureAutomaton:
         from sae_circuits.fsa.export import load
 
         return load(path)
+
+    def validate(self, model: Any, **kwargs: Any) -> FeatureAutomaton:
+        """Pin each checked transition's source at its largest activation and measure how much
+        more often its destination fires at the next step (``validate.py``); stores ``effect``
+        and ``confirmed`` on the transitions checked."""
+        from sae_circuits.fsa.validate import validate
+
+        return validate(self, model, **kwargs)
 
     def __repr__(self) -> str:
         kinds = {m: sum(t.mechanism == m for t in self.transitions) for m in ("attention", "token")}

@@ -377,6 +377,7 @@ def to_json_dict(fsa: FeatureAutomaton) -> dict[str, Any]:
         },
         "lengths": [int(n) for n in fsa.lengths.tolist()],
         "metadata": finite_json(fsa.metadata),
+        "tokens": None if fsa.tokens is None else [int(t) for t in fsa.tokens.tolist()],
         "weights": {  # every pair's weight per mechanism: float64 bytes, exact
             m: {"shape": list(w.shape), "data": base64.b64encode(zlib.compress(
                 w.detach().cpu().double().contiguous().numpy().tobytes(), 6)).decode("ascii")}
@@ -463,6 +464,7 @@ def load(path: str | os.PathLike[str]) -> FeatureAutomaton:
         lengths=torch.tensor(_get(path, raw, "lengths"), dtype=torch.long),
         metadata=_get(path, raw, "metadata"),
         weights={m: _weights(path, m, w) for m, w in raw.get("weights", {}).items()},
+        tokens=None if raw.get("tokens") is None else torch.tensor(raw["tokens"], dtype=torch.long),
     )
 
 

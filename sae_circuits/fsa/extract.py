@@ -202,6 +202,7 @@ def automaton(
     _label_tokens(corpus, transitions, state_fire)
     return FeatureAutomaton(
         states=states, transitions=transitions, firing=state_fire, lengths=corpus.lengths, weights=weights,
+        tokens=corpus.tokens.cpu(),
         metadata={
             "sites": corpus.sites, "n_texts": len(corpus.rows), "n_tokens": n_tokens, "max_states": max_states,
             "min_weight": min_weight, "min_frequency": min_frequency, "max_frequency": max_frequency,
