@@ -124,6 +124,60 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def corpus_texts(name: str, n: int, length: int, seed: int = 0) -> tuple[list[str], list[list[str]] | None]:
+    """Offline texts for an automaton: a zoo automaton's documents (cut to ``length`` symbols, with
+    their true states) or base64 blobs mixed with code (no ground truth)."""
+    from sae_circuits.zoo import automata
+
+    if name in automata.AUTOMATA:
+        docs = automata.generate(name, n, seed=seed)
+        return ["".join(symbols[:length]) for symbols, _ in docs], [states[:length] for _, states in docs]
+    if name == "base64":
+        import base64
+        import random
+
+        rng = random.Random(seed)
+        blobs = [base64.b64encode(rng.randbytes(3 * length)).decode()[: 2 * length] for _ in range(n)]
+        return blobs, None
+    raise ValueError(f"--corpus {name!r}: expected one of {sorted(automata.AUTOMATA) + ['base64']}")
+
+
+def _automaton(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sae_circuits import zoo
+    from sae_circuits.fsa import automaton, score_automaton
+    from sae_circuits.splice import splice
+    from sae_circuits.zoo import automata
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".json", ".graphml", ".dot", ".html"):
+        raise ValueError(f"--out {args.out!r}: the suffix must be .json, .graphml, .dot or .html")
+    if args.contexts < 1 or args.length < 2:
+        raise ValueError(f"--contexts {args.contexts} / --length {args.length}: need at least 1 context of 2 tokens")
+    model = zoo.load_model("tiny")
+    kinds = ("resid", "transcoder") if args.dictionaries == "all" else (args.dictionaries,)
+    splice(model, [sae for kind in kinds for sae in zoo.load_saes("tiny", kind=kind)])  # type: ignore[arg-type]
+    texts, labels = corpus_texts(args.corpus, args.contexts, args.length)
+    fsa = automaton(model, texts, max_states=args.max_states, attention_contexts=args.attention_contexts,
+                    prepend_bos=False)  # fmt: skip
+    print(fsa)
+    if labels is not None:
+        score = score_automaton(fsa, labels, automata.AUTOMATA[args.corpus])
+        print(f"against the true {args.corpus} automaton: mean state F1 {score.mean_f1:.3f}, "
+              f"transition AUROC {score.transition_auroc:.3f}")  # fmt: skip
+        for state, f1 in score.state_f1.items():
+            print(f"  {state:<14} F1 {f1:.3f}  <- state {score.matches[state]} {fsa.states[score.matches[state]].label}")
+    if args.validate:
+        fsa.validate(model, top=args.validate)
+        confirmed = [t for t in fsa.transitions if t.confirmed]
+        print(f"validated the {args.validate} heaviest transitions: {len(confirmed)} confirmed")
+    for cycle, weight in fsa.cycles(min_weight=args.min_weight)[:5]:
+        print(f"  cycle (weakest link {weight:.2f}): " + " -> ".join(fsa.states[s].label for s in cycle))
+    print(f"wrote {fsa.save(out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-circuits",
@@ -157,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--batch-size", type=int, default=64, help="target rows per backward pass (default 64)")
     gr.add_argument("--prepend-bos", action="store_true", help="prepend the BOS token (the embedded model is trained without)")
     gr.set_defaults(func=_graph)
+    au = sub.add_parser("automaton", help="the automaton features form over an offline corpus, scored against its truth")
+    au.add_argument("--corpus", default="markup", help="markup, kvlog (known automata) or base64 (default: markup)")
+    au.add_argument("--out", required=True, help="output file: .json, .graphml, .dot or .html")
+    au.add_argument("--dictionaries", choices=("resid", "transcoder", "all"), default="resid",
+                    help="embedded dictionaries to splice (default: resid)")
+    au.add_argument("--contexts", type=int, default=200, help="number of texts (default 200)")
+    au.add_argument("--length", type=int, default=128, help="symbols per text (default 128)")
+    au.add_argument("--max-states", type=int, default=256, help="most states (default 256)")
+    au.add_argument("--attention-contexts", type=int, default=8, help="texts for attention transitions (default 8)")
+    au.add_argument("--min-weight", type=float, default=0.3, help="weakest link of the cycles printed (default 0.3)")
+    au.add_argument("--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)")
+    au.set_defaults(func=_automaton)
     return parser
 
 

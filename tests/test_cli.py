@@ -59,3 +59,26 @@ def test_graph_bad_input_is_one_clear_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+def test_automaton_scores_against_the_true_automaton_and_saves(tmp_path, capsys):
+    from sae_circuits.fsa import FeatureAutomaton
+
+    out = tmp_path / "fsa.json"
+    argv = ["automaton", "--corpus", "kvlog", "--contexts", "20", "--length", "48", "--attention-contexts", "1",
+            "--max-states", "64", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "mean state F1" in printed and "transition AUROC" in printed and f"wrote {out}" in printed
+    fsa = FeatureAutomaton.load(out)
+    from sae_circuits.cli import corpus_texts
+
+    labels = corpus_texts("kvlog", 20, 48)[1]
+    assert len(fsa.states) == 64 and fsa.lengths.tolist() == [len(row) for row in labels]
+
+
+def test_automaton_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert main(["automaton", "--corpus", "nope", "--out", str(tmp_path / "f.json")]) == 2
+    assert "--corpus 'nope'" in capsys.readouterr().err
+    assert main(["automaton", "--out", str(tmp_path / "f.txt")]) == 2
+    assert "suffix" in capsys.readouterr().err
