@@ -132,13 +132,19 @@ def corpus_texts(name: str, n: int, length: int, seed: int = 0) -> tuple[list[st
     if name in automata.AUTOMATA:
         docs = automata.generate(name, n, seed=seed)
         return ["".join(symbols[:length]) for symbols, _ in docs], [states[:length] for _, states in docs]
-    if name == "base64":
+    if name == "base64":  # a base64 blob inside ordinary code, so the blob is not every token
         import base64
         import random
 
+        from sae_circuits.zoo.base64_steering import probe_texts
+
         rng = random.Random(seed)
-        blobs = [base64.b64encode(rng.randbytes(3 * length)).decode()[: 2 * length] for _ in range(n)]
-        return blobs, None
+        code = probe_texts(seed)[1]
+        texts = []
+        for i in range(n):
+            blob = base64.b64encode(rng.randbytes(length // 4)).decode()
+            texts.append(f'{code[i % len(code)][: 2 * length]}\nDATA = "{blob}"\n')
+        return texts, None
     raise ValueError(f"--corpus {name!r}: expected one of {sorted(automata.AUTOMATA) + ['base64']}")
 
 

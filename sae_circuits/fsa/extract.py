@@ -16,7 +16,7 @@
      ``P(B | A, x)`` is how often B fires on token ``x`` right after A fired, counted in the corpus
      (``P(B | x)`` when ``x`` never follows A there).
    - ``attention`` (inside one forward pass): on ``attention_contexts`` texts, active members of
-     states at t+1 (a fixed random sample of at most 512 per text) get their attribution rows
+     states at t+1 (a fixed random sample of at most 128 per text) get their attribution rows
      (direct effects in the frozen replacement model, ``graph/attribution.py``); ``w(A -> B)`` is
      the share of B's input mass at t+1 that comes, positively, from A's members at t.
 
@@ -42,7 +42,7 @@ from sae_circuits.graph.targets import Feature
 from sae_circuits.positions import is_int
 from sae_circuits.splice import saes_of
 
-_ROWS_PER_TEXT = 512  # attention transitions: state occurrences given an attribution row, per text
+_ROWS_PER_TEXT = 128  # attention transitions: state occurrences given an attribution row, per text
 
 
 class _Corpus:
@@ -312,11 +312,13 @@ def _attention_weights(
         in_text = ((corpus.token_ids >= lo + 1) & (corpus.token_ids < hi) & torch.isin(corpus.feature_ids, member_ids)).nonzero().squeeze(-1)
         if in_text.numel() > _ROWS_PER_TEXT:  # a fixed random sample of the occurrences bounds the cost
             in_text = in_text[torch.randperm(in_text.numel(), generator=generator)[:_ROWS_PER_TEXT]]
-        targets, target_ids = [], []
+        occurrences = []
         for token, feature in zip(corpus.token_ids[in_text].tolist(), corpus.feature_ids[in_text].tolist()):
             site, index = corpus.feature_of(feature)
-            targets.append(Feature(corpus.sites[site], token - lo + corpus.offset, index))
-            target_ids.append(feature)
+            occurrences.append((site, token - lo + corpus.offset, index, feature))
+        occurrences.sort()  # by site, then position: a backward pass then starts from one site
+        targets = [Feature(corpus.sites[site], pos, index) for site, pos, index, _ in occurrences]
+        target_ids = [feature for *_, feature in occurrences]
         if not targets:
             continue
         rows = direct_effects(model, corpus.rows[text], targets, batch_size=batch_size)
@@ -351,7 +353,6 @@ def _label_tokens(corpus: _Corpus, transitions: list[Transition], fire: Tensor, 
         at = token_col == x
         counts[:, x] = (now[at].T @ then[at])[src, dst]
     best = counts.topk(min(top, counts.shape[1]), dim=1)
+    strings = [corpus.model.to_string(corpus.vocab[c : c + 1]) for c in range(corpus.vocab.numel())]
     for t, values, columns in zip(transitions, best.values.tolist(), best.indices.tolist()):
-        t.tokens = {
-            corpus.model.to_string(corpus.vocab[c : c + 1]): int(v) for v, c in zip(values, columns) if v > 0
-        }
+        t.tokens = {strings[c]: int(v) for v, c in zip(values, columns) if v > 0}
