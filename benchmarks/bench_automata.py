@@ -52,7 +52,7 @@ def random_saes(model, like: list[sc.SAE], texts: list[str]) -> list[sc.SAE]:
         saes.append(random)
     rows = torch.cat([model.to_tokens(t, prepend_bos=False)[0] for t in texts[:20]])
     with torch.no_grad():
-        _, cache = model.run_with_cache(rows[None, :1024], names_filter=lambda n: n in {s.cfg.hook_name for s in saes})
+        _, cache = model.run_with_cache(rows[None, :512], names_filter=lambda n: n in {s.cfg.hook_name for s in saes})
         for sae in saes:
             pre = sae._pre_acts(cache[sae.cfg.hook_name][0])[0]
             sae.threshold.copy_(pre.quantile(1 - 20 / sae.cfg.d_sae, dim=0).clamp_min(1e-3))

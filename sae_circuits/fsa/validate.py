@@ -1,16 +1,15 @@
 """Causal check of automaton transitions: pin the source, see whether the destination follows.
 
-For a transition ``A -> B`` and each of ``n_prompts`` prefixes of the corpus (cut at random
-places, fixed by ``seed``), the last prefix token is position t:
+For a transition ``A -> B``, ``n_prompts`` corpus prefixes end (at random, fixed by ``seed``) on a
+token where A is off; the last prefix token is position t. A's member features are pinned there
+at their largest activation in the corpus (the dictionary-learning paper's steering recipe), and
+B's firing on the next token is measured as an expected rate under the model's next-token
+distribution (its ``top_k`` tokens, renormalised: each candidate token is appended and B read at
+t+1, with the pin still in place, so the token emitted and what attention carries from t both act).
 
-- baseline: the model picks its next token greedily; does B fire on it (position t+1)?
-- pinned: A's member features are clamped at their largest activation seen in the corpus (the
-  dictionary-learning paper's steering recipe) at position t, in both forward passes (choosing
-  the token, then reading B at t+1) — so both mechanisms, the token emitted and what attention
-  carries from t, can act.
-
-``effect`` = B's firing rate pinned minus unpinned; a transition is ``confirmed`` when the effect
-is positive and a one-sided two-proportion z-test gives p < ``alpha``.
+``effect`` = that rate pinned minus unpinned, averaged over the prompts; a transition is
+``confirmed`` when the effect is positive and a one-sided paired test (normal approximation) gives
+p < ``alpha``.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ def validate(
     top: int = 50,
     n_prompts: int = 20,
     alpha: float = 0.05,
+    top_k: int = 5,
     seed: int = 0,
     progress: bool = True,
 ) -> FeatureAutomaton:
@@ -52,15 +52,15 @@ def validate(
     if n_prompts < 2:
         raise ValueError(f"n_prompts={n_prompts} must be at least 2")
     chosen = transitions if transitions is not None else sorted(fsa.transitions, key=lambda t: -t.weight)[:top]
-    prompts = _prompts(fsa, model, n_prompts, seed)
-    base_fire = _run(model, fsa, prompts, None)
     for t in tqdm(chosen, desc="validating transitions", unit="transition", disable=not progress, leave=False):
-        pinned_fire = _run(model, fsa, prompts, fsa.states[_index(fsa, t.src)])
+        # prompts end where the source is off: pinning it there is the intervention
+        prompts = _prompts(fsa, model, n_prompts, seed, ~fsa.firing[:, _index(fsa, t.src)])
         dst = _index(fsa, t.dst)
-        pinned, base = float(pinned_fire[:, dst].double().mean()), float(base_fire[:, dst].double().mean())
-        t.effect = pinned - base
-        t.confirmed = t.effect > 0 and _one_sided_p(pinned, base, len(prompts)) < alpha
-    fsa.metadata["validation"] = {"n_prompts": len(prompts), "alpha": alpha, "seed": seed, "checked": len(chosen)}
+        base = _run(model, fsa, prompts, None, top_k)[:, dst]
+        pinned = _run(model, fsa, prompts, fsa.states[_index(fsa, t.src)], top_k)[:, dst]
+        t.effect = float((pinned - base).mean())
+        t.confirmed = t.effect > 0 and _one_sided_p(pinned - base) < alpha
+    fsa.metadata["validation"] = {"n_prompts": n_prompts, "alpha": alpha, "seed": seed, "top_k": top_k, "checked": len(chosen)}
     return fsa
 
 
@@ -68,48 +68,55 @@ def _index(fsa: FeatureAutomaton, state_id: int) -> int:
     return next(i for i, s in enumerate(fsa.states) if s.id == state_id)
 
 
-def _prompts(fsa: FeatureAutomaton, model: Any, n: int, seed: int) -> list[Tensor]:
-    """``n`` corpus prefixes of at least 4 text tokens, cut at random places."""
-    generator = torch.Generator().manual_seed(seed)
+def _prompts(fsa: FeatureAutomaton, model: Any, n: int, seed: int, allowed: Tensor) -> list[Tensor]:
+    """``n`` corpus prefixes (at least 4 text tokens) whose last token is ``allowed``, drawn at
+    random (fixed by ``seed``)."""
     starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)])
-    long_enough = [i for i, length in enumerate(fsa.lengths.tolist()) if length >= 5]
-    if not long_enough:
-        raise ValueError("no text of the automaton's corpus has 5 tokens or more")
+    text_of = torch.repeat_interleave(torch.arange(fsa.lengths.numel()), fsa.lengths)
+    offset = torch.arange(int(fsa.lengths.sum())) - starts[text_of]
+    ends = (allowed & (offset >= 3)).nonzero().squeeze(-1)
+    if ends.numel() == 0:
+        raise ValueError("no corpus position of 4+ tokens where the source state is off, to draw prompts from")
+    generator = torch.Generator().manual_seed(seed)
+    picks = ends[torch.randint(ends.numel(), (n,), generator=generator)]
     bos = [model.tokenizer.bos_token_id] if fsa.metadata.get("prepend_bos") and model.tokenizer is not None else []
-    prompts = []
-    for k in range(n):
-        text = long_enough[int(torch.randint(len(long_enough), (1,), generator=generator))]
-        cut = int(torch.randint(4, int(fsa.lengths[text]), (1,), generator=generator))
-        prefix = fsa.tokens[int(starts[text]) : int(starts[text]) + cut]
-        prompts.append(torch.cat([torch.tensor(bos, dtype=torch.long), prefix]))
-    return prompts
+    return [
+        torch.cat([torch.tensor(bos, dtype=torch.long), fsa.tokens[int(starts[text_of[end]]) : int(end) + 1]])
+        for end in picks.tolist()
+    ]
 
 
 @torch.no_grad()
-def _run(model: Any, fsa: FeatureAutomaton, prompts: list[Tensor], source: State | None) -> Tensor:
-    """Which states fire on each prompt's greedy next token, with ``source`` pinned at the last
-    prompt position (or nothing pinned)."""
+def _run(model: Any, fsa: FeatureAutomaton, prompts: list[Tensor], source: State | None, top_k: int) -> Tensor:
+    """For each prompt and state: the probability that the state fires on the next token, under
+    the model's next-token distribution (its ``top_k`` tokens, renormalised), with ``source``
+    pinned at the last prompt position (or nothing pinned)."""
     names = {f"{site}.hook_sae_acts_post" for s in fsa.states for site, _ in s.members}
-    fires = []
+    rates = []
     for prompt in prompts:
         last = int(prompt.numel()) - 1
         pins = [] if source is None else [
             clamp(site, index, source.max_activation, positions=[last]) for site, index in source.members
         ]  # fmt: skip
         with intervene(model, pins):
-            nxt = int(model(prompt.unsqueeze(0))[0, -1].argmax())
-            extended = torch.cat([prompt, torch.tensor([nxt])]).unsqueeze(0)
-            _, cache = model.run_with_cache(extended, names_filter=lambda n: n in names)
-        active = {name: cache[name][0, -1] > 0 for name in names}
-        fires.append(torch.tensor([
-            any(bool(active[f"{site}.hook_sae_acts_post"][index]) for site, index in s.members) for s in fsa.states
-        ]))  # fmt: skip
-    return torch.stack(fires)
+            top = model(prompt.unsqueeze(0))[0, -1].double().softmax(-1).topk(top_k)
+            continued = torch.cat([prompt.expand(top_k, -1), top.indices.unsqueeze(1)], dim=1)
+            _, cache = model.run_with_cache(continued, names_filter=lambda n: n in names)
+        active = {name: cache[name][:, -1] > 0 for name in names}  # (top_k, d_sae)
+        fires = torch.stack([
+            torch.stack([active[f"{site}.hook_sae_acts_post"][:, index] for site, index in s.members]).any(0)
+            for s in fsa.states
+        ], dim=1)  # (top_k, states)  # fmt: skip
+        weights = top.values / top.values.sum()
+        rates.append(weights @ fires.double())
+    return torch.stack(rates)  # (prompts, states)
 
 
-def _one_sided_p(p1: float, p0: float, n: int) -> float:
-    """P-value of "rate 1 > rate 0" for two proportions over ``n`` trials each (pooled z-test)."""
-    pooled = (p1 + p0) / 2
-    se = math.sqrt(max(pooled * (1 - pooled) * 2 / n, 1e-12))
-    z = (p1 - p0) / se
-    return 0.5 * math.erfc(z / math.sqrt(2))
+def _one_sided_p(differences: Tensor) -> float:
+    """P-value of "the mean difference is > 0" (paired, normal approximation of the t-test)."""
+    n = differences.numel()
+    sd = float(differences.std()) if n > 1 else 0.0
+    mean = float(differences.mean())
+    if sd == 0.0:
+        return 0.0 if mean > 0 else 1.0
+    return 0.5 * math.erfc(mean / (sd / math.sqrt(n)) / math.sqrt(2))
