@@ -126,8 +126,9 @@ def main() -> None:
     lines += [
         "",
         f"Targets for markup: F1 ≥ 0.9, AUROC ≥ 0.95. **Validation** of the 20 heaviest markup transitions (source "
-        f"pinned at its largest activation at the last token of 20 corpus prefixes, greedy next token): "
-        f"{confirmed}/{checked} confirmed (one-sided p < 0.05), mean effect on the destination's firing rate {effect:+.3f}.",
+        f"pinned at its largest activation at the last token of 20 corpus prefixes that end where it is off; the "
+        f"destination's expected firing on the next token, over the model's top-5 tokens): "
+        f"{confirmed}/{checked} confirmed (one-sided paired test, p < 0.05), mean effect on the destination's firing rate {effect:+.3f}.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
