@@ -280,84 +280,11 @@ def to_dot(g: AttributionGraph) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>Attribution graph</title>
-<style>
-body{font:13px system-ui,sans-serif;margin:16px;color:#222}
-#prompt{white-space:pre-wrap;background:#f4f4f4;padding:6px}
-#wrap{overflow:auto;border:1px solid #ddd} circle{stroke:#333;stroke-width:.5} text{font-size:10px;fill:#444}
-.legend span{display:inline-block;width:10px;height:10px;border-radius:5px;margin:0 4px 0 12px}
-</style></head><body>
-<h3>Attribution graph</h3><div id="prompt"></div>
-<p class="legend"><span style="background:#999"></span>token<span style="background:#2ca02c"></span>feature
-<span style="background:#ff7f0e"></span>error<span style="background:#9467bd"></span>target
-<span style="background:#ccc"></span>other &nbsp; edges: blue positive, red negative</p>
-<div id="wrap"><svg id="graph"></svg></div>
-<script type="application/json" id="graph-data">__DATA__</script>
-<script>
-"use strict";
-const data = JSON.parse(document.getElementById("graph-data").textContent);
-const svg = document.getElementById("graph"), NS = svg.namespaceURI;
-const COLORS = ["#999", "#2ca02c", "#ff7f0e", "#9467bd", "#ccc"], DX = 24, DY = 60, PAD = 24;
-const W = 2 * PAD + data.columns * DX, H = 2 * PAD + 30 + Math.max(0, data.rows - 1) * DY;
-const X = n => PAD + (n.x + 0.5) * DX, Y = n => H - PAD - 30 - n.y * DY;
-function add(tag, attrs, parent, text) {
-  const e = document.createElementNS(NS, tag);
-  for (const k of Object.keys(attrs)) e.setAttribute(k, String(attrs[k]));
-  if (text !== undefined) e.textContent = text;
-  parent.appendChild(e);
-  return e;
-}
-document.title = "Attribution graph: " + data.prompt.slice(0, 60);
-document.getElementById("prompt").textContent = data.prompt;
-svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-const edges = add("g", {}, svg), nodes = add("g", {}, svg);
-const largest = data.links.reduce((m, l) => Math.max(m, Math.abs(l[2] || 0)), 0) || 1;
-for (const [s, t, w] of data.links) {
-  const a = data.nodes[s], b = data.nodes[t], v = w || 0;
-  const line = add("line", {x1: X(a), y1: Y(a), x2: X(b), y2: Y(b), stroke: v < 0 ? "#d62728" : "#1f77b4",
-    "stroke-width": 0.5 + 3.5 * Math.abs(v) / largest, "stroke-opacity": 0.6}, edges);
-  add("title", {}, line, `${a.id} -> ${b.id}: ${w}`);
-}
-for (const n of data.nodes) {
-  const c = add("circle", {cx: X(n), cy: Y(n), r: 6, fill: COLORS[n.kind] || "#000"}, nodes);
-  add("title", {}, c, `${n.label}\\n${n.id}\\nactivation ${n.activation}\\ninfluence ${n.influence}`);
-}
-data.tokens.forEach((tok, i) => add("text", {x: PAD + (i + 0.5) * data.width * DX, y: H - 8, "text-anchor": "middle"},
-  svg, tok));
-</script></body></html>
-"""
-
-
 def to_html(g: AttributionGraph) -> str:
-    """A self-contained page (inline SVG, CSS and JS; no network): x = position, y = stage."""
-    ids, n_tokens = node_ids(g), len(g.tokens)
-    influence = g.influence().tolist() if g.n_nodes else []
-    rows = {stage: r for r, stage in enumerate(sorted(set(g.stage.tolist())))}
-    cells: Counter[tuple[int, int]] = Counter()
-    placed = []
-    for pos, stage in zip(g.position.tolist(), g.stage.tolist()):
-        cell = (pos if pos >= 0 else n_tokens, rows[stage])  # "other" nodes get a column of their own
-        placed.append((cell, cells[cell]))
-        cells[cell] += 1
-    width = max(cells.values(), default=1)  # slots per column: nodes sharing a cell sit side by side
-    nodes = [
-        {"id": node_id, "label": g.labels[i], "kind": kind, "x": col * width + slot, "y": row,
-         "activation": act, "influence": influence[i]}
-        for i, (node_id, kind, act, ((col, row), slot)) in enumerate(
-            zip(ids, g.kind.tolist(), g.activation.tolist(), placed)
-        )
-    ]  # fmt: skip
-    links = [list(e) for e in zip(g.edges.source.tolist(), g.edges.target.tolist(), g.edges.weight.tolist())]
-    data = {"prompt": g.prompt, "tokens": g.token_strings, "nodes": nodes, "links": links,
-            "columns": (n_tokens + 1) * width, "rows": len(rows), "width": width}  # fmt: skip
-    text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
-    # Inside <script>, "</script>" or "<!--" in a token would end or derail the element: no "<" at all.
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return _HTML.replace("__DATA__", text)
+    """A self-contained page (inline SVG, CSS and JS; no network): see :mod:`sae_circuits.graph.viewer`."""
+    from sae_circuits.graph.viewer import to_html
+
+    return to_html(g)
 
 
 # --------------------------------------------------------------------------- save
