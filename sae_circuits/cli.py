@@ -184,6 +184,13 @@ def _automaton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from sae_circuits import serve
+
+    serve.run(args.dir, port=args.port, host=args.host, verbose=args.verbose)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-circuits",
@@ -229,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--min-weight", type=float, default=0.3, help="weakest link of the cycles printed (default 0.3)")
     au.add_argument("--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)")
     au.set_defaults(func=_automaton)
+    sv = sub.add_parser("serve", help="serve a folder of graphs, automata and dashboards on 127.0.0.1 (loopback only)")
+    sv.add_argument("dir", help="the folder to serve")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument("--host", default="127.0.0.1", help="a loopback address only (default 127.0.0.1)")
+    sv.add_argument("--verbose", action="store_true", help="log each request")
+    sv.set_defaults(func=_serve)
     return parser
 
 
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, TypeError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, NotADirectoryError, TypeError) as err:  # bad input: one clear line
         print(f"sae-circuits {args.command}: error: {err}", file=sys.stderr)
         return 2
 

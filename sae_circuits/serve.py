@@ -1,0 +1,281 @@
+"""A loopback-only HTTP server for a folder of exported graphs, automata and dashboards (stdlib only).
+
+    $ sae-circuits serve out/        # then open http://127.0.0.1:8000/
+
+>>> server = serve("out", port=0)    # doctest: +SKIP
+>>> threading.Thread(target=server.serve_forever, daemon=True).start()   # doctest: +SKIP
+
+Routes (GET and HEAD; query strings ignored): ``/``, an index of the files under the folder
+(recursive, sorted) grouped as attribution graphs, automata, dashboards (other ``.html``) and other
+files, with sizes and cheap summaries, a JSON file that does not parse listed as broken (no script,
+no network, every name escaped); ``/api/list``, the same as JSON ``{"files": [<Entry>, ...]}``;
+``/<path>``, that file, content type by suffix. Other directories are not listed: 404.
+
+Every response has ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``. Only
+``.json`` files get ``Access-Control-Allow-Origin: *``, so that the public attribution-graph front
+end, on another origin, can fetch ``http://127.0.0.1:8000/<file>.json``; nothing else (pages,
+``/api/list``, other files) gets CORS headers. Any web page then open can read those JSON files
+too: serve a folder that holds nothing private.
+
+Safety: binds loopback only (127.0.0.0/8, ::1); answers only a loopback or ``localhost`` ``Host``
+(else 403: no DNS rebinding). A path with ``..``, a backslash or a NUL (percent-encoded too), or
+resolving (``Path.resolve``, symlinks included) outside the folder gets 403; the listing skips
+symlinks that leave the folder.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from sae_circuits.fsa.export import FORMAT as _AUTOMATON_FORMAT
+
+_TEXT = "text/plain; charset=utf-8"
+_TYPES = {
+    ".html": "text/html; charset=utf-8", ".json": "application/json", ".graphml": "application/xml",
+    ".xml": "application/xml", ".dot": _TEXT, ".txt": _TEXT, ".md": _TEXT, ".csv": "text/csv; charset=utf-8",
+    ".png": "image/png", ".svg": "image/svg+xml", ".css": "text/css", ".js": "text/javascript",
+}  # fmt: skip
+_HTML_KINDS = {"Attribution graph": "graph", "Feature automaton": "automaton"}  # our exporters' <title>s
+_GROUPS = {"graph": "Attribution graphs", "automaton": "Automata", "dashboard": "Dashboards", "other": "Other files"}
+_MAX_PARSE = 64 << 20  # larger JSON files are classified from their first bytes, not parsed
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of the listing."""
+
+    path: str  # relative to the served folder, "/"-separated
+    url: str  # its percent-encoded URL path on the server
+    kind: str  # "graph", "automaton", "dashboard" or "other"
+    size: int  # bytes
+    summary: str  # one line (nodes/links and prompt, states/transitions, a page's <title>) or ""
+    broken: bool = False  # a .json file that does not parse
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _local_host_header(host: str | None) -> bool:
+    """Whether a ``Host`` header names this machine (absent, as HTTP/1.0 may: allowed)."""
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:  # e.g. an unclosed "[::1"
+        return False
+    return host is None or _is_loopback(name) or name == "localhost"
+
+
+def _head(path: Path) -> str:
+    with path.open("rb") as f:
+        return f.read(64 << 10).decode("utf-8", errors="replace")
+
+
+def _one_line(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def _classify(path: Path, size: int) -> tuple[str, str, bool]:
+    """``(kind, summary, broken)`` of one file; never raises on a bad file."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".html":
+            match = re.search(r"<title>([^<]*)</title>", _head(path), re.IGNORECASE)
+            title = match.group(1).strip() if match else ""
+            return _HTML_KINDS.get(title, "dashboard"), _one_line(html.unescape(title)), False
+        if suffix != ".json":
+            return "other", "", False
+        if size > _MAX_PARSE:  # our writers put these keys first
+            head = _head(path)
+            kind = "automaton" if _AUTOMATON_FORMAT in head else "graph" if '"qParams"' in head else "other"
+            return kind, f"{size >> 20} MiB, not summarised", False
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: "[[[[..." nested too deep
+        return "other", _one_line(f"broken: {err}", 120), True
+
+    def count(value: object) -> object:
+        return len(value) if isinstance(value, list) else "?"
+
+    if isinstance(raw, dict) and {"metadata", "qParams", "nodes", "links"} <= raw.keys():
+        prompt = raw["metadata"].get("prompt") if isinstance(raw["metadata"], dict) else None
+        text = f"; prompt {_one_line(prompt)!r}" if isinstance(prompt, str) else ""
+        return "graph", f"{count(raw['nodes'])} nodes, {count(raw['links'])} links{text}", False
+    if isinstance(raw, dict) and raw.get("format") == _AUTOMATON_FORMAT:
+        return "automaton", f"{count(raw.get('states'))} states, {count(raw.get('transitions'))} transitions", False
+    return "other", "JSON", False
+
+
+def list_files(directory: str | os.PathLike[str], cache: dict | None = None) -> list[Entry]:
+    """Every file under ``directory`` (recursive, sorted by path) but symlinks leaving it. ``cache``
+    (a dict kept between calls) spares re-reading files whose size and mtime have not changed.
+
+    >>> [e.kind for e in list_files("out")]   # doctest: +SKIP
+    ['graph', 'graph', 'automaton', 'other']
+    """
+    root, cache = Path(directory).resolve(), {} if cache is None else cache
+    entries = []
+    for folder, _, names in os.walk(root):
+        for path in (Path(folder, name) for name in names):
+            try:
+                target, stat = path.resolve(), path.stat()
+            except (OSError, RuntimeError):
+                continue  # a broken or looping symlink
+            if not target.is_relative_to(root) or not target.is_file():
+                continue
+            key = (str(path), stat.st_size, stat.st_mtime_ns)
+            if key not in cache:
+                cache[key] = _classify(target, stat.st_size)
+            rel = path.relative_to(root).as_posix()
+            url = "/" + quote(rel, safe="/", errors="surrogateescape")
+            entries.append(Entry(rel, url, cache[key][0], stat.st_size, *cache[key][1:]))
+    return sorted(entries, key=lambda e: e.path)
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def index_html(entries: list[Entry], title: str) -> str:
+    """The index page: server-rendered, every name escaped, no script at all (CSP ``default-src 'none'``)."""
+    esc, parts = html.escape, []
+    for kind, heading in _GROUPS.items():
+        rows = [
+            f'<tr{" class=broken" if e.broken else ""}><td><a href="{esc(e.url)}">{esc(e.path)}</a></td>'
+            f"<td class=n>{_size(e.size)}</td><td>{esc(e.summary)}</td></tr>"
+            for e in entries if e.kind == kind
+        ]  # fmt: skip
+        if rows:
+            parts.append(f"<h3>{heading} ({len(rows)})</h3><table>{''.join(rows)}</table>")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<title>{esc(title)}</title>
+<style>
+body{{font:13px system-ui,sans-serif;margin:16px;color:#222}} td{{padding:2px 12px 2px 0}} .n{{text-align:right}}
+.broken td{{color:#d62728}}
+</style></head><body>
+<h2>{esc(title)}</h2>
+{"".join(parts) or "<p>No files.</p>"}
+</body></html>
+"""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "sae-circuits"
+
+    def do_GET(self) -> None:
+        self._respond(head=False)
+
+    def do_HEAD(self) -> None:
+        self._respond(head=True)
+
+    def end_headers(self) -> None:  # on every response, errors included
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _ok(self, content_type: str, length: int, cors: bool = False) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        if cors:  # .json files only: see the module docstring
+            self.send_header("Access-Control-Allow-Origin", "*")
+        self.end_headers()
+
+    def _respond(self, head: bool) -> None:
+        if not _local_host_header(self.headers.get("Host")):
+            return self.send_error(403, "Host must be a loopback address")
+        path, root = unquote(urlsplit(self.path).path, errors="surrogateescape"), self.server.root
+        if path in ("", "/", "/api/list"):
+            entries = list_files(root, self.server.cache)
+            if path == "/api/list":
+                body, content_type = json.dumps({"files": [asdict(e) for e in entries]}).encode(), _TYPES[".json"]
+            else:
+                body = index_html(entries, f"sae-circuits: {root.name}").encode("utf-8", errors="replace")
+                content_type = _TYPES[".html"]
+            self._ok(content_type, len(body))
+            if not head:
+                self.wfile.write(body)
+            return None
+        parts = [p for p in path.split("/") if p]
+        if "\\" in path or "\0" in path or ".." in parts:
+            return self.send_error(403)
+        try:
+            target = root.joinpath(*parts).resolve()
+            if not target.is_relative_to(root):
+                return self.send_error(403)
+            f = target.open("rb") if target.is_file() else None
+        except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop
+            f = None
+        if f is None:  # missing, or a directory (only "/" is listed)
+            return self.send_error(404)
+        with f:
+            suffix = target.suffix.lower()
+            self._ok(_TYPES.get(suffix, "application/octet-stream"), os.fstat(f.fileno()).st_size, suffix == ".json")
+            if not head:
+                try:
+                    shutil.copyfileobj(f, self.wfile)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], root: Path, verbose: bool) -> None:
+        self.root, self.verbose, self.cache = root, verbose, {}
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # for the socket
+        super().__init__(address, _Handler)
+
+
+def serve(
+    directory: str | os.PathLike[str], port: int = 8000, host: str = "127.0.0.1", verbose: bool = False
+) -> ThreadingHTTPServer:
+    """A server for ``directory``, bound to ``host:port`` but not started; port 0 picks a free port.
+    ``host`` must be a loopback address; ``verbose`` logs each request to stderr.
+
+    >>> server = serve("out", port=0)     # doctest: +SKIP
+    >>> server.serve_forever()            # doctest: +SKIP
+    """
+    if not _is_loopback(host):
+        raise ValueError(f"host {host!r} is not a loopback address (127.0.0.0/8 or ::1); this server is local only")
+    root = Path(directory).resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"cannot serve {str(directory)!r}: not an existing directory")
+    return _Server((host, port), root, verbose)
+
+
+def run(directory: str | os.PathLike[str], port: int = 8000, host: str = "127.0.0.1", verbose: bool = False) -> None:
+    """Serve ``directory`` until Ctrl-C, printing the URL first.
+
+    >>> run("out")        # doctest: +SKIP
+    serving /home/me/out at http://127.0.0.1:8000/ (Ctrl-C to stop)
+    """
+    server = serve(directory, port, host, verbose)
+    address, bound = server.server_address[:2]
+    url = f"http://[{address}]:{bound}/" if ":" in str(address) else f"http://{address}:{bound}/"
+    print(f"serving {Path(directory).resolve()} at {url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
