@@ -1,6 +1,7 @@
 """sae_circuits: splice sparse autoencoders into TransformerLens models, edit their features,
 and trace the circuits they form."""
 
+from sae_circuits.dashboard import feature_dashboard, write_dashboard
 from sae_circuits.evals import EvalResult, evaluate
 from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
 from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
@@ -30,6 +31,7 @@ __all__ = [
     "automaton",
     "clamp",
     "evaluate",
+    "feature_dashboard",
     "intervene",
     "saes_of",
     "scale",
@@ -40,5 +42,6 @@ __all__ = [
     "train_sae",
     "train_transcoder",
     "unsplice",
+    "write_dashboard",
     "zoo",
 ]

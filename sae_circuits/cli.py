@@ -184,6 +184,42 @@ def _automaton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sae_circuits import zoo
+    from sae_circuits.dashboard import write_dashboard
+    from sae_circuits.sae import SAE
+    from sae_circuits.splice import spliced
+
+    if Path(args.out).suffix.lower() != ".html":
+        raise ValueError(f"--out {args.out!r}: a dashboard is an .html page")
+    model = _load_model(args.model)
+    if args.sae:
+        sae = SAE.load(args.sae)
+    elif args.model in zoo.names():
+        found = [s for kind in ("resid", "transcoder") for s in zoo.load_saes(args.model, kind=kind)  # type: ignore[arg-type]
+                 if args.site in (s.cfg.site, s.cfg.hook_name)]  # fmt: skip
+        if not found:
+            raise ValueError(f"--site {args.site!r}: the embedded model has no dictionary there")
+        sae = found[0]
+    else:
+        raise ValueError("--sae is required with a model that is not embedded")
+    if args.text:
+        texts = [Path(path).read_text(errors="ignore")[: args.chars] for path in args.text]
+    else:
+        from sae_circuits.zoo.base64_steering import probe_texts
+
+        blobs, code = probe_texts(seed=7)
+        texts = [t[: args.chars] for t in code + blobs] + corpus_texts("markup", 20, 96)[0] + corpus_texts("kvlog", 20, 96)[0]
+    n_ctx = model.cfg.n_ctx  # type: ignore[attr-defined]
+    rows = [model.to_tokens(t, prepend_bos=False, truncate=False)[0][:n_ctx] for t in texts if t]  # type: ignore[attr-defined]
+    with spliced(model, [sae]):
+        path = write_dashboard(model, sae.cfg.site, args.feature, rows, args.out, k=args.k)
+    print(f"wrote {path}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from sae_circuits import serve
 
@@ -236,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--min-weight", type=float, default=0.3, help="weakest link of the cycles printed (default 0.3)")
     au.add_argument("--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)")
     au.set_defaults(func=_automaton)
+    fe = sub.add_parser("features", help="a feature's dashboard: top contexts, histogram, logit effects, steering")
+    fe.add_argument("--site", required=True, help="the dictionary's hook name (e.g. blocks.1.hook_resid_post)")
+    fe.add_argument("--feature", type=int, required=True, help="feature index")
+    fe.add_argument("--out", required=True, help="output .html page")
+    fe.add_argument("--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)")
+    fe.add_argument("--sae", default=None, help="SAE folder (default: the embedded dictionary at --site)")
+    fe.add_argument("--text", action="append", help="text file to read contexts from (repeatable; default: offline mix)")
+    fe.add_argument("--chars", type=int, default=1200, help="characters read per text (default 1200)")
+    fe.add_argument("-k", type=int, default=12, help="top contexts shown (default 12)")
+    fe.set_defaults(func=_features)
     sv = sub.add_parser("serve", help="serve a folder of graphs, automata and dashboards on 127.0.0.1 (loopback only)")
     sv.add_argument("dir", help="the folder to serve")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")

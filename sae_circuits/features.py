@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -56,16 +57,37 @@ def top_activating_tokens(
     return out
 
 
+class TokenValues(NamedTuple):
+    """Tokens with one number each, best first."""
+
+    tokens: list[str]
+    values: list[float]
+
+
+@torch.no_grad()
+def logit_effect_values(model: nn.Module, sae: SAE, feature: int, k: int = 10) -> tuple[TokenValues, TokenValues]:
+    """``(promoted, suppressed)`` tokens of a feature's decoder direction through the unembedding
+    (direct path; the final LayerNorm's scale is a common positive factor, so it does not change
+    the ranking), median-shifted as in the dictionary-learning paper, with their values.
+
+    >>> promoted, suppressed = logit_effect_values(model, sae, 7, k=5)   # doctest: +SKIP
+    >>> promoted.tokens[0], promoted.values[0]                           # doctest: +SKIP
+    (' def', 1.83)
+    """
+    weights = sae.W_dec[feature].to(model.W_U.dtype) @ model.W_U  # [d_vocab]
+    weights = weights - weights.median()
+    up, down = weights.topk(k), (-weights).topk(k)
+    return (
+        TokenValues([model.to_string(int(t)) for t in up.indices], up.values.tolist()),
+        TokenValues([model.to_string(int(t)) for t in down.indices], (-down.values).tolist()),
+    )
+
+
 @torch.no_grad()
 def logit_effects(model: nn.Module, sae: SAE, feature: int, k: int = 5) -> tuple[list[str], list[str]]:
-    """Tokens a feature's decoder direction promotes and suppresses through the unembedding
-    (direct path; the final LayerNorm's scale is a common positive factor, so it does not change
-    the ranking), median-shifted as in the dictionary-learning paper."""
-    weights = sae.W_dec[feature].to(model.W_U.dtype) @ model.W_U
-    weights = weights - weights.median()
-    promote = [model.to_string(int(t)) for t in weights.topk(k).indices]
-    suppress = [model.to_string(int(t)) for t in (-weights).topk(k).indices]
-    return promote, suppress
+    """The tokens :func:`logit_effect_values` ranks, without the values."""
+    promoted, suppressed = logit_effect_values(model, sae, feature, k)
+    return promoted.tokens, suppressed.tokens
 
 
 def selective_features(

@@ -26,11 +26,11 @@ if not (CHROMIUM and CHROMEDRIVER and __import__("importlib").util.find_spec("se
         raise RuntimeError("browser tests need Debian's chromium and chromium-driver and selenium (make test installs them)")
     pytest.skip("no chromium/chromedriver/selenium here (make test installs them)", allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,19 @@ def test_automaton_page(browser, tmp_path):
     circles = browser.find_elements(By.CSS_SELECTOR, "svg circle")
     assert len(circles) >= len(fsa.states)
     assert EVIL in browser.page_source.replace("&lt;", "<").replace("&gt;", ">") or EVIL in page
+
+
+def test_feature_dashboard_page(browser, tmp_path):
+    from sae_circuits.dashboard import write_dashboard
+
+    model = sc.zoo.load_model("tiny")
+    texts = ["The king said unto his daughter,", 'DATA = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ="', EVIL, "def f(x):\n    return x"]
+    sae = sc.zoo.load_saes("tiny", kind="resid")[1]
+    with sc.spliced(model, [sae]):
+        page = write_dashboard(model, sae.cfg.site, 5, texts, tmp_path / "feature.html", k=3, steer_tokens=6)
+    _open(browser, page, "dashboard")
+    assert int(_data(browser, "renderedContexts")) == 3 and int(_data(browser, "renderedBars")) == 30
+    token = browser.find_elements(By.CSS_SELECTOR, "#contexts .tok")[0]
+    ActionChains(browser).move_to_element(token).perform()
+    assert token.get_attribute("title")  # hover tells the activation
+    assert "alert(1)" not in browser.title

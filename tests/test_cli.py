@@ -82,3 +82,14 @@ def test_automaton_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "--corpus 'nope'" in capsys.readouterr().err
     assert main(["automaton", "--out", str(tmp_path / "f.txt")]) == 2
     assert "suffix" in capsys.readouterr().err
+
+
+def test_features_writes_a_dashboard(tmp_path, capsys):
+    out = tmp_path / "f.html"
+    assert main(["features", "--site", "blocks.1.hook_resid_post", "--feature", "5", "--out", str(out), "-k", "3",
+                 "--chars", "300"]) == 0  # fmt: skip
+    assert f"wrote {out}" in capsys.readouterr().out
+    page = out.read_text()
+    assert "blocks.1.hook_resid_post" in page and "http://" not in page
+    assert main(["features", "--site", "blocks.9.hook_resid_post", "--feature", "5", "--out", str(tmp_path / "g.html")]) == 2
+    assert "blocks.9.hook_resid_post" in capsys.readouterr().err
