@@ -23,3 +23,15 @@ def test_attribution_example_checks_an_edge_and_writes_every_format(tmp_path):
         assert (tmp_path / f"graph.{suffix}").stat().st_size > 0
     graph = sc.AttributionGraph.load(tmp_path / "graph.json")
     assert graph.metadata["node_threshold"] == 0.8
+
+
+def test_dashboard_and_automata_examples_run(tmp_path):
+    subprocess.run([sys.executable, str(EXAMPLES / "feature_dashboard.py"), "--out", str(tmp_path / "f.html")],
+                   capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+    assert "blocks.1.hook_resid_post" in (tmp_path / "f.html").read_text()
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "automata_loops.py"), "--contexts", "30", "--prompts", "4", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    assert "the markup loop through the matched states" in out.stdout and "self-loops" in out.stdout
+    assert (tmp_path / "markup.html").exists() and (tmp_path / "base64.json").exists()
