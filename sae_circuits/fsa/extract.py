@@ -137,7 +137,6 @@ def automaton(
     max_frequency: float = 0.5,
     grouping: bool = False,
     group_threshold: float = 0.7,
-    max_overlap: float = 1.0,
     attention_contexts: int = 8,
     prepend_bos: bool | None = None,
     batch_size: int = 64,
@@ -186,7 +185,7 @@ def automaton(
     fire = corpus.firing(candidates)
     groups = _group(fire, group_threshold) if grouping else [[i] for i in range(candidates.numel())]
     state_fire = torch.stack([fire[:, g].any(1) for g in groups], dim=1)
-    order = _distinct(state_fire, max_states, max_overlap)
+    order = state_fire.sum(0).argsort(descending=True)[:max_states].tolist()  # the most frequent
     groups, state_fire = [groups[i] for i in order], state_fire[:, order]
     members = [[int(candidates[j]) for j in g] for g in groups]  # global feature ids
 
@@ -210,24 +209,6 @@ def automaton(
             "n_candidates": int(candidates.numel()), "prepend_bos": bool(corpus.offset),
         },
     )  # fmt: skip
-
-
-def _distinct(fire: Bool[Tensor, "tokens g"], count: int, max_overlap: float) -> list[int]:
-    """Most frequent first, skipping a group that mostly repeats one already kept (overlap
-    coefficient ``|A ∩ B| / min(|A|, |B|)`` above ``max_overlap``): states of an automaton split
-    the tokens between them, so near-duplicates add nothing."""
-    f = fire.float()
-    sizes = f.sum(0)
-    kept: list[int] = []
-    for g in sizes.argsort(descending=True).tolist():
-        if len(kept) == count or sizes[g] == 0:
-            break
-        if kept:
-            overlap = (f[:, kept].T @ f[:, g]) / torch.minimum(sizes[kept], sizes[g]).clamp_min(1)
-            if float(overlap.max()) > max_overlap:
-                continue
-        kept.append(g)
-    return kept
 
 
 def _group(fire: Bool[Tensor, "tokens c"], threshold: float) -> list[list[int]]:
