@@ -275,6 +275,8 @@ class _Attribution:
             while pending := self._next_features():
                 self._compute(pending)
                 bar.update(len(pending))
+            bar.total = bar.n  # features that cannot reach a target never get a row
+            bar.refresh()
         finally:
             bar.close()
             del self.pass_  # frees the autograd graph
