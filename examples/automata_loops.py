@@ -8,7 +8,8 @@ base64 self-loop, extracted automatically, scored and checked causally (offline)
    WHITESPACE -> OPEN through the recovered states matched to those true states: each link's
    weight, the tokens that carry it, and the validation effect (pin the source, count the
    destination at the next token).
-2. Base64: extract the automaton of code with base64 blobs; validate its 5 strongest self-loops.
+2. kvlog: the strongest cycles found without ground truth, read through the true states.
+3. Base64: extract the automaton of code with base64 blobs; validate its 5 strongest self-loops.
 Writes markup.html / base64.html (and .json) to --out-dir.
 """
 
@@ -53,6 +54,24 @@ def markup(model, contexts: int, prompts: int, out: Path) -> None:
     print("wrote", fsa.save(out / "markup.html"))
 
 
+def kvlog_loop(model, contexts: int) -> None:
+    """The strongest cycles found without ground truth, each state named by the true state it
+    predicts best (F1) — for reading only; the cycles never saw the labels."""
+    import torch
+
+    texts, labels = corpus_texts("kvlog", contexts, 128)
+    fsa = sc.automaton(model, texts, prepend_bos=False)
+    states = automata.AUTOMATA["kvlog"].states
+    truth = torch.tensor([[label == s for s in states] for row in labels for label in row]).float()
+    fire = fsa.firing.float()
+    tp = fire.T @ truth
+    f1 = 2 * tp / (fire.sum(0)[:, None] + truth.sum(0)[None, :]).clamp_min(1)
+    print(f"kvlog: {fsa}; the 3 strongest cycles (weakest link), states named by their best-matching true state:")
+    for cycle, weight in fsa.cycles(min_weight=0.3)[:3]:
+        named = [f"{fsa.states[i].label} = {states[int(f1[i].argmax())]} (F1 {float(f1[i].max()):.2f})" for i in cycle]
+        print(f"  {weight:.3f}: " + " -> ".join(named))
+
+
 def base64_loop(model, contexts: int, prompts: int, out: Path) -> None:
     texts, _ = corpus_texts("base64", contexts, 128)
     fsa = sc.automaton(model, texts, prepend_bos=False)
@@ -79,6 +98,7 @@ def main() -> None:
     model = sc.zoo.load_model("tiny")
     sc.splice(model, sc.zoo.load_saes("tiny", kind="resid"))
     markup(model, args.contexts, args.prompts, out)
+    kvlog_loop(model, args.contexts)
     base64_loop(model, args.contexts, args.prompts, out)
 
 

@@ -34,4 +34,5 @@ def test_dashboard_and_automata_examples_run(tmp_path):
         capture_output=True, text=True, check=True, timeout=600,
     )  # fmt: skip
     assert "the markup loop through the matched states" in out.stdout and "self-loops" in out.stdout
+    assert "kvlog:" in out.stdout and "= KEY" in out.stdout
     assert (tmp_path / "markup.html").exists() and (tmp_path / "base64.json").exists()

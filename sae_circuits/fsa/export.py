@@ -137,6 +137,14 @@ def cycles(fsa: FeatureAutomaton, min_weight: float = 0.0, max_length: int = 6) 
 # --------------------------------------------------------------------------- networkx, GraphML
 
 
+def _top_cycles(fsa: FeatureAutomaton, n: int) -> list[tuple[list[int], float]]:
+    """The ``n`` strongest cycles, for display: the page needs only the top ones, so the cap's
+    warning (about the many weaker cycles left out) would only be noise here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return cycles(fsa)[:n]
+
+
 def to_networkx(fsa: FeatureAutomaton) -> nx.DiGraph:
     """An ``nx.DiGraph`` keyed by state id; one edge per ``(src, dst)``, both mechanisms merged.
 
@@ -335,7 +343,7 @@ def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
         for t in fsa.transitions
     ]  # fmt: skip
     data = {"summary": repr(fsa), "states": states, "transitions": transitions,
-            "cycles": [[ids, w] for ids, w in cycles(fsa)[:n_cycles]]}  # fmt: skip
+            "cycles": [[ids, w] for ids, w in _top_cycles(fsa, n_cycles)]}  # fmt: skip
     text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
     # Inside <script>, "</script>" or "<!--" in a label would end or derail the element: no "<" at all.
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
