@@ -1,10 +1,19 @@
-"""Text and numbers made safe for the file formats (JSON, GraphML, DOT), shared by the exporters."""
+"""What the exporters share: text and numbers made safe for JSON, GraphML, DOT and HTML pages,
+JSON files read with clear errors, and writing in the format a file's suffix names."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sae_circuits.io import atomic_write_text
+
+T = TypeVar("T")
 
 # Control characters (which XML 1.0 forbids) and unencodable lone surrogates: byte-level BPE tokens
 # can decode to them. GraphML and DOT show them as visible escapes instead.
@@ -34,3 +43,47 @@ def printable(text: str) -> str:
 def dot_string(text: str) -> str:
     escaped = printable(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
+
+
+def script_json(data: Any) -> str:
+    """``data`` as strict JSON to embed in a page's ``<script type="application/json">``.
+
+    Inside ``<script>``, ``"</script>"`` or ``"<!--"`` in a token would end or derail the element,
+    so ``<``, ``>`` and ``&`` are written as JSON escapes: the page never holds them raw.
+    """
+    text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> tuple[Path, Any]:
+    """``(path, parsed)`` of a ``.json`` file that ``what`` (e.g. "graph") was saved as; clear errors
+    for another suffix, a missing file and invalid JSON."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"cannot load {path}: suffix {path.suffix!r} is a view; only '.json' loads back")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
+    try:
+        return path, json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def json_get(path: Path, what: str, obj: Any, *keys: str, at: str = "") -> Any:
+    """``obj[key0][key1]...``, or a ValueError naming the file and the first missing key."""
+    for n, key in enumerate(keys):
+        if not isinstance(obj, dict) or key not in obj:
+            where = ".".join([at, *keys[: n + 1]] if at else keys[: n + 1])
+            raise ValueError(f"{path}: not {what} written by sae_circuits (missing key {where!r})")
+        obj = obj[key]
+    return obj
+
+
+def write_by_suffix(obj: T, path: str | os.PathLike[str], writers: dict[str, Callable[[T], str]]) -> Path:
+    """Write ``obj`` atomically with the writer its suffix names (case-insensitive)."""
+    path = Path(path)
+    writer = writers.get(path.suffix.lower())
+    if writer is None:
+        supported = ", ".join(writers)
+        raise ValueError(f"cannot save {path}: unsupported suffix {path.suffix!r}; supported: {supported}")
+    return atomic_write_text(path, writer(obj))

@@ -12,7 +12,6 @@ type="application/json">``, and every string put into the DOM through ``textCont
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sae_circuits._text import finite_json, printable
+from sae_circuits._text import printable, script_json
 from sae_circuits.features import logit_effect_values
 from sae_circuits.interventions import clamp, intervene
 from sae_circuits.io import atomic_write_text
@@ -177,10 +176,7 @@ def feature_dashboard(
         "histogram": _histogram(fired, bins), "promoted": promoted._asdict(),
         "suppressed": suppressed._asdict(), "steer_value": clamp_value, "steering": steering,
     }  # fmt: skip
-    text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
-    # Inside <script>, "</script>" or "<!--" in a token would end or derail the element: no "<" at all.
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return _HTML.replace("__DATA__", text)
+    return _HTML.replace("__DATA__", script_json(data))
 
 
 def write_dashboard(

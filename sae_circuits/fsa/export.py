@@ -30,8 +30,16 @@ import networkx as nx
 import numpy as np
 import torch
 
-from sae_circuits._text import dot_string, exact_float, finite_json, printable
-from sae_circuits.io import atomic_write_text
+from sae_circuits._text import (
+    dot_string,
+    exact_float,
+    finite_json,
+    json_get,
+    printable,
+    read_json,
+    script_json,
+    write_by_suffix,
+)
 
 if TYPE_CHECKING:
     from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
@@ -344,10 +352,7 @@ def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
     ]  # fmt: skip
     data = {"summary": repr(fsa), "states": states, "transitions": transitions,
             "cycles": [[ids, w] for ids, w in _top_cycles(fsa, n_cycles)]}  # fmt: skip
-    text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
-    # Inside <script>, "</script>" or "<!--" in a label would end or derail the element: no "<" at all.
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return _HTML.replace("__DATA__", text)
+    return _HTML.replace("__DATA__", script_json(data))
 
 
 # --------------------------------------------------------------------------- JSON
@@ -399,25 +404,15 @@ def to_json(fsa: FeatureAutomaton) -> str:
     return json.dumps(to_json_dict(fsa), ensure_ascii=True, allow_nan=False, default=_json_default)
 
 
-def _get(path: Path, obj: Any, *keys: str, at: str = "") -> Any:
-    """``obj[key0][key1]...``, or a ValueError naming the file and the first missing key."""
-    for n, key in enumerate(keys):
-        if not isinstance(obj, dict) or key not in obj:
-            where = ".".join([at, *keys[: n + 1]] if at else keys[: n + 1])
-            raise ValueError(f"{path}: not an automaton JSON written by sae_circuits (missing key {where!r})")
-        obj = obj[key]
-    return obj
-
-
 def _firing(path: Path, raw: Any) -> torch.Tensor:
-    shape = _get(path, raw, "shape", at="firing")
-    encoding = _get(path, raw, "encoding", at="firing")
+    shape = json_get(path, "an automaton JSON", raw, "shape", at="firing")
+    encoding = json_get(path, "an automaton JSON", raw, "encoding", at="firing")
     if encoding != _FIRING_ENCODING:
         raise ValueError(f"{path}: firing encoding {encoding!r} is not supported (reads {_FIRING_ENCODING!r})")
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 0 for n in shape)):
         raise ValueError(f"{path}: firing.shape is {shape!r}; expected [tokens, states]")
     try:
-        packed = zlib.decompress(base64.b64decode(_get(path, raw, "data", at="firing"), validate=True))
+        packed = zlib.decompress(base64.b64decode(json_get(path, "an automaton JSON", raw, "data", at="firing"), validate=True))
     except (binascii.Error, zlib.error, TypeError, ValueError) as err:
         raise ValueError(f"{path}: firing.data is corrupt ({err})") from err
     count = shape[0] * shape[1]
@@ -432,30 +427,22 @@ def load(path: str | os.PathLike[str]) -> FeatureAutomaton:
     ``lengths`` as int64)."""
     from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 
-    path = Path(path)
-    if path.suffix.lower() != ".json":
-        raise ValueError(f"cannot load {path}: suffix {path.suffix!r} is a view; only '.json' loads back")
-    if not path.is_file():
-        raise FileNotFoundError(f"automaton file {str(path)!r} does not exist")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    version = _get(path, raw, "format_version")
-    if _get(path, raw, "format") != FORMAT or version != FORMAT_VERSION:
+    path, raw = read_json(path, "automaton")
+    version = json_get(path, "an automaton JSON", raw, "format_version")
+    if json_get(path, "an automaton JSON", raw, "format") != FORMAT or version != FORMAT_VERSION:
         raise ValueError(f"{path}: format {raw['format']!r} version {version!r} is not supported "
                          f"(reads {FORMAT!r} version {FORMAT_VERSION})")  # fmt: skip
     states = []
-    for i, row in enumerate(_get(path, raw, "states")):
-        f = {k: _get(path, row, k, at=f"states[{i}]") for k in ("id", "members", "label", "frequency", "max_activation")}
+    for i, row in enumerate(json_get(path, "an automaton JSON", raw, "states")):
+        f = {k: json_get(path, "an automaton JSON", row, k, at=f"states[{i}]") for k in ("id", "members", "label", "frequency", "max_activation")}
         states.append(State(
             id=int(f["id"]), members=[(str(site), int(index)) for site, index in f["members"]], label=f["label"],
             frequency=float(f["frequency"]), max_activation=float(f["max_activation"]),
         ))  # fmt: skip
     transitions = []
-    for k, row in enumerate(_get(path, raw, "transitions")):
+    for k, row in enumerate(json_get(path, "an automaton JSON", raw, "transitions")):
         keys = ("src", "dst", "mechanism", "weight", "tokens", "effect", "confirmed")
-        f = {key: _get(path, row, key, at=f"transitions[{k}]") for key in keys}
+        f = {key: json_get(path, "an automaton JSON", row, key, at=f"transitions[{k}]") for key in keys}
         if f["mechanism"] not in _MECHANISMS:
             raise ValueError(f"{path}: transitions[{k}].mechanism is {f['mechanism']!r}; expected one of {_MECHANISMS}")
         if f["confirmed"] not in (None, True, False):
@@ -468,9 +455,9 @@ def load(path: str | os.PathLike[str]) -> FeatureAutomaton:
     return FeatureAutomaton(
         states=states,
         transitions=transitions,
-        firing=_firing(path, _get(path, raw, "firing")),
-        lengths=torch.tensor(_get(path, raw, "lengths"), dtype=torch.long),
-        metadata=_get(path, raw, "metadata"),
+        firing=_firing(path, json_get(path, "an automaton JSON", raw, "firing")),
+        lengths=torch.tensor(json_get(path, "an automaton JSON", raw, "lengths"), dtype=torch.long),
+        metadata=json_get(path, "an automaton JSON", raw, "metadata"),
         weights={m: _weights(path, m, w) for m, w in raw.get("weights", {}).items()},
         tokens=None if raw.get("tokens") is None else torch.tensor(raw["tokens"], dtype=torch.long),
     )
@@ -499,9 +486,4 @@ def save(fsa: FeatureAutomaton, path: str | os.PathLike[str]) -> Path:
 
     >>> fsa.save("markup.html")   # doctest: +SKIP
     """
-    path = Path(path)
-    writer = _WRITERS.get(path.suffix.lower())
-    if writer is None:
-        supported = ", ".join(_WRITERS)
-        raise ValueError(f"cannot save {path}: unsupported suffix {path.suffix!r}; supported: {supported}")
-    return atomic_write_text(path, writer(fsa))
+    return write_by_suffix(fsa, path, _WRITERS)

@@ -24,9 +24,16 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import torch
 
-from sae_circuits._text import dot_string, exact_float, finite_json, printable
+from sae_circuits._text import (
+    dot_string,
+    exact_float,
+    finite_json,
+    json_get,
+    printable,
+    read_json,
+    write_by_suffix,
+)
 from sae_circuits.graph.graph import Edges, NodeKind
-from sae_circuits.io import atomic_write_text
 
 if TYPE_CHECKING:
     from sae_circuits.graph.attribution_graph import AttributionGraph
@@ -157,44 +164,26 @@ def to_json(g: AttributionGraph) -> str:
     return json.dumps(to_json_dict(g), ensure_ascii=True, allow_nan=False)
 
 
-def _get(path: Path, obj: Any, *keys: str, at: str = "") -> Any:
-    """``obj[key0][key1]...``, or a ValueError naming the file and the first missing key."""
-    for n, key in enumerate(keys):
-        if not isinstance(obj, dict) or key not in obj:
-            where = ".".join([at, *keys[: n + 1]] if at else keys[: n + 1])
-            raise ValueError(f"{path}: not a graph JSON written by sae_circuits (missing key {where!r})")
-        obj = obj[key]
-    return obj
-
-
 def load(path: str | os.PathLike[str]) -> AttributionGraph:
     """Rebuild a graph from a ``.json`` file written by :func:`save`: same nodes, edges, order, dtypes."""
     from sae_circuits.graph.attribution_graph import AttributionGraph
 
-    path = Path(path)
-    if path.suffix.lower() != ".json":
-        raise ValueError(f"cannot load {path}: suffix {path.suffix!r} is a view; only '.json' loads back")
-    if not path.is_file():
-        raise FileNotFoundError(f"graph file {str(path)!r} does not exist")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    ours = _get(path, raw, "metadata", "sae_circuits")
-    version = _get(path, ours, "format_version", at="metadata.sae_circuits")
+    path, raw = read_json(path, "graph")
+    ours = json_get(path, "a graph JSON", raw, "metadata", "sae_circuits")
+    version = json_get(path, "a graph JSON", ours, "format_version", at="metadata.sae_circuits")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {version!r} is not supported (reads {FORMAT_VERSION})")
-    nodes = _get(path, raw, "nodes")
-    rows = [_get(path, node, "sc", at=f"nodes[{i}]") for i, node in enumerate(nodes)]
+    nodes = json_get(path, "a graph JSON", raw, "nodes")
+    rows = [json_get(path, "a graph JSON", node, "sc", at=f"nodes[{i}]") for i, node in enumerate(nodes)]
     columns = {}
     for c, dtype in {**dict.fromkeys(_INT_COLUMNS, torch.long), **_FLOAT_COLUMNS}.items():
         cast = int if dtype == torch.long else float  # float() also reads our "nan"/"inf" strings
-        values = [cast(_get(path, row, c, at=f"nodes[{i}].sc")) for i, row in enumerate(rows)]
+        values = [cast(json_get(path, "a graph JSON", row, c, at=f"nodes[{i}].sc")) for i, row in enumerate(rows)]
         columns[c] = torch.tensor(values, dtype=dtype)
-    index = {_get(path, node, "node_id", at=f"nodes[{i}]"): i for i, node in enumerate(nodes)}
+    index = {json_get(path, "a graph JSON", node, "node_id", at=f"nodes[{i}]"): i for i, node in enumerate(nodes)}
     triplets = []
-    for k, link in enumerate(_get(path, raw, "links")):
-        t, s, w = (_get(path, link, key, at=f"links[{k}]") for key in ("target", "source", "weight"))
+    for k, link in enumerate(json_get(path, "a graph JSON", raw, "links")):
+        t, s, w = (json_get(path, "a graph JSON", link, key, at=f"links[{k}]") for key in ("target", "source", "weight"))
         if t not in index or s not in index:
             raise ValueError(f"{path}: links[{k}] refers to an unknown node ({s!r} -> {t!r})")
         triplets.append((index[t], index[s], math.nan if w is None else float(w)))
@@ -202,13 +191,13 @@ def load(path: str | os.PathLike[str]) -> AttributionGraph:
     edges = Edges(torch.tensor(target, dtype=torch.long), torch.tensor(source, dtype=torch.long),
                   torch.tensor(weight, dtype=torch.float32))
     return AttributionGraph(
-        prompt=_get(path, raw, "metadata", "prompt"),
-        tokens=list(_get(path, ours, "tokens", at="metadata.sae_circuits")),
-        token_strings=list(_get(path, raw, "metadata", "prompt_tokens")),
-        sites=list(_get(path, ours, "sites", at="metadata.sae_circuits")),
-        labels=[_get(path, node, "clerp", at=f"nodes[{i}]") for i, node in enumerate(nodes)],
+        prompt=json_get(path, "a graph JSON", raw, "metadata", "prompt"),
+        tokens=list(json_get(path, "a graph JSON", ours, "tokens", at="metadata.sae_circuits")),
+        token_strings=list(json_get(path, "a graph JSON", raw, "metadata", "prompt_tokens")),
+        sites=list(json_get(path, "a graph JSON", ours, "sites", at="metadata.sae_circuits")),
+        labels=[json_get(path, "a graph JSON", node, "clerp", at=f"nodes[{i}]") for i, node in enumerate(nodes)],
         edges=edges,
-        metadata=_get(path, ours, "metadata", at="metadata.sae_circuits"),
+        metadata=json_get(path, "a graph JSON", ours, "metadata", at="metadata.sae_circuits"),
         **columns,
     )
 
@@ -296,10 +285,4 @@ _WRITERS: dict[str, Callable[[AttributionGraph], str]] = {
 
 def save(g: AttributionGraph, path: str | os.PathLike[str]) -> Path:
     """Write ``g`` atomically in the format its suffix names (``.json``, ``.graphml``, ``.dot``, ``.html``)."""
-    path = Path(path)
-    writer = _WRITERS.get(path.suffix.lower())
-    if writer is None:
-        supported = ", ".join(_WRITERS)
-        raise ValueError(f"cannot save {path}: unsupported suffix {path.suffix!r}; supported: {supported}")
-    return atomic_write_text(path, writer(g))
-
+    return write_by_suffix(g, path, _WRITERS)

@@ -13,11 +13,10 @@ thousand nodes stay responsive in headless Chromium (tests/test_browser.py measu
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from sae_circuits._text import finite_json
+from sae_circuits._text import script_json
 
 if TYPE_CHECKING:
     from sae_circuits.graph.attribution_graph import AttributionGraph
@@ -161,7 +160,4 @@ def to_html(g: AttributionGraph, max_edges: int = 5000) -> str:
     centres = [starts[c] + widths[c] / 2 for c in range(n_tokens)]  # where each token's label goes
     data = {"prompt": g.prompt, "tokens": g.token_strings, "nodes": nodes, "links": links, "total_edges": g.n_edges,
             "columns": starts[-1], "rows": len(rows), "centres": centres}  # fmt: skip
-    text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
-    # Inside <script>, "</script>" or "<!--" in a token would end or derail the element: no "<" at all.
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return _HTML.replace("__DATA__", text)
+    return _HTML.replace("__DATA__", script_json(data))
