@@ -15,7 +15,8 @@ effects are folded into an explicit "other" node of its site, so every row keeps
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -92,15 +93,22 @@ def attribute(
         raise ValueError("no SAE or transcoder is spliced into the model; splice some first (sc.splice)")
     _check_settings(batch_size, max_feature_nodes, edge_tolerance)
     tokens = _tokens(model, prompt, prepend_bos)
+    with _input_gradients_only(model):
+        return _Attribution(model, capture(model, tokens), targets, batch_size, max_feature_nodes,
+                            edge_tolerance, progress).run(prompt if isinstance(prompt, str) else None)
+
+
+@contextmanager
+def _input_gradients_only(model: nn.Module) -> Iterator[None]:
+    """Eval mode, gradients on, but none for the weights: autograd then keeps only what the
+    input gradients need. Everything is restored on the way out."""
     was_training = model.training
-    # no weight gradients: autograd then keeps only what the input gradients need
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
         model.requires_grad_(False)
         with torch.enable_grad():
-            return _Attribution(model, capture(model, tokens), targets, batch_size, max_feature_nodes,
-                                edge_tolerance, progress).run(prompt if isinstance(prompt, str) else None)
+            yield
     finally:
         for p in trainable:
             p.requires_grad_(True)
@@ -139,20 +147,14 @@ def direct_effects(
     if not targets:
         raise ValueError("direct_effects needs at least one target feature")
     _check_settings(batch_size, None, 0.0)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    try:
-        model.requires_grad_(False)
-        with torch.enable_grad():
-            run = _Attribution(model, capture(model, tokens), list(targets), batch_size, 0, 0.0, False)
-            run.candidates = None  # rows are few: keep every edge itemised
-            run.pass_ = frozen_pass(model, run.values, min(batch_size, len(run.targets)))
-            rows = [_Row(t.weight, target=i) for i, t in enumerate(run.targets)]
-            for start in range(0, len(rows), batch_size):
-                run._compute(rows[start : start + batch_size])
-            del run.pass_
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
+    with _input_gradients_only(model):
+        run = _Attribution(model, capture(model, tokens), list(targets), batch_size, 0, 0.0, False)
+        run.candidates = None  # rows are few: keep every edge itemised
+        run.pass_ = frozen_pass(model, run.values, min(batch_size, len(run.targets)))
+        rows = run.target_rows()
+        for start in range(0, len(rows), batch_size):
+            run._compute(rows[start : start + batch_size])
+        del run.pass_
     row, source, weight = _cat(run.feature_edges)
     return DirectEffects(
         row, source, weight, torch.cat(run.masses), run.active_site, run.active_pos, run.active_index,
@@ -199,6 +201,9 @@ class _Row:
     weight: float  # target weight, or the feature's influence estimate when it was expanded
     target: int = -1  # index into the resolved targets
     active: int = -1  # index into the active features
+    site: int = -1  # the feature's site (-1: a logit target, injected at the last position)
+    position: int = -1
+    index: int = -1
 
 
 class _Attribution:
@@ -213,7 +218,6 @@ class _Attribution:
         self.n = values.tokens.numel()
         self.targets = resolve_targets(targets, values.probs, model, self.n)
         sites = values.sites
-        self.site_index = {s.name: i for i, s in enumerate(sites)}
         # active features, numbered site by site
         self.offsets = [0]
         for s in sites:
@@ -242,8 +246,10 @@ class _Attribution:
         self.missing = torch.zeros(self.n_active, dtype=torch.float64)
 
     def _check_feature_targets(self) -> dict[int, int]:
-        """Target number -> active id for feature targets that are active (checked first)."""
+        """Target number -> active id for feature targets that are active (checked first); also
+        fills ``target_site``, target number -> site of every feature target."""
         found: dict[int, int] = {}
+        self.target_site: dict[int, int] = {}
         for t, target in enumerate(self.targets):
             if target.feature is None:
                 continue
@@ -256,6 +262,7 @@ class _Attribution:
             site = self.values.sites[matches[0]]
             if not is_int(target.feature.index) or not 0 <= target.feature.index < site.sae.cfg.d_sae:
                 raise ValueError(f"feature target index {target.feature.index!r} is outside [0, {site.sae.cfg.d_sae}) at {site.name!r}")
+            self.target_site[t] = matches[0]
             hit = ((site.positions == target.feature.position) & (site.indices == target.feature.index)).nonzero()
             if hit.numel():
                 found[t] = self.offsets[matches[0]] + int(hit[0, 0])
@@ -268,7 +275,7 @@ class _Attribution:
         bar = tqdm(total=expected, desc="attribution rows", unit="row", disable=not self.progress, leave=False)
         self.pass_ = frozen_pass(self.model, self.values, self.batch)
         try:
-            targets = [_Row(t.weight, target=i) for i, t in enumerate(self.targets)]
+            targets = self.target_rows()
             for start in range(0, len(targets), self.batch):
                 self._compute(targets[start : start + self.batch])
                 bar.update(len(targets[start : start + self.batch]))
@@ -281,6 +288,15 @@ class _Attribution:
             bar.close()
             del self.pass_  # frees the autograd graph
         return self._graph(prompt)
+
+    def target_rows(self) -> list[_Row]:
+        rows = []
+        for i, t in enumerate(self.targets):
+            if t.feature is None:
+                rows.append(_Row(t.weight, target=i))
+            else:
+                rows.append(_Row(t.weight, target=i, site=self.target_site[i], position=t.feature.position, index=t.feature.index))
+        return rows
 
     def _next_features(self) -> list[_Row]:
         expanded = len(self.rows) - len(self.targets)
@@ -299,7 +315,13 @@ class _Attribution:
         else:
             chosen = torch.where(candidates, self.score, -1.0).topk(count).indices
         self.visited[chosen] = True
-        return [_Row(w, active=a) for a, w in zip(chosen.tolist(), self.score[chosen].tolist())]
+        return [
+            _Row(w, active=a, site=site, position=pos, index=index)
+            for a, w, site, pos, index in zip(
+                chosen.tolist(), self.score[chosen].tolist(), self.active_site[chosen].tolist(),
+                self.active_pos[chosen].tolist(), self.active_index[chosen].tolist(),
+            )
+        ]  # fmt: skip
 
     def _compute(self, rows: list[_Row]) -> None:
         """One backward pass for up to ``batch`` rows; keeps their edges and pushes influence.
@@ -310,8 +332,7 @@ class _Attribution:
         self.rows.extend(rows)
         grads = self._backward(rows)
         k = len(rows)
-        h = 1 + max(self.n - 1 if row.target >= 0 and row.active < 0 and self.targets[row.target].feature is None
-                    else self._feature_of(row)[1] for row in rows)  # no gradient reaches later positions
+        h = 1 + max(self.n - 1 if row.site < 0 else row.position for row in rows)  # no gradient reaches later positions
         token_w = torch.zeros(k, self.n)
         if grads[0] is not None:  # else no path from the embedding to these rows
             token_w[:, :h] = (grads[0][:k, :h] * self.values.embedding[:h].to(grads[0].dtype)).sum(-1).float()
@@ -355,13 +376,12 @@ class _Attribution:
         final_seed = None
         by_site: dict[int, list[tuple[int, int, int]]] = {}
         for b, row in enumerate(rows):
-            if row.target >= 0 and self.targets[row.target].feature is None:
+            if row.site < 0:  # a logit target
                 if final_seed is None:
                     final_seed = torch.zeros_like(p.final)
                 final_seed[b, -1] = self._logit_vector(self.targets[row.target]).to(p.final.dtype)
             else:
-                site_i, position, index = self._feature_of(row)
-                by_site.setdefault(site_i, []).append((b, position, index))
+                by_site.setdefault(row.site, []).append((b, row.position, row.index))
         for site_i, entries in by_site.items():
             site = self.values.sites[site_i]
             x = p.inputs[site.name]
@@ -378,15 +398,6 @@ class _Attribution:
         return list(torch.autograd.grad(
             [outputs[i] for i in live], leaves, [grad_outputs[i] for i in live], retain_graph=True, allow_unused=True
         ))
-
-    def _feature_of(self, row: _Row) -> tuple[int, int, int]:
-        if row.target >= 0:
-            feature = self.targets[row.target].feature
-            assert feature is not None
-            site = next(i for i, s in enumerate(self.values.sites) if feature.site in (s.name, s.sae.cfg.hook_name))
-            return site, feature.position, feature.index
-        a = row.active
-        return int(self.active_site[a]), int(self.active_pos[a]), int(self.active_index[a])
 
     def _logit_vector(self, target: ResolvedTarget) -> Tensor:
         """``W_U`` times the (vocabulary-demeaned) logit direction of a token or direction target."""
@@ -487,8 +498,7 @@ class _Attribution:
         for t, target in enumerate(self.targets):
             target_node[t] = columns.size
             if target.feature is not None:
-                si = self.site_index.get(target.feature.site) if target.feature.site in self.site_index else next(
-                    i for i, s in enumerate(sites) if s.sae.cfg.hook_name == target.feature.site)
+                si = self.target_site[t]
                 active = self.target_features.get(t)
                 columns.add(NodeKind.TARGET, site=si, layer=block_of(sites[si].name), stage=sites[si].stage,
                             position=target.feature.position, index=target.feature.index,
