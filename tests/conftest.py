@@ -91,3 +91,15 @@ def random_sae(
 @pytest.fixture
 def sae() -> sc.SAE:
     return random_sae()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Call it to make ``Path.write_text`` write part of its text and then fail, as a full disk does."""
+    original = Path.write_text
+
+    def half_then_fail(self, text, *args, **kwargs):
+        original(self, text[:10], *args, **kwargs)
+        raise OSError("No space left on device (disk full)")
+
+    return lambda: monkeypatch.setattr(Path, "write_text", half_then_fail)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import re
 import shutil
 import subprocess
@@ -191,20 +190,14 @@ def test_bad_inputs(hooked):
             feature_dashboard(hooked, SITE, 0, TEXTS, steer_prompts=["word " * 10], steer_tokens=120)
 
 
-def test_write_dashboard_is_atomic(hooked, tmp_path, monkeypatch):
+def test_write_dashboard_is_atomic(hooked, tmp_path, full_disk):
     sae = random_sae()
     path = tmp_path / "feature.html"
     with sc.spliced(hooked, [sae]):
         assert write_dashboard(hooked, SITE, 5, TEXTS, path, steer_prompts=[]) == path
         page = path.read_text(encoding="utf-8")
         assert _data(page)["feature"] == 5
-        original = pathlib.Path.write_text
-
-        def half_then_fail(self, text, *args, **kwargs):  # a disk that fills up mid-write
-            original(self, text[:100], *args, **kwargs)
-            raise OSError("No space left on device")
-
-        monkeypatch.setattr(pathlib.Path, "write_text", half_then_fail)
+        full_disk()
         with pytest.raises(OSError, match="No space left"):
             write_dashboard(hooked, SITE, 6, TEXTS, path, steer_prompts=[])
     assert path.read_text(encoding="utf-8") == page and sorted(tmp_path.iterdir()) == [path]

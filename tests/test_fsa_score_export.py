@@ -9,7 +9,6 @@ import math
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -387,16 +386,10 @@ console.log(JSON.stringify({circle: all.filter(e => e.tag === "circle").length, 
 # --------------------------------------------------------------------------- atomicity and errors
 
 
-def test_failed_writes_leave_the_old_file(fsa, tmp_path, monkeypatch):
+def test_failed_writes_leave_the_old_file(fsa, tmp_path, monkeypatch, full_disk):
     path = tmp_path / "a.json"
     path.write_text("old")
-
-    def half_then_fail(self: Path, text: str, *args, **kwargs):
-        with open(self, "w") as f:
-            f.write(text[:10])
-        raise OSError("disk full")
-
-    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    full_disk()
     with pytest.raises(OSError, match="disk full"):
         fsa.save(path)
     monkeypatch.undo()

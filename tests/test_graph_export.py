@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -244,16 +243,10 @@ def test_html_is_self_contained_and_injection_safe(g, tmp_path):
 # --------------------------------------------------------------------------- atomicity and errors
 
 
-def test_failed_writes_leave_the_old_file(g, tmp_path, monkeypatch):
+def test_failed_writes_leave_the_old_file(g, tmp_path, monkeypatch, full_disk):
     path = tmp_path / "g.json"
     path.write_text("old")
-
-    def half_then_fail(self: Path, text: str, *args, **kwargs):
-        with open(self, "w") as f:
-            f.write(text[:10])
-        raise OSError("disk full")
-
-    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    full_disk()
     with pytest.raises(OSError, match="disk full"):
         g.save(path)
     monkeypatch.undo()
