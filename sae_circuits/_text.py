@@ -45,6 +45,15 @@ def dot_string(text: str) -> str:
     return f'"{escaped}"'
 
 
+def page_start(title: str) -> str:
+    """The opening of every page we write, up to an open ``<style>``: inline style and script only,
+    nothing fetched from anywhere (the CSP forbids every other source)."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<meta http-equiv="Content-Security-Policy"\n'
+        f""" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">\n<title>{title}</title>\n<style>\n"""
+    )
+
+
 def script_json(data: Any) -> str:
     """``data`` as strict JSON to embed in a page's ``<script type="application/json">``.
 

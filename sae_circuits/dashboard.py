@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sae_circuits._text import printable, script_json
+from sae_circuits._text import page_start, printable, script_json
 from sae_circuits.features import logit_effect_values
 from sae_circuits.interventions import clamp, intervene
 from sae_circuits.io import atomic_write_text
@@ -190,13 +190,7 @@ def write_dashboard(
     return atomic_write_text(path, feature_dashboard(model, site, feature, texts, **kwargs))
 
 
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>Feature dashboard</title>
-<style>
-body{font:13px system-ui,sans-serif;margin:16px;color:#222;max-width:1100px}
+_HTML = page_start("Feature dashboard") + """body{font:13px system-ui,sans-serif;margin:16px;color:#222;max-width:1100px}
 h3{margin:18px 0 6px} .muted{color:#777} table{border-collapse:collapse} td{padding:1px 10px 1px 0}
 .ctx{font:12px ui-monospace,monospace;margin:3px 0;white-space:pre-wrap;word-break:break-all}
 .ctx .rank{display:inline-block;width:90px;color:#777} .tok{border-radius:2px;padding:0 1px}

@@ -35,6 +35,7 @@ from sae_circuits._text import (
     exact_float,
     finite_json,
     json_get,
+    page_start,
     printable,
     read_json,
     script_json,
@@ -240,13 +241,7 @@ def to_dot(fsa: FeatureAutomaton) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>Feature automaton</title>
-<style>
-body{font:13px system-ui,sans-serif;margin:16px;color:#222}
+_HTML = page_start("Feature automaton") + """body{font:13px system-ui,sans-serif;margin:16px;color:#222}
 #wrap{overflow:auto;border:1px solid #ddd} circle{fill:#fff;stroke:#333;stroke-width:1}
 circle.hot{stroke:#d62728;stroke-width:3} text{font-size:11px;fill:#333}
 .legend span{display:inline-block;width:14px;height:3px;margin:0 4px 3px 12px}

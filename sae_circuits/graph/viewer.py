@@ -16,18 +16,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from sae_circuits._text import script_json
+from sae_circuits._text import page_start, script_json
 
 if TYPE_CHECKING:
     from sae_circuits.graph.attribution_graph import AttributionGraph
 
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
-<title>Attribution graph</title>
-<style>
-body{font:13px system-ui,sans-serif;margin:16px;color:#222}
+_HTML = page_start("Attribution graph") + """body{font:13px system-ui,sans-serif;margin:16px;color:#222}
 #prompt{white-space:pre-wrap;background:#f4f4f4;padding:6px;font-family:monospace}
 #wrap{overflow:auto;border:1px solid #ddd;position:relative}
 .node{stroke:#333;stroke-width:.5;cursor:pointer} .edge{stroke-opacity:.55}
