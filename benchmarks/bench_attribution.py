@@ -94,9 +94,13 @@ def full_graph() -> dict:
         _, backward_s = timed(lambda: run._backward(rows), repeats=5)
         _, pass_s = timed(lambda: run._compute(rows), repeats=5)
     n_rows = (graph.kind == NodeKind.TARGET).sum() + graph.metadata["n_expanded_features"]
-    passes = math.ceil(int((graph.kind == NodeKind.TARGET).sum()) / 64) + math.ceil(graph.metadata["n_expanded_features"] / 64)
+    passes = math.ceil(int((graph.kind == NodeKind.TARGET).sum()) / 64) + math.ceil(
+        graph.metadata["n_expanded_features"] / 64
+    )
     single, single_s = timed(lambda: sc.attribute(model, tokens, batch_size=1, progress=False))
-    same = single.n_nodes == graph.n_nodes and torch.allclose(_dense(single), _dense(graph), atol=1e-5, rtol=1e-4)
+    same = single.n_nodes == graph.n_nodes and torch.allclose(
+        _dense(single), _dense(graph), atol=1e-5, rtol=1e-4
+    )
     return {
         "seconds": seconds, "rows": int(n_rows), "passes": passes, "forward_s": forward_s, "backward_s": backward_s,
         "pass_s": pass_s, "edges": graph.n_edges, "nodes": graph.n_nodes, "active": graph.metadata["n_active_features"],
@@ -105,7 +109,9 @@ def full_graph() -> dict:
 
 
 def _dense(g) -> torch.Tensor:
-    return torch.zeros(g.n_nodes, g.n_nodes).index_put_((g.edges.target, g.edges.source), g.edges.weight, accumulate=True)
+    return torch.zeros(g.n_nodes, g.n_nodes).index_put_(
+        (g.edges.target, g.edges.source), g.edges.weight, accumulate=True
+    )
 
 
 # --------------------------------------------------------------------------- 3
@@ -119,7 +125,10 @@ def random_setup():
     model = random_gpt2(folder, d_model=128, n_layers=4, n_heads=4, n_ctx=1024, vocab_size=4096)
     saes = []
     for layer in range(4):
-        for hook, out in ((f"blocks.{layer}.hook_resid_post", None), (f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out")):
+        for hook, out in (
+            (f"blocks.{layer}.hook_resid_post", None),
+            (f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"),
+        ):
             cfg = sc.SAEConfig("jumprelu_transcoder" if out else "jumprelu", d_in=128, d_sae=2048, hook_name=hook,
                                apply_b_dec_to_input=out is None)  # fmt: skip
             cfg.hook_name_out = out
@@ -129,7 +138,9 @@ def random_setup():
             saes.append(sae)
     tokens = prompt_tokens(model, 1024)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens[None, :512], names_filter=lambda n: n in {s.cfg.hook_name for s in saes})
+        _, cache = model.run_with_cache(
+            tokens[None, :512], names_filter=lambda n: n in {s.cfg.hook_name for s in saes}
+        )
         for sae in saes:  # ~20 active features per token, as in the trained dictionaries
             pre = sae._pre_acts(cache[sae.cfg.hook_name][0])[0]
             sae.threshold.copy_(pre.quantile(1 - 20 / 2048, dim=0).clamp_min(1e-3))
@@ -147,7 +158,9 @@ def peak_rss_gb() -> float:
 def long_prompt(n: int) -> dict:
     """One length, in this (fresh) process: time and peak RSS."""
     model, tokens = random_setup()
-    graph, seconds = timed(lambda: sc.attribute(model, tokens[:n], batch_size=64, max_feature_nodes=BUDGET, progress=False))
+    graph, seconds = timed(
+        lambda: sc.attribute(model, tokens[:n], batch_size=64, max_feature_nodes=BUDGET, progress=False)
+    )
     active = graph.metadata["n_active_features"]
     n_nodes = n + active + 8 * n + int((graph.kind == NodeKind.TARGET).sum())
     return {
@@ -162,7 +175,9 @@ def long_prompts() -> list[dict]:
     random_setup()  # builds the model once, outside the timed subprocesses
     rows = []
     for n in LENGTHS:
-        out = subprocess.run([sys.executable, __file__, "--long", str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--long", str(n)], capture_output=True, text=True, check=True
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {n} tokens: {rows[-1]['seconds']:.1f} s, {rows[-1]['rss_gb']:.2f} GB", file=sys.stderr)
     return rows
@@ -178,7 +193,10 @@ def ablation_effects(model, graph, pairs, frozen: bool) -> list[float]:
     tokens = torch.tensor([graph.tokens])
     keep = re.compile(r".*(hook_pattern|hook_scale)$")
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in graph.sites or bool(keep.match(n)) or n.endswith("hook_sae_acts_pre"))
+        _, cache = model.run_with_cache(
+            tokens,
+            names_filter=lambda n: n in graph.sites or bool(keep.match(n)) or n.endswith("hook_sae_acts_pre"),
+        )
     pinned = {site: cache[site] for site in graph.sites}
     base_hooks = [(n, _const(v)) for n, v in cache.items() if frozen and keep.match(n)]
     saes = sc.saes_of(model)
@@ -189,11 +207,17 @@ def ablation_effects(model, graph, pairs, frozen: bool) -> list[float]:
         q, i = int(graph.position[source]), int(graph.index[source])
         removed = pinned[s_site].clone()
         removed[0, q] -= float(graph.activation[source]) * sae.W_dec[i]
-        hooks = base_hooks + [(site, _const(removed if site == s_site else value)) for site, value in pinned.items()]
+        hooks = base_hooks + [
+            (site, _const(removed if site == s_site else value)) for site, value in pinned.items()
+        ]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             _, after = model.run_with_cache(tokens, names_filter=f"{t_site}.hook_sae_acts_pre")
         p, j = int(graph.position[target]), int(graph.index[target])
-        effects.append(float(cache[f"{t_site}.hook_sae_acts_pre"][0, p, j] - after[f"{t_site}.hook_sae_acts_pre"][0, p, j]))
+        effects.append(
+            float(
+                cache[f"{t_site}.hook_sae_acts_pre"][0, p, j] - after[f"{t_site}.hook_sae_acts_pre"][0, p, j]
+            )
+        )
     return effects
 
 
@@ -238,8 +262,10 @@ def report(full: dict, long: list[dict], fo: dict) -> str:
         "",
         f"Reproduce: `{COMMAND}` ({datetime.date.today()}; {machine()}; {versions(('torch', 'transformer-lens'))}).",
         "",
-        ("**Full graph, 64 tokens** — embedded model, all 8 dictionaries spliced (4 residual SAEs + 4 "
-        "transcoders, 2,048 features each), every feature that reaches a target gets a row, `batch_size=64`:"),
+        (
+            "**Full graph, 64 tokens** — embedded model, all 8 dictionaries spliced (4 residual SAEs + 4 "
+            "transcoders, 2,048 features each), every feature that reaches a target gets a row, `batch_size=64`:"
+        ),
         "",
         "| | value |",
         "|---|---|",
@@ -254,16 +280,20 @@ def report(full: dict, long: list[dict], fo: dict) -> str:
         f"| **speed-up of batching** (target ≥ 10x) | **{full['single_s'] / full['seconds']:.1f}x** (graphs identical: {full['same']}) |",
         f"| replacement / completeness score | {full['scores']['replacement']:.3f} / {full['scores']['completeness']:.3f} |",
         "",
-        (f"Why batching gives {full['single_s'] / full['seconds']:.1f}x here rather than 10x: with `batch_size=1` a row "
-         f"costs {full['single_s'] / full['rows'] * 1e3:.2f} ms, mostly per-call overhead (autograd launch, edge "
-         f"read-out, bookkeeping); batching removes that, but a 64-row pass is arithmetic-bound on this CPU — "
-         f"{full['backward_s'] / 64 * 1e3:.3f} ms of backward per row (each row back-propagates through a full "
-         "64-token attention layer, although its seed sits at one position) — so the ratio is capped by the "
-         "per-row arithmetic, not by the number of passes."),
+        (
+            f"Why batching gives {full['single_s'] / full['seconds']:.1f}x here rather than 10x: with `batch_size=1` a row "
+            f"costs {full['single_s'] / full['rows'] * 1e3:.2f} ms, mostly per-call overhead (autograd launch, edge "
+            f"read-out, bookkeeping); batching removes that, but a 64-row pass is arithmetic-bound on this CPU — "
+            f"{full['backward_s'] / 64 * 1e3:.3f} ms of backward per row (each row back-propagates through a full "
+            "64-token attention layer, although its seed sits at one position) — so the ratio is capped by the "
+            "per-row arithmetic, not by the number of passes."
+        ),
         "",
-        (f"**Long prompts** — random model of the same shape with a 1,024-token context, 8 random 2,048-wide "
-        f"JumpReLU dictionaries (~20 active features per token), `max_feature_nodes={BUDGET}`, `batch_size=64`; "
-        "each length in a fresh process. A dense float32 N x N adjacency over the same nodes is given for scale."),
+        (
+            f"**Long prompts** — random model of the same shape with a 1,024-token context, 8 random 2,048-wide "
+            f"JumpReLU dictionaries (~20 active features per token), `max_feature_nodes={BUDGET}`, `batch_size=64`; "
+            "each length in a fresh process. A dense float32 N x N adjacency over the same nodes is given for scale."
+        ),
         "",
         "| tokens | time | peak RSS | active features | feature nodes | edges kept | dense N x N would need | late share |",
         "|---|---|---|---|---|---|---|---|",
@@ -275,13 +305,17 @@ def report(full: dict, long: list[dict], fo: dict) -> str:
         )
     lines += [
         "",
-        ("Peak RSS target at 1,024 tokens: ≤ 4 GB. *Late share*: of the expanded features' outgoing edge mass, the "
-        "part held in their site's \"other\" node because they were not yet among the 8 x budget candidates when "
-        "some rows were computed (never dropped: every row still adds up to its target)."),
+        (
+            "Peak RSS target at 1,024 tokens: ≤ 4 GB. *Late share*: of the expanded features' outgoing edge mass, the "
+            'part held in their site\'s "other" node because they were not yet among the 8 x budget candidates when '
+            "some rows were computed (never dropped: every row still adds up to its target)."
+        ),
         "",
-        (f"**First-order edges** — top {TOP_EDGES} feature->feature edges of a 64-token graph against removing the "
-        "source feature (every other site pinned), in the frozen model (attention patterns and LayerNorm scales "
-        "frozen, MLPs live) and in the real model:"),
+        (
+            f"**First-order edges** — top {TOP_EDGES} feature->feature edges of a 64-token graph against removing the "
+            "source feature (every other site pinned), in the frozen model (attention patterns and LayerNorm scales "
+            "frozen, MLPs live) and in the real model:"
+        ),
         "",
         "| dictionaries | edges first-order | Spearman vs frozen-model removal | median rel. error | Spearman vs real-model removal | median rel. error |",
         "|---|---|---|---|---|---|",
@@ -296,7 +330,9 @@ def report(full: dict, long: list[dict], fo: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--write-docs", action="store_true", help="refresh the section in docs/benchmarks.md")
     parser.add_argument("--long", type=int, help=argparse.SUPPRESS)  # one long-prompt run (subprocess)
     args = parser.parse_args()

@@ -52,7 +52,9 @@ def random_saes(model, like: list[sc.SAE], texts: list[str]) -> list[sc.SAE]:
         saes.append(random)
     rows = torch.cat([model.to_tokens(t, prepend_bos=False)[0] for t in texts[:20]])
     with torch.no_grad():
-        _, cache = model.run_with_cache(rows[None, :512], names_filter=lambda n: n in {s.cfg.hook_name for s in saes})
+        _, cache = model.run_with_cache(
+            rows[None, :512], names_filter=lambda n: n in {s.cfg.hook_name for s in saes}
+        )
         for sae in saes:
             pre = sae._pre_acts(cache[sae.cfg.hook_name][0])[0]
             sae.threshold.copy_(pre.quantile(1 - 20 / sae.cfg.d_sae, dim=0).clamp_min(1e-3))
@@ -66,7 +68,9 @@ def extract(model, texts, attention: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--write-docs", action="store_true", help="refresh the section in docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -96,8 +100,15 @@ def main() -> None:
                 if name == "markup" and label == "trained":
                     fsa.validate(model, top=20, progress=False)
                     checked = [t for t in fsa.transitions if t.effect is not None]
-                    validation = (sum(bool(t.confirmed) for t in checked), len(checked), statistics.mean(t.effect for t in checked))
-            print(f"{name} {label}: F1 {result.mean_f1:.3f}, AUROC {result.transition_auroc:.3f}", file=sys.stderr)
+                    validation = (
+                        sum(bool(t.confirmed) for t in checked),
+                        len(checked),
+                        statistics.mean(t.effect for t in checked),
+                    )
+            print(
+                f"{name} {label}: F1 {result.mean_f1:.3f}, AUROC {result.transition_auroc:.3f}",
+                file=sys.stderr,
+            )
 
     lines = [
         SECTION,

@@ -44,10 +44,10 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-import sae_circuits as sc  # noqa: E402
-from sae_circuits.zoo.random_model import random_gpt2  # noqa: E402
+from _report import machine, versions, write_section
 
-from _report import machine, versions, write_section  # noqa: E402
+import sae_circuits as sc
+from sae_circuits.zoo.random_model import random_gpt2
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -106,6 +106,7 @@ def make_lens_sae(site: str, seed: int = 0) -> Any:
 def build(folder: Path, n_layers: int, vocab_size: int) -> Setup:
     """Models (plain, ours spliced, sae-lens with its SAE), one SAE in both formats, inputs."""
     import sae_lens
+
     from sae_circuits.zoo.loader import load_hf_gpt2
 
     if n_layers < 2:
@@ -188,7 +189,9 @@ def forward_variants(s: Setup) -> dict[str, Callable[[], Any]]:
         "ours spliced": lambda: s.ours.run_with_cache(tokens, names_filter=name),
         "sae-lens spliced": lambda: s.lens.run_with_cache(tokens, names_filter=name),
         "ours clamp": within(lambda: sc.intervene(s.ours, [clamp]), lambda: s.ours(tokens)),
-        "sae-lens clamp": within(lambda: s.lens.hooks(fwd_hooks=[(name, lens_clamp_hook)]), lambda: s.lens(tokens)),
+        "sae-lens clamp": within(
+            lambda: s.lens.hooks(fwd_hooks=[(name, lens_clamp_hook)]), lambda: s.lens(tokens)
+        ),
     }
 
 
@@ -202,7 +205,12 @@ def model_flops_per_token(cfg: Any, seq: int) -> dict[str, float]:
     linear = cfg.n_layers * 2 * (4 * d * d + 2 * d * d_mlp)
     attention = cfg.n_layers * 2 * 2 * seq * d
     unembed = 2 * d * cfg.d_vocab
-    return {"linear": linear, "attention": attention, "unembed": unembed, "total": linear + attention + unembed}
+    return {
+        "linear": linear,
+        "attention": attention,
+        "unembed": unembed,
+        "total": linear + attention + unembed,
+    }
 
 
 def reference_variants(s: Setup) -> dict[str, Callable[[], Any]]:
@@ -272,8 +280,12 @@ def generation_variants(s: Setup) -> dict[str, Callable[[], torch.Tensor]]:
     return {
         "(a) plain model": lambda: generate(s.plain, s.prompt),
         "(a') ours spliced, no edit": lambda: generate(s.ours, s.prompt),
-        "(a'') plain model + a hook that only runs sae.encode": within(encode_hooks, lambda: generate(s.plain, s.prompt)),
-        "(b) ours clamp, all positions": within(lambda: sc.intervene(s.ours, [clamp_all]), lambda: generate(s.ours, s.prompt)),
+        "(a'') plain model + a hook that only runs sae.encode": within(
+            encode_hooks, lambda: generate(s.plain, s.prompt)
+        ),
+        "(b) ours clamp, all positions": within(
+            lambda: sc.intervene(s.ours, [clamp_all]), lambda: generate(s.ours, s.prompt)
+        ),
         '(c) ours clamp, positions="generated"': within(
             lambda: sc.intervene(s.ours, [clamp_generated]), lambda: generate(s.ours, s.prompt)
         ),
@@ -306,16 +318,14 @@ def time_generation(s: Setup, repeats: int) -> tuple[dict[str, float], dict[str,
     """Median seconds per ``generate`` call of each variant, per ``NEW_TOKENS`` reference steps,
     and whether (b) and (e) give the same tokens."""
     variants, references = generation_variants(s), step_references(s)
-    same = torch.equal(variants["(b) ours clamp, all positions"](), variants["(e) sae-lens HookedSAETransformer clamp"]())
+    same = torch.equal(
+        variants["(b) ours clamp, all positions"](), variants["(e) sae-lens HookedSAETransformer clamp"]()
+    )
     seconds = interleaved_medians({**variants, **references}, repeats, warmup=1)
     return {k: seconds[k] for k in variants}, {k: seconds[k] / NEW_TOKENS for k in references}, same
 
 
 # --------------------------------------------------------------------------- report
-
-
-
-
 
 
 def ms(seconds: float) -> str:
@@ -373,7 +383,7 @@ def report(s: Setup, fwd: dict[str, float], gen: dict[str, float], per_step: dic
         "|---|---:|",
         f"| plain forward `model(tokens)` | {ms(plain)} |",
         f"| plain `run_with_cache` of `{s.site}` (hook machinery only, no SAE) | {ms(fwd['plain run_with_cache (resid)'])} |",
-        f"| ours: `sc.splice(model, [sae])`, `run_with_cache(tokens, names_filter=\"...hook_sae_acts_post\")` "
+        f'| ours: `sc.splice(model, [sae])`, `run_with_cache(tokens, names_filter="...hook_sae_acts_post")` '
         f"| {ms(fwd['ours spliced'])} |",
         f"| sae-lens: `add_sae(sae, use_error_term=True)`, same `run_with_cache` | {ms(fwd['sae-lens spliced'])} |",
         f"| overhead ours (spliced - plain) | {ms(over['ours'])} |",
@@ -422,9 +432,9 @@ def report(s: Setup, fwd: dict[str, float], gen: dict[str, float], per_step: dic
         "",
         f"(a') is the spliced model with no edit; (a'') is the plain model with a hook at `{s.site}` that runs "
         "`sae.encode` on the activation and discards the result (the encode's cost inside a decode step, with no "
-        f"splice machinery). (b) is `with sc.intervene(model, [sc.clamp(\"{s.site}\", "
+        f'splice machinery). (b) is `with sc.intervene(model, [sc.clamp("{s.site}", '
         f"{FEATURE}, {CLAMP_VALUE})]):` around `model.generate` on the spliced model; (c) the same with "
-        f"`positions=\"generated\"`. (d) is the SAELens steering tutorial's recipe on the plain model: a hook "
+        f'`positions="generated"`. (d) is the SAELens steering tutorial\'s recipe on the plain model: a hook '
         f"on `{s.site}` that adds `{STEER_COEFF} * W_dec[{FEATURE}]` only when the activation has more than one "
         "position, so it steers the prompt's forward pass and **never a KV-cached decode step** (each sees one "
         "token): it is nearly free because it steers almost nothing. (e) is sae-lens's `HookedSAETransformer` with "
@@ -450,8 +460,12 @@ def report(s: Setup, fwd: dict[str, float], gen: dict[str, float], per_step: dic
             step_extra=step["(b) ours clamp, all positions"] - step["(a) plain model"],
             encode_one=per_step["one-token encodes"],
             lens_gen_ratio=rate["(e) sae-lens HookedSAETransformer clamp"] / base,
-            encode_step=step["(a'') plain model + a hook that only runs sae.encode"] - step["(a) plain model"],
-            weight_mib=(model_flops["linear"] + model_flops["unembed"]) / 2 * 4 / 2**20,  # params read per token
+            encode_step=step["(a'') plain model + a hook that only runs sae.encode"]
+            - step["(a) plain model"],
+            weight_mib=(model_flops["linear"] + model_flops["unembed"])
+            / 2
+            * 4
+            / 2**20,  # params read per token
         ),
         "",
     ]
@@ -475,8 +489,11 @@ def interpretation(*, over_ratio: float, edit_ratio: float, edit_extra: float, e
         "while sae-lens encodes and decodes twice (once with hooks, once without, for the error term).",
         f"At this width one 16x encode is {flop_ratio:.2f}x the FLOPs of the whole 2-layer model; our measured "
         f"overhead is {time_ratio:.2f}x the plain forward and {vs_floor:.2f}x the raw matmul + topk floor"
-        + (": the splice costs about its one encode, nothing more." if vs_floor <= 1.3
-           else ", more than the encode alone (hook bookkeeping, fresh-allocation page faults, timing noise)."),
+        + (
+            ": the splice costs about its one encode, nothing more."
+            if vs_floor <= 1.3
+            else ", more than the encode alone (hook bookkeeping, fresh-allocation page faults, timing noise)."
+        ),
         f"An edit (one feature clamped on every token) adds {ms(edit_extra)} ms ({edit_extra / encode:.0%} of a full "
         "encode) although decoding one feature is negligible arithmetic: the edit path makes dense [tokens, d_sae] "
         "temporaries (the intervention hook's clone of the features, `f - f_clean`, the scan for changed columns), "
@@ -498,18 +515,20 @@ def interpretation(*, over_ratio: float, edit_ratio: float, edit_extra: float, e
     return " ".join(sentences)
 
 
-
-
 # --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11, help="timed rounds per measurement (default 11)")
-    parser.add_argument("--gen-repeats", type=int, default=9, help="timed rounds of each generate (default 9)")
+    parser.add_argument(
+        "--gen-repeats", type=int, default=9, help="timed rounds of each generate (default 9)"
+    )
     parser.add_argument("--layers", type=int, default=2, help="model layers (>= 2; default 2)")
     parser.add_argument("--vocab", type=int, default=8192, help="tokenizer vocabulary size (default 8192)")
-    parser.add_argument("--write-docs", action="store_true", help=f"write the section into {DOCS.relative_to(REPO)}")
+    parser.add_argument(
+        "--write-docs", action="store_true", help=f"write the section into {DOCS.relative_to(REPO)}"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)

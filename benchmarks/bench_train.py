@@ -69,11 +69,11 @@ import torch
 
 warnings.filterwarnings("ignore")
 
-from sae_circuits.sae import SAEConfig  # noqa: E402
-from sae_circuits.train.config import TrainConfig  # noqa: E402
-from sae_circuits.train.trainer import SAETrainer, SparseCode  # noqa: E402
+from _report import machine, versions, write_section
 
-from _report import machine, versions, write_section  # noqa: E402
+from sae_circuits.sae import SAEConfig
+from sae_circuits.train.config import TrainConfig
+from sae_circuits.train.trainer import SAETrainer, SparseCode
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -204,7 +204,7 @@ class _MemoryStore:
     def sample(self, n: int) -> dict[str, torch.Tensor]:
         return {HOOK: self.order.acts[:n]}
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         step = 0
         while True:
             yield {HOOK: self.order[step]}
@@ -267,7 +267,9 @@ def make_lens(n_steps: int) -> Runner:
 
     torch.manual_seed(0)
     sae = TopKTrainingSAE(
-        TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalize_activations="none", dtype="float32", device="cpu")
+        TopKTrainingSAEConfig(
+            d_in=D_IN, d_sae=D_SAE, k=K, normalize_activations="none", dtype="float32", device="cpu"
+        )
     )
     cfg = SAETrainerConfig(
         total_training_samples=n_steps * BATCH, train_batch_size_samples=BATCH, lr=LR, lr_end=LR,
@@ -346,7 +348,9 @@ def evaluate(runner: Runner, x: torch.Tensor) -> dict[str, float]:
     }
 
 
-def auxk_probe(runners: list[Runner], order: BatchOrder, rounds: int, fraction: float) -> dict[str, tuple[float, float]]:
+def auxk_probe(
+    runners: list[Runner], order: BatchOrder, rounds: int, fraction: float
+) -> dict[str, tuple[float, float]]:
     """Median step time of each trained trainer with no feature dead and with ``fraction`` of them
     marked dead (the dead tracking is reset before every step, so each step sees exactly that)."""
     dead = torch.randperm(D_SAE, generator=torch.Generator().manual_seed(2))[: int(fraction * D_SAE)]
@@ -377,7 +381,9 @@ def profile_steps(runners: list[Runner], order: BatchOrder, n_steps: int, n_prof
         events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
         total = sum(e.self_cpu_time_total for e in events) / n_profile / 1e3  # ms per step
         top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
-        out[runner.name] = [(e.key, e.self_cpu_time_total / n_profile / 1e3, e.count // n_profile) for e in top]
+        out[runner.name] = [
+            (e.key, e.self_cpu_time_total / n_profile / 1e3, e.count // n_profile) for e in top
+        ]
         out[runner.name].append(("all aten ops", total, None))
     return out
 
@@ -385,15 +391,13 @@ def profile_steps(runners: list[Runner], order: BatchOrder, n_steps: int, n_prof
 # --------------------------------------------------------------------------- report
 
 
-
-
-
-
 def report(acts: Activations, order: BatchOrder, runners: list[Runner], quality: dict[str, dict[str, float]],
            prof: dict[str, list] | None, probe: dict[str, tuple[float, float]] | None,
            args: argparse.Namespace) -> str:  # fmt: skip
     by_name = {r.name: r for r in runners}
-    steps_per_chunk = [min(args.chunk, args.steps - c * args.chunk) for c in range(len(runners[0].chunk_times))]
+    steps_per_chunk = [
+        min(args.chunk, args.steps - c * args.chunk) for c in range(len(runners[0].chunk_times))
+    ]
 
     def rates(r: Runner) -> list[float]:
         return [n * BATCH / t for n, t in zip(steps_per_chunk, r.chunk_times)]
@@ -429,7 +433,8 @@ def report(acts: Activations, order: BatchOrder, runners: list[Runner], quality:
     lines = [
         SECTION,
         "",
-        f"Command: `{COMMAND}`" + (f" (run here with `--steps {args.steps}`)" if args.steps != 400 else "")
+        f"Command: `{COMMAND}`"
+        + (f" (run here with `--steps {args.steps}`)" if args.steps != 400 else "")
         + f": {args.steps} steps of {BATCH} activations for each trainer, timed in chunks of {args.chunk} steps; "
         "each chunk runs every trainer in turn (rotating the order) before the next chunk, so a noisy "
         "neighbour slows them alike. Compare the ratios; the absolute rates are noisy.",
@@ -483,7 +488,10 @@ def report(acts: Activations, order: BatchOrder, runners: list[Runner], quality:
         f"Before any feature can be dead ({early_span}: no AuxK work in either trainer) and after "
         f"({late_span}: AuxK runs in a step whenever a feature is dead), median over chunks:",
         "",
-        "| trainer | activations/s, " + early_span + " | ratio to sae-lens | activations/s, " + late_span
+        "| trainer | activations/s, "
+        + early_span
+        + " | ratio to sae-lens | activations/s, "
+        + late_span
         + " | ratio to sae-lens |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -533,8 +541,19 @@ def report(acts: Activations, order: BatchOrder, runners: list[Runner], quality:
                     cells.append("")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [interpretation(by_name, quality, ratio_to_lens, prof, probe,
-                             phase_ratio(by_name[OURS], early), phase_ratio(by_name[OURS], late), late_span), ""]
+    lines += [
+        interpretation(
+            by_name,
+            quality,
+            ratio_to_lens,
+            prof,
+            probe,
+            phase_ratio(by_name[OURS], early),
+            phase_ratio(by_name[OURS], late),
+            late_span,
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -604,14 +623,14 @@ def interpretation(by_name: dict[str, Runner], quality: dict[str, dict[str, floa
     return " ".join(sentences)
 
 
-
-
 # --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help=f"training steps of {BATCH} for each trainer (default 400)")
+    parser.add_argument(
+        "--steps", type=int, default=400, help=f"training steps of {BATCH} for each trainer (default 400)"
+    )
     parser.add_argument("--chunk", type=int, default=10, help="steps per timed chunk (default 10)")
     parser.add_argument("--source", choices=("auto", "embedded", "random"), default="auto",
                         help="activations: the embedded zoo model if present (auto), or force one")  # fmt: skip
@@ -619,10 +638,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="training activations to precompute (default: steps x batch, at most 2M; reused "
                              "in a new shuffle if the steps need more)")  # fmt: skip
     parser.add_argument("--no-dense", action="store_true", help="skip the dense-decode variant of ours")
-    parser.add_argument("--profile-steps", type=int, default=3, help="profiled extra steps per trainer (0: none)")
+    parser.add_argument(
+        "--profile-steps", type=int, default=3, help="profiled extra steps per trainer (0: none)"
+    )
     parser.add_argument("--probe-rounds", type=int, default=5, help="rounds of the AuxK-cost probe (0: none)")
-    parser.add_argument("--probe-dead", type=float, default=0.1, help="fraction of features marked dead in the probe")
-    parser.add_argument("--write-docs", action="store_true", help=f"write the section into {DOCS.relative_to(REPO)}")
+    parser.add_argument(
+        "--probe-dead", type=float, default=0.1, help="fraction of features marked dead in the probe"
+    )
+    parser.add_argument(
+        "--write-docs", action="store_true", help=f"write the section into {DOCS.relative_to(REPO)}"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)

@@ -32,11 +32,15 @@ def removal_effect(model, graph, source: int, target: int) -> float:
     tokens = torch.tensor([graph.tokens])
     frozen = re.compile(r".*(hook_pattern|hook_scale)$")
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in graph.sites or bool(frozen.match(n)))
+        logits, cache = model.run_with_cache(
+            tokens, names_filter=lambda n: n in graph.sites or bool(frozen.match(n))
+        )
     site = graph.sites[int(graph.site[source])]
     sae = sc.saes_of(model)[site]
     pinned = cache[site].clone()
-    pinned[0, int(graph.position[source])] -= float(graph.activation[source]) * sae.W_dec[int(graph.index[source])]
+    pinned[0, int(graph.position[source])] -= (
+        float(graph.activation[source]) * sae.W_dec[int(graph.index[source])]
+    )
     hooks = [(name, _constant(value)) for name, value in cache.items() if frozen.match(name)]
     hooks += [(name, _constant(pinned if name == site else cache[name])) for name in graph.sites]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
@@ -51,8 +55,12 @@ def _constant(value):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", default="graphs", help="where to write the graph files (default: graphs/)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir", default="graphs", help="where to write the graph files (default: graphs/)"
+    )
     args = parser.parse_args()
 
     model = sc.zoo.load_model("tiny")

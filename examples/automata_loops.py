@@ -48,8 +48,12 @@ def markup(model, contexts: int, prompts: int, out: Path) -> None:
         print(f"  {name_a} -> {name_b}: {link.mechanism} weight {link.weight:.3f} via {tokens}; "
               f"pinned effect {link.effect:+.2f} ({'confirmed' if link.confirmed else 'not confirmed'})")  # fmt: skip
     weakest = min(link.weight for *_, link in links)
-    rank = next((i for i, (cycle, _) in enumerate(fsa.cycles(max_length=4)) if sorted(cycle) == sorted(states)), None)
-    print(f"  weakest link {weakest:.3f}; rank among all cycles of <= 4 states: {rank if rank is not None else 'beyond the list'}")
+    rank = next(
+        (i for i, (cycle, _) in enumerate(fsa.cycles(max_length=4)) if sorted(cycle) == sorted(states)), None
+    )
+    print(
+        f"  weakest link {weakest:.3f}; rank among all cycles of <= 4 states: {rank if rank is not None else 'beyond the list'}"
+    )
     fsa.save(out / "markup.json")
     print("wrote", fsa.save(out / "markup.html"))
 
@@ -66,9 +70,14 @@ def kvlog_loop(model, contexts: int) -> None:
     fire = fsa.firing.float()
     tp = fire.T @ truth
     f1 = 2 * tp / (fire.sum(0)[:, None] + truth.sum(0)[None, :]).clamp_min(1)
-    print(f"kvlog: {fsa}; the 3 strongest cycles (weakest link), states named by their best-matching true state:")
+    print(
+        f"kvlog: {fsa}; the 3 strongest cycles (weakest link), states named by their best-matching true state:"
+    )
     for cycle, weight in fsa.cycles(min_weight=0.3)[:3]:
-        named = [f"{fsa.states[i].label} = {states[int(f1[i].argmax())]} (F1 {float(f1[i].max()):.2f})" for i in cycle]
+        named = [
+            f"{fsa.states[i].label} = {states[int(f1[i].argmax())]} (F1 {float(f1[i].max()):.2f})"
+            for i in cycle
+        ]
         print(f"  {weight:.3f}: " + " -> ".join(named))
 
 
@@ -89,10 +98,16 @@ def base64_loop(model, contexts: int, prompts: int, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--contexts", type=int, default=200, help="texts per corpus (default 200)")
-    parser.add_argument("--prompts", type=int, default=50, help="prompts per validated transition (default 50)")
-    parser.add_argument("--out-dir", default="automata", help="where to write the automata (default automata/)")
+    parser.add_argument(
+        "--prompts", type=int, default=50, help="prompts per validated transition (default 50)"
+    )
+    parser.add_argument(
+        "--out-dir", default="automata", help="where to write the automata (default automata/)"
+    )
     args = parser.parse_args()
     out = Path(args.out_dir)
     model = sc.zoo.load_model("tiny")

@@ -18,7 +18,9 @@ warnings.filterwarnings("ignore")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="base64_feature.html", help="the page to write")
     args = parser.parse_args()
     model = sc.zoo.load_model("tiny")

@@ -1,6 +1,7 @@
 """sae_circuits: splice sparse autoencoders into TransformerLens models, edit their features,
 and trace the circuits they form."""
 
+from sae_circuits import zoo
 from sae_circuits.dashboard import feature_dashboard, write_dashboard
 from sae_circuits.evals import EvalResult, evaluate
 from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
@@ -10,20 +11,19 @@ from sae_circuits.io import SAEFormatError
 from sae_circuits.sae import SAE, SAEConfig
 from sae_circuits.splice import saes_of, splice, spliced, unsplice
 from sae_circuits.train import TrainConfig, train_sae, train_transcoder
-from sae_circuits import zoo  # noqa: E402  (sc.zoo.load(...))
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAE",
     "AttributionGraph",
+    "EvalResult",
     "Feature",
     "FeatureAutomaton",
+    "Intervention",
     "LogitDirection",
-    "SAE",
     "SAEConfig",
     "SAEFormatError",
-    "EvalResult",
-    "Intervention",
     "TrainConfig",
     "ablate",
     "add",

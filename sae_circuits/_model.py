@@ -23,9 +23,7 @@ def is_bridge(model: nn.Module) -> bool:
 
 def check_model(model: Any) -> None:
     if not isinstance(model, nn.Module) or not hasattr(model, "hook_dict"):
-        raise TypeError(
-            f"expected a HookedTransformer or TransformerBridge, got {type(model).__name__}"
-        )
+        raise TypeError(f"expected a HookedTransformer or TransformerBridge, got {type(model).__name__}")
 
 
 def get_hook_point(model: nn.Module, name: str) -> HookPoint:

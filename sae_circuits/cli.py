@@ -24,7 +24,9 @@ def _load_model(spec: str) -> object:
         return zoo.load_model(spec)
     if Path(spec, "config.json").is_file():
         return load_hf_gpt2(spec)
-    raise SystemExit(f"--model {spec!r}: not an embedded model ({zoo.names()}) nor a Hugging Face model folder")
+    raise SystemExit(
+        f"--model {spec!r}: not an embedded model ({zoo.names()}) nor a Hugging Face model folder"
+    )
 
 
 def _eval_tokens(model: object, text_file: str | None, n_seq: int, seq_len: int) -> object:
@@ -160,7 +162,9 @@ def _automaton(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".json", ".graphml", ".dot", ".html"):
         raise ValueError(f"--out {args.out!r}: the suffix must be .json, .graphml, .dot or .html")
     if args.contexts < 1 or args.length < 2:
-        raise ValueError(f"--contexts {args.contexts} / --length {args.length}: need at least 1 context of 2 tokens")
+        raise ValueError(
+            f"--contexts {args.contexts} / --length {args.length}: need at least 1 context of 2 tokens"
+        )
     model = zoo.load_model("tiny")
     kinds = ("resid", "transcoder") if args.dictionaries == "all" else (args.dictionaries,)
     splice(model, [sae for kind in kinds for sae in zoo.load_saes("tiny", kind=kind)])  # type: ignore[arg-type]
@@ -173,7 +177,9 @@ def _automaton(args: argparse.Namespace) -> int:
         print(f"against the true {args.corpus} automaton: mean state F1 {score.mean_f1:.3f}, "
               f"transition AUROC {score.transition_auroc:.3f}")  # fmt: skip
         for state, f1 in score.state_f1.items():
-            print(f"  {state:<14} F1 {f1:.3f}  <- state {score.matches[state]} {fsa.states[score.matches[state]].label}")
+            print(
+                f"  {state:<14} F1 {f1:.3f}  <- state {score.matches[state]} {fsa.states[score.matches[state]].label}"
+            )
     if args.validate:
         fsa.validate(model, top=args.validate)
         confirmed = [t for t in fsa.transitions if t.confirmed]
@@ -211,7 +217,11 @@ def _features(args: argparse.Namespace) -> int:
         from sae_circuits.zoo.base64_steering import probe_texts
 
         blobs, code = probe_texts(seed=7)
-        texts = [t[: args.chars] for t in code + blobs] + corpus_texts("markup", 20, 96)[0] + corpus_texts("kvlog", 20, 96)[0]
+        texts = (
+            [t[: args.chars] for t in code + blobs]
+            + corpus_texts("markup", 20, 96)[0]
+            + corpus_texts("kvlog", 20, 96)[0]
+        )
     n_ctx = model.cfg.n_ctx  # type: ignore[attr-defined]
     rows = [model.to_tokens(t, prepend_bos=False, truncate=False)[0][:n_ctx] for t in texts if t]  # type: ignore[attr-defined]
     with spliced(model, [sae]):
@@ -236,53 +246,105 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="show a prompt's top features, then steer generation by clamping one")
     demo.add_argument("--prompt", default=None, help="prompt to analyse and continue")
     demo.set_defaults(func=_demo)
-    ev = sub.add_parser("eval", help="evaluate an SAE (SAEBench core metrics) beside a PCA baseline at the same L0")
+    ev = sub.add_parser(
+        "eval", help="evaluate an SAE (SAEBench core metrics) beside a PCA baseline at the same L0"
+    )
     ev.add_argument("--sae", required=True, help="SAE folder in the SAELens layout")
-    ev.add_argument("--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)")
-    ev.add_argument("--text", default=None, help="text file to evaluate on (default: offline code/markup/base64 text)")
+    ev.add_argument(
+        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
+    )
+    ev.add_argument(
+        "--text", default=None, help="text file to evaluate on (default: offline code/markup/base64 text)"
+    )
     ev.add_argument("--sequences", type=int, default=32, help="number of token rows (default 32)")
     ev.add_argument("--seq-len", type=int, default=128, help="tokens per row (default 128)")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ev.set_defaults(func=_eval)
-    gr = sub.add_parser("graph", help="attribution graph of a prompt: features, error nodes, edges; pruned and saved")
+    gr = sub.add_parser(
+        "graph", help="attribution graph of a prompt: features, error nodes, edges; pruned and saved"
+    )
     gr.add_argument("--prompt", required=True, help="the prompt to explain")
-    gr.add_argument("--out", required=True, help="output file: .json (front-end schema), .graphml, .dot or .html")
+    gr.add_argument(
+        "--out", required=True, help="output file: .json (front-end schema), .graphml, .dot or .html"
+    )
     gr.add_argument("--html", action="store_true", help="also write an HTML view beside --out")
-    gr.add_argument("--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)")
-    gr.add_argument("--dictionaries", choices=("transcoder", "resid", "all"), default="transcoder",
-                    help="embedded dictionaries to splice (default: transcoder, whose edges are exact)")
+    gr.add_argument(
+        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
+    )
+    gr.add_argument(
+        "--dictionaries",
+        choices=("transcoder", "resid", "all"),
+        default="transcoder",
+        help="embedded dictionaries to splice (default: transcoder, whose edges are exact)",
+    )
     gr.add_argument("--sae", action="append", help="SAE/transcoder folder to splice instead (repeatable)")
-    gr.add_argument("--target", action="append", help="a target token (text or id; repeatable; default: top tokens)")
-    gr.add_argument("--node-threshold", type=float, default=0.8, help="influence kept by node pruning (default 0.8)")
-    gr.add_argument("--edge-threshold", type=float, default=0.98, help="influence kept by edge pruning (default 0.98)")
+    gr.add_argument(
+        "--target", action="append", help="a target token (text or id; repeatable; default: top tokens)"
+    )
+    gr.add_argument(
+        "--node-threshold", type=float, default=0.8, help="influence kept by node pruning (default 0.8)"
+    )
+    gr.add_argument(
+        "--edge-threshold", type=float, default=0.98, help="influence kept by edge pruning (default 0.98)"
+    )
     gr.add_argument("--no-prune", action="store_true", help="save the full graph")
-    gr.add_argument("--max-feature-nodes", type=int, default=None, help="most features to expand (default: all)")
+    gr.add_argument(
+        "--max-feature-nodes", type=int, default=None, help="most features to expand (default: all)"
+    )
     gr.add_argument("--batch-size", type=int, default=64, help="target rows per backward pass (default 64)")
-    gr.add_argument("--prepend-bos", action="store_true", help="prepend the BOS token (the embedded model is trained without)")
+    gr.add_argument(
+        "--prepend-bos",
+        action="store_true",
+        help="prepend the BOS token (the embedded model is trained without)",
+    )
     gr.set_defaults(func=_graph)
-    au = sub.add_parser("automaton", help="the automaton features form over an offline corpus, scored against its truth")
-    au.add_argument("--corpus", default="markup", help="markup, kvlog (known automata) or base64 (default: markup)")
+    au = sub.add_parser(
+        "automaton", help="the automaton features form over an offline corpus, scored against its truth"
+    )
+    au.add_argument(
+        "--corpus", default="markup", help="markup, kvlog (known automata) or base64 (default: markup)"
+    )
     au.add_argument("--out", required=True, help="output file: .json, .graphml, .dot or .html")
-    au.add_argument("--dictionaries", choices=("resid", "transcoder", "all"), default="resid",
-                    help="embedded dictionaries to splice (default: resid)")
+    au.add_argument(
+        "--dictionaries",
+        choices=("resid", "transcoder", "all"),
+        default="resid",
+        help="embedded dictionaries to splice (default: resid)",
+    )
     au.add_argument("--contexts", type=int, default=200, help="number of texts (default 200)")
     au.add_argument("--length", type=int, default=128, help="symbols per text (default 128)")
     au.add_argument("--max-states", type=int, default=256, help="most states (default 256)")
-    au.add_argument("--attention-contexts", type=int, default=8, help="texts for attention transitions (default 8)")
-    au.add_argument("--min-weight", type=float, default=0.3, help="weakest link of the cycles printed (default 0.3)")
-    au.add_argument("--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)")
+    au.add_argument(
+        "--attention-contexts", type=int, default=8, help="texts for attention transitions (default 8)"
+    )
+    au.add_argument(
+        "--min-weight", type=float, default=0.3, help="weakest link of the cycles printed (default 0.3)"
+    )
+    au.add_argument(
+        "--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)"
+    )
     au.set_defaults(func=_automaton)
-    fe = sub.add_parser("features", help="a feature's dashboard: top contexts, histogram, logit effects, steering")
-    fe.add_argument("--site", required=True, help="the dictionary's hook name (e.g. blocks.1.hook_resid_post)")
+    fe = sub.add_parser(
+        "features", help="a feature's dashboard: top contexts, histogram, logit effects, steering"
+    )
+    fe.add_argument(
+        "--site", required=True, help="the dictionary's hook name (e.g. blocks.1.hook_resid_post)"
+    )
     fe.add_argument("--feature", type=int, required=True, help="feature index")
     fe.add_argument("--out", required=True, help="output .html page")
-    fe.add_argument("--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)")
+    fe.add_argument(
+        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
+    )
     fe.add_argument("--sae", default=None, help="SAE folder (default: the embedded dictionary at --site)")
-    fe.add_argument("--text", action="append", help="text file to read contexts from (repeatable; default: offline mix)")
+    fe.add_argument(
+        "--text", action="append", help="text file to read contexts from (repeatable; default: offline mix)"
+    )
     fe.add_argument("--chars", type=int, default=1200, help="characters read per text (default 1200)")
     fe.add_argument("-k", type=int, default=12, help="top contexts shown (default 12)")
     fe.set_defaults(func=_features)
-    sv = sub.add_parser("serve", help="serve a folder of graphs, automata and dashboards on 127.0.0.1 (loopback only)")
+    sv = sub.add_parser(
+        "serve", help="serve a folder of graphs, automata and dashboards on 127.0.0.1 (loopback only)"
+    )
     sv.add_argument("dir", help="the folder to serve")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     sv.add_argument("--host", default="127.0.0.1", help="a loopback address only (default 127.0.0.1)")

@@ -32,10 +32,14 @@ _RIGHT = 4  # tokens shown right of a context's max token: enough to see what fo
 _STEER_PROMPT_TOKENS = 8  # default steering prompts: the first texts cut to this many tokens
 
 
-def _tokenize(model: nn.Module, texts: Sequence[Text], prepend_bos: bool, what: str) -> list[Int[Tensor, " pos"]]:
+def _tokenize(
+    model: nn.Module, texts: Sequence[Text], prepend_bos: bool, what: str
+) -> list[Int[Tensor, " pos"]]:
     """One token row per text; refuses empty rows and rows the model cannot read in one pass."""
     if isinstance(texts, (str, Tensor)):
-        raise TypeError(f"{what} must be a list of strings or token rows, got a single {type(texts).__name__}")
+        raise TypeError(
+            f"{what} must be a list of strings or token rows, got a single {type(texts).__name__}"
+        )
     rows = []
     for i, text in enumerate(texts):
         if isinstance(text, str):
@@ -125,7 +129,9 @@ def feature_dashboard(
     spliced_site = site_of(model, site)  # ValueError naming the spliced sites
     sae = spliced_site.sae
     if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < sae.cfg.d_sae:
-        raise ValueError(f"feature={feature!r} is out of range for the SAE at {site!r} (d_sae={sae.cfg.d_sae})")
+        raise ValueError(
+            f"feature={feature!r} is out of range for the SAE at {site!r} (d_sae={sae.cfg.d_sae})"
+        )
     for name, value, minimum in [("k", k, 1), ("context", context, 0), ("steer_tokens", steer_tokens, 1),
                                  ("bins", bins, 1), ("batch_size", batch_size, 1)]:  # fmt: skip
         _check(name, value, minimum)
@@ -161,7 +167,9 @@ def feature_dashboard(
     for i, prompt in enumerate(prompt_rows):
         n = len(prompt)
         if n + steer_tokens > model.cfg.n_ctx:
-            raise ValueError(f"steer_prompts[{i}] ({n} tokens) + steer_tokens={steer_tokens} exceeds n_ctx={model.cfg.n_ctx}")
+            raise ValueError(
+                f"steer_prompts[{i}] ({n} tokens) + steer_tokens={steer_tokens} exceeds n_ctx={model.cfg.n_ctx}"
+            )
         plain = model.generate(prompt[None], **kwargs)
         # From the last prompt token on: that token's residual is what predicts the first new token.
         with intervene(model, clamp(spliced_site.name, feature, clamp_value, positions=slice(n - 1, None))):
@@ -180,7 +188,12 @@ def feature_dashboard(
 
 
 def write_dashboard(
-    model: nn.Module, site: str, feature: int, texts: Sequence[Text], path: str | os.PathLike[str], **kwargs: Any
+    model: nn.Module,
+    site: str,
+    feature: int,
+    texts: Sequence[Text],
+    path: str | os.PathLike[str],
+    **kwargs: Any,
 ) -> Path:
     """:func:`feature_dashboard` written atomically to ``path`` (an old file survives a failure).
 
@@ -190,7 +203,9 @@ def write_dashboard(
     return atomic_write_text(path, feature_dashboard(model, site, feature, texts, **kwargs))
 
 
-_HTML = page_start("Feature dashboard") + """body{font:13px system-ui,sans-serif;margin:16px;color:#222;max-width:1100px}
+_HTML = (
+    page_start("Feature dashboard")
+    + """body{font:13px system-ui,sans-serif;margin:16px;color:#222;max-width:1100px}
 h3{margin:18px 0 6px} .muted{color:#777} table{border-collapse:collapse} td{padding:1px 10px 1px 0}
 .ctx{font:12px ui-monospace,monospace;margin:3px 0;white-space:pre-wrap;word-break:break-all}
 .ctx .rank{display:inline-block;width:90px;color:#777} .tok{border-radius:2px;padding:0 1px}
@@ -274,3 +289,4 @@ Object.assign(document.body.dataset, {renderedContexts: data.contexts.length, re
   renderedTokens: document.querySelectorAll("#contexts .tok").length});
 </script></body></html>
 """
+)

@@ -30,7 +30,9 @@ class TopFeature:
     top_tokens: list[str]
 
 
-def top_features(model: nn.Module, saes: Sequence[SAE], prompt: str, k: int = 3) -> dict[str, list[TopFeature]]:
+def top_features(
+    model: nn.Module, saes: Sequence[SAE], prompt: str, k: int = 3
+) -> dict[str, list[TopFeature]]:
     """The ``k`` strongest features at the prompt's last token, per site, with the tokens each
     feature's decoder row promotes through the unembedding (a direct-logit view)."""
     tokens = model.to_tokens(prompt, prepend_bos=False)
@@ -120,7 +122,9 @@ def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[
         out(f"  {site}")
         for row in rows:
             fires = [t.token for t in top_activating_tokens(model, acts, corpus, row.index, k=5)]
-            out(f"    #{row.index:<5} act={row.activation:6.2f}  fires on {fires} | promotes {row.top_tokens[:4]}")
+            out(
+                f"    #{row.index:<5} act={row.activation:6.2f}  fires on {fires} | promotes {row.top_tokens[:4]}"
+            )
 
     out("\nThe paper's classic: pin the base64 feature at its maximum observed activation.")
     result = base64_steering.measure(model, saes)  # all 20 prompts: a few seconds

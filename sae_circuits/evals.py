@@ -150,7 +150,9 @@ def evaluate(
     base = None
     if baseline:
         k = max(1, round(acc.active / acc.tokens))
-        base = evaluate(model, pca_baseline(model, sae, tokens, k), tokens, batch_size=batch_size, baseline=False)
+        base = evaluate(
+            model, pca_baseline(model, sae, tokens, k), tokens, batch_size=batch_size, baseline=False
+        )
     return acc.result(site, base)
 
 

@@ -39,7 +39,12 @@ class TokenActivation:
 
 
 def top_activating_tokens(
-    model: nn.Module, acts: Float[Tensor, "batch pos d_sae"], tokens: Tensor, feature: int, k: int = 5, context: int = 6
+    model: nn.Module,
+    acts: Float[Tensor, "batch pos d_sae"],
+    tokens: Tensor,
+    feature: int,
+    k: int = 5,
+    context: int = 6,
 ) -> list[TokenActivation]:
     """The ``k`` strongest activations of ``feature`` with the token and a little left context."""
     values = acts[..., feature].flatten()
@@ -65,7 +70,9 @@ class TokenValues(NamedTuple):
 
 
 @torch.no_grad()
-def logit_effect_values(model: nn.Module, sae: SAE, feature: int, k: int = 10) -> tuple[TokenValues, TokenValues]:
+def logit_effect_values(
+    model: nn.Module, sae: SAE, feature: int, k: int = 10
+) -> tuple[TokenValues, TokenValues]:
     """``(promoted, suppressed)`` tokens of a feature's decoder direction through the unembedding
     (direct path; the final LayerNorm's scale is a common positive factor, so it does not change
     the ranking), median-shifted as in the dictionary-learning paper, with their values.

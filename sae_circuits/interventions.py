@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +28,8 @@ from sae_circuits.positions import Chunk, Positions, PositionTracker, is_int, no
 from sae_circuits.sae import SAE
 from sae_circuits.splice import site_of
 
-Site = Union[str, SAE]
-Features = Union[int, Sequence[int]]
+Site = str | SAE
+Features = int | Sequence[int]
 Operation = Literal["ablate", "clamp", "scale", "add", "steer"]
 
 
@@ -89,8 +89,8 @@ def _features(features: Features) -> tuple[int, ...]:
 
 
 def _number(value: Any, name: str, *, non_negative: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-        isinstance(value, Tensor) and value.numel() == 1
+    if isinstance(value, bool) or (
+        not isinstance(value, (int, float)) and not (isinstance(value, Tensor) and value.numel() == 1)
     ):
         raise TypeError(f"{name}={value!r} must be a number")
     number = float(value)
@@ -141,7 +141,11 @@ def steer(site: Site, feature: int, coeff: float, positions: Positions = None) -
 
 def _target(model: nn.Module, iv: Intervention) -> tuple[HookPoint, SAE]:
     """The hook point an intervention hooks, and the SAE whose features it names."""
-    if iv.op == "steer" and isinstance(iv.site, SAE) and iv.site.__dict__.get("_sae_circuits_spliced_in") is not model:
+    if (
+        iv.op == "steer"
+        and isinstance(iv.site, SAE)
+        and iv.site.__dict__.get("_sae_circuits_spliced_in") is not model
+    ):
         return get_hook_point(model, iv.site.cfg.site), iv.site
     site = site_of(model, iv.site)
     if iv.op == "steer":

@@ -188,7 +188,7 @@ def validate_state_dict(cfg: SAEConfig, tensors: Mapping[str, Tensor], *, source
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            return {key: f.get_tensor(key) for key in f.keys()}
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise SAEFormatError(f"{path}: not a readable safetensors file ({err})") from err
 
@@ -197,7 +197,9 @@ def _drop_unit_scaling_factor(tensors: dict[str, Tensor], source: str) -> None:
     """Old SAELens files may carry an all-ones ``scaling_factor``; anything else is unsupported."""
     scale = tensors.pop("scaling_factor", None)
     if scale is not None and not torch.allclose(scale, torch.ones_like(scale)):
-        raise SAEFormatError(f"{source}: a non-trivial 'scaling_factor' (finetuning scaling) is not supported")
+        raise SAEFormatError(
+            f"{source}: a non-trivial 'scaling_factor' (finetuning scaling) is not supported"
+        )
 
 
 def load_sae(

@@ -14,23 +14,25 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from sae_circuits._model import cache_length
 
-Positions = Union[None, int, Sequence[int], slice, Literal["prompt", "generated"]]
+Positions = None | int | Sequence[int] | slice | Literal["prompt", "generated"]
 """``None`` (all), an int, a list of ints, a slice, ``"prompt"`` or ``"generated"``."""
 
 
-def normalize_positions(positions: Positions) -> None | tuple[int, ...] | slice | str:
+def normalize_positions(positions: Positions) -> tuple[int, ...] | slice | str | None:
     """Validate a position spec; ints become a sorted tuple. Raises ``ValueError``/``TypeError``."""
     if positions is None or positions in ("prompt", "generated"):
         return positions  # type: ignore[return-value]
     if isinstance(positions, str):
-        raise ValueError(f"positions={positions!r}: expected 'prompt', 'generated', an int, a list or a slice")
+        raise ValueError(
+            f"positions={positions!r}: expected 'prompt', 'generated', an int, a list or a slice"
+        )
     if isinstance(positions, slice):
         for part in ("start", "stop", "step"):
             value = getattr(positions, part)
@@ -45,7 +47,9 @@ def normalize_positions(positions: Positions) -> None | tuple[int, ...] | slice 
     try:
         items = list(items)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(f"positions={positions!r}: expected None, an int, a list of ints, a slice, 'prompt' or 'generated'") from None
+        raise TypeError(
+            f"positions={positions!r}: expected None, an int, a list of ints, a slice, 'prompt' or 'generated'"
+        ) from None
     for item in items:
         if not is_int(item):
             raise TypeError(f"positions={positions!r}: {item!r} is not an int")
@@ -59,7 +63,7 @@ def normalize_positions(positions: Positions) -> None | tuple[int, ...] | slice 
 
 def is_int(value: Any) -> bool:
     """An int (not a bool) or a 0-d integer tensor."""
-    return isinstance(value, int) and not isinstance(value, bool) or (
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
         isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point()
     )
 
@@ -80,7 +84,7 @@ class Chunk:
     """Whether later tokens may follow (generate, or a KV cache was passed): then positions past
     the chunk are not an error, they just have not been reached yet."""
 
-    def mask(self, spec: None | tuple[int, ...] | slice | str, device: torch.device) -> Tensor | None:
+    def mask(self, spec: tuple[int, ...] | slice | str | None, device: torch.device) -> Tensor | None:
         """Boolean ``[length]`` mask of the chunk positions selected by ``spec`` (``None``: all)."""
         if spec is None:
             return None

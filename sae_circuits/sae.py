@@ -32,9 +32,7 @@ Architecture = Literal[
     "jumprelu_transcoder",
     "jumprelu_skip_transcoder",
 ]
-Normalization = Literal[
-    "none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"
-]
+Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 HOOK_NAMES = (
@@ -99,9 +97,7 @@ class SAEConfig:
                 f"normalize_activations={self.normalize_activations!r}; expected one of {NORMALIZATIONS}"
             )
         if self.reshape_activations not in ("none", "hook_z"):
-            raise ValueError(
-                f"reshape_activations={self.reshape_activations!r}; expected 'none' or 'hook_z'"
-            )
+            raise ValueError(f"reshape_activations={self.reshape_activations!r}; expected 'none' or 'hook_z'")
         if self.architecture != "topk":  # TopK-only fields mean nothing elsewhere (SAELens ignores them)
             self.k, self.rescale_acts_by_decoder_norm = None, False
         elif not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
@@ -118,7 +114,9 @@ class SAEConfig:
                     f"normalize_activations={self.normalize_activations!r} is not supported for transcoders"
                 )
         elif self.d_out not in (None, self.d_in):
-            raise ValueError(f"a non-transcoder SAE reconstructs its input: d_out={self.d_out} != d_in={self.d_in}")
+            raise ValueError(
+                f"a non-transcoder SAE reconstructs its input: d_out={self.d_out} != d_in={self.d_in}"
+            )
         str_to_dtype(self.dtype)  # validates
 
     @property
@@ -234,7 +232,9 @@ class SAE(nn.Module):
         (the usual SAE initialisation; uses torch's global RNG)."""
         for param in self.parameters():
             param.zero_()
-        direction = torch.randn(self.cfg.d_sae, self.cfg.output_width, device=self.device, dtype=torch.float32)
+        direction = torch.randn(
+            self.cfg.d_sae, self.cfg.output_width, device=self.device, dtype=torch.float32
+        )
         self.W_dec.copy_(direction / direction.norm(dim=-1, keepdim=True))
         if self.cfg.d_in == self.cfg.output_width:
             self.W_enc.copy_(self.W_dec.T)

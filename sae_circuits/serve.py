@@ -46,7 +46,12 @@ _TYPES = {
     ".png": "image/png", ".svg": "image/svg+xml", ".css": "text/css", ".js": "text/javascript",
 }  # fmt: skip
 _HTML_KINDS = {"Attribution graph": "graph", "Feature automaton": "automaton"}  # our exporters' <title>s
-_GROUPS = {"graph": "Attribution graphs", "automaton": "Automata", "dashboard": "Dashboards", "other": "Other files"}
+_GROUPS = {
+    "graph": "Attribution graphs",
+    "automaton": "Automata",
+    "dashboard": "Dashboards",
+    "other": "Other files",
+}
 _MAX_PARSE = 64 << 20  # larger JSON files are classified from their first bytes, not parsed
 
 
@@ -114,7 +119,11 @@ def _classify(path: Path, size: int) -> tuple[str, str, bool]:
         text = f"; prompt {_one_line(prompt)!r}" if isinstance(prompt, str) else ""
         return "graph", f"{count(raw['nodes'])} nodes, {count(raw['links'])} links{text}", False
     if isinstance(raw, dict) and raw.get("format") == _AUTOMATON_FORMAT:
-        return "automaton", f"{count(raw.get('states'))} states, {count(raw.get('transitions'))} transitions", False
+        return (
+            "automaton",
+            f"{count(raw.get('states'))} states, {count(raw.get('transitions'))} transitions",
+            False,
+        )
     return "other", "JSON", False
 
 
@@ -207,7 +216,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("", "/", "/api/list"):
             entries = list_files(root, self.server.cache)
             if path == "/api/list":
-                body, content_type = json.dumps({"files": [asdict(e) for e in entries]}).encode(), _TYPES[".json"]
+                body, content_type = (
+                    json.dumps({"files": [asdict(e) for e in entries]}).encode(),
+                    _TYPES[".json"],
+                )
             else:
                 body = index_html(entries, f"sae-circuits: {root.name}").encode("utf-8", errors="replace")
                 content_type = _TYPES[".html"]
@@ -229,7 +241,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self.send_error(404)
         with f:
             suffix = target.suffix.lower()
-            self._ok(_TYPES.get(suffix, "application/octet-stream"), os.fstat(f.fileno()).st_size, suffix == ".json")
+            self._ok(
+                _TYPES.get(suffix, "application/octet-stream"),
+                os.fstat(f.fileno()).st_size,
+                suffix == ".json",
+            )
             if not head:
                 try:
                     shutil.copyfileobj(f, self.wfile)
@@ -256,14 +272,18 @@ def serve(
     >>> server.serve_forever()            # doctest: +SKIP
     """
     if not _is_loopback(host):
-        raise ValueError(f"host {host!r} is not a loopback address (127.0.0.0/8 or ::1); this server is local only")
+        raise ValueError(
+            f"host {host!r} is not a loopback address (127.0.0.0/8 or ::1); this server is local only"
+        )
     root = Path(directory).resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"cannot serve {str(directory)!r}: not an existing directory")
     return _Server((host, port), root, verbose)
 
 
-def run(directory: str | os.PathLike[str], port: int = 8000, host: str = "127.0.0.1", verbose: bool = False) -> None:
+def run(
+    directory: str | os.PathLike[str], port: int = 8000, host: str = "127.0.0.1", verbose: bool = False
+) -> None:
     """Serve ``directory`` until Ctrl-C, printing the URL first.
 
     >>> run("out")        # doctest: +SKIP

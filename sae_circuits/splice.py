@@ -140,7 +140,9 @@ class _Site:
             recons = sae.hook_sae_recons(sae._decode_linear(f) + sae.b_dec)
             out = sae.hook_sae_output(self._to_site(sae._finish(recons, norm, flat), x))
             return out
-        if not any(_has_fwd_hooks(getattr(sae, n)) for n in ("hook_sae_recons", "hook_sae_error", "hook_sae_output")):
+        if not any(
+            _has_fwd_hooks(getattr(sae, n)) for n in ("hook_sae_recons", "hook_sae_error", "hook_sae_output")
+        ):
             if f is f_clean:
                 return x  # bitwise the model's own activation
             return x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
@@ -252,8 +254,7 @@ def _check_width(model: nn.Module, hook_name: str, width: int, field: str) -> No
     expected = expected_width(model, hook_name)
     if expected is not None and expected != width:
         raise ValueError(
-            f"SAE {field}={width} does not match the activation at {hook_name!r}, "
-            f"which has width {expected}"
+            f"SAE {field}={width} does not match the activation at {hook_name!r}, which has width {expected}"
         )
 
 
@@ -261,7 +262,13 @@ def unsplice(model: nn.Module, hook_names: str | Iterable[str] | None = None) ->
     """Remove spliced SAEs (all, or those at ``hook_names``); the model is then bitwise as before."""
     check_model(model)
     sites = _sites(model)
-    names = list(sites) if hook_names is None else [hook_names] if isinstance(hook_names, str) else list(hook_names)
+    names = (
+        list(sites)
+        if hook_names is None
+        else [hook_names]
+        if isinstance(hook_names, str)
+        else list(hook_names)
+    )
     unknown = [n for n in names if n not in sites]
     if unknown:
         raise ValueError(f"no SAE is spliced at {unknown}; spliced sites: {sorted(sites)}")

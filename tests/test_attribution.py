@@ -52,7 +52,10 @@ class FrozenReference:
         names = set(self.saes) | {s.cfg.hook_name for s in saes}
         frozen = re.compile(r".*(hook_pattern|hook_scale)$")
         with torch.no_grad():
-            _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names or bool(frozen.match(n)) or n == "blocks.0.hook_resid_pre")
+            _, cache = model.run_with_cache(
+                tokens,
+                names_filter=lambda n: n in names or bool(frozen.match(n)) or n == "blocks.0.hook_resid_pre",
+            )
         self.frozen = {k: v.double() for k, v in cache.items() if frozen.match(k)}
         self.outputs = {k: cache[k].double() for k in self.saes}
         self.inputs = {s.cfg.site: cache[s.cfg.hook_name].double() for s in saes}
@@ -135,7 +138,11 @@ def _effect_of(ref, g, source, target, eps=1.0):
         pre, logits = ref.run(embedding_edit=(position, eps * ref.embedding[0, position]))
     else:
         site = g.sites[int(g.site[source])]
-        vec = ref.error(site, position) if kind == NodeKind.ERROR else ref.decoded(site, position, int(g.index[source]))
+        vec = (
+            ref.error(site, position)
+            if kind == NodeKind.ERROR
+            else ref.decoded(site, position, int(g.index[source]))
+        )
         pre, logits = ref.run(edits=[(site, position, eps * vec)])
     clean_pre, clean_logits = ref.clean
     if g.kind[target] == NodeKind.TARGET and g.site[target] < 0:
@@ -159,7 +166,10 @@ def _check_top_edges(g, ref, targets, per_kind=2, eps=1.0, rel=1e-4):
             for j in weights[of_kind].abs().topk(min(per_kind, int(of_kind.sum()))).indices.tolist():
                 source, weight = int(sources[of_kind][j]), float(weights[of_kind][j])
                 effect = _effect_of(ref, g, source, target, eps)
-                assert effect == pytest.approx(weight, rel=rel, abs=1e-6), (g.labels[source], g.labels[target])
+                assert effect == pytest.approx(weight, rel=rel, abs=1e-6), (
+                    g.labels[source],
+                    g.labels[target],
+                )
                 checked += 1
     return checked
 
@@ -191,7 +201,9 @@ def test_every_row_adds_up_to_its_target_even_with_a_budget(embedded, transcoder
     """Nothing silently dropped: with few expanded features and a tolerance, each row's edges
     (incl. the "other" nodes) still sum to the target minus what the biases alone give."""
     with sc.spliced(embedded, transcoders):
-        g = sc.attribute(embedded, PROMPT, prepend_bos=False, progress=False, max_feature_nodes=40, edge_tolerance=0.01)
+        g = sc.attribute(
+            embedded, PROMPT, prepend_bos=False, progress=False, max_feature_nodes=40, edge_tolerance=0.01
+        )
     assert int((g.kind == NodeKind.FEATURE).sum()) == 40
     assert (g.kind == NodeKind.OTHER).sum() >= 1
     ref = reference
@@ -210,7 +222,9 @@ def test_every_row_adds_up_to_its_target_even_with_a_budget(embedded, transcoder
             site = g.sites[int(g.site[target])]
             p, i = int(g.position[target]), int(g.index[target])
             expected = clean_pre[site][0, p, i] - bias_pre[site][0, p, i]
-        assert float(weights.sum()) == pytest.approx(float(expected), rel=1e-4, abs=1e-4 * float(weights.abs().sum()))
+        assert float(weights.sum()) == pytest.approx(
+            float(expected), rel=1e-4, abs=1e-4 * float(weights.abs().sum())
+        )
 
 
 def test_batch_size_does_not_change_the_graph(embedded, transcoders, transcoder_graph):
@@ -221,18 +235,24 @@ def test_batch_size_does_not_change_the_graph(embedded, transcoders, transcoder_
 
 
 def _dense(g):
-    return torch.zeros(g.n_nodes, g.n_nodes).index_put_((g.edges.target, g.edges.source), g.edges.weight, accumulate=True)
+    return torch.zeros(g.n_nodes, g.n_nodes).index_put_(
+        (g.edges.target, g.edges.source), g.edges.weight, accumulate=True
+    )
 
 
 def _mixed_dictionaries():
     """Every kind of site on the 2-layer random model, with both MLPs covered by transcoders."""
     saes = [
-        random_sae("transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_out=D_MODEL, d_sae=96, seed=layer)
+        random_sae(
+            "transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_out=D_MODEL, d_sae=96, seed=layer
+        )
         for layer in (0, 1)
     ]
     for layer, tc in enumerate(saes):
         tc.cfg.hook_name_out = f"blocks.{layer}.hook_mlp_out"
-    saes.append(random_sae(hook_name="blocks.0.attn.hook_z", d_in=D_MODEL, reshape_activations="hook_z", seed=5))
+    saes.append(
+        random_sae(hook_name="blocks.0.attn.hook_z", d_in=D_MODEL, reshape_activations="hook_z", seed=5)
+    )
     saes.append(random_sae(hook_name="blocks.1.hook_attn_out", seed=6))
     saes.append(random_sae(hook_name="blocks.0.hook_resid_post", seed=7))
     return saes
@@ -275,8 +295,14 @@ def test_a_logit_difference_is_the_difference_of_the_token_rows(embedded, transc
     direction = torch.zeros(embedded.cfg.d_vocab)
     direction[a], direction[b] = 1.0, -1.0
     with sc.spliced(embedded, transcoders):
-        gd = sc.attribute(embedded, PROMPT, targets=[a, b, sc.LogitDirection(direction, "a - b")],
-                          prepend_bos=False, progress=False, max_feature_nodes=0)
+        gd = sc.attribute(
+            embedded,
+            PROMPT,
+            targets=[a, b, sc.LogitDirection(direction, "a - b")],
+            prepend_bos=False,
+            progress=False,
+            max_feature_nodes=0,
+        )
     ta, tb, td = gd.nodes_of(NodeKind.TARGET).tolist()
     assert gd.labels[td] == "a - b" and gd.target_weight[td] == 1.0
     with torch.no_grad():
@@ -296,13 +322,18 @@ def test_a_feature_target_has_the_same_row_as_in_the_logit_graph(embedded, trans
     node = int(g.nodes_of(NodeKind.FEATURE)[-1])
     site, position, index = g.sites[int(g.site[node])], int(g.position[node]), int(g.index[node])
     with sc.spliced(embedded, transcoders):
-        gf = sc.attribute(embedded, PROMPT, targets=sc.Feature(site, position, index), prepend_bos=False, progress=False)
+        gf = sc.attribute(
+            embedded, PROMPT, targets=sc.Feature(site, position, index), prepend_bos=False, progress=False
+        )
     (target,) = gf.nodes_of(NodeKind.TARGET).tolist()
     assert gf.activation[target] == g.activation[node] and gf.target_weight[target] == 1.0
 
     def row(graph, t):
         sources, weights = _incoming(graph, t)
-        keys = [(int(graph.kind[s]), int(graph.site[s]), int(graph.position[s]), int(graph.index[s])) for s in sources]
+        keys = [
+            (int(graph.kind[s]), int(graph.site[s]), int(graph.position[s]), int(graph.index[s]))
+            for s in sources
+        ]
         return dict(zip(keys, weights.tolist()))
 
     expected, got = row(g, node), row(gf, target)
@@ -326,7 +357,9 @@ def test_prune_and_scores(transcoder_graph):
     pruned = g.prune(node_threshold=0.8, edge_threshold=0.98)
     assert pruned.n_nodes < g.n_nodes and pruned.n_edges < g.n_edges
     assert (pruned.kind == NodeKind.TOKEN).sum() == (g.kind == NodeKind.TOKEN).sum()
-    assert torch.equal(pruned.target_weight[pruned.kind == NodeKind.TARGET], g.target_weight[g.kind == NodeKind.TARGET])
+    assert torch.equal(
+        pruned.target_weight[pruned.kind == NodeKind.TARGET], g.target_weight[g.kind == NodeKind.TARGET]
+    )
     for bad in (0, 1.5, -0.1, True, "0.8"):
         with pytest.raises(ValueError, match="node_threshold"):
             g.prune(node_threshold=bad)

@@ -50,7 +50,14 @@ def test_bridge_error_term_is_bitwise_and_unsplice_restores_registry(bridge, tok
 def test_bridge_generation_cached_equals_uncached(bridge, hooked, tokens, positions):
     sae = random_sae(hook_name=SITE)
     prompt = tokens[:1, :5]
-    kwargs = dict(max_new_tokens=6, do_sample=False, verbose=False, stop_at_eos=False, return_type="tokens", output_logits=True)
+    kwargs = dict(
+        max_new_tokens=6,
+        do_sample=False,
+        verbose=False,
+        stop_at_eos=False,
+        return_type="tokens",
+        output_logits=True,
+    )
     outs = {}
     for name, model, s in (("bridge", bridge, sae), ("hooked", hooked, copy.deepcopy(sae))):
         with sc.spliced(model, [s]), sc.intervene(model, [sc.clamp(SITE, 17, 8.0, positions=positions)]):

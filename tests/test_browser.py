@@ -23,7 +23,9 @@ EVIL = "</script><script>alert(1)</script>"
 
 if not (CHROMIUM and CHROMEDRIVER and __import__("importlib").util.find_spec("selenium")):
     if REQUIRED:
-        raise RuntimeError("browser tests need Debian's chromium and chromium-driver and selenium (make test installs them)")
+        raise RuntimeError(
+            "browser tests need Debian's chromium and chromium-driver and selenium (make test installs them)"
+        )
     pytest.skip("no chromium/chromedriver/selenium here (make test installs them)", allow_module_level=True)
 
 from selenium import webdriver
@@ -146,7 +148,12 @@ def test_feature_dashboard_page(browser, tmp_path):
     from sae_circuits.dashboard import write_dashboard
 
     model = sc.zoo.load_model("tiny")
-    texts = ["The king said unto his daughter,", 'DATA = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ="', EVIL, "def f(x):\n    return x"]
+    texts = [
+        "The king said unto his daughter,",
+        'DATA = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ="',
+        EVIL,
+        "def f(x):\n    return x",
+    ]
     sae = sc.zoo.load_saes("tiny", kind="resid")[1]
     with sc.spliced(model, [sae]):
         page = write_dashboard(model, sae.cfg.site, 5, texts, tmp_path / "feature.html", k=3, steer_tokens=6)

@@ -52,7 +52,10 @@ def test_graph_bad_input_is_one_clear_line(tmp_path, capsys):
     for argv, message in (
         (["--prompt", "", "--out", str(tmp_path / "g.json")], "the prompt is empty"),
         (["--prompt", "x", "--out", str(tmp_path / "g.txt")], "suffix must be .json"),
-        (["--prompt", "x", "--out", str(tmp_path / "g.json"), "--node-threshold", "1.5"], "--node-threshold 1.5"),
+        (
+            ["--prompt", "x", "--out", str(tmp_path / "g.json"), "--node-threshold", "1.5"],
+            "--node-threshold 1.5",
+        ),
         (["--prompt", "x", "--out", str(tmp_path / "g.json"), "--target", "99999"], "token id 99999"),
     ):
         assert main(["graph", *argv]) == 2
@@ -91,5 +94,18 @@ def test_features_writes_a_dashboard(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     page = out.read_text()
     assert "blocks.1.hook_resid_post" in page and "http://" not in page
-    assert main(["features", "--site", "blocks.9.hook_resid_post", "--feature", "5", "--out", str(tmp_path / "g.html")]) == 2
+    assert (
+        main(
+            [
+                "features",
+                "--site",
+                "blocks.9.hook_resid_post",
+                "--feature",
+                "5",
+                "--out",
+                str(tmp_path / "g.html"),
+            ]
+        )
+        == 2
+    )
     assert "blocks.9.hook_resid_post" in capsys.readouterr().err

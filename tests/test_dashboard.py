@@ -84,7 +84,9 @@ def test_page_contents_match_features(hooked):
         assert len(c["tokens"]) == len(c["acts"]) == hi - lo and c["max_index"] == pos - lo
         assert c["acts"][c["max_index"]] == pytest.approx(c["activation"])
         assert c["acts"] == pytest.approx(acts[text][lo:hi, f].tolist(), abs=1e-5)
-        shown = [t.replace("\n", "\u21b5").replace(" ", "\u00b7") for t in hooked.to_str_tokens(rows[text][lo:hi])]
+        shown = [
+            t.replace("\n", "\u21b5").replace(" ", "\u00b7") for t in hooked.to_str_tokens(rows[text][lo:hi])
+        ]
         assert c["tokens"] == shown
 
     promoted, suppressed = logit_effects(hooked, sae, f, k=10)
@@ -165,10 +167,14 @@ def test_silent_feature(hooked):
 
 def test_bad_inputs(hooked):
     sae = random_sae()
-    with pytest.raises(ValueError, match=r"no SAE is spliced at 'blocks.0.hook_resid_post'; spliced sites: none"):
+    with pytest.raises(
+        ValueError, match=r"no SAE is spliced at 'blocks.0.hook_resid_post'; spliced sites: none"
+    ):
         feature_dashboard(hooked, SITE, 0, TEXTS)
     with sc.spliced(hooked, [sae]):
-        with pytest.raises(ValueError, match=r"'blocks.1.hook_resid_post'; spliced sites: \['blocks.0.hook_resid_post'\]"):
+        with pytest.raises(
+            ValueError, match=r"'blocks.1.hook_resid_post'; spliced sites: \['blocks.0.hook_resid_post'\]"
+        ):
             feature_dashboard(hooked, "blocks.1.hook_resid_post", 0, TEXTS)
         with pytest.raises(ValueError, match=r"feature=256 is out of range .*\(d_sae=256\)"):
             feature_dashboard(hooked, SITE, 256, TEXTS)

@@ -20,7 +20,9 @@ def eval_tokens(hooked):
 
 def _perfect_sae() -> sc.SAE:
     """A 'standard' SAE that reconstructs exactly: features are x and -x along the basis."""
-    sae = sc.SAE(sc.SAEConfig("standard", d_in=D_MODEL, d_sae=2 * D_MODEL, hook_name=SITE, apply_b_dec_to_input=False))
+    sae = sc.SAE(
+        sc.SAEConfig("standard", d_in=D_MODEL, d_sae=2 * D_MODEL, hook_name=SITE, apply_b_dec_to_input=False)
+    )
     eye = torch.eye(D_MODEL)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
@@ -50,7 +52,9 @@ def test_metrics_match_a_direct_computation(hooked, eval_tokens):
     x_hat = sae(cache[SITE]).reshape(-1, D_MODEL).double()
     ev = 1 - (x - x_hat).pow(2).sum(-1).mean() / (x.pow(2).sum(-1).mean() - x.mean(0).pow(2).sum())
     assert result.explained_variance == pytest.approx(float(ev), rel=1e-6)
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), eval_tokens[:, 1:].reshape(-1))
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), eval_tokens[:, 1:].reshape(-1)
+    )
     assert result.ce_loss_clean == pytest.approx(float(ce), rel=1e-5)
     f = sae.encode(cache[SITE])
     assert result.l0 == pytest.approx(float((f > 0).sum(-1).float().mean()), rel=1e-6)

@@ -54,7 +54,9 @@ def test_token_weight_is_the_documented_sum(extracted, markup):
     fire = fsa.firing
     a, b = divmod(int(fsa.weights["token"].argmax()), STATES)
     p_a = probs[fire[:, a]].mean(0)
-    expected = sum(float(p_a[x]) * float(fire[tokens == x, b].double().mean()) for x in tokens.unique().tolist())
+    expected = sum(
+        float(p_a[x]) * float(fire[tokens == x, b].double().mean()) for x in tokens.unique().tolist()
+    )
     assert fsa.weight(a, b, "token") == pytest.approx(expected, rel=1e-6)
 
 
@@ -102,4 +104,6 @@ def test_validate_pins_sources_and_stores_effects(extracted):
     assert all(t.effect is None for t in fsa.transitions if t not in checked)
     from sae_circuits.fsa.validate import _one_sided_p
 
-    assert _one_sided_p(torch.tensor([0.5, 0.6, 0.4, 0.5])) < 1e-3 and _one_sided_p(torch.tensor([0.1, -0.1])) == pytest.approx(0.5)
+    assert _one_sided_p(torch.tensor([0.5, 0.6, 0.4, 0.5])) < 1e-3 and _one_sided_p(
+        torch.tensor([0.1, -0.1])
+    ) == pytest.approx(0.5)

@@ -113,7 +113,11 @@ def test_transition_auroc():
 
 def test_transition_auroc_undefined_for_one_class():
     score = score_automaton(fsa_with({}), FLAT, list(itertools.product("ABC", repeat=2)))
-    assert math.isnan(score.transition_auroc) and "all 9 pairs" in score.note and "true transitions" in score.note
+    assert (
+        math.isnan(score.transition_auroc)
+        and "all 9 pairs" in score.note
+        and "true transitions" in score.note
+    )
     assert math.isnan(auroc([0.1, 0.2], [False, False]))
 
 
@@ -130,7 +134,11 @@ def brute_force_auroc(scores, labels) -> float:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([-1.0, 0.0, 0.25, 0.5, 2.0, 1e9]), st.booleans()), min_size=2, max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([-1.0, 0.0, 0.25, 0.5, 2.0, 1e9]), st.booleans()), min_size=2, max_size=40
+    )
+)
 def test_auroc_matches_pairwise_definition(pairs):
     scores, labels = zip(*pairs)
     if len(set(labels)) < 2:
@@ -202,7 +210,11 @@ TRANSITIONS = [
 def fsa() -> FeatureAutomaton:
     firing = torch.rand(37, 4, generator=torch.Generator().manual_seed(0)) < 0.3
     return FeatureAutomaton(
-        STATES, TRANSITIONS, firing, torch.tensor([10, 27]), {"model": "tiny", "n": 3, "nested": {"a": [1, 2.5, None, True]}}
+        STATES,
+        TRANSITIONS,
+        firing,
+        torch.tensor([10, 27]),
+        {"model": "tiny", "n": 3, "nested": {"a": [1, 2.5, None, True]}},
     )
 
 
@@ -302,7 +314,7 @@ def test_dot_escapes_and_styles(fsa, tmp_path):
     assert '"' not in bare and bare.count("{") == bare.count("}") == 1  # every string closed
     nodes = re.findall(rf"^  \"s(\d+)\" \[label=({quoted}), tooltip=({quoted})\];$", text, flags=re.MULTILINE)
     assert [int(i) for i, _, _ in nodes] == [0, 1, 2, 3]
-    assert r'1: tag \"x\"\nnew \\ line\n30.00% of tokens' in nodes[1][1]
+    assert r"1: tag \"x\"\nnew \\ line\n30.00% of tokens" in nodes[1][1]
     assert "\x07" not in text and r"bell\\x07" in nodes[3][1]
     assert nodes[0][2] == '"blocks.1.hook_resid_post#12,blocks.0.hook_mlp_out#7"'
     edges = re.findall(r'^  "s(\d+)" -> "s(\d+)" \[(.*)\];$', text, flags=re.MULTILINE)
@@ -373,7 +385,9 @@ console.log(JSON.stringify({circle: all.filter(e => e.tag === "circle").length, 
   cycles: elements.cycles.children.map(e => e.textContent), summary: elements.summary.textContent}));
 """
     (tmp_path / "run.js").write_text(stub.replace("DATA", json.dumps(data)) + script + walk)
-    out = subprocess.run(["node", str(tmp_path / "run.js")], capture_output=True, text=True, timeout=30, check=False)
+    out = subprocess.run(
+        ["node", str(tmp_path / "run.js")], capture_output=True, text=True, timeout=30, check=False
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert (result["circle"], result["paths"], result["bad"], result["hot"]) == (4, len(TRANSITIONS), 0, 1)

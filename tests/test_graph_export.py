@@ -50,7 +50,12 @@ IDS = [n[-1] for n in NODES]
 def make_graph(nodes=NODES, edges=EDGES, **metadata) -> AttributionGraph:
     cols = list(zip(*nodes))
     target, source, weight = zip(*edges)
-    meta = {"model": "tiny-gpt2", "n_layers": 2, "first_order_stages": [2], "nested": {"a": [1, 2.5, None, True]}}
+    meta = {
+        "model": "tiny-gpt2",
+        "n_layers": 2,
+        "first_order_stages": [2],
+        "nested": {"a": [1, 2.5, None, True]},
+    }
     meta.update(metadata)
     return AttributionGraph(
         prompt='Hello "x"\n' + EVIL,
@@ -125,7 +130,13 @@ def test_json_follows_front_end_schema(g, tmp_path):
     assert meta["prompt_tokens"] == g.token_strings and meta["prompt"] == g.prompt
     assert meta["scan"] == "tiny-gpt2" and meta["schema_version"] == 1 and meta["node_threshold"] is None
     assert re.fullmatch(r"[a-z0-9-]+", meta["slug"]) and meta["slug"].startswith("hello-x")
-    assert raw["qParams"] == {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+    assert raw["qParams"] == {
+        "pinnedIds": [],
+        "supernodes": [],
+        "linkType": "both",
+        "clickedId": "",
+        "sg_pos": "",
+    }
     fields = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit", "run_idx",
               "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}  # fmt: skip
     nodes = raw["nodes"]
@@ -136,8 +147,20 @@ def test_json_follows_front_end_schema(g, tmp_path):
         "embedding", "cross layer transcoder", "mlp reconstruction error", "other features", "logit", "logit",
     ]  # fmt: skip
     assert by_id["1m_7_2"]["feature_type"] == "cross layer transcoder" and by_id["1m_7_2"]["is_target_logit"]
-    assert [by_id[i]["layer"] for i in ("E_10_0", "0_1_0", "1r_1_2", "3_40_2", "3_dir0_2")] == ["E", "0", "1", "3", "3"]
-    assert [by_id[i]["feature"] for i in ("E_20_1", "0_5_1", "0_error_1", "3_50_2", "3_dir0_2")] == [20, 5, -1, 50, -1]
+    assert [by_id[i]["layer"] for i in ("E_10_0", "0_1_0", "1r_1_2", "3_40_2", "3_dir0_2")] == [
+        "E",
+        "0",
+        "1",
+        "3",
+        "3",
+    ]
+    assert [by_id[i]["feature"] for i in ("E_20_1", "0_5_1", "0_error_1", "3_50_2", "3_dir0_2")] == [
+        20,
+        5,
+        -1,
+        50,
+        -1,
+    ]
     assert by_id["3_40_2"]["token_prob"] == pytest.approx(0.6) and by_id["3_dir0_2"]["token_prob"] == 0.0
     assert by_id["0_1_0"]["reverse_ctx_idx"] == 2 and by_id["1r_other"]["reverse_ctx_idx"] == 0
     assert by_id["1m_error_2"]["jsNodeId"] == "1m_error-2" and by_id["E_30_2"]["jsNodeId"] == "E_30-2"
@@ -146,7 +169,9 @@ def test_json_follows_front_end_schema(g, tmp_path):
     assert [n["influence"] for n in nodes] == pytest.approx(influence.tolist())
     assert by_id["0_1_0"]["influence"] > 0
     links = raw["links"]
-    assert len(links) == g.n_edges and all(link["source"] in by_id and link["target"] in by_id for link in links)
+    assert len(links) == g.n_edges and all(
+        link["source"] in by_id and link["target"] in by_id for link in links
+    )
     assert links[0] == {"source": "E_10_0", "target": "0_1_0", "weight": 1.5}
 
 
@@ -154,7 +179,9 @@ def test_json_is_strict_with_non_finite_values(g, tmp_path):
     g.activation[3], g.activation[4] = float("nan"), float("-inf")
     g.metadata["score"] = float("nan")
     raw = strict_loads(g.save(tmp_path / "g.json").read_text())
-    assert raw["nodes"][3]["activation"] is None and raw["metadata"]["sae_circuits"]["metadata"]["score"] is None
+    assert (
+        raw["nodes"][3]["activation"] is None and raw["metadata"]["sae_circuits"]["metadata"]["score"] is None
+    )
     loaded = AttributionGraph.load(tmp_path / "g.json")
     torch.testing.assert_close(loaded.activation, g.activation, equal_nan=True, rtol=0, atol=0)
 
@@ -194,7 +221,9 @@ def test_graphml_loads_back(g, tmp_path):
     assert graph.edges["1r_1_2", "3_40_2"]["weight"] == pytest.approx(3.5)
     assert graph.nodes["0_1_0"]["label"] == "café ☃" and graph.nodes["E_30_2"]["label"] == EVIL
     assert graph.nodes["0_5_1"]["label"] == "bell\\x07 and \\x1b escape"  # XML 1.0 forbids control characters
-    assert graph.nodes["0_1_0"]["activation"] == pytest.approx(1.2345678) and graph.nodes["0_1_0"]["layer"] == 0
+    assert (
+        graph.nodes["0_1_0"]["activation"] == pytest.approx(1.2345678) and graph.nodes["0_1_0"]["layer"] == 0
+    )
 
 
 def test_dot_quotes_and_escapes(g, tmp_path):
@@ -214,7 +243,11 @@ def test_dot_quotes_and_escapes(g, tmp_path):
     edges = re.findall(r'-> "[^"]+" \[attribution="([^"]+)", color="(#\w+)", penwidth=([\d.]+)', text)
     assert len(edges) == g.n_edges
     for (weight, color, width), (_, _, w) in zip(edges, EDGES):
-        assert weight == str(np.float32(w)) and color == ("#d62728" if w < 0 else "#1f77b4") and 0.5 <= float(width) <= 4
+        assert (
+            weight == str(np.float32(w))
+            and color == ("#d62728" if w < 0 else "#1f77b4")
+            and 0.5 <= float(width) <= 4
+        )
     assert max(float(e[2]) for e in edges) == 4.0
 
 
@@ -222,7 +255,9 @@ def test_dot_quotes_and_escapes(g, tmp_path):
 
 
 def _html_data(html: str) -> dict:
-    match = re.search(r'<script type="application/json" id="graph-data">(.*?)</script>', html, flags=re.DOTALL)
+    match = re.search(
+        r'<script type="application/json" id="graph-data">(.*?)</script>', html, flags=re.DOTALL
+    )
     assert match
     return strict_loads(match.group(1))
 

@@ -52,7 +52,9 @@ def test_prune_by_hand():
 
 def test_prune_drops_features_left_without_a_way_in_or_out():
     # F2's only input is pruned at a strict edge threshold: F2 must then go, and its out-edge with it
-    edges = Edges(torch.tensor([2, 3, 4, 4]), torch.tensor([0, 1, 2, 3]), torch.tensor([10.0, 0.01, 5.0, 0.01]))
+    edges = Edges(
+        torch.tensor([2, 3, 4, 4]), torch.tensor([0, 1, 2, 3]), torch.tensor([10.0, 0.01, 5.0, 0.01])
+    )
     kinds = torch.tensor([T, T, F, F, L])
     w = torch.tensor([0, 0, 0, 0, 1.0])
     result = prune(edges, kinds, w, node_threshold=1.0, edge_threshold=0.99)
@@ -70,7 +72,9 @@ def test_influence_matches_the_dense_identity_on_a_random_dag():
     w[-3:] = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
     a_hat = dense.abs().double()
     a_hat = a_hat / a_hat.sum(1, keepdim=True).clamp_min(1e-300)
-    expected = w @ (torch.linalg.inv(torch.eye(n, dtype=torch.float64) - a_hat) - torch.eye(n, dtype=torch.float64))
+    expected = w @ (
+        torch.linalg.inv(torch.eye(n, dtype=torch.float64) - a_hat) - torch.eye(n, dtype=torch.float64)
+    )
     assert torch.allclose(influence(normalize(edges, n), w), expected, atol=1e-10)
 
 

@@ -27,7 +27,9 @@ def test_clamp_changes_site_output_by_exactly_the_decoded_delta(hooked, tokens, 
     feature, value, position = 7, 12.0, 3
     with sc.spliced(hooked, [sae]):
         clean_out, f = _site_output_and_acts(hooked, tokens)
-        out, f_edit = _site_output_and_acts(hooked, tokens, [sc.clamp(SITE, feature, value, positions=position)])
+        out, f_edit = _site_output_and_acts(
+            hooked, tokens, [sc.clamp(SITE, feature, value, positions=position)]
+        )
     expected = (value - f[:, position, feature])[:, None] * sae.W_dec[feature]
     assert torch.allclose(out[:, position] - clean_out[:, position], expected, atol=1e-5)
     others = torch.ones(tokens.shape[1], dtype=torch.bool)
@@ -63,7 +65,9 @@ def test_interventions_on_one_site_apply_in_order(hooked, tokens, sae):
 @torch.no_grad()
 def test_explicit_position_beyond_a_plain_forward_is_an_error(hooked, tokens, sae):
     with sc.spliced(hooked, [sae]):
-        with pytest.raises(IndexError, match=r"position 99 is beyond the sequence: the forward pass has 12 tokens"):
+        with pytest.raises(
+            IndexError, match=r"position 99 is beyond the sequence: the forward pass has 12 tokens"
+        ):
             with sc.intervene(hooked, [sc.clamp(SITE, 1, 1.0, positions=[2, 99])]):
                 hooked(tokens)
         assert all(not hp.fwd_hooks for hp in hooked.hook_dict.values())
@@ -109,8 +113,11 @@ def test_cached_and_uncached_generation_agree(hooked, tokens, sae, positions):
     prompt = tokens[:1, :6]
     with sc.spliced(hooked, [sae]):
         f_max = float(_site_output_and_acts(hooked, tokens)[1].max())
-        edits = [sc.clamp(SITE, 11, 3 * f_max, positions=positions), sc.ablate(SITE, [0, 1, 2], positions=positions)]
-        plain_tokens, plain_logits = _generate(hooked, prompt, cache=True)
+        edits = [
+            sc.clamp(SITE, 11, 3 * f_max, positions=positions),
+            sc.ablate(SITE, [0, 1, 2], positions=positions),
+        ]
+        _plain_tokens, plain_logits = _generate(hooked, prompt, cache=True)
         with sc.intervene(hooked, edits):
             cached = _generate(hooked, prompt, cache=True)
             uncached = _generate(hooked, prompt, cache=False)

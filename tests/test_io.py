@@ -17,7 +17,9 @@ from sae_circuits.io import config_from_dict, config_to_dict
 from tests.conftest import random_sae
 
 
-@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder"])
+@pytest.mark.parametrize(
+    "architecture", ["standard", "topk", "jumprelu", "gated", "transcoder", "skip_transcoder"]
+)
 def test_round_trip_is_exact(tmp_path, architecture):
     kwargs = {"k": 8} if architecture == "topk" else {}
     sae = random_sae(architecture, **kwargs)
@@ -69,7 +71,10 @@ def _corrupt(folder: Path, cfg=None, tensors=None) -> None:
         (lambda cfg, w: cfg.update(architecture="mystery"), r"architecture='mystery' is not supported"),
         (lambda cfg, w: cfg.update(normalize_activations="sometimes"), r"normalize_activations='sometimes'"),
         (lambda cfg, w: w.pop("b_enc"), r"missing tensors \['b_enc'\]"),
-        (lambda cfg, w: w.update(W_enc=torch.zeros(64, 128)), r"'W_enc' has shape \[64, 128\], expected \[64, 256\]"),
+        (
+            lambda cfg, w: w.update(W_enc=torch.zeros(64, 128)),
+            r"'W_enc' has shape \[64, 128\], expected \[64, 256\]",
+        ),
         (lambda cfg, w: w["b_dec"].__setitem__(3, float("nan")), r"'b_dec' contains NaN or Inf"),
         (lambda cfg, w: w.update(extra=torch.zeros(2)), r"unexpected tensors \['extra'\]"),
     ],
@@ -126,7 +131,9 @@ def test_saving_nan_weights_is_refused(tmp_path, sae):
 VALID = config_to_dict(random_sae("topk", k=8).cfg)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -135,7 +142,9 @@ json_values = st.recursive(
 @given(
     drop=st.sets(st.sampled_from(sorted(VALID)), max_size=3),
     changes=st.dictionaries(st.sampled_from(sorted(VALID) + ["metadata"]), json_values, max_size=3),
-    meta_changes=st.dictionaries(st.sampled_from(["hook_name", "hook_name_out", "sae_lens_version"]), json_values, max_size=2),
+    meta_changes=st.dictionaries(
+        st.sampled_from(["hook_name", "hook_name_out", "sae_lens_version"]), json_values, max_size=2
+    ),
 )
 def test_config_loader_only_raises_format_errors(drop, changes, meta_changes):
     raw = json.loads(json.dumps(VALID))

@@ -8,7 +8,7 @@ import torch
 import sae_circuits as sc
 
 sae_lens = pytest.importorskip("sae_lens")
-from sae_lens.saes.sae import SAEMetadata  # noqa: E402
+from sae_lens.saes.sae import SAEMetadata
 
 RESID = "blocks.0.hook_resid_post"
 MLP_IN, MLP_OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
@@ -19,21 +19,33 @@ def _lens_sae(architecture: str, d_in: int = 64, d_sae: int = 256, seed: int = 0
     meta = SAEMetadata(hook_name=RESID)
     tmeta = SAEMetadata(hook_name=MLP_IN, hook_name_out=MLP_OUT)
     builders = {
-        "standard": lambda: sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta)),
+        "standard": lambda: sae_lens.StandardSAE(
+            sae_lens.StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta)
+        ),
         "topk": lambda: sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=12, metadata=meta)),
         "topk_rescaled": lambda: sae_lens.TopKSAE(
-            sae_lens.TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=12, rescale_acts_by_decoder_norm=True, metadata=meta)
+            sae_lens.TopKSAEConfig(
+                d_in=d_in, d_sae=d_sae, k=12, rescale_acts_by_decoder_norm=True, metadata=meta
+            )
         ),
-        "jumprelu": lambda: sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta)),
+        "jumprelu": lambda: sae_lens.JumpReLUSAE(
+            sae_lens.JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta)
+        ),
         "gated": lambda: sae_lens.GatedSAE(sae_lens.GatedSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta)),
         "transcoder": lambda: sae_lens.Transcoder(
-            sae_lens.TranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_in, apply_b_dec_to_input=False, metadata=tmeta)
+            sae_lens.TranscoderConfig(
+                d_in=d_in, d_sae=d_sae, d_out=d_in, apply_b_dec_to_input=False, metadata=tmeta
+            )
         ),
         "skip_transcoder": lambda: sae_lens.SkipTranscoder(
-            sae_lens.SkipTranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_in, apply_b_dec_to_input=False, metadata=tmeta)
+            sae_lens.SkipTranscoderConfig(
+                d_in=d_in, d_sae=d_sae, d_out=d_in, apply_b_dec_to_input=False, metadata=tmeta
+            )
         ),
         "jumprelu_transcoder": lambda: sae_lens.JumpReLUTranscoder(
-            sae_lens.JumpReLUTranscoderConfig(d_in=d_in, d_sae=d_sae, d_out=d_in, apply_b_dec_to_input=False, metadata=tmeta)
+            sae_lens.JumpReLUTranscoderConfig(
+                d_in=d_in, d_sae=d_sae, d_out=d_in, apply_b_dec_to_input=False, metadata=tmeta
+            )
         ),
     }
     sae = builders[architecture]()
@@ -49,7 +61,16 @@ def _lens_sae(architecture: str, d_in: int = 64, d_sae: int = 256, seed: int = 0
     return sae
 
 
-ARCHS = ["standard", "topk", "topk_rescaled", "jumprelu", "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder"]
+ARCHS = [
+    "standard",
+    "topk",
+    "topk_rescaled",
+    "jumprelu",
+    "gated",
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+]
 
 
 def _lens_model(hooked):

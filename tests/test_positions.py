@@ -14,7 +14,9 @@ specs = st.one_of(
     st.sampled_from(["prompt", "generated"]),
     st.integers(0, 40),
     st.lists(st.integers(0, 40), max_size=5),
-    st.builds(slice, st.none() | st.integers(0, 40), st.none() | st.integers(0, 40), st.none() | st.integers(1, 4)),
+    st.builds(
+        slice, st.none() | st.integers(0, 40), st.none() | st.integers(0, 40), st.none() | st.integers(1, 4)
+    ),
 )
 
 
@@ -39,9 +41,15 @@ def test_chunk_mask_matches_brute_force(spec, start, length, prompt):
     assert got == [brute_force(spec, start + i, prompt) for i in range(length)]
 
 
-@given(bad=st.one_of(st.integers(max_value=-1), st.lists(st.integers(max_value=-1), min_size=1),
-                     st.text(min_size=1).filter(lambda s: s not in ("prompt", "generated")),
-                     st.floats(), st.builds(slice, st.integers(max_value=-1), st.none())))
+@given(
+    bad=st.one_of(
+        st.integers(max_value=-1),
+        st.lists(st.integers(max_value=-1), min_size=1),
+        st.text(min_size=1).filter(lambda s: s not in ("prompt", "generated")),
+        st.floats(),
+        st.builds(slice, st.integers(max_value=-1), st.none()),
+    )
+)
 def test_invalid_specs_raise_value_or_type_errors(bad):
     with pytest.raises((ValueError, TypeError)):
         normalize_positions(bad)

@@ -15,7 +15,7 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
     assert blocks, "README has no python block"
     namespace: dict = {}
     monkeypatch.chdir(tmp_path)  # the tour writes graph.json
-    exec(compile(blocks[0], str(README), "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(blocks[0], str(README), "exec"), namespace)
     model, tokens = namespace["model"], namespace["tokens"]
     assert namespace["acts"].shape == (1, tokens.shape[1], namespace["saes"][1].cfg.d_sae)
     assert namespace["metrics"].explained_variance > 0.5

@@ -97,7 +97,9 @@ def test_index_groups_and_escapes(server):
     assert "Access-Control-Allow-Origin" not in headers
     assert "Content-Security-Policy" in page and "http://" not in page and "https://" not in page
     assert "<script" not in page and "&lt;script&gt;x.html" in page and 'href="/%3Cscript%3Ex.html"' in page
-    sections = {h: page.index(h) for h in ("Attribution graphs (2)", "Automata (2)", "Dashboards (2)", "Other files")}
+    sections = {
+        h: page.index(h) for h in ("Attribution graphs (2)", "Automata (2)", "Dashboards (2)", "Other files")
+    }
     assert list(sections.values()) == sorted(sections.values())
     graphs = page[sections["Attribution graphs (2)"] : sections["Automata (2)"]]
     assert "graph.json" in graphs and "sub/graph.html" in graphs and "graph.graphml" not in graphs

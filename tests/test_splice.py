@@ -22,7 +22,7 @@ def test_error_term_leaves_logits_bitwise_equal(hooked, sae, tokens):
 @torch.no_grad()
 def test_sub_hooks_are_cached_and_match_the_sae(hooked, sae, tokens):
     with sc.spliced(hooked, [sae]):
-        logits, cache = hooked.run_with_cache(tokens)
+        _logits, cache = hooked.run_with_cache(tokens)
         for name in SUB_HOOKS:
             assert name in cache.keys()
         resid = cache["blocks.0.hook_resid_pre"]
@@ -171,8 +171,12 @@ def test_transcoder_splice(hooked, tokens):
         assert torch.allclose(f, tc.encode(ln2))
         assert sc.saes_of(hooked) == {"blocks.0.hook_mlp_out": tc}
     with sc.spliced(hooked, [tc], error_term=False):
-        _, cache = hooked.run_with_cache(tokens, names_filter=["blocks.0.hook_mlp_out", "blocks.0.ln2.hook_normalized"])
-        assert torch.allclose(cache["blocks.0.hook_mlp_out"], tc(cache["blocks.0.ln2.hook_normalized"]), atol=1e-6)
+        _, cache = hooked.run_with_cache(
+            tokens, names_filter=["blocks.0.hook_mlp_out", "blocks.0.ln2.hook_normalized"]
+        )
+        assert torch.allclose(
+            cache["blocks.0.hook_mlp_out"], tc(cache["blocks.0.ln2.hook_normalized"]), atol=1e-6
+        )
 
 
 @torch.no_grad()

@@ -49,7 +49,9 @@ def test_training_is_deterministic_under_a_seed(hooked, train_tokens):
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk", "jumprelu", "relu"])
 def test_training_reduces_loss_and_keeps_decoder_rows_unit_norm(hooked, train_tokens, architecture):
     cfg = small(architecture=architecture, l0_coeff=1e-2, l1_coeff=1.0)
-    store = ActivationStore(hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens, seed=0)
+    store = ActivationStore(
+        hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens, seed=0
+    )
     sae_cfg = sc.SAEConfig("topk" if architecture == "topk" else "jumprelu" if "jump" in architecture or "batch" in architecture else "standard",
                            d_in=64, d_sae=256, hook_name=SITE, k=8 if architecture == "topk" else None)  # fmt: skip
     trainer = SAETrainer(store, cfg, sae_cfg)
@@ -63,7 +65,9 @@ def test_training_reduces_loss_and_keeps_decoder_rows_unit_norm(hooked, train_to
 
 def test_export_folds_normalisation_exactly(hooked, train_tokens):
     cfg = small(architecture="batchtopk")
-    store = ActivationStore(hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens)
+    store = ActivationStore(
+        hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens
+    )
     trainer = SAETrainer(store, cfg, sc.SAEConfig("jumprelu", d_in=64, d_sae=256, hook_name=SITE))
     for batch, _ in zip(store, range(10)):
         trainer.step(batch)
@@ -92,10 +96,18 @@ def test_saved_format_with_sparsity_loads_back(hooked, train_tokens, tmp_path):
 
 
 def test_transcoder_training(hooked, train_tokens):
-    tc = train_transcoder(hooked, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", train_tokens, small())
+    tc = train_transcoder(
+        hooked, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", train_tokens, small()
+    )
     assert tc.cfg.architecture == "jumprelu_transcoder" and tc.cfg.hook_name_out == "blocks.0.hook_mlp_out"
     with pytest.raises(ValueError, match="no TopK transcoder"):
-        train_transcoder(hooked, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", train_tokens, small(architecture="topk"))
+        train_transcoder(
+            hooked,
+            "blocks.0.ln2.hook_normalized",
+            "blocks.0.hook_mlp_out",
+            train_tokens,
+            small(architecture="topk"),
+        )
 
 
 def test_bad_training_input(hooked, train_tokens):
@@ -119,7 +131,9 @@ def test_training_several_dictionaries_from_one_stream_equals_training_each(hook
 
 
 def test_geometric_median_resists_outliers():
-    points = torch.cat([torch.randn(200, 3) * 0.01 + torch.tensor([1.0, 2.0, 3.0]), torch.full((20, 3), 100.0)])
+    points = torch.cat(
+        [torch.randn(200, 3) * 0.01 + torch.tensor([1.0, 2.0, 3.0]), torch.full((20, 3), 100.0)]
+    )
     assert torch.allclose(geometric_median(points), torch.tensor([1.0, 2.0, 3.0]), atol=0.05)
     assert not torch.allclose(points.mean(0), torch.tensor([1.0, 2.0, 3.0]), atol=1.0)
 
@@ -133,7 +147,9 @@ def test_stop_layer_runs_no_more_than_needed():
 def test_aux_k_revives_dead_features(hooked, train_tokens):
     """With every feature marked dead, AuxK is the only sparsity term and it must be non-zero."""
     cfg = small(architecture="topk")
-    store = ActivationStore(hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens)
+    store = ActivationStore(
+        hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens
+    )
     trainer = SAETrainer(store, cfg, sc.SAEConfig("topk", d_in=64, d_sae=256, hook_name=SITE, k=8))
     trainer.tokens_since_fired.fill_(10**9)
     batch = next(iter(store))
@@ -168,7 +184,9 @@ def test_sparse_decode_matches_dense_values_and_gradients(architecture):
 
 def test_aux_k_on_dead_columns_matches_the_dense_definition(hooked, train_tokens):
     cfg = small(architecture="topk", aux_k=6)
-    store = ActivationStore(hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens)
+    store = ActivationStore(
+        hooked, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens
+    )
     trainer = SAETrainer(store, cfg, sc.SAEConfig("topk", d_in=64, d_sae=256, hook_name=SITE, k=8))
     dead = torch.zeros(256, dtype=torch.bool)
     dead[::3] = True

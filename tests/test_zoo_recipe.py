@@ -12,8 +12,8 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from sae_circuits.zoo import automata  # noqa: E402
-from sae_circuits.zoo.corpus import SUBCORPORA  # noqa: E402
+from sae_circuits.zoo import automata
+from sae_circuits.zoo.corpus import SUBCORPORA
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "sae_circuits" / "zoo" / "tiny"
@@ -50,18 +50,28 @@ def test_states_depend_on_context() -> None:
     # The same token gets different states in different contexts, so the
     # state is not a function of the current token alone.
     assert automata.label("markup", ["<", "p", ">", "note", "</", "p", ">"]) == [
-        "OPEN", "TAG_NAME", "CLOSE", "TEXT", "END_OPEN", "END_TAG_NAME", "CLOSE"]
+        "OPEN",
+        "TAG_NAME",
+        "CLOSE",
+        "TEXT",
+        "END_OPEN",
+        "END_TAG_NAME",
+        "CLOSE",
+    ]
     assert automata.label("markup", ["<", "p", " class", "=", "note", ">"])[4] == "ATTR_VALUE"
     kv = automata.label("kvlog", ["[", "INFO", "]", " user", ":", " user", "=", "bob", "\n"])
     assert kv[3] == "COMPONENT" and kv[5] == "KEY"
 
 
-@pytest.mark.parametrize("name, bad", [
-    ("markup", ["<", "<"]),
-    ("markup", ["<", "div", ">", "<", "b"]),  # "><" would fuse into one token
-    ("kvlog", ["[", "INFO", "]", " db", ":", " user", "=", "\n"]),
-    ("kvlog", ["[", "oops"]),
-])
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("markup", ["<", "<"]),
+        ("markup", ["<", "div", ">", "<", "b"]),  # "><" would fuse into one token
+        ("kvlog", ["[", "INFO", "]", " db", ":", " user", "=", "\n"]),
+        ("kvlog", ["[", "oops"]),
+    ],
+)
 def test_label_rejects_invalid_sequences(name: str, bad: list[str]) -> None:
     with pytest.raises(ValueError):
         automata.label(name, bad)
@@ -220,12 +230,19 @@ def test_smoke_build_is_reproducible(smoke_build: Path, tmp_path: Path) -> None:
     from sae_circuits.zoo import recipe
 
     again = tmp_path / "again"
-    recipe.main(["all", "--smoke", "--out", str(again),
-                 "--cache-dir", str(REPO / "build" / "zoo" / "downloads")])
-    for rel in ("corpus/markup.train.jsonl", "corpus/base64.train.jsonl", "tokenizer/tokenizer.json",
-                "tokens/train.npy", "tokens/val_code.npy", "tiny/model.safetensors",
-                "tiny/saes/blocks.1.hook_resid_post/sae_weights.safetensors",
-                "tiny/transcoders/blocks.2.hook_mlp_out/sae_weights.safetensors"):
+    recipe.main(
+        ["all", "--smoke", "--out", str(again), "--cache-dir", str(REPO / "build" / "zoo" / "downloads")]
+    )
+    for rel in (
+        "corpus/markup.train.jsonl",
+        "corpus/base64.train.jsonl",
+        "tokenizer/tokenizer.json",
+        "tokens/train.npy",
+        "tokens/val_code.npy",
+        "tiny/model.safetensors",
+        "tiny/saes/blocks.1.hook_resid_post/sae_weights.safetensors",
+        "tiny/transcoders/blocks.2.hook_mlp_out/sae_weights.safetensors",
+    ):
         assert (again / rel).read_bytes() == (smoke_build / rel).read_bytes(), rel
 
 
@@ -233,7 +250,9 @@ def test_smoke_never_writes_committed_model(tmp_path: Path) -> None:
     from sae_circuits.zoo import recipe
 
     with pytest.raises(SystemExit):
-        recipe.main(["model", "--smoke", "--out", str(tmp_path), "--model-dir", str(recipe.COMMITTED_MODEL_DIR)])
+        recipe.main(
+            ["model", "--smoke", "--out", str(tmp_path), "--model-dir", str(recipe.COMMITTED_MODEL_DIR)]
+        )
 
 
 def test_lr_schedule_and_batches() -> None:

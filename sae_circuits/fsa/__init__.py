@@ -5,4 +5,12 @@ from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.fsa.extract import automaton
 from sae_circuits.fsa.score import AutomatonScore, auroc, score_automaton
 
-__all__ = ["AutomatonScore", "FeatureAutomaton", "State", "Transition", "auroc", "automaton", "score_automaton"]
+__all__ = [
+    "AutomatonScore",
+    "FeatureAutomaton",
+    "State",
+    "Transition",
+    "auroc",
+    "automaton",
+    "score_automaton",
+]

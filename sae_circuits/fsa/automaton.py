@@ -78,8 +78,14 @@ class FeatureAutomaton:
         when present (so pairs under ``min_weight`` count too), else from the transitions kept."""
         if self.weights:
             column = {s.id: i for i, s in enumerate(self.states)}  # weights are indexed like firing
-            return sum(float(w[column[src], column[dst]]) for m, w in self.weights.items() if mechanism in (None, m))
-        return sum(t.weight for t in self.transitions if t.src == src and t.dst == dst and mechanism in (None, t.mechanism))
+            return sum(
+                float(w[column[src], column[dst]]) for m, w in self.weights.items() if mechanism in (None, m)
+            )
+        return sum(
+            t.weight
+            for t in self.transitions
+            if t.src == src and t.dst == dst and mechanism in (None, t.mechanism)
+        )
 
     def cycles(self, min_weight: float = 0.0, max_length: int = 6) -> list[tuple[list[int], float]]:
         """Loops of states (simple cycles up to ``max_length``), strongest first; a cycle's weight

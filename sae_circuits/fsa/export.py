@@ -88,7 +88,9 @@ def _simple_cycles(graph: nx.DiGraph, max_length: int, cap: int) -> list[list[in
     return list(itertools.islice(found, cap + 1))
 
 
-def cycles(fsa: FeatureAutomaton, min_weight: float = 0.0, max_length: int = 6) -> list[tuple[list[int], float]]:
+def cycles(
+    fsa: FeatureAutomaton, min_weight: float = 0.0, max_length: int = 6
+) -> list[tuple[list[int], float]]:
     """Simple cycles of states, strongest first.
 
     Edges are state pairs whose transitions (both mechanisms summed) weigh more than ``min_weight``;
@@ -220,7 +222,9 @@ def to_dot(fsa: FeatureAutomaton) -> str:
     ]  # fmt: skip
     for s in fsa.states:
         label = f"{s.id}: {s.label}\n{100 * s.frequency:.2f}% of tokens"
-        lines.append(f"  {dot_string(f's{s.id}')} [label={dot_string(label)}, tooltip={dot_string(_members(s))}];")
+        lines.append(
+            f"  {dot_string(f's{s.id}')} [label={dot_string(label)}, tooltip={dot_string(_members(s))}];"
+        )
     largest = max((abs(t.weight) for t in fsa.transitions if math.isfinite(t.weight)), default=0.0) or 1.0
     for t in fsa.transitions:
         width = min(4.0, 0.5 + 3.5 * abs(t.weight) / largest) if math.isfinite(t.weight) else 4.0
@@ -233,7 +237,10 @@ def to_dot(fsa: FeatureAutomaton) -> str:
         if t.effect is not None:
             attrs.append(f'effect="{float(t.effect)!r}"')
         if t.confirmed is not None:
-            attrs += [f'confirmed="{str(bool(t.confirmed)).lower()}"', f"style={'solid' if t.confirmed else 'dashed'}"]
+            attrs += [
+                f'confirmed="{str(bool(t.confirmed)).lower()}"',
+                f"style={'solid' if t.confirmed else 'dashed'}",
+            ]
         lines.append(f"  {dot_string(f's{t.src}')} -> {dot_string(f's{t.dst}')} [{', '.join(attrs)}];")
     return "\n".join([*lines, "}", ""])
 
@@ -241,7 +248,9 @@ def to_dot(fsa: FeatureAutomaton) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-_HTML = page_start("Feature automaton") + """body{font:13px system-ui,sans-serif;margin:16px;color:#222}
+_HTML = (
+    page_start("Feature automaton")
+    + """body{font:13px system-ui,sans-serif;margin:16px;color:#222}
 #wrap{overflow:auto;border:1px solid #ddd} circle{fill:#fff;stroke:#333;stroke-width:1}
 circle.hot{stroke:#d62728;stroke-width:3} text{font-size:11px;fill:#333}
 .legend span{display:inline-block;width:14px;height:3px;margin:0 4px 3px 12px}
@@ -328,6 +337,7 @@ for (const [ids, w] of data.cycles) {
 }
 </script></body></html>
 """
+)
 
 
 def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
@@ -403,16 +413,24 @@ def _firing(path: Path, raw: Any) -> torch.Tensor:
     shape = json_get(path, "an automaton JSON", raw, "shape", at="firing")
     encoding = json_get(path, "an automaton JSON", raw, "encoding", at="firing")
     if encoding != _FIRING_ENCODING:
-        raise ValueError(f"{path}: firing encoding {encoding!r} is not supported (reads {_FIRING_ENCODING!r})")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise ValueError(
+            f"{path}: firing encoding {encoding!r} is not supported (reads {_FIRING_ENCODING!r})"
+        )
+    if not (
+        isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 0 for n in shape)
+    ):
         raise ValueError(f"{path}: firing.shape is {shape!r}; expected [tokens, states]")
     try:
-        packed = zlib.decompress(base64.b64decode(json_get(path, "an automaton JSON", raw, "data", at="firing"), validate=True))
+        packed = zlib.decompress(
+            base64.b64decode(json_get(path, "an automaton JSON", raw, "data", at="firing"), validate=True)
+        )
     except (binascii.Error, zlib.error, TypeError, ValueError) as err:
         raise ValueError(f"{path}: firing.data is corrupt ({err})") from err
     count = shape[0] * shape[1]
     if len(packed) != (count + 7) // 8:
-        raise ValueError(f"{path}: firing.data holds {len(packed)} bytes; shape {shape} needs {(count + 7) // 8}")
+        raise ValueError(
+            f"{path}: firing.data holds {len(packed)} bytes; shape {shape} needs {(count + 7) // 8}"
+        )
     bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=count, bitorder="little")
     return torch.from_numpy(bits.astype(bool).reshape(shape))
 
@@ -429,7 +447,10 @@ def load(path: str | os.PathLike[str]) -> FeatureAutomaton:
                          f"(reads {FORMAT!r} version {FORMAT_VERSION})")  # fmt: skip
     states = []
     for i, row in enumerate(json_get(path, "an automaton JSON", raw, "states")):
-        f = {k: json_get(path, "an automaton JSON", row, k, at=f"states[{i}]") for k in ("id", "members", "label", "frequency", "max_activation")}
+        f = {
+            k: json_get(path, "an automaton JSON", row, k, at=f"states[{i}]")
+            for k in ("id", "members", "label", "frequency", "max_activation")
+        }
         states.append(State(
             id=int(f["id"]), members=[(str(site), int(index)) for site, index in f["members"]], label=f["label"],
             frequency=float(f["frequency"]), max_activation=float(f["max_activation"]),
@@ -439,9 +460,13 @@ def load(path: str | os.PathLike[str]) -> FeatureAutomaton:
         keys = ("src", "dst", "mechanism", "weight", "tokens", "effect", "confirmed")
         f = {key: json_get(path, "an automaton JSON", row, key, at=f"transitions[{k}]") for key in keys}
         if f["mechanism"] not in _MECHANISMS:
-            raise ValueError(f"{path}: transitions[{k}].mechanism is {f['mechanism']!r}; expected one of {_MECHANISMS}")
+            raise ValueError(
+                f"{path}: transitions[{k}].mechanism is {f['mechanism']!r}; expected one of {_MECHANISMS}"
+            )
         if f["confirmed"] not in (None, True, False):
-            raise ValueError(f"{path}: transitions[{k}].confirmed is {f['confirmed']!r}; expected true, false or null")
+            raise ValueError(
+                f"{path}: transitions[{k}].confirmed is {f['confirmed']!r}; expected true, false or null"
+            )
         transitions.append(Transition(
             src=int(f["src"]), dst=int(f["dst"]), mechanism=f["mechanism"], weight=float(f["weight"]),
             tokens={str(x): int(n) for x, n in f["tokens"].items()},

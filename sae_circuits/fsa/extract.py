@@ -71,7 +71,11 @@ class _Corpus:
                     feature_ids.append(idx + self.feature_offset(site))
                     values.append(acts[pos, idx])
                 start += row.numel() - self.offset
-        self.token_ids, self.feature_ids, self.values = torch.cat(token_ids), torch.cat(feature_ids), torch.cat(values)
+        self.token_ids, self.feature_ids, self.values = (
+            torch.cat(token_ids),
+            torch.cat(feature_ids),
+            torch.cat(values),
+        )
         self.next_probs = torch.cat(probs)  # (tokens, vocab): the model's next-token probabilities
 
     def feature_offset(self, site: int) -> int:
@@ -106,7 +110,9 @@ class _Corpus:
 
 def _tokenize(model: Any, texts: Any, prepend_bos: bool | None) -> tuple[list[Tensor], int]:
     if isinstance(texts, str) or not isinstance(texts, (Sequence, Tensor)) or len(texts) == 0:
-        raise ValueError(f"texts must be a non-empty list of strings or token rows, got {type(texts).__name__}")
+        raise ValueError(
+            f"texts must be a non-empty list of strings or token rows, got {type(texts).__name__}"
+        )
     n_ctx = model.cfg.n_ctx
     rows: list[Tensor] = []
     bos = prepend_bos if prepend_bos is not None else bool(getattr(model.cfg, "default_prepend_bos", True))
@@ -162,17 +168,25 @@ def automaton(
     """
     check_model(model)
     if is_bridge(model):
-        raise NotImplementedError("automaton extraction needs a HookedTransformer (attention transitions use attribution)")
+        raise NotImplementedError(
+            "automaton extraction needs a HookedTransformer (attention transitions use attribution)"
+        )
     if not saes_of(model):
         raise ValueError("no SAE or transcoder is spliced into the model; splice some first (sc.splice)")
-    for name, value, low in (("max_states", max_states, 1), ("attention_contexts", attention_contexts, 0), ("batch_size", batch_size, 1)):
+    for name, value, low in (
+        ("max_states", max_states, 1),
+        ("attention_contexts", attention_contexts, 0),
+        ("batch_size", batch_size, 1),
+    ):
         if not is_int(value) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
     for name, value in (("min_weight", min_weight), ("group_threshold", group_threshold)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{name}={value!r} must be a number in [0, 1]")
     if not 0 <= min_frequency < max_frequency <= 1:
-        raise ValueError(f"need 0 <= min_frequency < max_frequency <= 1, got {min_frequency}, {max_frequency}")
+        raise ValueError(
+            f"need 0 <= min_frequency < max_frequency <= 1, got {min_frequency}, {max_frequency}"
+        )
 
     corpus = _Corpus(model, texts, prepend_bos, progress)
     n_tokens = int(corpus.lengths.sum())
@@ -181,7 +195,9 @@ def automaton(
     window = ((rate >= min_frequency) & (rate <= max_frequency)).nonzero().squeeze(-1)
     candidates = window[rate[window].argsort(descending=True)][: 8 * max_states]
     if candidates.numel() == 0:
-        raise ValueError(f"no feature fires on between {min_frequency:.2%} and {max_frequency:.0%} of the {n_tokens} tokens")
+        raise ValueError(
+            f"no feature fires on between {min_frequency:.2%} and {max_frequency:.0%} of the {n_tokens} tokens"
+        )
     fire = corpus.firing(candidates)
     groups = _group(fire, group_threshold) if grouping else [[i] for i in range(candidates.numel())]
     state_fire = torch.stack([fire[:, g].any(1) for g in groups], dim=1)
@@ -240,7 +256,10 @@ def _state(corpus: _Corpus, state_id: int, members: list[int], fires: Tensor) ->
         site, index = corpus.feature_of(m)
         sites.append((corpus.sites[site], index))
     return State(
-        id=state_id, members=sites, label=label, frequency=float(fires.float().mean()),
+        id=state_id,
+        members=sites,
+        label=label,
+        frequency=float(fires.float().mean()),
         max_activation=float(corpus.values[in_members].max()) if bool(in_members.any()) else 0.0,
     )
 
@@ -253,7 +272,9 @@ def _token_weights(corpus: _Corpus, fire: Tensor) -> Tensor:
     ``P(B | x)`` for a token the model predicts after A but that never follows A in the corpus."""
     token_col = torch.searchsorted(corpus.vocab, corpus.tokens)
     occurrences = torch.bincount(token_col, minlength=corpus.vocab.numel()).double()
-    fires_on = torch.zeros(corpus.vocab.numel(), fire.shape[1], dtype=torch.float64).index_add_(0, token_col, fire.double())
+    fires_on = torch.zeros(corpus.vocab.numel(), fire.shape[1], dtype=torch.float64).index_add_(
+        0, token_col, fire.double()
+    )
     p_fire = fires_on / occurrences.clamp_min(1)[:, None]  # (vocab, states): P(B | x)
     f = fire.double()
     p_next = (f.T @ corpus.next_probs) / f.sum(0).clamp_min(1)[:, None]  # (states, vocab): p_A(x)
@@ -288,9 +309,23 @@ def _attention_weights(
     mass = torch.zeros(n_states, dtype=torch.float64)
     starts = torch.cat([torch.zeros(1, dtype=torch.long), corpus.lengths.cumsum(0)])
     generator = torch.Generator().manual_seed(0)
-    for text in tqdm(range(min(n_contexts, len(corpus.rows))), desc="attention transitions", unit="text", disable=not progress, leave=False):
+    for text in tqdm(
+        range(min(n_contexts, len(corpus.rows))),
+        desc="attention transitions",
+        unit="text",
+        disable=not progress,
+        leave=False,
+    ):
         lo, hi = int(starts[text]), int(starts[text + 1])
-        in_text = ((corpus.token_ids >= lo + 1) & (corpus.token_ids < hi) & torch.isin(corpus.feature_ids, member_ids)).nonzero().squeeze(-1)
+        in_text = (
+            (
+                (corpus.token_ids >= lo + 1)
+                & (corpus.token_ids < hi)
+                & torch.isin(corpus.feature_ids, member_ids)
+            )
+            .nonzero()
+            .squeeze(-1)
+        )
         if in_text.numel() > _ROWS_PER_TEXT:  # a fixed random sample of the occurrences bounds the cost
             in_text = in_text[torch.randperm(in_text.numel(), generator=generator)[:_ROWS_PER_TEXT]]
         occurrences = []
@@ -306,13 +341,18 @@ def _attention_weights(
         source_pos = rows.active_pos[rows.source] - corpus.offset  # text position of each source
         target_pos = torch.tensor([t.position - corpus.offset for t in targets])[rows.row]
         previous = (source_pos == target_pos - 1) & (rows.weight > 0)
-        source_global = torch.tensor(
-            [corpus.feature_offset(int(s)) for s in range(len(corpus.sites))]
-        )[rows.active_site[rows.source]] + rows.active_index[rows.source]
+        source_global = (
+            torch.tensor([corpus.feature_offset(int(s)) for s in range(len(corpus.sites))])[
+                rows.active_site[rows.source]
+            ]
+            + rows.active_index[rows.source]
+        )
         for r, feature in enumerate(target_ids):
             for b in state_of[feature]:
                 mass[b] += float(rows.mass[r])
-        for r, src, w in zip(rows.row[previous].tolist(), source_global[previous].tolist(), rows.weight[previous].tolist()):
+        for r, src, w in zip(
+            rows.row[previous].tolist(), source_global[previous].tolist(), rows.weight[previous].tolist()
+        ):
             for a in state_of.get(src, []):
                 for b in state_of[target_ids[r]]:
                     inflow[a, b] += w

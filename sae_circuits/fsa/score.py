@@ -112,11 +112,15 @@ def _flat_labels(fsa: FeatureAutomaton, true_states: Any) -> list[Hashable]:
             raise ValueError(f"true_states[{i}] has {len(text)} labels but fsa.lengths[{i}] is {n}")
     flat = [label for text in true_states for label in text]
     if len(flat) != n_tokens:
-        raise ValueError(f"true_states has {len(flat)} labels in all but fsa.firing has {n_tokens} tokens (rows)")
+        raise ValueError(
+            f"true_states has {len(flat)} labels in all but fsa.firing has {n_tokens} tokens (rows)"
+        )
     return flat
 
 
-def _truth(true_transitions: Any, labels: list[Hashable]) -> tuple[list[Hashable], set[tuple[Hashable, Hashable]]]:
+def _truth(
+    true_transitions: Any, labels: list[Hashable]
+) -> tuple[list[Hashable], set[tuple[Hashable, Hashable]]]:
     """The true states (in a fixed order) and the set of true ``(src, dst)`` pairs, START dropped."""
     seen = dict.fromkeys(x for x in labels if x not in _UNLABELLED)  # first-appearance order
     if hasattr(true_transitions, "transitions") and hasattr(true_transitions, "states"):  # a zoo Automaton
@@ -125,7 +129,9 @@ def _truth(true_transitions: Any, labels: list[Hashable]) -> tuple[list[Hashable
         unknown = sorted(map(str, set(seen) - set(states)))
         if unknown:
             name = getattr(true_transitions, "name", "?")
-            raise ValueError(f"true_states has labels that are not states of automaton {name!r}: {unknown[:10]}")
+            raise ValueError(
+                f"true_states has labels that are not states of automaton {name!r}: {unknown[:10]}"
+            )
     else:
         pairs = set()
         for k, pair in enumerate(true_transitions):
@@ -167,7 +173,9 @@ def score_automaton(
         raise ValueError(f"mechanism must be None, 'attention' or 'token', got {mechanism!r}")
     firing = fsa.firing
     if firing.ndim != 2 or firing.shape[1] != len(fsa.states):
-        raise ValueError(f"fsa.firing has shape {list(firing.shape)}; expected [tokens, {len(fsa.states)} states]")
+        raise ValueError(
+            f"fsa.firing has shape {list(firing.shape)}; expected [tokens, {len(fsa.states)} states]"
+        )
     labels = _flat_labels(fsa, true_states)
     states, true_pairs = _truth(true_transitions, labels)
     index = {s: i for i, s in enumerate(states)}

@@ -45,14 +45,20 @@ def validate(
     >>> [(t.src, t.dst, t.effect, t.confirmed) for t in fsa.transitions if t.effect is not None][:3]  # doctest: +SKIP
     """
     if fsa.tokens is None:
-        raise ValueError("this automaton keeps no corpus tokens to draw prompts from (extract it with sc.automaton)")
+        raise ValueError(
+            "this automaton keeps no corpus tokens to draw prompts from (extract it with sc.automaton)"
+        )
     missing = {site for s in fsa.states for site, _ in s.members} - set(saes_of(model))
     if missing:
         raise ValueError(f"the automaton's sites {sorted(missing)} have no dictionary spliced in this model")
     if n_prompts < 2:
         raise ValueError(f"n_prompts={n_prompts} must be at least 2")
-    chosen = transitions if transitions is not None else sorted(fsa.transitions, key=lambda t: -t.weight)[:top]
-    for t in tqdm(chosen, desc="validating transitions", unit="transition", disable=not progress, leave=False):
+    chosen = (
+        transitions if transitions is not None else sorted(fsa.transitions, key=lambda t: -t.weight)[:top]
+    )
+    for t in tqdm(
+        chosen, desc="validating transitions", unit="transition", disable=not progress, leave=False
+    ):
         # prompts end where the source is off: pinning it there is the intervention
         prompts = _prompts(fsa, model, n_prompts, seed, ~fsa.firing[:, _index(fsa, t.src)])
         dst = _index(fsa, t.dst)
@@ -60,7 +66,13 @@ def validate(
         pinned = _run(model, fsa, prompts, fsa.states[_index(fsa, t.src)], top_k)[:, dst]
         t.effect = float((pinned - base).mean())
         t.confirmed = t.effect > 0 and _one_sided_p(pinned - base) < alpha
-    fsa.metadata["validation"] = {"n_prompts": n_prompts, "alpha": alpha, "seed": seed, "top_k": top_k, "checked": len(chosen)}
+    fsa.metadata["validation"] = {
+        "n_prompts": n_prompts,
+        "alpha": alpha,
+        "seed": seed,
+        "top_k": top_k,
+        "checked": len(chosen),
+    }
     return fsa
 
 
@@ -76,10 +88,16 @@ def _prompts(fsa: FeatureAutomaton, model: Any, n: int, seed: int, allowed: Tens
     offset = torch.arange(int(fsa.lengths.sum())) - starts[text_of]
     ends = (allowed & (offset >= 3)).nonzero().squeeze(-1)
     if ends.numel() == 0:
-        raise ValueError("no corpus position of 4+ tokens where the source state is off, to draw prompts from")
+        raise ValueError(
+            "no corpus position of 4+ tokens where the source state is off, to draw prompts from"
+        )
     generator = torch.Generator().manual_seed(seed)
     picks = ends[torch.randint(ends.numel(), (n,), generator=generator)]
-    bos = [model.tokenizer.bos_token_id] if fsa.metadata.get("prepend_bos") and model.tokenizer is not None else []
+    bos = (
+        [model.tokenizer.bos_token_id]
+        if fsa.metadata.get("prepend_bos") and model.tokenizer is not None
+        else []
+    )
     return [
         torch.cat([torch.tensor(bos, dtype=torch.long), fsa.tokens[int(starts[text_of[end]]) : int(end) + 1]])
         for end in picks.tolist()
@@ -87,7 +105,9 @@ def _prompts(fsa: FeatureAutomaton, model: Any, n: int, seed: int, allowed: Tens
 
 
 @torch.no_grad()
-def _run(model: Any, fsa: FeatureAutomaton, prompts: list[Tensor], source: State | None, top_k: int) -> Tensor:
+def _run(
+    model: Any, fsa: FeatureAutomaton, prompts: list[Tensor], source: State | None, top_k: int
+) -> Tensor:
     """For each prompt and state: the probability that the state fires on the next token, under
     the model's next-token distribution (its ``top_k`` tokens, renormalised), with ``source``
     pinned at the last prompt position (or nothing pinned)."""

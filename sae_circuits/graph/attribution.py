@@ -47,6 +47,7 @@ from sae_circuits.splice import saes_of
 
 _CANDIDATES_PER_NODE = 8  # under a budget, itemise edges to the top 8 x budget unexpanded features
 
+
 def attribute(
     model: nn.Module,
     prompt: str | Sequence[int] | Int[Tensor, " pos"],
@@ -94,8 +95,9 @@ def attribute(
     _check_settings(batch_size, max_feature_nodes, edge_tolerance)
     tokens = _tokens(model, prompt, prepend_bos)
     with _input_gradients_only(model):
-        return _Attribution(model, capture(model, tokens), targets, batch_size, max_feature_nodes,
-                            edge_tolerance, progress).run(prompt if isinstance(prompt, str) else None)
+        return _Attribution(
+            model, capture(model, tokens), targets, batch_size, max_feature_nodes, edge_tolerance, progress
+        ).run(prompt if isinstance(prompt, str) else None)
 
 
 @contextmanager
@@ -167,7 +169,11 @@ def _check_settings(batch_size: Any, max_feature_nodes: Any, edge_tolerance: Any
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     if max_feature_nodes is not None and (not is_int(max_feature_nodes) or max_feature_nodes < 0):
         raise ValueError(f"max_feature_nodes={max_feature_nodes!r} must be None or an integer >= 0")
-    if isinstance(edge_tolerance, bool) or not isinstance(edge_tolerance, (int, float)) or not 0 <= edge_tolerance < 1:
+    if (
+        isinstance(edge_tolerance, bool)
+        or not isinstance(edge_tolerance, (int, float))
+        or not 0 <= edge_tolerance < 1
+    ):
         raise ValueError(f"edge_tolerance={edge_tolerance!r} must be a number in [0, 1)")
 
 
@@ -186,11 +192,15 @@ def _tokens(model: Any, prompt: Any, prepend_bos: bool | None) -> Tensor:
             raise ValueError(f"prompt tokens must be a 1-D sequence of ids, got shape {tuple(tokens.shape)}")
         bad = tokens[(tokens < 0) | (tokens >= model.cfg.d_vocab)]
         if bad.numel():
-            raise ValueError(f"prompt token id {int(bad[0])} is not in the vocabulary [0, {model.cfg.d_vocab})")
+            raise ValueError(
+                f"prompt token id {int(bad[0])} is not in the vocabulary [0, {model.cfg.d_vocab})"
+            )
     if tokens.numel() == 0:
         raise ValueError("the prompt is empty")
     if tokens.numel() > model.cfg.n_ctx:
-        raise ValueError(f"the prompt has {tokens.numel()} tokens, more than the model's context of {model.cfg.n_ctx}")
+        raise ValueError(
+            f"the prompt has {tokens.numel()} tokens, more than the model's context of {model.cfg.n_ctx}"
+        )
     return tokens.to(next(model.parameters()).device)
 
 
@@ -210,8 +220,14 @@ class _Attribution:
     """The state of one attribution run (active features, rows computed, edges kept)."""
 
     def __init__(
-        self, model: Any, values: PromptValues, targets: TargetSpec, batch_size: int,
-        max_feature_nodes: int | None, edge_tolerance: float, progress: bool,
+        self,
+        model: Any,
+        values: PromptValues,
+        targets: TargetSpec,
+        batch_size: int,
+        max_feature_nodes: int | None,
+        edge_tolerance: float,
+        progress: bool,
     ) -> None:
         self.model, self.values, self.batch = model, values, batch_size
         self.budget, self.tolerance, self.progress = max_feature_nodes, edge_tolerance, progress
@@ -223,7 +239,11 @@ class _Attribution:
         for s in sites:
             self.offsets.append(self.offsets[-1] + s.positions.numel())
         self.n_active = self.offsets[-1]
-        self.active_site = torch.cat([torch.full_like(s.positions, i) for i, s in enumerate(sites)]) if sites else torch.zeros(0, dtype=torch.long)
+        self.active_site = (
+            torch.cat([torch.full_like(s.positions, i) for i, s in enumerate(sites)])
+            if sites
+            else torch.zeros(0, dtype=torch.long)
+        )
         self.active_pos = torch.cat([s.positions for s in sites])
         self.active_index = torch.cat([s.indices for s in sites])
         self.active_value = torch.cat([s.activations for s in sites]).float()
@@ -242,7 +262,9 @@ class _Attribution:
         # Under a budget, only features with a row or likely to get one keep itemised edges; the
         # rest go to "other" straight away (memory), and ``missing`` counts what that cost features
         # that got a row later.
-        self.candidates = None if max_feature_nodes is None else _CANDIDATES_PER_NODE * max(1, max_feature_nodes)
+        self.candidates = (
+            None if max_feature_nodes is None else _CANDIDATES_PER_NODE * max(1, max_feature_nodes)
+        )
         self.missing = torch.zeros(self.n_active, dtype=torch.float64)
 
     def _check_feature_targets(self) -> dict[int, int]:
@@ -254,16 +276,22 @@ class _Attribution:
             if target.feature is None:
                 continue
             site_name = target.feature.site
-            matches = [i for i, s in enumerate(self.values.sites) if site_name in (s.name, s.sae.cfg.hook_name)]
+            matches = [
+                i for i, s in enumerate(self.values.sites) if site_name in (s.name, s.sae.cfg.hook_name)
+            ]
             if not matches:
                 raise ValueError(
                     f"feature target site {site_name!r} has no spliced dictionary; spliced: {[s.name for s in self.values.sites]}"
                 )
             site = self.values.sites[matches[0]]
             if not is_int(target.feature.index) or not 0 <= target.feature.index < site.sae.cfg.d_sae:
-                raise ValueError(f"feature target index {target.feature.index!r} is outside [0, {site.sae.cfg.d_sae}) at {site.name!r}")
+                raise ValueError(
+                    f"feature target index {target.feature.index!r} is outside [0, {site.sae.cfg.d_sae}) at {site.name!r}"
+                )
             self.target_site[t] = matches[0]
-            hit = ((site.positions == target.feature.position) & (site.indices == target.feature.index)).nonzero()
+            hit = (
+                (site.positions == target.feature.position) & (site.indices == target.feature.index)
+            ).nonzero()
             if hit.numel():
                 found[t] = self.offsets[matches[0]] + int(hit[0, 0])
         return found
@@ -271,8 +299,12 @@ class _Attribution:
     # ------------------------------------------------------------------ the loop
 
     def run(self, prompt: str | None) -> AttributionGraph:
-        expected = len(self.targets) + (self.n_active if self.budget is None else min(self.budget, self.n_active))
-        bar = tqdm(total=expected, desc="attribution rows", unit="row", disable=not self.progress, leave=False)
+        expected = len(self.targets) + (
+            self.n_active if self.budget is None else min(self.budget, self.n_active)
+        )
+        bar = tqdm(
+            total=expected, desc="attribution rows", unit="row", disable=not self.progress, leave=False
+        )
         self.pass_ = frozen_pass(self.model, self.values, self.batch)
         try:
             targets = self.target_rows()
@@ -295,7 +327,15 @@ class _Attribution:
             if t.feature is None:
                 rows.append(_Row(t.weight, target=i))
             else:
-                rows.append(_Row(t.weight, target=i, site=self.target_site[i], position=t.feature.position, index=t.feature.index))
+                rows.append(
+                    _Row(
+                        t.weight,
+                        target=i,
+                        site=self.target_site[i],
+                        position=t.feature.position,
+                        index=t.feature.index,
+                    )
+                )
         return rows
 
     def _next_features(self) -> list[_Row]:
@@ -332,7 +372,9 @@ class _Attribution:
         self.rows.extend(rows)
         grads = self._backward(rows)
         k = len(rows)
-        h = 1 + max(self.n - 1 if row.site < 0 else row.position for row in rows)  # no gradient reaches later positions
+        h = 1 + max(
+            self.n - 1 if row.site < 0 else row.position for row in rows
+        )  # no gradient reaches later positions
         token_w = torch.zeros(k, self.n)
         if grads[0] is not None:  # else no path from the embedding to these rows
             token_w[:, :h] = (grads[0][:k, :h] * self.values.embedding[:h].to(grads[0].dtype)).sum(-1).float()
@@ -361,7 +403,9 @@ class _Attribution:
         if self.tolerance > 0 and cols.numel():
             features = self._fold(features, cols, self._small_edges(magnitude), folded)
         if self.candidates is not None and cols.numel():
-            features = self._fold(features, cols, ~self._candidates()[cols].unsqueeze(0), folded, count_missing=True)
+            features = self._fold(
+                features, cols, ~self._candidates()[cols].unsqueeze(0), folded, count_missing=True
+            )
         self.folded.append(folded)
         for store, dense, columns in (
             (self.token_edges, token_w, None), (self.error_edges, errors, error_cols), (self.feature_edges, features, cols)
@@ -395,9 +439,15 @@ class _Attribution:
         live = [i for i, o in enumerate(outputs) if o.requires_grad]
         if not live:
             return [None] * len(leaves)
-        return list(torch.autograd.grad(
-            [outputs[i] for i in live], leaves, [grad_outputs[i] for i in live], retain_graph=True, allow_unused=True
-        ))
+        return list(
+            torch.autograd.grad(
+                [outputs[i] for i in live],
+                leaves,
+                [grad_outputs[i] for i in live],
+                retain_graph=True,
+                allow_unused=True,
+            )
+        )
 
     def _logit_vector(self, target: ResolvedTarget) -> Tensor:
         """``W_U`` times the (vocabulary-demeaned) logit direction of a token or direction target."""
@@ -424,7 +474,9 @@ class _Attribution:
             keep[unvisited.topk(count).indices] = True
         return keep
 
-    def _fold(self, features: Tensor, cols: Tensor, fold: Tensor, sums: Tensor, count_missing: bool = False) -> Tensor:
+    def _fold(
+        self, features: Tensor, cols: Tensor, fold: Tensor, sums: Tensor, count_missing: bool = False
+    ) -> Tensor:
         """Move the ``fold`` entries of ``features`` (columns ``cols``) into per-(row, site) sums
         (the "other" nodes)."""
         folded = torch.where(fold, features, 0.0)
@@ -443,13 +495,26 @@ class _Attribution:
         expanded = torch.tensor([r.active for r in self.rows if r.active >= 0], dtype=torch.long)
         site_stage = torch.tensor([site.stage for site in sites], dtype=torch.long)
         width = int(self.active_index.max()) + 1 if self.n_active else 1
-        key = (site_stage[self.active_site[expanded]] * n + self.active_pos[expanded]) * width + self.active_index[expanded]
+        key = (
+            site_stage[self.active_site[expanded]] * n + self.active_pos[expanded]
+        ) * width + self.active_index[expanded]
         expanded = expanded[key.argsort()]
         columns = _Columns()
         # tokens
         token_ids = v.tokens.cpu()
-        strings = [self.model.to_string(token_ids[i : i + 1]) if self.model.tokenizer is not None else str(int(t)) for i, t in enumerate(token_ids)]
-        columns.add(NodeKind.TOKEN, site=-1, layer=-1, stage=0, position=torch.arange(n), index=token_ids, labels=strings)
+        strings = [
+            self.model.to_string(token_ids[i : i + 1]) if self.model.tokenizer is not None else str(int(t))
+            for i, t in enumerate(token_ids)
+        ]
+        columns.add(
+            NodeKind.TOKEN,
+            site=-1,
+            layer=-1,
+            stage=0,
+            position=torch.arange(n),
+            index=token_ids,
+            labels=strings,
+        )
         # features with rows
         node_of_active = torch.full((self.n_active,), -1, dtype=torch.long)
         node_of_active[expanded] = torch.arange(expanded.numel()) + columns.size
@@ -465,14 +530,25 @@ class _Attribution:
         # errors: site-major
         error_base = columns.size
         for i, s in enumerate(sites):
-            columns.add(NodeKind.ERROR, site=i, layer=block_of(s.name), stage=s.stage, position=torch.arange(n),
-                        index=-1, labels=[f"{_short(s.name)} error"] * n)
+            columns.add(
+                NodeKind.ERROR,
+                site=i,
+                layer=block_of(s.name),
+                stage=s.stage,
+                position=torch.arange(n),
+                index=-1,
+                labels=[f"{_short(s.name)} error"] * n,
+            )
         # edges, row -> node
         row_node = torch.empty(len(self.rows), dtype=torch.long)
         target_rows = [(r, row) for r, row in enumerate(self.rows) if row.target >= 0]
-        feature_rows = torch.tensor([r for r, row in enumerate(self.rows) if row.active >= 0], dtype=torch.long)
+        feature_rows = torch.tensor(
+            [r for r, row in enumerate(self.rows) if row.active >= 0], dtype=torch.long
+        )
         if feature_rows.numel():
-            row_node[feature_rows] = node_of_active[torch.tensor([self.rows[r].active for r in feature_rows.tolist()])]
+            row_node[feature_rows] = node_of_active[
+                torch.tensor([self.rows[r].active for r in feature_rows.tolist()])
+            ]
         tok = _cat(self.token_edges)
         err = _cat(self.error_edges)
         feat = _cat(self.feature_edges)
@@ -484,15 +560,24 @@ class _Attribution:
         other_sum = folded.clone()
         if unexpanded.numel():
             other_sum.index_put_(
-                (feat[0][unexpanded], self.active_site[feat[1][unexpanded]]), feat[2][unexpanded].double(), accumulate=True
+                (feat[0][unexpanded], self.active_site[feat[1][unexpanded]]),
+                feat[2][unexpanded].double(),
+                accumulate=True,
             )
         other_rows, other_sites = (other_sum != 0).nonzero(as_tuple=True)
         other_node = torch.full((n_sites,), -1, dtype=torch.long)
         for i in sorted(set(other_sites.tolist())):
             other_node[i] = columns.size
             count = int(((self.active_site == i) & (node_of_active < 0)).sum())
-            columns.add(NodeKind.OTHER, site=i, layer=block_of(sites[i].name), stage=sites[i].stage, position=-1, index=-1,
-                        labels=[f"{_short(sites[i].name)} other ({count} features without a row)"])
+            columns.add(
+                NodeKind.OTHER,
+                site=i,
+                layer=block_of(sites[i].name),
+                stage=sites[i].stage,
+                position=-1,
+                index=-1,
+                labels=[f"{_short(sites[i].name)} other ({count} features without a row)"],
+            )
         # targets
         target_node = {}
         for t, target in enumerate(self.targets):
@@ -500,15 +585,31 @@ class _Attribution:
             if target.feature is not None:
                 si = self.target_site[t]
                 active = self.target_features.get(t)
-                columns.add(NodeKind.TARGET, site=si, layer=block_of(sites[si].name), stage=sites[si].stage,
-                            position=target.feature.position, index=target.feature.index,
-                            activation=float(self.active_value[active]) if active is not None else 0.0,
-                            labels=[target.label], weight=target.weight)
+                columns.add(
+                    NodeKind.TARGET,
+                    site=si,
+                    layer=block_of(sites[si].name),
+                    stage=sites[si].stage,
+                    position=target.feature.position,
+                    index=target.feature.index,
+                    activation=float(self.active_value[active]) if active is not None else 0.0,
+                    labels=[target.label],
+                    weight=target.weight,
+                )
                 if active is not None:
                     node_of_active[active] = target_node[t]
             else:
-                columns.add(NodeKind.TARGET, site=-1, layer=n_layers, stage=1 + 12 * n_layers, position=n - 1,
-                            index=target.token, activation=target.probability, labels=[target.label], weight=target.weight)
+                columns.add(
+                    NodeKind.TARGET,
+                    site=-1,
+                    layer=n_layers,
+                    stage=1 + 12 * n_layers,
+                    position=n - 1,
+                    index=target.token,
+                    activation=target.probability,
+                    labels=[target.label],
+                    weight=target.weight,
+                )
         for r, row in target_rows:
             row_node[r] = target_node[row.target]
         # feature sources that are feature targets map to the target node; recompute after targets
@@ -527,8 +628,7 @@ class _Attribution:
         first_order = [
             1 + 12 * layer + MLP_NONLINEARITY
             for layer in range(n_layers)
-            if not self.model.cfg.attn_only
-            and not {1 + 12 * layer + 9, 1 + 12 * layer + 10} & covered
+            if not self.model.cfg.attn_only and not {1 + 12 * layer + 9, 1 + 12 * layer + 10} & covered
         ]
         metadata = {
             "model": str(getattr(self.model.cfg, "model_name", "")),
@@ -544,15 +644,25 @@ class _Attribution:
             "site_input_stages": input_stages,
             "first_order_stages": first_order,
         }
-        return columns.build(prompt if prompt is not None else "".join(strings), token_ids.tolist(), strings,
-                             [s.name for s in sites], edges, metadata)
+        return columns.build(
+            prompt if prompt is not None else "".join(strings),
+            token_ids.tolist(),
+            strings,
+            [s.name for s in sites],
+            edges,
+            metadata,
+        )
 
 
 def _cat(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
     if not parts:
         empty = torch.zeros(0, dtype=torch.long)
         return empty, empty, torch.zeros(0)
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+    return (
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        torch.cat([p[2] for p in parts]),
+    )
 
 
 def _short(site: str) -> str:
@@ -565,11 +675,15 @@ class _Columns:
     """Builds the node table column by column (scalars broadcast to a group's length)."""
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[Tensor]] = {k: [] for k in ("kind", "site", "layer", "stage", "position", "index", "activation", "weight")}
+        self.parts: dict[str, list[Tensor]] = {
+            k: [] for k in ("kind", "site", "layer", "stage", "position", "index", "activation", "weight")
+        }
         self.labels: list[str] = []
         self.size = 0
 
-    def add(self, kind: NodeKind, *, labels: list[str], activation: Any = 0.0, weight: float = 0.0, **ints: Any) -> None:
+    def add(
+        self, kind: NodeKind, *, labels: list[str], activation: Any = 0.0, weight: float = 0.0, **ints: Any
+    ) -> None:
         m = len(labels)
         if m == 0:
             return
@@ -581,11 +695,30 @@ class _Columns:
         self.labels.extend(labels)
         self.size += m
 
-    def build(self, prompt: str, tokens: list[int], strings: list[str], sites: list[str], edges: Edges,
-              metadata: dict[str, Any]) -> AttributionGraph:
+    def build(
+        self,
+        prompt: str,
+        tokens: list[int],
+        strings: list[str],
+        sites: list[str],
+        edges: Edges,
+        metadata: dict[str, Any],
+    ) -> AttributionGraph:
         col = {k: torch.cat(v) for k, v in self.parts.items()}
         return AttributionGraph(
-            prompt=prompt, tokens=tokens, token_strings=strings, sites=sites, kind=col["kind"], site=col["site"],
-            layer=col["layer"], stage=col["stage"], position=col["position"], index=col["index"],
-            activation=col["activation"], labels=self.labels, target_weight=col["weight"], edges=edges, metadata=metadata,
+            prompt=prompt,
+            tokens=tokens,
+            token_strings=strings,
+            sites=sites,
+            kind=col["kind"],
+            site=col["site"],
+            layer=col["layer"],
+            stage=col["stage"],
+            position=col["position"],
+            index=col["index"],
+            activation=col["activation"],
+            labels=self.labels,
+            target_weight=col["weight"],
+            edges=edges,
+            metadata=metadata,
         )

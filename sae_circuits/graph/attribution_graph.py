@@ -69,7 +69,9 @@ class AttributionGraph:
         n = self.kind.shape[0]
         for f in ("site", "layer", "stage", "position", "index", "activation", "target_weight"):
             if getattr(self, f).shape != (n,):
-                raise ValueError(f"node column {f!r} has shape {tuple(getattr(self, f).shape)}, expected ({n},)")
+                raise ValueError(
+                    f"node column {f!r} has shape {tuple(getattr(self, f).shape)}, expected ({n},)"
+                )
         if len(self.labels) != n:
             raise ValueError(f"{len(self.labels)} labels for {n} nodes")
 
@@ -124,7 +126,9 @@ class AttributionGraph:
         graph.metadata.update(node_threshold=node_threshold, edge_threshold=edge_threshold)
         return graph
 
-    def subgraph(self, node_mask: Bool[Tensor, " n"], edge_mask: Bool[Tensor, " n_edges"]) -> AttributionGraph:
+    def subgraph(
+        self, node_mask: Bool[Tensor, " n"], edge_mask: Bool[Tensor, " n_edges"]
+    ) -> AttributionGraph:
         """The nodes and edges selected by the masks (edges need both ends kept), renumbered."""
         edge_mask = edge_mask & node_mask[self.edges.target] & node_mask[self.edges.source]
         new_index = torch.full((self.n_nodes,), -1, dtype=torch.long)
@@ -134,7 +138,8 @@ class AttributionGraph:
         columns = {
             f.name: getattr(self, f.name)[kept]
             for f in fields(self)
-            if f.name in ("kind", "site", "layer", "stage", "position", "index", "activation", "target_weight")
+            if f.name
+            in ("kind", "site", "layer", "stage", "position", "index", "activation", "target_weight")
         }
         return replace(
             self,
@@ -169,19 +174,31 @@ class AttributionGraph:
 
     def equals(self, other: AttributionGraph, atol: float = 0.0) -> bool:
         """Same nodes, labels, metadata and edges (edge weights to ``atol``)."""
-        if not isinstance(other, AttributionGraph) or self.n_nodes != other.n_nodes or self.n_edges != other.n_edges:
+        if (
+            not isinstance(other, AttributionGraph)
+            or self.n_nodes != other.n_nodes
+            or self.n_edges != other.n_edges
+        ):
             return False
         same_lists = (self.prompt, self.tokens, self.token_strings, self.sites, self.labels) == (
-            other.prompt, other.tokens, other.token_strings, other.sites, other.labels
+            other.prompt,
+            other.tokens,
+            other.token_strings,
+            other.sites,
+            other.labels,
         )
         columns = ("kind", "site", "layer", "stage", "position", "index")
         same_columns = all(torch.equal(getattr(self, c), getattr(other, c)) for c in columns)
-        close = torch.allclose(self.activation, other.activation, atol=atol, rtol=0, equal_nan=True) and torch.allclose(
+        close = torch.allclose(
+            self.activation, other.activation, atol=atol, rtol=0, equal_nan=True
+        ) and torch.allclose(
             self.target_weight.double(), other.target_weight.double(), atol=atol, rtol=0, equal_nan=True
         )
-        same_edges = torch.equal(self.edges.target, other.edges.target) and torch.equal(
-            self.edges.source, other.edges.source
-        ) and torch.allclose(self.edges.weight, other.edges.weight, atol=atol, rtol=0, equal_nan=True)
+        same_edges = (
+            torch.equal(self.edges.target, other.edges.target)
+            and torch.equal(self.edges.source, other.edges.source)
+            and torch.allclose(self.edges.weight, other.edges.weight, atol=atol, rtol=0, equal_nan=True)
+        )
         return same_lists and same_columns and close and same_edges and self.metadata == other.metadata
 
     def __repr__(self) -> str:

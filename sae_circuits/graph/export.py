@@ -96,7 +96,9 @@ def node_ids(g: AttributionGraph) -> list[str]:
             ids.append(f"{top}_{index}_{pos}" if index >= 0 else f"{top}_dir{directions}_{pos}")
             directions += index < 0
         elif not 0 <= site < len(sites):
-            raise ValueError(f"node {len(ids)} ({NodeKind(kind).name}) has site {site}; there are {len(sites)} sites")
+            raise ValueError(
+                f"node {len(ids)} ({NodeKind(kind).name}) has site {site}; there are {len(sites)} sites"
+            )
         elif kind == NodeKind.ERROR:
             ids.append(f"{sites[site]}_error_{pos}")
         elif kind == NodeKind.OTHER:
@@ -124,22 +126,32 @@ def to_json_dict(g: AttributionGraph) -> dict[str, Any]:
         kind, site, pos, index = (columns[c][i] for c in ("kind", "site", "position", "index"))
         logit = kind == NodeKind.TARGET and site < 0
         head, _, tail = node_id.rpartition("_")
-        nodes.append({
-            "node_id": node_id,
-            "feature": -1 if kind in (NodeKind.ERROR, NodeKind.OTHER) else index,
-            "layer": "E" if kind == NodeKind.TOKEN else str(n_layers + 1) if logit else str(columns["layer"][i]),
-            "ctx_idx": pos,
-            "feature_type": "logit" if logit else _FEATURE_TYPE.get(NodeKind(kind), "cross layer transcoder"),
-            "token_prob": columns["activation"][i] if logit and index >= 0 else 0.0,
-            "is_target_logit": kind == NodeKind.TARGET,
-            "run_idx": 0,
-            "reverse_ctx_idx": n_tokens - 1 - pos if pos >= 0 else 0,
-            "jsNodeId": f"{head}-{tail}",
-            "clerp": g.labels[i],
-            "influence": influence[i],
-            "activation": columns["activation"][i],
-            "sc": {c: columns[c][i] if c in _INT_COLUMNS else exact_float(columns[c][i]) for c in columns},
-        })
+        nodes.append(
+            {
+                "node_id": node_id,
+                "feature": -1 if kind in (NodeKind.ERROR, NodeKind.OTHER) else index,
+                "layer": "E"
+                if kind == NodeKind.TOKEN
+                else str(n_layers + 1)
+                if logit
+                else str(columns["layer"][i]),
+                "ctx_idx": pos,
+                "feature_type": "logit"
+                if logit
+                else _FEATURE_TYPE.get(NodeKind(kind), "cross layer transcoder"),
+                "token_prob": columns["activation"][i] if logit and index >= 0 else 0.0,
+                "is_target_logit": kind == NodeKind.TARGET,
+                "run_idx": 0,
+                "reverse_ctx_idx": n_tokens - 1 - pos if pos >= 0 else 0,
+                "jsNodeId": f"{head}-{tail}",
+                "clerp": g.labels[i],
+                "influence": influence[i],
+                "activation": columns["activation"][i],
+                "sc": {
+                    c: columns[c][i] if c in _INT_COLUMNS else exact_float(columns[c][i]) for c in columns
+                },
+            }
+        )
     links = [
         {"source": ids[s], "target": ids[t], "weight": w}
         for t, s, w in zip(g.edges.target.tolist(), g.edges.source.tolist(), g.edges.weight.tolist())
@@ -178,24 +190,36 @@ def load(path: str | os.PathLike[str]) -> AttributionGraph:
     columns = {}
     for c, dtype in {**dict.fromkeys(_INT_COLUMNS, torch.long), **_FLOAT_COLUMNS}.items():
         cast = int if dtype == torch.long else float  # float() also reads our "nan"/"inf" strings
-        values = [cast(json_get(path, "a graph JSON", row, c, at=f"nodes[{i}].sc")) for i, row in enumerate(rows)]
+        values = [
+            cast(json_get(path, "a graph JSON", row, c, at=f"nodes[{i}].sc")) for i, row in enumerate(rows)
+        ]
         columns[c] = torch.tensor(values, dtype=dtype)
-    index = {json_get(path, "a graph JSON", node, "node_id", at=f"nodes[{i}]"): i for i, node in enumerate(nodes)}
+    index = {
+        json_get(path, "a graph JSON", node, "node_id", at=f"nodes[{i}]"): i for i, node in enumerate(nodes)
+    }
     triplets = []
     for k, link in enumerate(json_get(path, "a graph JSON", raw, "links")):
-        t, s, w = (json_get(path, "a graph JSON", link, key, at=f"links[{k}]") for key in ("target", "source", "weight"))
+        t, s, w = (
+            json_get(path, "a graph JSON", link, key, at=f"links[{k}]")
+            for key in ("target", "source", "weight")
+        )
         if t not in index or s not in index:
             raise ValueError(f"{path}: links[{k}] refers to an unknown node ({s!r} -> {t!r})")
         triplets.append((index[t], index[s], math.nan if w is None else float(w)))
     target, source, weight = zip(*triplets) if triplets else ((), (), ())
-    edges = Edges(torch.tensor(target, dtype=torch.long), torch.tensor(source, dtype=torch.long),
-                  torch.tensor(weight, dtype=torch.float32))
+    edges = Edges(
+        torch.tensor(target, dtype=torch.long),
+        torch.tensor(source, dtype=torch.long),
+        torch.tensor(weight, dtype=torch.float32),
+    )
     return AttributionGraph(
         prompt=json_get(path, "a graph JSON", raw, "metadata", "prompt"),
         tokens=list(json_get(path, "a graph JSON", ours, "tokens", at="metadata.sae_circuits")),
         token_strings=list(json_get(path, "a graph JSON", raw, "metadata", "prompt_tokens")),
         sites=list(json_get(path, "a graph JSON", ours, "sites", at="metadata.sae_circuits")),
-        labels=[json_get(path, "a graph JSON", node, "clerp", at=f"nodes[{i}]") for i, node in enumerate(nodes)],
+        labels=[
+            json_get(path, "a graph JSON", node, "clerp", at=f"nodes[{i}]") for i, node in enumerate(nodes)
+        ],
         edges=edges,
         metadata=json_get(path, "a graph JSON", ours, "metadata", at="metadata.sae_circuits"),
         **columns,

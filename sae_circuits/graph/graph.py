@@ -57,7 +57,9 @@ def normalize(edges: Edges, n_nodes: int) -> Edges:
     return Edges(edges.target, edges.source, magnitude / row_sum[edges.target].clamp_min(1e-300))
 
 
-def influence(normalized: Edges, target_weights: Float[Tensor, " n"], max_steps: int | None = None) -> Float[Tensor, " n"]:
+def influence(
+    normalized: Edges, target_weights: Float[Tensor, " n"], max_steps: int | None = None
+) -> Float[Tensor, " n"]:
     """``w (Â + Â² + ...)``: how much each node feeds the weighted targets, through every path.
 
     ``(v Â)[s] = Σ_t v[t] Â[t, s]`` is one sparse step; the sum stops when nothing propagates
@@ -159,6 +161,10 @@ def scores(edges: Edges, kinds: Int[Tensor, " n_nodes"], target_weights: Float[T
     reach = node_influence + target_weights.double()
     denominator = float(reach.sum())
     return Scores(
-        replacement=from_tokens / (from_tokens + from_errors) if from_tokens + from_errors > 0 else float("nan"),
-        completeness=float(((1 - error_share) * reach).sum()) / denominator if denominator > 0 else float("nan"),
+        replacement=from_tokens / (from_tokens + from_errors)
+        if from_tokens + from_errors > 0
+        else float("nan"),
+        completeness=float(((1 - error_share) * reach).sum()) / denominator
+        if denominator > 0
+        else float("nan"),
     )

@@ -27,9 +27,16 @@ from sae_circuits.splice import bypassed, saes_of
 # Where each hook sits inside a TransformerLens block, in forward order. MLP nonlinearities sit
 # at sub-stage 8, between ``mlp.hook_pre`` (7) and ``mlp.hook_post`` (9).
 _SUB_STAGES = [
-    (r"hook_resid_pre", 0), (r"ln1\.", 1), (r"attn\.hook_(q|k|v|attn_scores|pattern|rot_q|rot_k)", 2),
-    (r"attn\.hook_z|hook_z", 3), (r"hook_attn_out|attn\.hook_result", 4), (r"hook_resid_mid", 5),
-    (r"ln2\.|hook_mlp_in", 6), (r"mlp\.hook_pre", 7), (r"mlp\.hook_post", 9), (r"hook_mlp_out", 10),
+    (r"hook_resid_pre", 0),
+    (r"ln1\.", 1),
+    (r"attn\.hook_(q|k|v|attn_scores|pattern|rot_q|rot_k)", 2),
+    (r"attn\.hook_z|hook_z", 3),
+    (r"hook_attn_out|attn\.hook_result", 4),
+    (r"hook_resid_mid", 5),
+    (r"ln2\.|hook_mlp_in", 6),
+    (r"mlp\.hook_pre", 7),
+    (r"mlp\.hook_post", 9),
+    (r"hook_mlp_out", 10),
     (r"hook_resid_post", 11),
 ]
 _PER_BLOCK = 12
@@ -42,7 +49,9 @@ def stage_of(hook_name: str) -> int:
     if match is None:
         if hook_name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
             return 0
-        raise ValueError(f"cannot place hook {hook_name!r} in the forward pass (expected blocks.<layer>.<hook>)")
+        raise ValueError(
+            f"cannot place hook {hook_name!r} in the forward pass (expected blocks.<layer>.<hook>)"
+        )
     block, rest = int(match.group(1)), match.group(2)
     for pattern, sub in _SUB_STAGES:
         if re.match(pattern, rest):
@@ -89,8 +98,13 @@ class SiteValues:
             start = torch.cumsum(counts, 0) - counts  # first active index of each position
             slot = torch.arange(self.positions.numel()) - start[self.positions]
             flat = self.positions * slots + slot
-            padded = self.decoded.new_zeros(n_pos * slots, self.decoded.shape[-1]).index_copy_(0, flat, self.decoded)
-            self._padded = (padded.view(n_pos, slots, -1).transpose(1, 2).contiguous(), flat)  # (pos, d_out, slots)
+            padded = self.decoded.new_zeros(n_pos * slots, self.decoded.shape[-1]).index_copy_(
+                0, flat, self.decoded
+            )
+            self._padded = (
+                padded.view(n_pos, slots, -1).transpose(1, 2).contiguous(),
+                flat,
+            )  # (pos, d_out, slots)
         padded, flat = self._padded
         horizon = grad.shape[1]
         before = int(torch.searchsorted(self.positions, horizon))  # features are sorted by position
@@ -137,7 +151,9 @@ def capture(model: nn.Module, tokens: Int[Tensor, " pos"]) -> PromptValues:
     with torch.no_grad():
         logits, cache = model.run_with_cache(
             tokens.unsqueeze(0),
-            names_filter=lambda n: n in names or n == "blocks.0.hook_resid_pre" or bool(frozen_filter.match(n)),
+            names_filter=lambda n: (
+                n in names or n == "blocks.0.hook_resid_pre" or bool(frozen_filter.match(n))
+            ),
         )
     sites = [_site_values(name, sae, cache) for name, sae in saes.items()]
     sites.sort(key=lambda s: s.stage)
@@ -201,6 +217,7 @@ def frozen_pass(model: nn.Module, values: PromptValues, batch: int) -> FrozenPas
     The spliced dictionaries are bypassed (their outputs are leaves); the autograd graph is kept
     so that many backward passes can reuse it.
     """
+
     def expand(t: Tensor) -> Tensor:  # a view: the copies share the prompt's memory
         return t.expand(batch, *t.shape)
 
@@ -231,7 +248,10 @@ def frozen_pass(model: nn.Module, values: PromptValues, batch: int) -> FrozenPas
     frozen_blocks = {_pattern_block(name) for name in values.frozen}
     with bypassed(model), _broadcast_attention(model, frozen_blocks) as light:
         hooks = [
-            (name, _constant(value if _pattern_block(name) in light else value.expand(batch, *value.shape[1:])))
+            (
+                name,
+                _constant(value if _pattern_block(name) in light else value.expand(batch, *value.shape[1:])),
+            )
             for name, value in values.frozen.items()
         ]
         hooks.append(("blocks.0.hook_resid_pre", lambda x, hook: embedding))

@@ -40,7 +40,9 @@ class LogitDirection:
     label: str = "direction"
 
 
-TargetSpec = None | str | int | Feature | LogitDirection | Tensor | Sequence[str | int | Feature | LogitDirection]
+TargetSpec = (
+    None | str | int | Feature | LogitDirection | Tensor | Sequence[str | int | Feature | LogitDirection]
+)
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,18 @@ def default_token_targets(
     return [_token_target(int(t), probs, model) for t in top.indices[:count]]
 
 
-def resolve_targets(targets: TargetSpec, probs: Float[Tensor, " d_vocab"], model: Any, n_tokens: int) -> list[ResolvedTarget]:
+def resolve_targets(
+    targets: TargetSpec, probs: Float[Tensor, " d_vocab"], model: Any, n_tokens: int
+) -> list[ResolvedTarget]:
     """Turn a user's ``targets=`` into a checked list (see :func:`sae_circuits.attribute`)."""
     if targets is None:
         return default_token_targets(probs, model)
     if isinstance(targets, (str, Feature, LogitDirection, Tensor)) or is_int(targets):
         targets = [targets]  # type: ignore[list-item]
     if not isinstance(targets, Sequence) or len(targets) == 0:
-        raise ValueError(f"targets={targets!r}: expected None, tokens, a LogitDirection, a Feature or a non-empty list of them")
+        raise ValueError(
+            f"targets={targets!r}: expected None, tokens, a LogitDirection, a Feature or a non-empty list of them"
+        )
     resolved: list[ResolvedTarget] = []
     n_features = sum(isinstance(t, Feature) for t in targets)
     for item in targets:
@@ -87,7 +93,9 @@ def resolve_targets(targets: TargetSpec, probs: Float[Tensor, " d_vocab"], model
             label = item.label if isinstance(item, LogitDirection) else "direction"
             if not isinstance(direction, Tensor) or direction.shape != probs.shape:
                 shape = tuple(direction.shape) if isinstance(direction, Tensor) else type(direction).__name__
-                raise ValueError(f"a logit direction must have shape ({probs.numel()},) (d_vocab), got {shape}")
+                raise ValueError(
+                    f"a logit direction must have shape ({probs.numel()},) (d_vocab), got {shape}"
+                )
             resolved.append(ResolvedTarget("direction", 1.0, label, direction=direction.detach()))
         elif isinstance(item, str) or is_int(item):
             resolved.append(_token_target(_token_id(item, model, probs.numel()), probs, model))
@@ -98,7 +106,11 @@ def resolve_targets(targets: TargetSpec, probs: Float[Tensor, " d_vocab"], model
 
 def _token_target(token: int, probs: Tensor, model: Any) -> ResolvedTarget:
     p = float(probs[token])
-    text = model.to_string(torch.tensor([token])) if getattr(model, "tokenizer", None) is not None else str(token)
+    text = (
+        model.to_string(torch.tensor([token]))
+        if getattr(model, "tokenizer", None) is not None
+        else str(token)
+    )
     return ResolvedTarget("token", p, f'Output "{text}" (p={p:.3f})', token=token, probability=p)
 
 
@@ -108,7 +120,9 @@ def _token_id(item: str | int, model: Any, d_vocab: int) -> int:
             raise ValueError(f"target {item!r} is a string but the model has no tokenizer; pass a token id")
         ids = model.to_tokens(item, prepend_bos=False)[0].tolist()
         if len(ids) != 1:
-            raise ValueError(f"target {item!r} is not one token of the vocabulary: it encodes to {len(ids)} tokens {ids}")
+            raise ValueError(
+                f"target {item!r} is not one token of the vocabulary: it encodes to {len(ids)} tokens {ids}"
+            )
         return int(ids[0])
     if not 0 <= int(item) < d_vocab:
         raise ValueError(f"target token id {item} is not in the vocabulary [0, {d_vocab})")

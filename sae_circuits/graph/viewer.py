@@ -21,7 +21,9 @@ from sae_circuits._text import page_start, script_json
 if TYPE_CHECKING:
     from sae_circuits.graph.attribution_graph import AttributionGraph
 
-_HTML = page_start("Attribution graph") + """body{font:13px system-ui,sans-serif;margin:16px;color:#222}
+_HTML = (
+    page_start("Attribution graph")
+    + """body{font:13px system-ui,sans-serif;margin:16px;color:#222}
 #prompt{white-space:pre-wrap;background:#f4f4f4;padding:6px;font-family:monospace}
 #wrap{overflow:auto;border:1px solid #ddd;position:relative}
 .node{stroke:#333;stroke-width:.5;cursor:pointer} .edge{stroke-opacity:.55}
@@ -120,6 +122,7 @@ slider.value = 1; threshold(1);
 slider.addEventListener("input", () => threshold(Number(slider.value)));
 </script></body></html>
 """
+)
 
 
 def to_html(g: AttributionGraph, max_edges: int = 5000) -> str:
@@ -150,7 +153,12 @@ def to_html(g: AttributionGraph, max_edges: int = 5000) -> str:
         )
     ]  # fmt: skip
     order = g.edges.weight.abs().argsort(descending=True)[:max_edges]
-    links = [list(e) for e in zip(g.edges.source[order].tolist(), g.edges.target[order].tolist(), g.edges.weight[order].tolist())]
+    links = [
+        list(e)
+        for e in zip(
+            g.edges.source[order].tolist(), g.edges.target[order].tolist(), g.edges.weight[order].tolist()
+        )
+    ]
     centres = [starts[c] + widths[c] / 2 for c in range(n_tokens)]  # where each token's label goes
     data = {"prompt": g.prompt, "tokens": g.token_strings, "nodes": nodes, "links": links, "total_edges": g.n_edges,
             "columns": starts[-1], "rows": len(rows), "centres": centres}  # fmt: skip

@@ -17,7 +17,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-
 ActivationBatch = dict[str, Float[Tensor, "batch d"]]
 """Hook name -> activations of the same ``batch`` tokens (one row per token)."""
 
@@ -50,7 +49,9 @@ class ActivationStore:
         seed: int = 0,
     ) -> None:
         if tokens.ndim != 2 or tokens.shape[0] == 0:
-            raise ValueError(f"tokens must be a non-empty [n_seq, seq] tensor, got shape {list(tokens.shape)}")
+            raise ValueError(
+                f"tokens must be a non-empty [n_seq, seq] tensor, got shape {list(tokens.shape)}"
+            )
         self.model = model
         self.tokens = tokens
         self.hook_names = sorted({hook_names} if isinstance(hook_names, str) else set(hook_names))

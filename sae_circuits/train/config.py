@@ -71,7 +71,14 @@ class TrainConfig:
             raise ValueError(
                 f"architecture={self.architecture!r}; expected 'topk', 'batchtopk', 'jumprelu' or 'relu'"
             )
-        for name in ("expansion_factor", "k", "batch_size", "total_tokens", "buffer_tokens", "model_batch_size"):
+        for name in (
+            "expansion_factor",
+            "k",
+            "batch_size",
+            "total_tokens",
+            "buffer_tokens",
+            "model_batch_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive integer")

@@ -26,7 +26,9 @@ from sae_circuits.train.config import TrainConfig
 
 
 @torch.no_grad()
-def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-6) -> Float[Tensor, " d"]:
+def geometric_median(
+    points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-6
+) -> Float[Tensor, " d"]:
     """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to ``points``."""
     median = points.mean(dim=0)
     for _ in range(iters):
@@ -147,7 +149,10 @@ class TrainableDictionary(nn.Module):
 
     def decode(self, f: Tensor | SparseCode) -> Tensor:
         if isinstance(f, SparseCode):  # sum of value * W_dec row over each token's entries
-            return F.embedding_bag(f.features, self.W_dec, f.offsets, mode="sum", per_sample_weights=f.values) + self.b_dec
+            return (
+                F.embedding_bag(f.features, self.W_dec, f.offsets, mode="sum", per_sample_weights=f.values)
+                + self.b_dec
+            )
         return f @ self.W_dec + self.b_dec
 
     @torch.no_grad()
@@ -253,7 +258,9 @@ class SAETrainer:
         return error / residual.pow(2).sum(-1).mean().clamp_min(1e-8) * residual.shape[-1]
 
     @torch.no_grad()
-    def _bookkeeping(self, f: Tensor | SparseCode, y: Tensor, y_hat: Tensor, loss: float, mse: float) -> StepMetrics:
+    def _bookkeeping(
+        self, f: Tensor | SparseCode, y: Tensor, y_hat: Tensor, loss: float, mse: float
+    ) -> StepMetrics:
         n_tokens = y.shape[0]
         if isinstance(f, SparseCode):
             counts = torch.bincount(f.features[f.values > 0], minlength=f.d_sae)
@@ -300,7 +307,9 @@ def _norm_scale(x: Tensor) -> float:
 
 def _saved_architecture(cfg: TrainConfig, transcoder: bool) -> str:
     if not transcoder:
-        return {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}[cfg.architecture]
+        return {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}[
+            cfg.architecture
+        ]
     if cfg.architecture == "topk":
         raise ValueError(
             "the SAELens format has no TopK transcoder; train it with architecture='batchtopk' "
@@ -313,7 +322,9 @@ def _width(model: nn.Module, tokens: Tensor, hook_name: str) -> int:
     from sae_circuits.train.activations import stop_layer
 
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens[:1, :2], names_filter=hook_name, stop_at_layer=stop_layer(hook_name))
+        _, cache = model.run_with_cache(
+            tokens[:1, :2], names_filter=hook_name, stop_at_layer=stop_layer(hook_name)
+        )
     if hook_name not in cache.keys():
         raise ValueError(f"hook {hook_name!r} produced no activation in {type(model).__name__}")
     return int(cache[hook_name].shape[-1])
@@ -356,7 +367,11 @@ def train_dictionaries(
     """Train one dictionary per spec from a single activation stream (one model pass for all)."""
     from sae_circuits._model import get_hook_point
 
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
+    if (
+        not isinstance(tokens, Tensor)
+        or tokens.ndim != 2
+        or tokens.dtype not in (torch.long, torch.int32, torch.int64)
+    ):
         raise ValueError("tokens must be an integer tensor of shape [n_sequences, sequence_length]")
     names = sorted({n for spec in specs for n in spec if n is not None})
     for name in names:
@@ -391,7 +406,9 @@ def _sae_config(model: nn.Module, spec: DictionarySpec, tokens: Tensor, config: 
     )
 
 
-def train_sae(model: nn.Module, hook_name: str, tokens: Int[Tensor, "n_seq seq"], config: TrainConfig | None = None) -> SAE:
+def train_sae(
+    model: nn.Module, hook_name: str, tokens: Int[Tensor, "n_seq seq"], config: TrainConfig | None = None
+) -> SAE:
     """Train an SAE on the activations at ``hook_name`` of ``model`` over ``tokens``.
 
     >>> sae = sc.train_sae(model, "blocks.0.hook_resid_post", tokens, sc.TrainConfig(k=16))  # doctest: +SKIP
@@ -401,7 +418,11 @@ def train_sae(model: nn.Module, hook_name: str, tokens: Int[Tensor, "n_seq seq"]
 
 
 def train_transcoder(
-    model: nn.Module, hook_in: str, hook_out: str, tokens: Int[Tensor, "n_seq seq"], config: TrainConfig | None = None
+    model: nn.Module,
+    hook_in: str,
+    hook_out: str,
+    tokens: Int[Tensor, "n_seq seq"],
+    config: TrainConfig | None = None,
 ) -> SAE:
     """Train a transcoder predicting the activation at ``hook_out`` from the one at ``hook_in``
     (e.g. ``blocks.L.ln2.hook_normalized`` -> ``blocks.L.hook_mlp_out``)."""

@@ -41,13 +41,19 @@ def load_model(name: str = "tiny", kind: ModelKind = "hooked", device: str | tor
     return load_hf_gpt2(model_path(name), kind, device=device)
 
 
-def load_saes(name: str = "tiny", kind: DictionaryKind = "resid", device: str | torch.device = "cpu") -> list[SAE]:
+def load_saes(
+    name: str = "tiny", kind: DictionaryKind = "resid", device: str | torch.device = "cpu"
+) -> list[SAE]:
     """The embedded model's dictionaries, in layer order: residual-stream SAEs after every block
     (``kind="resid"``) or per-layer MLP transcoders (``kind="transcoder"``)."""
     if kind not in _SUBDIRS:
         raise ValueError(f"kind={kind!r}: expected 'resid' or 'transcoder'")
     folder = model_path(name) / _SUBDIRS[kind]
-    dirs = sorted((p for p in folder.glob("*") if (p / "cfg.json").is_file()), key=_layer_of) if folder.is_dir() else []
+    dirs = (
+        sorted((p for p in folder.glob("*") if (p / "cfg.json").is_file()), key=_layer_of)
+        if folder.is_dir()
+        else []
+    )
     if not dirs:
         raise FileNotFoundError(
             f"embedded model {name!r} has no {kind} dictionaries in {folder}; rebuild them with "
@@ -56,7 +62,9 @@ def load_saes(name: str = "tiny", kind: DictionaryKind = "resid", device: str | 
     return [SAE.load(d, device=device) for d in dirs]
 
 
-def load(name: str = "tiny", kind: ModelKind = "hooked", device: str | torch.device = "cpu") -> tuple[Any, list[SAE]]:
+def load(
+    name: str = "tiny", kind: ModelKind = "hooked", device: str | torch.device = "cpu"
+) -> tuple[Any, list[SAE]]:
     """``(model, residual SAEs)`` of the embedded model ``name``; nothing is spliced yet."""
     return load_model(name, kind, device), load_saes(name, "resid", device)
 

@@ -47,8 +47,9 @@ sequence is nonetheless accepted by its automaton.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -60,29 +61,116 @@ START = "START"
 # a single pre-token; the same words are reused in several roles on purpose.
 # --------------------------------------------------------------------------
 WORDS: tuple[str, ...] = (
-    "the", "and", "of", "to", "in", "is", "it", "that", "for", "you",
-    "with", "on", "this", "be", "not", "are", "as", "at", "all", "but",
-    "good", "time", "name", "page", "list", "item", "home", "user", "main",
-    "data", "text", "link", "note", "more", "new", "first", "last", "next",
-    "back", "top", "end", "here", "help", "info", "news", "about", "menu",
-    "title", "value", "left", "right", "red", "blue", "small", "big", "old",
-    "one", "two", "open", "close",
+    "the",
+    "and",
+    "of",
+    "to",
+    "in",
+    "is",
+    "it",
+    "that",
+    "for",
+    "you",
+    "with",
+    "on",
+    "this",
+    "be",
+    "not",
+    "are",
+    "as",
+    "at",
+    "all",
+    "but",
+    "good",
+    "time",
+    "name",
+    "page",
+    "list",
+    "item",
+    "home",
+    "user",
+    "main",
+    "data",
+    "text",
+    "link",
+    "note",
+    "more",
+    "new",
+    "first",
+    "last",
+    "next",
+    "back",
+    "top",
+    "end",
+    "here",
+    "help",
+    "info",
+    "news",
+    "about",
+    "menu",
+    "title",
+    "value",
+    "left",
+    "right",
+    "red",
+    "blue",
+    "small",
+    "big",
+    "old",
+    "one",
+    "two",
+    "open",
+    "close",
 )
 CONTAINER_TAGS: tuple[str, ...] = (
-    "div", "span", "p", "a", "b", "i", "em", "ul", "li", "table", "tr",
-    "td", "body", "head", "nav", "section", "strong", "code", "pre", "form",
-    "label", "button",
+    "div",
+    "span",
+    "p",
+    "a",
+    "b",
+    "i",
+    "em",
+    "ul",
+    "li",
+    "table",
+    "tr",
+    "td",
+    "body",
+    "head",
+    "nav",
+    "section",
+    "strong",
+    "code",
+    "pre",
+    "form",
+    "label",
+    "button",
 )
 VOID_TAGS: tuple[str, ...] = ("br", "hr", "img", "input", "meta")
 ATTR_NAMES: tuple[str, ...] = (
-    " class", " id", " href", " title", " style", " lang", " name", " type",
-    " src", " alt",
+    " class",
+    " id",
+    " href",
+    " title",
+    " style",
+    " lang",
+    " name",
+    " type",
+    " src",
+    " alt",
 )
 
 LEVELS: tuple[str, ...] = ("INFO", "WARN", "ERROR", "DEBUG")
 # Components and keys share names, so " user" is COMPONENT or KEY by context.
 COMPONENTS: tuple[str, ...] = (
-    " auth", " db", " cache", " http", " user", " disk", " net", " job",
+    " auth",
+    " db",
+    " cache",
+    " http",
+    " user",
+    " disk",
+    " net",
+    " job",
 )
 KEY_VALUES: dict[str, tuple[str, ...]] = {
     " user": ("alice", "bob", "carol", "dave", "root", "admin"),
@@ -131,9 +219,7 @@ class Automaton:
         try:
             return self._delta[(state, symbol)]
         except KeyError:
-            raise ValueError(
-                f"{self.name}: symbol {symbol!r} not allowed in state {state}"
-            ) from None
+            raise ValueError(f"{self.name}: symbol {symbol!r} not allowed in state {state}") from None
 
 
 def _t(*pairs: tuple[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
@@ -147,8 +233,16 @@ _WORDS_SP = tuple(" " + w for w in WORDS)
 MARKUP = Automaton(
     name="markup",
     states=(
-        "OPEN", "TAG_NAME", "ATTR_NAME", "ATTR_EQ", "ATTR_VALUE", "CLOSE",
-        "END_OPEN", "END_TAG_NAME", "TEXT", "WHITESPACE",
+        "OPEN",
+        "TAG_NAME",
+        "ATTR_NAME",
+        "ATTR_EQ",
+        "ATTR_VALUE",
+        "CLOSE",
+        "END_OPEN",
+        "END_TAG_NAME",
+        "TEXT",
+        "WHITESPACE",
     ),
     transitions={
         START: _t(("OPEN", ["<"])),
@@ -160,7 +254,9 @@ MARKUP = Automaton(
         # ">" may not touch "<": "><" would be a single BPE pre-token.
         "CLOSE": _t(("TEXT", WORDS), ("WHITESPACE", ["\n"])),
         "TEXT": _t(
-            ("TEXT", _WORDS_SP), ("OPEN", ["<"]), ("END_OPEN", ["</"]),
+            ("TEXT", _WORDS_SP),
+            ("OPEN", ["<"]),
+            ("END_OPEN", ["</"]),
             ("WHITESPACE", ["\n"]),
         ),
         "WHITESPACE": _t(("OPEN", ["<"]), ("END_OPEN", ["</"]), ("TEXT", WORDS)),
@@ -184,8 +280,15 @@ MARKUP = Automaton(
 KVLOG = Automaton(
     name="kvlog",
     states=(
-        "LBRACKET", "LEVEL", "RBRACKET", "COMPONENT", "COLON", "KEY", "EQ",
-        "VALUE", "NEWLINE",
+        "LBRACKET",
+        "LEVEL",
+        "RBRACKET",
+        "COMPONENT",
+        "COLON",
+        "KEY",
+        "EQ",
+        "VALUE",
+        "NEWLINE",
     ),
     transitions={
         START: _t(("LBRACKET", ["["])),
@@ -287,8 +390,15 @@ def _gen_kvlog(rng: random.Random) -> _Out:
     """One kvlog document: 3-40 log lines, each ending in a newline."""
     out: _Out = []
     for _ in range(rng.randint(3, 40)):
-        out.extend((("[", "LBRACKET"), (rng.choice(LEVELS), "LEVEL"), ("]", "RBRACKET"),
-                    (rng.choice(COMPONENTS), "COMPONENT"), (":", "COLON")))
+        out.extend(
+            (
+                ("[", "LBRACKET"),
+                (rng.choice(LEVELS), "LEVEL"),
+                ("]", "RBRACKET"),
+                (rng.choice(COMPONENTS), "COMPONENT"),
+                (":", "COLON"),
+            )
+        )
         for key in rng.sample(tuple(KEY_VALUES), rng.randint(1, 4)):
             out.extend(((key, "KEY"), ("=", "EQ"), (rng.choice(KEY_VALUES[key]), "VALUE")))
         out.append(("\n", "NEWLINE"))

@@ -52,7 +52,8 @@ PROMPTS = [
 def looks_like_base64(text: str) -> bool:
     """Whether ``text`` holds a run of 16+ base64 characters mixing upper, lower case and digits."""
     return any(
-        re.search("[A-Z]", run) and re.search("[a-z]", run) and re.search("[0-9]", run) for run in _RUN.findall(text)
+        re.search("[A-Z]", run) and re.search("[a-z]", run) and re.search("[0-9]", run)
+        for run in _RUN.findall(text)
     )
 
 
@@ -93,7 +94,9 @@ class Base64Steering:
 
 
 @torch.no_grad()
-def find_base64_feature(model: nn.Module, saes: list[SAE], length: int = 64) -> tuple[SAE, int, float, float, float]:
+def find_base64_feature(
+    model: nn.Module, saes: list[SAE], length: int = 64
+) -> tuple[SAE, int, float, float, float]:
     """The (SAE, feature) most selective for base64 text over English/code, with its firing
     rates and its maximum observed activation (on the base64 probe text)."""
     blobs, other = probe_texts()
@@ -110,7 +113,9 @@ def find_base64_feature(model: nn.Module, saes: list[SAE], length: int = 64) -> 
 
 
 @torch.no_grad()
-def measure(model: nn.Module, saes: list[SAE], max_new_tokens: int = 40, prompts: list[str] | None = None) -> Base64Steering:
+def measure(
+    model: nn.Module, saes: list[SAE], max_new_tokens: int = 40, prompts: list[str] | None = None
+) -> Base64Steering:
     """Find the base64 feature, then generate greedily from each prompt with and without it pinned."""
     prompts = prompts or PROMPTS
     sae, feature, rate_in, rate_out, value = find_base64_feature(model, saes)

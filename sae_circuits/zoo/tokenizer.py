@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -25,7 +25,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # frequent and would otherwise spend much of the vocabulary on noise.  The
 # automata get enough text for BPE to learn every symbol as one token.
 SAMPLE_WEIGHTS: dict[str, float] = {
-    "code": 0.45, "english": 0.30, "base64": 0.05, "markup": 0.10, "kvlog": 0.10,
+    "code": 0.45,
+    "english": 0.30,
+    "base64": 0.05,
+    "markup": 0.10,
+    "kvlog": 0.10,
 }
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -114,14 +114,16 @@ def token_losses(model: GPT2LMHeadModel, rows: np.ndarray) -> torch.Tensor:
 def mean_loss(model: GPT2LMHeadModel, rows: np.ndarray, batch_size: int = 8) -> float:
     """Mean next-token loss over all predicted positions of ``rows``."""
     model.eval()
-    total = sum(float(token_losses(model, rows[i : i + batch_size]).sum())
-                for i in range(0, len(rows), batch_size))
+    total = sum(
+        float(token_losses(model, rows[i : i + batch_size]).sum()) for i in range(0, len(rows), batch_size)
+    )
     return total / (len(rows) * (rows.shape[1] - 1))
 
 
 @torch.no_grad()
-def loss_by_source(model: GPT2LMHeadModel, rows: np.ndarray, source: np.ndarray,
-                   batch_size: int = 8) -> dict[str, float]:
+def loss_by_source(
+    model: GPT2LMHeadModel, rows: np.ndarray, source: np.ndarray, batch_size: int = 8
+) -> dict[str, float]:
     """Mean loss per sub-corpus of the *predicted* token, for mixed train rows."""
     model.eval()
     sums, counts = np.zeros(len(SUBCORPORA)), np.zeros(len(SUBCORPORA))
@@ -142,17 +144,38 @@ def val_losses(model: GPT2LMHeadModel, tokens_dir: Path, max_rows: int | None = 
     return out
 
 
-def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                     step: int, cfg: TrainConfig, history: list[dict], elapsed: float) -> None:
+def _save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    cfg: TrainConfig,
+    history: list[dict],
+    elapsed: float,
+) -> None:
     """Write atomically, so a kill during the write leaves the old checkpoint."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                "cfg": asdict(cfg), "history": history, "elapsed": elapsed}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "cfg": asdict(cfg),
+            "history": history,
+            "elapsed": elapsed,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
-def train(tokens_dir: Path, tok_dir: Path, cfg: TrainConfig, checkpoint: Path | None = None,
-          log: Callable[[str], None] = tqdm.write) -> tuple[GPT2LMHeadModel, dict]:
+def train(
+    tokens_dir: Path,
+    tok_dir: Path,
+    cfg: TrainConfig,
+    checkpoint: Path | None = None,
+    log: Callable[[str], None] = tqdm.write,
+) -> tuple[GPT2LMHeadModel, dict]:
     """Train on ``tokens_dir/train.npy``; resume from ``checkpoint`` if it matches ``cfg``.
 
     Returns the model and a dict of statistics (losses, timing, tokens seen).
@@ -166,7 +189,9 @@ def train(tokens_dir: Path, tok_dir: Path, cfg: TrainConfig, checkpoint: Path | 
     opt = make_optimizer(model, cfg)
     start, history, elapsed = 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)  # tensors and plain containers only: no unpickling of code
+        state = torch.load(
+            checkpoint, weights_only=True
+        )  # tensors and plain containers only: no unpickling of code
         if state["cfg"] == asdict(cfg):
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
@@ -188,15 +213,21 @@ def train(tokens_dir: Path, tok_dir: Path, cfg: TrainConfig, checkpoint: Path | 
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
 
-        record = {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm),
-                  "lr": lr_at(step, cfg)}
+        record = {
+            "step": step + 1,
+            "loss": loss.item(),
+            "grad_norm": float(grad_norm),
+            "lr": lr_at(step, cfg),
+        }
         done = step + 1
         rate = (done - start) * tokens_per_step / max(1e-9, time.time() - t0 - elapsed)
         bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
             record["val"] = val_losses(model, tokens_dir, cfg.eval_rows)
-            log(f"step {done}: train {record['loss']:.3f} val "
-                + " ".join(f"{k}={v:.3f}" for k, v in record["val"].items()))
+            log(
+                f"step {done}: train {record['loss']:.3f} val "
+                + " ".join(f"{k}={v:.3f}" for k, v in record["val"].items())
+            )
         history.append(record)
         if checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             _save_checkpoint(checkpoint, model, opt, done, cfg, history, time.time() - t0)
