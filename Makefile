@@ -1,17 +1,38 @@
-# One-command set-up on a fresh machine: a virtualenv with the CPU build of torch (pinned, installed
-# first so that nothing pulls the CUDA wheels), then the package with its dev extra.
+# One-command set-up on a fresh machine, with locked versions: a virtualenv with the CPU build of
+# torch (pinned, installed first so that nothing pulls the CUDA wheels), then exactly the versions in
+# requirements.lock (made on CPython 3.11, x86_64 Linux, by `make lock`), then the package itself.
+#
+#   make demo / make test    the locked install (what CI runs)
+#   make check               ruff (lint + format) and mypy on sae_circuits/, clean
+#   make lock                refresh requirements.lock and requirements-tl4.lock on purpose
+#   make test-latest         non-blocking: the newest versions pyproject.toml allows, then the suite
+#   make test-tl4            the suite on TransformerLens 4.x (bridge only; locked, no sae-lens)
 PYTHON ?= python3
+TORCH := torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PIP := -m pip install --quiet --disable-pip-version-check
+ALL_EXTRAS := ".[dev,parity]"
+TL4 := "transformer-lens>=4,<5"
 
-.PHONY: demo test bench clean browser
+.PHONY: demo test check bench clean browser lock lock-tl4 test-latest test-tl4
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+# $(call venv,DIR,INSTALL-ARGS): a fresh venv in DIR with torch first, then INSTALL-ARGS, then the
+# package without dependencies (so nothing outside the requirements file is resolved).
+define venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python $(PIP) --upgrade pip==26.3 setuptools==84.2.1
+	$(1)/bin/python $(PIP) $(TORCH)
+	$(1)/bin/python $(PIP) $(2)
+	$(1)/bin/python $(PIP) --no-deps --no-build-isolation -e .
+	$(1)/bin/python -m pip check
+endef
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; v == (3, 11) or print(f"note: requirements.lock was made on CPython 3.11; this is {v[0]}.{v[1]}")'
+	$(call venv,$(VENV),-r requirements.lock)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,11 +44,41 @@ browser:
 	  (apt-get install -y -q chromium chromium-driver >/dev/null || \
 	   (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null))
 
-test: $(STAMP) browser
+test: $(STAMP) browser check
 	SAE_CIRCUITS_BROWSER_TESTS=1 $(PY) -m pytest -q
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check sae_circuits tests benchmarks examples
+	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks examples
+	$(VENV)/bin/mypy sae_circuits
+
+# The newest versions allowed by pyproject.toml: seen here before users hit a break upstream.
+test-latest:
+	$(call venv,.venv-latest,--upgrade -e $(ALL_EXTRAS))
+	.venv-latest/bin/python -m pip freeze --exclude-editable | grep -i -E '^(torch|transformers|transformer-lens|sae-lens)=='
+	.venv-latest/bin/python -m pytest -q
+
+test-tl4: requirements-tl4.lock
+	$(call venv,.venv-tl4,-r requirements-tl4.lock)
+	.venv-tl4/bin/python -m pytest -q
+
+# Resolve the newest allowed versions in a scratch venv and freeze them. torch stays the pinned CPU
+# build (its "+cpu" local tag is dropped: pip finds the same file either way).
+LOCK_HEADER = "\# Locked by 'make lock' on CPython $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version(), platform.machine())') ($$(date -u +%F)). Do not edit by hand."
+lock:
+	$(call venv,.venv-lock,-e $(ALL_EXTRAS))
+	{ echo $(LOCK_HEADER); .venv-lock/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
+	$(MAKE) lock-tl4
+
+lock-tl4:
+	$(call venv,.venv-lock,-e ".[dev]" $(TL4))
+	{ echo $(LOCK_HEADER); .venv-lock/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements-tl4.lock.tmp
+	mv requirements-tl4.lock.tmp requirements-tl4.lock
+	rm -rf .venv-lock
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_splice.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-latest .venv-tl4 .venv-lock build .pytest_cache .hypothesis .mypy_cache .ruff_cache

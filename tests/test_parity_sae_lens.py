@@ -7,7 +7,9 @@ import torch
 
 import sae_circuits as sc
 
-sae_lens = pytest.importorskip("sae_lens")
+sae_lens = pytest.importorskip(
+    "sae_lens", reason="sae-lens (the parity extra) is not installed: it needs transformer-lens < 4"
+)
 from sae_lens.saes.sae import SAEMetadata
 
 RESID = "blocks.0.hook_resid_post"
