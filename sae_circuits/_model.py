@@ -9,11 +9,13 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
+
+from sae_circuits._compat import check_versions, ensure_bridge_kv_cache
 
 
 def is_bridge(model: nn.Module) -> bool:
@@ -22,15 +24,19 @@ def is_bridge(model: nn.Module) -> bool:
 
 
 def check_model(model: Any) -> None:
+    """Fail unless ``model`` is a hooked model; on a bridge, adapt the KV cache to transformers."""
     if not isinstance(model, nn.Module) or not hasattr(model, "hook_dict"):
         raise TypeError(f"expected a HookedTransformer or TransformerBridge, got {type(model).__name__}")
+    check_versions()
+    if is_bridge(model):
+        ensure_bridge_kv_cache()
 
 
 def get_hook_point(model: nn.Module, name: str) -> HookPoint:
     """The hook point called ``name`` (bridge aliases such as ``hook_resid_post`` resolved)."""
     if not isinstance(name, str):
         raise TypeError(f"hook name must be a string, got {type(name).__name__}: {name!r}")
-    hook_dict: Mapping[str, Any] = model.hook_dict
+    hook_dict: Mapping[str, Any] = cast(Any, model).hook_dict
     hook_point = hook_dict.get(name)
     if isinstance(hook_point, HookPoint):
         return hook_point
@@ -87,11 +93,22 @@ def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return param.dtype, param.device
 
 
+CACHE_KWARGS = ("past_kv_cache", "past_key_values", "cache")
+"""Forward keywords that carry a KV cache: HookedTransformer's own cache object; a Hugging Face
+cache under its old name and (transformers >= 5.24) its new one."""
+
+
+def hf_cache(kwargs: Mapping[str, Any]) -> Any:
+    """The Hugging Face KV cache passed to a bridge's forward call, under either name, or None."""
+    cache = kwargs.get("past_key_values")
+    return cache if cache is not None else kwargs.get("cache")
+
+
 def cache_length(kwargs: Mapping[str, Any]) -> int:
     """Tokens already in the KV cache passed to a forward call (0 when there is none).
 
     HookedTransformer takes ``past_kv_cache`` (its own cache object); the bridge forwards a
-    Hugging Face ``past_key_values`` cache.
+    Hugging Face cache (``past_key_values``, or ``cache`` on transformers >= 5.24).
     """
     cache = kwargs.get("past_kv_cache")
     if cache is not None:
@@ -99,7 +116,7 @@ def cache_length(kwargs: Mapping[str, Any]) -> int:
         if entries:
             return int(entries[0].past_keys.shape[1])
         return 0
-    cache = kwargs.get("past_key_values")
+    cache = hf_cache(kwargs)
     if cache is not None:
         if hasattr(cache, "get_seq_length"):
             return int(cache.get_seq_length())

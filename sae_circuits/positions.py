@@ -19,7 +19,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from sae_circuits._model import cache_length
+from sae_circuits._compat import cache_not_filled
+from sae_circuits._model import CACHE_KWARGS, cache_length, hf_cache
 
 Positions = None | int | Sequence[int] | slice | Literal["prompt", "generated"]
 """``None`` (all), an int, a list of ints, a slice, ``"prompt"`` or ``"generated"``."""
@@ -28,7 +29,7 @@ Positions = None | int | Sequence[int] | slice | Literal["prompt", "generated"]
 def normalize_positions(positions: Positions) -> tuple[int, ...] | slice | str | None:
     """Validate a position spec; ints become a sorted tuple. Raises ``ValueError``/``TypeError``."""
     if positions is None or positions in ("prompt", "generated"):
-        return positions  # type: ignore[return-value]
+        return positions
     if isinstance(positions, str):
         raise ValueError(
             f"positions={positions!r}: expected 'prompt', 'generated', an int, a list or a slice"
@@ -41,11 +42,11 @@ def normalize_positions(positions: Positions) -> tuple[int, ...] | slice | str |
         if positions.step == 0:
             raise ValueError(f"positions={positions!r}: slice step must be positive")
         return positions
-    items = [positions] if is_int(positions) else positions
+    items: Any = [positions] if is_int(positions) else positions  # checked item by item below
     if isinstance(items, Tensor):
         items = items.tolist()
     try:
-        items = list(items)  # type: ignore[arg-type]
+        items = list(items)
     except TypeError:
         raise TypeError(
             f"positions={positions!r}: expected None, an int, a list of ints, a slice, 'prompt' or 'generated'"
@@ -142,12 +143,14 @@ class PositionTracker:
         def tracked_forward(*args: Any, **kwargs: Any) -> Any:
             state = self._state
             previous = state["offset"], state["cached"]
-            state["offset"] = cache_length(kwargs)
-            state["cached"] = any(kwargs.get(k) is not None for k in ("past_kv_cache", "past_key_values"))
+            state["offset"] = before = cache_length(kwargs)
+            state["cached"] = any(kwargs.get(k) is not None for k in CACHE_KWARGS)
             try:
-                return forward(*args, **kwargs)
+                out = forward(*args, **kwargs)
             finally:
                 state["offset"], state["cached"] = previous
+            _check_cache_filled(forward, args, kwargs, before)
+            return out
 
         return tracked_forward
 
@@ -163,6 +166,18 @@ class PositionTracker:
                 state.update(saved)
 
         return tracked_generate
+
+
+def _check_cache_filled(forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any], before: int) -> None:
+    """Fail loudly when a Hugging Face KV cache given to the forward pass did not grow: later
+    steps would then attend to their own token alone (see ``sae_circuits._compat``)."""
+    cache = hf_cache(kwargs)
+    tokens = args[0] if args else kwargs.get("input")
+    if cache is None or not hasattr(cache, "get_seq_length") or not isinstance(tokens, Tensor):
+        return
+    after = int(cache.get_seq_length())
+    if tokens.ndim >= 1 and tokens.shape[-1] > 0 and after == before:
+        raise cache_not_filled(getattr(forward, "__self__", forward), before, after, int(tokens.shape[-1]))
 
 
 _trackers: weakref.WeakKeyDictionary[nn.Module, tuple[PositionTracker, int]] = weakref.WeakKeyDictionary()
@@ -186,9 +201,9 @@ def tracking(model: nn.Module) -> Iterator[PositionTracker]:
                     f"{type(model).__name__} already has an instance-level forward/generate; "
                     "sae_circuits cannot track positions on it"
                 )
-            model.forward = tracker.wrap_forward(model.forward)  # type: ignore[method-assign]
+            model.forward = tracker.wrap_forward(model.forward)
             if hasattr(model, "generate"):
-                model.generate = tracker.wrap_generate(model.generate)  # type: ignore[method-assign]
+                model.generate = tracker.wrap_generate(model.generate)
         _trackers[model] = (tracker, depth + 1)
     try:
         yield tracker

@@ -45,26 +45,119 @@ def test_bridge_error_term_is_bitwise_and_unsplice_restores_registry(bridge, tok
     assert sorted(bridge.hook_dict) == names
 
 
+GENERATE = dict(
+    max_new_tokens=6,
+    do_sample=False,
+    verbose=False,
+    stop_at_eos=False,
+    return_type="tokens",
+    output_logits=True,
+)
+
+
+def _step_logits(out) -> torch.Tensor:
+    return torch.stack(out.logits, 1)  # [batch, new tokens, d_vocab]
+
+
+@torch.no_grad()
+def test_bridge_cached_generation_equals_hugging_face_full_forward(bridge, tiny_model_dir, tokens):
+    """No SAE: each cached step's logits are the unwrapped Hugging Face model's on the whole
+    sequence (on transformers >= 5.24 only with sae_circuits._compat's KV-cache adapter)."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(str(tiny_model_dir), local_files_only=True).eval()
+    prompt = tokens[:1, :5]
+    for cache in (True, False):
+        out = bridge.generate(prompt, use_past_kv_cache=cache, **GENERATE)
+        reference = hf(out.sequences).logits[:, prompt.shape[1] - 1 : -1]
+        assert torch.allclose(_step_logits(out), reference, atol=1e-4), cache
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("positions", ["generated", [5, 8]])
 def test_bridge_generation_cached_equals_uncached(bridge, hooked, tokens, positions):
+    """Under a clamp: bridge and HookedTransformer, cached and uncached, all give the logits of
+    one full forward pass of the clamped model over the generated sequence."""
     sae = random_sae(hook_name=SITE)
     prompt = tokens[:1, :5]
-    kwargs = dict(
-        max_new_tokens=6,
-        do_sample=False,
-        verbose=False,
-        stop_at_eos=False,
-        return_type="tokens",
-        output_logits=True,
-    )
     outs = {}
     for name, model, s in (("bridge", bridge, sae), ("hooked", hooked, copy.deepcopy(sae))):
         with sc.spliced(model, [s]), sc.intervene(model, [sc.clamp(SITE, 17, 8.0, positions=positions)]):
             for cache in (True, False):
-                out = model.generate(prompt, use_past_kv_cache=cache, **kwargs)
-                outs[name, cache] = (out.sequences, torch.stack(out.logits, 1))
-    ref_tokens, ref_logits = outs["bridge", True]
+                out = model.generate(prompt, use_past_kv_cache=cache, **GENERATE)
+                outs[name, cache] = (out.sequences, _step_logits(out))
+    sequence = outs["hooked", False][0]
+    absolute = list(range(prompt.shape[1], sequence.shape[1])) if positions == "generated" else positions
+    with sc.spliced(bridge, [sae]), sc.intervene(bridge, [sc.clamp(SITE, 17, 8.0, positions=absolute)]):
+        reference = bridge(sequence)[:, prompt.shape[1] - 1 : -1]
     for key, (seq, logits) in outs.items():
-        assert torch.equal(seq, ref_tokens), key
-        assert torch.allclose(logits, ref_logits, atol=1e-4), key
+        assert torch.equal(seq, sequence), key
+        assert torch.allclose(logits, reference, atol=1e-4), key
+
+
+def test_kv_cache_adapter_reads_the_renamed_argument(bridge):
+    """transformers >= 5.24 passes the attention's KV cache as ``cache=``; the adapted
+    ``_update_kv_cache`` writes it (TransformerLens's own reads only ``past_key_values``)."""
+    from transformers import DynamicCache
+
+    attn = bridge.blocks[0].attn
+    cache = DynamicCache()
+    k = v = torch.randn(1, 4, 3, 16)
+    attn._update_kv_cache(k, v, cache=cache)
+    assert cache.get_seq_length() == 3
+
+
+@torch.no_grad()
+def test_unfilled_kv_cache_fails_loudly(bridge, tokens, monkeypatch):
+    """A bridge whose attention ignores the cache is an error inside sae_circuits, not a silently
+    wrong generation."""
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    from sae_circuits._compat import KVCacheNotFilledError
+
+    monkeypatch.setattr(AttentionBridge, "_update_kv_cache", lambda self, k, v, **kwargs: (k, v))
+    with sc.spliced(bridge, [random_sae(hook_name=SITE)]), sc.intervene(bridge, [sc.ablate(SITE, 3)]):
+        with pytest.raises(KVCacheNotFilledError, match=r"transformers .*did not fill|did not fill"):
+            bridge.generate(tokens[:1, :5], use_past_kv_cache=True, **GENERATE)
+        out = bridge.generate(tokens[:1, :5], use_past_kv_cache=False, **GENERATE)  # the advised way out
+    assert out.sequences.shape == (1, 11)
+
+
+def test_attribution_refuses_a_model_it_cannot_freeze(hooked, tokens, monkeypatch):
+    """A model whose attention exposes no hook_pattern, or never calls a hook that attribution
+    freezes, is refused with an error naming it (its edges would not be direct effects)."""
+    from sae_circuits.graph import replacement
+
+    with sc.spliced(hooked, [random_sae(hook_name="blocks.0.hook_mlp_out")]):
+        hook_dict = dict(hooked.hook_dict)
+        del hook_dict["blocks.1.attn.hook_pattern"]
+        monkeypatch.setattr(hooked, "hook_dict", hook_dict)
+        with pytest.raises(ValueError, match=r"attention of blocks \[1\] exposes no attn.hook_pattern"):
+            sc.attribute(hooked, tokens[0], progress=False)
+        monkeypatch.undo()
+
+        values = replacement.capture(hooked, tokens[0])
+        values.frozen["blocks.0.attn.hook_result"] = values.frozen["blocks.0.attn.hook_pattern"]  # never run
+        with pytest.raises(RuntimeError, match=r"never called the hooks \['blocks.0.attn.hook_result'\]"):
+            replacement.frozen_pass(hooked, values, 2)
+
+
+def test_unsupported_versions_fail_with_what_was_found(hooked, monkeypatch):
+    import importlib.metadata
+
+    from sae_circuits import _compat
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: "3.2.0" if name == "transformer-lens" else real(name)
+    )
+    _compat.check_versions.cache_clear()
+    try:
+        with pytest.raises(
+            _compat.UnsupportedVersionError, match=r"transformer-lens>=3.9,<5.0.*3\.2\.0 is installed"
+        ):
+            sc.splice(hooked, [random_sae()])
+    finally:
+        monkeypatch.undo()
+        _compat.check_versions.cache_clear()
+    _compat.check_versions()  # the real versions pass
