@@ -258,17 +258,17 @@ def _mixed_dictionaries():
     return saes
 
 
-def test_any_mix_of_sites_is_exact_when_every_mlp_is_covered(hooked, tiny_model_dir):
+def test_any_mix_of_sites_is_exact_when_every_mlp_is_covered(model, tiny_model_dir):
     """Residual, attention-out, hook_z SAEs and transcoders together: all edges exact."""
     from sae_circuits.zoo.loader import load_hf_gpt2
 
     saes = _mixed_dictionaries()
     prompt = "def parse(self, text):\n    return"
-    with sc.spliced(hooked, saes):
-        g = sc.attribute(hooked, prompt, prepend_bos=False, progress=False, batch_size=16)
+    with sc.spliced(model, saes):
+        g = sc.attribute(model, prompt, prepend_bos=False, progress=False, batch_size=16)
     assert len(g.sites) == 5 and not g.first_order_edges().any()
     assert set(g.site[g.kind == NodeKind.FEATURE].tolist()) == set(range(5)), "every site has feature nodes"
-    ref = _reference(load_hf_gpt2(tiny_model_dir, "hooked"), saes, g)
+    ref = _reference(load_hf_gpt2(tiny_model_dir), saes, g)  # a fresh model of the same kind
     features = g.nodes_of(NodeKind.FEATURE)
     late = features[g.stage[features] >= g.stage[features].max() - 1][:2].tolist()
     assert _check_top_edges(g, ref, g.nodes_of(NodeKind.TARGET)[:2].tolist() + late) >= 12
@@ -389,5 +389,5 @@ def test_bad_input_gets_a_clear_error(hooked, bridge):
             sc.attribute(hooked, "def f():", targets=sc.Feature("blocks.0.hook_resid_post", 40, 3))
         with pytest.raises(ValueError, match="shape"):
             sc.attribute(hooked, "def f():", targets=sc.LogitDirection(torch.zeros(3)))
-    with sc.spliced(bridge, [random_sae()]), pytest.raises(NotImplementedError, match="HookedTransformer"):
-        sc.attribute(bridge, "def f():")
+    with sc.spliced(bridge, [random_sae()]):  # the bridge is supported (tests/test_bridge_capabilities.py)
+        assert sc.attribute(bridge, "def f():", progress=False).n_nodes > 0

@@ -34,7 +34,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sae_circuits._model import check_model, is_bridge
+from sae_circuits._model import check_model
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.graph.attribution import direct_effects
 from sae_circuits.graph.replacement import stage_of
@@ -167,10 +167,6 @@ def automaton(
     >>> fsa.cycles()[0]                    # doctest: +SKIP
     """
     check_model(model)
-    if is_bridge(model):
-        raise NotImplementedError(
-            "automaton extraction needs a HookedTransformer (attention transitions use attribution)"
-        )
     if not saes_of(model):
         raise ValueError("no SAE or transcoder is spliced into the model; splice some first (sc.splice)")
     for name, value, low in (
@@ -180,9 +176,9 @@ def automaton(
     ):
         if not is_int(value) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    for name, value in (("min_weight", min_weight), ("group_threshold", group_threshold)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ValueError(f"{name}={value!r} must be a number in [0, 1]")
+    for name, number in (("min_weight", min_weight), ("group_threshold", group_threshold)):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= 1:
+            raise ValueError(f"{name}={number!r} must be a number in [0, 1]")
     if not 0 <= min_frequency < max_frequency <= 1:
         raise ValueError(
             f"need 0 <= min_frequency < max_frequency <= 1, got {min_frequency}, {max_frequency}"

@@ -22,10 +22,10 @@ from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_circuits._model import check_model, is_bridge
+from sae_circuits._model import check_model
 from sae_circuits.graph.attribution_graph import AttributionGraph
 from sae_circuits.graph.graph import Edges, NodeKind
 from sae_circuits.graph.replacement import (
@@ -49,7 +49,7 @@ _CANDIDATES_PER_NODE = 8  # under a budget, itemise edges to the top 8 x budget 
 
 
 def attribute(
-    model: nn.Module,
+    model: Any,
     prompt: str | Sequence[int] | Int[Tensor, " pos"],
     targets: TargetSpec = None,
     *,
@@ -85,11 +85,6 @@ def attribute(
     >>> g = sc.attribute(model, "def foo(x):\\n    return")               # doctest: +SKIP
     """
     check_model(model)
-    if is_bridge(model):
-        raise NotImplementedError(
-            "attribution needs a HookedTransformer (it freezes hook_pattern/hook_scale); "
-            "load the model with kind='hooked'"
-        )
     if not saes_of(model):
         raise ValueError("no SAE or transcoder is spliced into the model; splice some first (sc.splice)")
     _check_settings(batch_size, max_feature_nodes, edge_tolerance)
@@ -101,7 +96,7 @@ def attribute(
 
 
 @contextmanager
-def _input_gradients_only(model: nn.Module) -> Iterator[None]:
+def _input_gradients_only(model: Any) -> Iterator[None]:
     """Eval mode, gradients on, but none for the weights: autograd then keeps only what the
     input gradients need. Everything is restored on the way out."""
     was_training = model.training
@@ -135,7 +130,7 @@ class DirectEffects(NamedTuple):
 
 
 def direct_effects(
-    model: nn.Module, tokens: Int[Tensor, " pos"], targets: Sequence[Feature], batch_size: int = 64
+    model: Any, tokens: Int[Tensor, " pos"], targets: Sequence[Feature], batch_size: int = 64
 ) -> DirectEffects:
     """Direct effects of every active feature on each of ``targets`` (features of the spliced
     dictionaries), in the frozen replacement model of ``tokens``: the target rows of the
@@ -378,19 +373,23 @@ class _Attribution:
         token_w = torch.zeros(k, self.n)
         if grads[0] is not None:  # else no path from the embedding to these rows
             token_w[:, :h] = (grads[0][:k, :h] * self.values.embedding[:h].to(grads[0].dtype)).sum(-1).float()
-        live = [i for i in range(len(self.values.sites)) if grads[1 + i] is not None]
-        error_w, feature_w, error_cols, cols = [], [], [], []
+        site_grads = {i: g for i, g in enumerate(grads[1:]) if g is not None}
+        live = sorted(site_grads)
+        error_w: list[Tensor] = []
+        feature_w: list[Tensor] = []
+        error_col_list: list[Tensor] = []
+        col_list: list[Tensor] = []
         for i in live:
             site = self.values.sites[i]
-            g = grads[1 + i][:k, :h].reshape(k, h, -1).to(site.decoded.dtype)
+            g = site_grads[i][:k, :h].reshape(k, h, -1).to(site.decoded.dtype)
             error_w.append((g * site.error[:h]).sum(-1).float())  # (an einsum here would be a slow bmm)
-            error_cols.append(torch.arange(i * self.n, i * self.n + h))
+            error_col_list.append(torch.arange(i * self.n, i * self.n + h))
             feature_w.append(site.feature_dots(g).float())
-            cols.append(torch.arange(self.offsets[i], self.offsets[i] + feature_w[-1].shape[1]))
+            col_list.append(torch.arange(self.offsets[i], self.offsets[i] + feature_w[-1].shape[1]))
         errors = torch.cat(error_w, dim=1) if live else torch.zeros(k, 0)  # (k, live sites * h)
-        error_cols = torch.cat(error_cols) if live else torch.zeros(0, dtype=torch.long)
+        error_cols = torch.cat(error_col_list) if live else torch.zeros(0, dtype=torch.long)
         features = torch.cat(feature_w, dim=1) if live else torch.zeros(k, 0)  # (k, cols)
-        cols = torch.cat(cols) if live else torch.zeros(0, dtype=torch.long)
+        cols = torch.cat(col_list) if live else torch.zeros(0, dtype=torch.long)
         row_ids = torch.arange(first, first + k)
         # influence pushed to the sources: each row's normalised |weights| times its weight
         magnitude = features.abs()
@@ -429,9 +428,11 @@ class _Attribution:
         for site_i, entries in by_site.items():
             site = self.values.sites[site_i]
             x = p.inputs[site.name]
-            b, position, index = (torch.tensor(column) for column in zip(*entries))
+            copies, positions, indices = (torch.tensor(column) for column in zip(*entries))
             seed = torch.zeros_like(x)
-            seed[b, position] = site.encoder_directions(position, index).reshape(-1, *x.shape[2:]).to(x.dtype)
+            seed[copies, positions] = (
+                site.encoder_directions(positions, indices).reshape(-1, *x.shape[2:]).to(x.dtype)
+            )
             seeds[site.name] = seed
         outputs = [p.inputs[name] for name in seeds] + ([p.final] if final_seed is not None else [])
         grad_outputs = list(seeds.values()) + ([final_seed] if final_seed is not None else [])
@@ -467,6 +468,7 @@ class _Attribution:
     def _candidates(self) -> Tensor:
         """Features whose edges are kept one by one under a budget: those with a row, and the
         unexpanded ones most likely to get one (the highest influence estimates so far)."""
+        assert self.candidates is not None  # only called under a budget
         keep = self.visited.clone()
         unvisited = torch.where(self.visited, -1.0, self.score)
         count = min(self.candidates, int((unvisited > 0).sum()))

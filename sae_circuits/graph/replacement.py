@@ -141,7 +141,7 @@ class PromptValues:
     """Next-token probabilities at the last position."""
 
 
-def capture(model: nn.Module, tokens: Int[Tensor, " pos"]) -> PromptValues:
+def capture(model: Any, tokens: Int[Tensor, " pos"]) -> PromptValues:
     """Run the spliced model once on ``tokens`` and keep what the frozen model needs."""
     saes = saes_of(model)
     names = set()
@@ -158,6 +158,15 @@ def capture(model: nn.Module, tokens: Int[Tensor, " pos"]) -> PromptValues:
     sites = [_site_values(name, sae, cache) for name, sae in saes.items()]
     sites.sort(key=lambda s: s.stage)
     frozen = {name: value for name, value in cache.items() if frozen_filter.match(name)}
+    unfrozen = [
+        layer for layer in range(model.cfg.n_layers) if f"blocks.{layer}.attn.hook_pattern" not in frozen
+    ]
+    if unfrozen:
+        raise ValueError(
+            f"{type(model).__name__}: the attention of blocks {unfrozen} exposes no attn.hook_pattern, "
+            "so attribution cannot freeze its pattern (edges would not be direct effects); "
+            "attribution needs a HookedTransformer or a TransformerBridge whose attention is hooked"
+        )
     return PromptValues(
         tokens=tokens,
         sites=sites,
@@ -211,7 +220,7 @@ class FrozenPass:
     """The normalised final residual stream (logit targets inject here)."""
 
 
-def frozen_pass(model: nn.Module, values: PromptValues, batch: int) -> FrozenPass:
+def frozen_pass(model: Any, values: PromptValues, batch: int) -> FrozenPass:
     """Forward ``batch`` copies of the prompt through the frozen replacement model.
 
     The spliced dictionaries are bypassed (their outputs are leaves); the autograd graph is kept
@@ -247,19 +256,49 @@ def frozen_pass(model: nn.Module, values: PromptValues, batch: int) -> FrozenPas
 
     frozen_blocks = {_pattern_block(name) for name in values.frozen}
     with bypassed(model), _broadcast_attention(model, frozen_blocks) as light:
+        fired: set[str] = set()
         hooks = [
             (
                 name,
-                _constant(value if _pattern_block(name) in light else value.expand(batch, *value.shape[1:])),
+                _constant(
+                    value if _pattern_block(name) in light else value.expand(batch, *value.shape[1:]),
+                    lambda n=name: fired.add(n),
+                ),
             )
             for name, value in values.frozen.items()
         ]
         hooks.append(("blocks.0.hook_resid_pre", lambda x, hook: embedding))
         hooks += [(name, at(name)) for name in sorted(set(by_output) | set(taps))]
+        last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        hooks.append((last, _stop_here))
         with model.hooks(fwd_hooks=hooks):
-            resid = model(values.tokens.expand(batch, -1), stop_at_layer=model.cfg.n_layers)
+            try:  # the unembedding is never run: logit targets inject at the final LayerNorm
+                model(values.tokens.expand(batch, -1))
+                raise RuntimeError(f"the forward pass never reached {last!r}")
+            except _ResidualReached as reached:
+                resid = reached.resid
             final = model.ln_final(resid) if getattr(model, "ln_final", None) is not None else resid
+    if ignored := sorted(set(values.frozen) - fired):
+        raise RuntimeError(
+            f"{type(model).__name__} never called the hooks {ignored[:4]}{'...' if len(ignored) > 4 else ''} "
+            "in its forward pass, so attribution cannot freeze them (edges would not be direct effects); "
+            "attribution needs a HookedTransformer or a TransformerBridge whose attention and "
+            "normalisation compute through their hook points"
+        )
     return FrozenPass(embedding, outputs, inputs, final)
+
+
+class _ResidualReached(Exception):
+    """Ends a forward pass at the last block's output. ``stop_at_layer`` would too, but a
+    ``TransformerBridge`` cannot stop after its last block (Hugging Face runs the loop)."""
+
+    def __init__(self, resid: Tensor) -> None:
+        super().__init__("final residual stream reached")
+        self.resid = resid
+
+
+def _stop_here(resid: Tensor, hook: Any) -> Tensor:
+    raise _ResidualReached(resid)
 
 
 def _pattern_block(hook_name: str) -> int:
@@ -268,7 +307,7 @@ def _pattern_block(hook_name: str) -> int:
 
 
 @contextmanager
-def _broadcast_attention(model: nn.Module, blocks: set[int]) -> Iterator[set[int]]:
+def _broadcast_attention(model: Any, blocks: set[int]) -> Iterator[set[int]]:
     """Let frozen attention patterns stay one ``(1, heads, q, k)`` copy for all prompt copies.
 
     With patterns frozen, attention scores are never needed (a dummy ``(1, heads, q, k)`` stands in)
@@ -276,15 +315,24 @@ def _broadcast_attention(model: nn.Module, blocks: set[int]) -> Iterator[set[int
     forward pass nor autograd holds ``batch x heads x n^2`` tensors (4 GB at 1,024 tokens and 64
     copies). Yields the blocks patched; attention classes that override these methods are left alone.
     """
-    from transformer_lens.components.abstract_attention import AbstractAttention
+    abstract: type[Any] | None
+    try:  # HookedTransformer's attention; a bridge wraps the Hugging Face module instead
+        from transformer_lens.components.abstract_attention import AbstractAttention as abstract
+    except ImportError:  # TransformerLens 4 has no HookedTransformer components
+        abstract = None
+
+    def own(attn: nn.Module, method: str) -> bool:
+        return abstract is not None and getattr(type(attn), method, None) is getattr(abstract, method)
 
     patched: list[nn.Module] = []
     try:
         for layer, block in enumerate(model.blocks):
             attn = block.attn
-            own = type(attn).calculate_attention_scores is AbstractAttention.calculate_attention_scores
-            own_z = type(attn).calculate_z_scores is AbstractAttention.calculate_z_scores
-            if layer in blocks and own and own_z:  # only where the pattern really is frozen
+            if (
+                layer in blocks
+                and own(attn, "calculate_attention_scores")
+                and own(attn, "calculate_z_scores")
+            ):  # only where the pattern really is frozen
                 attn.calculate_attention_scores = partial(_dummy_scores, attn)
                 attn.calculate_z_scores = partial(_broadcast_z, attn)
                 patched.append(attn)
@@ -294,18 +342,23 @@ def _broadcast_attention(model: nn.Module, blocks: set[int]) -> Iterator[set[int
             del attn.calculate_attention_scores, attn.calculate_z_scores
 
 
-def _dummy_scores(attn: nn.Module, q: Tensor, k: Tensor) -> Tensor:
+def _dummy_scores(attn: Any, q: Tensor, k: Tensor) -> Tensor:
     return q.new_zeros(1, attn.cfg.n_heads, q.shape[1], k.shape[1])
 
 
-def _broadcast_z(attn: nn.Module, v: Tensor, pattern: Tensor) -> Tensor:
+def _broadcast_z(attn: Any, v: Tensor, pattern: Tensor) -> Tensor:
     z = torch.einsum("hqk,bkhd->bqhd", pattern[0], v)  # one pattern for every copy
     return attn.hook_z(z)
 
 
-def _constant(value: Tensor) -> Any:
-    """A hook that replaces the activation with ``value``."""
-    return lambda x, hook: value
+def _constant(value: Tensor, ran: Any) -> Any:
+    """A hook that replaces the activation with ``value`` (and calls ``ran()``: it did run)."""
+
+    def hook(x: Tensor, hook: Any) -> Tensor:
+        ran()
+        return value
+
+    return hook
 
 
 def _skip(site: SiteValues, x_in: Tensor) -> Tensor:
