@@ -135,7 +135,7 @@ class SAEConfig:
         if self.architecture.startswith("jumprelu"):
             return "jumprelu"
         if self.architecture in ("topk", "gated"):
-            return self.architecture  # type: ignore[return-value]
+            return self.architecture
         return "relu"
 
     @property
@@ -197,6 +197,14 @@ class SAE(nn.Module):
     ``b_dec [d_out]``; plus ``threshold`` (jumprelu), ``b_gate``/``b_mag``/``r_mag`` (gated, which
     has no ``b_enc``) and ``W_skip [d_out, d_in]`` (skip transcoders).
     """
+
+    # Set with setattr() in __init__ (one per name in HOOK_NAMES); declared here for type checkers.
+    hook_sae_input: HookPoint
+    hook_sae_acts_pre: HookPoint
+    hook_sae_acts_post: HookPoint
+    hook_sae_recons: HookPoint
+    hook_sae_error: HookPoint
+    hook_sae_output: HookPoint
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
@@ -314,10 +322,16 @@ class SAE(nn.Module):
     # ------------------------------------------------------------------ pieces
 
     def _flatten(self, x: Tensor) -> Tensor:
-        """Cast to the SAE's dtype/device and flatten heads for ``hook_z`` SAEs."""
+        """Cast to the SAE's dtype/device and flatten heads for ``hook_z`` SAEs.
+
+        A HookedTransformer's ``hook_z`` carries ``[..., n_heads, d_head]``; a TransformerBridge's
+        hook point itself carries the heads already flattened (only hooks see them split), and
+        that stays flat on the way out."""
         if self.cfg.reshape_activations == "hook_z":
-            self._d_head = x.shape[-1]
-            x = einops.rearrange(x, "... n_heads d_head -> ... (n_heads d_head)")
+            flat = x.shape[-1] == self.cfg.d_in
+            self._d_head = None if flat else x.shape[-1]
+            if not flat:
+                x = einops.rearrange(x, "... n_heads d_head -> ... (n_heads d_head)")
         return x.to(device=self.device, dtype=self.dtype)
 
     def _unflatten(self, y: Tensor) -> Tensor:

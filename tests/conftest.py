@@ -3,14 +3,32 @@ loadable as a HookedTransformer or a TransformerBridge; and random SAEs that act
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+# The switch: jaxtyping shape annotations are checked at run time in the whole suite (a wrong shape
+# fails the test) unless SAE_CIRCUITS_SHAPE_CHECKS=0. The hook must be in place before sae_circuits
+# is first imported; tests/shape_check.py says what is checked.
+SHAPE_CHECKS = os.environ.get("SAE_CIRCUITS_SHAPE_CHECKS", "1") != "0"
+if SHAPE_CHECKS:
+    if "sae_circuits" in sys.modules:
+        raise RuntimeError(
+            "sae_circuits was imported before tests/conftest.py could install the shape checks"
+        )
+    from jaxtyping import install_import_hook
+
+    import tests.shape_check  # noqa: F401  (the hook looks the checker up as an attribute of the tests package)
+
+    install_import_hook("sae_circuits", "tests.shape_check.check_shapes")
+
 import sae_circuits as sc
 from sae_circuits.splice import saes_of
+from sae_circuits.zoo.loader import has_hooked_transformer, load_tokenizer, transformer_lens_version
 from sae_circuits.zoo.random_model import random_gpt2
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -25,10 +43,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+# TransformerLens 4 removed HookedTransformer: tests that need one (or compare it with the bridge) skip.
+NO_HOOKED = (
+    None
+    if has_hooked_transformer()
+    else f"HookedTransformer was removed in TransformerLens 4.0 (installed: {transformer_lens_version()})"
+)
+
+
 @pytest.fixture
 def hooked(tiny_model_dir: Path):
     from sae_circuits.zoo.loader import load_hf_gpt2
 
+    if NO_HOOKED:
+        pytest.skip(NO_HOOKED)
     model = load_hf_gpt2(tiny_model_dir, "hooked")
     yield model
     _assert_clean(model)
@@ -43,6 +71,17 @@ def bridge(tiny_model_dir: Path):
     _assert_clean(model)
 
 
+@pytest.fixture
+def model(tiny_model_dir: Path):
+    """The default kind, for tests of what every model kind does: a HookedTransformer on
+    TransformerLens 3.x, a TransformerBridge on 4.x (``sae_circuits.zoo.loader.default_kind``)."""
+    from sae_circuits.zoo.loader import load_hf_gpt2
+
+    model = load_hf_gpt2(tiny_model_dir)
+    yield model
+    _assert_clean(model)
+
+
 def _assert_clean(model) -> None:
     """Every test must leave its model as it found it (no SAE, no patched methods)."""
     leftovers = [name for name in ("forward", "generate") if name in model.__dict__]
@@ -50,10 +89,11 @@ def _assert_clean(model) -> None:
 
 
 @pytest.fixture
-def tokens(hooked) -> torch.Tensor:
+def tokens(tiny_model_dir: Path) -> torch.Tensor:
+    """Two rows of 12 tokens (no BOS), from the tokenizer alone so that no model kind is needed."""
     text = ["def parse(self, text):\n    return text.split()", "import os\nfor name in os.listdir(path):"]
-    toks = hooked.to_tokens(text, prepend_bos=False, padding_side="right")
-    return toks[:, :12]
+    tokenizer = load_tokenizer(tiny_model_dir)
+    return torch.tensor([tokenizer(t)["input_ids"][:12] for t in text])
 
 
 def random_sae(

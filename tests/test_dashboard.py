@@ -55,12 +55,12 @@ def _feature(acts: list[torch.Tensor]) -> int:
     return max(candidates, key=lambda i: int(fires[i]))
 
 
-def test_page_contents_match_features(hooked):
+def test_page_contents_match_features(model):
     sae = random_sae()
-    rows, acts = _reference(hooked, sae)
+    rows, acts = _reference(model, sae)
     f = _feature(acts)
-    with sc.spliced(hooked, [sae]):
-        html = feature_dashboard(hooked, SITE, f, TEXTS, k=K, context=CONTEXT, bins=12, steer_tokens=4)
+    with sc.spliced(model, [sae]):
+        html = feature_dashboard(model, SITE, f, TEXTS, k=K, context=CONTEXT, bins=12, steer_tokens=4)
     data = _data(html)
     assert SITE in html and "Feature dashboard" in html and '<svg id="hist">' in html
     assert data["site"] == SITE and data["feature"] == f and data["d_sae"] == 256
@@ -85,53 +85,53 @@ def test_page_contents_match_features(hooked):
         assert c["acts"][c["max_index"]] == pytest.approx(c["activation"])
         assert c["acts"] == pytest.approx(acts[text][lo:hi, f].tolist(), abs=1e-5)
         shown = [
-            t.replace("\n", "\u21b5").replace(" ", "\u00b7") for t in hooked.to_str_tokens(rows[text][lo:hi])
+            t.replace("\n", "\u21b5").replace(" ", "\u00b7") for t in model.to_str_tokens(rows[text][lo:hi])
         ]
         assert c["tokens"] == shown
 
-    promoted, suppressed = logit_effects(hooked, sae, f, k=10)
+    promoted, suppressed = logit_effects(model, sae, f, k=10)
     assert data["promoted"]["tokens"] == promoted and data["suppressed"]["tokens"] == suppressed
     up, down = data["promoted"]["values"], data["suppressed"]["values"]
     assert up == sorted(up, reverse=True) and down == sorted(down) and up[-1] > down[-1]
 
 
-def test_logit_effect_values_follow_logit_effects(hooked):
+def test_logit_effect_values_follow_logit_effects(model):
     sae = random_sae(seed=3)
     for f in (0, 17, 255):
-        promoted, suppressed = logit_effect_values(hooked, sae, f, k=7)
-        assert (promoted.tokens, suppressed.tokens) == logit_effects(hooked, sae, f, k=7)
-        weights = sae.W_dec[f].detach() @ hooked.W_U.detach()
+        promoted, suppressed = logit_effect_values(model, sae, f, k=7)
+        assert (promoted.tokens, suppressed.tokens) == logit_effects(model, sae, f, k=7)
+        weights = sae.W_dec[f].detach() @ model.W_U.detach()
         assert promoted.values[0] == pytest.approx(float(weights.max() - weights.median()), abs=1e-5)
 
 
-def test_steering_changes_generation_and_plain_is_greedy(hooked):
+def test_steering_changes_generation_and_plain_is_greedy(model):
     sae = random_sae()
-    _, acts = _reference(hooked, sae)
+    _, acts = _reference(model, sae)
     f = _feature(acts)
     prompts = [TEXTS[0], TEXTS[3]]
     kwargs = {"max_new_tokens": 10, "do_sample": False, "verbose": False, "stop_at_eos": False}
     greedy = []
     for prompt in prompts:  # the unspliced model
-        tokens = hooked.to_tokens(prompt, prepend_bos=False)
-        greedy.append(hooked.to_string(hooked.generate(tokens, **kwargs)[0, tokens.shape[1] :]))
-    with sc.spliced(hooked, [sae]):
-        data = _data(feature_dashboard(hooked, SITE, f, TEXTS, steer_prompts=prompts, steer_tokens=10,
+        tokens = model.to_tokens(prompt, prepend_bos=False)
+        greedy.append(model.to_string(model.generate(tokens, **kwargs)[0, tokens.shape[1] :]))
+    with sc.spliced(model, [sae]):
+        data = _data(feature_dashboard(model, SITE, f, TEXTS, steer_prompts=prompts, steer_tokens=10,
                                        steer_value=50.0))  # fmt: skip
-        default = _data(feature_dashboard(hooked, SITE, f, TEXTS[:2], steer_tokens=3))
+        default = _data(feature_dashboard(model, SITE, f, TEXTS[:2], steer_tokens=3))
     assert [s["prompt"] for s in data["steering"]] == prompts and data["steer_value"] == 50.0
     assert [s["plain"] for s in data["steering"]] == greedy
     assert all(s["steered"] != s["plain"] for s in data["steering"])
     # Default prompts: the first three texts' first 8 tokens, clamped at the max activation.
-    first8 = [hooked.to_string(hooked.to_tokens(t, prepend_bos=False)[0, :8]) for t in TEXTS[:2]]
+    first8 = [model.to_string(model.to_tokens(t, prepend_bos=False)[0, :8]) for t in TEXTS[:2]]
     assert [s["prompt"] for s in default["steering"]] == first8 and default["steer_value"] == default["max"]
 
 
-def test_hostile_tokens_are_escaped(hooked):
+def test_hostile_tokens_are_escaped(model):
     sae = random_sae()
-    _, acts = _reference(hooked, sae)
+    _, acts = _reference(model, sae)
     densest = int(sum((a > 0).sum(0) for a in acts).argmax())  # its top contexts cover every text
-    with sc.spliced(hooked, [sae]):
-        html = feature_dashboard(hooked, SITE, densest, TEXTS, k=40, steer_prompts=[EVIL], steer_tokens=2)
+    with sc.spliced(model, [sae]):
+        html = feature_dashboard(model, SITE, densest, TEXTS, k=40, steer_prompts=[EVIL], steer_tokens=2)
     assert "<script>alert(1)" not in html and "alert(1)</script>" not in html
     assert html.count("<script") == 2 and html.count("</script>") == 2  # only the page's own
     assert "\\u003c/script\\u003e\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in html
@@ -143,73 +143,73 @@ def test_hostile_tokens_are_escaped(hooked):
     assert "\n" not in "".join(tokens) and any("\u21b5" in t for t in tokens)
 
 
-def test_token_rows_and_bos(hooked):
+def test_token_rows_and_bos(model):
     sae = random_sae()
-    rows = [hooked.to_tokens(t, prepend_bos=False)[0] for t in TEXTS]
-    with sc.spliced(hooked, [sae]):
-        a = _data(feature_dashboard(hooked, SITE, 5, TEXTS, steer_prompts=[]))
-        b = _data(feature_dashboard(hooked, SITE, 5, [r.tolist() for r in rows], steer_prompts=[]))
-        bos = _data(feature_dashboard(hooked, SITE, 5, TEXTS, steer_prompts=[], prepend_bos=True))
+    rows = [model.to_tokens(t, prepend_bos=False)[0] for t in TEXTS]
+    with sc.spliced(model, [sae]):
+        a = _data(feature_dashboard(model, SITE, 5, TEXTS, steer_prompts=[]))
+        b = _data(feature_dashboard(model, SITE, 5, [r.tolist() for r in rows], steer_prompts=[]))
+        bos = _data(feature_dashboard(model, SITE, 5, TEXTS, steer_prompts=[], prepend_bos=True))
     assert a == b and a["steering"] == []
     assert bos["n_tokens"] == a["n_tokens"] + len(TEXTS)
 
 
-def test_silent_feature(hooked):
+def test_silent_feature(model):
     """A feature that never fires on the texts still gets a page: no contexts, an empty histogram."""
     sae = random_sae()
-    _, acts = _reference(hooked, sae)
+    _, acts = _reference(model, sae)
     silent = int(sum((a > 0).sum(0) for a in acts).argmin())
-    with sc.spliced(hooked, [sae]):
-        data = _data(feature_dashboard(hooked, SITE, silent, TEXTS, bins=4, steer_tokens=2))
+    with sc.spliced(model, [sae]):
+        data = _data(feature_dashboard(model, SITE, silent, TEXTS, bins=4, steer_tokens=2))
     assert data["n_fired"] == 0 and data["density"] == 0 and data["max"] == 0 and data["contexts"] == []
     assert data["histogram"]["counts"] == [0] * 4 and len(data["steering"]) == 3
 
 
-def test_bad_inputs(hooked):
+def test_bad_inputs(model):
     sae = random_sae()
     with pytest.raises(
         ValueError, match=r"no SAE is spliced at 'blocks.0.hook_resid_post'; spliced sites: none"
     ):
-        feature_dashboard(hooked, SITE, 0, TEXTS)
-    with sc.spliced(hooked, [sae]):
+        feature_dashboard(model, SITE, 0, TEXTS)
+    with sc.spliced(model, [sae]):
         with pytest.raises(
             ValueError, match=r"'blocks.1.hook_resid_post'; spliced sites: \['blocks.0.hook_resid_post'\]"
         ):
-            feature_dashboard(hooked, "blocks.1.hook_resid_post", 0, TEXTS)
+            feature_dashboard(model, "blocks.1.hook_resid_post", 0, TEXTS)
         with pytest.raises(ValueError, match=r"feature=256 is out of range .*\(d_sae=256\)"):
-            feature_dashboard(hooked, SITE, 256, TEXTS)
+            feature_dashboard(model, SITE, 256, TEXTS)
         with pytest.raises(ValueError, match=r"feature=-1 is out of range"):
-            feature_dashboard(hooked, SITE, -1, TEXTS)
+            feature_dashboard(model, SITE, -1, TEXTS)
         with pytest.raises(ValueError, match="texts is empty"):
-            feature_dashboard(hooked, SITE, 0, [])
+            feature_dashboard(model, SITE, 0, [])
         with pytest.raises(TypeError, match="list of strings"):
-            feature_dashboard(hooked, SITE, 0, "one string")
+            feature_dashboard(model, SITE, 0, "one string")
         with pytest.raises(ValueError, match=r"texts\[1\] is \d+ tokens long .* n_ctx=128"):
-            feature_dashboard(hooked, SITE, 0, ["fine", "word " * 200])
+            feature_dashboard(model, SITE, 0, ["fine", "word " * 200])
         with pytest.raises(ValueError, match=r"texts\[0\] has no tokens"):
-            feature_dashboard(hooked, SITE, 0, [""])
+            feature_dashboard(model, SITE, 0, [""])
         with pytest.raises(ValueError, match=r"steer_value=-1.0 must be a finite number >= 0"):
-            feature_dashboard(hooked, SITE, 0, TEXTS, steer_value=-1.0)
+            feature_dashboard(model, SITE, 0, TEXTS, steer_value=-1.0)
         with pytest.raises(ValueError, match=r"k=0 must be an int >= 1"):
-            feature_dashboard(hooked, SITE, 0, TEXTS, k=0)
+            feature_dashboard(model, SITE, 0, TEXTS, k=0)
         with pytest.raises(ValueError, match=r"steer_prompts\[0\] .* exceeds n_ctx=128"):
-            feature_dashboard(hooked, SITE, 0, TEXTS, steer_prompts=["word " * 10], steer_tokens=120)
+            feature_dashboard(model, SITE, 0, TEXTS, steer_prompts=["word " * 10], steer_tokens=120)
 
 
-def test_write_dashboard_is_atomic(hooked, tmp_path, full_disk):
+def test_write_dashboard_is_atomic(model, tmp_path, full_disk):
     sae = random_sae()
     path = tmp_path / "feature.html"
-    with sc.spliced(hooked, [sae]):
-        assert write_dashboard(hooked, SITE, 5, TEXTS, path, steer_prompts=[]) == path
+    with sc.spliced(model, [sae]):
+        assert write_dashboard(model, SITE, 5, TEXTS, path, steer_prompts=[]) == path
         page = path.read_text(encoding="utf-8")
         assert _data(page)["feature"] == 5
         full_disk()
         with pytest.raises(OSError, match="No space left"):
-            write_dashboard(hooked, SITE, 6, TEXTS, path, steer_prompts=[])
+            write_dashboard(model, SITE, 6, TEXTS, path, steer_prompts=[])
     assert path.read_text(encoding="utf-8") == page and sorted(tmp_path.iterdir()) == [path]
 
 
-def test_page_renders_in_a_browser(hooked, tmp_path):
+def test_page_renders_in_a_browser(model, tmp_path):
     """Headless Chromium runs the page's JS: one span per context token, each max outlined, a title
     on every token, no console error or CSP refusal, and nothing from the data executed."""
     if shutil.which("chromium") is None:
@@ -218,9 +218,9 @@ def test_page_renders_in_a_browser(hooked, tmp_path):
         pytest.skip("no chromium here")
     sae = random_sae()
     path = tmp_path / "page.html"
-    f = _feature(_reference(hooked, sae)[1])
-    with sc.spliced(hooked, [sae]):
-        write_dashboard(hooked, SITE, f, TEXTS, path, k=K, steer_prompts=[EVIL], steer_tokens=2)
+    f = _feature(_reference(model, sae)[1])
+    with sc.spliced(model, [sae]):
+        write_dashboard(model, SITE, f, TEXTS, path, k=K, steer_prompts=[EVIL], steer_tokens=2)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
     done = subprocess.run(
         ["chromium", *flags, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()],

@@ -13,8 +13,8 @@ SITE = "blocks.0.hook_resid_post"
 
 
 @pytest.fixture
-def eval_tokens(hooked):
-    ids = hooked.tokenizer(open(__import__("json").__file__).read())["input_ids"]
+def eval_tokens(model):
+    ids = model.tokenizer(open(__import__("json").__file__).read())["input_ids"]
     return torch.tensor(ids[: 6 * 24]).view(6, 24)
 
 
@@ -33,8 +33,8 @@ def _perfect_sae() -> sc.SAE:
 
 
 @torch.no_grad()
-def test_perfect_reconstruction_scores_one(hooked, eval_tokens):
-    result = evaluate(hooked, _perfect_sae(), eval_tokens, baseline=False)
+def test_perfect_reconstruction_scores_one(model, eval_tokens):
+    result = evaluate(model, _perfect_sae(), eval_tokens, baseline=False)
     assert result.explained_variance == pytest.approx(1.0, abs=1e-6)
     assert result.ce_loss_spliced == pytest.approx(result.ce_loss_clean, abs=1e-5)
     assert result.ce_loss_score == pytest.approx(1.0, abs=1e-4)
@@ -44,10 +44,10 @@ def test_perfect_reconstruction_scores_one(hooked, eval_tokens):
 
 
 @torch.no_grad()
-def test_metrics_match_a_direct_computation(hooked, eval_tokens):
+def test_metrics_match_a_direct_computation(model, eval_tokens):
     sae = random_sae()
-    result = evaluate(hooked, sae, eval_tokens, baseline=False)
-    logits, cache = hooked.run_with_cache(eval_tokens, names_filter=SITE)
+    result = evaluate(model, sae, eval_tokens, baseline=False)
+    logits, cache = model.run_with_cache(eval_tokens, names_filter=SITE)
     x = cache[SITE].reshape(-1, D_MODEL).double()
     x_hat = sae(cache[SITE]).reshape(-1, D_MODEL).double()
     ev = 1 - (x - x_hat).pow(2).sum(-1).mean() / (x.pow(2).sum(-1).mean() - x.mean(0).pow(2).sum())
@@ -65,17 +65,17 @@ def test_metrics_match_a_direct_computation(hooked, eval_tokens):
 
 
 @torch.no_grad()
-def test_pca_baseline_is_the_best_rank_k_reconstruction(hooked, eval_tokens):
+def test_pca_baseline_is_the_best_rank_k_reconstruction(model, eval_tokens):
     sae = random_sae()
-    base = pca_baseline(hooked, sae, eval_tokens, k=D_MODEL)  # full rank: exact
-    _, cache = hooked.run_with_cache(eval_tokens, names_filter=SITE)
+    base = pca_baseline(model, sae, eval_tokens, k=D_MODEL)  # full rank: exact
+    _, cache = model.run_with_cache(eval_tokens, names_filter=SITE)
     assert torch.allclose(base(cache[SITE]), cache[SITE], atol=1e-4)
-    result = evaluate(hooked, sae, eval_tokens)
+    result = evaluate(model, sae, eval_tokens)
     assert result.baseline is not None and result.baseline.site == SITE
     assert result.baseline.l0 <= round(result.l0) + 1e-6
 
 
 @torch.no_grad()
-def test_baseline_rank_is_capped_by_the_data(hooked, eval_tokens):
-    base = pca_baseline(hooked, random_sae(), eval_tokens[:1, :10], k=32)
+def test_baseline_rank_is_capped_by_the_data(model, eval_tokens):
+    base = pca_baseline(model, random_sae(), eval_tokens[:1, :10], k=32)
     assert base.cfg.d_sae == 2 * 10  # 10 tokens support at most 10 directions

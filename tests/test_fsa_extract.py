@@ -77,20 +77,20 @@ def test_json_round_trip_keeps_the_weights(extracted, tmp_path):
     ]
 
 
-def test_bad_input_gets_a_clear_error(hooked, markup):
+def test_bad_input_gets_a_clear_error(model, markup):
     with pytest.raises(ValueError, match="no SAE or transcoder is spliced"):
-        automaton(hooked, ["<p>"])
+        automaton(model, ["<p>"])
     from tests.conftest import random_sae
 
-    with sc.spliced(hooked, [random_sae()]):
+    with sc.spliced(model, [random_sae()]):
         with pytest.raises(ValueError, match="non-empty list"):
-            automaton(hooked, [])
+            automaton(model, [])
         with pytest.raises(ValueError, match="text 1 is empty"):
-            automaton(hooked, ["<p>", ""])
+            automaton(model, ["<p>", ""])
         with pytest.raises(ValueError, match="more than the model's context of 128"):
-            automaton(hooked, ["<p>", " x" * 200])
+            automaton(model, ["<p>", " x" * 200])
         with pytest.raises(ValueError, match="max_states=0"):
-            automaton(hooked, ["<p>"], max_states=0)
+            automaton(model, ["<p>"], max_states=0)
 
 
 def test_validate_pins_sources_and_stores_effects(extracted):

@@ -21,14 +21,14 @@ def _site_output_and_acts(model, tokens, interventions=()):
 
 @torch.no_grad()
 @pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu", "gated"])
-def test_clamp_changes_site_output_by_exactly_the_decoded_delta(hooked, tokens, architecture):
+def test_clamp_changes_site_output_by_exactly_the_decoded_delta(model, tokens, architecture):
     extra = {"k": 16} if architecture == "topk" else {}
     sae = random_sae(architecture, **extra)
     feature, value, position = 7, 12.0, 3
-    with sc.spliced(hooked, [sae]):
-        clean_out, f = _site_output_and_acts(hooked, tokens)
+    with sc.spliced(model, [sae]):
+        clean_out, f = _site_output_and_acts(model, tokens)
         out, f_edit = _site_output_and_acts(
-            hooked, tokens, [sc.clamp(SITE, feature, value, positions=position)]
+            model, tokens, [sc.clamp(SITE, feature, value, positions=position)]
         )
     expected = (value - f[:, position, feature])[:, None] * sae.W_dec[feature]
     assert torch.allclose(out[:, position] - clean_out[:, position], expected, atol=1e-5)
@@ -39,9 +39,9 @@ def test_clamp_changes_site_output_by_exactly_the_decoded_delta(hooked, tokens, 
 
 
 @torch.no_grad()
-def test_ablate_scale_add_semantics(hooked, tokens, sae):
-    with sc.spliced(hooked, [sae]):
-        _, f = _site_output_and_acts(hooked, tokens)
+def test_ablate_scale_add_semantics(model, tokens, sae):
+    with sc.spliced(model, [sae]):
+        _, f = _site_output_and_acts(model, tokens)
         active = int((f > 0).sum((0, 1)).argmax())
         cases = {
             "ablate": (sc.ablate(SITE, [active, 3]), lambda a: torch.zeros_like(a)),
@@ -49,31 +49,31 @@ def test_ablate_scale_add_semantics(hooked, tokens, sae):
             "add": (sc.add(SITE, [active, 3], -0.25), lambda a: a - 0.25),
         }
         for name, (iv, fn) in cases.items():
-            _, edited = _site_output_and_acts(hooked, tokens, [iv])
+            _, edited = _site_output_and_acts(model, tokens, [iv])
             assert torch.allclose(edited[..., [active, 3]], fn(f[..., [active, 3]])), name
             untouched = [i for i in range(sae.cfg.d_sae) if i not in (active, 3)]
             assert torch.equal(edited[..., untouched], f[..., untouched]), name
 
 
 @torch.no_grad()
-def test_interventions_on_one_site_apply_in_order(hooked, tokens, sae):
-    with sc.spliced(hooked, [sae]):
-        _, f = _site_output_and_acts(hooked, tokens, [sc.clamp(SITE, 5, 2.0), sc.scale(SITE, 5, 3.0)])
+def test_interventions_on_one_site_apply_in_order(model, tokens, sae):
+    with sc.spliced(model, [sae]):
+        _, f = _site_output_and_acts(model, tokens, [sc.clamp(SITE, 5, 2.0), sc.scale(SITE, 5, 3.0)])
     assert torch.allclose(f[..., 5], torch.full_like(f[..., 5], 6.0))
 
 
 @torch.no_grad()
-def test_explicit_position_beyond_a_plain_forward_is_an_error(hooked, tokens, sae):
-    with sc.spliced(hooked, [sae]):
+def test_explicit_position_beyond_a_plain_forward_is_an_error(model, tokens, sae):
+    with sc.spliced(model, [sae]):
         with pytest.raises(
             IndexError, match=r"position 99 is beyond the sequence: the forward pass has 12 tokens"
         ):
-            with sc.intervene(hooked, [sc.clamp(SITE, 1, 1.0, positions=[2, 99])]):
-                hooked(tokens)
-        assert all(not hp.fwd_hooks for hp in hooked.hook_dict.values())
+            with sc.intervene(model, [sc.clamp(SITE, 1, 1.0, positions=[2, 99])]):
+                model(tokens)
+        assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
 
 
-def test_bad_interventions_are_rejected_before_anything_changes(hooked, sae):
+def test_bad_interventions_are_rejected_before_anything_changes(model, sae):
     with pytest.raises(ValueError, match="must be finite"):
         sc.clamp(SITE, 1, float("nan"))
     with pytest.raises(ValueError, match=r"value=-1.0 must be >= 0"):
@@ -89,14 +89,14 @@ def test_bad_interventions_are_rejected_before_anything_changes(hooked, sae):
     with pytest.raises(ValueError, match="expected 'prompt', 'generated'"):
         sc.ablate(SITE, 1, positions="last")
     with pytest.raises(ValueError, match="no SAE is spliced at 'blocks.0.hook_resid_post'"):
-        with sc.intervene(hooked, [sc.ablate(SITE, 1)]):
+        with sc.intervene(model, [sc.ablate(SITE, 1)]):
             pass
-    with sc.spliced(hooked, [sae]):
+    with sc.spliced(model, [sae]):
         with pytest.raises(IndexError, match=r"feature index 256 is out of range .* d_sae=256"):
-            with sc.intervene(hooked, [sc.ablate(SITE, 1), sc.ablate(SITE, 256)]):
+            with sc.intervene(model, [sc.ablate(SITE, 1), sc.ablate(SITE, 256)]):
                 pass
-        assert all(not hp.fwd_hooks for hp in hooked.hook_dict.values())
-    assert "forward" not in hooked.__dict__
+        assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+    assert "forward" not in model.__dict__
 
 
 def _generate(model, prompt, *, cache: bool, n: int = 8):
@@ -109,18 +109,18 @@ def _generate(model, prompt, *, cache: bool, n: int = 8):
 
 @torch.no_grad()
 @pytest.mark.parametrize("positions", [None, "generated", "prompt", [4, 9, 13], slice(6, None, 2)])
-def test_cached_and_uncached_generation_agree(hooked, tokens, sae, positions):
+def test_cached_and_uncached_generation_agree(model, tokens, sae, positions):
     prompt = tokens[:1, :6]
-    with sc.spliced(hooked, [sae]):
-        f_max = float(_site_output_and_acts(hooked, tokens)[1].max())
+    with sc.spliced(model, [sae]):
+        f_max = float(_site_output_and_acts(model, tokens)[1].max())
         edits = [
             sc.clamp(SITE, 11, 3 * f_max, positions=positions),
             sc.ablate(SITE, [0, 1, 2], positions=positions),
         ]
-        _plain_tokens, plain_logits = _generate(hooked, prompt, cache=True)
-        with sc.intervene(hooked, edits):
-            cached = _generate(hooked, prompt, cache=True)
-            uncached = _generate(hooked, prompt, cache=False)
+        _plain_tokens, plain_logits = _generate(model, prompt, cache=True)
+        with sc.intervene(model, edits):
+            cached = _generate(model, prompt, cache=True)
+            uncached = _generate(model, prompt, cache=False)
     assert torch.equal(cached[0], uncached[0])
     assert torch.allclose(cached[1], uncached[1], atol=1e-4)
     assert not torch.allclose(cached[1], plain_logits, atol=1e-3)  # the edit did something
@@ -129,13 +129,13 @@ def test_cached_and_uncached_generation_agree(hooked, tokens, sae, positions):
 
 
 @torch.no_grad()
-def test_steer_matches_in_cached_and_uncached_generation(hooked, tokens):
+def test_steer_matches_in_cached_and_uncached_generation(model, tokens):
     sae = random_sae()  # not spliced: steering only needs its decoder
     prompt = tokens[:1, :6]
-    plain = _generate(hooked, prompt, cache=True)
-    with sc.intervene(hooked, [sc.steer(sae, 3, 8.0, positions="generated")]):
-        cached = _generate(hooked, prompt, cache=True)
-        uncached = _generate(hooked, prompt, cache=False)
+    plain = _generate(model, prompt, cache=True)
+    with sc.intervene(model, [sc.steer(sae, 3, 8.0, positions="generated")]):
+        cached = _generate(model, prompt, cache=True)
+        uncached = _generate(model, prompt, cache=False)
     assert torch.equal(cached[0], uncached[0])
     assert torch.allclose(cached[1], uncached[1], atol=1e-4)
     assert torch.equal(cached[1][:, 0], plain[1][:, 0])  # prompt untouched
@@ -170,26 +170,26 @@ def test_clamp_in_a_cached_run_affects_exactly_that_position(hooked, tokens, sae
 
 
 @torch.no_grad()
-def test_interventions_nest_and_unwind(hooked, tokens, sae):
-    with sc.spliced(hooked, [sae]):
-        _, f = _site_output_and_acts(hooked, tokens)
-        with sc.intervene(hooked, [sc.clamp(SITE, 4, 1.5)]):
-            with sc.intervene(hooked, [sc.clamp(SITE, 6, 2.5)]):
-                _, both = _site_output_and_acts(hooked, tokens)
-            _, outer = _site_output_and_acts(hooked, tokens)
-        _, after = _site_output_and_acts(hooked, tokens)
+def test_interventions_nest_and_unwind(model, tokens, sae):
+    with sc.spliced(model, [sae]):
+        _, f = _site_output_and_acts(model, tokens)
+        with sc.intervene(model, [sc.clamp(SITE, 4, 1.5)]):
+            with sc.intervene(model, [sc.clamp(SITE, 6, 2.5)]):
+                _, both = _site_output_and_acts(model, tokens)
+            _, outer = _site_output_and_acts(model, tokens)
+        _, after = _site_output_and_acts(model, tokens)
     assert (both[..., 4] == 1.5).all() and (both[..., 6] == 2.5).all()
     assert (outer[..., 4] == 1.5).all() and torch.equal(outer[..., 6], f[..., 6])
     assert torch.equal(after, f)
 
 
 @torch.no_grad()
-def test_intervention_by_sae_object_and_transcoder_input_name(hooked, tokens):
+def test_intervention_by_sae_object_and_transcoder_input_name(model, tokens):
     tc = random_sae("transcoder", hook_name="blocks.1.ln2.hook_normalized", d_out=64, d_sae=128)
     tc.cfg.hook_name_out = "blocks.1.hook_mlp_out"
     acts = "blocks.1.hook_mlp_out.hook_sae_acts_post"
-    with sc.spliced(hooked, [tc]):
+    with sc.spliced(model, [tc]):
         for site in (tc, "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"):
-            with sc.intervene(hooked, [sc.clamp(site, 2, 4.0)]):
-                _, cache = hooked.run_with_cache(tokens, names_filter=acts)
+            with sc.intervene(model, [sc.clamp(site, 2, 4.0)]):
+                _, cache = model.run_with_cache(tokens, names_filter=acts)
             assert (cache[acts][..., 2] == 4.0).all()

@@ -4,6 +4,7 @@ claims, and splicing them is exact."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -37,6 +38,19 @@ def test_names_and_bad_names():
         zoo.load_model("huge")
     with pytest.raises(ValueError, match="kind='mlp'"):
         zoo.load_saes("tiny", kind="mlp")  # type: ignore[arg-type]
+
+
+def test_default_kind_follows_the_transformer_lens_version(tiny):
+    from sae_circuits.zoo.loader import default_kind, has_hooked_transformer, transformer_lens_version
+
+    model, _ = tiny
+    if has_hooked_transformer():  # TransformerLens 3.x
+        assert default_kind() == "hooked" and type(model).__name__ == "HookedTransformer"
+        return
+    assert default_kind() == "bridge" and type(model).__name__ == "TransformerBridge"
+    version = re.escape(transformer_lens_version())
+    with pytest.raises(ValueError, match=rf"TransformerLens {version} .*kind='bridge'.*'transformer-lens<4'"):
+        zoo.load_model("tiny", kind="hooked")
 
 
 def test_committed_weights_are_small():

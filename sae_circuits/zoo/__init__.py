@@ -36,8 +36,10 @@ def model_path(name: str = "tiny") -> Path:
     return ROOT / name
 
 
-def load_model(name: str = "tiny", kind: ModelKind = "hooked", device: str | torch.device = "cpu") -> Any:
-    """The embedded model as a ``HookedTransformer`` (``kind="hooked"``) or ``TransformerBridge``."""
+def load_model(name: str = "tiny", kind: ModelKind | None = None, device: str | torch.device = "cpu") -> Any:
+    """The embedded model as a ``HookedTransformer`` (``kind="hooked"``) or ``TransformerBridge``
+    (``kind="bridge"``); by default the former on TransformerLens 3.x and the latter on 4.x, which
+    has no ``HookedTransformer``."""
     return load_hf_gpt2(model_path(name), kind, device=device)
 
 
@@ -63,7 +65,7 @@ def load_saes(
 
 
 def load(
-    name: str = "tiny", kind: ModelKind = "hooked", device: str | torch.device = "cpu"
+    name: str = "tiny", kind: ModelKind | None = None, device: str | torch.device = "cpu"
 ) -> tuple[Any, list[SAE]]:
     """``(model, residual SAEs)`` of the embedded model ``name``; nothing is spliced yet."""
     return load_model(name, kind, device), load_saes(name, "resid", device)

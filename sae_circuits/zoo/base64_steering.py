@@ -14,6 +14,7 @@ import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +69,7 @@ def probe_texts(seed: int = 0) -> tuple[list[str], list[str]]:
 
 
 def _encode(model: nn.Module, texts: list[str], length: int) -> Tensor:
-    rows = [model.to_tokens(t, prepend_bos=False)[0, :length] for t in texts]
+    rows = [cast(Any, model).to_tokens(t, prepend_bos=False)[0, :length] for t in texts]
     rows = [r for r in rows if r.numel() == length]
     return torch.stack(rows)
 
@@ -122,13 +123,14 @@ def measure(
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, verbose=False, stop_at_eos=False)
     hits = {False: 0, True: 0}
     samples = []
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     with spliced(model, [sae]):
         for i, prompt in enumerate(prompts):
-            tokens = model.to_tokens(prompt, prepend_bos=False)
+            tokens = tl.to_tokens(prompt, prepend_bos=False)
             n = tokens.shape[1]
-            plain = model.to_string(model.generate(tokens, **kwargs)[0, n:])
+            plain = tl.to_string(tl.generate(tokens, **kwargs)[0, n:])
             with intervene(model, [clamp(sae, feature, value, positions=slice(n - 1, None))]):
-                pinned = model.to_string(model.generate(tokens, **kwargs)[0, n:])
+                pinned = tl.to_string(tl.generate(tokens, **kwargs)[0, n:])
             hits[False] += looks_like_base64(plain)
             hits[True] += looks_like_base64(pinned)
             if i < 3 or i == 10:

@@ -58,7 +58,7 @@ def eval_tokens(tokens_dir: Path, rows_per_corpus: int) -> torch.Tensor:
 def build(model_dir: Path, tokens_dir: Path, config: TrainConfig, eval_rows: int) -> dict[str, Any]:
     """Train, save and evaluate every dictionary; return the card entry."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = load_hf_gpt2(model_dir, "hooked")
+    model = load_hf_gpt2(model_dir)  # HookedTransformer on TransformerLens 3.x, else the bridge
     train = torch.from_numpy(np.load(tokens_dir / "train.npy").astype(np.int64))
     resid, mlp = specs(model.cfg.n_layers)
     started = time.time()

@@ -1,6 +1,9 @@
 """Load a GPT-2-architecture model saved in the Hugging Face layout, offline, as a
 ``HookedTransformer`` or a ``TransformerBridge`` with the same weights and no processing.
 
+TransformerLens 4 removed ``HookedTransformer``: there only ``kind="bridge"`` loads, and it is the
+default (:func:`default_kind`); on TransformerLens 3.x the default stays ``"hooked"``.
+
 TransformerLens's ``from_pretrained`` only knows official model names (and would ask the hub for
 their configs), so the hooked model is built from the local ``config.json`` and converted with
 TransformerLens's own GPT-2 weight converter. LayerNorm folding and weight centring are off, so
@@ -16,7 +19,41 @@ from typing import Any, Literal
 
 import torch
 
+from sae_circuits._compat import ensure_bridge_kv_cache
+
 ModelKind = Literal["hooked", "bridge"]
+
+
+def transformer_lens_version() -> str:
+    """The installed TransformerLens version, e.g. ``"3.9.1"`` or ``"4.3.0"``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:  # a source checkout without metadata: ask the package itself
+        import transformer_lens
+
+        return str(getattr(transformer_lens, "__version__", "0"))
+
+
+def has_hooked_transformer() -> bool:
+    """Whether the installed TransformerLens still has ``HookedTransformer`` (removed in 4.0)."""
+    major = transformer_lens_version().split(".", 1)[0]
+    return not major.isdigit() or int(major) < 4
+
+
+def default_kind() -> ModelKind:
+    """``"hooked"`` on TransformerLens 3.x, ``"bridge"`` on 4.x (which has no ``HookedTransformer``)."""
+    return "hooked" if has_hooked_transformer() else "bridge"
+
+
+def _require_hooked() -> None:
+    if not has_hooked_transformer():
+        raise ValueError(
+            f"kind='hooked' needs HookedTransformer, which the installed TransformerLens "
+            f"{transformer_lens_version()} no longer has (it was removed in 4.0); load the model with "
+            "kind='bridge' (a TransformerBridge), or install 'transformer-lens<4' for kind='hooked'"
+        )
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Any:
@@ -27,7 +64,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
 
 
 def hooked_config_from_hf(hf_config: Any) -> Any:
-    """A ``HookedTransformerConfig`` equivalent to a ``GPT2Config``."""
+    """A ``HookedTransformerConfig`` equivalent to a ``GPT2Config`` (TransformerLens 3.x only)."""
+    _require_hooked()
     from transformer_lens import HookedTransformerConfig
 
     if getattr(hf_config, "model_type", None) != "gpt2":
@@ -54,14 +92,19 @@ def hooked_config_from_hf(hf_config: Any) -> Any:
 
 def load_hf_gpt2(
     path: str | os.PathLike[str],
-    kind: ModelKind = "hooked",
+    kind: ModelKind | None = None,
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Any:
-    """Load the GPT-2 model in ``path`` as a ``HookedTransformer`` or ``TransformerBridge``."""
+    """Load the GPT-2 model in ``path`` as a ``HookedTransformer`` or ``TransformerBridge``
+    (``kind=None``: :func:`default_kind`, the bridge on TransformerLens 4)."""
+    if kind is None:
+        kind = default_kind()
     if kind not in ("hooked", "bridge"):
         raise ValueError(f"kind={kind!r}: expected 'hooked' or 'bridge'")
+    if kind == "hooked":
+        _require_hooked()
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
@@ -75,9 +118,12 @@ def load_hf_gpt2(
     if kind == "bridge":
         from transformer_lens.model_bridge import TransformerBridge
 
-        return TransformerBridge.boot_transformers(
+        ensure_bridge_kv_cache()
+        bridge = TransformerBridge.boot_transformers(
             str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
         )
+        bridge.cfg.default_prepend_bos = False  # as the hooked model: the tokenizer has no BOS habit
+        return bridge
     from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 

@@ -62,6 +62,7 @@ def build_token_arrays(
     """Write the ``.npy`` arrays described in the module docstring; return sizes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     eot = tok.token_to_id(EOT)
+    assert eot is not None  # train_tokenizer makes EOT a special token (id 0)
     sizes: dict = {}
     train_docs: list[tuple[int, np.ndarray]] = []
     for src, name in enumerate(SUBCORPORA):

@@ -37,9 +37,10 @@ def random_gpt2(
     d_mlp: int | None = None,
     vocab_size: int = 512,
     seed: int = 0,
-    kind: ModelKind = "hooked",
+    kind: ModelKind | None = None,
 ) -> Any:
-    """Save a random GPT-2 (dropout off) with a BPE tokenizer in ``folder``; load it as ``kind``."""
+    """Save a random GPT-2 (dropout off) with a BPE tokenizer in ``folder``; load it as ``kind``
+    (``None``: the loader's default, a ``HookedTransformer`` on TransformerLens 3.x, else a bridge)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     folder = Path(folder)

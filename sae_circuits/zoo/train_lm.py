@@ -185,7 +185,9 @@ def train(
     train_rows = np.load(tokens_dir / "train.npy", mmap_mode="r")
     if train_rows.shape[1] != cfg.seq_len:
         raise ValueError(f"rows of {train_rows.shape[1]} tokens, config says {cfg.seq_len}")
-    model = make_model(tok.get_vocab_size(), tok.token_to_id(EOT), cfg)
+    eot = tok.token_to_id(EOT)
+    assert eot is not None  # train_tokenizer makes EOT a special token (id 0)
+    model = make_model(tok.get_vocab_size(), eot, cfg)
     opt = make_optimizer(model, cfg)
     start, history, elapsed = 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
