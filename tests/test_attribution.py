@@ -16,7 +16,7 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.graph.graph import NodeKind
-from tests.conftest import D_MODEL, random_sae
+from tests.conftest import D_MODEL, NO_HOOKED, random_sae
 
 PROMPT = "def foo(x):\n    return x + 1\n"
 
@@ -258,17 +258,22 @@ def _mixed_dictionaries():
     return saes
 
 
-def test_any_mix_of_sites_is_exact_when_every_mlp_is_covered(model, tiny_model_dir):
-    """Residual, attention-out, hook_z SAEs and transcoders together: all edges exact."""
+@pytest.mark.parametrize("kind", ["hooked", "bridge"])
+def test_any_mix_of_sites_is_exact_when_every_mlp_is_covered(kind, tiny_model_dir):
+    """Residual, attention-out, hook_z SAEs and transcoders together: all edges exact, on both
+    model kinds (the bridge's hook_z reshapes on its hook point)."""
     from sae_circuits.zoo.loader import load_hf_gpt2
 
+    if kind == "hooked" and NO_HOOKED:
+        pytest.skip(NO_HOOKED)
+    model = load_hf_gpt2(tiny_model_dir, kind)
     saes = _mixed_dictionaries()
     prompt = "def parse(self, text):\n    return"
     with sc.spliced(model, saes):
         g = sc.attribute(model, prompt, prepend_bos=False, progress=False, batch_size=16)
     assert len(g.sites) == 5 and not g.first_order_edges().any()
     assert set(g.site[g.kind == NodeKind.FEATURE].tolist()) == set(range(5)), "every site has feature nodes"
-    ref = _reference(load_hf_gpt2(tiny_model_dir), saes, g)  # a fresh model of the same kind
+    ref = _reference(load_hf_gpt2(tiny_model_dir, kind), saes, g)  # a fresh model of the same kind
     features = g.nodes_of(NodeKind.FEATURE)
     late = features[g.stage[features] >= g.stage[features].max() - 1][:2].tolist()
     assert _check_top_edges(g, ref, g.nodes_of(NodeKind.TARGET)[:2].tolist() + late) >= 12
@@ -367,27 +372,27 @@ def test_prune_and_scores(transcoder_graph):
             g.prune(edge_threshold=bad)
 
 
-def test_bad_input_gets_a_clear_error(hooked, bridge):
+def test_bad_input_gets_a_clear_error(model, bridge):
     with pytest.raises(ValueError, match="no SAE or transcoder is spliced"):
-        sc.attribute(hooked, "def f():")
-    with sc.spliced(hooked, [random_sae()]):
+        sc.attribute(model, "def f():")
+    with sc.spliced(model, [random_sae()]):
         with pytest.raises(ValueError, match="the prompt is empty"):
-            sc.attribute(hooked, "")
+            sc.attribute(model, "")
         with pytest.raises(ValueError, match="more than the model's context of 128"):
-            sc.attribute(hooked, list(range(129)))
+            sc.attribute(model, list(range(129)))
         with pytest.raises(ValueError, match="token id 99999 is not in the vocabulary"):
-            sc.attribute(hooked, "def f():", targets=[99999])
+            sc.attribute(model, "def f():", targets=[99999])
         with pytest.raises(ValueError, match="'def f' is not one token"):
-            sc.attribute(hooked, "def f():", targets=["def f"])
+            sc.attribute(model, "def f():", targets=["def f"])
         with pytest.raises(ValueError, match="batch_size=0"):
-            sc.attribute(hooked, "def f():", batch_size=0)
+            sc.attribute(model, "def f():", batch_size=0)
         with pytest.raises(ValueError, match="edge_tolerance=1"):
-            sc.attribute(hooked, "def f():", edge_tolerance=1)
+            sc.attribute(model, "def f():", edge_tolerance=1)
         with pytest.raises(ValueError, match="'blocks.1.hook_mlp_out' has no spliced dictionary"):
-            sc.attribute(hooked, "def f():", targets=sc.Feature("blocks.1.hook_mlp_out", 0, 3))
+            sc.attribute(model, "def f():", targets=sc.Feature("blocks.1.hook_mlp_out", 0, 3))
         with pytest.raises(ValueError, match="position 40 is outside"):
-            sc.attribute(hooked, "def f():", targets=sc.Feature("blocks.0.hook_resid_post", 40, 3))
+            sc.attribute(model, "def f():", targets=sc.Feature("blocks.0.hook_resid_post", 40, 3))
         with pytest.raises(ValueError, match="shape"):
-            sc.attribute(hooked, "def f():", targets=sc.LogitDirection(torch.zeros(3)))
+            sc.attribute(model, "def f():", targets=sc.LogitDirection(torch.zeros(3)))
     with sc.spliced(bridge, [random_sae()]):  # the bridge is supported (tests/test_bridge_capabilities.py)
         assert sc.attribute(bridge, "def f():", progress=False).n_nodes > 0

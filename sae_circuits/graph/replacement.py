@@ -245,6 +245,10 @@ def frozen_pass(model: Any, values: PromptValues, batch: int) -> FrozenPass:
                 if not site.sae.cfg.is_transcoder:
                     inputs[name] = x
                 x = outputs[name]
+                if getattr(hook, "hook_conversion", None) is not None:
+                    # a bridge hook that reshapes (hook_z) views its output afterwards: an
+                    # expanded leaf cannot be viewed, so it gets its own memory there
+                    x = x.contiguous()
                 if site.sae.cfg.has_skip:
                     x = x + _skip(site, inputs[name])
             for site in taps.get(name, []):
