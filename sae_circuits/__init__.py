@@ -2,6 +2,7 @@
 and trace the circuits they form."""
 
 from sae_circuits import zoo
+from sae_circuits._compat import KVCacheNotFilledError, UnsupportedVersionError
 from sae_circuits.dashboard import feature_dashboard, write_dashboard
 from sae_circuits.evals import EvalResult, evaluate
 from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
@@ -21,10 +22,12 @@ __all__ = [
     "Feature",
     "FeatureAutomaton",
     "Intervention",
+    "KVCacheNotFilledError",
     "LogitDirection",
     "SAEConfig",
     "SAEFormatError",
     "TrainConfig",
+    "UnsupportedVersionError",
     "ablate",
     "add",
     "attribute",

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported lazily: the CLI starts fast
+    from torch import Tensor
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -14,7 +18,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(spec: str) -> object:
+def _load_model(spec: str) -> Any:  # a HookedTransformer (zoo.load_model and load_hf_gpt2 give Any)
     from pathlib import Path
 
     from sae_circuits import zoo
@@ -29,7 +33,7 @@ def _load_model(spec: str) -> object:
     )
 
 
-def _eval_tokens(model: object, text_file: str | None, n_seq: int, seq_len: int) -> object:
+def _eval_tokens(model: Any, text_file: str | None, n_seq: int, seq_len: int) -> Tensor:
     """Token rows from a text file, or (default) offline text: stdlib code, markup and base64."""
     from pathlib import Path
 
@@ -44,7 +48,7 @@ def _eval_tokens(model: object, text_file: str | None, n_seq: int, seq_len: int)
         blobs, code = probe_texts(seed=7)
         markup = ["".join(symbols) for symbols, _ in automata.generate("markup", 20, seed=7)]
         text = "\n".join(code + blobs + markup)
-    ids = torch.tensor(model.tokenizer(text)["input_ids"])  # type: ignore[attr-defined]  # to_tokens truncates to n_ctx
+    ids = torch.tensor(model.tokenizer(text)["input_ids"])  # to_tokens truncates to n_ctx
     n = min(n_seq, ids.numel() // seq_len)
     if n == 0:
         raise SystemExit(f"the text has fewer than {seq_len} tokens")
@@ -204,7 +208,7 @@ def _features(args: argparse.Namespace) -> int:
     if args.sae:
         sae = SAE.load(args.sae)
     elif args.model in zoo.names():
-        found = [s for kind in ("resid", "transcoder") for s in zoo.load_saes(args.model, kind=kind)  # type: ignore[arg-type]
+        found = [s for kind in ("resid", "transcoder") for s in zoo.load_saes(args.model, kind=kind)
                  if args.site in (s.cfg.site, s.cfg.hook_name)]  # fmt: skip
         if not found:
             raise ValueError(f"--site {args.site!r}: the embedded model has no dictionary there")
@@ -222,8 +226,8 @@ def _features(args: argparse.Namespace) -> int:
             + corpus_texts("markup", 20, 96)[0]
             + corpus_texts("kvlog", 20, 96)[0]
         )
-    n_ctx = model.cfg.n_ctx  # type: ignore[attr-defined]
-    rows = [model.to_tokens(t, prepend_bos=False, truncate=False)[0][:n_ctx] for t in texts if t]  # type: ignore[attr-defined]
+    n_ctx = model.cfg.n_ctx
+    rows = [model.to_tokens(t, prepend_bos=False, truncate=False)[0][:n_ctx] for t in texts if t]
     with spliced(model, [sae]):
         path = write_dashboard(model, sae.cfg.site, args.feature, rows, args.out, k=args.k)
     print(f"wrote {path}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -40,21 +40,22 @@ def _tokenize(
         raise TypeError(
             f"{what} must be a list of strings or token rows, got a single {type(texts).__name__}"
         )
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     rows = []
     for i, text in enumerate(texts):
         if isinstance(text, str):
-            row = model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0]
+            row = tl.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0]
         else:
-            row = torch.as_tensor(text, dtype=torch.long, device=model.cfg.device)
+            row = torch.as_tensor(text, dtype=torch.long, device=tl.cfg.device)
             row = row[0] if row.ndim == 2 and row.shape[0] == 1 else row
             if row.ndim != 1:
                 raise ValueError(f"{what}[{i}]: a token row must be 1-D, got shape {list(row.shape)}")
         if row.numel() == 0:
             raise ValueError(f"{what}[{i}] has no tokens")
-        if row.numel() > model.cfg.n_ctx:
+        if row.numel() > tl.cfg.n_ctx:
             raise ValueError(
                 f"{what}[{i}] is {row.numel()} tokens long but the model reads at most n_ctx="
-                f"{model.cfg.n_ctx}; split it into shorter texts"
+                f"{tl.cfg.n_ctx}; split it into shorter texts"
             )
         rows.append(row)
     return rows
@@ -75,7 +76,7 @@ def _activations(model: nn.Module, name: str, rows: list[Tensor], feature: int, 
         tokens = torch.zeros(len(batch), width, dtype=torch.long, device=batch[0].device)
         for i, row in enumerate(batch):
             tokens[i, : len(row)] = row
-        _, cache = model.run_with_cache(tokens, names_filter=name)
+        _, cache = cast(Any, model).run_with_cache(tokens, names_filter=name)
         acts = cache[name][..., feature].float().cpu()  # [batch, pos]
         for i, row in enumerate(batch):
             out[start + i, : len(row)] = acts[i, : len(row)]
@@ -126,6 +127,7 @@ def feature_dashboard(
     >>> with sc.spliced(model, [sae]):                                         # doctest: +SKIP
     ...     html = feature_dashboard(model, "blocks.0.hook_resid_post", 7, ["def f(x):", "import os"])
     """
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     spliced_site = site_of(model, site)  # ValueError naming the spliced sites
     sae = spliced_site.sae
     if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < sae.cfg.d_sae:
@@ -152,11 +154,11 @@ def feature_dashboard(
         lo, hi = max(0, pos - context), min(len(rows[text]), pos + 1 + _RIGHT)
         contexts.append({
             "text": text, "pos": pos, "activation": value, "max_index": pos - lo,
-            "tokens": [_shown(t) for t in model.to_str_tokens(rows[text][lo:hi])],
+            "tokens": [_shown(t) for t in tl.to_str_tokens(rows[text][lo:hi])],
             "acts": acts[text, lo:hi].tolist(),
         })  # fmt: skip
 
-    promoted, suppressed = logit_effect_values(model, sae, feature, k=min(10, model.cfg.d_vocab))
+    promoted, suppressed = logit_effect_values(model, sae, feature, k=min(10, tl.cfg.d_vocab))
     clamp_value = max_act if steer_value is None else float(steer_value)
     if steer_prompts is None:
         prompt_rows = [r[:_STEER_PROMPT_TOKENS] for r in rows[:3]]
@@ -166,16 +168,16 @@ def feature_dashboard(
     steering = []
     for i, prompt in enumerate(prompt_rows):
         n = len(prompt)
-        if n + steer_tokens > model.cfg.n_ctx:
+        if n + steer_tokens > tl.cfg.n_ctx:
             raise ValueError(
-                f"steer_prompts[{i}] ({n} tokens) + steer_tokens={steer_tokens} exceeds n_ctx={model.cfg.n_ctx}"
+                f"steer_prompts[{i}] ({n} tokens) + steer_tokens={steer_tokens} exceeds n_ctx={tl.cfg.n_ctx}"
             )
-        plain = model.generate(prompt[None], **kwargs)
+        plain = tl.generate(prompt[None], **kwargs)
         # From the last prompt token on: that token's residual is what predicts the first new token.
         with intervene(model, clamp(spliced_site.name, feature, clamp_value, positions=slice(n - 1, None))):
-            steered = model.generate(prompt[None], **kwargs)
-        steering.append({"prompt": model.to_string(prompt), "plain": model.to_string(plain[0, n:]),
-                         "steered": model.to_string(steered[0, n:])})  # fmt: skip
+            steered = tl.generate(prompt[None], **kwargs)
+        steering.append({"prompt": tl.to_string(prompt), "plain": tl.to_string(plain[0, n:]),
+                         "steered": tl.to_string(steered[0, n:])})  # fmt: skip
 
     data = {
         "site": spliced_site.name, "feature": feature, "architecture": sae.cfg.architecture,

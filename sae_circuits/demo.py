@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,10 +36,11 @@ def top_features(
 ) -> dict[str, list[TopFeature]]:
     """The ``k`` strongest features at the prompt's last token, per site, with the tokens each
     feature's decoder row promotes through the unembedding (a direct-logit view)."""
-    tokens = model.to_tokens(prompt, prepend_bos=False)
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
+    tokens = tl.to_tokens(prompt, prepend_bos=False)
     names = [f"{sae.cfg.site}.hook_sae_acts_post" for sae in saes]
     with torch.no_grad(), spliced(model, list(saes)):
-        _, cache = model.run_with_cache(tokens, names_filter=names)
+        _, cache = tl.run_with_cache(tokens, names_filter=names)
     result: dict[str, list[TopFeature]] = {}
     for sae, name in zip(saes, names):
         acts = cache[name][0, -1]
@@ -58,14 +60,15 @@ def steer_text(
 ) -> tuple[str, str]:
     """Greedy continuations of ``prompt`` without and with ``feature`` clamped at ``value`` on
     the generated tokens (KV cache on)."""
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, verbose=False, stop_at_eos=False)
-    tokens = model.to_tokens(prompt, prepend_bos=False)
+    tokens = tl.to_tokens(prompt, prepend_bos=False)
     with torch.no_grad(), spliced(model, [sae]):
-        before = model.generate(tokens, **kwargs)
+        before = tl.generate(tokens, **kwargs)
         with intervene(model, [clamp(sae, feature, value, positions="generated")]):
-            after = model.generate(tokens, **kwargs)
+            after = tl.generate(tokens, **kwargs)
     n = tokens.shape[1]
-    return model.to_string(before[0, n:]), model.to_string(after[0, n:])
+    return tl.to_string(before[0, n:]), tl.to_string(after[0, n:])
 
 
 def _random_setup(folder: str) -> tuple[nn.Module, list[SAE]]:
@@ -103,7 +106,7 @@ def _label_corpus(model: nn.Module) -> torch.Tensor:
 
     blobs, code = probe_texts()
     markup = ["".join(symbols) for symbols, _ in automata.generate("markup", 8, seed=1)]
-    rows = [model.to_tokens(t, prepend_bos=False)[0, :64] for t in code[:24] + blobs[:8] + markup]
+    rows = [cast(Any, model).to_tokens(t, prepend_bos=False)[0, :64] for t in code[:24] + blobs[:8] + markup]
     return torch.stack([r for r in rows if r.numel() == 64])
 
 
@@ -113,7 +116,8 @@ def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[
     from sae_circuits.zoo import base64_steering
 
     corpus = _label_corpus(model)
-    out(f"Embedded model 'tiny': {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
+    cfg = cast(Any, model).cfg  # HookedTransformerConfig (or the bridge's); not on nn.Module
+    out(f"Embedded model 'tiny': {cfg.n_layers} layers, d_model {cfg.d_model}, "
         f"{len(saes)} residual SAEs of {saes[0].cfg.d_sae} features.")  # fmt: skip
     out(f"\nPrompt: {prompt!r}\n\nTop features at the last token (fires on ... | promotes ...):")
     for site, rows in top_features(model, saes, prompt).items():

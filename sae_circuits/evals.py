@@ -15,7 +15,7 @@ it is spliced and scored by exactly the same code as the SAE.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -136,16 +136,17 @@ def evaluate(
         raise ValueError("tokens must be an integer tensor [n_sequences, sequence_length >= 2]")
     hook_in, site = sae.cfg.hook_name, sae.cfg.site
     acc = _Accumulator(sae.cfg.d_sae)
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     device = next(model.parameters()).device
     for start in tqdm(range(0, tokens.shape[0], batch_size), disable=not progress, desc=f"eval {site}"):
         batch = tokens[start : start + batch_size].to(device)
-        clean, cache = model.run_with_cache(batch, names_filter=sorted({hook_in, site}))
+        clean, cache = tl.run_with_cache(batch, names_filter=sorted({hook_in, site}))
         x, y = cache[hook_in], cache[site]
         f = sae.encode(x)
         acc.add_reconstruction(y.reshape(*y.shape[:2], -1), sae(x).reshape(*y.shape[:2], -1), f)
         with spliced(model, [sae], error_term=False):
             spliced_logits = model(batch)
-        zero = model.run_with_hooks(batch, fwd_hooks=[(site, lambda act, hook: torch.zeros_like(act))])
+        zero = tl.run_with_hooks(batch, fwd_hooks=[(site, lambda act, hook: torch.zeros_like(act))])
         acc.add_logits(batch, clean, spliced_logits, zero)
     base = None
     if baseline:
@@ -163,7 +164,9 @@ def pca_baseline(model: nn.Module, sae: SAE, tokens: Tensor, k: int, max_tokens:
     hook_in, site = sae.cfg.hook_name, sae.cfg.site
     xs, ys, have = [], [], 0
     for start in range(0, tokens.shape[0], 8):
-        _, cache = model.run_with_cache(tokens[start : start + 8], names_filter=sorted({hook_in, site}))
+        _, cache = cast(Any, model).run_with_cache(
+            tokens[start : start + 8], names_filter=sorted({hook_in, site})
+        )
         x, y = cache[hook_in], cache[site]
         xs.append(x.reshape(-1, sae.cfg.d_in).double().cpu())
         ys.append(y.reshape(-1, sae.cfg.output_width).double().cpu())

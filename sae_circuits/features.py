@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -24,7 +24,7 @@ def feature_activations(
     with spliced(model, [sae]):
         parts = []
         for start in range(0, tokens.shape[0], batch_size):
-            _, cache = model.run_with_cache(tokens[start : start + batch_size], names_filter=name)
+            _, cache = cast(Any, model).run_with_cache(tokens[start : start + batch_size], names_filter=name)
             parts.append(cache[name].float())
     return torch.cat(parts)
 
@@ -47,6 +47,7 @@ def top_activating_tokens(
     context: int = 6,
 ) -> list[TokenActivation]:
     """The ``k`` strongest activations of ``feature`` with the token and a little left context."""
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     values = acts[..., feature].flatten()
     top = values.topk(min(k, values.numel()))
     out = []
@@ -55,8 +56,8 @@ def top_activating_tokens(
             break
         row, pos = divmod(flat, acts.shape[1])
         out.append(TokenActivation(
-            model.to_string(tokens[row, pos : pos + 1]),
-            model.to_string(tokens[row, max(0, pos - context) : pos + 1]),
+            tl.to_string(tokens[row, pos : pos + 1]),
+            tl.to_string(tokens[row, max(0, pos - context) : pos + 1]),
             value,
         ))  # fmt: skip
     return out
@@ -81,12 +82,13 @@ def logit_effect_values(
     >>> promoted.tokens[0], promoted.values[0]                           # doctest: +SKIP
     (' def', 1.83)
     """
-    weights = sae.W_dec[feature].to(model.W_U.dtype) @ model.W_U  # [d_vocab]
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
+    weights = sae.W_dec[feature].to(tl.W_U.dtype) @ tl.W_U  # [d_vocab]
     weights = weights - weights.median()
     up, down = weights.topk(k), (-weights).topk(k)
     return (
-        TokenValues([model.to_string(int(t)) for t in up.indices], up.values.tolist()),
-        TokenValues([model.to_string(int(t)) for t in down.indices], (-down.values).tolist()),
+        TokenValues([tl.to_string(int(t)) for t in up.indices], up.values.tolist()),
+        TokenValues([tl.to_string(int(t)) for t in down.indices], (-down.values).tolist()),
     )
 
 

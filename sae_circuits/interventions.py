@@ -70,9 +70,10 @@ class Intervention:
 
 
 def _features(features: Features) -> tuple[int, ...]:
-    items = [features] if is_int(features) else features
+    # Any: the entries may be ints or 0-d integer tensors (is_int accepts both); checked below.
+    items: Any = [features] if is_int(features) else features
     try:
-        items = list(items)  # type: ignore[arg-type]
+        items = list(items)
     except TypeError:
         raise TypeError(f"features={features!r}: expected an int or a list of ints") from None
     if not items:

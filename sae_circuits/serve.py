@@ -35,6 +35,7 @@ import socket
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import cast
 from urllib.parse import quote, unquote, urlsplit
 
 from sae_circuits.fsa.export import FORMAT as _AUTOMATON_FORMAT
@@ -255,6 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    cache: dict[tuple[str, int, int], tuple[str, str, bool]]  # list_files's: (path, size, mtime) -> _classify
 
     def __init__(self, address: tuple[str, int], root: Path, verbose: bool) -> None:
         self.root, self.verbose, self.cache = root, verbose, {}
@@ -290,7 +292,8 @@ def run(
     serving /home/me/out at http://127.0.0.1:8000/ (Ctrl-C to stop)
     """
     server = serve(directory, port, host, verbose)
-    address, bound = server.server_address[:2]
+    # An AF_INET/AF_INET6 server: (host, port, ...), never the str/bytes of a Unix socket.
+    address, bound = cast(tuple[str, int], server.server_address[:2])
     url = f"http://[{address}]:{bound}/" if ":" in str(address) else f"http://{address}:{bound}/"
     print(f"serving {Path(directory).resolve()} at {url} (Ctrl-C to stop)", flush=True)
     try:

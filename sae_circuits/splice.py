@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -335,7 +335,7 @@ def bypassed(model: nn.Module) -> Iterator[nn.Module]:
     flow; no dictionary runs). Attribution uses it to put its own leaves at the sites."""
     states = [
         state
-        for hook_point in model.hook_dict.values()
+        for hook_point in cast(dict[str, HookPoint], model.hook_dict).values()  # a TL model's hook points
         if (state := hook_point.__dict__.get(_STATE_ATTR)) is not None
     ]
     saved = [(state.site, state.taps) for state in states]

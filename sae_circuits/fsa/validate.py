@@ -83,6 +83,7 @@ def _index(fsa: FeatureAutomaton, state_id: int) -> int:
 def _prompts(fsa: FeatureAutomaton, model: Any, n: int, seed: int, allowed: Tensor) -> list[Tensor]:
     """``n`` corpus prefixes (at least 4 text tokens) whose last token is ``allowed``, drawn at
     random (fixed by ``seed``)."""
+    assert fsa.tokens is not None  # validate() refuses an automaton without corpus tokens
     starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)])
     text_of = torch.repeat_interleave(torch.arange(fsa.lengths.numel()), fsa.lengths)
     offset = torch.arange(int(fsa.lengths.sum())) - starts[text_of]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -71,7 +72,8 @@ class ActivationStore:
     def _activations(self, index: Tensor) -> ActivationBatch:
         """Activations of the sequences ``index``, flattened to one row per token."""
         batch = self.tokens[index].to(_device(self.model))
-        _, cache = self.model.run_with_cache(batch, names_filter=self.hook_names, stop_at_layer=self.stop)
+        tl = cast(Any, self.model)  # HookedTransformer or TransformerBridge: TL API, not on nn.Module
+        _, cache = tl.run_with_cache(batch, names_filter=self.hook_names, stop_at_layer=self.stop)
         return {
             name: cache[name][:, self.first :].reshape(-1, cache[name].shape[-1]).float().cpu()
             for name in self.hook_names

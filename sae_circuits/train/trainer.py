@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,8 @@ class SparseCode(NamedTuple):
 
 class TrainableDictionary(nn.Module):
     """The parameters being trained and the training-time forward pass (normalised space)."""
+
+    batch_threshold: Tensor  # a buffer (register_buffer in __init__), declared for type checkers
 
     def __init__(self, d_in: int, d_out: int, d_sae: int, cfg: TrainConfig, b_dec: Tensor, transcoder: bool):
         super().__init__()
@@ -180,6 +182,9 @@ class StepMetrics(NamedTuple):
 class SAETrainer:
     """Trains one dictionary from an :class:`ActivationStore`; ``run()`` returns the saved-format SAE."""
 
+    last_metrics: StepMetrics
+    """The latest step's metrics, set by :func:`run_trainers` (absent before its first step)."""
+
     def __init__(self, store: ActivationStore, cfg: TrainConfig, sae_cfg: SAEConfig) -> None:
         torch.manual_seed(cfg.seed)
         self.store, self.cfg, self.sae_cfg = store, cfg, sae_cfg
@@ -231,9 +236,10 @@ class SAETrainer:
         self.steps_done += 1
         return self._bookkeeping(f, y, y_hat.detach(), loss.item(), mse.item())
 
-    def _sparsity_loss(self, h: Tensor, f: Tensor, residual: Tensor) -> Tensor:
+    def _sparsity_loss(self, h: Tensor, f: Tensor | SparseCode, residual: Tensor) -> Tensor:
         cfg, model = self.cfg, self.dictionary
         if cfg.architecture == "relu":
+            assert isinstance(f, Tensor)  # only TopK/BatchTopK give a SparseCode
             return cfg.l1_coeff * f.sum(-1).mean()
         if cfg.architecture == "jumprelu":
             fired = _Step.apply(h.relu(), model.log_threshold.exp(), cfg.jumprelu_bandwidth)
@@ -322,7 +328,7 @@ def _width(model: nn.Module, tokens: Tensor, hook_name: str) -> int:
     from sae_circuits.train.activations import stop_layer
 
     with torch.no_grad():
-        _, cache = model.run_with_cache(
+        _, cache = cast(Any, model).run_with_cache(  # TL API, not on nn.Module
             tokens[:1, :2], names_filter=hook_name, stop_at_layer=stop_layer(hook_name)
         )
     if hook_name not in cache.keys():
