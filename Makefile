@@ -16,7 +16,7 @@ PIP := -m pip install --quiet --disable-pip-version-check
 ALL_EXTRAS := ".[dev,parity]"
 TL4 := "transformer-lens>=4,<5"
 
-.PHONY: demo test check bench clean browser lock lock-tl4 test-latest test-tl4
+.PHONY: demo test check bench clean browser lock test-latest test-tl4
 
 # $(call venv,DIR,INSTALL-ARGS): a fresh venv in DIR with torch first, then INSTALL-ARGS, then the
 # package without dependencies (so nothing outside the requirements file is resolved).
@@ -52,10 +52,16 @@ check: $(STAMP)
 	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks examples
 	$(VENV)/bin/mypy sae_circuits
 
-# The newest versions allowed by pyproject.toml: seen here before users hit a break upstream.
+# The newest versions allowed by pyproject.toml, on both TransformerLens lines (3.x with sae-lens,
+# which caps it below 4; and 4.x without): seen here before users hit a break upstream. torch
+# stays at the pinned CPU build.
+LATEST_VERSIONS = python -m pip freeze --exclude-editable | grep -i -E '^(torch|transformers|transformer-lens|sae-lens)=='
 test-latest:
 	$(call venv,.venv-latest,--upgrade -e $(ALL_EXTRAS))
-	.venv-latest/bin/python -m pip freeze --exclude-editable | grep -i -E '^(torch|transformers|transformer-lens|sae-lens)=='
+	.venv-latest/bin/$(LATEST_VERSIONS)
+	.venv-latest/bin/python -m pytest -q
+	$(call venv,.venv-latest,--upgrade -e ".[dev]" $(TL4))
+	.venv-latest/bin/$(LATEST_VERSIONS)
 	.venv-latest/bin/python -m pytest -q
 
 test-tl4: requirements-tl4.lock
@@ -65,15 +71,13 @@ test-tl4: requirements-tl4.lock
 # Resolve the newest allowed versions in a scratch venv and freeze them. torch stays the pinned CPU
 # build (its "+cpu" local tag is dropped: pip finds the same file either way).
 LOCK_HEADER = "\# Locked by 'make lock' on CPython $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version(), platform.machine())') ($$(date -u +%F)). Do not edit by hand."
+# Both files are written only once both resolved (a failure leaves the old pair in place).
 lock:
 	$(call venv,.venv-lock,-e $(ALL_EXTRAS))
 	{ echo $(LOCK_HEADER); .venv-lock/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock.tmp
-	mv requirements.lock.tmp requirements.lock
-	$(MAKE) lock-tl4
-
-lock-tl4:
 	$(call venv,.venv-lock,-e ".[dev]" $(TL4))
 	{ echo $(LOCK_HEADER); .venv-lock/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements-tl4.lock.tmp
+	mv requirements.lock.tmp requirements.lock
 	mv requirements-tl4.lock.tmp requirements-tl4.lock
 	rm -rf .venv-lock
 

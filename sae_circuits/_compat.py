@@ -51,7 +51,7 @@ def check_versions() -> None:
         try:
             found = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            continue  # transformers is optional for a HookedTransformer built by hand
+            continue  # not installed: nothing to check (a HookedTransformer needs no transformers)
         release = _release(found)
         if release is None or (low <= release and (high is None or release < high)):
             continue

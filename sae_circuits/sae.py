@@ -328,7 +328,10 @@ class SAE(nn.Module):
         hook point itself carries the heads already flattened (only hooks see them split), and
         that stays flat on the way out."""
         if self.cfg.reshape_activations == "hook_z":
-            flat = x.shape[-1] == self.cfg.d_in
+            # [..., n_heads, d_head] unless the last axis is already d_in wide; one head of width
+            # d_in is told apart by rank (TransformerLens's z is [batch, pos, n_heads, d_head])
+            one_head = x.ndim >= 4 and x.shape[-2] == 1
+            flat = x.shape[-1] == self.cfg.d_in and not one_head
             self._d_head = None if flat else x.shape[-1]
             if not flat:
                 x = einops.rearrange(x, "... n_heads d_head -> ... (n_heads d_head)")
