@@ -9,11 +9,15 @@
 
 The baseline is PCA top-k at ``k = round(L0)`` (for transcoders: rank-k linear regression from the
 input to the output), written as an ordinary SAE with a pair of ``±`` features per direction so that
-it is spliced and scored by exactly the same code as the SAE.
+it is spliced and scored by exactly the same code as the SAE. It is fitted on tokens it is not
+scored on: ``baseline_tokens`` if given, else every other sequence of ``tokens`` (fitted on the odd
+rows, scored on the even ones). With a single sequence, or too few tokens to support rank ``k``
+(then its L0 falls below the SAE's), it warns: such a baseline flatters itself.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -46,7 +50,8 @@ class EvalResult:
     dead_fraction: float
     dense_fraction: float
     baseline: EvalResult | None = field(default=None)
-    """The same metrics for the trivial baseline at the same L0 (``None`` if not computed)."""
+    """The same metrics for the trivial baseline at the same L0, fitted on other tokens than it is
+    scored on (``None`` if not computed; see the module docstring)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,15 +130,25 @@ def evaluate(
     *,
     batch_size: int = 8,
     baseline: bool = True,
+    baseline_tokens: Int[Tensor, "n_fit seq_fit"] | None = None,
     progress: bool = False,
 ) -> EvalResult:
     """Evaluate ``sae`` on ``model`` over ``tokens`` (SAEBench core metrics, see module docstring).
 
+    ``baseline_tokens``: the tokens the PCA baseline is fitted on (default: the odd rows of
+    ``tokens``, and the baseline is then scored on the even rows).
+
     >>> result = sc.evaluate(model, sae, tokens)     # doctest: +SKIP
     >>> result.ce_loss_score, result.baseline.ce_loss_score  # doctest: +SKIP
     """
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.shape[1] < 2 or tokens.shape[0] == 0:
-        raise ValueError("tokens must be an integer tensor [n_sequences, sequence_length >= 2]")
+    for name, value in (("tokens", tokens), ("baseline_tokens", baseline_tokens)):
+        if value is None and name == "baseline_tokens":
+            continue
+        if not isinstance(value, Tensor) or value.ndim != 2 or value.shape[1] < 2 or value.shape[0] == 0:
+            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"{name} must be an integer tensor [n_sequences, sequence_length >= 2], got {shape}"
+            )
     hook_in, site = sae.cfg.hook_name, sae.cfg.site
     acc = _Accumulator(sae.cfg.d_sae)
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
@@ -151,10 +166,35 @@ def evaluate(
     base = None
     if baseline:
         k = max(1, round(acc.active / acc.tokens))
-        base = evaluate(
-            model, pca_baseline(model, sae, tokens, k), tokens, batch_size=batch_size, baseline=False
-        )
+        base = _held_out_baseline(model, sae, tokens, baseline_tokens, k, batch_size)
     return acc.result(site, base)
+
+
+def _held_out_baseline(
+    model: nn.Module, sae: SAE, tokens: Tensor, fit: Tensor | None, k: int, batch_size: int
+) -> EvalResult:
+    """The rank-``k`` baseline fitted on ``fit`` (default: the odd rows of ``tokens``) and scored
+    on the rest, with a warning where it cannot be fair."""
+    scored = tokens
+    if fit is None:
+        if tokens.shape[0] < 2:
+            warnings.warn(
+                f"evaluate: one sequence of {tokens.shape[1]} tokens, so the PCA baseline is fitted on the "
+                "tokens it is scored on (optimistic); pass baseline_tokens=... or more sequences",
+                stacklevel=3,
+            )
+            fit = tokens
+        else:
+            fit, scored = tokens[1::2], tokens[0::2]
+    base = pca_baseline(model, sae, fit, k)
+    rank = base.cfg.d_sae // 2
+    if rank < k:
+        warnings.warn(
+            f"evaluate: the baseline's {fit.numel()} fitting tokens support rank {rank}, below the SAE's "
+            f"L0 of {k}, so the baseline's L0 is not the same; evaluate on more tokens",
+            stacklevel=3,
+        )
+    return evaluate(model, base, scored, batch_size=batch_size, baseline=False)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import torch
 import sae_circuits as sc
 from sae_circuits.evals import evaluate, pca_baseline
 from tests.conftest import D_MODEL, random_sae
+from tests.shape_check import unchecked
 
 SITE = "blocks.0.hook_resid_post"
 
@@ -79,3 +80,22 @@ def test_pca_baseline_is_the_best_rank_k_reconstruction(model, eval_tokens):
 def test_baseline_rank_is_capped_by_the_data(model, eval_tokens):
     base = pca_baseline(model, random_sae(), eval_tokens[:1, :10], k=32)
     assert base.cfg.d_sae == 2 * 10  # 10 tokens support at most 10 directions
+
+
+@torch.no_grad()
+def test_baseline_is_fitted_on_held_out_tokens(model, eval_tokens):
+    """The baseline is scored on tokens it was not fitted on: on a short input it no longer
+    reconstructs perfectly, and it warns when it cannot match the SAE's L0."""
+    sae = _perfect_sae()  # L0 ~ D_MODEL: more than the 9 tokens below can fit
+    short = eval_tokens[:1, :9]
+    with pytest.warns(UserWarning, match="fitted on the tokens it is scored on"):
+        evaluate(model, sae, short)
+    with pytest.warns(UserWarning, match="support rank"):
+        result = evaluate(model, sae, eval_tokens[:2, :9])
+    assert result.baseline is not None and result.baseline.n_tokens == 9  # scored on the other row
+    assert result.baseline.explained_variance < 0.999  # the same-token fit scored EV 1.0
+    fit, scored = eval_tokens[1::2], eval_tokens[0::2]
+    explicit = evaluate(model, random_sae(), scored, baseline_tokens=fit)
+    assert explicit.baseline is not None and explicit.baseline.n_tokens == scored.numel()
+    with pytest.raises(ValueError, match=r"baseline_tokens must be an integer tensor"), unchecked():
+        evaluate(model, sae, eval_tokens, baseline_tokens=eval_tokens[0])
