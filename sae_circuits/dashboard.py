@@ -20,6 +20,7 @@ from typing import Any, cast
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from sae_circuits._text import page_start, printable, script_json
 from sae_circuits.features import logit_effect_values
@@ -62,7 +63,9 @@ def _tokenize(
 
 
 @torch.no_grad()
-def _activations(model: nn.Module, name: str, rows: list[Tensor], feature: int, batch_size: int) -> Tensor:
+def _activations(
+    model: nn.Module, name: str, rows: list[Tensor], feature: int, batch_size: int, progress: bool = False
+) -> Tensor:
     """``[text, pos]`` activations of one feature, ``-inf`` past each text's end.
 
     Like :func:`sae_circuits.features.feature_activations`, but on the SAE already spliced at the
@@ -71,7 +74,8 @@ def _activations(model: nn.Module, name: str, rows: list[Tensor], feature: int, 
     """
     width = max(len(r) for r in rows)
     out = torch.full((len(rows), width), -torch.inf)
-    for start in range(0, len(rows), batch_size):
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc="dashboard: activations", unit="batch", disable=not progress, leave=False):
         batch = rows[start : start + batch_size]
         tokens = torch.zeros(len(batch), width, dtype=torch.long, device=batch[0].device)
         for i, row in enumerate(batch):
@@ -116,6 +120,7 @@ def feature_dashboard(
     bins: int = 30,
     batch_size: int = 8,
     prepend_bos: bool = False,
+    progress: bool = True,
 ) -> str:
     """A self-contained HTML page about ``feature`` of the SAE spliced at ``site`` (a hook name):
     firing density and max activation over ``texts``, the ``k`` top-activating contexts
@@ -123,6 +128,7 @@ def feature_dashboard(
     promoted/suppressed tokens, and greedy continuations of ``steer_prompts`` (default: the first
     3 texts cut to 8 tokens) without and with the feature clamped at ``steer_value`` (default: its
     max activation) from each prompt's last token on. ``texts`` are strings or 1-D token rows.
+    ``progress`` shows progress bars (activations, then steering) on stderr.
 
     >>> with sc.spliced(model, [sae]):                                         # doctest: +SKIP
     ...     html = feature_dashboard(model, "blocks.0.hook_resid_post", 7, ["def f(x):", "import os"])
@@ -142,7 +148,7 @@ def feature_dashboard(
     if not texts:
         raise ValueError("texts is empty: give at least one text to collect activations from")
     rows = _tokenize(model, texts, prepend_bos, "texts")
-    acts = _activations(model, f"{spliced_site.name}.hook_sae_acts_post", rows, feature, batch_size)
+    acts = _activations(model, f"{spliced_site.name}.hook_sae_acts_post", rows, feature, batch_size, progress)
     fired = acts[acts > 0]  # [n_fired]
     n_tokens = sum(len(r) for r in rows)
     max_act = float(fired.max()) if fired.numel() else 0.0
@@ -166,7 +172,8 @@ def feature_dashboard(
         prompt_rows = _tokenize(model, steer_prompts, prepend_bos, "steer_prompts")
     kwargs = {"max_new_tokens": steer_tokens, "do_sample": False, "verbose": False, "stop_at_eos": False}
     steering = []
-    for i, prompt in enumerate(prompt_rows):
+    bar = tqdm(prompt_rows, desc="dashboard: steering", unit="prompt", disable=not progress, leave=False)
+    for i, prompt in enumerate(bar):
         n = len(prompt)
         if n + steer_tokens > tl.cfg.n_ctx:
             raise ValueError(

@@ -131,7 +131,7 @@ def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[
             )
 
     out("\nThe paper's classic: pin the base64 feature at its maximum observed activation.")
-    result = base64_steering.measure(model, saes)  # all 20 prompts: a few seconds
+    result = base64_steering.measure(model, saes, progress=True)  # all 20 prompts: a few seconds
     out(f"  base64 feature: {result.site} #{result.feature} (fires on {result.rate_in:.0%} of base64 tokens, "
         f"{result.rate_out:.1%} of English/code tokens); pinned at {result.value:.2f}")  # fmt: skip
     for prompt_text, plain, pinned in result.samples:

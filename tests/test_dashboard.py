@@ -233,3 +233,14 @@ def test_page_renders_in_a_browser(model, tmp_path):
     assert dom.count('class="tok') == dom.count('title="activation ') == n_tokens
     assert dom.count('class="tok max"') == len(data["contexts"]) == K and dom.count("<rect") == 30
     assert "<script>alert(1)" not in dom and "&lt;/script&gt;&lt;script&gt;alert(1)" in dom
+
+
+def test_long_work_shows_progress_unless_told_not_to(model, capsys):
+    texts = ["def parse(self, text):\n    return text.split()", "import os\nfor x in y:"]
+    with sc.spliced(model, [random_sae(hook_name=SITE)]):
+        sc.feature_dashboard(model, SITE, 3, texts, steer_tokens=2, batch_size=1)
+        shown = capsys.readouterr().err
+        sc.feature_dashboard(model, SITE, 3, texts, steer_tokens=2, batch_size=1, progress=False)
+        quiet = capsys.readouterr().err
+    assert "dashboard: activations" in shown and "dashboard: steering" in shown
+    assert "dashboard:" not in quiet

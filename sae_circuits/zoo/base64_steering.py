@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from sae_circuits.features import feature_activations, max_activation, selective_features
 from sae_circuits.interventions import clamp, intervene
@@ -115,9 +116,14 @@ def find_base64_feature(
 
 @torch.no_grad()
 def measure(
-    model: nn.Module, saes: list[SAE], max_new_tokens: int = 40, prompts: list[str] | None = None
+    model: nn.Module,
+    saes: list[SAE],
+    max_new_tokens: int = 40,
+    prompts: list[str] | None = None,
+    progress: bool = False,
 ) -> Base64Steering:
-    """Find the base64 feature, then generate greedily from each prompt with and without it pinned."""
+    """Find the base64 feature, then generate greedily from each prompt with and without it pinned
+    (``progress``: a bar over the prompts on stderr)."""
     prompts = prompts or PROMPTS
     sae, feature, rate_in, rate_out, value = find_base64_feature(model, saes)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, verbose=False, stop_at_eos=False)
@@ -125,7 +131,8 @@ def measure(
     samples = []
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     with spliced(model, [sae]):
-        for i, prompt in enumerate(prompts):
+        bar = tqdm(prompts, desc="base64 steering", unit="prompt", disable=not progress, leave=False)
+        for i, prompt in enumerate(bar):
             tokens = tl.to_tokens(prompt, prepend_bos=False)
             n = tokens.shape[1]
             plain = tl.to_string(tl.generate(tokens, **kwargs)[0, n:])
