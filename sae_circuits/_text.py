@@ -20,6 +20,12 @@ T = TypeVar("T")
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
+# Bidirectional-text controls (embeddings, overrides, isolates, marks): raw in a page they reorder
+# what is displayed around them (a label can be made to read as something else), so pages show them
+# as visible escapes, e.g. ``\u202e``.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def finite_json(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
     if isinstance(value, float):
@@ -58,10 +64,27 @@ def script_json(data: Any) -> str:
     """``data`` as strict JSON to embed in a page's ``<script type="application/json">``.
 
     Inside ``<script>``, ``"</script>"`` or ``"<!--"`` in a token would end or derail the element,
-    so ``<``, ``>`` and ``&`` are written as JSON escapes: the page never holds them raw.
+    so ``<``, ``>`` and ``&`` are written as JSON escapes: the page never holds them raw. Strings'
+    bidirectional controls become visible text (:func:`visible_bidi`) so they cannot reorder a label.
     """
-    text = json.dumps(finite_json(data), ensure_ascii=True, allow_nan=False)
+    text = json.dumps(_visible_bidi(finite_json(data)), ensure_ascii=True, allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def visible_bidi(text: str) -> str:
+    """``text`` with every bidirectional control written as a visible escape (``"\\u202e"``)."""
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _visible_bidi(value: Any) -> Any:
+    """``value`` with :func:`visible_bidi` applied to every string in it (dict keys included)."""
+    if isinstance(value, str):
+        return visible_bidi(value)
+    if isinstance(value, dict):
+        return {_visible_bidi(k): _visible_bidi(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_visible_bidi(v) for v in value]
+    return value
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> tuple[Path, Any]:

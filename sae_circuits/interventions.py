@@ -19,6 +19,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
@@ -70,7 +71,7 @@ class Intervention:
 
 
 def _features(features: Features) -> tuple[int, ...]:
-    # Any: the entries may be ints or 0-d integer tensors (is_int accepts both); checked below.
+    # Any: the entries may be ints, numpy integers or 0-d integer tensors (is_int); checked below.
     items: Any = [features] if is_int(features) else features
     try:
         items = list(items)
@@ -89,14 +90,36 @@ def _features(features: Features) -> tuple[int, ...]:
     return tuple(out)
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _is_number(value: Any) -> bool:
+    """A real number: a Python int or float, a numpy integer or float, or a one-element tensor or
+    numpy array of an integer or floating dtype. Bools (of any kind) and complex numbers are not."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, int | float | np.integer | np.floating):
+        return True
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    if isinstance(value, np.ndarray):
+        return value.size == 1 and (
+            np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)
+        )
+    return False
+
+
 def _number(value: Any, name: str, *, non_negative: bool) -> float:
-    if isinstance(value, bool) or (
-        not isinstance(value, (int, float)) and not (isinstance(value, Tensor) and value.numel() == 1)
-    ):
+    if not _is_number(value):
         raise TypeError(f"{name}={value!r} must be a number")
-    number = float(value)
+    try:
+        number = float(value.item() if isinstance(value, Tensor | np.ndarray) else value)
+    except OverflowError:  # an int too large for a float
+        raise ValueError(f"{name}={value!r} is beyond the float32 range (|x| <= {_FLOAT32_MAX:g})") from None
     if not math.isfinite(number):
         raise ValueError(f"{name}={number} must be finite")
+    if abs(number) > _FLOAT32_MAX:  # would become inf in the model's activations
+        raise ValueError(f"{name}={number!r} is beyond the float32 range (|x| <= {_FLOAT32_MAX:g})")
     if non_negative and number < 0:
         raise ValueError(f"{name}={number} must be >= 0 (feature activations are non-negative)")
     return number
@@ -132,7 +155,7 @@ def steer(site: Site, feature: int, coeff: float, positions: Positions = None) -
     """Add ``coeff * W_dec[feature]`` to the activation at the SAE's hook (the SAELens steering
     tutorial's recipe). ``site`` may be an SAE that is not spliced; unlike the tutorial's hook,
     this one also steers KV-cached generation steps."""
-    if not isinstance(feature, int) or isinstance(feature, bool):
+    if not is_int(feature):
         raise TypeError(f"feature={feature!r}: steer takes a single int feature index")
     return _make(site, feature, "steer", _number(coeff, "coeff", non_negative=False), positions)
 
@@ -196,6 +219,10 @@ def intervene(model: nn.Module, interventions: Intervention | Sequence[Intervent
 
     Several interventions on one site apply in the order given. Nests with :func:`spliced` and
     with itself. All checks run first; on leaving (or on error) the hooks are gone.
+
+    Positions count from the start of each row as the model sees it, padding included, so with
+    left padding (``padding_side="left"``) one absolute position points at a different token in
+    each row of a batch whose prompts differ in length.
     """
     check_model(model)
     items = [interventions] if isinstance(interventions, Intervention) else list(interventions)

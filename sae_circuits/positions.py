@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,23 +29,27 @@ Positions = None | int | Sequence[int] | slice | Literal["prompt", "generated"]
 
 def normalize_positions(positions: Positions) -> tuple[int, ...] | slice | str | None:
     """Validate a position spec; ints become a sorted tuple. Raises ``ValueError``/``TypeError``."""
-    if positions is None or positions in ("prompt", "generated"):
+    if positions is None:
         return positions
-    if isinstance(positions, str):
+    if isinstance(positions, str):  # before any ``==``: an array compared to a string is elementwise
+        if positions in ("prompt", "generated"):
+            return positions
         raise ValueError(
             f"positions={positions!r}: expected 'prompt', 'generated', an int, a list or a slice"
         )
     if isinstance(positions, slice):
+        parts = []
         for part in ("start", "stop", "step"):
             value = getattr(positions, part)
             if value is not None and (not is_int(value) or value < 0):
                 raise ValueError(f"positions={positions!r}: slice {part} must be a non-negative int or None")
-        if positions.step == 0:
+            parts.append(None if value is None else int(value))
+        if parts[2] == 0:
             raise ValueError(f"positions={positions!r}: slice step must be positive")
-        return positions
+        return slice(*parts)
     items: Any = [positions] if is_int(positions) else positions  # checked item by item below
-    if isinstance(items, Tensor):
-        items = items.tolist()
+    if isinstance(items, (Tensor, np.ndarray)):
+        items = list(items)  # 0-d tensors / numpy scalars, which keep their dtype for is_int
     try:
         items = list(items)
     except TypeError:
@@ -63,10 +68,24 @@ def normalize_positions(positions: Positions) -> tuple[int, ...] | slice | str |
 
 
 def is_int(value: Any) -> bool:
-    """An int (not a bool) or a 0-d integer tensor."""
-    return (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point()
-    )
+    """An int (not a bool), a numpy integer, or a 0-d tensor or numpy array of an integer dtype.
+
+    Judged by type, not value: ``3.0`` and ``np.float32(3)`` are not ints; bools are not either.
+    """
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    if isinstance(value, Tensor):
+        return (
+            value.ndim == 0
+            and not value.is_floating_point()
+            and not value.is_complex()
+            and (value.dtype != torch.bool)
+        )
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and np.issubdtype(value.dtype, np.integer)
+    return False
 
 
 @dataclass

@@ -226,14 +226,17 @@ def splice(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = Tr
 def _plan(model: nn.Module, saes: list[SAE]) -> list[tuple[SAE, HookPoint, HookPoint | None]]:
     """Validate every SAE against the model and each other; return where each goes."""
     taken = set(_sites(model))
-    plans = []
     for sae in saes:
         if not isinstance(sae, SAE):
             raise TypeError(
                 f"expected sae_circuits.SAE, got {type(sae).__name__} "
                 "(convert sae_lens objects with sc.SAE.from_sae_lens)"
             )
+    parents = taken | {sae.cfg.site for sae in saes}  # sites spliced now or in this call
+    plans = []
+    for sae in saes:
         name = sae.cfg.site
+        _check_not_on_an_sae(model, sae, parents)
         if sae.__dict__.get("_sae_circuits_spliced_in") is not None:
             raise ValueError(f"this SAE ({name!r}) is already spliced into a model; unsplice it first")
         if name in taken:
@@ -248,6 +251,30 @@ def _plan(model: nn.Module, saes: list[SAE]) -> list[tuple[SAE, HookPoint, HookP
         taken.add(name)
         plans.append((sae, site_point, input_point))
     return plans
+
+
+def _check_not_on_an_sae(model: nn.Module, sae: SAE, parents: set[str]) -> None:
+    """Refuse to splice onto (or, for a transcoder, read from) a hook point of a spliced SAE: it
+    would be left behind, and the parent SAE altered, when the parent is unspliced."""
+    hooks = [sae.cfg.site] + ([sae.cfg.hook_name] if sae.cfg.is_transcoder else [])
+    for hook in hooks:
+        prefix, _, sub_hook = hook.rpartition(".")
+        parent = prefix if prefix in parents and sub_hook in HOOK_NAMES else None
+        if parent is None:  # another spelling (a bridge alias) of a spliced SAE's hook point
+            point = cast(Any, model).hook_dict.get(hook)
+            parent = next(
+                (
+                    site.name
+                    for site in _sites(model).values()
+                    if any(point is getattr(site.sae, h) for h in HOOK_NAMES)
+                ),
+                None,
+            )
+        if parent is not None:
+            raise ValueError(
+                f"cannot splice an SAE at {hook!r}: it is a hook point of the SAE spliced at {parent!r}; "
+                "SAEs can only be spliced at the model's own hook points"
+            )
 
 
 def _check_width(model: nn.Module, hook_name: str, width: int, field: str) -> None:

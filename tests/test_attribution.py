@@ -396,3 +396,19 @@ def test_bad_input_gets_a_clear_error(model, bridge):
             sc.attribute(model, "def f():", targets=sc.LogitDirection(torch.zeros(3)))
     with sc.spliced(bridge, [random_sae()]):  # the bridge is supported (tests/test_bridge_capabilities.py)
         assert sc.attribute(bridge, "def f():", progress=False).n_nodes > 0
+
+
+def test_long_text_prompt_is_rejected_not_cut_to_the_context(model):
+    text = "x = 1\n" * 400
+    n = len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert n > model.cfg.n_ctx == 128
+    with sc.spliced(model, [random_sae()]):
+        with pytest.raises(
+            ValueError, match=rf"the prompt has {n} tokens, more than the model's context of 128"
+        ):
+            sc.attribute(model, text, prepend_bos=False, progress=False)
+        short = "x = 1\n" * 20  # a prompt that fits is attributed whole
+        g = sc.attribute(model, short, prepend_bos=False, progress=False, max_feature_nodes=5)
+        assert (g.kind == NodeKind.TOKEN).sum() == len(
+            model.tokenizer(short, add_special_tokens=False)["input_ids"]
+        )

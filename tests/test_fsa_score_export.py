@@ -417,3 +417,21 @@ def test_unsupported_suffix(fsa, tmp_path):
     with pytest.raises(ValueError, match=r"'\.txt'.*\.json, \.graphml, \.dot, \.html"):
         fsa.save(tmp_path / "a.txt")
     assert not (tmp_path / "a.txt").exists()
+
+
+def test_html_shows_bidi_controls_as_visible_escapes(tmp_path):
+    spoof = "evil\u202egnp.exe"  # would display as "evilexe.png"
+    states = [
+        State(0, [(SITE, 12)], spoof, 0.5, 1.0),
+        State(1, [(SITE, 3)], "\u2066x\u2069\u200f\u061c", 0.2, 1.0),
+    ]
+    transitions = [Transition(0, 1, "token", 0.5, {"\u202b<": 3})]
+    firing = torch.rand(10, 2, generator=torch.Generator().manual_seed(0)) < 0.5
+    automaton = FeatureAutomaton(states, transitions, firing, torch.tensor([10]), {"model": "tiny"})
+    html = automaton.save(tmp_path / "a.html").read_text()
+    assert html.isascii()  # no raw bidi control (nor anything else outside ASCII) in the page ...
+    data = _html_data(html)
+    # ... and the controls are shown as text: a backslash, "u" and the code point
+    assert [s["label"] for s in data["states"]] == ["evil\\u202egnp.exe", "\\u2066x\\u2069\\u200f\\u061c"]
+    assert data["transitions"][0]["tokens"] == '"\\u202b<"'
+    assert FeatureAutomaton.load(automaton.save(tmp_path / "a.json")).states[0].label == spoof  # data kept

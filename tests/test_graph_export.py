@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_circuits._text import printable
+from sae_circuits._text import printable, script_json
 from sae_circuits.graph import export
 from sae_circuits.graph.attribution_graph import AttributionGraph
 from sae_circuits.graph.graph import Edges, NodeKind
@@ -304,3 +304,32 @@ def test_clear_errors(g, tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json: not valid JSON"):
         AttributionGraph.load(tmp_path / "broken.json")
+
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_html_shows_bidi_controls_as_visible_escapes(tmp_path):
+    spoof = "evil\u202egnp.exe"  # would display as "evilexe.png"
+    nodes = [NODES[0][:8] + (spoof,) + NODES[0][9:], NODES[1][:8] + (BIDI,) + NODES[1][9:], *NODES[2:]]
+    g = make_graph(nodes)
+    g.prompt, g.token_strings = f"a{BIDI}b", ["Hello", spoof, EVIL]
+    html = g.save(tmp_path / "g.html").read_text(encoding="utf-8")
+    assert not any(c in html for c in BIDI)  # not raw in the page ...
+    data = _html_data(html)
+    labels = [n["label"] for n in data["nodes"]]
+    assert labels[0] == "evil\\u202egnp.exe"  # ... but shown as text: a backslash, "u" and the code
+    assert labels[1] == "".join(f"\\u{ord(c):04x}" for c in BIDI)
+    assert labels[2:] == g.labels[2:] and data["prompt"] == f"a{labels[1]}b"
+    assert data["tokens"] == ["Hello", labels[0], EVIL]
+    assert AttributionGraph.load(g.save(tmp_path / "g.json")).labels[:2] == [spoof, BIDI]  # data kept as is
+
+
+def test_script_json_escapes_bidi_controls_in_every_string():
+    data = {f"key{BIDI}": [f"x{BIDI}", {"y": BIDI}], "n": 1.5, "evil": EVIL, "plain": "café ☃ \u200b"}
+    text = script_json(data)
+    assert not any(c in text for c in BIDI) and "<" not in text and ">" not in text
+    escaped = "".join(f"\\u{ord(c):04x}" for c in BIDI)
+    assert strict_loads(text) == {
+        f"key{escaped}": [f"x{escaped}", {"y": escaped}], "n": 1.5, "evil": EVIL, "plain": "café ☃ \u200b"
+    }  # fmt: skip

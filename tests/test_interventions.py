@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -193,3 +194,70 @@ def test_intervention_by_sae_object_and_transcoder_input_name(model, tokens):
             with sc.intervene(model, [sc.clamp(site, 2, 4.0)]):
                 _, cache = model.run_with_cache(tokens, names_filter=acts)
             assert (cache[acts][..., 2] == 4.0).all()
+
+
+@torch.no_grad()
+def test_numpy_numbers_work_like_python_ones(model, tokens, sae):
+    python = [
+        sc.clamp(SITE, [3, 5], 2.0, positions=[1, 4]),
+        sc.scale(SITE, 6, 2.0, positions=2),
+        sc.add(SITE, 9, -1, positions=slice(2, None)),
+        sc.steer(SITE, 7, 0.5, positions=[0, 3]),
+    ]
+    numpy = [
+        sc.clamp(SITE, np.array([3, 5]), np.float32(2.0), positions=np.array([4, 1])),
+        sc.scale(SITE, np.int64(6), np.array(2.0), positions=np.int64(2)),
+        sc.add(SITE, np.int32(9), np.int64(-1), positions=slice(np.int64(2), None)),
+        sc.steer(SITE, np.int64(7), np.float64(0.5), positions=np.array([0, 3], dtype=np.uint8)),
+    ]
+    assert numpy == python
+    assert all(type(i) is int for iv in numpy for i in iv.features)  # plain ints from here on
+    assert all(type(p) is int for p in numpy[0].positions) and type(numpy[2].positions.start) is int
+    with sc.spliced(model, [sae]):
+        expected = _site_output_and_acts(model, tokens, python)
+        got = _site_output_and_acts(model, tokens, numpy)
+        plain = _site_output_and_acts(model, tokens)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert not torch.equal(got[0], plain[0])  # the edits did something
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.float64(3.0), np.array([1.0, 2.0]), np.bool_(True), True, torch.tensor(True), np.array([[1, 2]])],
+    ids=repr,
+)
+def test_features_are_integers_by_type_not_by_value(bad):
+    with pytest.raises(TypeError, match="is not an int|expected an int"):
+        sc.ablate(SITE, bad)
+
+
+@pytest.mark.parametrize("bad", [np.bool_(True), np.array(True), torch.tensor(False), np.complex64(1), "1"])
+def test_values_must_be_real_numbers(bad):
+    with pytest.raises(TypeError, match="must be a number"):
+        sc.add(SITE, 1, bad)
+
+
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: sc.clamp(SITE, 1, v),
+        lambda v: sc.scale(SITE, 1, v),
+        lambda v: sc.add(SITE, 1, v),
+        lambda v: sc.add(SITE, 1, -v),
+        lambda v: sc.steer(SITE, 1, v),
+    ],
+    ids=["clamp", "scale", "add", "add-negative", "steer"],
+)
+def test_values_beyond_float32_or_not_finite_are_rejected_at_construction(make):
+    for value in (1e300, np.float64(1e39), torch.tensor(1e300, dtype=torch.float64), 10**400, F32_MAX * 1.01):
+        with pytest.raises(ValueError, match=r"=-?[\d.e+]+.* is beyond the float32 range"):
+            make(value)
+    with pytest.raises(ValueError, match=r"1e\+300 is beyond the float32 range"):
+        make(1e300)
+    for value in (float("inf"), np.float32("nan"), torch.tensor(float("-inf"))):
+        with pytest.raises(ValueError, match="must be finite"):
+            make(value)
+    assert abs(make(F32_MAX).value) == F32_MAX  # the largest float32 is still fine

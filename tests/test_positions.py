@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -60,3 +61,37 @@ def test_plain_forward_rejects_positions_past_the_end():
     with pytest.raises(IndexError, match="position 4 is beyond the sequence"):
         chunk.mask((1, 4), torch.device("cpu"))
     assert chunk.mask("generated", torch.device("cpu")).tolist() == [False] * 4
+
+
+def test_numpy_and_tensor_positions_are_accepted():
+    assert normalize_positions(np.int64(3)) == (3,)
+    assert normalize_positions(np.array(3)) == (3,)
+    assert normalize_positions(np.array([5, 1, 5], dtype=np.int32)) == (1, 5)
+    assert normalize_positions([np.uint8(2), torch.tensor(0), 7]) == (0, 2, 7)
+    assert normalize_positions(torch.tensor([4, 2])) == (2, 4)
+    spec = normalize_positions(slice(np.int64(1), torch.tensor(9), np.int16(2)))
+    assert spec == slice(1, 9, 2) and all(type(v) is int for v in (spec.start, spec.stop, spec.step))
+    assert all(type(p) is int for p in normalize_positions(np.array([1, 2])))
+    assert normalize_positions("prompt") == "prompt"
+    with pytest.raises(ValueError, match="-2 is negative"):
+        normalize_positions(np.array([1, -2]))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.float64(2.0),
+        np.array([1.0, 2.0]),
+        np.array(2.0),
+        np.bool_(True),
+        np.array([True, False]),
+        torch.tensor(True),
+        torch.tensor([1.0]),
+        np.array([[1, 2]]),
+        slice(np.float64(1.0), None),
+    ],
+    ids=repr,
+)
+def test_whole_floats_and_bools_are_not_positions(bad):
+    with pytest.raises((TypeError, ValueError)):
+        normalize_positions(bad)

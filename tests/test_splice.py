@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -197,3 +199,45 @@ def test_hook_z_sae_flattens_heads(request, kind, tokens):
     assert not torch.allclose(logits, clean)
     with sc.spliced(model, [sae]):
         assert torch.equal(model(tokens), clean)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("sub_hook", ["hook_sae_acts_post", "hook_sae_output"])
+def test_splicing_onto_a_spliced_saes_hook_point_is_refused(model, sae, tokens, sub_hook):
+    child_site = f"{SITE}.{sub_hook}"
+    child = random_sae(hook_name=child_site, d_in=sae.cfg.d_sae if "acts" in sub_hook else D_MODEL, seed=3)
+    parent_modules = [name for name, _ in sae.named_modules()]
+    message = rf"cannot splice an SAE at '{re.escape(child_site)}': it is a hook point of the SAE spliced at '{SITE}'"
+    sc.splice(model, [sae])
+    try:
+        hooks = set(model.hook_dict)
+        logits = model(tokens)
+        with pytest.raises(ValueError, match=message):
+            sc.splice(model, [child])
+        assert list(sc.saes_of(model)) == [SITE] and set(model.hook_dict) == hooks
+        assert torch.equal(model(tokens), logits)
+    finally:
+        sc.unsplice(model)
+    assert [name for name, _ in sae.named_modules()] == parent_modules  # the parent SAE is as it was
+    assert "_sae_circuits_spliced_in" not in child.__dict__
+    for saes in ([sae, child], [child, sae]):  # parent and child in one call, in either order
+        with pytest.raises(ValueError, match=message):
+            sc.splice(model, saes)
+        assert not sc.saes_of(model)
+    assert [name for name, _ in sae.named_modules()] == parent_modules
+
+
+def test_transcoder_cannot_read_from_a_spliced_saes_hook_point(model, sae):
+    tc = random_sae(
+        "transcoder",
+        hook_name=f"{SITE}.hook_sae_output",
+        hook_name_out="blocks.1.hook_mlp_out",
+        d_out=D_MODEL,
+    )
+    sc.splice(model, [sae])
+    try:
+        with pytest.raises(ValueError, match=rf"at '{re.escape(SITE)}.hook_sae_output'.*spliced at '{SITE}'"):
+            sc.splice(model, [tc])
+        assert list(sc.saes_of(model)) == [SITE]
+    finally:
+        sc.unsplice(model)

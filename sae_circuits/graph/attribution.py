@@ -178,7 +178,8 @@ def _tokens(model: Any, prompt: Any, prepend_bos: bool | None) -> Tensor:
             raise ValueError("the prompt is empty")
         if getattr(model, "tokenizer", None) is None:
             raise ValueError("the model has no tokenizer: pass the prompt as token ids")
-        tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)[0]
+        # truncate=False: a prompt longer than the context must fail below, not be silently cut.
+        tokens = model.to_tokens(prompt, prepend_bos=prepend_bos, truncate=False)[0]
     else:
         tokens = torch.as_tensor(prompt)
         if tokens.ndim == 2 and tokens.shape[0] == 1:
