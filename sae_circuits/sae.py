@@ -98,6 +98,13 @@ class SAEConfig:
             )
         if self.reshape_activations not in ("none", "hook_z"):
             raise ValueError(f"reshape_activations={self.reshape_activations!r}; expected 'none' or 'hook_z'")
+        if self.reshape_activations == "hook_z" and not self.hook_name.endswith("_z"):
+            raise ValueError(  # it would fail at the first forward pass (as SAELens, which checks "_z")
+                f"reshape_activations='hook_z' needs a hook_z site, not hook_name={self.hook_name!r}"
+            )
+        if isinstance(self.device, torch.device):
+            self.device = str(self.device)
+        self.device = device_str(self.device)
         if self.architecture != "topk":  # TopK-only fields mean nothing elsewhere (SAELens ignores them)
             self.k, self.rescale_acts_by_decoder_norm = None, False
         elif not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
@@ -168,6 +175,18 @@ def str_to_dtype(name: str | torch.dtype) -> torch.dtype:
     if key not in _DTYPES:
         raise ValueError(f"dtype={name!r} is not supported; expected one of {sorted(_DTYPES)}")
     return _DTYPES[key]
+
+
+def device_str(device: str | torch.device) -> str:
+    """A device argument as torch's canonical string (``"cuda:0"``), with an error naming a malformed one."""
+    if isinstance(device, torch.device):
+        return str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device={device!r} must be a string such as 'cpu' or 'cuda:0'")
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a valid torch device ({err})") from None
 
 
 def dtype_to_str(dtype: torch.dtype) -> str:

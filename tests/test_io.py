@@ -176,3 +176,323 @@ def test_saved_files_get_the_usual_permissions(tmp_path, sae):
         os.umask(mask)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "sae").iterdir()}
     assert set(modes.values()) == {0o644}, modes
+
+
+# --------------------------------------------------------------------------- device (issue 12, item 1)
+
+
+def _edit_cfg(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg.update(changes)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("saved_on", ["cuda", "cuda:3", "mps", "not a device"])
+def test_an_sae_saved_on_a_gpu_loads_on_the_cpu(tmp_path, sae, saved_on):
+    sae.save(tmp_path)
+    _edit_cfg(tmp_path, device=saved_on)
+    back = sc.SAE.load(tmp_path)  # cfg.json's device is where it was saved, not where to load
+    assert back.device == torch.device("cpu") and back.cfg.device == "cpu"
+    assert torch.equal(back.W_enc, sae.W_enc)
+    assert sc.SAE.load(tmp_path, device="cpu").cfg.device == "cpu"
+    assert sc.SAE.load(tmp_path, device=torch.device("cpu")).cfg.device == "cpu"
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda:x", "", "cpu:-1"])
+def test_a_malformed_device_argument_is_named(tmp_path, sae, device):
+    sae.save(tmp_path)
+    with pytest.raises(ValueError, match=f"device={device!r}") as info:
+        sc.SAE.load(tmp_path, device=device)
+    assert not isinstance(info.value, sc.SAEFormatError)  # the argument is wrong, not the file
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_argument_is_a_clear_error(tmp_path, sae):
+    sae.save(tmp_path)
+    with pytest.raises(ValueError, match="device='cuda' is not usable on this machine"):
+        sc.SAE.load(tmp_path, device="cuda")
+
+
+# --------------------------------------------------------------------------- hostile files (items 6, 7)
+
+
+def _replace_text(old: str, new: str):
+    def edit(folder: Path) -> None:
+        text = (folder / "cfg.json").read_text()
+        assert old in text
+        (folder / "cfg.json").write_text(text.replace(old, new, 1))
+
+    return edit
+
+
+def _cfg_bytes(data: bytes):
+    return lambda folder: (folder / "cfg.json").write_bytes(data)
+
+
+def _cfg_change(**changes):
+    return lambda folder: _edit_cfg(folder, **changes)
+
+
+def _weights(name: str, tensor_of):
+    def edit(folder: Path) -> None:
+        path = folder / "sae_weights.safetensors"
+        tensors = sc.io._read_safetensors(path)
+        tensors[name] = tensor_of(tensors[name])
+        save_file(tensors, str(path))
+
+    return edit
+
+
+def _sparsity(values):
+    return lambda folder: save_file({"sparsity": values}, str(folder / "sparsity.safetensors"))
+
+
+def _deep(folder: Path) -> None:
+    cfg = json.loads((folder / "cfg.json").read_text())
+    text = json.dumps(cfg)[:-1] + ', "deep": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    (folder / "cfg.json").write_text(text)
+
+
+def _pre6(**changes):
+    flat = {
+        "d_in": 64, "d_sae": 256, "hook_point": "blocks.0.hook_resid_post", "activation_fn_str": "relu",
+        "dtype": "float32", "device": "cpu",
+    }  # fmt: skip
+    flat.update(changes)
+    return _cfg_bytes(json.dumps(flat).encode())
+
+
+HOSTILE = {
+    "d_in Infinity": (_replace_text('"d_in": 64', '"d_in": Infinity'), r"d_in=inf must be an integer"),
+    "d_in 1e400": (_replace_text('"d_in": 64', '"d_in": 1e400'), r"d_in=inf must be an integer"),
+    "d_in NaN": (_replace_text('"d_in": 64', '"d_in": NaN'), r"d_in=nan must be an integer"),
+    "d_sae 2**70": (_cfg_change(d_sae=2**70), r"d_sae=\d+ must be an integer"),
+    "5000-digit int": (_replace_text('"d_in": 64', '"d_in": ' + "9" * 5000), r"malformed JSON"),
+    "deeply nested": (_deep, r"malformed JSON \(nested too deeply\)"),
+    "not UTF-8": (_cfg_bytes(b'{"d_in": 64, "x": "\xff\xfe"}'), r"not UTF-8 text"),
+    "JSON array": (_cfg_bytes(b"[1, 2]"), r"expected a JSON object, got list"),
+    "architecture list": (_cfg_change(architecture=["topk"]), r"architecture=\['topk'\] must be a string"),
+    "dtype number": (_cfg_change(dtype=32), r"dtype=32 must be a string"),
+    "hook_name number": (_cfg_change(metadata={"hook_name": 7}), r"hook_name=7 must be a string"),
+    "float8 weights": (
+        _weights("W_enc", lambda t: t.to(torch.float8_e4m3fn)),
+        r"'W_enc' has dtype float8_e4m3fn; expected one of",
+    ),
+    "int weights": (_weights("b_dec", lambda t: t.to(torch.int32)), r"'b_dec' has dtype int32"),
+    "bool weights": (_weights("b_enc", lambda t: t > 0), r"'b_enc' has dtype bool"),
+    "complex weights": (
+        _weights("W_dec", lambda t: torch.complex(t, torch.ones_like(t))),
+        r"'W_dec' has dtype complex64",
+    ),
+    "float64 overflowing float32": (
+        _weights("b_dec", lambda t: t.double().fill_(1e300)),
+        r"'b_dec' overflows float32",
+    ),
+    "non-bool apply_b_dec_to_input": (
+        _cfg_change(apply_b_dec_to_input="no"),
+        r"apply_b_dec_to_input='no' must be true or false",
+    ),
+    "numeric apply_b_dec_to_input": (
+        _cfg_change(apply_b_dec_to_input=0),
+        r"apply_b_dec_to_input=0 must be true or false",
+    ),
+    "hook_z reshape on the residual stream": (
+        _cfg_change(reshape_activations="hook_z"),
+        r"reshape_activations='hook_z' needs a hook_z site, not hook_name='blocks.0.hook_resid_post'",
+    ),
+    "NaN sparsity": (_sparsity(torch.full((256,), float("nan"))), r"'sparsity' contains NaN or Inf"),
+    "inf sparsity": (_sparsity(torch.full((256,), float("inf"))), r"'sparsity' contains NaN or Inf"),
+    "complex sparsity": (_sparsity(torch.zeros(256, dtype=torch.complex64)), r"'sparsity' has dtype complex"),
+    "pre-6 tanh-relu": (
+        _pre6(activation_fn_str="tanh-relu"),
+        r"activation_fn_str='tanh-relu' is not supported",
+    ),
+    "pre-6 kwargs list": (_pre6(activation_fn_kwargs=[1]), r"activation_fn_kwargs=\[1\] must be an object"),
+    "pre-6 topk on gated": (
+        _pre6(activation_fn_str="topk", architecture="gated"),
+        r"activation_fn_str='topk' contradicts architecture='gated'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_files_raise_format_errors_naming_the_path_once(tmp_path, sae, case):
+    edit, message = HOSTILE[case]
+    folder = tmp_path / "sae"
+    sae.save(folder)
+    edit(folder)
+    with pytest.raises(sc.SAEFormatError, match=message) as info:
+        sc.SAE.load(folder)
+    assert str(info.value).count(str(folder)) == 1, str(info.value)[:300]
+
+
+def test_pre_6_standard_architecture_with_topk_activation_is_topk(tmp_path, sae):
+    sae.save(tmp_path)
+    _pre6(activation_fn_str="topk", architecture="standard", activation_fn_kwargs={"k": 7})(tmp_path)
+    back = sc.SAE.load(tmp_path)  # SAELens 4.x/5.x wrote TopK SAEs like this; not a ReLU SAE
+    assert back.cfg.architecture == "topk" and back.cfg.k == 7
+
+
+def test_hook_z_reshape_still_loads_on_a_hook_z_site(tmp_path):
+    sae = random_sae(hook_name="blocks.0.attn.hook_z")
+    sae.save(tmp_path)
+    _edit_cfg(tmp_path, reshape_activations=None)  # absent: inferred from the hook name
+    assert sc.SAE.load(tmp_path).cfg.reshape_activations == "hook_z"
+
+
+# --------------------------------------------------------------------------- atomic saves (item 11)
+
+
+def _kill_on_call(monkeypatch, name: str, nth: int) -> None:
+    """Make ``os.<name>`` as the io module sees it die (as a killed process would) on call ``nth``."""
+    import os
+
+    real = getattr(os, name)
+    calls = []
+
+    def dying(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == nth:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(f"sae_circuits.io.os.{name}", dying)
+
+
+def _same(a: sc.SAE, b: sc.SAE) -> bool:
+    return a.cfg.hook_name == b.cfg.hook_name and all(
+        torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict()
+    )
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_an_interrupted_save_never_mixes_old_and_new_files(tmp_path, monkeypatch, exchange, nth):
+    folder = tmp_path / "sae"
+    old = random_sae(seed=1)
+    old.save(folder)
+    new = random_sae(seed=2, hook_name="blocks.1.hook_resid_post")
+    if not exchange:
+        monkeypatch.setattr("sae_circuits.io._exchange", lambda a, b: False)
+    for name in ("rename", "replace"):
+        _kill_on_call(monkeypatch, name, nth)
+    try:
+        new.save(folder)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    back = sc.SAE.load(folder)
+    assert _same(back, old) or _same(back, new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # the failed save cleaned up after itself
+
+
+def test_a_save_into_a_shared_folder_never_leaves_a_loadable_mixture(tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("mine")
+    old = random_sae(seed=1)
+    old.save(tmp_path)
+    new = random_sae(seed=2, hook_name="blocks.1.hook_resid_post")
+    _kill_on_call(monkeypatch, "replace", 2)  # after the weights, before cfg.json
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="has no cfg.json"):
+        sc.SAE.load(tmp_path)  # rather than new weights under the old config
+    new.save(tmp_path)
+    assert _same(sc.SAE.load(tmp_path), new) and (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "notes.txt", "sae_weights.safetensors"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_save_without_sparsity_removes_the_old_sparsity(tmp_path, sae, shared):
+    if shared:
+        (tmp_path / "notes.txt").write_text("mine")
+    sae.save(tmp_path, sparsity=torch.full((256,), -2.0))
+    assert sc.SAE.load(tmp_path).sparsity is not None
+    sae.sparsity = None
+    sae.save(tmp_path)
+    assert sc.SAE.load(tmp_path).sparsity is None  # an old sparsity would describe other weights
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_killed_saves_are_removed(tmp_path, sae):
+    import os
+
+    folder = tmp_path / "sae"
+    sae.save(folder)
+    dead, hour_ago = _dead_pid(), __import__("time").time() - 3600
+    stale = [
+        tmp_path / f".sae.{dead}.abcd1234.saetmp",  # a staging directory of a killed save
+        folder / f".sae_weights.safetensors.{dead}.k9x_2abc.tmp",  # a per-file temporary
+        folder / ".cfg.json.q1w2e3r4.tmp",  # the untagged kind earlier versions left
+        tmp_path / f".notes.txt.{dead}.zzzz1111.tmp",  # atomic_write_text's
+    ]
+    kept = [
+        tmp_path / f".sae.{os.getpid()}.live0000.saetmp",  # this process: a save still running
+        tmp_path / f".sae.{dead}.young000.saetmp",  # too recent to judge (shared folders)
+        tmp_path / ".sae.backup",  # not one of ours
+    ]
+    for path in stale + kept:
+        if path.suffix == ".saetmp":
+            path.mkdir()
+            (path / "sae_weights.safetensors").write_bytes(b"x" * 1000)
+        else:
+            path.write_bytes(b"x")
+        if "young" not in path.name:
+            os.utime(path, (hour_ago, hour_ago))
+    sae.save(folder)
+    sc.io.atomic_write_text(tmp_path / "notes.txt", "hello")
+    assert [p for p in stale if p.exists()] == []
+    assert [p for p in kept if not p.exists()] == []
+    assert _same(sc.SAE.load(folder), sae)
+
+
+def test_a_save_killed_between_the_two_renames_is_put_back(tmp_path, sae):
+    import os
+
+    folder = tmp_path / "sae"
+    sae.save(folder)
+    retired = tmp_path / f".sae.{_dead_pid()}.0badf00d.saeold"
+    os.rename(folder, retired)  # where a kill after the first rename leaves the old SAE
+    os.utime(retired, (0, 0))
+    other = random_sae(seed=3)
+    assert sc.io.remove_stale_temporaries(folder) == []
+    assert _same(sc.SAE.load(folder), sae) and not retired.exists()
+    other.save(folder)
+    assert _same(sc.SAE.load(folder), other)
+
+
+def test_a_full_disk_leaves_the_old_sae_and_no_temporaries(tmp_path, sae, full_disk):
+    folder = tmp_path / "sae"
+    sae.save(folder, sparsity=torch.zeros(256))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    full_disk()
+    with pytest.raises(OSError, match="disk full"):
+        random_sae(seed=4).save(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+
+
+def test_saving_through_a_symlink_keeps_the_link(tmp_path, sae):
+    real = tmp_path / "real"
+    sae.save(real)
+    (tmp_path / "link").symlink_to(real)
+    other = random_sae(seed=6)
+    other.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and _same(sc.SAE.load(real), other)
+
+
+def test_saving_into_the_working_directory_updates_it_in_place(tmp_path, sae, monkeypatch):
+    folder = tmp_path / "sae"
+    sae.save(folder)
+    monkeypatch.chdir(folder)
+    other = random_sae(seed=7)
+    other.save(".")
+    assert Path.cwd().samefile(folder) and _same(sc.SAE.load("."), other)  # the directory was not swapped
