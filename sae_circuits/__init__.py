@@ -1,17 +1,28 @@
 """sae_circuits: splice sparse autoencoders into TransformerLens models, edit their features,
-and trace the circuits they form."""
+and trace the circuits they form.
 
-from sae_circuits import zoo
-from sae_circuits._compat import KVCacheNotFilledError, UnsupportedVersionError
-from sae_circuits.dashboard import feature_dashboard, write_dashboard
-from sae_circuits.evals import EvalResult, evaluate
-from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
-from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
-from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, scale, steer
-from sae_circuits.io import SAEFormatError
-from sae_circuits.sae import SAE, SAEConfig
-from sae_circuits.splice import saes_of, splice, spliced, unsplice
-from sae_circuits.train import TrainConfig, train_sae, train_transcoder
+The public names are imported lazily (PEP 562), on first use: ``import sae_circuits`` and the
+``sae-circuits`` command start without loading torch or TransformerLens."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from sae_circuits import zoo
+    from sae_circuits._compat import KVCacheNotFilledError, UnsupportedVersionError
+    from sae_circuits.dashboard import feature_dashboard, write_dashboard
+    from sae_circuits.evals import EvalResult, evaluate
+    from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
+    from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
+    from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, scale, steer
+    from sae_circuits.io import SAEFormatError
+    from sae_circuits.sae import SAE, SAEConfig
+    from sae_circuits.splice import saes_of, splice, spliced, unsplice
+    from sae_circuits.train import TrainConfig, train_sae, train_transcoder
 
 __version__ = "0.1.0"
 
@@ -48,3 +59,65 @@ __all__ = [
     "write_dashboard",
     "zoo",
 ]
+
+# public name -> the module that defines it ("zoo" is itself a subpackage)
+_SOURCES = {
+    "zoo": "sae_circuits.zoo",
+    "KVCacheNotFilledError": "sae_circuits._compat",
+    "UnsupportedVersionError": "sae_circuits._compat",
+    "feature_dashboard": "sae_circuits.dashboard",
+    "write_dashboard": "sae_circuits.dashboard",
+    "EvalResult": "sae_circuits.evals",
+    "evaluate": "sae_circuits.evals",
+    "FeatureAutomaton": "sae_circuits.fsa",
+    "automaton": "sae_circuits.fsa",
+    "score_automaton": "sae_circuits.fsa",
+    "AttributionGraph": "sae_circuits.graph",
+    "Feature": "sae_circuits.graph",
+    "LogitDirection": "sae_circuits.graph",
+    "attribute": "sae_circuits.graph",
+    "Intervention": "sae_circuits.interventions",
+    "ablate": "sae_circuits.interventions",
+    "add": "sae_circuits.interventions",
+    "clamp": "sae_circuits.interventions",
+    "intervene": "sae_circuits.interventions",
+    "scale": "sae_circuits.interventions",
+    "steer": "sae_circuits.interventions",
+    "SAEFormatError": "sae_circuits.io",
+    "SAE": "sae_circuits.sae",
+    "SAEConfig": "sae_circuits.sae",
+    "saes_of": "sae_circuits.splice",
+    "splice": "sae_circuits.splice",
+    "spliced": "sae_circuits.splice",
+    "unsplice": "sae_circuits.splice",
+    "TrainConfig": "sae_circuits.train",
+    "train_sae": "sae_circuits.train",
+    "train_transcoder": "sae_circuits.train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module 'sae_circuits' has no attribute {name!r}")
+    module = importlib.import_module(source)
+    value = module if name == "zoo" else getattr(module, name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule binds it on its package: ``sae_circuits.splice`` the module would then hide
+    ``sae_circuits.splice`` the function. The function wins, as it did with eager imports."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _SOURCES and name != "zoo":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -8,7 +8,36 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI starts fast
+    from collections.abc import Callable
+    from pathlib import Path
+
     from torch import Tensor
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 to 65535; 0 picks a free one)")
+    return value
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -28,7 +57,7 @@ def _load_model(spec: str) -> Any:  # a HookedTransformer (zoo.load_model and lo
         return zoo.load_model(spec)
     if Path(spec, "config.json").is_file():
         return load_hf_gpt2(spec)
-    raise SystemExit(
+    raise ValueError(
         f"--model {spec!r}: not an embedded model ({zoo.names()}) nor a Hugging Face model folder"
     )
 
@@ -51,17 +80,38 @@ def _eval_tokens(model: Any, text_file: str | None, n_seq: int, seq_len: int) ->
     ids = torch.tensor(model.tokenizer(text)["input_ids"])  # to_tokens truncates to n_ctx
     n = min(n_seq, ids.numel() // seq_len)
     if n == 0:
-        raise SystemExit(f"the text has fewer than {seq_len} tokens")
+        raise ValueError(f"--text: the text has fewer than --seq-len {seq_len} tokens")
     return ids[: n * seq_len].view(n, seq_len).to(torch.long)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Fail before the long computation, not after it, when ``path``'s folder cannot be written
+    (its nearest existing ancestor, since the writers create missing folders)."""
+    import tempfile
+
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OSError(
+            err.errno, f"{option} {str(path)!r}: cannot write to {str(folder)!r} ({reason})"
+        ) from None
 
 
 def _eval(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from sae_circuits.evals import evaluate
     from sae_circuits.io import atomic_write_text
     from sae_circuits.sae import SAE
 
+    if args.json:
+        _check_writable(Path(args.json), "--json")
     sae = SAE.load(args.sae)
     model = _load_model(args.model)
     tokens = _eval_tokens(model, args.text, args.sequences, args.seq_len)
@@ -92,6 +142,7 @@ def _graph(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".json", ".graphml", ".dot", ".html"):
         raise ValueError(f"--out {args.out!r}: the suffix must be .json, .graphml, .dot or .html")
+    _check_writable(out, "--out")
     for name in ("node_threshold", "edge_threshold"):
         value = getattr(args, name)
         if not 0 < value <= 1:
@@ -165,6 +216,7 @@ def _automaton(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".json", ".graphml", ".dot", ".html"):
         raise ValueError(f"--out {args.out!r}: the suffix must be .json, .graphml, .dot or .html")
+    _check_writable(out, "--out")
     if args.contexts < 1 or args.length < 2:
         raise ValueError(
             f"--contexts {args.contexts} / --length {args.length}: need at least 1 context of 2 tokens"
@@ -204,6 +256,7 @@ def _features(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() != ".html":
         raise ValueError(f"--out {args.out!r}: a dashboard is an .html page")
+    _check_writable(Path(args.out), "--out")
     model = _load_model(args.model)
     if args.sae:
         sae = SAE.load(args.sae)
@@ -260,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--text", default=None, help="text file to evaluate on (default: offline code/markup/base64 text)"
     )
-    ev.add_argument("--sequences", type=int, default=32, help="number of token rows (default 32)")
-    ev.add_argument("--seq-len", type=int, default=128, help="tokens per row (default 128)")
+    ev.add_argument(
+        "--sequences", type=_int_at_least(1), default=32, help="number of token rows (default 32)"
+    )
+    ev.add_argument("--seq-len", type=_int_at_least(2), default=128, help="tokens per row (default 128)")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ev.set_defaults(func=_eval)
     gr = sub.add_parser(
@@ -350,8 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve a folder of graphs, automata and dashboards on 127.0.0.1 (loopback only)"
     )
     sv.add_argument("dir", help="the folder to serve")
-    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    sv.add_argument("--host", default="127.0.0.1", help="a loopback address only (default 127.0.0.1)")
+    sv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="a loopback address or localhost only (default 127.0.0.1)"
+    )
     sv.add_argument("--verbose", action="store_true", help="log each request")
     sv.set_defaults(func=_serve)
     return parser
@@ -362,9 +419,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, NotADirectoryError, TypeError) as err:  # bad input: one clear line
-        print(f"sae-circuits {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # bad input, a busy port, an unwritable folder: one clear line, no traceback
+        if not _user_error(err):
+            raise  # a genuine bug: the traceback helps
+        print(f"sae-circuits {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _message(err: BaseException) -> str:
+    """``err`` in one line; an OSError without its ``[Errno n]`` prefix."""
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror + (f": {str(err.filename)!r}" if err.filename is not None else "")
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def _user_error(err: BaseException) -> bool:
+    """The library's own errors, OS errors (busy port, unwritable folder), bad values (ValueError, TypeError,
+    OverflowError)."""
+    return isinstance(err, (ValueError, TypeError, OSError, OverflowError)) or type(
+        err
+    ).__module__.startswith("sae_circuits.")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,18 @@
 >>> server = serve("out", port=0)    # doctest: +SKIP
 >>> threading.Thread(target=server.serve_forever, daemon=True).start()   # doctest: +SKIP
 
-Routes (GET and HEAD; query strings ignored): ``/``, an index of the files under the folder
+Only what the library writes is served: ``.json`` (graphs, automata, ``cfg.json``, metrics),
+``.html`` (graph and automaton views, dashboards), ``.graphml`` and ``.dot``; never a dotfile, nothing
+under a dot-directory (``.git``, ``.venv``) and no temporary (``*.tmp``, ``.name.*.tmp``).
+
+Routes (GET and HEAD; query strings ignored): ``/``, an index of those files under the folder
 (recursive, sorted) grouped as attribution graphs, automata, dashboards (other ``.html``) and other
 files, with sizes and cheap summaries, a JSON file that does not parse listed as broken (no script,
-no network, every name escaped); ``/api/list``, the same as JSON ``{"files": [<Entry>, ...]}``;
-``/<path>``, that file, content type by suffix. Other directories are not listed: 404.
+no network, every name escaped); ``/api/list``, the same as JSON ``{"files": [<Entry>, ...],
+"truncated": bool}``; ``/<path>``, that file, content type by suffix. Other paths and directories: 404.
+The listing is bounded: it skips dot-directories, goes at most ``MAX_DEPTH`` folders down, looks at
+most at ``MAX_SCANNED`` directory entries and lists at most ``MAX_LISTED`` files, and says so
+when it was cut.
 
 Every response has ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``. Only
 ``.json`` files get ``Access-Control-Allow-Origin: *``, so that the public attribution-graph front
@@ -32,13 +39,15 @@ import os
 import re
 import shutil
 import socket
+import sys
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import cast
 from urllib.parse import quote, unquote, urlsplit
 
-from sae_circuits.fsa.export import FORMAT as _AUTOMATON_FORMAT
+# sae_circuits.fsa.export.FORMAT, copied: importing sae_circuits.fsa would load torch (tests check they agree)
+_AUTOMATON_FORMAT = "sae_circuits.feature_automaton"
 
 _TEXT = "text/plain; charset=utf-8"
 _TYPES = {
@@ -46,6 +55,10 @@ _TYPES = {
     ".xml": "application/xml", ".dot": _TEXT, ".txt": _TEXT, ".md": _TEXT, ".csv": "text/csv; charset=utf-8",
     ".png": "image/png", ".svg": "image/svg+xml", ".css": "text/css", ".js": "text/javascript",
 }  # fmt: skip
+SERVED_SUFFIXES = frozenset({".json", ".html", ".graphml", ".dot"})  # what the library's writers produce
+MAX_DEPTH = 8  # folders below the served one that the listing enters
+MAX_SCANNED = 20_000  # directory entries the listing looks at, per request
+MAX_LISTED = 2_000  # files the listing shows
 _HTML_KINDS = {"Attribution graph": "graph", "Feature automaton": "automaton"}  # our exporters' <title>s
 _GROUPS = {
     "graph": "Attribution graphs",
@@ -73,6 +86,26 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _loopback_address(host: str) -> str | None:
+    """``host`` if it is a loopback IP address; for a name (``localhost``) that resolves only to loopback
+    addresses, the first of them (IPv4 first); else None."""
+    if _is_loopback(host):
+        return host
+    try:
+        ipaddress.ip_address(host)
+        return None  # an address, not loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return None
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses or not all(_is_loopback(a) for a in addresses):
+        return None
+    return sorted(addresses, key=lambda a: ":" in a)[0]
 
 
 def _local_host_header(host: str | None) -> bool:
@@ -128,38 +161,94 @@ def _classify(path: Path, size: int) -> tuple[str, str, bool]:
     return "other", "JSON", False
 
 
-def list_files(directory: str | os.PathLike[str], cache: dict | None = None) -> list[Entry]:
-    """Every file under ``directory`` (recursive, sorted by path) but symlinks leaving it. ``cache``
-    (a dict kept between calls) spares re-reading files whose size and mtime have not changed.
+def servable(rel: str) -> bool:
+    """Whether the "/"-separated path ``rel`` (relative to the served folder) may be listed or served:
+    one of the library's suffixes, no part hidden (a dotfile or under a dot-directory), no temporary."""
+    parts = [p for p in rel.split("/") if p]
+    return (
+        bool(parts)
+        and not any(p.startswith(".") for p in parts)
+        and not parts[-1].lower().endswith(".tmp")
+        and Path(parts[-1]).suffix.lower() in SERVED_SUFFIXES
+    )
 
-    >>> [e.kind for e in list_files("out")]   # doctest: +SKIP
-    ['graph', 'graph', 'automaton', 'other']
-    """
+
+def scan_files(directory: str | os.PathLike[str], cache: dict | None = None) -> tuple[list[Entry], bool]:
+    """``(entries, truncated)``: the servable files under ``directory`` (see :func:`servable`; sorted by
+    path; symlinks leaving it skipped), bounded by ``MAX_DEPTH``, ``MAX_SCANNED`` and ``MAX_LISTED``;
+    ``truncated`` says whether a bound cut the listing. ``cache`` (a dict kept between calls) spares
+    re-reading files whose size and mtime have not changed."""
     root, cache = Path(directory).resolve(), {} if cache is None else cache
-    entries = []
-    for folder, _, names in os.walk(root):
-        for path in (Path(folder, name) for name in names):
+    entries: list[Entry] = []
+    scanned, truncated = 0, False
+    stack: list[tuple[Path, int]] = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                children = []
+                for child in it:
+                    scanned += 1
+                    if scanned > MAX_SCANNED:
+                        truncated = True
+                        break
+                    children.append(child)
+        except OSError:
+            continue  # unreadable
+        for child in children:
+            if child.name.startswith("."):
+                continue  # dotfiles, .git, .venv, hidden temporaries
+            path = Path(child.path)
+            try:
+                is_dir = child.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                if depth < MAX_DEPTH:
+                    stack.append((path, depth + 1))
+                else:
+                    truncated = True
+                continue
+            rel = path.relative_to(root).as_posix()
+            if not servable(rel):
+                continue
             try:
                 target, stat = path.resolve(), path.stat()
             except (OSError, RuntimeError):
                 continue  # a broken or looping symlink
             if not target.is_relative_to(root) or not target.is_file():
                 continue
+            if not servable(target.relative_to(root).as_posix()):
+                continue  # a link to a hidden file or a temporary
+            if len(entries) >= MAX_LISTED:
+                truncated = True
+                break
             key = (str(path), stat.st_size, stat.st_mtime_ns)
             if key not in cache:
                 cache[key] = _classify(target, stat.st_size)
-            rel = path.relative_to(root).as_posix()
             url = "/" + quote(rel, safe="/", errors="surrogateescape")
             entries.append(Entry(rel, url, cache[key][0], stat.st_size, *cache[key][1:]))
-    return sorted(entries, key=lambda e: e.path)
+        if truncated and (scanned > MAX_SCANNED or len(entries) >= MAX_LISTED):
+            break  # a bound was hit: stop walking
+    return sorted(entries, key=lambda e: e.path), truncated
+
+
+def list_files(directory: str | os.PathLike[str], cache: dict | None = None) -> list[Entry]:
+    """The entries of :func:`scan_files` (bounded; whether it was cut is not said).
+
+    >>> [e.kind for e in list_files("out")]   # doctest: +SKIP
+    ['graph', 'graph', 'automaton', 'other']
+    """
+    return scan_files(directory, cache)[0]
 
 
 def _size(n: int) -> str:
     return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
-def index_html(entries: list[Entry], title: str) -> str:
-    """The index page: server-rendered, every name escaped, no script at all (CSP ``default-src 'none'``)."""
+def index_html(entries: list[Entry], title: str, truncated: bool = False) -> str:
+    """The index page: server-rendered, every name escaped, no script at all (CSP ``default-src 'none'``);
+    ``truncated`` adds a line saying that the listing was cut."""
     esc, parts = html.escape, []
     for kind, heading in _GROUPS.items():
         rows = [
@@ -178,9 +267,15 @@ body{{font:13px system-ui,sans-serif;margin:16px;color:#222}} td{{padding:2px 12
 .broken td{{color:#d62728}}
 </style></head><body>
 <h2>{esc(title)}</h2>
-{"".join(parts) or "<p>No files.</p>"}
+{"".join(parts) or "<p>No files.</p>"}{_CUT if truncated else ""}
 </body></html>
 """
+
+
+_CUT = (
+    f"<p class=cut>Listing cut: it shows at most {MAX_LISTED} files, {MAX_DEPTH} folders deep, out of the "
+    f"first {MAX_SCANNED} entries; serve a smaller folder to see everything.</p>"
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -215,14 +310,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self.send_error(403, "Host must be a loopback address")
         path, root = unquote(urlsplit(self.path).path, errors="surrogateescape"), self.server.root
         if path in ("", "/", "/api/list"):
-            entries = list_files(root, self.server.cache)
+            entries, truncated = scan_files(root, self.server.cache)
             if path == "/api/list":
                 body, content_type = (
-                    json.dumps({"files": [asdict(e) for e in entries]}).encode(),
+                    json.dumps({"files": [asdict(e) for e in entries], "truncated": truncated}).encode(),
                     _TYPES[".json"],
                 )
             else:
-                body = index_html(entries, f"sae-circuits: {root.name}").encode("utf-8", errors="replace")
+                page = index_html(entries, f"sae-circuits: {root.name}", truncated)
+                body = page.encode("utf-8", errors="replace")
                 content_type = _TYPES[".html"]
             self._ok(content_type, len(body))
             if not head:
@@ -231,10 +327,14 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [p for p in path.split("/") if p]
         if "\\" in path or "\0" in path or ".." in parts:
             return self.send_error(403)
+        if not servable("/".join(parts)):  # hidden, a temporary, or not something the library writes
+            return self.send_error(404)
         try:
             target = root.joinpath(*parts).resolve()
             if not target.is_relative_to(root):
                 return self.send_error(403)
+            if not servable(target.relative_to(root).as_posix()):  # a link to a hidden file
+                return self.send_error(404)
             f = target.open("rb") if target.is_file() else None
         except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop
             f = None
@@ -263,24 +363,36 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # for the socket
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipe, ConnectionReset: the client left
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
 
 def serve(
     directory: str | os.PathLike[str], port: int = 8000, host: str = "127.0.0.1", verbose: bool = False
 ) -> ThreadingHTTPServer:
     """A server for ``directory``, bound to ``host:port`` but not started; port 0 picks a free port.
-    ``host`` must be a loopback address; ``verbose`` logs each request to stderr.
+    ``host`` must be a loopback address or a name resolving only to loopback (``localhost``); ``verbose`` logs each request to stderr.
 
     >>> server = serve("out", port=0)     # doctest: +SKIP
     >>> server.serve_forever()            # doctest: +SKIP
     """
-    if not _is_loopback(host):
+    address = _loopback_address(host)
+    if address is None:
         raise ValueError(
-            f"host {host!r} is not a loopback address (127.0.0.0/8 or ::1); this server is local only"
+            f"host {host!r} is not a loopback address (127.0.0.0/8 or ::1, or a name such as localhost "
+            "that resolves only to them); this server is local only"
         )
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port {port!r} is not a TCP port (0 to 65535; 0 picks a free one)")
     root = Path(directory).resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"cannot serve {str(directory)!r}: not an existing directory")
-    return _Server((host, port), root, verbose)
+    try:
+        return _Server((address, port), root, verbose)
+    except OSError as err:  # e.g. the port is busy
+        raise OSError(err.errno, f"cannot listen on {host} port {port}: {err.strerror or err}") from None
 
 
 def run(

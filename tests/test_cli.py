@@ -109,3 +109,112 @@ def test_features_writes_a_dashboard(tmp_path, capsys):
         == 2
     )
     assert "blocks.9.hook_resid_post" in capsys.readouterr().err
+
+
+def test_help_is_fast_and_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom sae_circuits.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "import sae_circuits as sc\nassert 'torch' not in sys.modules and 'transformer_lens' not in sys.modules\n"
+        "print(sc.KVCacheNotFilledError.__name__, sorted(sc.__all__) == sc.__all__ or sc.__all__[0])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: sae-circuits" in done.stdout and "KVCacheNotFilledError" in done.stdout
+
+
+def test_lazy_package_keeps_its_names():
+    import sae_circuits as sc
+    import sae_circuits.splice  # importing the submodule must not hide the function
+
+    assert callable(sc.splice) and sc.splice.__name__ == "splice" and callable(sc.attribute)
+    assert sc.zoo.__name__ == "sae_circuits.zoo" and set(sc.__all__) <= set(dir(sc))
+    assert all(getattr(sc, name) is not None for name in sc.__all__)
+
+
+def test_eval_sequences_must_be_positive(capsys):
+    import pytest
+
+    for flag, value in (("--sequences", "0"), ("--seq-len", "1")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", "--sae", "x", flag, value])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: must be >= " in err and f"got {value}" in err and "too short" not in err
+
+
+def test_eval_hostile_cfg_is_one_clear_line(tmp_path, capsys):
+    sae_dir = tmp_path / "sae"
+    random_sae().save(sae_dir)
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    for key, value in (("d_in", "1e400"), ("d_sae", "-1e999"), ("d_in", '"sixteen"')):
+        text = json.dumps({**cfg, key: "@@"}).replace('"@@"', value)
+        (sae_dir / "cfg.json").write_text(text)
+        assert main(["eval", "--sae", str(sae_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sae-circuits eval: error: ") and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    (sae_dir / "cfg.json").unlink()
+    (sae_dir / "cfg.json").symlink_to(sae_dir / "cfg.json")  # a symlink loop: OSError, not ValueError
+    (tmp_path / "dir_sae").mkdir()
+    (tmp_path / "dir_sae" / "cfg.json").mkdir()  # IsADirectoryError
+    for path in (sae_dir, tmp_path / "dir_sae"):
+        assert main(["eval", "--sae", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sae-circuits eval: error: ") and "cfg.json" in err and "Traceback" not in err
+
+
+def test_unwritable_out_fails_fast_with_one_line(tmp_path, capsys):
+    import os
+
+    (tmp_path / "a_file").write_text("")
+    bad = tmp_path / "a_file" / "g.json"
+    for argv in (
+        ["graph", "--prompt", "x", "--out", str(bad)],
+        ["automaton", "--out", str(bad)],
+        [
+            "features",
+            "--site",
+            "blocks.1.hook_resid_post",
+            "--feature",
+            "1",
+            "--out",
+            str(bad.with_suffix(".html")),
+        ],
+        ["eval", "--sae", "x", "--json", str(bad)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "cannot write to" in err and "a_file" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            assert main(["graph", "--prompt", "x", "--out", str(ro / "g.json")]) == 2
+            assert "Permission denied" in capsys.readouterr().err
+        finally:
+            ro.chmod(0o700)
+
+
+def test_unknown_model_is_one_clear_line(capsys):
+    assert main(["graph", "--prompt", "x", "--out", "g.json", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sae-circuits graph: error: --model 'no-such-model'") and "Traceback" not in err
+
+
+def test_genuine_bugs_still_raise(monkeypatch):
+    import pytest
+
+    from sae_circuits import cli
+
+    def bug(args):
+        raise RuntimeError("a genuine bug")
+
+    monkeypatch.setattr(cli, "_serve", bug)
+    with pytest.raises(RuntimeError, match="a genuine bug"):
+        cli.main(["serve", "."])

@@ -37,7 +37,7 @@ def folder(tmp_path: Path) -> Path:
     (root / EVIL_NAME).write_text("<p>evil</p>")
     (root / "broken.json").write_text('{"nodes": [1, 2')
     (root / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
-    (root / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    (root / "leak.json").symlink_to(tmp_path / "secret.txt")
     return root
 
 
@@ -68,7 +68,7 @@ def raw(srv, path: str, method: str = "GET", host: str | None = None) -> tuple[i
 
 def test_binds_loopback_only(folder: Path, server):
     assert server.server_address[0] == "127.0.0.1"
-    for host in ("0.0.0.0", "192.168.1.10", "localhost", "example.com", "::"):
+    for host in ("0.0.0.0", "192.168.1.10", "example.com", "::"):
         with pytest.raises(ValueError, match=f"host '{host}' is not a loopback"):
             serve(folder, port=0, host=host)
     with pytest.raises(NotADirectoryError, match="nope"):
@@ -105,7 +105,7 @@ def test_index_groups_and_escapes(server):
     assert "graph.json" in graphs and "sub/graph.html" in graphs and "graph.graphml" not in graphs
     assert "15 nodes, 17 links" in graphs and "&lt;/script&gt;" in graphs  # the prompt, escaped
     assert "2 states, 1 transitions" in page and "My dashboard" in page
-    assert "leak.txt" not in page  # a symlink leaving the folder is not listed
+    assert "leak.json" not in page  # a symlink leaving the folder is not listed
 
 
 def test_api_list(server):
@@ -120,8 +120,9 @@ def test_api_list(server):
     }  # fmt: skip
     assert files["graph.json"]["summary"].startswith("15 nodes, 17 links; prompt ")
     assert files["broken.json"]["broken"] and files["broken.json"]["summary"].startswith("broken: ")
-    assert not files["graph.json"]["broken"] and files["plot.png"]["size"] == 24
-    assert files[EVIL_NAME]["url"] == "/%3Cscript%3Ex.html" and "leak.txt" not in files
+    assert not files["graph.json"]["broken"] and files["graph.dot"]["size"] > 0
+    assert "plot.png" not in files and not json.loads(body)["truncated"]  # not something the library writes
+    assert files[EVIL_NAME]["url"] == "/%3Cscript%3Ex.html" and "leak.json" not in files
 
 
 def test_graph_json_loads_back_with_cors(folder: Path, server):
@@ -141,7 +142,6 @@ def test_graph_json_loads_back_with_cors(folder: Path, server):
         ("/sub/graph.html", "text/html; charset=utf-8"),
         ("/graph.graphml", "application/xml"),
         ("/graph.dot", "text/plain; charset=utf-8"),
-        ("/plot.png", "image/png"),
         ("/broken.json", "application/json"),
     ],
 )
@@ -158,7 +158,7 @@ def test_content_types_and_cors_only_on_json(folder: Path, server, path: str, co
     [
         "/../secret.txt", "/../../etc/passwd", "/%2e%2e/secret.txt", "/%2e%2e/%2e%2e/etc/passwd",
         "/..%2fsecret.txt", "/sub/../../secret.txt", "/..%5csecret.txt", "/sub%5c..%5c..%5csecret.txt",
-        "//etc/passwd", "/%2fetc/passwd", "/leak.txt", "/%00", "/graph.json%00.txt",
+        "//etc/passwd", "/%2fetc/passwd", "/leak.json", "/%00", "/graph.json%00.txt",
     ],
 )  # fmt: skip
 def test_traversal_is_refused(server, path: str):
@@ -167,7 +167,7 @@ def test_traversal_is_refused(server, path: str):
 
 
 def test_symlink_outside_is_forbidden(server):
-    assert raw(server, "/leak.txt")[0] == 403
+    assert raw(server, "/leak.json")[0] == 403
 
 
 def test_missing_and_directories_are_404(server):
@@ -218,3 +218,121 @@ def test_cli_serve_refuses_a_public_host_and_a_missing_folder(tmp_path, capsys):
     assert "0.0.0.0" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_only_what_the_library_writes_is_listed_and_served(folder: Path, server):
+    """Dotfiles, dot-directories (.git, .venv), temporaries and foreign files: neither listed nor served."""
+    hidden = {
+        ".git/config.json": "{}", ".venv/lib/site.html": "<p>", ".env.json": "{}", ".graph.json.x1y2.tmp": "{}",
+        "graph.json.tmp": "{}", "sub/.cache/page.html": "<p>", "notes.txt": "private", "data.csv": "1,2",
+        "weights.safetensors": "x",
+    }  # fmt: skip
+    for rel, text in hidden.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    (folder / "alias.json").symlink_to(folder / ".git" / "config.json")  # a link to a hidden file
+    listed = {f["path"] for f in json.loads(raw(server, "/api/list")[2])["files"]}
+    page = raw(server, "/")[2].decode()
+    for rel in [*hidden, "alias.json", "plot.png"]:
+        assert rel not in listed and f">{rel}<" not in page, rel
+        assert raw(server, "/" + rel)[0] == 404, rel
+    assert {"graph.json", "sub/graph.html", "graph.graphml", "graph.dot", "dash.html"} <= listed
+    assert raw(server, "/graph.dot")[0] == 200
+
+
+def test_listing_is_bounded_and_says_when_cut(folder: Path, server, monkeypatch):
+    deep = folder.joinpath(*"abcdefghij")
+    deep.mkdir(parents=True)
+    (deep / "deep.json").write_text("{}")
+    (folder / ".git" / "objects").mkdir(parents=True)
+    for i in range(50):
+        (folder / ".git" / "objects" / f"{i}.json").write_text("{}")  # never walked
+    listing = json.loads(raw(server, "/api/list")[2])
+    assert listing["truncated"]  # the deep folder was not entered
+    assert "a/b/c/d/e/f/g/h/i/j/deep.json" not in {f["path"] for f in listing["files"]}
+    assert not any(".git" in f["path"] for f in listing["files"])
+    assert "Listing cut" in raw(server, "/")[2].decode()
+    assert raw(server, "/a/b/c/d/e/f/g/h/i/j/deep.json")[0] == 200  # not listed, still served
+    monkeypatch.setattr(serve_module, "MAX_DEPTH", 20)
+    listing = json.loads(raw(server, "/api/list")[2])
+    assert not listing["truncated"] and "a/b/c/d/e/f/g/h/i/j/deep.json" in {
+        f["path"] for f in listing["files"]
+    }
+    assert "Listing cut" not in raw(server, "/")[2].decode()
+    monkeypatch.setattr(serve_module, "MAX_LISTED", 3)
+    listing = json.loads(raw(server, "/api/list")[2])
+    assert listing["truncated"] and len(listing["files"]) == 3
+    assert "Listing cut" in raw(server, "/")[2].decode()
+    monkeypatch.setattr(serve_module, "MAX_LISTED", 10_000)
+    monkeypatch.setattr(serve_module, "MAX_SCANNED", 5)
+    entries, truncated = serve_module.scan_files(folder)
+    assert truncated and len(entries) <= 5
+
+
+def test_a_client_that_leaves_prints_no_traceback(server, monkeypatch, capsys):
+    def leave(self, head):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(serve_module._Handler, "_respond", leave)
+    for exc in (BrokenPipeError, ConnectionResetError):
+        monkeypatch.setattr(
+            serve_module._Handler, "_respond", lambda self, head, e=exc: (_ for _ in ()).throw(e())
+        )
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            raw(server, "/")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err
+
+    def bug(self, head):
+        raise RuntimeError("a genuine bug")
+
+    monkeypatch.setattr(serve_module._Handler, "_respond", bug)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        raw(server, "/")
+    assert "a genuine bug" in capsys.readouterr().err  # other errors are still reported
+
+
+def test_localhost_is_accepted_as_loopback(folder: Path):
+    import socket
+
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo("localhost", None)}
+    except OSError:
+        pytest.skip("localhost does not resolve here")
+    if not all(serve_module._is_loopback(str(a)) for a in resolved):
+        pytest.skip("localhost resolves to a non-loopback address here")
+    srv = serve(folder, port=0, host="localhost")
+    try:
+        assert serve_module._is_loopback(srv.server_address[0])
+    finally:
+        srv.server_close()
+
+
+def test_bad_port_and_busy_port(folder: Path, server):
+    for port in (70000, -1):
+        with pytest.raises(ValueError, match=f"port {port} is not a TCP port"):
+            serve(folder, port=port)
+    busy = server.server_address[1]
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1 port {busy}"):
+        serve(folder, port=busy)
+
+
+def test_automaton_format_matches_the_exporter():
+    from sae_circuits.fsa.export import FORMAT
+
+    assert serve_module._AUTOMATON_FORMAT == FORMAT
+
+
+def test_cli_serve_errors_are_one_line(folder: Path, server, capsys):
+    from sae_circuits.cli import main
+
+    busy = server.server_address[1]
+    assert main(["serve", str(folder), "--port", str(busy)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {busy}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    for port in ("70000", "-1"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", str(folder), "--port", port])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --port: {port} is not a TCP port" in err and "Traceback" not in err
