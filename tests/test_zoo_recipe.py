@@ -268,3 +268,25 @@ def test_lr_schedule_and_batches() -> None:
     assert sorted(first_epoch[:10]) == list(range(10))  # each row once per epoch
     assert sorted(first_epoch[10:20]) == list(range(10))
     assert (sampler.rows(3) == BatchSampler(10, 4, 0).rows(3)).all()  # pure function of step
+
+
+def test_lm_training_runs_on_one_thread_and_restores_the_callers(monkeypatch, tmp_path):
+    import torch
+
+    from sae_circuits.zoo import train_lm
+
+    seen = []
+
+    def fake_train(*args):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train_lm, "_train", fake_train)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="stop here"):
+            train_lm.train(tmp_path, tmp_path, train_lm.TrainConfig())
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -178,9 +178,20 @@ def train(
 ) -> tuple[GPT2LMHeadModel, dict]:
     """Train on ``tokens_dir/train.npy``; resume from ``checkpoint`` if it matches ``cfg``.
 
-    Returns the model and a dict of statistics (losses, timing, tokens seen).
+    Returns the model and a dict of statistics (losses, timing, tokens seen). Runs on one thread
+    (the machine is shared); the caller's thread count is restored afterwards.
     """
-    torch.set_num_threads(1)  # one core only: the machine is shared
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(tokens_dir, tok_dir, cfg, checkpoint, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    tokens_dir: Path, tok_dir: Path, cfg: TrainConfig, checkpoint: Path | None, log: Callable[[str], None]
+) -> tuple[GPT2LMHeadModel, dict]:
     tok = load_tokenizer(tok_dir)
     train_rows = np.load(tokens_dir / "train.npy", mmap_mode="r")
     if train_rows.shape[1] != cfg.seq_len:
