@@ -48,9 +48,8 @@ def _release(version: str) -> tuple[int, int] | None:
 def check_versions() -> None:
     """Fail, naming what is installed and what to do, outside the supported release ranges."""
     for name, (low, high) in SUPPORTED.items():
-        try:
-            found = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
+        found = installed(name)
+        if found is None:
             continue  # not installed: nothing to check (a HookedTransformer needs no transformers)
         release = _release(found)
         if release is None or (low <= release and (high is None or release < high)):
@@ -62,15 +61,19 @@ def check_versions() -> None:
         )
 
 
+def installed(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def versions() -> str:
     """``"transformers X, transformer-lens Y"``, for error messages."""
-    found = []
-    for name in ("transformers", "transformer-lens"):
-        try:
-            found.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found)
+    return ", ".join(
+        f"{name} {installed(name) or '(not installed)'}" for name in ("transformers", "transformer-lens")
+    )
 
 
 def ensure_bridge_kv_cache() -> None:

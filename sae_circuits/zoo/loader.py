@@ -19,21 +19,19 @@ from typing import Any, Literal
 
 import torch
 
-from sae_circuits._compat import ensure_bridge_kv_cache
+from sae_circuits._compat import ensure_bridge_kv_cache, installed
 
 ModelKind = Literal["hooked", "bridge"]
 
 
 def transformer_lens_version() -> str:
     """The installed TransformerLens version, e.g. ``"3.9.1"`` or ``"4.3.0"``."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("transformer-lens")
-    except PackageNotFoundError:  # a source checkout without metadata: ask the package itself
+    found = installed("transformer-lens")
+    if found is None:  # a source checkout without metadata: ask the package itself
         import transformer_lens
 
-        return str(getattr(transformer_lens, "__version__", "0"))
+        found = str(getattr(transformer_lens, "__version__", "0"))
+    return found
 
 
 def has_hooked_transformer() -> bool:
