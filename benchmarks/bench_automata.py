@@ -1,23 +1,30 @@
-"""Benchmark: automaton extraction — time, scores against the true automata, a random baseline.
+"""Benchmark: automata — extraction time, scores against the true automata beside random
+dictionaries, loops without labels, causal checks, and steering through the base64 state.
 
-What (``torch.set_num_threads(2)``; the embedded model with its 4 residual SAEs spliced):
+What (``torch.set_num_threads(1)``; held-out texts: corpus seed 1):
 
-1. Time to extract the markup automaton from 25, 50, 100 and 200 contexts of 128 symbols, with
-   token transitions only and with attention transitions on 8 contexts (the default).
-2. Scores of the 200-context automata against the true markup and kvlog automata (mean best-match
-   state F1, transition ROC AUC), beside the same pipeline on randomly initialised JumpReLU SAEs of
-   equal width at the same sites (thresholds set for ~20 active features per token).
-3. Validation of the 20 heaviest markup transitions (pin the source, count the destination's
-   next-step firing): how many are confirmed, and the mean effect.
+1. Time to extract the markup automaton from 25, 50, 100 and 200 contexts of 128 symbols (the
+   embedded model, its 4 residual SAEs and 4 transcoders spliced; both mechanisms).
+2. For markup, kvlog and the tutorial's ``sexpr`` automaton (its own 2-layer model and residual
+   SAEs, built by ``examples/byo_automaton.py --out DIR``; skipped when ``--third DIR`` is absent):
+   mean best-match state F1, transition AUROC (both mechanisms, token, attention), for the trained
+   dictionaries and for ``sc.random_like`` dictionaries of the same shape at the same sites.
+3. The 10 first loops of ``fsa.loops()`` (no labels), named afterwards through the true states:
+   how many are true loops, how many distinct, the longest among the first three.
+4. Causal checks (``check_pairs``): every true transition between matched states, and as many
+   random non-transitions between matched states: the share confirmed of each.
+5. The paper's steering classic through states: the base64 state (all members, every layer)
+   pinned while generating 40 tokens after 20 English/code prompts.
 
-Run ``python benchmarks/bench_automata.py --write-docs`` to refresh docs/benchmarks.md.
+Run ``python benchmarks/bench_automata.py --write-docs [--third /tmp/third]`` to refresh
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
+import random
 import sys
 import time
 import warnings
@@ -31,40 +38,65 @@ from _report import machine, versions, write_section
 
 import sae_circuits as sc
 from sae_circuits.cli import corpus_texts
+from sae_circuits.fsa.score import score_loops
+from sae_circuits.fsa.validate import check_pairs
 from sae_circuits.zoo import automata
+from sae_circuits.zoo.base64_steering import measure_state
+from sae_circuits.zoo.loader import load_hf_gpt2
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Automata (issue: automata)"
-COMMAND = "python benchmarks/bench_automata.py --write-docs"
+COMMAND = "python benchmarks/bench_automata.py --write-docs --third /tmp/third"
 SIZES = (25, 50, 100, 200)
-LENGTH = 128
+LENGTH, CONTEXTS, SEED = 128, 200, 1
 
 
 def random_saes(model, like: list[sc.SAE], texts: list[str]) -> list[sc.SAE]:
-    """Random JumpReLU SAEs shaped like ``like``, thresholds set for ~20 active features per token."""
-    saes = []
-    for k, sae in enumerate(like):
-        cfg = sc.SAEConfig("jumprelu", d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, hook_name=sae.cfg.hook_name)
-        torch.manual_seed(100 + k)
-        random = sc.SAE(cfg)
-        random.reset_parameters()
-        saes.append(random)
-    rows = torch.cat([model.to_tokens(t, prepend_bos=False)[0] for t in texts[:20]])
-    with torch.no_grad():
-        _, cache = model.run_with_cache(
-            rows[None, :512], names_filter=lambda n: n in {s.cfg.hook_name for s in saes}
-        )
-        for sae in saes:
-            pre = sae._pre_acts(cache[sae.cfg.hook_name][0])[0]
-            sae.threshold.copy_(pre.quantile(1 - 20 / sae.cfg.d_sae, dim=0).clamp_min(1e-3))
-    return saes
+    """``sc.random_like`` of each dictionary, thresholds set on the model's activations."""
+    rows = torch.cat([model.to_tokens(t, prepend_bos=False)[0] for t in texts[:20]])[
+        None, : min(512, model.cfg.n_ctx)
+    ]
+    return [sc.random_like(sae, model, rows, seed=100 + k) for k, sae in enumerate(like)]
 
 
-def extract(model, texts, attention: int):
+def extract(model, texts):
     start = time.perf_counter()
-    fsa = sc.automaton(model, texts, attention_contexts=attention, prepend_bos=False, progress=False)
+    fsa = sc.automaton(model, texts, prepend_bos=False, progress=False)
     return fsa, time.perf_counter() - start
+
+
+def confirm_rates(fsa, model, labels, truth) -> tuple[int, int, int, int, float]:
+    """Checks of the true transitions between matched states and of as many non-transitions."""
+    matches = {s: r for s, r in sc.score_automaton(fsa, labels, truth).matches.items() if r >= 0}
+    table = {(a, b) for a, row in truth.transitions.items() for b in row if a != automata.START}
+    true = sorted({(matches[a], matches[b]) for a, b in table if a in matches and b in matches})
+    non = sorted(
+        {(matches[a], matches[b]) for a in matches for b in matches if (a, b) not in table} - set(true)
+    )
+    random.Random(0).shuffle(non)
+    non = non[: len(true)]
+    start = time.perf_counter()
+    checks = check_pairs(fsa, model, true + non, progress=False)
+    seconds = time.perf_counter() - start
+    hits = [c.confirmed for c in checks]
+    return sum(hits[: len(true)]), len(true), sum(hits[len(true) :]), len(non), seconds
+
+
+def evaluate(name, model, trained, texts, labels, truth):
+    row = {}
+    for kind, saes in (("trained", trained), ("random", random_saes(model, trained, texts))):
+        with sc.spliced(model, saes):
+            fsa, seconds = extract(model, texts)
+            scores = {
+                m: sc.score_automaton(fsa, labels, truth, mechanism=m) for m in (None, "token", "attention")
+            }
+            loops = score_loops(fsa, fsa.loops(10), labels, truth)
+            checks = confirm_rates(fsa, model, labels, truth) if kind == "trained" else None
+        row[kind] = (fsa, seconds, scores, loops, checks)
+        print(f"{name} {kind}: F1 {scores[None].mean_f1:.3f} AUROC {scores[None].transition_auroc:.3f} "
+              f"loops {loops.n_true}/10 true, {loops.n_distinct} distinct; checks {checks}", file=sys.stderr)  # fmt: skip
+    return row
 
 
 def main() -> None:
@@ -72,74 +104,94 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--write-docs", action="store_true", help="refresh the section in docs/benchmarks.md")
+    parser.add_argument("--third", default="/tmp/third", help="output folder of examples/byo_automaton.py")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     model = sc.zoo.load_model("tiny")
-    trained = sc.zoo.load_saes("tiny", kind="resid")
+    dictionaries = sc.zoo.load_saes("tiny", kind="resid") + sc.zoo.load_saes("tiny", kind="transcoder")
 
     timings = []
-    texts, _ = corpus_texts("markup", max(SIZES), LENGTH)
-    with sc.spliced(model, trained):
-        extract(model, texts[:10], 1)  # warm-up
+    texts, _ = corpus_texts("markup", max(SIZES), LENGTH, seed=SEED)
+    with sc.spliced(model, dictionaries):
+        extract(model, texts[:10])  # warm-up
         for n in SIZES:
-            _, token_only = extract(model, texts[:n], 0)
-            _, with_attention = extract(model, texts[:n], 8)
-            timings.append((n, token_only, with_attention))
-            print(f"{n} contexts: {token_only:.1f} s / {with_attention:.1f} s", file=sys.stderr)
+            timings.append((n, extract(model, texts[:n])[1]))
+            print(f"{n} contexts: {timings[-1][1]:.1f} s", file=sys.stderr)
 
-    scores = {}
+    results = {}
     for name in ("markup", "kvlog"):
-        texts, labels = corpus_texts(name, 200, LENGTH)
-        for label, saes in (("trained", trained), ("random", random_saes(model, trained, texts))):
-            with sc.spliced(model, saes):
-                fsa, _ = extract(model, texts, 8)
-                result = sc.score_automaton(fsa, labels, automata.AUTOMATA[name])
-                token = sc.score_automaton(fsa, labels, automata.AUTOMATA[name], mechanism="token")
-                attention = sc.score_automaton(fsa, labels, automata.AUTOMATA[name], mechanism="attention")
-                scores[name, label] = (result, token, attention)
-                if name == "markup" and label == "trained":
-                    fsa.validate(model, top=20, progress=False)
-                    checked = [t for t in fsa.transitions if t.effect is not None]
-                    validation = (
-                        sum(bool(t.confirmed) for t in checked),
-                        len(checked),
-                        statistics.mean(t.effect for t in checked),
-                    )
-            print(
-                f"{name} {label}: F1 {result.mean_f1:.3f}, AUROC {result.transition_auroc:.3f}",
-                file=sys.stderr,
-            )
+        texts, labels = corpus_texts(name, CONTEXTS, LENGTH, seed=SEED)
+        results[name] = evaluate(name, model, dictionaries, texts, labels, automata.AUTOMATA[name])
+    third = Path(args.third)
+    spec = REPO / "examples" / "automata" / "sexpr.json"
+    if (third / "model").is_dir():
+        own = load_hf_gpt2(third / "model", "hooked")
+        saes = [sc.SAE.load(p) for p in sorted((third / "saes").iterdir()) if (p / "cfg.json").is_file()]
+        texts, labels = corpus_texts(spec, CONTEXTS, LENGTH, seed=SEED)
+        results["sexpr"] = evaluate("sexpr", own, saes, texts, labels, automata.load_automaton(spec))
+
+    texts, _ = corpus_texts("base64", CONTEXTS, LENGTH, seed=SEED)
+    with sc.spliced(model, dictionaries):
+        fsa, _ = extract(model, texts)
+        start = time.perf_counter()
+        steering = measure_state(model, fsa, rules=("p90",))[0]
+        steering_s = time.perf_counter() - start
 
     lines = [
         SECTION,
         "",
-        f"Reproduce: `{COMMAND}` ({datetime.date.today()}; {machine()}; {versions(('torch', 'transformer-lens'))}).",
+        f"Reproduce: `{COMMAND}` ({datetime.date.today()}; {machine()}; 1 torch thread; "
+        f"{versions(('torch', 'transformer-lens'))}). The sexpr rows need `python examples/byo_automaton.py "
+        "--out /tmp/third` first (about 15 min).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "
-        "4 residual SAEs, 256 single-feature states (target: 200 contexts ≤ 60 s):",
+        "4 residual SAEs and 4 transcoders, role states, both mechanisms (target: 200 contexts ≤ 30 s):",
         "",
-        "| contexts | token transitions only | + attention transitions (8 contexts) |",
-        "|---|---|---|",
-        *[f"| {n} | {a:.1f} s | {b:.1f} s |" for n, a, b in timings],
+        "| contexts | time |",
+        "|---|---|",
+        *[f"| {n} | {s:.1f} s |" for n, s in timings],
         "",
-        "**Against the true automata** (200 contexts; mean over true states of the best-matching state's F1; "
-        "ROC AUC of the matched states' transition weights against the true transition table, self-pairs included):",
+        f"**Against the true automata** ({CONTEXTS} held-out contexts of {LENGTH} symbols; mean over true states of "
+        "the best-matching state's F1; ROC AUC of the matched states' transition weights against the true table, "
+        "self-pairs included; loops: the first 10 of `fsa.loops()`, named afterwards through the true states; "
+        "checks: `check_pairs` on every true transition between matched states and as many non-transitions):",
         "",
-        "| automaton | SAEs | mean state F1 | transition AUROC (both) | token only | attention only |",
-        "|---|---|---|---|---|---|",
+        "| automaton | dictionaries | states | F1 | AUROC both | token | attention | true loops in top 10 | distinct | "
+        "longest in top 3 | true transitions confirmed | non-transitions confirmed | extraction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (name, label), (both, token, attention) in scores.items():
-        lines.append(
-            f"| {name} | {label} | {both.mean_f1:.3f} | {both.transition_auroc:.3f} | {token.transition_auroc:.3f} | "
-            f"{attention.transition_auroc:.3f} |"
-        )
-    confirmed, checked, effect = validation
+    for name, row in results.items():
+        for kind, (fsa, seconds, scores, loops, checks) in row.items():
+            confirmed = f"{checks[0]}/{checks[1]}" if checks else "—"
+            rejected = f"{checks[2]}/{checks[3]}" if checks else "—"
+            lines.append(
+                f"| {name} | {kind} | {len(fsa.states)} | {scores[None].mean_f1:.3f} | "
+                f"{scores[None].transition_auroc:.3f} | {scores['token'].transition_auroc:.3f} | "
+                f"{scores['attention'].transition_auroc:.3f} | {loops.n_true} | {loops.n_distinct} | "
+                f"{loops.longest_in_top3} | {confirmed} | {rejected} | {seconds:.1f} s |"
+            )
+    lines += ["", "The first three loops of each trained automaton, named through the true states:", ""]
+    for name, row in results.items():
+        loops = row["trained"][3]
+        for named, ok in list(zip(loops.names, loops.true))[:3]:
+            lines.append(
+                f"- {name}: {' → '.join(map(str, named))} ({'true loop' if ok else 'not a true loop'})"
+            )
+    check_s = sum(row["trained"][4][4] for row in results.values())
     lines += [
         "",
-        f"Targets for markup: F1 ≥ 0.9, AUROC ≥ 0.95. **Validation** of the 20 heaviest markup transitions (source "
-        f"pinned at its largest activation at the last token of 20 corpus prefixes that end where it is off; the "
-        f"destination's expected firing on the next token, over the model's top-5 tokens): "
-        f"{confirmed}/{checked} confirmed (one-sided paired test, p < 0.05), mean effect on the destination's firing rate {effect:+.3f}.",
+        f"The checks took {check_s:.1f} s in all. **Steering through the base64 state** (state {steering.state}, "
+        f"{len(steering.members)} members; fires on {steering.rate_in:.0%} of base64 and {steering.rate_out:.1%} of "
+        f"English/code probe tokens), pinned at each member's 90th-percentile activation from the last prompt token "
+        f"on, 40 new tokens after {steering.n_prompts} prompts ({steering_s:.0f} s):",
+        "",
+        "| decoding | base64 continuations, unpinned | pinned | distinct-character ratio, unpinned | pinned |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {d} | {steering.fraction_without[d]:.0%} | {steering.fraction_with[d]:.0%} | "
+            f"{steering.distinct_without[d]:.2f} | {steering.distinct_with[d]:.2f} |"
+            for d in ("sampled", "greedy")
+        ],
     ]
     text = "\n".join(lines) + "\n"
     print(text)

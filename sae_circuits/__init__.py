@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from sae_circuits import zoo
     from sae_circuits._compat import KVCacheNotFilledError, UnsupportedVersionError
+    from sae_circuits.baselines import random_like
     from sae_circuits.dashboard import feature_dashboard, write_dashboard
     from sae_circuits.evals import EvalResult, evaluate
-    from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
+    from sae_circuits.fsa import FeatureAutomaton, Loop, automaton, check_pairs, score_automaton, score_loops
     from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
     from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, scale, steer
     from sae_circuits.io import SAEFormatError
@@ -35,6 +36,7 @@ __all__ = [
     "Intervention",
     "KVCacheNotFilledError",
     "LogitDirection",
+    "Loop",
     "SAEConfig",
     "SAEFormatError",
     "TrainConfig",
@@ -43,13 +45,16 @@ __all__ = [
     "add",
     "attribute",
     "automaton",
+    "check_pairs",
     "clamp",
     "evaluate",
     "feature_dashboard",
     "intervene",
+    "random_like",
     "saes_of",
     "scale",
     "score_automaton",
+    "score_loops",
     "splice",
     "spliced",
     "steer",
@@ -72,6 +77,10 @@ _SOURCES = {
     "FeatureAutomaton": "sae_circuits.fsa",
     "automaton": "sae_circuits.fsa",
     "score_automaton": "sae_circuits.fsa",
+    "score_loops": "sae_circuits.fsa",
+    "check_pairs": "sae_circuits.fsa",
+    "Loop": "sae_circuits.fsa",
+    "random_like": "sae_circuits.baselines",
     "AttributionGraph": "sae_circuits.graph",
     "Feature": "sae_circuits.graph",
     "LogitDirection": "sae_circuits.graph",

@@ -8,10 +8,13 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI starts fast
+    import os
     from collections.abc import Callable
     from pathlib import Path
 
     from torch import Tensor
+
+    from sae_circuits.zoo.automata import Automaton
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -181,12 +184,17 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
-def corpus_texts(name: str, n: int, length: int, seed: int = 0) -> tuple[list[str], list[list[str]] | None]:
-    """Offline texts for an automaton: a zoo automaton's documents (cut to ``length`` symbols, with
-    their true states) or base64 blobs mixed with code (no ground truth)."""
+def corpus_texts(
+    name: str | os.PathLike[str] | Automaton, n: int, length: int, seed: int = 0
+) -> tuple[list[str], list[list[str]] | None]:
+    """Offline texts for an automaton: an automaton's documents (cut to ``length`` symbols, with
+    their true states) or base64 blobs mixed with code (no ground truth). ``name`` is a zoo
+    automaton (``markup``, ``kvlog``), ``base64``, an ``Automaton`` or the path of a JSON spec."""
+    from pathlib import Path
+
     from sae_circuits.zoo import automata
 
-    if name in automata.AUTOMATA:
+    if isinstance(name, automata.Automaton) or name in automata.AUTOMATA:
         docs = automata.generate(name, n, seed=seed)
         return ["".join(symbols[:length]) for symbols, _ in docs], [states[:length] for _, states in docs]
     if name == "base64":  # a base64 blob inside ordinary code, so the blob is not every token
@@ -202,7 +210,11 @@ def corpus_texts(name: str, n: int, length: int, seed: int = 0) -> tuple[list[st
             blob = base64.b64encode(rng.randbytes(length // 4)).decode()
             texts.append(f'{code[i % len(code)][: 2 * length]}\nDATA = "{blob}"\n')
         return texts, None
-    raise ValueError(f"--corpus {name!r}: expected one of {sorted(automata.AUTOMATA) + ['base64']}")
+    if str(name).lower().endswith(".json") or Path(name).is_file():
+        return corpus_texts(automata.load_automaton(name), n, length, seed)
+    raise ValueError(
+        f"--corpus {str(name)!r}: expected one of {sorted(automata.AUTOMATA) + ['base64']} or an automaton spec (.json)"
+    )
 
 
 def _automaton(args: argparse.Namespace) -> int:
@@ -210,6 +222,7 @@ def _automaton(args: argparse.Namespace) -> int:
 
     from sae_circuits import zoo
     from sae_circuits.fsa import automaton, score_automaton
+    from sae_circuits.sae import SAE
     from sae_circuits.splice import splice
     from sae_circuits.zoo import automata
 
@@ -221,27 +234,41 @@ def _automaton(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--contexts {args.contexts} / --length {args.length}: need at least 1 context of 2 tokens"
         )
-    model = zoo.load_model("tiny")
-    kinds = ("resid", "transcoder") if args.dictionaries == "all" else (args.dictionaries,)
-    splice(model, [sae for kind in kinds for sae in zoo.load_saes("tiny", kind=kind)])  # type: ignore[arg-type]
-    texts, labels = corpus_texts(args.corpus, args.contexts, args.length)
+    truth = automata.load_automaton(args.spec) if args.spec else args.corpus
+    if args.spec:
+        print(f"{args.spec}: automaton {truth.name!r}, {len(truth.states)} states")
+    model = _load_model(args.model)
+    if args.saes:
+        saes = [SAE.load(path) for path in args.saes]
+    elif args.model in zoo.names():
+        kinds = ("resid", "transcoder") if args.dictionaries == "all" else (args.dictionaries,)
+        saes = [sae for kind in kinds for sae in zoo.load_saes(args.model, kind=kind)]  # type: ignore[arg-type]
+    else:
+        raise ValueError("--saes is required with a model that is not embedded")
+    splice(model, saes)
+    if args.spec:
+        automata.verify_tokenizer(model.tokenizer, n_docs=50, automata=[truth])
+    texts, labels = corpus_texts(truth, args.contexts, args.length)
     fsa = automaton(model, texts, max_states=args.max_states, attention_contexts=args.attention_contexts,
                     prepend_bos=False)  # fmt: skip
     print(fsa)
     if labels is not None:
-        score = score_automaton(fsa, labels, automata.AUTOMATA[args.corpus])
-        print(f"against the true {args.corpus} automaton: mean state F1 {score.mean_f1:.3f}, "
+        true_fsa = automata.resolve(truth)
+        score = score_automaton(fsa, labels, true_fsa)
+        print(f"against the true {true_fsa.name} automaton: mean state F1 {score.mean_f1:.3f}, "
               f"transition AUROC {score.transition_auroc:.3f}")  # fmt: skip
         for state, f1 in score.state_f1.items():
+            match = score.matches[state]
             print(
-                f"  {state:<14} F1 {f1:.3f}  <- state {score.matches[state]} {fsa.states[score.matches[state]].label}"
+                f"  {state:<14} F1 {f1:.3f}  <- "
+                + (f"state {match} {fsa.states[match].label}" if match >= 0 else "no state")
             )
     if args.validate:
         fsa.validate(model, top=args.validate)
         confirmed = [t for t in fsa.transitions if t.confirmed]
         print(f"validated the {args.validate} heaviest transitions: {len(confirmed)} confirmed")
-    for cycle, weight in fsa.cycles(min_weight=args.min_weight)[:5]:
-        print(f"  cycle (weakest link {weight:.2f}): " + " -> ".join(fsa.states[s].label for s in cycle))
+    for loop in fsa.loops(5, min_lift=args.min_weight):
+        print(f"  loop (score {loop.score:.2f}): " + " -> ".join(fsa.state(s).label for s in loop.states))
     print(f"wrote {fsa.save(out)}")
     return 0
 
@@ -363,12 +390,22 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument(
         "--corpus", default="markup", help="markup, kvlog (known automata) or base64 (default: markup)"
     )
+    au.add_argument("--spec", default=None, help="your own automaton: a JSON spec file (replaces --corpus)")
+    au.add_argument(
+        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
+    )
+    au.add_argument(
+        "--saes",
+        nargs="+",
+        default=None,
+        help="SAE/transcoder folders to splice (default: the embedded ones)",
+    )
     au.add_argument("--out", required=True, help="output file: .json, .graphml, .dot or .html")
     au.add_argument(
         "--dictionaries",
         choices=("resid", "transcoder", "all"),
         default="resid",
-        help="embedded dictionaries to splice (default: resid)",
+        help="embedded dictionaries to splice (default: resid; ignored with --saes)",
     )
     au.add_argument("--contexts", type=int, default=200, help="number of texts (default 200)")
     au.add_argument("--length", type=int, default=128, help="symbols per text (default 128)")
@@ -377,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention-contexts", type=int, default=8, help="texts for attention transitions (default 8)"
     )
     au.add_argument(
-        "--min-weight", type=float, default=0.3, help="weakest link of the cycles printed (default 0.3)"
+        "--min-weight",
+        type=float,
+        default=0.1,
+        help="least lift of a loop's transitions (default 0.1; see fsa.loops)",
     )
     au.add_argument(
         "--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)"

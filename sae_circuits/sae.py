@@ -315,6 +315,17 @@ class SAE(nn.Module):
         h, _, gate = self._pre_acts(inp)
         return self.hook_sae_acts_post(self._activate(self.hook_sae_acts_pre(h), gate))
 
+    def pre_activations(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        """Feature pre-activations of ``x``: what ``hook_sae_acts_pre`` sees, before the activation
+        function (for gated SAEs, the magnitude path); no hooks run.
+
+        >>> SAE(SAEConfig("jumprelu", d_in=8, d_sae=32, hook_name="blocks.0.hook_resid_post")).pre_activations(
+        ...     torch.randn(5, 8)
+        ... ).shape
+        torch.Size([5, 32])
+        """
+        return self._pre_acts(self._flatten(x))[0]
+
     def decode(self, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
         """Reconstruction from feature activations (runs ``hook_sae_recons``).
 

@@ -43,20 +43,35 @@ def test_layout_and_weights(extracted, markup):
 
 
 def test_token_weight_is_the_documented_sum(extracted, markup):
-    """w(A -> B) = sum_x p_A(x) P(B fires | x), p_A = the model's next-token distribution averaged
-    over A's tokens, recomputed here from the model's logits."""
+    """w(A -> B) = sum_x q_A(x) P(B fires at t+1 | A at t, x at t+1), with P(B | x) for a token that
+    never follows A; q_A = A's measured promotion of the next token, normalised.
+    The sum is recomputed here by brute force over the corpus positions."""
+    from sae_circuits.fsa import effects, extract
+
     model, fsa = extracted
-    rows = [model.to_tokens(t)[0] for t in markup[0]]
-    skip = int(fsa.metadata["prepend_bos"])  # the BOS position, when there is one, is not a text token
-    with torch.no_grad():
-        probs = torch.cat([model(r[None])[0, skip:].double().softmax(-1) for r in rows])
-    tokens = torch.cat([r[skip:] for r in rows])
-    fire = fsa.firing
+    meta = fsa.metadata
+    corpus = extract._Corpus(model, markup[0], None, progress=False)
+    members = [
+        [corpus.feature_offset(corpus.sites.index(site)) + i for site, i in s.members] for s in fsa.states
+    ]
+    pins = {m: v for s, group in zip(fsa.states, members) for m, v in zip(group, s.pin_values)}
+    effect = effects.promoted_tokens(
+        corpus, members, fsa.firing, pins, how=meta["effect"], contexts=meta["effect_contexts"],
+        per_state=meta["effect_positions"], seed=meta["seed"],
+    )  # fmt: skip
     a, b = divmod(int(fsa.weights["token"].argmax()), STATES)
-    p_a = probs[fire[:, a]].mean(0)
-    expected = sum(
-        float(p_a[x]) * float(fire[tokens == x, b].double().mean()) for x in tokens.unique().tolist()
-    )
+    q = effect[a].clamp_min(0) / effect[a].clamp_min(0).sum()
+    fire, tokens = fsa.firing, corpus.tokens
+    ends = fsa.lengths.cumsum(0) - 1
+    after_a = [t + 1 for t in fire[:, a].nonzero().squeeze(-1).tolist() if t not in set(ends.tolist())]
+    expected = 0.0
+    for col, x in enumerate(corpus.vocab.tolist()):
+        following = [t for t in after_a if int(tokens[t]) == x]
+        if following:
+            p_b = sum(bool(fire[t, b]) for t in following) / len(following)
+        else:
+            p_b = float(fire[tokens == x, b].double().mean())
+        expected += float(q[col]) * p_b
     assert fsa.weight(a, b, "token") == pytest.approx(expected, rel=1e-6)
 
 

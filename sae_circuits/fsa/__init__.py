@@ -1,16 +1,27 @@
-"""Finite-state-automaton circuits: states and transitions that features form over a corpus
-(extract.py), causal checks (validate.py), ground-truth scores (score.py), file formats (export.py)."""
+"""Finite-state-automaton circuits: states as roles (roles.py) and transitions (effects.py,
+extract.py) that features form over a corpus, ranked loops (loops.py), causal checks
+(validate.py), ground-truth scores (score.py), file formats (export.py).
+
+The functions ``loops`` and ``validate`` are reached as ``fsa.loops()`` and ``fsa.validate()`` (or
+from their modules), so that the submodule names stay the modules."""
 
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.fsa.extract import automaton
-from sae_circuits.fsa.score import AutomatonScore, auroc, score_automaton
+from sae_circuits.fsa.loops import Loop
+from sae_circuits.fsa.score import AutomatonScore, LoopScore, auroc, score_automaton, score_loops
+from sae_circuits.fsa.validate import PairCheck, check_pairs
 
 __all__ = [
     "AutomatonScore",
     "FeatureAutomaton",
+    "Loop",
+    "LoopScore",
+    "PairCheck",
     "State",
     "Transition",
     "auroc",
     "automaton",
+    "check_pairs",
     "score_automaton",
+    "score_loops",
 ]

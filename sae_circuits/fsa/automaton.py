@@ -29,6 +29,12 @@ class State:
     """Share of the corpus tokens on which the state fires (any member active)."""
     max_activation: float = 0.0
     """Largest member activation seen in the corpus (the paper's steering value)."""
+    pin_values: list[float] = field(default_factory=list)
+    """Per member (same order as ``members``): the value a causal check or a steering run pins it
+    at, a high quantile of its activations where it fires (empty: use ``max_activation``)."""
+    coherence: float = 1.0
+    """How much the members agree: mean Jaccard overlap of each member's firing set with the
+    state's (1.0 for a single feature)."""
 
 
 @dataclass
@@ -44,10 +50,17 @@ class Transition:
     tokens: dict[str, int] = field(default_factory=dict)
     """The tokens at t+1 that carry the transition, with how often (src at t, dst at t+1) co-occurred."""
     effect: float | None = None
-    """Causal check (``validate``; None until checked): dst's next-step firing rate with src
-    pinned at its maximum activation, minus without."""
+    """Causal check (``validate``; None until checked): dst's firing rate right after positions
+    where the whole src state is pinned, minus unpinned, mean over prompts, under the check's
+    primary decoding (sampled at temperature 1 by default; see ``validate.py``)."""
     confirmed: bool | None = None
-    """Verdict of that check (None: not checked)."""
+    """Verdict of that check: ``effect_ci`` above 0 and ``effect`` >= ``min_effect`` (None: not checked)."""
+    effect_ci: tuple[float, float] | None = None
+    """Confidence interval of ``effect`` (t-interval over the prompts; 95% by default)."""
+    effect_greedy: float | None = None
+    """The effect on greedy continuations."""
+    effect_sampled: float | None = None
+    """The effect on continuations sampled at temperature 1 (None when none were sampled)."""
 
 
 @dataclass
@@ -88,11 +101,20 @@ class FeatureAutomaton:
         )
 
     def cycles(self, min_weight: float = 0.0, max_length: int = 6) -> list[tuple[list[int], float]]:
-        """Loops of states (simple cycles up to ``max_length``), strongest first; a cycle's weight
-        is its weakest transition (both mechanisms added)."""
+        """Every loop of states (simple cycles up to ``max_length``), strongest first; a cycle's
+        weight is its weakest transition (both mechanisms added). For the ranked, deduplicated
+        loops a reader wants first, use :meth:`loops`."""
         from sae_circuits.fsa.export import cycles
 
         return cycles(self, min_weight, max_length)
+
+    def loops(self, top: int | None = 10, **kwargs: Any) -> list[Any]:
+        """The ``top`` loops a researcher should read first: distinct (no two through
+        near-duplicates of the same roles) and ranked so that loops through several roles come
+        before a state looping on itself (``loops.py``). ``cycles`` lists every cycle instead."""
+        from sae_circuits.fsa.loops import loops
+
+        return loops(self, top, **kwargs)
 
     def to_networkx(self) -> Any:
         from sae_circuits.fsa.export import to_networkx

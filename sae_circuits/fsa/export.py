@@ -379,14 +379,16 @@ def to_json_dict(fsa: FeatureAutomaton) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "states": [
             {"id": s.id, "members": [[site, int(index)] for site, index in s.members], "label": s.label,
-             "frequency": exact_float(float(s.frequency)), "max_activation": exact_float(float(s.max_activation))}
+             "frequency": exact_float(float(s.frequency)), "max_activation": exact_float(float(s.max_activation)),
+             "pin_values": [exact_float(float(v)) for v in s.pin_values], "coherence": exact_float(float(s.coherence))}
             for s in fsa.states
         ],
         "transitions": [
             {"src": t.src, "dst": t.dst, "mechanism": t.mechanism, "weight": exact_float(float(t.weight)),
              "tokens": {str(k): int(v) for k, v in t.tokens.items()},
              "effect": None if t.effect is None else exact_float(float(t.effect)),
-             "confirmed": None if t.confirmed is None else bool(t.confirmed)}
+             "confirmed": None if t.confirmed is None else bool(t.confirmed),
+             **{k: _optional(getattr(t, k)) for k in _CHECK_FIELDS}}
             for t in fsa.transitions
         ],
         "firing": {
@@ -402,6 +404,34 @@ def to_json_dict(fsa: FeatureAutomaton) -> dict[str, Any]:
             for m, w in fsa.weights.items()
         },
     }  # fmt: skip
+
+
+_CHECK_FIELDS = ("effect_ci", "effect_greedy", "effect_sampled")
+"""Optional transition fields of a causal check (absent in files written before them)."""
+
+
+def _optional(value: Any) -> Any:
+    """None, a float or a pair of floats, exactly."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        return [exact_float(float(v)) for v in value]
+    return exact_float(float(value))
+
+
+def _read_optional(path: Path, where: str, value: Any) -> Any:
+    try:
+        if value is None:
+            return None
+        if isinstance(value, list):
+            if len(value) != 2:
+                raise ValueError(f"{len(value)} numbers")
+            return (float(value[0]), float(value[1]))
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path}: {where} is {value!r}; expected null, a number or [low, high] ({err})"
+        ) from None
 
 
 def to_json(fsa: FeatureAutomaton) -> str:
@@ -454,6 +484,7 @@ def load(path: str | os.PathLike[str]) -> FeatureAutomaton:
         states.append(State(
             id=int(f["id"]), members=[(str(site), int(index)) for site, index in f["members"]], label=f["label"],
             frequency=float(f["frequency"]), max_activation=float(f["max_activation"]),
+            pin_values=[float(v) for v in row.get("pin_values", [])], coherence=float(row.get("coherence", 1.0)),
         ))  # fmt: skip
     transitions = []
     for k, row in enumerate(json_get(path, "an automaton JSON", raw, "transitions")):
@@ -471,6 +502,7 @@ def load(path: str | os.PathLike[str]) -> FeatureAutomaton:
             src=int(f["src"]), dst=int(f["dst"]), mechanism=f["mechanism"], weight=float(f["weight"]),
             tokens={str(x): int(n) for x, n in f["tokens"].items()},
             effect=None if f["effect"] is None else float(f["effect"]), confirmed=f["confirmed"],
+            **{key: _read_optional(path, f"transitions[{k}].{key}", row.get(key)) for key in _CHECK_FIELDS},
         ))  # fmt: skip
     return FeatureAutomaton(
         states=states,

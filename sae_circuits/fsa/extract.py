@@ -3,18 +3,21 @@
 1. **Activations** of every spliced dictionary on every text (sparse; text tokens only).
 2. **Candidates**: features firing on between ``min_frequency`` and ``max_frequency`` of the
    tokens, most frequent first (at most ``8 * max_states``).
-3. **States**: single features by default; with ``grouping=True``, candidates that fire together are one state: greedily,
-   most frequent first, a seed feature takes every ungrouped candidate whose firing set overlaps
-   its own with Jaccard ≥ ``group_threshold`` (features at different layers that play one role
-   join up; that is also what lets attention-mediated transitions close loops across layers).
-   A state fires where any member fires. The ``max_states`` most frequent states are kept.
+3. **States are roles** (``roles.py``): candidates that fire on the same tokens — one role at
+   several layers, near-duplicates within a layer — are grouped by average-linkage clustering of
+   their firing sets (Jaccard ≥ ``group_threshold``); a group fires where at least half of its
+   members fire. ``grouping=False`` keeps one feature per state. The ``max_states`` most frequent
+   states are kept.
 4. **Transitions**, both in [0, 1] and kept when ≥ ``min_weight`` (the full weight matrices are
    kept too, for scoring):
 
-   - ``token`` (the dictionary-learning paper's mechanism): ``w(A -> B) = Σ_x p_A(x) P(B | A, x)``,
-     where ``p_A`` is the model's next-token distribution averaged over the tokens where A fires and
-     ``P(B | A, x)`` is how often B fires on token ``x`` right after A fired, counted in the corpus
-     (``P(B | x)`` when ``x`` never follows A there).
+   - ``token`` (the dictionary-learning paper's mechanism: A makes the model emit a token on which
+     B fires): ``w(A -> B) = Σ_x q_A(x) P(B | A, x)``. ``q_A`` is measured on the model
+     (``effects.py``): the tokens whose next-token probability A's features raise — taken off
+     where A fires (necessity), set to their pin values where A is off (sufficiency), by default
+     both (geometric mean), normalised over tokens: what A itself makes the model say, not what
+     the model says where A happens to fire. ``P(B | A, x)`` is the separable corpus term: how
+     often B fires on token ``x`` right after A fired (``P(B | x)`` when ``x`` never follows A).
    - ``attention`` (inside one forward pass): on ``attention_contexts`` texts, active members of
      states at t+1 (a fixed random sample of at most 128 per text) get their attribution rows
      (direct effects in the frozen replacement model, ``graph/attribution.py``); ``w(A -> B)`` is
@@ -36,6 +39,8 @@ from tqdm.auto import tqdm
 
 from sae_circuits._model import check_model
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
+from sae_circuits.fsa.effects import EffectKind, frozen_inputs, promoted_tokens
+from sae_circuits.fsa.roles import average_linkage, coherence, jaccard, majority
 from sae_circuits.graph.attribution import direct_effects
 from sae_circuits.graph.replacement import stage_of
 from sae_circuits.graph.targets import Feature
@@ -43,6 +48,8 @@ from sae_circuits.positions import is_int
 from sae_circuits.splice import saes_of
 
 _ROWS_PER_TEXT = 128  # attention transitions: state occurrences given an attribution row, per text
+PIN_QUANTILE = 0.9
+"""A member's pin value is this quantile of its activations where it fires (``State.pin_values``)."""
 
 
 class _Corpus:
@@ -141,26 +148,37 @@ def automaton(
     min_weight: float = 0.1,
     min_frequency: float = 0.002,
     max_frequency: float = 0.5,
-    grouping: bool = False,
-    group_threshold: float = 0.7,
+    grouping: bool = True,
+    group_threshold: float = 0.6,
     attention_contexts: int = 8,
+    effect: EffectKind = "both",
+    effect_contexts: int = 32,
+    effect_positions: int = 32,
     prepend_bos: bool | None = None,
     batch_size: int = 64,
+    seed: int = 0,
     progress: bool = True,
 ) -> FeatureAutomaton:
     """The automaton the spliced features form over ``texts`` (see the module docstring).
 
     Args:
-        model: a ``HookedTransformer`` with SAEs and/or transcoders spliced.
+        model: a ``HookedTransformer`` or ``TransformerBridge`` with SAEs and/or transcoders spliced.
         texts: strings, or token rows (without BOS; one is prepended if ``prepend_bos``).
         max_states: most states kept (the most frequent).
         min_weight: transitions weaker than this are dropped (both mechanisms are in [0, 1]).
         min_frequency, max_frequency: firing-rate window of candidate features.
-        grouping: group co-firing features into one state; ``False`` keeps single features.
-        group_threshold: Jaccard overlap of firing sets needed to join a group.
+        grouping: states are roles, groups of features that fire on the same tokens (``roles.py``);
+            ``False`` keeps one feature per state.
+        group_threshold: mean Jaccard overlap of firing sets within a group.
         attention_contexts: texts used for attention-mediated transitions (0 turns them off).
+        effect: how a state's effect on the next token is measured (``effects.py``): ``"remove"``
+            (its members taken off where it fires), ``"pin"`` (set to their pin values where it
+            does not) or ``"both"`` (tokens that both raise: the geometric mean).
+        effect_contexts, effect_positions: texts, and positions per state in them, on which each
+            state's effect on the next token is measured.
         prepend_bos: prepend BOS to each text (None: the model's default); BOS is never scored.
         batch_size: attribution rows per backward pass.
+        seed: fixes the positions sampled for effects and attention rows.
         progress: show progress bars.
 
     >>> fsa = sc.automaton(model, texts)   # doctest: +SKIP
@@ -172,7 +190,10 @@ def automaton(
     for name, value, low in (
         ("max_states", max_states, 1),
         ("attention_contexts", attention_contexts, 0),
+        ("effect_contexts", effect_contexts, 1),
+        ("effect_positions", effect_positions, 1),
         ("batch_size", batch_size, 1),
+        ("seed", seed, 0),
     ):
         if not is_int(value) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
@@ -183,28 +204,44 @@ def automaton(
         raise ValueError(
             f"need 0 <= min_frequency < max_frequency <= 1, got {min_frequency}, {max_frequency}"
         )
+    if effect not in ("both", "remove", "pin"):
+        raise ValueError(f"effect={effect!r}: expected 'both', 'remove' or 'pin'")
+    frozen_inputs(model)  # refuse a model without the hook points the token effects patch, early
 
     corpus = _Corpus(model, texts, prepend_bos, progress)
     n_tokens = int(corpus.lengths.sum())
     counts = torch.bincount(corpus.feature_ids, minlength=corpus.n_features).double()
     rate = counts / max(n_tokens, 1)
     window = ((rate >= min_frequency) & (rate <= max_frequency)).nonzero().squeeze(-1)
-    candidates = window[rate[window].argsort(descending=True)][: 8 * max_states]
+    candidates = window[rate[window].argsort(descending=True, stable=True)][: 8 * max_states]
     if candidates.numel() == 0:
         raise ValueError(
             f"no feature fires on between {min_frequency:.2%} and {max_frequency:.0%} of the {n_tokens} tokens"
         )
     fire = corpus.firing(candidates)
-    groups = _group(fire, group_threshold) if grouping else [[i] for i in range(candidates.numel())]
-    state_fire = torch.stack([fire[:, g].any(1) for g in groups], dim=1)
-    order = state_fire.sum(0).argsort(descending=True)[:max_states].tolist()  # the most frequent
+    if grouping:
+        groups = average_linkage(jaccard(fire), group_threshold)
+        state_fire = majority(fire, groups)
+    else:
+        groups, state_fire = [[i] for i in range(candidates.numel())], fire
+    order = state_fire.sum(0).argsort(descending=True, stable=True)[:max_states].tolist()  # the most frequent
     groups, state_fire = [groups[i] for i in order], state_fire[:, order]
     members = [[int(candidates[j]) for j in g] for g in groups]  # global feature ids
 
-    states = [_state(corpus, i, m, state_fire[:, i]) for i, m in enumerate(members)]
-    weights = {"token": _token_weights(corpus, state_fire)}
+    states = [
+        _state(corpus, i, m, state_fire[:, i], coherence(fire, g, state_fire[:, i]))
+        for i, (m, g) in enumerate(zip(members, groups))
+    ]
+    pins = {m: v for state, group in zip(states, members) for m, v in zip(group, state.pin_values)}
+    effects = promoted_tokens(
+        corpus, members, state_fire, pins, how=effect, contexts=effect_contexts, per_state=effect_positions,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+    weights = {"token": _token_weights(corpus, state_fire, effects)}
     if attention_contexts:
-        weights["attention"] = _attention_weights(corpus, members, attention_contexts, batch_size, progress)
+        weights["attention"] = _attention_weights(
+            corpus, members, attention_contexts, batch_size, seed, progress
+        )
     transitions = [
         Transition(a, b, mechanism, float(w[a, b]))  # type: ignore[arg-type]
         for mechanism, w in weights.items()
@@ -218,62 +255,49 @@ def automaton(
             "sites": corpus.sites, "n_texts": len(corpus.rows), "n_tokens": n_tokens, "max_states": max_states,
             "min_weight": min_weight, "min_frequency": min_frequency, "max_frequency": max_frequency,
             "grouping": grouping, "group_threshold": group_threshold, "attention_contexts": attention_contexts,
+            "effect": effect, "effect_contexts": effect_contexts, "effect_positions": effect_positions, "seed": seed,
             "n_candidates": int(candidates.numel()), "prepend_bos": bool(corpus.offset),
         },
     )  # fmt: skip
 
 
-def _group(fire: Bool[Tensor, "tokens c"], threshold: float) -> list[list[int]]:
-    """Greedy co-activation groups: most frequent first, a seed takes every ungrouped candidate
-    whose firing set has Jaccard overlap >= ``threshold`` with its own."""
-    f = fire.float()
-    inter = f.T @ f  # (c, c) co-firing counts
-    sizes = inter.diagonal()
-    jaccard = inter / (sizes[:, None] + sizes[None, :] - inter).clamp_min(1)
-    free = torch.ones(fire.shape[1], dtype=torch.bool)
-    groups = []
-    for seed in sizes.argsort(descending=True).tolist():
-        if not free[seed]:
-            continue
-        members = ((jaccard[seed] >= threshold) & free).nonzero().squeeze(-1).tolist()
-        members = [seed] + [m for m in members if m != seed]
-        free[members] = False
-        groups.append(members)
-    return groups
-
-
-def _state(corpus: _Corpus, state_id: int, members: list[int], fires: Tensor) -> State:
+def _state(corpus: _Corpus, state_id: int, members: list[int], fires: Tensor, agreement: float) -> State:
     model = corpus.model
     top = Counter(corpus.tokens[fires].tolist()).most_common(3)
     label = " ".join(repr(model.to_string(torch.tensor([t]))) for t, _ in top)
-    in_members = torch.isin(corpus.feature_ids, torch.tensor(members))
-    sites = []
+    sites, pins, largest = [], [], 0.0
     for m in members:
         site, index = corpus.feature_of(m)
         sites.append((corpus.sites[site], index))
+        values = corpus.values[corpus.feature_ids == m]
+        pins.append(float(values.quantile(PIN_QUANTILE)) if values.numel() else 0.0)
+        largest = max(largest, float(values.max()) if values.numel() else 0.0)
     return State(
         id=state_id,
         members=sites,
         label=label,
         frequency=float(fires.float().mean()),
-        max_activation=float(corpus.values[in_members].max()) if bool(in_members.any()) else 0.0,
+        max_activation=largest,
+        pin_values=pins,
+        coherence=agreement,
     )
 
 
-def _token_weights(corpus: _Corpus, fire: Tensor) -> Tensor:
-    """``w(A -> B) = Σ_x p_A(x) P(B fires at t+1 | A at t, token x at t+1)``.
+def _token_weights(corpus: _Corpus, fire: Tensor, effects: Tensor) -> Tensor:
+    """``w(A -> B) = Σ_x q_A(x) P(B fires at t+1 | A at t, token x at t+1)``.
 
-    ``p_A`` is the model's next-token distribution averaged over the tokens where A fires; the
-    conditional is counted in the corpus (the model's own activations), falling back to
-    ``P(B | x)`` for a token the model predicts after A but that never follows A in the corpus."""
+    ``q_A`` is A's measured promotion of each next token (``effects.promoted_tokens``), normalised
+    over tokens; the conditional is the corpus term, counted on the model's own
+    activations, falling back to ``P(B | x)`` for a token that never follows A in the corpus."""
     token_col = torch.searchsorted(corpus.vocab, corpus.tokens)
     occurrences = torch.bincount(token_col, minlength=corpus.vocab.numel()).double()
     fires_on = torch.zeros(corpus.vocab.numel(), fire.shape[1], dtype=torch.float64).index_add_(
         0, token_col, fire.double()
     )
     p_fire = fires_on / occurrences.clamp_min(1)[:, None]  # (vocab, states): P(B | x)
+    promoted = effects.double().clamp_min(0)
+    q = promoted / promoted.sum(1, keepdim=True).clamp_min(1e-12)  # (states, vocab): q_A(x)
     f = fire.double()
-    p_next = (f.T @ corpus.next_probs) / f.sum(0).clamp_min(1)[:, None]  # (states, vocab): p_A(x)
     weights = torch.zeros(fire.shape[1], fire.shape[1], dtype=torch.float64)
     nxt = corpus.next_mask().nonzero().squeeze(-1)
     next_col = token_col[nxt + 1]
@@ -285,13 +309,13 @@ def _token_weights(corpus: _Corpus, fire: Tensor) -> Tensor:
         together = now[at].T @ then[at]  # (A, B): ... and B fires on it
         known = a_count > 0
         seen[known, x] = True
-        weights[known] += p_next[known, x, None] * together[known] / a_count[known, None]
-    unseen = p_next.masked_fill(seen, 0.0)  # fallback: P(B | x) alone
+        weights[known] += q[known, x, None] * together[known] / a_count[known, None]
+    unseen = q.masked_fill(seen, 0.0)  # fallback: P(B | x) alone
     return weights + unseen @ p_fire
 
 
 def _attention_weights(
-    corpus: _Corpus, members: list[list[int]], n_contexts: int, batch_size: int, progress: bool
+    corpus: _Corpus, members: list[list[int]], n_contexts: int, batch_size: int, seed: int, progress: bool
 ) -> Tensor:
     """Share of each state's input at t+1 that comes, positively, from another state at t."""
     model = corpus.model
@@ -304,7 +328,7 @@ def _attention_weights(
     inflow = torch.zeros(n_states, n_states, dtype=torch.float64)
     mass = torch.zeros(n_states, dtype=torch.float64)
     starts = torch.cat([torch.zeros(1, dtype=torch.long), corpus.lengths.cumsum(0)])
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     for text in tqdm(
         range(min(n_contexts, len(corpus.rows))),
         desc="attention transitions",

@@ -239,3 +239,59 @@ def score_automaton(
         state_f1=state_f1, matches=matches, mean_f1=mean_f1, transition_auroc=value, n_pairs=len(positive),
         n_positive=sum(positive), n_labelled=len(labelled), note="; ".join(notes),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoopScore:
+    """How ranked loops read against ground truth (:func:`score_loops`)."""
+
+    names: list[list[Hashable]]
+    """Each loop's states named by the true state each predicts best (F1 of "fires" against "the
+    true label is s"; the naming is done after the fact, the loops never saw the labels)."""
+    true: list[bool]
+    """Whether each named loop is a loop of the true automaton (every step a true transition,
+    the last back to the first)."""
+    n_true: int
+    """Loops that are true loops."""
+    n_distinct: int
+    """Distinct true loops among them (as cyclic sequences of true states)."""
+    longest_in_top3: int
+    """Most distinct true states in one true loop among the first three."""
+
+
+def score_loops(
+    fsa: FeatureAutomaton,
+    loops: Sequence[Any],
+    true_states: Sequence[Hashable] | Sequence[Sequence[Hashable]],
+    true_transitions: Any,
+) -> LoopScore:
+    """Name ``loops`` (:class:`~sae_circuits.fsa.loops.Loop` objects, or lists of state ids)
+    through the true states and check them against the true table (``score_automaton``'s
+    arguments)."""
+    labels = _flat_labels(fsa, true_states)
+    states, true_pairs = _truth(true_transitions, labels)
+    index = {s: i for i, s in enumerate(states)}
+    labelled = [i for i, x in enumerate(labels) if x not in _UNLABELLED]
+    if not labelled:
+        raise ValueError(f"no labelled tokens: all {len(labels)} labels are None or 'START'")
+    firing = fsa.firing[torch.tensor(labelled)].float()
+    truth = torch.nn.functional.one_hot(
+        torch.tensor([index[labels[i]] for i in labelled]), len(states)
+    ).float()
+    tp = truth.T @ firing  # (true, recovered)
+    f1 = 2 * tp / (firing.sum(0)[None, :] + truth.sum(0)[:, None]).clamp_min(1)
+    column = {s.id: i for i, s in enumerate(fsa.states)}
+    name = {s.id: states[int(f1[:, column[s.id]].argmax())] for s in fsa.states}
+    names, true, keys, longest = [], [], set(), 0
+    for k, loop in enumerate(loops):
+        ids = list(getattr(loop, "states", loop))
+        named = [name[i] for i in ids]
+        ok = all((a, b) in true_pairs for a, b in zip(named, named[1:] + named[:1]))
+        names.append(named)
+        true.append(ok)
+        if ok:
+            start = min(range(len(named)), key=lambda i: str(named[i]))
+            keys.add(tuple(named[start:] + named[:start]))
+            if k < 3:
+                longest = max(longest, len(set(named)))
+    return LoopScore(names, true, sum(true), len(keys), longest)

@@ -1,136 +1,608 @@
-"""Causal check of automaton transitions: pin the source, see whether the destination follows.
+"""Causal check of automaton transitions: pin the source state, see whether the destination follows.
 
-For a transition ``A -> B``, ``n_prompts`` corpus prefixes end (at random, fixed by ``seed``) on a
-token where A is off; the last prefix token is position t. A's member features are pinned there
-at their largest activation in the corpus (the dictionary-learning paper's steering recipe), and
-B's firing on the next token is measured as an expected rate under the model's next-token
-distribution (its ``top_k`` tokens, renormalised: each candidate token is appended and B read at
-t+1, with the pin still in place, so the token emitted and what attention carries from t both act).
+For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
 
-``effect`` = that rate pinned minus unpinned, averaged over the prompts; a transition is
-``confirmed`` when the effect is positive and a one-sided paired test (normal approximation) gives
-p < ``alpha``.
+1. **Prompts.** ``n_prompts`` windows of the corpus (``fsa.tokens``), each the ``context`` tokens
+   that end at a position where A is off, drawn at random (fixed by ``seed``). All windows have one
+   length, so the prompts batch with no padding (BOS in front when the automaton was extracted
+   with one).
+2. **Rollouts.** From every prompt, ``steps`` tokens are generated greedily (one row per prompt)
+   and at temperature 1 (``samples`` rows per prompt, drawn with a seeded generator), all rows in
+   one batch, once with nothing pinned and once with *every* member of A (each at its site, all
+   layers) clamped at its pin value (``State.pin_values``, else ``max_activation``; times
+   ``pin_scale``) at the last prompt position and at every generated position but the last
+   (``exclusive``: the other states' members are also set to 0 there). Both rollouts start from
+   the same seed, so pinned and unpinned rows draw the same random numbers.
+3. **Reading B.** B fires at a position when any member is active there. It is read at every
+   position right after a pinned one, from a forward pass in which that position itself is *not*
+   pinned (A is pinned there only afterwards, before the next token is generated): what is
+   measured is what A at t does to t+1, through the token it makes the model emit and through
+   attention, not what a clamp at t+1 does to the later layers of t+1. The unpinned rollout reads
+   the same positions of an ordinary generation.
+4. **Effect.** Per prompt, B's firing rate over the ``steps`` read positions (and the ``samples``
+   draws), pinned minus unpinned; the effect is its mean over the prompts, with a t-based
+   ``confidence`` interval (the prompts are the independent units), for greedy and sampled decoding
+   separately. The pair is **confirmed** when, for the primary decoding (``decoding``, sampled by
+   default: it follows the model's whole next-token distribution rather than its single top
+   token), the interval's lower bound is above 0 *and* the effect is at least ``min_effect`` (so a
+   significant but negligible shift does not count).
+
+Why ``steps=1`` by default: a read at t+2 comes after A was pinned at t+1 *on top of* the state
+the model really reached there (a successor S of A), so two-step paths A -> S -> B count as
+``A -> B`` and the non-transitions' confirm rate rises; on the embedded model the mean effect on
+true transitions was also no larger with 2 or 3 steps (benchmarks/bench_automata.py). Several
+steps remain available (``steps=3``: A pinned on 3 positions, B read on 3).
+
+Cost: pairs that share a source share their prompts and both rollouts; every state's firing is
+read at once. With a HookedTransformer the rollouts use its KV cache (the prompt, less its last
+token, runs once per source for both rollouts; then one token per row per pass); other models
+(a TransformerBridge) recompute the whole sequence at each pass, with the same result.
+
+>>> fsa.validate(model, top=20)                                      # doctest: +SKIP
+>>> checks = check_pairs(fsa, model, [(3, 7), (7, 3)])               # doctest: +SKIP
+>>> checks[0].sampled.effect, checks[0].sampled.ci, checks[0].confirmed  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 import torch
+from jaxtyping import Bool, Float, Float64, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sae_circuits._model import check_model
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
-from sae_circuits.interventions import clamp, intervene
+from sae_circuits.interventions import ablate, clamp, intervene
 from sae_circuits.splice import saes_of
+
+logger = logging.getLogger(__name__)
+
+Decoding = Literal["sampled", "greedy"]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What pinning the source does to the destination's firing, under one decoding."""
+
+    pinned: float
+    """Destination's firing rate at the positions read, source pinned (mean over prompts)."""
+    unpinned: float
+    """The same without the pin (an ordinary generation from the same prompts and seed)."""
+    effect: float
+    """``pinned - unpinned``: the mean over prompts of each prompt's difference."""
+    ci: tuple[float, float]
+    """Two-sided t-interval of ``effect`` at the check's ``confidence`` (prompts as units)."""
+    p_value: float
+    """One-sided p-value of "effect > 0" (paired, normal approximation)."""
+
+
+@dataclass(frozen=True)
+class PairCheck:
+    """The causal check of one ``src -> dst`` pair (:func:`check_pairs`)."""
+
+    src: int
+    """Source state id (the state pinned)."""
+    dst: int
+    """Destination state id (the state read)."""
+    greedy: Effect
+    """Greedy continuations (one per prompt)."""
+    sampled: Effect | None
+    """Continuations sampled at temperature 1 (``samples`` per prompt); None when ``samples=0``."""
+    decoding: Decoding
+    """Which of the two decides ``confirmed`` (and is ``effect``)."""
+    confirmed: bool
+    """The primary effect's interval is above 0 and the effect is at least ``min_effect``."""
+    prompts: Int[Tensor, "n_prompts pos"]
+    """The prompt windows (shared by every pair with this source)."""
+
+    @property
+    def primary(self) -> Effect:
+        """The effect of the primary decoding (``decoding``)."""
+        if self.decoding == "sampled":
+            assert self.sampled is not None  # check_pairs refuses decoding="sampled" with samples=0
+            return self.sampled
+        return self.greedy
+
+    @property
+    def effect(self) -> float:
+        """The primary effect (what ``Transition.effect`` stores)."""
+        return self.primary.effect
 
 
 def validate(
     fsa: FeatureAutomaton,
     model: nn.Module,
-    transitions: list[Transition] | None = None,
+    transitions: Sequence[Transition] | None = None,
     *,
     top: int = 50,
     n_prompts: int = 20,
-    alpha: float = 0.05,
-    top_k: int = 5,
+    context: int = 32,
+    steps: int = 1,
+    samples: int = 8,
+    min_effect: float = 0.1,
+    confidence: float = 0.95,
+    decoding: Decoding = "sampled",
+    pin_scale: float = 1.0,
+    exclusive: bool = False,
     seed: int = 0,
+    kv_cache: bool | None = None,
     progress: bool = True,
 ) -> FeatureAutomaton:
-    """Pin each transition's source and measure its destination's next-step firing; stores
-    ``effect`` and ``confirmed`` on the transitions checked (by default the ``top`` heaviest).
+    """Check transitions causally (module docstring) and store the verdicts on them.
 
-    >>> fsa.validate(model)                         # doctest: +SKIP
-    >>> [(t.src, t.dst, t.effect, t.confirmed) for t in fsa.transitions if t.effect is not None][:3]  # doctest: +SKIP
+    Checks ``transitions`` (by default the ``top`` heaviest) with :func:`check_pairs` and sets, on
+    each: ``effect`` and ``effect_ci`` (the primary decoding's, ``decoding``), ``effect_greedy``,
+    ``effect_sampled`` and ``confirmed``. Transitions of one pair (both mechanisms) get one check.
+    The settings go to ``fsa.metadata["validation"]``. Returns ``fsa``.
+
+    Args: as :func:`check_pairs`; ``top``: how many of the heaviest transitions to check when
+    ``transitions`` is None.
+
+    >>> fsa.validate(model, top=20)                               # doctest: +SKIP
+    >>> [(t.src, t.dst, t.effect, t.effect_ci, t.confirmed) for t in fsa.transitions if t.effect is not None][:3]  # doctest: +SKIP
     """
-    if fsa.tokens is None:
-        raise ValueError(
-            "this automaton keeps no corpus tokens to draw prompts from (extract it with sc.automaton)"
-        )
-    missing = {site for s in fsa.states for site, _ in s.members} - set(saes_of(model))
-    if missing:
-        raise ValueError(f"the automaton's sites {sorted(missing)} have no dictionary spliced in this model")
-    if n_prompts < 2:
-        raise ValueError(f"n_prompts={n_prompts} must be at least 2")
+    if not isinstance(top, int) or isinstance(top, bool) or top < 0:
+        raise ValueError(f"top={top!r} must be an integer >= 0")
     chosen = (
-        transitions if transitions is not None else sorted(fsa.transitions, key=lambda t: -t.weight)[:top]
+        list(transitions)
+        if transitions is not None
+        else sorted(fsa.transitions, key=lambda t: -t.weight)[:top]
     )
-    for t in tqdm(
-        chosen, desc="validating transitions", unit="transition", disable=not progress, leave=False
-    ):
-        # prompts end where the source is off: pinning it there is the intervention
-        prompts = _prompts(fsa, model, n_prompts, seed, ~fsa.firing[:, _index(fsa, t.src)])
-        dst = _index(fsa, t.dst)
-        base = _run(model, fsa, prompts, None, top_k)[:, dst]
-        pinned = _run(model, fsa, prompts, fsa.states[_index(fsa, t.src)], top_k)[:, dst]
-        t.effect = float((pinned - base).mean())
-        t.confirmed = t.effect > 0 and _one_sided_p(pinned - base) < alpha
+    for k, t in enumerate(chosen):
+        if not isinstance(t, Transition):
+            raise TypeError(f"transitions[{k}] is a {type(t).__name__}; expected a Transition")
+    pairs = list(dict.fromkeys((t.src, t.dst) for t in chosen))
+    checks = check_pairs(
+        fsa, model, pairs, n_prompts=n_prompts, context=context, steps=steps, samples=samples,
+        min_effect=min_effect, confidence=confidence, decoding=decoding, pin_scale=pin_scale,
+        exclusive=exclusive, seed=seed, kv_cache=kv_cache, progress=progress,
+    )  # fmt: skip
+    by_pair = {(c.src, c.dst): c for c in checks}
+    for t in chosen:
+        c = by_pair[t.src, t.dst]
+        t.effect, t.effect_ci, t.confirmed = c.effect, c.primary.ci, c.confirmed
+        t.effect_greedy = c.greedy.effect
+        t.effect_sampled = None if c.sampled is None else c.sampled.effect
     fsa.metadata["validation"] = {
-        "n_prompts": n_prompts,
-        "alpha": alpha,
-        "seed": seed,
-        "top_k": top_k,
-        "checked": len(chosen),
-    }
+        "n_prompts": n_prompts, "context": context, "steps": steps, "samples": samples,
+        "min_effect": min_effect, "confidence": confidence, "decoding": decoding, "pin_scale": pin_scale,
+        "exclusive": exclusive, "seed": seed, "checked": len(chosen),
+    }  # fmt: skip
     return fsa
 
 
-def _index(fsa: FeatureAutomaton, state_id: int) -> int:
-    return next(i for i, s in enumerate(fsa.states) if s.id == state_id)
+def check_pairs(
+    fsa: FeatureAutomaton,
+    model: nn.Module,
+    pairs: Sequence[tuple[int, int]],
+    *,
+    n_prompts: int = 20,
+    context: int = 32,
+    steps: int = 1,
+    samples: int = 8,
+    min_effect: float = 0.1,
+    confidence: float = 0.95,
+    decoding: Decoding = "sampled",
+    pin_scale: float = 1.0,
+    exclusive: bool = False,
+    seed: int = 0,
+    kv_cache: bool | None = None,
+    progress: bool = True,
+) -> list[PairCheck]:
+    """Pin each pair's source state and measure its destination's firing (module docstring).
+
+    The pairs need not be transitions of ``fsa``: any ``(src, dst)`` state ids, e.g. the pairs of
+    a true automaton's table and its non-transitions, to measure the confirm rate on both.
+
+    Args:
+        fsa: an automaton extracted by :func:`sae_circuits.automaton` (it keeps its corpus tokens).
+        model: the model it was extracted from, with the same dictionaries spliced.
+        pairs: ``(src, dst)`` state ids.
+        n_prompts: prompt windows per source (>= 2: the interval needs two).
+        context: tokens per prompt window (BOS not counted).
+        steps: tokens generated per rollout; the source is pinned at the last prompt position and
+            the first ``steps - 1`` generated ones, the destination read at the ``steps`` positions
+            after them (see the module docstring for the default of 1).
+        samples: sampled continuations per prompt (temperature 1); 0: greedy only.
+        min_effect: smallest primary effect (in firing rate) that confirms.
+        confidence: level of the two-sided intervals.
+        decoding: which decoding confirms, ``"sampled"`` or ``"greedy"``.
+        pin_scale: multiplies every pin value (``> 1`` overdrives the state).
+        exclusive: also set every member of the *other* states to 0 at the pinned positions
+            (the automaton's state is then A alone, not A on top of the real state).
+        seed: fixes the prompt windows and the sampled tokens.
+        kv_cache: use the model's KV cache (None: when it is a HookedTransformer).
+        progress: a progress bar over the sources.
+
+    Returns one :class:`PairCheck` per pair, in order.
+
+    >>> checks = check_pairs(fsa, model, [(3, 7), (7, 3)], n_prompts=20)  # doctest: +SKIP
+    >>> [(c.src, c.dst, c.effect, c.primary.ci, c.confirmed) for c in checks]  # doctest: +SKIP
+    """
+    _check_arguments(fsa, model, n_prompts, context, steps, samples, min_effect, confidence, decoding, seed)
+    if isinstance(pin_scale, bool) or not isinstance(pin_scale, (int, float)) or not 0 < pin_scale < 1e6:
+        raise ValueError(f"pin_scale={pin_scale!r} must be a positive number (1: the pin values as they are)")
+    column = {s.id: i for i, s in enumerate(fsa.states)}
+    pairs = [_pair(p, k, column) for k, p in enumerate(pairs)]
+    use_cache = _supports_cache(model) if kv_cache is None else bool(kv_cache)
+    if use_cache and not _supports_cache(model):
+        raise ValueError(
+            f"kv_cache=True needs a HookedTransformer (its past_kv_cache); got {type(model).__name__}"
+        )
+    n_ctx = int(cast(Any, model).cfg.n_ctx)
+    if context + int(_bos(fsa, model) is not None) + steps > n_ctx:
+        raise ValueError(
+            f"context={context} (+ BOS) + steps={steps} tokens exceed the model's context of {n_ctx}"
+        )
+    probe = _Probe(fsa, model, use_cache, bool(exclusive))
+    started = time.perf_counter()
+    results: dict[tuple[int, int], PairCheck] = {}
+    sources = list(dict.fromkeys(src for src, _ in pairs))
+    for src in tqdm(sources, desc="causal checks", unit="source", disable=not progress, leave=False):
+        state = fsa.states[column[src]]
+        prompts = _windows(fsa, model, column[src], n_prompts, context, seed)
+        pins = _pins(state, pin_scale)
+        plain, pinned = probe.compare(prompts, pins, steps, samples, seed=seed * 100_003 + column[src])
+        for dst in [d for s, d in pairs if s == src]:
+            greedy = _effect(pinned.greedy[:, column[dst]], plain.greedy[:, column[dst]], confidence)
+            sampled = (
+                None
+                if pinned.sampled is None or plain.sampled is None
+                else _effect(pinned.sampled[:, column[dst]], plain.sampled[:, column[dst]], confidence)
+            )
+            primary = sampled if decoding == "sampled" else greedy
+            assert primary is not None
+            confirmed = primary.ci[0] > 0 and primary.effect >= min_effect
+            results[src, dst] = PairCheck(src, dst, greedy, sampled, decoding, confirmed, prompts.cpu())
+    logger.info(
+        "causal checks: %d pairs, %d sources, %.1f s",
+        len(results),
+        len(sources),
+        time.perf_counter() - started,
+    )
+    return [results[p] for p in pairs]
 
 
-def _prompts(fsa: FeatureAutomaton, model: Any, n: int, seed: int, allowed: Tensor) -> list[Tensor]:
-    """``n`` corpus prefixes (at least 4 text tokens) whose last token is ``allowed``, drawn at
-    random (fixed by ``seed``)."""
-    assert fsa.tokens is not None  # validate() refuses an automaton without corpus tokens
+# --------------------------------------------------------------------------- arguments
+
+
+def _check_arguments(
+    fsa: Any, model: Any, n_prompts: Any, context: Any, steps: Any, samples: Any,
+    min_effect: Any, confidence: Any, decoding: Any, seed: Any,
+) -> None:  # fmt: skip
+    if not isinstance(fsa, FeatureAutomaton):
+        raise TypeError(f"expected a FeatureAutomaton (sc.automaton), got {type(fsa).__name__}")
+    if model is None:
+        raise TypeError(
+            "a causal check needs the model the automaton was extracted from (with its dictionaries "
+            "spliced): validate(fsa, model) or fsa.validate(model); got model=None"
+        )
+    check_model(model)
+    if fsa.tokens is None:
+        raise ValueError(
+            "this automaton keeps no corpus tokens (fsa.tokens is None) to draw prompts from; "
+            "extract it with sc.automaton, which keeps them"
+        )
+    spliced = saes_of(model)
+    missing = sorted({site for s in fsa.states for site, _ in s.members} - set(spliced))
+    if missing:
+        raise ValueError(
+            f"the automaton's sites {missing} have no dictionary spliced in this model "
+            f"(spliced: {sorted(spliced)}); splice the SAEs it was extracted with"
+        )
+    for s in fsa.states:
+        for site, index in s.members:
+            if not 0 <= index < spliced[site].cfg.d_sae:
+                raise ValueError(
+                    f"state {s.id}: feature {index} at {site!r} is out of range for the spliced SAE "
+                    f"(d_sae={spliced[site].cfg.d_sae})"
+                )
+    for name, value, low in (
+        ("n_prompts", n_prompts, 2), ("context", context, 1), ("steps", steps, 1), ("samples", samples, 0),
+    ):  # fmt: skip
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    if isinstance(min_effect, bool) or not isinstance(min_effect, (int, float)) or not 0 <= min_effect <= 1:
+        raise ValueError(f"min_effect={min_effect!r} must be a firing-rate difference in [0, 1]")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence!r} must be in (0, 1), e.g. 0.95")
+    if decoding not in ("sampled", "greedy"):
+        raise ValueError(f"decoding={decoding!r}; expected 'sampled' or 'greedy'")
+    if decoding == "sampled" and samples == 0:
+        raise ValueError("decoding='sampled' needs samples >= 1 (or decoding='greedy')")
+
+
+def _pair(pair: Any, k: int, column: dict[int, int]) -> tuple[int, int]:
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ValueError(f"pairs[{k}] is {pair!r}; expected a (src, dst) pair of state ids")
+    for state_id in pair:
+        if isinstance(state_id, bool) or not isinstance(state_id, int) or state_id not in column:
+            raise ValueError(
+                f"pairs[{k}] = {tuple(pair)!r}: {state_id!r} is not a state id of this automaton "
+                f"(ids {min(column)}..{max(column)})"
+            )
+    return int(pair[0]), int(pair[1])
+
+
+def _supports_cache(model: nn.Module) -> bool:
+    """A HookedTransformer takes its own KV cache object (``past_kv_cache``)."""
+    return hasattr(model, "get_pos_offset") and _cache_class() is not None
+
+
+def _cache_class() -> Any:
+    """TransformerLens's KV cache class (None where it has none: 4.x removed HookedTransformer)."""
+    try:
+        from transformer_lens import TransformerLensKeyValueCache
+    except ImportError:
+        return None
+    return TransformerLensKeyValueCache
+
+
+def _bos(fsa: FeatureAutomaton, model: Any) -> int | None:
+    tokenizer = getattr(model, "tokenizer", None)
+    if fsa.metadata.get("prepend_bos") and tokenizer is not None and tokenizer.bos_token_id is not None:
+        return int(tokenizer.bos_token_id)
+    return None
+
+
+# --------------------------------------------------------------------------- step 1: prompts
+
+
+def _windows(
+    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int
+) -> Int[Tensor, "n_prompts pos"]:
+    """``n`` windows of ``context`` corpus tokens (one text each) that end where the state in
+    ``column`` is off, drawn without replacement when there are enough (fixed by ``seed``)."""
+    assert fsa.tokens is not None  # _check_arguments refuses an automaton without corpus tokens
     starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)])
     text_of = torch.repeat_interleave(torch.arange(fsa.lengths.numel()), fsa.lengths)
     offset = torch.arange(int(fsa.lengths.sum())) - starts[text_of]
-    ends = (allowed & (offset >= 3)).nonzero().squeeze(-1)
+    off = ~fsa.firing[:, column].cpu()
+    ends = (off & (offset >= context - 1)).nonzero().squeeze(-1)
     if ends.numel() == 0:
-        raise ValueError(
-            "no corpus position of 4+ tokens where the source state is off, to draw prompts from"
+        longest = int(fsa.lengths.max())
+        why = (
+            f"no text has {context} tokens (the longest has {longest}); lower context"
+            if longest < context
+            else f"state {fsa.states[column].id} fires at every corpus position that has {context - 1} "
+            "earlier tokens in its text"
         )
-    generator = torch.Generator().manual_seed(seed)
-    picks = ends[torch.randint(ends.numel(), (n,), generator=generator)]
-    bos = (
-        [model.tokenizer.bos_token_id]
-        if fsa.metadata.get("prepend_bos") and model.tokenizer is not None
-        else []
-    )
-    return [
-        torch.cat([torch.tensor(bos, dtype=torch.long), fsa.tokens[int(starts[text_of[end]]) : int(end) + 1]])
-        for end in picks.tolist()
-    ]
+        raise ValueError(f"no prompt window of {context} tokens ends where the source state is off: {why}")
+    generator = torch.Generator().manual_seed(seed * 100_003 + column)
+    if ends.numel() >= n:
+        picks = ends[torch.randperm(ends.numel(), generator=generator)[:n]]
+    else:  # fewer positions than prompts: some windows repeat (the interval is then optimistic)
+        picks = ends[torch.randint(ends.numel(), (n,), generator=generator)]
+    windows = torch.stack([fsa.tokens[end - context + 1 : end + 1] for end in picks.tolist()])
+    bos = _bos(fsa, model)
+    if bos is not None:
+        windows = torch.cat([torch.full((n, 1), bos, dtype=windows.dtype), windows], dim=1)
+    return windows.to(next(model.parameters()).device)
 
 
-@torch.no_grad()
-def _run(
-    model: Any, fsa: FeatureAutomaton, prompts: list[Tensor], source: State | None, top_k: int
-) -> Tensor:
-    """For each prompt and state: the probability that the state fires on the next token, under
-    the model's next-token distribution (its ``top_k`` tokens, renormalised), with ``source``
-    pinned at the last prompt position (or nothing pinned)."""
-    names = {f"{site}.hook_sae_acts_post" for s in fsa.states for site, _ in s.members}
-    rates = []
-    for prompt in prompts:
-        last = int(prompt.numel()) - 1
-        pins = [] if source is None else [
-            clamp(site, index, source.max_activation, positions=[last]) for site, index in source.members
-        ]  # fmt: skip
-        with intervene(model, pins):
-            top = model(prompt.unsqueeze(0))[0, -1].double().softmax(-1).topk(top_k)
-            continued = torch.cat([prompt.expand(top_k, -1), top.indices.unsqueeze(1)], dim=1)
-            _, cache = model.run_with_cache(continued, names_filter=lambda n: n in names)
-        active = {name: cache[name][:, -1] > 0 for name in names}  # (top_k, d_sae)
-        fires = torch.stack([
-            torch.stack([active[f"{site}.hook_sae_acts_post"][:, index] for site, index in s.members]).any(0)
-            for s in fsa.states
-        ], dim=1)  # (top_k, states)  # fmt: skip
-        weights = top.values / top.values.sum()
-        rates.append(weights @ fires.double())
-    return torch.stack(rates)  # (prompts, states)
+# --------------------------------------------------------------------------- steps 2-3: rollouts
+
+
+@dataclass
+class _Rates:
+    """Per prompt and state: the firing rate over the read positions."""
+
+    greedy: Float64[Tensor, "n_prompts states"]
+    sampled: Float64[Tensor, "n_prompts states"] | None
+    """None when nothing was sampled."""
+
+
+class _Probe:
+    """Runs the batched rollouts of one model and reads every state's firing at the newest token."""
+
+    def __init__(self, fsa: FeatureAutomaton, model: Any, kv_cache: bool, exclusive: bool) -> None:
+        self.model, self.kv_cache, self.exclusive = model, kv_cache, exclusive
+        self.sites = sorted({site for s in fsa.states for site, _ in s.members})
+        # every member feature once, site by site; membership[m, c]: member m belongs to state c
+        members = sorted({member for s in fsa.states for member in s.members})
+        row = {member: m for m, member in enumerate(members)}
+        device = next(model.parameters()).device
+        self.indices = {
+            site: torch.tensor([i for s, i in members if s == site], dtype=torch.long, device=device)
+            for site in self.sites
+        }
+        self.membership = torch.zeros(len(members), len(fsa.states), device=device)
+        for column, s in enumerate(fsa.states):
+            for member in s.members:
+                self.membership[row[member], column] = 1.0
+
+    def compare(
+        self, prompts: Int[Tensor, "n_prompts pos"], pins: list[tuple[str, int, float]], steps: int,
+        samples: int, seed: int,
+    ) -> tuple[_Rates, _Rates]:  # fmt: skip
+        """Unpinned and pinned rollouts from ``prompts``; the rows are ``[greedy (n); sampled
+        (n * samples, each prompt's draws together)]``."""
+        n = prompts.shape[0]
+        row_prompt = torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(samples)])
+        rows = prompts[row_prompt.to(prompts.device)]
+        greedy = torch.arange(rows.shape[0]) < n
+        prefix = self._prefix(prompts[:, :-1], row_prompt) if self.kv_cache else None
+        out = []
+        for edits in ([], pins):
+            fires = self._rollout(rows, prefix, edits, steps, greedy, seed).double()  # (rows, steps, states)
+            per_row = fires.mean(1)
+            sampled = per_row[n:].reshape(n, samples, -1).mean(1).cpu() if samples else None
+            out.append(_Rates(per_row[:n].cpu(), sampled))
+        return out[0], out[1]
+
+    @torch.no_grad()
+    def _prefix(self, tokens: Int[Tensor, "n_prompts pos"], row_prompt: Tensor) -> Any:
+        """The KV cache of the prompts less their last token (nothing pinned there), one copy per row."""
+        cache = _cache_class().init_cache(self.model.cfg, tokens.device, tokens.shape[0])
+        if tokens.shape[1]:
+            self.model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
+        index = row_prompt.to(tokens.device)
+        for entry in cache.entries:
+            entry.past_keys = entry.past_keys[index]
+            entry.past_values = entry.past_values[index]
+        cache.previous_attention_mask = cache.previous_attention_mask[index]
+        return cache
+
+    @torch.no_grad()
+    def _rollout(
+        self, rows: Int[Tensor, "rows pos"], prefix: Any, pins: list[tuple[str, int, float]], steps: int,
+        greedy: Bool[Tensor, " rows"], seed: int,
+    ) -> Bool[Tensor, "rows steps states"]:  # fmt: skip
+        """Generate ``steps`` tokens (see the module docstring, steps 2-3) and read every state's
+        firing at each generated position, unpinned there (pinned before it when ``pins``)."""
+        generator = torch.Generator().manual_seed(seed)
+        last = rows.shape[1] - 1  # the last prompt position: the first one pinned
+        if prefix is not None:
+            cache = _copy_cache(prefix)
+            sequence = rows[:, -1:]  # the chunk to run: the prompt's last token (the rest is cached)
+        else:
+            cache, sequence = None, rows
+        logits = self._forward(sequence, cache, pins, slice(last, last + 1))
+        fires = []
+        for k in range(steps):
+            position = last + 1 + k
+            token = _choose(logits[:, -1], greedy, generator).unsqueeze(1)
+            sequence = token if cache is not None else torch.cat([sequence, token], dim=1)
+            if pins:  # read with nothing pinned at `position`; then pin it there and go on
+                fires.append(self._read(sequence, cache, pins, slice(last, position)))
+                if k < steps - 1:
+                    logits = self._forward(sequence, cache, pins, slice(last, position + 1))
+            else:
+                read: dict[str, Tensor] = {}
+                with self._capturing(read):
+                    logits = self._forward(sequence, cache, [], None)
+                fires.append(self._states(read))
+        return torch.stack(fires, dim=1)
+
+    def _read(
+        self, sequence: Tensor, cache: Any, pins: list[tuple[str, int, float]], positions: slice
+    ) -> Bool[Tensor, "rows states"]:
+        """Every state's firing at the newest position, with the cache (if any) left as it was."""
+        read: dict[str, Tensor] = {}
+        if cache is not None:
+            cache.freeze()
+        try:
+            with self._capturing(read):
+                self._forward(sequence, cache, pins, positions)
+        finally:
+            if cache is not None:
+                cache.unfreeze()
+        return self._states(read)
+
+    def _forward(
+        self, sequence: Tensor, cache: Any, pins: list[tuple[str, int, float]], positions: slice | None
+    ) -> Float[Tensor, "rows pos d_vocab"]:
+        edits = [clamp(site, index, value, positions=positions) for site, index, value in pins]
+        if pins and self.exclusive:
+            pinned = {(site, index) for site, index, _ in pins}
+            for site, ix in self.indices.items():
+                rest = [i for i in ix.tolist() if (site, i) not in pinned]
+                if rest:
+                    edits.append(ablate(site, rest, positions=positions))
+        kwargs = (
+            {} if cache is None else {"past_kv_cache": cache, "attention_mask": torch.ones_like(sequence)}
+        )
+        with intervene(self.model, edits) if edits else nullcontext():
+            return self.model(sequence, **kwargs)
+
+    @contextmanager
+    def _capturing(self, read: dict[str, Tensor]) -> Iterator[None]:
+        """Hooks that keep, per site, whether each member feature is active at the newest token."""
+
+        def keep(site: str) -> Any:
+            def hook(acts: Tensor, *, hook: Any) -> None:
+                read[site] = acts[:, -1].index_select(-1, self.indices[site]) > 0
+
+            return hook
+
+        hooks = [(f"{site}.hook_sae_acts_post", keep(site)) for site in self.sites]
+        with self.model.hooks(fwd_hooks=hooks):
+            yield
+
+    def _states(self, read: dict[str, Tensor]) -> Bool[Tensor, "rows states"]:
+        active = torch.cat([read[site] for site in self.sites], dim=-1).float()  # (rows, members)
+        return (active @ self.membership) > 0
+
+
+def _pins(state: State, scale: float) -> list[tuple[str, int, float]]:
+    """``(site, index, value)`` of every member of ``state``: ``scale`` times its pin value (the
+    state's ``max_activation`` when it has no ``pin_values``)."""
+    if state.pin_values and len(state.pin_values) != len(state.members):
+        raise ValueError(
+            f"state {state.id} has {len(state.pin_values)} pin_values for {len(state.members)} members"
+        )
+    values = state.pin_values or [state.max_activation] * len(state.members)
+    return [(site, index, scale * float(v)) for (site, index), v in zip(state.members, values)]
+
+
+def _choose(logits: Float[Tensor, "rows d_vocab"], greedy: Bool[Tensor, " rows"], generator: Any) -> Tensor:
+    """The top token on greedy rows, a temperature-1 draw (from ``generator``) on the others."""
+    choice = logits.argmax(-1)
+    if not bool(greedy.all()):
+        probs = logits[~greedy.to(logits.device)].double().softmax(-1).cpu()
+        drawn = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        choice[~greedy.to(logits.device)] = drawn.to(choice.device)
+    return choice
+
+
+def _copy_cache(cache: Any) -> Any:
+    """A cache that shares ``cache``'s tensors but grows on its own (appending replaces them)."""
+    entries = [type(e)(past_keys=e.past_keys, past_values=e.past_values) for e in cache.entries]
+    return type(cache)(entries=entries, previous_attention_mask=cache.previous_attention_mask)
+
+
+# --------------------------------------------------------------------------- step 4: statistics
+
+
+def _effect(pinned: Tensor, unpinned: Tensor, confidence: float) -> Effect:
+    """Mean of the per-prompt differences with its t-interval (prompts as the units)."""
+    differences = (pinned - unpinned).double()
+    n = differences.numel()
+    mean, sd = float(differences.mean()), float(differences.std())
+    half = _t_critical(confidence, n - 1) * sd / math.sqrt(n)
+    return Effect(
+        float(pinned.double().mean()), float(unpinned.double().mean()), mean, (mean - half, mean + half),
+        _one_sided_p(differences),
+    )  # fmt: skip
+
+
+def _t_central(x: float, df: int) -> float:
+    """``P(|T| < x)`` for Student's t with ``df`` degrees of freedom (exact finite sums for an
+    integer ``df``: Abramowitz & Stegun 26.7.3 and 26.7.4)."""
+    theta = math.atan(x / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2 == 1:
+        total, term = 0.0, math.cos(theta)
+        for k in range(1, (df - 1) // 2 + 1):  # cos + (2/3) cos^3 + (2*4)/(3*5) cos^5 + ...
+            total += term
+            term *= c2 * (2 * k) / (2 * k + 1)
+        return 2 / math.pi * (theta + s * total) if df > 1 else 2 / math.pi * theta
+    total, term = 0.0, 1.0
+    for k in range(1, df // 2 + 1):  # 1 + (1/2) cos^2 + (1*3)/(2*4) cos^4 + ...
+        total += term
+        term *= c2 * (2 * k - 1) / (2 * k)
+    return s * total
+
+
+def _t_critical(confidence: float, df: int) -> float:
+    """``x`` with ``P(|T| < x) = confidence`` (bisection; no scipy)."""
+    low, high = 0.0, 1.0
+    while _t_central(high, df) < confidence:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _t_central(mid, df) < confidence else (low, mid)
+    return (low + high) / 2
 
 
 def _one_sided_p(differences: Tensor) -> float:

@@ -46,10 +46,13 @@ sequence is nonetheless accepted by its automaton.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -189,25 +192,135 @@ class Automaton:
 
     ``transitions[state][next_state]`` is the tuple of symbol strings that
     move the automaton from ``state`` to ``next_state``.  ``states`` lists
-    every state a token can be labelled with (``START`` labels no token).
+    every state a token can be labelled with; ``start`` (default ``START``)
+    labels no token unless it is listed in ``states`` and entered again.
+    ``final`` are the states a document may end in (``None``: any state) and
+    ``length`` the ``(min, max)`` number of symbols the generic generator aims
+    for.  The constructor validates the whole table (see :meth:`from_dict`
+    for the JSON form, :func:`load_automaton` to read a spec file)::
+
+        >>> a = Automaton("ab", ("A", "B"), {"START": {"A": ("a",)}, "A": {"B": (" b",)},
+        ...               "B": {"A": (" a",)}}, final=("B",))
+        >>> label(a, ["a", " b", " a", " b"])
+        ['A', 'B', 'A', 'B']
     """
 
     name: str
     states: tuple[str, ...]
     transitions: dict[str, dict[str, tuple[str, ...]]]
     description: str = ""
+    start: str = START
+    final: tuple[str, ...] | None = None
+    length: tuple[int, int] = (32, 128)
     _delta: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Normalise containers (a spec gives lists), then refuse anything that would make the
+        # labels ill-defined or the generator unable to finish a document.
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"automaton name {self.name!r}: expected a non-empty string")
+        where = f"automaton {self.name!r}"
+        if isinstance(self.states, str) or not all(isinstance(s, str) and s for s in self.states):
+            raise ValueError(f"{where}: states {self.states!r}: expected a list of non-empty strings")
+        object.__setattr__(self, "states", tuple(self.states))
+        duplicated = sorted({s for s in self.states if self.states.count(s) > 1})
+        if duplicated or not self.states:
+            raise ValueError(f"{where}: states {list(self.states)!r}: expected distinct names, at least one")
+        if not isinstance(self.transitions, dict):
+            raise ValueError(f"{where}: transitions must map state -> {{next_state: [symbols]}}")
+        known = set(self.states) | {self.start}
+        table: dict[str, dict[str, tuple[str, ...]]] = {}
+        for src, targets in self.transitions.items():
+            if src not in known:
+                raise ValueError(
+                    f"{where}: transition from unknown state {src!r}; states are {sorted(known)}"
+                )
+            if not isinstance(targets, dict):
+                raise ValueError(
+                    f"{where}: transitions[{src!r}] = {targets!r}: expected {{next_state: [symbols]}}"
+                )
+            row = {}
+            for dst, symbols in targets.items():
+                if dst not in self.states:
+                    raise ValueError(
+                        f"{where}: transition {src} -> {dst!r} names an unknown state; states are "
+                        f"{list(self.states)}"
+                    )
+                if isinstance(symbols, str) or not symbols:
+                    raise ValueError(
+                        f"{where}: transition {src} -> {dst}: symbols {symbols!r}: expected a non-empty list of strings"
+                    )
+                for sym in symbols:
+                    if not isinstance(sym, str) or not sym:
+                        raise ValueError(
+                            f"{where}: transition {src} -> {dst}: symbol {sym!r} is not a non-empty string"
+                        )
+                row[dst] = tuple(symbols)
+            table[src] = row
+        object.__setattr__(self, "transitions", table)
         # Build the (state, symbol) -> state map once, refusing any
         # non-determinism: the labels must be a function of the text alone.
-        for src, targets in self.transitions.items():
+        for src, targets in table.items():
             for dst, symbols in targets.items():
                 for sym in symbols:
                     key = (src, sym)
                     if key in self._delta and self._delta[key] != dst:
-                        raise ValueError(f"{self.name}: {key} is non-deterministic")
+                        raise ValueError(
+                            f"{where} is non-deterministic: symbol {sym!r} in state {src} leads to both "
+                            f"{self._delta[key]} and {dst}"
+                        )
                     self._delta[key] = dst
+        if self.final is not None:
+            if isinstance(self.final, str) or not self.final:
+                raise ValueError(f"{where}: final {self.final!r}: expected a non-empty list of states")
+            unknown = [s for s in self.final if s not in self.states]
+            if unknown:
+                raise ValueError(f"{where}: final states {unknown!r} are not in states {list(self.states)}")
+            object.__setattr__(self, "final", tuple(self.final))
+        lo_hi = tuple(self.length) if isinstance(self.length, (list, tuple)) else ()
+        if len(lo_hi) != 2 or not all(isinstance(n, int) for n in lo_hi) or not 1 <= lo_hi[0] <= lo_hi[1]:
+            raise ValueError(
+                f"{where}: length {self.length!r}: expected [min, max] symbols with 1 <= min <= max"
+            )
+        object.__setattr__(self, "length", lo_hi)
+        self._check_graph(where)
+
+    def _check_graph(self, where: str) -> None:
+        """Every state is entered, reachable from the start, and can reach a final state."""
+        entered = {dst for targets in self.transitions.values() for dst in targets}
+        silent = [s for s in self.states if s not in entered]
+        if silent:
+            raise ValueError(f"{where}: states {silent} label no token (no transition enters them)")
+        reachable = _closure({self.start}, self._successors())
+        unreachable = [s for s in self.states if s not in reachable]
+        if unreachable:
+            raise ValueError(
+                f"{where}: states {unreachable} are unreachable from the start state {self.start!r}"
+            )
+        final = set(self.final_states)
+        stuck = [s for s in self.states if s not in final and not self.transitions.get(s)]
+        if self.start not in self.states and not self.transitions.get(self.start):
+            stuck.insert(0, self.start)
+        if stuck:
+            raise ValueError(f"{where}: dead end: states {stuck} are not final and have no way out")
+        predecessors: dict[str, set[str]] = {}
+        for src, targets in self.transitions.items():
+            for dst in targets:
+                predecessors.setdefault(dst, set()).add(src)
+        can_finish = _closure(final, predecessors)
+        trapped = [s for s in self.states if s not in can_finish]
+        if trapped:
+            raise ValueError(
+                f"{where}: dead end: no path from states {trapped} to a final state {sorted(final)}"
+            )
+
+    def _successors(self) -> dict[str, set[str]]:
+        return {src: set(targets) for src, targets in self.transitions.items()}
+
+    @property
+    def final_states(self) -> tuple[str, ...]:
+        """The states a document may end in (all of ``states`` when ``final`` is ``None``)."""
+        return self.states if self.final is None else self.final
 
     @property
     def alphabet(self) -> tuple[str, ...]:
@@ -220,6 +333,77 @@ class Automaton:
             return self._delta[(state, symbol)]
         except KeyError:
             raise ValueError(f"{self.name}: symbol {symbol!r} not allowed in state {state}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON spec of this automaton (the inverse of :meth:`from_dict`)."""
+        spec: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "states": list(self.states),
+            "start": self.start,
+            "final": None if self.final is None else list(self.final),
+            "length": list(self.length),
+            "transitions": {
+                src: {dst: list(syms) for dst, syms in row.items()} for src, row in self.transitions.items()
+            },
+        }
+        return spec
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> Automaton:
+        """Build from a JSON spec ``{"name", "states", "transitions": {src: {dst: [symbols]}},
+        "start"?, "final"?, "length"?, "description"?}``; raises ``ValueError`` naming a bad value."""
+        if not isinstance(spec, dict):
+            raise ValueError(f"automaton spec: expected a JSON object, got {type(spec).__name__}")
+        allowed = {"name", "states", "transitions", "start", "final", "length", "description"}
+        missing = sorted({"name", "states", "transitions"} - set(spec))
+        extra = sorted(set(spec) - allowed)
+        if missing or extra:
+            raise ValueError(
+                f"automaton spec {spec.get('name', '?')!r}: missing keys {missing}, unknown keys {extra}; "
+                f"expected {sorted(allowed)}"
+            )
+        return cls(
+            name=spec["name"],
+            states=spec["states"],
+            transitions=spec["transitions"],
+            description=spec.get("description", ""),
+            start=spec.get("start", START),
+            final=spec.get("final"),
+            length=spec.get("length", (32, 128)),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON spec to ``path`` atomically; return the path."""
+        from sae_circuits.io import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def load_automaton(path: str | os.PathLike[str]) -> Automaton:
+    """Read an automaton spec file (JSON, see :meth:`Automaton.from_dict`)::
+
+    >>> fsa = load_automaton("examples/automata/sexpr.json")  # doctest: +SKIP
+    """
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"automaton spec {str(path)!r}: not valid JSON ({err})") from None
+    try:
+        return Automaton.from_dict(spec)
+    except ValueError as err:
+        raise ValueError(f"{str(path)!r}: {err}") from None
+
+
+def _closure(seeds: set[str], edges: dict[str, set[str]]) -> set[str]:
+    """All nodes reachable from ``seeds`` along ``edges`` (seeds included)."""
+    seen, todo = set(seeds), list(seeds)
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
 
 
 def _t(*pairs: tuple[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
@@ -411,55 +595,153 @@ _GENERATORS: dict[str, Callable[[random.Random], _Out]] = {
 }
 
 
-def label(name: str, token_strings: Sequence[str]) -> list[str]:
-    """Run automaton ``name`` over decoded token strings; return their states.
+def _distance_to_final(automaton: Automaton) -> dict[str, int]:
+    """Fewest symbols from each state to a final state (0 for a final state)."""
+    dist = dict.fromkeys(automaton.final_states, 0)
+    frontier = list(automaton.final_states)
+    while frontier:
+        nxt = []
+        for src, targets in automaton.transitions.items():
+            if src in dist:
+                continue
+            best = [dist[dst] for dst in targets if dst in dist]
+            if best:
+                dist[src] = 1 + min(best)
+                nxt.append(src)
+        frontier = nxt
+    return dist
+
+
+def _gen_random_walk(automaton: Automaton, rng: random.Random) -> _Out:
+    """One document of any automaton: a random walk from the start state.
+
+    Draw a target length in ``automaton.length``; at each step choose the next state uniformly
+    among the allowed ones, then one of its symbols uniformly.  Once the target is reached the walk
+    stops at the first final state, taking only steps that bring it closer to one (so a document
+    exceeds the target by at most the number of states).  A final state with no way out ends the
+    document early.
+    """
+    dist = _distance_to_final(automaton)
+    target = rng.randint(*automaton.length)
+    final = set(automaton.final_states)
+    out: _Out = []
+    state = automaton.start
+    while True:
+        done = len(out) >= target
+        if done and state in final:
+            return out
+        targets = automaton.transitions.get(state, {})
+        choices = list(targets) if not done else [d for d in targets if dist[d] < dist[state]]
+        if not choices:  # a final state with no way out (a non-final one is refused at construction)
+            return out
+        state = rng.choice(choices)
+        out.append((rng.choice(targets[state]), state))
+
+
+def resolve(automaton: str | Automaton) -> Automaton:
+    """The :class:`Automaton` itself, or the built-in one of that name."""
+    if isinstance(automaton, Automaton):
+        return automaton
+    if automaton not in AUTOMATA:
+        raise ValueError(
+            f"unknown automaton {automaton!r}: expected one of {sorted(AUTOMATA)} or an Automaton"
+        )
+    return AUTOMATA[automaton]
+
+
+def _generator(automaton: Automaton) -> Callable[[random.Random], _Out]:
+    """The bespoke generator of a built-in automaton (an equal one counts), else the random walk."""
+    if automaton.name in _GENERATORS and AUTOMATA[automaton.name] == automaton:
+        return _GENERATORS[automaton.name]
+    return lambda rng: _gen_random_walk(automaton, rng)
+
+
+def label(automaton: str | Automaton, token_strings: Sequence[str]) -> list[str]:
+    """Run ``automaton`` (a built-in name or an :class:`Automaton`) over decoded token strings;
+    return their states.
 
     ``token_strings`` are the texts of single tokens (e.g. ``" class"``, not
     the byte-level form ``"Ġclass"``), one document, without end-of-text.
     Raises ``ValueError`` if the sequence is not accepted by the automaton.
     """
-    automaton = AUTOMATA[name]
-    state, states = START, []
+    fsa = resolve(automaton)
+    state, states = fsa.start, []
     for sym in token_strings:
-        state = automaton.step(state, sym)
+        state = fsa.step(state, sym)
         states.append(state)
     return states
 
 
-def generate(name: str, n_docs: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """Generate ``n_docs`` documents of automaton ``name``.
+def generate(automaton: str | Automaton, n_docs: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Generate ``n_docs`` documents of ``automaton`` (a built-in name or an :class:`Automaton`).
 
     Returns a list of ``(symbols, states)`` pairs: ``symbols[i]`` is the
     text of token ``i`` and ``states[i]`` the automaton state after it.
-    Deterministic for a given ``seed`` (uses :class:`random.Random`).
+    Deterministic for a given ``seed`` (uses :class:`random.Random`).  The
+    built-in automata use their bespoke generators, any other one a random
+    walk (:func:`_gen_random_walk`)::
+
+        >>> docs = generate(load_automaton("examples/automata/sexpr.json"), 200, seed=1)  # doctest: +SKIP
+        >>> texts = ["".join(symbols[:128]) for symbols, _ in docs]                        # doctest: +SKIP
     """
-    rng = random.Random(f"{name}:{seed}")
+    fsa = resolve(automaton)
+    gen = _generator(fsa)
+    rng = random.Random(f"{fsa.name}:{seed}")
     docs = []
     for _ in range(n_docs):
-        pairs = _GENERATORS[name](rng)
+        pairs = gen(rng)
         docs.append(([sym for sym, _ in pairs], [state for _, state in pairs]))
     return docs
 
 
-def verify_tokenizer(tokenizer: Tokenizer, n_docs: int = 200, seed: int = 12345) -> None:
-    """Check that every symbol of every automaton is exactly one token.
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens, from a ``tokenizers.Tokenizer`` (whose
+    ``encode`` returns an ``Encoding``) or a Hugging Face tokenizer (a list of ids)."""
+    encoded = tokenizer.encode(text, add_special_tokens=False)
+    return list(getattr(encoded, "ids", encoded))
 
-    Checks each symbol alone, then ``n_docs`` generated documents per
-    automaton in context.  Raises ``ValueError`` naming what failed.
+
+def verify_tokenizer(
+    tokenizer: Tokenizer | Any,
+    n_docs: int = 200,
+    seed: int = 12345,
+    automata: Iterable[str | Automaton] | str | Automaton | None = None,
+) -> None:
+    """Check that every symbol of every automaton is exactly one token, alone and in context.
+
+    ``tokenizer``: a ``tokenizers.Tokenizer`` or a Hugging Face tokenizer (``model.tokenizer``).
+    ``automata``: names or :class:`Automaton` objects (default: the built-in ones).  Checks each
+    symbol alone, then ``n_docs`` generated documents per automaton in context.  Raises
+    ``ValueError`` naming the symbols that are not single tokens or that fuse with a neighbour::
+
+        >>> verify_tokenizer(model.tokenizer, automata=[load_automaton("my.json")])  # doctest: +SKIP
     """
+    if automata is None:
+        chosen = list(AUTOMATA.values())
+    elif isinstance(automata, (str, Automaton)):
+        chosen = [resolve(automata)]
+    else:
+        chosen = [resolve(a) for a in automata]
     ids: dict[str, int] = {}
-    bad = []
-    for automaton in AUTOMATA.values():
-        for sym in automaton.alphabet:
-            enc = tokenizer.encode(sym).ids
+    bad: dict[str, list[str]] = {}
+    for fsa in chosen:
+        for sym in fsa.alphabet:
+            enc = _encode(tokenizer, sym)
             if len(enc) == 1:
                 ids[sym] = enc[0]
             else:
-                bad.append(sym)
+                bad.setdefault(fsa.name, []).append(sym)
     if bad:
-        raise ValueError(f"symbols that are not single tokens: {sorted(set(bad))!r}")
-    for name in AUTOMATA:
-        for symbols, _ in generate(name, n_docs, seed):
-            got = tokenizer.encode("".join(symbols)).ids
-            if got != [ids[s] for s in symbols]:
-                raise ValueError(f"{name}: tokens not aligned with symbols in {symbols[:40]!r}")
+        detail = "; ".join(f"{name}: {sorted(set(syms))!r}" for name, syms in bad.items())
+        raise ValueError(f"symbols that are not single tokens: {detail}")
+    for fsa in chosen:
+        for symbols, _ in generate(fsa, n_docs, seed):
+            got = _encode(tokenizer, "".join(symbols))
+            want = [ids[s] for s in symbols]
+            if got != want:
+                i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                window = symbols[max(0, i - 1) : i + 2]
+                raise ValueError(
+                    f"{fsa.name}: symbols fuse in context: {window!r} (at symbol {i}) do not tokenize "
+                    f"one token each; text {''.join(symbols[max(0, i - 8) : i + 8])!r}"
+                )

@@ -4,6 +4,12 @@ continuations that contain a base64-looking run.
 
 A base64-looking run: at least 16 characters of the base64 alphabet with no space, mixing upper
 case, lower case and digits.
+
+:func:`measure_state` does the same through an automaton's *state* (:func:`find_base64_state`:
+the state of ``sc.automaton(model, corpus_texts("base64", 200, 128)[0], grouping=True)`` that best
+separates base64 from English/code): every member, at every layer, is pinned, greedy and sampled
+decoding are both measured, and the distinct-character ratio of the continuations tells a real
+base64-like run from a degenerate repetition.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -146,6 +152,150 @@ def measure(
         sae.cfg.site, feature, value, rate_in, rate_out,
         hits[False] / len(prompts), hits[True] / len(prompts), len(prompts), samples,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- through states
+
+PinRule = Literal["max", "p90", "mean"]
+PIN_RULES: tuple[PinRule, ...] = ("max", "p90", "mean")
+
+
+@dataclass
+class Base64StateSteering:
+    """Pinning a whole base64 *state* (every member feature, at every layer) during generation."""
+
+    state: int
+    """Id of the state in the automaton (:func:`find_base64_state`)."""
+    members: list[tuple[str, int]]
+    rate_in: float
+    """Firing rate of the state (any member active) on base64 tokens."""
+    rate_out: float
+    """Firing rate on English/code tokens."""
+    rule: str
+    """How the pin values were chosen: each member's ``max``, 90th percentile (``p90``) or
+    ``mean`` activation where it fires on the base64 probe text."""
+    pin_values: list[float]
+    """Per member, the value it is pinned at."""
+    fraction_without: dict[str, float]
+    """Per decoding (``greedy``, ``sampled``): continuations with a base64-looking run, unpinned."""
+    fraction_with: dict[str, float]
+    """The same with the state pinned from the last prompt token on."""
+    distinct_without: dict[str, float]
+    """Per decoding: mean distinct-character ratio of the continuations (``len(set(s)) / len(s)``;
+    a degenerate repetition is near 0), unpinned."""
+    distinct_with: dict[str, float]
+    """The same, pinned."""
+    n_prompts: int
+    samples: list[tuple[str, str, str]]
+    """(prompt, sampled continuation without, with) for the first prompts."""
+
+
+def _state_firing(model: Any, fsa: Any, tokens: Tensor) -> tuple[Tensor, dict[tuple[str, int], Tensor]]:
+    """``(tokens, states)`` firing and each member's activations on ``tokens`` ``[batch, pos]``."""
+    sites = sorted({site for s in fsa.states for site, _ in s.members})
+    names = {f"{site}.hook_sae_acts_post" for site in sites}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    acts = {
+        (site, index): cache[f"{site}.hook_sae_acts_post"][..., index].reshape(-1)
+        for s in fsa.states
+        for site, index in s.members
+    }
+    fires = torch.stack([torch.stack([acts[m] > 0 for m in s.members]).any(0) for s in fsa.states], dim=1)
+    return fires, acts
+
+
+@torch.no_grad()
+def find_base64_state(
+    model: nn.Module, fsa: Any, length: int = 64
+) -> tuple[Any, float, float, dict[str, list[float]]]:
+    """The state of ``fsa`` that best separates base64 from English/code (largest firing-rate
+    difference on the probe texts, as :func:`find_base64_feature` for single features), its two
+    rates, and its pin values under each rule of ``PIN_RULES`` (from its members' activations
+    where they fire on the base64 probe text; a member that never fires there gets the state's
+    ``max_activation``)."""
+    blobs, other = probe_texts()
+    blob_tokens, other_tokens = _encode(model, blobs, length), _encode(model, other, min(length, 16))
+    fires_in, acts_in = _state_firing(model, fsa, blob_tokens[:, 8:])  # skip the blob's first tokens
+    fires_out, _ = _state_firing(model, fsa, other_tokens)
+    rate_in, rate_out = fires_in.float().mean(0), fires_out.float().mean(0)
+    best = int((rate_in - rate_out).argmax())
+    state = fsa.states[best]
+    values: dict[str, list[float]] = {rule: [] for rule in PIN_RULES}
+    for member in state.members:
+        active = acts_in[member][acts_in[member] > 0].float()
+        if active.numel() == 0:
+            for rule in PIN_RULES:
+                values[rule].append(float(state.max_activation))
+            continue
+        values["max"].append(float(active.max()))
+        values["p90"].append(float(active.quantile(0.9)))
+        values["mean"].append(float(active.mean()))
+    return state, float(rate_in[best]), float(rate_out[best]), values
+
+
+def _distinct(text: str) -> float:
+    return len(set(text)) / max(len(text), 1)
+
+
+@torch.no_grad()
+def measure_state(
+    model: nn.Module,
+    fsa: Any,
+    rules: tuple[PinRule, ...] = PIN_RULES,
+    max_new_tokens: int = 40,
+    prompts: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[Base64StateSteering]:
+    """Pin the base64 state of ``fsa`` (all members, every layer) from the last prompt token on,
+    under each pin-value rule, and generate ``max_new_tokens`` from each prompt, greedily and
+    sampled at temperature 1 (seeded per prompt, the same seed pinned and unpinned; torch's global
+    RNG is restored afterwards); count continuations with a base64-looking run.
+
+    ``model`` must have the automaton's dictionaries spliced.
+
+    >>> fsa = sc.automaton(model, corpus_texts("base64", 200, 128)[0], grouping=True)  # doctest: +SKIP
+    >>> [(r.rule, r.fraction_with) for r in measure_state(model, fsa)]                  # doctest: +SKIP
+    """
+    prompts = prompts or PROMPTS
+    state, rate_in, rate_out, values = find_base64_state(model, fsa)
+    tl = cast(Any, model)
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, verbose=False, stop_at_eos=False)
+    decodings: dict[str, dict[str, Any]] = {
+        "greedy": dict(do_sample=False),
+        "sampled": dict(do_sample=True, temperature=1.0),
+    }
+
+    def generate(tokens: Tensor, decoding: str, k: int) -> str:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1000 + k)
+            out = tl.generate(tokens, **kwargs, **decodings[decoding])
+        return cast(str, tl.to_string(out[0, tokens.shape[1] :]))
+
+    encoded = [tl.to_tokens(p, prepend_bos=False) for p in prompts]
+    plain = {d: [generate(t, d, k) for k, t in enumerate(encoded)] for d in decodings}
+    results = []
+    for rule in tqdm(rules, desc="base64 state steering", unit="rule", disable=not progress, leave=False):
+        pinned: dict[str, list[str]] = {d: [] for d in decodings}
+        for k, tokens in enumerate(encoded):
+            n = tokens.shape[1]
+            pins = [
+                clamp(site, index, value, positions=slice(n - 1, None))
+                for (site, index), value in zip(state.members, values[rule])
+            ]
+            with intervene(model, pins):
+                for d in decodings:
+                    pinned[d].append(generate(tokens, d, k))
+        results.append(Base64StateSteering(
+            state.id, list(state.members), rate_in, rate_out, rule, values[rule],
+            {d: sum(map(looks_like_base64, plain[d])) / len(prompts) for d in decodings},
+            {d: sum(map(looks_like_base64, pinned[d])) / len(prompts) for d in decodings},
+            {d: sum(map(_distinct, plain[d])) / len(prompts) for d in decodings},
+            {d: sum(map(_distinct, pinned[d])) / len(prompts) for d in decodings},
+            len(prompts),
+            [(prompts[k], plain["sampled"][k], pinned["sampled"][k]) for k in (0, 1, 10) if k < len(prompts)],
+        ))  # fmt: skip
+    return results
 
 
 MARK_BEGIN, MARK_END = "<!-- base64:begin -->", "<!-- base64:end -->"

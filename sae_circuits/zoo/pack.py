@@ -11,12 +11,18 @@ Outputs (in ``<build>/tokens/``):
 
 Rows are cut from one continuous stream, so a document may span rows; the
 incomplete tail of each stream is dropped.
+
+:func:`pack_mix` does the same in memory for any mix of named text lists (a
+user's own corpus), splitting each into train and validation documents.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -28,10 +34,14 @@ from sae_circuits.zoo.tokenizer import EOT
 
 def encode_docs(tok: Tokenizer, docs: list[Doc]) -> list[np.ndarray]:
     """Token ids of each document, as ``uint16`` arrays (vocab < 65536)."""
+    return encode_texts(tok, [d.text for d in docs])
+
+
+def encode_texts(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+    """Token ids of each text, as ``uint16`` arrays (vocab < 65536)."""
     if tok.get_vocab_size() > np.iinfo(np.uint16).max:
         raise ValueError("vocabulary too large for uint16")
-    encodings = tok.encode_batch([d.text for d in docs])
-    return [np.asarray(e.ids, dtype=np.uint16) for e in encodings]
+    return [np.asarray(e.ids, dtype=np.uint16) for e in tok.encode_batch(list(texts))]
 
 
 def check_automaton_docs(tok: Tokenizer, name: str, encoded: list[np.ndarray]) -> None:
@@ -81,6 +91,17 @@ def build_token_arrays(
             np.save(out_dir / f"val_{name}.npy", rows)
             sizes[name]["val"]["rows"] = len(rows)
 
+    rows, source = _pack_train(train_docs, eot, seq_len, seed)
+    np.save(out_dir / "train.npy", rows)
+    np.save(out_dir / "train_source.npy", source)
+    sizes["train_rows"] = len(rows)
+    return sizes
+
+
+def _pack_train(
+    train_docs: list[tuple[int, np.ndarray]], eot: int, seq_len: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the shuffled training documents and the sub-corpus index of every token."""
     # Interleave documents of all sub-corpora in a seeded random order.
     random.Random(f"pack:{seed}").shuffle(train_docs)
     rows = pack([ids for _, ids in train_docs], eot, seq_len)
@@ -88,7 +109,79 @@ def build_token_arrays(
     source = _cut(
         np.concatenate([np.full(len(ids) + 1, src, dtype=np.uint8) for src, ids in train_docs]), seq_len
     )
-    np.save(out_dir / "train.npy", rows)
-    np.save(out_dir / "train_source.npy", source)
+    return rows, source
+
+
+class PackedCorpus(NamedTuple):
+    """A tokenized, packed corpus mix held in memory (see :func:`pack_mix`)."""
+
+    names: tuple[str, ...]
+    """The sub-corpora, in the order ``train_source`` indexes them."""
+    train: np.ndarray
+    """``(n_rows, seq_len)`` ``uint16`` token rows of all sub-corpora, shuffled together."""
+    train_source: np.ndarray
+    """Same shape, ``uint8``: index into ``names`` of the document of each token."""
+    val: dict[str, np.ndarray]
+    """Validation rows ``(n_rows, seq_len)`` per sub-corpus."""
+    sizes: dict
+    """Documents, tokens and rows per sub-corpus and split."""
+
+
+def pack_mix(
+    tok: Tokenizer,
+    mix: Mapping[str, Sequence[str]] | Sequence[str],
+    seq_len: int,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> PackedCorpus:
+    """Tokenize and pack a corpus mix (``name -> texts``, or one list of texts) in memory.
+
+    The last ``ceil(val_fraction * n)`` texts of each sub-corpus are its validation split (give
+    texts in random order); every split must fill at least one row of ``seq_len`` tokens.
+    Raises ``ValueError`` naming an empty corpus or a too-short split::
+
+        >>> corpus = pack_mix(tok, {"sexpr": texts, "kvlog": other}, seq_len=256)  # doctest: +SKIP
+    """
+    if isinstance(mix, str) or not isinstance(mix, Mapping):
+        mix = {"corpus": list(mix)}
+    if not mix or not any(any(t for t in texts) for texts in mix.values()):
+        raise ValueError(f"empty corpus: sub-corpora {list(mix)} hold no text")
+    if len(mix) > np.iinfo(np.uint8).max:
+        raise ValueError(f"{len(mix)} sub-corpora: at most 255")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction}: expected a fraction in (0, 1) (the validation split)")
+    eot = tok.token_to_id(EOT)
+    if eot is None:
+        raise ValueError(f"the tokenizer has no {EOT} token")
+    sizes: dict = {}
+    train_docs: list[tuple[int, np.ndarray]] = []
+    val: dict[str, np.ndarray] = {}
+    for src, (name, texts) in enumerate(mix.items()):
+        if isinstance(texts, str):
+            raise ValueError(f"sub-corpus {name!r}: expected a list of texts, got one string")
+        n_val = math.ceil(val_fraction * len(texts))
+        if len(texts) - n_val < 1:
+            raise ValueError(
+                f"sub-corpus {name!r}: {len(texts)} texts leave none for training at val_fraction={val_fraction}"
+            )
+        train_enc = encode_texts(tok, texts[: len(texts) - n_val])
+        val_enc = encode_texts(tok, texts[len(texts) - n_val :])
+        train_docs += [(src, ids) for ids in train_enc]
+        val_rows = pack(val_enc, eot, seq_len)
+        n_tokens = int(sum(len(ids) + 1 for ids in val_enc))
+        if len(val_rows) == 0:
+            raise ValueError(
+                f"empty validation split: sub-corpus {name!r} has {n_tokens} validation tokens ({n_val} texts), "
+                f"fewer than one row of seq_len={seq_len}; give more texts or a larger val_fraction"
+            )
+        val[name] = val_rows
+        sizes[name] = {
+            "train": {"docs": len(train_enc), "tokens": int(sum(len(ids) + 1 for ids in train_enc))},
+            "val": {"docs": len(val_enc), "tokens": n_tokens, "rows": len(val_rows)},
+        }
+    rows, source = _pack_train(train_docs, eot, seq_len, seed)
+    if len(rows) == 0:
+        total = sum(v["train"]["tokens"] for v in sizes.values())
+        raise ValueError(f"empty corpus: {total} training tokens, fewer than one row of seq_len={seq_len}")
     sizes["train_rows"] = len(rows)
-    return sizes
+    return PackedCorpus(tuple(mix), rows, source, val, sizes)

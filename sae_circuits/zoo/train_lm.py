@@ -4,15 +4,26 @@ A plain loop: AdamW, linear warm-up then cosine decay, gradient clipping,
 batches of ``seq_len`` token rows drawn in a seeded order.  The batch of a
 step is a pure function of ``(seed, step)``, and dropout is off, so a run
 resumed from its checkpoint follows exactly the path of an uninterrupted one.
+
+Two entry points share the loop (:func:`_train_loop`, which takes token arrays): :func:`train`
+reads the recipe's packed files, :func:`train_on_texts` packs any corpus mix in memory::
+
+    >>> from sae_circuits.zoo.train_lm import TrainConfig, train_on_texts
+    >>> run = train_on_texts({"sexpr": texts}, cfg=TrainConfig(n_layer=2, seq_len=256, steps=1500),
+    ...                      out_dir="/tmp/my_model")                              # doctest: +SKIP
+    >>> model = load_hf_gpt2("/tmp/my_model")                                         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +32,11 @@ from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sae_circuits.zoo.corpus import SUBCORPORA
+from sae_circuits.zoo.pack import PackedCorpus, pack_mix
 from sae_circuits.zoo.tokenizer import EOT, TOKENIZER_FILES, load_tokenizer
+
+ZOO_TOKENIZER = Path(__file__).resolve().parent / "tiny"
+"""The zoo tokenizer's folder (``tokenizer.json`` and the ``transformers`` config files)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,8 @@ def token_losses(model: GPT2LMHeadModel, rows: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def mean_loss(model: GPT2LMHeadModel, rows: np.ndarray, batch_size: int = 8) -> float:
     """Mean next-token loss over all predicted positions of ``rows``."""
+    if len(rows) == 0:
+        raise ValueError("no rows to evaluate (an empty validation split?)")
     model.eval()
     total = sum(
         float(token_losses(model, rows[i : i + batch_size]).sum()) for i in range(0, len(rows), batch_size)
@@ -122,24 +139,33 @@ def mean_loss(model: GPT2LMHeadModel, rows: np.ndarray, batch_size: int = 8) -> 
 
 @torch.no_grad()
 def loss_by_source(
-    model: GPT2LMHeadModel, rows: np.ndarray, source: np.ndarray, batch_size: int = 8
+    model: GPT2LMHeadModel,
+    rows: np.ndarray,
+    source: np.ndarray,
+    batch_size: int = 8,
+    names: Sequence[str] = SUBCORPORA,
 ) -> dict[str, float]:
-    """Mean loss per sub-corpus of the *predicted* token, for mixed train rows."""
+    """Mean loss per sub-corpus (``names[source]``) of the *predicted* token, for mixed train rows."""
     model.eval()
-    sums, counts = np.zeros(len(SUBCORPORA)), np.zeros(len(SUBCORPORA))
+    sums, counts = np.zeros(len(names)), np.zeros(len(names))
     for i in range(0, len(rows), batch_size):
         losses = token_losses(model, rows[i : i + batch_size]).numpy().reshape(-1)
         src = source[i : i + batch_size, 1:].reshape(-1)
-        sums += np.bincount(src, weights=losses, minlength=len(SUBCORPORA))
-        counts += np.bincount(src, minlength=len(SUBCORPORA))
-    return {name: float(sums[k] / counts[k]) for k, name in enumerate(SUBCORPORA) if counts[k]}
+        sums += np.bincount(src, weights=losses, minlength=len(names))
+        counts += np.bincount(src, minlength=len(names))
+    return {name: float(sums[k] / counts[k]) for k, name in enumerate(names) if counts[k]}
 
 
-def val_losses(model: GPT2LMHeadModel, tokens_dir: Path, max_rows: int | None = None) -> dict[str, float]:
-    """Validation loss of each sub-corpus (all rows, or the first ``max_rows``)."""
+def val_losses(
+    model: GPT2LMHeadModel, val: Path | Mapping[str, np.ndarray], max_rows: int | None = None
+) -> dict[str, float]:
+    """Validation loss of each sub-corpus (all rows, or the first ``max_rows``); ``val`` is the
+    recipe's tokens folder (``val_<name>.npy``) or a dict of row arrays."""
+    if isinstance(val, Mapping):
+        return {name: mean_loss(model, np.asarray(rows[:max_rows])) for name, rows in val.items()}
     out = {}
     for name in SUBCORPORA:
-        rows = np.load(tokens_dir / f"val_{name}.npy", mmap_mode="r")[:max_rows]
+        rows = np.load(val / f"val_{name}.npy", mmap_mode="r")[:max_rows]
         out[name] = mean_loss(model, np.asarray(rows))
     return out
 
@@ -194,11 +220,30 @@ def _train(
 ) -> tuple[GPT2LMHeadModel, dict]:
     tok = load_tokenizer(tok_dir)
     train_rows = np.load(tokens_dir / "train.npy", mmap_mode="r")
-    if train_rows.shape[1] != cfg.seq_len:
-        raise ValueError(f"rows of {train_rows.shape[1]} tokens, config says {cfg.seq_len}")
+    val = {name: np.load(tokens_dir / f"val_{name}.npy", mmap_mode="r") for name in SUBCORPORA}
     eot = tok.token_to_id(EOT)
     assert eot is not None  # train_tokenizer makes EOT a special token (id 0)
-    model = make_model(tok.get_vocab_size(), eot, cfg)
+    return _train_loop(train_rows, val, tok.get_vocab_size(), eot, cfg, checkpoint, log)
+
+
+def _train_loop(
+    train_rows: np.ndarray,
+    val: Mapping[str, np.ndarray],
+    vocab_size: int,
+    eot: int,
+    cfg: TrainConfig,
+    checkpoint: Path | None,
+    log: Callable[[str], None],
+) -> tuple[GPT2LMHeadModel, dict]:
+    """The training loop proper, on ``(n_rows, seq_len)`` token rows and per-corpus validation rows."""
+    if train_rows.ndim != 2 or len(train_rows) == 0:
+        raise ValueError(f"training rows of shape {train_rows.shape}: expected (n_rows >= 1, seq_len)")
+    if train_rows.shape[1] != cfg.seq_len:
+        raise ValueError(f"rows of {train_rows.shape[1]} tokens, config says {cfg.seq_len}")
+    empty = [name for name, rows in val.items() if len(rows) == 0]
+    if not val or empty:
+        raise ValueError(f"empty validation split: {empty or 'no sub-corpus'} (need at least one row each)")
+    model = make_model(vocab_size, eot, cfg)
     opt = make_optimizer(model, cfg)
     start, history, elapsed = 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
@@ -236,7 +281,7 @@ def _train(
         rate = (done - start) * tokens_per_step / max(1e-9, time.time() - t0 - elapsed)
         bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            record["val"] = val_losses(model, tokens_dir, cfg.eval_rows)
+            record["val"] = val_losses(model, val, cfg.eval_rows)
             log(
                 f"step {done}: train {record['loss']:.3f} val "
                 + " ".join(f"{k}={v:.3f}" for k, v in record["val"].items())
@@ -258,6 +303,71 @@ def _train(
         "history": history,
     }
     return model, stats
+
+
+class TrainedLM(NamedTuple):
+    """What :func:`train_on_texts` returns."""
+
+    model: GPT2LMHeadModel
+    """The trained Hugging Face GPT-2 (load the saved folder with ``load_hf_gpt2`` for hooks)."""
+    stats: dict
+    """Losses (train, validation per sub-corpus), timing, tokens seen, the loss history."""
+    corpus: PackedCorpus
+    """The packed corpus it was trained on (train and validation rows)."""
+
+
+def train_on_texts(
+    texts: Mapping[str, Sequence[str]] | Sequence[str],
+    tokenizer_dir: str | os.PathLike[str] = ZOO_TOKENIZER,
+    cfg: TrainConfig | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    val_fraction: float = 0.1,
+    checkpoint: str | os.PathLike[str] | None = None,
+    threads: int = 1,
+    log: Callable[[str], None] = tqdm.write,
+) -> TrainedLM:
+    """Train a tiny GPT-2 on any corpus mix: a list of texts, or ``name -> texts``.
+
+    Encodes with the tokenizer in ``tokenizer_dir`` (default: the zoo's), packs with
+    :func:`~sae_circuits.zoo.pack.pack_mix` (the last ``val_fraction`` of each sub-corpus is held
+    out), trains with the recipe's loop on ``threads`` threads (the caller's count is restored),
+    and, with ``out_dir``, saves the model in the Hugging Face layout beside the tokenizer files
+    plus ``train_stats.json``, so ``sae_circuits.zoo.loader.load_hf_gpt2(out_dir)`` loads it.
+    Raises ``ValueError`` for an empty corpus or an empty validation split::
+
+        >>> run = train_on_texts({"sexpr": texts}, cfg=TrainConfig(n_layer=2, seq_len=256, steps=1500),
+        ...                      out_dir="/tmp/third/model")  # doctest: +SKIP
+        >>> run.stats["val_loss"]                                # doctest: +SKIP
+    """
+    cfg = cfg or TrainConfig()
+    tok_dir = Path(tokenizer_dir)
+    tok = load_tokenizer(tok_dir)
+    eot = tok.token_to_id(EOT)
+    if eot is None:
+        raise ValueError(f"tokenizer in {str(tok_dir)!r} has no {EOT} token")
+    corpus = pack_mix(tok, texts, cfg.seq_len, val_fraction=val_fraction, seed=cfg.seed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model, stats = _train_loop(
+            corpus.train, corpus.val, tok.get_vocab_size(), eot, cfg,
+            None if checkpoint is None else Path(checkpoint), log,
+        )  # fmt: skip
+        stats["val_loss"] = val_losses(model, corpus.val)
+        stats["corpus"] = corpus.sizes
+    finally:
+        torch.set_num_threads(before)
+    if out_dir is not None:
+        save_model(model, tok_dir, Path(out_dir))
+        from sae_circuits.io import atomic_write_text
+
+        summary = {
+            **{k: v for k, v in stats.items() if k != "history"},
+            "config": asdict(cfg),
+            "threads": threads,
+        }
+        atomic_write_text(Path(out_dir) / "train_stats.json", json.dumps(summary, indent=2) + "\n")
+    return TrainedLM(model, stats, corpus)
 
 
 def save_model(model: GPT2LMHeadModel, tok_dir: Path, model_dir: Path) -> None:

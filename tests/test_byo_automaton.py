@@ -1,0 +1,209 @@
+"""Bring your own automaton: specs, their validation, the generic generator, training a tiny model
+on any corpus mix, the example end to end, and the CLI with ``--spec``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae_circuits.zoo import automata
+from sae_circuits.zoo.automata import Automaton, load_automaton
+
+ROOT = Path(__file__).resolve().parents[1]
+SEXPR = ROOT / "examples" / "automata" / "sexpr.json"
+
+
+def _spec(**changes):
+    """A small valid spec (a loop of three states with an exit), with ``changes`` applied."""
+    spec = {
+        "name": "abc",
+        "states": ["A", "B", "C", "END"],
+        "transitions": {
+            "START": {"A": ["a"]},
+            "A": {"B": [" b", " bb"]},
+            "B": {"C": [" c"]},
+            "C": {"A": [" a"], "END": ["\n"]},
+        },
+        "final": ["END"],
+        "length": [4, 12],
+        "description": "a b c, repeated",
+    }
+    spec.update(changes)
+    return spec
+
+
+def test_spec_round_trip(tmp_path):
+    fsa = Automaton.from_dict(_spec())
+    assert fsa.final == ("END",) and fsa.length == (4, 12) and fsa.start == "START"
+    path = fsa.save(tmp_path / "sub" / "abc.json")
+    again = load_automaton(path)
+    assert again == fsa and again.to_dict() == fsa.to_dict() == json.loads(path.read_text())
+    assert automata.generate(again, 20, seed=3) == automata.generate(fsa, 20, seed=3)
+    # the built-ins round trip too, and keep their bespoke generators
+    for name, builtin in automata.AUTOMATA.items():
+        copy = Automaton.from_dict(json.loads(json.dumps(builtin.to_dict())))
+        assert copy == builtin
+        assert automata.generate(copy, 5, seed=1) == automata.generate(name, 5, seed=1)
+
+
+def test_the_shipped_spec_is_valid_and_single_tokens():
+    from sae_circuits.zoo.tokenizer import load_tokenizer
+    from sae_circuits.zoo.train_lm import ZOO_TOKENIZER
+
+    fsa = load_automaton(SEXPR)
+    assert 6 <= len(fsa.states) <= 12 and fsa.name not in automata.AUTOMATA
+    automata.verify_tokenizer(load_tokenizer(ZOO_TOKENIZER), automata=[fsa], n_docs=100)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"transitions": {**_spec()["transitions"], "D": {"D": [" d"], "A": [" a"]}},
+          "states": ["A", "B", "C", "END", "D"]}, r"states \['D'\] are unreachable"),
+        ({"transitions": {**_spec()["transitions"], "C": {"A": [" a"], "END": [" a"]}}}, "non-deterministic"),
+        ({"transitions": {**_spec()["transitions"], "C": {"A": [" a"], "END": ["\n"], "T": [" t"]}, "T": {"T": [" t"]}},
+          "states": ["A", "B", "C", "END", "T"]}, r"dead end: no path from states \['T'\]"),
+        ({"states": ["A", "B", "C", "END", "X"]}, r"states \['X'\] label no token"),
+        ({"transitions": {**_spec()["transitions"], "B": {"Z": [" c"]}}}, r"B -> 'Z' names an unknown state"),
+        ({"transitions": {**_spec()["transitions"], "B": {"C": [""]}}}, "symbol ''"),
+        ({"transitions": {**_spec()["transitions"], "B": {"C": [3]}}}, "symbol 3"),
+        ({"final": ["NOPE"]}, "NOPE"),
+        ({"length": [5, 2]}, "length"),
+    ],
+)  # fmt: skip
+def test_bad_specs_fail_naming_the_bad_value(changes, message):
+    with pytest.raises(ValueError, match=message):
+        Automaton.from_dict(_spec(**changes))
+
+
+def test_a_non_final_state_without_way_out_is_a_dead_end():
+    spec = _spec(
+        transitions={"START": {"A": ["a"]}, "A": {"B": [" b"], "END": ["\n"]}}, states=["A", "B", "END"]
+    )
+    with pytest.raises(ValueError, match=r"dead end.*'B'"):
+        Automaton.from_dict(spec)
+
+
+def test_load_automaton_names_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_spec(final=["NOPE"])))
+    with pytest.raises(ValueError, match="bad.json"):
+        load_automaton(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_automaton(bad)
+
+
+def test_generic_generator_is_deterministic_accepted_by_label_and_ends_final():
+    fsa = Automaton.from_dict(_spec())
+    docs = automata.generate(fsa, 50, seed=0)
+    assert docs == automata.generate(fsa, 50, seed=0) != automata.generate(fsa, 50, seed=1)
+    for symbols, states in docs:
+        assert automata.label(fsa, symbols) == states
+        assert states[-1] in fsa.final_states
+        assert fsa.length[0] <= len(symbols) <= fsa.length[1] + len(fsa.states)
+
+
+def test_multi_token_and_fused_symbols_are_named():
+    from sae_circuits.zoo.tokenizer import load_tokenizer
+    from sae_circuits.zoo.train_lm import ZOO_TOKENIZER
+
+    tok = load_tokenizer(ZOO_TOKENIZER)
+    multi = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": [" zqxjv"]}}))
+    with pytest.raises(ValueError, match="not single tokens.*zqxjv"):
+        automata.verify_tokenizer(tok, automata=[multi])
+    # ")" then ")" fuses into the single pre-token "))" in context
+    fused = Automaton.from_dict(_spec(transitions={"START": {"A": ["("]}, "A": {"B": ["x"]}, "B": {"C": [")"]},
+                                                    "C": {"A": ["("], "END": [")"]}}))  # fmt: skip
+    with pytest.raises(ValueError, match="fuse in context"):
+        automata.verify_tokenizer(tok, automata=[fused], n_docs=20)
+
+
+def test_verify_tokenizer_accepts_a_hugging_face_tokenizer():
+    from sae_circuits import zoo
+    from sae_circuits.zoo.loader import load_tokenizer
+
+    hf = load_tokenizer(zoo.model_path("tiny"))
+    automata.verify_tokenizer(hf, n_docs=10, automata=["markup", load_automaton(SEXPR)])
+
+
+def _tiny_cfg(**changes):
+    from sae_circuits.zoo.train_lm import TrainConfig
+
+    base = {"n_layer": 1, "n_embd": 16, "n_head": 2, "seq_len": 32, "batch_size": 2, "steps": 3,
+            "warmup_steps": 1, "eval_every": 3, "eval_rows": 1}  # fmt: skip
+    return TrainConfig(**{**base, **changes})
+
+
+def test_train_on_texts_refuses_an_empty_corpus_and_an_empty_validation_split():
+    from sae_circuits.zoo.train_lm import train_on_texts
+
+    with pytest.raises(ValueError, match="empty corpus"):
+        train_on_texts({}, cfg=_tiny_cfg())
+    with pytest.raises(ValueError, match="empty corpus"):
+        train_on_texts({"a": ["", ""]}, cfg=_tiny_cfg())
+    texts = ["".join(s) for s, _ in automata.generate("kvlog", 20, seed=0)]
+    with pytest.raises(ValueError, match="empty validation split.*'short'"):
+        train_on_texts({"kvlog": texts, "short": ["x y"] * 10}, cfg=_tiny_cfg())
+
+
+def test_train_on_texts_mix_saves_a_loadable_model_and_restores_threads(tmp_path):
+    from sae_circuits.zoo.loader import load_hf_gpt2
+    from sae_circuits.zoo.train_lm import train_on_texts
+
+    mix = {name: ["".join(s) for s, _ in automata.generate(name, 30, seed=0)] for name in ("kvlog", "markup")}
+    mix["sexpr"] = ["".join(s) for s, _ in automata.generate(load_automaton(SEXPR), 30, seed=0)]
+    before = torch.get_num_threads()
+    run = train_on_texts(mix, cfg=_tiny_cfg(), out_dir=tmp_path / "m", log=lambda _: None)
+    assert torch.get_num_threads() == before
+    assert set(run.stats["val_loss"]) == set(mix) == set(run.corpus.names)
+    assert run.corpus.train.shape[1] == 32 and set(run.corpus.train_source.ravel().tolist()) == {0, 1, 2}
+    model = load_hf_gpt2(tmp_path / "m")
+    assert model.cfg.n_layers == 1 and model.cfg.d_model == 16
+    assert json.loads((tmp_path / "m" / "train_stats.json").read_text())["steps"] == 3
+
+
+def test_example_smoke_runs_end_to_end(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "examples"))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the suite's thread count alone
+    try:
+        import byo_automaton
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    report = byo_automaton.main(["--smoke", "--out", str(tmp_path)])
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert (tmp_path / "saes" / "blocks.0.hook_resid_post").is_dir()
+    assert (tmp_path / "automaton.html").is_file()
+    assert 0 <= report["automaton"]["mean_f1"] <= 1 and set(report["automaton"]["state_f1"]) <= set(
+        load_automaton(SEXPR).states
+    )
+
+
+def test_corpus_texts_with_a_spec(tmp_path):
+    from sae_circuits.cli import corpus_texts
+
+    fsa = load_automaton(SEXPR)
+    texts, labels = corpus_texts(str(SEXPR), 5, 40, seed=2)
+    again = corpus_texts(fsa, 5, 40, seed=2)
+    assert (texts, labels) == again and labels is not None
+    docs = automata.generate(fsa, 5, seed=2)
+    assert texts == ["".join(s[:40]) for s, _ in docs] and all(len(row) <= 40 for row in labels)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        corpus_texts(str(tmp_path / "missing.json"), 5, 40)
+
+
+def test_cli_automaton_with_a_spec_on_the_embedded_model(tmp_path, capsys):
+    from sae_circuits.cli import main
+
+    out = tmp_path / "fsa.json"
+    argv = ["automaton", "--spec", str(SEXPR), "--contexts", "4", "--length", "32", "--attention-contexts", "1",
+            "--max-states", "32", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "against the true sexpr automaton" in printed and "ARG2" in printed and out.is_file()
+    assert main(["automaton", "--spec", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+    assert "nope.json" in capsys.readouterr().err

@@ -1,0 +1,240 @@
+"""States as roles (clustering against brute force), token effects (the single-position pass
+against full forward passes), ranked loops (lift, distinctness, self-loops after structural loops)
+and loop scores against ground truth."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import sae_circuits as sc
+from sae_circuits.fsa import FeatureAutomaton, State, Transition, effects, extract, score_loops
+from sae_circuits.fsa.loops import lifts, loops
+from sae_circuits.fsa.roles import average_linkage, coherence, jaccard, majority
+from sae_circuits.zoo import automata
+
+# --------------------------------------------------------------------------- roles
+
+
+def _brute_average_linkage(sim: torch.Tensor, threshold: float) -> set[frozenset[int]]:
+    """Average linkage by definition: recompute every cluster pair's mean similarity each step."""
+    clusters = [[i] for i in range(sim.shape[0])]
+    while len(clusters) > 1:
+        best, pair = -1.0, None
+        for (i, a), (j, b) in itertools.combinations(enumerate(clusters), 2):
+            mean = float(sim[a][:, b].mean())
+            if mean > best:
+                best, pair = mean, (i, j)
+        if best < threshold or pair is None:
+            break
+        i, j = pair
+        clusters[i] = clusters[i] + clusters[j]
+        del clusters[j]
+    return {frozenset(c) for c in clusters}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_average_linkage_matches_the_definition(seed):
+    g = torch.Generator().manual_seed(seed)
+    fire = torch.rand(200, 12, generator=g) < torch.rand(12, generator=g) * 0.5
+    fire[:, 1] = fire[:, 0] | (torch.rand(200, generator=g) < 0.05)  # a near-duplicate pair
+    sim = jaccard(fire)
+    for threshold in (0.2, 0.4, 0.7):
+        got = {frozenset(c) for c in average_linkage(sim, threshold)}
+        assert got == _brute_average_linkage(sim.double(), threshold)
+    assert sorted(i for c in average_linkage(sim, 0.3) for i in c) == list(range(12))
+
+
+def test_majority_vote_and_coherence():
+    fire = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 1], [1, 1, 1]], dtype=torch.bool)
+    state = majority(fire, [[0, 1, 2]])[:, 0]
+    assert state.tolist() == [True, False, False, True]  # at least 2 of 3 members
+    assert majority(fire, [[0, 1]])[:, 0].tolist() == [True, True, False, True]  # 1 of 2 is half
+    # member firing sets {0,1,3}, {0,3}, {2,3} against the state's {0,3}: Jaccard 2/3, 1, 1/3
+    assert coherence(fire, [0, 1, 2], state) == pytest.approx((2 / 3 + 1 + 1 / 3) / 3)
+    assert jaccard(torch.zeros(3, 2, dtype=torch.bool)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+# --------------------------------------------------------------------------- token effects
+
+
+@pytest.fixture(scope="module")
+def spliced_corpus():
+    model = sc.zoo.load_model("tiny")
+    sc.splice(model, sc.zoo.load_saes("tiny", kind="resid") + sc.zoo.load_saes("tiny", kind="transcoder"))
+    docs = automata.generate("markup", 6, seed=3)
+    texts = ["".join(symbols[:40]) for symbols, _ in docs]
+    return model, extract._Corpus(model, texts, None, progress=False)
+
+
+def test_single_position_pass_reproduces_the_full_pass(spliced_corpus):
+    model, corpus = spliced_corpus
+    names = effects.frozen_inputs(model)
+    cached = effects._cache(model, corpus, names, 3)
+    positions = torch.arange(int(corpus.lengths[:3].sum()))
+    probs = effects._single_positions(model, corpus, cached, positions, names, {})
+    torch.testing.assert_close(probs, corpus.next_probs[positions], atol=1e-6, rtol=0)
+
+
+def test_removal_equals_a_full_pass_with_the_members_taken_off(spliced_corpus):
+    """A state's members removed at one position in the single-position pass = the same removal in
+    a full forward pass of the text whose attention output at that position is held at its clean
+    value (what "attention frozen" means), read at that position."""
+    model, corpus = spliced_corpus
+    sites = corpus.sites
+    text, pos = 1, 7  # text position (no BOS on the embedded model)
+    flat = int(corpus.lengths[:text].sum()) + pos
+    at = corpus.token_ids == flat
+    members = corpus.feature_ids[at][:5]  # five features active there, at several sites
+    values = corpus.values[at][:5]
+    fire = torch.zeros(int(corpus.lengths.sum()), 1, dtype=torch.bool)
+    fire[flat, 0] = True
+    effect = effects.next_token_effects(corpus, [members.tolist()], fire, contexts=3, per_state=4)
+
+    row = corpus.rows[text].unsqueeze(0)
+    clean = {}
+
+    def keep(act, hook):
+        clean[hook.name] = act.detach().clone()
+
+    names = [f"blocks.{i}.hook_attn_out" for i in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        model.run_with_hooks(row, fwd_hooks=[(n, keep) for n in names])
+    hooks = []
+    for n in names:
+        hooks.append(
+            (
+                n,
+                lambda act, hook: torch.cat(
+                    [act[:, :pos], clean[hook.name][:, pos : pos + 1], act[:, pos + 1 :]], 1
+                ),
+            )
+        )
+    for feature, value in zip(members.tolist(), values.tolist()):
+        site, index = corpus.feature_of(feature)
+
+        def take_off(act, hook, index=index, value=value):
+            act = act.clone()
+            act[0, pos, index] -= value
+            return act
+
+        hooks.append((f"{sites[site]}.hook_sae_acts_post", take_off))
+    with torch.no_grad():
+        removed = model.run_with_hooks(row, fwd_hooks=hooks)[0, pos].double().softmax(-1)[corpus.vocab]
+    expected = corpus.next_probs[flat] - removed
+    torch.testing.assert_close(effect[0], expected, atol=1e-6, rtol=0)
+
+
+def test_trained_states_cause_their_successor_tokens(spliced_corpus):
+    """On markup, removing the '<' state takes probability off tag names: the effect is model
+    behaviour that a random direction does not show."""
+    model, corpus = spliced_corpus
+    opens = corpus.tokens == model.to_single_token("<")
+    fire = opens[:, None]
+    sites = {s: k for k, s in enumerate(corpus.sites)}
+    active = corpus.feature_ids[torch.isin(corpus.token_ids, opens.nonzero().squeeze(-1))]
+    members = torch.unique(active)
+    top = torch.bincount(active, minlength=corpus.n_features)[members].argsort(descending=True)[:20]
+    effect = effects.next_token_effects(corpus, [members[top].tolist()], fire, contexts=6, per_state=64)[0]
+    promoted = [model.to_string(corpus.vocab[i : i + 1]) for i in effect.topk(3).indices.tolist()]
+    tags = set(automata.CONTAINER_TAGS + automata.VOID_TAGS)
+    assert all(t in tags for t in promoted), promoted
+    assert sites  # the corpus keeps its sites in stage order
+
+
+def test_extraction_refuses_a_model_without_attention_hooks(spliced_corpus, monkeypatch):
+    model, _ = spliced_corpus
+    monkeypatch.delitem(model.hook_dict, "blocks.1.hook_attn_out")
+    with pytest.raises(ValueError, match="blocks.1.hook_attn_out"):
+        sc.automaton(model, ["<p>x</p>"], progress=False)
+
+
+# --------------------------------------------------------------------------- loops
+
+
+def _toy(weights: dict[tuple[int, int], float], frequencies: list[float], firing=None) -> FeatureAutomaton:
+    n = len(frequencies)
+    dense = torch.zeros(n, n, dtype=torch.float64)
+    for (a, b), w in weights.items():
+        dense[a, b] = w
+    if firing is None:  # each state fires on its own block of tokens: no two states overlap
+        firing = torch.zeros(10 * n, n, dtype=torch.bool)
+        for i in range(n):
+            firing[10 * i : 10 * i + 10, i] = True
+    states = [State(i, [("blocks.0.hook_resid_post", i)], f"s{i}", f) for i, f in enumerate(frequencies)]
+    transitions = [Transition(a, b, "token", w) for (a, b), w in weights.items()]
+    return FeatureAutomaton(
+        states, transitions, firing, torch.tensor([firing.shape[0]]), weights={"token": dense}
+    )
+
+
+def test_lift_discounts_a_broad_destination():
+    fsa = _toy({(0, 1): 0.6, (0, 2): 0.6}, [0.1, 0.1, 0.5])
+    lift = lifts(fsa)
+    assert float(lift[0, 1]) == pytest.approx((0.6 - 0.1) / 0.9)
+    assert float(lift[0, 2]) == pytest.approx((0.6 - 0.5) / 0.5)
+    assert float(lift[1, 0]) == 0.0  # clipped at 0
+
+
+def test_structural_loops_rank_before_self_loops_and_duplicates_fold():
+    # 0 -> 1 -> 2 -> 0 (weakest 0.8), a self-loop on 3 (0.9), and 4 a near-duplicate of 1
+    # (same firing), giving the loop 0 -> 4 -> 2 -> 0 again.
+    firing = torch.zeros(50, 5, dtype=torch.bool)
+    for i, block in enumerate((0, 1, 2, 3, 1)):
+        firing[10 * block : 10 * block + 10, i] = True
+    weights = {(0, 1): 0.9, (1, 2): 0.8, (2, 0): 0.85, (3, 3): 0.9, (0, 4): 0.88, (4, 2): 0.8}
+    fsa = _toy(weights, [0.0] * 5, firing)
+    found = loops(fsa, None)
+    assert [loop.states for loop in found] == [[0, 1, 2], [3]]
+    assert found[0].weakest == pytest.approx(0.8) and found[0].score == pytest.approx(0.8 * (1 - 1 / 6))
+    assert found[1].score == pytest.approx(0.9 / 2)
+    assert fsa.loops(1) == found[:1]
+    with pytest.raises(ValueError, match="successors=0"):
+        loops(fsa, successors=0)
+    with pytest.raises(ValueError, match="min_lift=2"):
+        loops(fsa, min_lift=2)
+
+
+def test_loop_scores_name_states_through_the_truth():
+    fsa = _toy({(0, 1): 0.9, (1, 0): 0.9, (2, 2): 0.5}, [0.0] * 3)
+    labels = ["A"] * 10 + ["B"] * 10 + ["C"] * 10
+    result = score_loops(fsa, fsa.loops(None), labels, [("A", "B"), ("B", "A")])
+    assert result.names == [["A", "B"], ["C"]] and result.true == [True, False]
+    assert (result.n_true, result.n_distinct, result.longest_in_top3) == (1, 1, 2)
+
+
+def test_pinning_sets_every_member_where_the_state_is_off(spliced_corpus):
+    """In pin mode each member is set to its pin value at positions where the state is off: the
+    single-position pass then equals one with those activations overwritten by hand."""
+    model, corpus = spliced_corpus
+    flat = 5
+    active = corpus.feature_ids[corpus.token_ids == flat][:2].tolist()
+    silent = [f for f in range(40) if f not in corpus.feature_ids[corpus.token_ids == flat].tolist()][:2]
+    group = active + silent
+    pins = {f: 2.0 + k for k, f in enumerate(group)}
+    fire = torch.ones(int(corpus.lengths.sum()), 1, dtype=torch.bool)
+    fire[flat, 0] = False  # the state is off only at `flat`
+    effect = effects.next_token_effects(corpus, [group], fire, contexts=1, per_state=4, pins=pins)[0]
+    names = effects.frozen_inputs(model)
+    cached = effects._cache(model, corpus, names, 1)
+    seen = {}
+
+    def overwrite(act, hook):
+        site = hook.name.removesuffix(".hook_sae_acts_post")
+        out = act.clone()
+        for f in group:
+            s, index = corpus.feature_of(f)
+            if corpus.sites[s] == site:
+                out[0, 0, index] = pins[f]
+                seen[f] = True
+        return out
+
+    hooks = [(n, (lambda v: lambda a, hook: v)(cached[n][flat : flat + 1].unsqueeze(1))) for n in names]
+    hooks += [(f"{site}.hook_sae_acts_post", overwrite) for site in corpus.sites]
+    with torch.no_grad():
+        logits = model.run_with_hooks(corpus.tokens[flat : flat + 1].unsqueeze(1), fwd_hooks=hooks)
+    pinned = logits[0, -1].double().softmax(-1)[corpus.vocab]
+    torch.testing.assert_close(effect, pinned - corpus.next_probs[flat], atol=1e-6, rtol=0)
+    assert len(seen) == len(group)

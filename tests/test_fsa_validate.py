@@ -1,0 +1,212 @@
+"""Causal checks of automaton transitions (sae_circuits.fsa.validate): the pin is exact, the
+unpinned rollout is an ordinary generation, results are reproducible, the cached and uncached
+paths agree, intervals contain the effect, and bad input gets a clear error."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+import sae_circuits as sc
+from sae_circuits.fsa import automaton
+from sae_circuits.fsa import validate as validate_module
+from sae_circuits.fsa.validate import PairCheck, check_pairs
+from sae_circuits.splice import saes_of
+from sae_circuits.zoo import automata
+
+FAST = dict(n_prompts=4, context=16, steps=2, samples=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def extracted():
+    docs = automata.generate("markup", 30, seed=11)
+    texts = ["".join(symbols[:48]) for symbols, _ in docs]
+    model = sc.zoo.load_model("tiny")
+    sc.splice(model, sc.zoo.load_saes("tiny", kind="resid"))
+    fsa = automaton(model, texts, max_states=24, grouping=True, attention_contexts=0, progress=False)
+    return model, fsa
+
+
+def _multi_site_state(fsa):
+    """A state whose members live at two or more sites (the whole state is pinned)."""
+    return next(s for s in fsa.states if len({site for site, _ in s.members}) >= 2)
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_pin_is_exact_and_changes_nothing_else(extracted, monkeypatch, exclusive):
+    """Inside every pinned forward pass, the source's members equal their pin values (times
+    ``pin_scale``) at the pinned positions, and with ``exclusive`` the other states' members are 0
+    there; every other feature, and everything elsewhere, is what the SAE computed."""
+    model, fsa = extracted
+    source = copy.deepcopy(_multi_site_state(fsa))
+    source.pin_values = [1.5 + k for k in range(len(source.members))]
+    fsa = copy.copy(fsa)
+    fsa.states = [source if s.id == source.id else s for s in fsa.states]
+    scale = 2.0 if exclusive else 1.0
+    pins = {member: scale * value for member, value in zip(source.members, source.pin_values)}
+    others = {m for s in fsa.states for m in s.members if m not in pins} if exclusive else set()
+    sites = sorted({site for site, _ in source.members})
+    before: dict[str, torch.Tensor] = {}
+    checked = []
+    real = validate_module.intervene
+
+    def keep(site):
+        def hook(acts, *, hook):
+            before[site] = acts.clone()
+
+        return hook
+
+    def compare(site, positions):
+        def hook(acts, *, hook):
+            clean = before[site]
+            mask = torch.zeros(acts.shape[1], dtype=torch.bool)
+            mask[positions] = True  # no KV cache: the pass holds the whole sequence from position 0
+            expected = clean.clone()
+            for s, index in others:
+                if s == site:
+                    expected[:, mask, index] = 0.0
+            for (s, index), value in pins.items():
+                if s == site:
+                    expected[:, mask, index] = value
+            assert torch.equal(acts, expected)
+            checked.append((site, int(mask.sum())))
+
+        return hook
+
+    @contextmanager
+    def recording(model, edits):
+        positions = edits[0].positions
+        with (
+            real(model, edits),
+            model.hooks(
+                fwd_hooks=[(f"{site}.hook_sae_acts_post", compare(site, positions)) for site in sites]
+            ),
+        ):
+            yield model
+
+    monkeypatch.setattr(validate_module, "intervene", recording)
+    with model.hooks(fwd_hooks=[(f"{site}.hook_sae_acts_post", keep(site)) for site in sites]):
+        check_pairs(
+            fsa, model, [(source.id, source.id)], kv_cache=False, exclusive=exclusive, pin_scale=scale, **FAST
+        )
+    # pinned passes: the prompt's last token (1 position), a read at step 1 (1 pinned before it),
+    # the next pinned pass (2 positions), the read at step 2 (2): per site
+    assert sorted(n for _, n in checked) == sorted([1, 1, 2, 2] * len(sites))
+
+
+def test_unpinned_rate_is_a_plain_generation(extracted):
+    model, fsa = extracted
+    src, dst = fsa.states[0].id, fsa.states[1].id
+    (check,) = check_pairs(
+        fsa,
+        model,
+        [(src, dst)],
+        n_prompts=5,
+        context=16,
+        steps=3,
+        samples=0,
+        decoding="greedy",
+        progress=False,
+    )
+    prompts = check.prompts
+    n = prompts.shape[1]
+    generated = model.generate(prompts, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
+    generated = generated.clone()  # generate returns an inference-mode tensor
+    names = {f"{site}.hook_sae_acts_post" for site, _ in fsa.states[1].members}
+    _, cache = model.run_with_cache(generated, names_filter=lambda name: name in names)
+    fires = torch.stack(
+        [cache[f"{site}.hook_sae_acts_post"][:, n:, index] > 0 for site, index in fsa.states[1].members]
+    ).any(0)  # (prompts, 3 generated positions)
+    assert check.greedy.unpinned == pytest.approx(float(fires.double().mean()), abs=1e-12)
+    assert check.sampled is None and check.decoding == "greedy"
+
+
+def test_reproducible_with_a_seed_and_the_same_with_and_without_kv_cache(extracted):
+    model, fsa = extracted
+    pairs = [(s.id, t.id) for s in fsa.states[:2] for t in fsa.states[:3]]
+    a = check_pairs(fsa, model, pairs, seed=3, **FAST)
+    b = check_pairs(fsa, model, pairs, seed=3, **FAST)
+    c = check_pairs(fsa, model, pairs, seed=3, kv_cache=False, **FAST)
+    d = check_pairs(fsa, model, pairs, seed=4, **FAST)
+    for x, y, z in zip(a, b, c):
+        assert (x.greedy, x.sampled, x.confirmed) == (y.greedy, y.sampled, y.confirmed)
+        assert torch.equal(x.prompts, y.prompts) and torch.equal(x.prompts, z.prompts)
+        for e, f in ((x.greedy, z.greedy), (x.sampled, z.sampled)):
+            assert (e.pinned, e.unpinned) == pytest.approx((f.pinned, f.unpinned), abs=1e-9)
+    assert not torch.equal(a[0].prompts, d[0].prompts)
+    assert all(torch.equal(a[0].prompts, x.prompts) for x in a[:3])  # one source, one set of prompts
+
+
+def test_intervals_contain_the_effect_and_decide_confirmed(extracted):
+    model, fsa = extracted
+    pairs = [(s.id, t.id) for s in fsa.states[:3] for t in fsa.states[:4]]
+    for min_effect in (0.0, 0.1):
+        for c in check_pairs(fsa, model, pairs, min_effect=min_effect, **FAST):
+            assert isinstance(c, PairCheck)
+            for e in (c.greedy, c.sampled):
+                assert e is not None and e.ci[0] <= e.effect <= e.ci[1]
+                assert e.effect == pytest.approx(e.pinned - e.unpinned, abs=1e-12)
+                assert -1 <= e.effect <= 1 and 0 <= e.p_value <= 1
+            assert c.primary is c.sampled and c.effect == c.sampled.effect
+            assert c.confirmed == (c.sampled.ci[0] > 0 and c.sampled.effect >= min_effect)
+    # the t critical values (two-sided 95%): 12.706 for 1 degree of freedom, 2.093 for 19
+    assert validate_module._t_critical(0.95, 1) == pytest.approx(12.7062, abs=1e-3)
+    assert validate_module._t_critical(0.95, 19) == pytest.approx(2.0930, abs=1e-3)
+    assert validate_module._t_critical(0.99, 4) == pytest.approx(4.6041, abs=1e-3)
+
+
+def test_validate_stores_the_verdicts_on_transitions(extracted):
+    model, fsa = extracted
+    fsa = copy.deepcopy(fsa)
+    chosen = sorted(fsa.transitions, key=lambda t: -t.weight)[:2]
+    fsa.validate(model, transitions=chosen, **FAST)
+    for t in chosen:
+        assert t.effect == t.effect_sampled and t.effect_greedy is not None and isinstance(t.confirmed, bool)
+        assert t.effect_ci is not None and t.effect_ci[0] <= t.effect <= t.effect_ci[1]
+    assert all(t.effect is None for t in fsa.transitions if t not in chosen)
+    assert fsa.metadata["validation"]["steps"] == 2 and fsa.metadata["validation"]["decoding"] == "sampled"
+
+
+def test_clear_errors(extracted):
+    model, fsa = extracted
+    pair = [(fsa.states[0].id, fsa.states[1].id)]
+    with pytest.raises(TypeError, match="needs the model"):
+        check_pairs(fsa, None, pair)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs the model"):
+        fsa.validate(None)
+    no_tokens = copy.copy(fsa)
+    no_tokens.tokens = None
+    with pytest.raises(ValueError, match="keeps no corpus tokens"):
+        check_pairs(no_tokens, model, pair)
+    with pytest.raises(ValueError, match="n_prompts=1 must be an integer >= 2"):
+        check_pairs(fsa, model, pair, n_prompts=1)
+    with pytest.raises(ValueError, match="steps=0"):
+        check_pairs(fsa, model, pair, steps=0)
+    with pytest.raises(ValueError, match="decoding='beam'"):
+        check_pairs(fsa, model, pair, decoding="beam")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pin_scale=0"):
+        check_pairs(fsa, model, pair, pin_scale=0)
+    with pytest.raises(ValueError, match="needs samples >= 1"):
+        check_pairs(fsa, model, pair, samples=0)
+    with pytest.raises(ValueError, match=r"pairs\[0\] = \(0, 999\): 999 is not a state id"):
+        check_pairs(fsa, model, [(0, 999)])
+    with pytest.raises(ValueError, match="exceed the model's context"):
+        check_pairs(fsa, model, pair, context=510, steps=3)
+    with pytest.raises(ValueError, match="no text has 100 tokens"):
+        check_pairs(fsa, model, pair, context=100)
+    always = copy.copy(fsa)
+    always.firing = fsa.firing.clone()
+    always.firing[:, 0] = True
+    with pytest.raises(ValueError, match=f"state {fsa.states[0].id} fires at every corpus position"):
+        check_pairs(always, model, pair, **FAST)
+    sites = sorted({site for s in fsa.states for site, _ in s.members})
+    removed = saes_of(model)[sites[0]]
+    sc.unsplice(model, sites[0])
+    try:
+        with pytest.raises(ValueError, match=f"sites \\['{sites[0]}'"):
+            check_pairs(fsa, model, pair)
+    finally:
+        sc.splice(model, removed)
