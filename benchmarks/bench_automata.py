@@ -13,8 +13,8 @@ What (``torch.set_num_threads(1)``; held-out texts: corpus seed 1):
    how many are true loops, how many distinct, the longest among the first three.
 4. Causal checks (``check_pairs``): every true transition between matched states, and as many
    random non-transitions between matched states: the share confirmed of each.
-5. The paper's steering classic through states: the base64 state (all members, every layer)
-   pinned while generating 40 tokens after 20 English/code prompts.
+5. The paper's steering classic through states: the base64 state of the residual SAEs (all
+   members, every layer) pinned while generating 40 tokens after 20 English/code prompts.
 
 Run ``python benchmarks/bench_automata.py --write-docs [--third /tmp/third]`` to refresh
 docs/benchmarks.md.
@@ -131,7 +131,7 @@ def main() -> None:
         results["sexpr"] = evaluate("sexpr", own, saes, texts, labels, automata.load_automaton(spec))
 
     texts, _ = corpus_texts("base64", CONTEXTS, LENGTH, seed=SEED)
-    with sc.spliced(model, dictionaries):
+    with sc.spliced(model, sc.zoo.load_saes("tiny", kind="resid")):  # the residual stream's base64 role
         fsa, _ = extract(model, texts)
         start = time.perf_counter()
         steering = measure_state(model, fsa, rules=("p90",))[0]
@@ -180,7 +180,7 @@ def main() -> None:
     check_s = sum(row["trained"][4][4] for row in results.values())
     lines += [
         "",
-        f"The checks took {check_s:.1f} s in all. **Steering through the base64 state** (state {steering.state}, "
+        f"The checks took {check_s:.1f} s in all. **Steering through the base64 state** (residual SAEs; state {steering.state}, "
         f"{len(steering.members)} members; fires on {steering.rate_in:.0%} of base64 and {steering.rate_out:.1%} of "
         f"English/code probe tokens), pinned at each member's 90th-percentile activation from the last prompt token "
         f"on, 40 new tokens after {steering.n_prompts} prompts ({steering_s:.0f} s):",

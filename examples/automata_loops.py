@@ -1,15 +1,17 @@
-"""The dictionary-learning paper's two automata on the embedded model: the markup loop and the
-base64 self-loop, extracted automatically, scored and checked causally (offline).
+"""The dictionary-learning paper's automata on the embedded model, found without labels, scored
+afterwards and checked causally (offline).
 
-    python examples/automata_loops.py [--contexts 200] [--prompts 50] [--out-dir automata]
+    python examples/automata_loops.py [--contexts 200] [--prompts 20] [--out-dir automata]
 
-1. Markup: extract the automaton of 200 generated documents (residual SAEs spliced), score it
-   against the true automaton, then follow the paper's loop OPEN -> TAG_NAME -> CLOSE ->
-   WHITESPACE -> OPEN through the recovered states matched to those true states: each link's
-   weight, the tokens that carry it, and the validation effect (pin the source, count the
-   destination at the next token).
-2. kvlog: the strongest cycles found without ground truth, read through the true states.
-3. Base64: extract the automaton of code with base64 blobs; validate its 5 strongest self-loops.
+1. Markup: extract the automaton of 200 held-out generated documents (residual SAEs and
+   transcoders spliced; states are roles), score it against the true automaton, follow the paper's
+   loop OPEN -> TAG_NAME -> CLOSE -> WHITESPACE -> OPEN through the states matched to those true
+   states (each link's weight, its tokens, and a causal check: the source state pinned, the
+   destination's next-step firing with a 95% interval), and print the first loops of
+   ``fsa.loops()`` named through the true states.
+2. kvlog: the first loops of ``fsa.loops()``, named afterwards through the true states.
+3. Base64: the base64 state of the residual SAEs pinned (all its members, every layer) while
+   generating after English and code prompts.
 Writes markup.html / base64.html (and .json) to --out-dir.
 """
 
@@ -21,80 +23,68 @@ from pathlib import Path
 
 import sae_circuits as sc
 from sae_circuits.cli import corpus_texts
-from sae_circuits.fsa import Transition
 from sae_circuits.zoo import automata
+from sae_circuits.zoo.base64_steering import PROMPTS, measure_state
 
 warnings.filterwarnings("ignore")
 LOOP = ("OPEN", "TAG_NAME", "CLOSE", "WHITESPACE")
+SEED = 1  # held-out documents: the embedded model's corpus was generated with other seeds
+
+
+def print_loops(fsa, labels, truth, n: int = 5) -> None:
+    """The first loops of ``fsa.loops()``; the state names come from the labels, afterwards."""
+    scored = sc.score_loops(fsa, fsa.loops(n), labels, truth)
+    print(f"  the first {n} loops (no labels used), named through the true states:")
+    for named, true in zip(scored.names, scored.true):
+        print(f"    {' -> '.join(map(str, named))}{'' if true else '   (not a true loop)'}")
 
 
 def markup(model, contexts: int, prompts: int, out: Path) -> None:
-    texts, labels = corpus_texts("markup", contexts, 128)
+    texts, labels = corpus_texts("markup", contexts, 128, seed=SEED)
+    truth = automata.AUTOMATA["markup"]
     fsa = sc.automaton(model, texts, prepend_bos=False)
-    score = sc.score_automaton(fsa, labels, automata.AUTOMATA["markup"])
+    score = sc.score_automaton(fsa, labels, truth)
     print(f"markup: {fsa}; mean state F1 {score.mean_f1:.3f}, transition AUROC {score.transition_auroc:.3f}")
     states = [score.matches[s] for s in LOOP]
-    links = []
-    for (a, b), (name_a, name_b) in zip(zip(states, states[1:] + states[:1]), zip(LOOP, LOOP[1:] + LOOP[:1])):
-        found = [t for t in fsa.transitions if t.src == a and t.dst == b]
-        link = max(found, key=lambda t: t.weight) if found else Transition(a, b, "token", fsa.weight(a, b))
-        links.append((name_a, name_b, link))
-    fsa.validate(model, transitions=[link for *_, link in links], n_prompts=prompts)
-    print("the markup loop through the matched states (state id, label, F1):")
+    pairs = list(zip(states, states[1:] + states[:1]))
+    checks = sc.check_pairs(fsa, model, pairs, n_prompts=prompts, progress=False)
+    print("  the paper's loop through the matched states (state id, members, top tokens, F1):")
     for name, state in zip(LOOP, states):
-        print(f"  {name:<11} state {state:<4} {fsa.states[state].label:<28} F1 {score.state_f1[name]:.3f}")
-    for name_a, name_b, link in links:
-        tokens = ", ".join(f"{k!r} x{v}" for k, v in list(link.tokens.items())[:3])
-        print(f"  {name_a} -> {name_b}: {link.mechanism} weight {link.weight:.3f} via {tokens}; "
-              f"pinned effect {link.effect:+.2f} ({'confirmed' if link.confirmed else 'not confirmed'})")  # fmt: skip
-    weakest = min(link.weight for *_, link in links)
-    rank = next(
-        (i for i, (cycle, _) in enumerate(fsa.cycles(max_length=4)) if sorted(cycle) == sorted(states)), None
-    )
-    print(
-        f"  weakest link {weakest:.3f}; rank among all cycles of <= 4 states: {rank if rank is not None else 'beyond the list'}"
-    )
+        s = fsa.state(state)
+        print(
+            f"    {name:<11} state {state:<4} {len(s.members):>3} features {s.label:<24} F1 {score.state_f1[name]:.3f}"
+        )
+    for (a, b), check, name_a, name_b in zip(pairs, checks, LOOP, LOOP[1:] + LOOP[:1]):
+        effect = check.sampled or check.greedy
+        print(f"    {name_a} -> {name_b}: weight {fsa.weight(a, b):.3f}; pinned {name_a}: {name_b} fires next "
+              f"{effect.unpinned:.2f} -> {effect.pinned:.2f} (95% CI of the change {effect.ci[0]:+.2f}..{effect.ci[1]:+.2f}"
+              f"; {'confirmed' if check.confirmed else 'not confirmed'})")  # fmt: skip
+    print_loops(fsa, labels, truth)
     fsa.save(out / "markup.json")
-    print("wrote", fsa.save(out / "markup.html"))
+    print("  wrote", fsa.save(out / "markup.html"))
 
 
-def kvlog_loop(model, contexts: int) -> None:
-    """The strongest cycles found without ground truth, each state named by the true state it
-    predicts best (F1) — for reading only; the cycles never saw the labels."""
-    import torch
-
-    texts, labels = corpus_texts("kvlog", contexts, 128)
+def kvlog(model, contexts: int) -> None:
+    texts, labels = corpus_texts("kvlog", contexts, 128, seed=SEED)
     fsa = sc.automaton(model, texts, prepend_bos=False)
-    states = automata.AUTOMATA["kvlog"].states
-    truth = torch.tensor([[label == s for s in states] for row in labels for label in row]).float()
-    fire = fsa.firing.float()
-    tp = fire.T @ truth
-    f1 = 2 * tp / (fire.sum(0)[:, None] + truth.sum(0)[None, :]).clamp_min(1)
-    print(
-        f"kvlog: {fsa}; the 3 strongest cycles (weakest link), states named by their best-matching true state:"
-    )
-    for cycle, weight in fsa.cycles(min_weight=0.3)[:3]:
-        named = [
-            f"{fsa.states[i].label} = {states[int(f1[i].argmax())]} (F1 {float(f1[i].max()):.2f})"
-            for i in cycle
-        ]
-        print(f"  {weight:.3f}: " + " -> ".join(named))
+    print(f"kvlog: {fsa}")
+    print_loops(fsa, labels, automata.AUTOMATA["kvlog"])
 
 
-def base64_loop(model, contexts: int, prompts: int, out: Path) -> None:
-    texts, _ = corpus_texts("base64", contexts, 128)
-    fsa = sc.automaton(model, texts, prepend_bos=False)
-    loops = sorted((t for t in fsa.transitions if t.src == t.dst), key=lambda t: -t.weight)[:5]
-    fsa.validate(model, transitions=loops, n_prompts=prompts)
-    print(f"base64: {fsa}; the 5 strongest self-loops, each validated:")
-    for t in loops:
-        state = fsa.states[t.src]
-        site, index = state.members[0]
-        print(f"  state {state.id:<4} {site} #{index:<5} fires on {state.frequency:.0%} of tokens; self-loop weight "
-              f"{t.weight:.3f} via {list(t.tokens)[:4]}; pinned effect {t.effect:+.2f} "
-              f"({'confirmed' if t.confirmed else 'not confirmed'})")  # fmt: skip
+def base64(model, contexts: int, prompts: int, out: Path) -> None:
+    texts, _ = corpus_texts("base64", contexts, 128, seed=SEED)
+    with sc.spliced(model, sc.zoo.load_saes("tiny", kind="resid")):  # the residual stream's base64 role
+        fsa = sc.automaton(model, texts, prepend_bos=False)
+        result = measure_state(model, fsa, rules=("p90",), prompts=PROMPTS[:prompts])[0]
+    print(f"base64: {fsa}; the base64 state {result.state} ({len(result.members)} features; fires on "
+          f"{result.rate_in:.0%} of base64 and {result.rate_out:.1%} of English/code tokens), pinned while "
+          f"generating 40 tokens after {result.n_prompts} prompts:")  # fmt: skip
+    for d in ("sampled", "greedy"):
+        print(f"    {d}: base64 continuations {result.fraction_without[d]:.0%} -> {result.fraction_with[d]:.0%}, "
+              f"distinct characters {result.distinct_without[d]:.2f} -> {result.distinct_with[d]:.2f}")  # fmt: skip
+    print(f"    e.g. {result.samples[0][0]!r} -> {result.samples[0][2][:50]!r}")
     fsa.save(out / "base64.json")
-    print("wrote", fsa.save(out / "base64.html"))
+    print("  wrote", fsa.save(out / "base64.html"))
 
 
 def main() -> None:
@@ -102,19 +92,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--contexts", type=int, default=200, help="texts per corpus (default 200)")
-    parser.add_argument(
-        "--prompts", type=int, default=50, help="prompts per validated transition (default 50)"
-    )
+    parser.add_argument("--prompts", type=int, default=20, help="prompts per causal check (default 20)")
     parser.add_argument(
         "--out-dir", default="automata", help="where to write the automata (default automata/)"
     )
     args = parser.parse_args()
     out = Path(args.out_dir)
     model = sc.zoo.load_model("tiny")
-    sc.splice(model, sc.zoo.load_saes("tiny", kind="resid"))
-    markup(model, args.contexts, args.prompts, out)
-    kvlog_loop(model, args.contexts)
-    base64_loop(model, args.contexts, args.prompts, out)
+    with sc.spliced(
+        model, sc.zoo.load_saes("tiny", kind="resid") + sc.zoo.load_saes("tiny", kind="transcoder")
+    ):
+        markup(model, args.contexts, args.prompts, out)
+        kvlog(model, args.contexts)
+    base64(model, args.contexts, args.prompts, out)
 
 
 if __name__ == "__main__":

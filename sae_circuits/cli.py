@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-weight",
         type=float,
         default=0.1,
-        help="least lift of a loop's transitions (default 0.1; see fsa.loops)",
+        help="least strength of a printed loop's steps (default 0.1; see fsa.loops)",
     )
     au.add_argument(
         "--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)"

@@ -30,9 +30,10 @@ def test_dashboard_and_automata_examples_run(tmp_path):
                    capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
     assert "blocks.1.hook_resid_post" in (tmp_path / "f.html").read_text()
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "automata_loops.py"), "--contexts", "30", "--prompts", "4", "--out-dir", str(tmp_path)],
+        [sys.executable, str(EXAMPLES / "automata_loops.py"), "--contexts", "20", "--prompts", "4", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, check=True, timeout=600,
     )  # fmt: skip
-    assert "the markup loop through the matched states" in out.stdout and "self-loops" in out.stdout
-    assert "kvlog:" in out.stdout and "= KEY" in out.stdout
+    assert "the paper's loop through the matched states" in out.stdout and "95% CI" in out.stdout
+    assert "kvlog:" in out.stdout and "KEY" in out.stdout and "loops (no labels used)" in out.stdout
+    assert "the base64 state" in out.stdout and "base64 continuations" in out.stdout
     assert (tmp_path / "markup.html").exists() and (tmp_path / "base64.json").exists()

@@ -1,17 +1,19 @@
 """States as roles (clustering against brute force), token effects (the single-position pass
-against full forward passes), ranked loops (lift, distinctness, self-loops after structural loops)
-and loop scores against ground truth."""
+against full forward passes), ranked loops (chance-corrected strength, the Markov check against
+mixed states, distinctness, self-loops after structural loops, variants after distinct loops) and
+loop scores against ground truth."""
 
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import torch
 
 import sae_circuits as sc
 from sae_circuits.fsa import FeatureAutomaton, State, Transition, effects, extract, score_loops
-from sae_circuits.fsa.loops import lifts, loops
+from sae_circuits.fsa.loops import VARIANT, lifts, loops, markov_consistency, strengths
 from sae_circuits.fsa.roles import average_linkage, coherence, jaccard, majority
 from sae_circuits.zoo import automata
 
@@ -170,6 +172,32 @@ def _toy(weights: dict[tuple[int, int], float], frequencies: list[float], firing
     )
 
 
+def _walks(table: dict[str, str], n: int = 40, length: int = 60, seed: int = 0) -> list[str]:
+    """``n`` texts of one-letter symbols walking ``table`` (symbol -> its possible next symbols)."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        symbol, text = rng.choice(sorted(table)), []
+        for _ in range(length):
+            text.append(symbol)
+            symbol = rng.choice(table[symbol])
+        texts.append("".join(text))
+    return texts
+
+
+def _corpus(texts: list[str], fires: list[str], noise: float = 0.0) -> FeatureAutomaton:
+    """An automaton whose state i fires on the symbols ``fires[i]`` ("~": on a random ``noise`` share of
+    all tokens), with the texts' firing as its corpus."""
+    symbols = [c for t in texts for c in t]
+    rng = random.Random(1)
+    firing = torch.tensor([[c in f or (f == "~" and rng.random() < noise) for f in fires] for c in symbols])
+    states = [
+        State(i, [("blocks.0.hook_resid_post", i)], f, float(firing[:, i].float().mean()))
+        for i, f in enumerate(fires)
+    ]
+    return FeatureAutomaton(states, [], firing, torch.tensor([len(t) for t in texts]))
+
+
 def test_lift_discounts_a_broad_destination():
     fsa = _toy({(0, 1): 0.6, (0, 2): 0.6}, [0.1, 0.1, 0.5])
     lift = lifts(fsa)
@@ -178,29 +206,88 @@ def test_lift_discounts_a_broad_destination():
     assert float(lift[1, 0]) == 0.0  # clipped at 0
 
 
-def test_structural_loops_rank_before_self_loops_and_duplicates_fold():
-    # 0 -> 1 -> 2 -> 0 (weakest 0.8), a self-loop on 3 (0.9), and 4 a near-duplicate of 1
-    # (same firing), giving the loop 0 -> 4 -> 2 -> 0 again.
-    firing = torch.zeros(50, 5, dtype=torch.bool)
-    for i, block in enumerate((0, 1, 2, 3, 1)):
-        firing[10 * block : 10 * block + 10, i] = True
-    weights = {(0, 1): 0.9, (1, 2): 0.8, (2, 0): 0.85, (3, 3): 0.9, (0, 4): 0.88, (4, 2): 0.8}
-    fsa = _toy(weights, [0.0] * 5, firing)
+def test_strength_is_jaccard_over_consecutive_tokens_corrected_for_chance():
+    # A -> B -> C -> A always; W fires on half the tokens at random. Pairs never cross texts.
+    fsa = _corpus(["ABCABCABCA", "BCABCABCAB"] * 20, ["A", "B", "C", "~"], noise=0.5)
+    strength = strengths(fsa)
+    assert float(strength[0, 1]) == pytest.approx(1.0)  # every A is followed by B and every B led by A
+    assert float(strength[0, 0]) == 0.0 and float(strength[1, 0]) == 0.0  # never A A, never B A
+    assert float(strength[3, 3]) < 0.05  # a broad random state does not loop onto itself by chance
+    assert float(strength[3, 1]) < 0.05
+    fsa = _corpus(["AB", "AB"], ["A", "B"])  # B then A only across two texts: not a pair
+    assert float(strengths(fsa)[1, 0]) == 0.0
+
+
+def test_markov_check_flags_a_mixed_state_and_sinks_the_paths_never_taken():
+    # Two true loops A B C and D E F, joined by C -> D and F -> A. M fires on both B and E (there is
+    # no state for B or E alone), so A -> M -> F and D -> M -> C look as strong step by step as the
+    # true paths A -> M -> C and D -> M -> F, but are never taken.
+    texts = _walks({"A": "B", "B": "C", "C": "AD", "D": "E", "E": "F", "F": "DA"})
+    fsa = _corpus(texts, ["A", "C", "D", "F", "BE"])
+    consistency = markov_consistency(fsa)
+    assert float(consistency[:4].min()) == pytest.approx(1.0)
+    assert float(consistency[4]) == pytest.approx(0.5, abs=0.1)  # half its expected paths are taken
+    found = loops(fsa, None, successors=3)
+    assert {frozenset(loop.states) for loop in found[:2]} == {frozenset({0, 4, 1}), frozenset({2, 4, 3})}
+    assert {frozenset(loop.states) for loop in found[2:]} == {frozenset({0, 4, 3}), frozenset({2, 4, 1})}
+    assert all(loop.consistency == pytest.approx(0.5, abs=0.1) for loop in found[:2])
+    assert all(loop.consistency == 0 and loop.score == 0 for loop in found[2:])
+    for loop in found:  # a loop's score is its weakest strength x consistency x the length factor
+        assert loop.score == pytest.approx(loop.weakest * loop.consistency * (1 - 1 / 6) ** 2)
+    # with a state for B and one for E, A's successor M is skipped (it fires where B fires)
+    fsa = _corpus(texts, ["A", "B", "C", "D", "E", "F", "BE"])
+    assert all(6 not in loop.states for loop in loops(fsa, None, successors=3))
+
+
+def test_self_loops_rank_after_structural_loops_and_variants_after_distinct_loops():
+    # X -> Y -> Z -> X, Z -> T, T -> T | X: a 3-loop, a 4-loop through T and T's self-loop.
+    texts = _walks({"X": "Y", "Y": "Z", "Z": "XT", "T": "TX"})
+    fsa = _corpus(texts, ["X", "Y", "Z", "T"])
     found = loops(fsa, None)
-    assert [loop.states for loop in found] == [[0, 1, 2], [3]]
-    assert found[0].weakest == pytest.approx(0.8) and found[0].score == pytest.approx(0.8 * (1 - 1 / 6))
-    assert found[1].score == pytest.approx(0.9 / 2)
+    assert [3] in [loop.states for loop in found]
+    assert found[-1].states == [3] and len(found) == 3
+    assert found[-1].score == pytest.approx(found[-1].weakest * found[-1].consistency / 4)
+    # A -> (b | B) -> C -> A, and D -> E -> F -> D in other texts: A B C is a variant of A b C.
+    texts = _walks({"A": "bB", "b": "C", "B": "C", "C": "A"}, n=20) + _walks(
+        {"D": "E", "E": "F", "F": "D"}, n=20
+    )
+    fsa = _corpus(texts, ["A", "b", "B", "C", "D", "E", "F"])
+    found = loops(fsa, None)
+    assert found[0].states == [4, 5, 6]
+    assert {tuple(loop.states) for loop in found[1:]} == {(0, 1, 3), (0, 2, 3)}
+    variant = found[2]
+    assert variant.score == pytest.approx(VARIANT * variant.weakest * variant.consistency * (5 / 6) ** 2)
     assert fsa.loops(1) == found[:1]
-    with pytest.raises(ValueError, match="successors=0"):
-        loops(fsa, successors=0)
-    with pytest.raises(ValueError, match="min_lift=2"):
-        loops(fsa, min_lift=2)
+
+
+def test_loops_near_duplicates_fold_and_bad_arguments_fail():
+    # state 3 fires where B fires: the loop A -> dup -> C is the loop A -> B -> C again (one role)
+    fsa = _corpus(["ABCABCABCA", "BCABCABCAB"] * 20, ["A", "B", "C", "B"])
+    assert [loop.states for loop in loops(fsa, None, successors=3)] == [[0, 1, 2]]
+    assert loops(_corpus(["AB"], ["A", "B"]), None) == []
+    for kwargs, message in [
+        (dict(successors=0), "successors=0"),
+        (dict(min_lift=2), "min_lift=2"),
+        (dict(top=0), "top=0"),
+        (dict(max_length=True), "max_length=True"),
+        (dict(role_threshold=-0.1), "role_threshold=-0.1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            loops(fsa, **kwargs)
+    broken = FeatureAutomaton(fsa.states, [], fsa.firing[:, :2], fsa.lengths)
+    with pytest.raises(ValueError, match="expected \\[tokens, 4 states\\]"):
+        loops(broken)
+    broken = FeatureAutomaton(fsa.states, [], fsa.firing, fsa.lengths + 1)
+    with pytest.raises(ValueError, match="fsa.lengths sums to"):
+        loops(broken)
 
 
 def test_loop_scores_name_states_through_the_truth():
-    fsa = _toy({(0, 1): 0.9, (1, 0): 0.9, (2, 2): 0.5}, [0.0] * 3)
-    labels = ["A"] * 10 + ["B"] * 10 + ["C"] * 10
-    result = score_loops(fsa, fsa.loops(None), labels, [("A", "B"), ("B", "A")])
+    fsa = _corpus(["ABABABABAB"] * 5 + ["CCCCCCCCCC"] * 5, ["A", "B", "C~"], noise=0.0)
+    found = fsa.loops(None)
+    assert [loop.states for loop in found] == [[0, 1], [2]]
+    labels = [list(t) for t in ["ABABABABAB"] * 5 + ["CCCCCCCCCC"] * 5]
+    result = score_loops(fsa, found, labels, [("A", "B"), ("B", "A")])
     assert result.names == [["A", "B"], ["C"]] and result.true == [True, False]
     assert (result.n_true, result.n_distinct, result.longest_in_top3) == (1, 1, 2)
 

@@ -78,12 +78,18 @@ def next_token_effects(
     cached = _cache(model, corpus, names, n_texts)
     generator = torch.Generator().manual_seed(seed)
     in_subset = corpus.token_ids < n_tok
-    token_ids, feature_ids = corpus.token_ids[in_subset], corpus.feature_ids[in_subset]
-    values = corpus.values[in_subset]
+    order = corpus.token_ids[in_subset].argsort(stable=True)  # the sparse activations by position
+    token_ids = corpus.token_ids[in_subset][order]
+    feature_ids = corpus.feature_ids[in_subset][order]
+    values = corpus.values[in_subset][order]
+    starts = torch.searchsorted(
+        token_ids, torch.arange(n_tok + 1)
+    )  # entries of position t: starts[t]:starts[t+1]
     offsets = torch.tensor([corpus.feature_offset(s) for s in range(len(corpus.sites) + 1)])
+    member = torch.zeros(corpus.n_features, dtype=torch.bool)
 
     row_pos: list[int] = []  # the corpus position of each single-token row
-    row_state: list[int] = []  # the state removed in it
+    row_state: list[int] = []  # the state removed (or pinned) in it
     zero_rows: list[Tensor] = []  # (row, feature, value) of every member activation taken off
     zero_features: list[Tensor] = []
     zero_values: list[Tensor] = []
@@ -93,26 +99,29 @@ def next_token_effects(
             positions = positions[torch.randperm(positions.numel(), generator=generator)[:per_state]]
         if positions.numel() == 0:
             continue
-        row_of = torch.full((n_tok,), -1, dtype=torch.long)
-        row_of[positions] = torch.arange(positions.numel()) + len(row_pos)
-        active = torch.isin(feature_ids, torch.tensor(group)) & (row_of[token_ids] >= 0)
+        first = len(row_pos)
+        counts = starts[positions + 1] - starts[positions]
+        entries = torch.repeat_interleave(
+            starts[positions] - counts.cumsum(0) + counts, counts
+        ) + torch.arange(int(counts.sum()))  # the sparse entries at the sampled positions
+        rows = torch.repeat_interleave(torch.arange(positions.numel()), counts)
+        member[group] = True
+        active = member[feature_ids[entries]]
+        member[group] = False
+        rows, entries = rows[active], entries[active]
         if pins is None:
-            zero_rows.append(row_of[token_ids[active]])
-            zero_features.append(feature_ids[active])
-            zero_values.append(values[active])
+            zero_rows.append(rows + first)
+            zero_features.append(feature_ids[entries])
+            zero_values.append(values[entries])
         else:  # every member set to its pin value: take off (current - pin)
-            grid_rows = (torch.arange(positions.numel()) + len(row_pos)).repeat_interleave(len(group))
-            grid_features = torch.tensor(group).repeat(positions.numel())
-            current = torch.zeros(positions.numel(), len(group))
-            column = {f: j for j, f in enumerate(group)}
-            current[
-                row_of[token_ids[active]] - len(row_pos),
-                torch.tensor([column[int(f)] for f in feature_ids[active]], dtype=torch.long),
-            ] = values[active]
-            pin = torch.tensor([pins[f] for f in group]).repeat(positions.numel())
-            zero_rows.append(grid_rows)
-            zero_features.append(grid_features)
-            zero_values.append(current.reshape(-1) - pin)
+            column = torch.full((corpus.n_features,), -1, dtype=torch.long)
+            column[torch.tensor(group)] = torch.arange(len(group))
+            current = torch.zeros(positions.numel(), len(group))  # members active at the position
+            current[rows, column[feature_ids[entries]]] = values[entries]
+            pin = torch.tensor([pins[f] for f in group])
+            zero_rows.append(torch.arange(positions.numel()).repeat_interleave(len(group)) + first)
+            zero_features.append(torch.tensor(group).repeat(positions.numel()))
+            zero_values.append((current - pin).reshape(-1))
         row_pos += positions.tolist()
         row_state += [s] * positions.numel()
     effects = torch.zeros(len(members), corpus.vocab.numel(), dtype=torch.float64)

@@ -85,6 +85,17 @@ class _Corpus:
         )
         self.next_probs = torch.cat(probs)  # (tokens, vocab): the model's next-token probabilities
 
+    def values_of(self, feature: int) -> Tensor:
+        """The activations of one (global) feature where it fires."""
+        if not hasattr(self, "_by_feature"):
+            order = self.feature_ids.argsort(stable=True)
+            self._by_feature = order
+            self._feature_starts = torch.searchsorted(
+                self.feature_ids[order], torch.arange(self.n_features + 1, device=self.feature_ids.device)
+            )
+        lo, hi = int(self._feature_starts[feature]), int(self._feature_starts[feature + 1])
+        return self.values[self._by_feature[lo:hi]]
+
     def feature_offset(self, site: int) -> int:
         return sum(s.cfg.d_sae for s in self.saes[:site])
 
@@ -269,7 +280,7 @@ def _state(corpus: _Corpus, state_id: int, members: list[int], fires: Tensor, ag
     for m in members:
         site, index = corpus.feature_of(m)
         sites.append((corpus.sites[site], index))
-        values = corpus.values[corpus.feature_ids == m]
+        values = corpus.values_of(m)
         pins.append(float(values.quantile(PIN_QUANTILE)) if values.numel() else 0.0)
         largest = max(largest, float(values.max()) if values.numel() else 0.0)
     return State(
