@@ -92,7 +92,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--contexts", type=int, default=200, help="texts per corpus (default 200)")
-    parser.add_argument("--prompts", type=int, default=20, help="prompts per causal check (default 20)")
+    parser.add_argument("--prompts", type=int, default=40, help="prompts per causal check (default 40)")
     parser.add_argument(
         "--out-dir", default="automata", help="where to write the automata (default automata/)"
     )

@@ -248,7 +248,7 @@ def _automaton(args: argparse.Namespace) -> int:
     splice(model, saes)
     if args.spec:
         automata.verify_tokenizer(model.tokenizer, n_docs=50, automata=[truth])
-    texts, labels = corpus_texts(truth, args.contexts, args.length)
+    texts, labels = corpus_texts(truth, args.contexts, args.length, seed=args.seed)
     fsa = automaton(model, texts, max_states=args.max_states, attention_contexts=args.attention_contexts,
                     prepend_bos=False)  # fmt: skip
     print(fsa)
@@ -409,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     au.add_argument("--contexts", type=int, default=200, help="number of texts (default 200)")
     au.add_argument("--length", type=int, default=128, help="symbols per text (default 128)")
+    au.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the generated texts (default 0; use one your model was not trained on)",
+    )
     au.add_argument("--max-states", type=int, default=256, help="most states (default 256)")
     au.add_argument(
         "--attention-contexts", type=int, default=8, help="texts for attention transitions (default 8)"

@@ -147,9 +147,21 @@ def test_trained_states_cause_their_successor_tokens(spliced_corpus):
 
 
 def test_extraction_refuses_a_model_without_attention_hooks(spliced_corpus, monkeypatch):
+    """A model without per-block attention-output hooks cannot have its attention frozen: refused
+    by name, before any work (checked on a stand-in, since a bridge builds its hook_dict afresh)."""
+    from types import SimpleNamespace
+
+    hooks = {"blocks.0.hook_resid_pre": None, "blocks.0.hook_attn_out": None}
+    stand_in = SimpleNamespace(cfg=SimpleNamespace(n_layers=2), hook_dict=hooks)
+    with pytest.raises(ValueError, match=r"blocks\.1\.hook_attn_out"):
+        effects.frozen_inputs(stand_in)
+    hooks["blocks.1.hook_attn_out"] = None
+    assert effects.frozen_inputs(stand_in)[-1] == "blocks.1.hook_attn_out"
     model, _ = spliced_corpus
-    monkeypatch.delitem(model.hook_dict, "blocks.1.hook_attn_out")
-    with pytest.raises(ValueError, match="blocks.1.hook_attn_out"):
+    monkeypatch.setattr(
+        extract, "frozen_inputs", lambda m: effects.frozen_inputs(SimpleNamespace(cfg=m.cfg, hook_dict={}))
+    )
+    with pytest.raises(ValueError, match="blocks.0.hook_resid_pre"):
         sc.automaton(model, ["<p>x</p>"], progress=False)
 
 
