@@ -361,10 +361,11 @@ def test_html_is_self_contained_and_injection_safe(fsa, tmp_path):
     data = _html_data(html)
     assert [s["label"] for s in data["states"]] == [s.label for s in STATES]
     assert len(data["transitions"]) == len(TRANSITIONS) and data["cycles"][0] == [[3], 0.35]
+    assert data["loops"] == [[loop.states, loop.score] for loop in fsa.loops(10)]
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node.js")
-def test_html_script_builds_the_svg(fsa, tmp_path):
+def _run_page(fsa, tmp_path) -> dict:
+    """Run the page's script under node on a stub DOM; what it drew."""
     html = fsa.save(tmp_path / "a.html").read_text()
     data = html.split('id="fsa-data">')[1].split("</script>")[0]
     script = html.split("<script>")[1].split("</script>")[0]
@@ -389,12 +390,28 @@ console.log(JSON.stringify({circle: all.filter(e => e.tag === "circle").length, 
         ["node", str(tmp_path / "run.js")], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node.js")
+def test_html_script_builds_the_svg(fsa, tmp_path):
+    """With no firing to rank loops by, the page highlights and lists the raw strongest cycles."""
+    fsa.firing = torch.zeros_like(fsa.firing)
+    result = _run_page(fsa, tmp_path)
     assert (result["circle"], result["paths"], result["bad"], result["hot"]) == (4, len(TRANSITIONS), 0, 1)
     assert result["dashed"] == [t.confirmed is False for t in TRANSITIONS]
     assert result["widths"][5] == max(result["widths"])  # the self-loop [3] is the strongest cycle
     assert any(t.startswith(f"state 2: {EVIL}\n") for t in result["titles"])
     assert result["cycles"][0].startswith("3 café") and result["summary"] == repr(fsa)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node.js")
+def test_html_page_highlights_the_first_loop(fsa, tmp_path):
+    first = fsa.loops(10)[0]
+    result = _run_page(fsa, tmp_path)
+    assert result["hot"] == len(set(first.states))
+    assert result["cycles"][0].startswith(f"{first.states[0]} ") and "(score " in result["cycles"][0]
+    assert len(result["cycles"]) == len(fsa.loops(10))
 
 
 # --------------------------------------------------------------------------- atomicity and errors

@@ -156,6 +156,17 @@ def _top_cycles(fsa: FeatureAutomaton, n: int) -> list[tuple[list[int], float]]:
         return cycles(fsa)[:n]
 
 
+def _top_loops(fsa: FeatureAutomaton, n: int) -> list[Any]:
+    """``fsa.loops(n)`` for the page, or none when the firing cannot rank loops (an automaton
+    built by hand without a consistent firing matrix): the page then lists the raw cycles."""
+    from sae_circuits.fsa.loops import loops
+
+    try:
+        return loops(fsa, n)
+    except ValueError:
+        return []
+
+
 def to_networkx(fsa: FeatureAutomaton) -> nx.DiGraph:
     """An ``nx.DiGraph`` keyed by state id; one edge per ``(src, dst)``, both mechanisms merged.
 
@@ -257,9 +268,9 @@ circle.hot{stroke:#d62728;stroke-width:3} text{font-size:11px;fill:#333}
 </style></head><body>
 <h3>Feature automaton</h3><p id="summary"></p>
 <p class="legend"><span style="background:#1f77b4"></span>attention<span style="background:#ff7f0e"></span>token
-&nbsp; solid: confirmed or not validated, dashed: not confirmed; thick: the strongest cycle (red states)</p>
+&nbsp; solid: confirmed or not validated, dashed: not confirmed; thick, red states: the first loop</p>
 <div id="wrap"><svg id="graph"></svg></div>
-<h4>Strongest cycles</h4><ol id="cycles"></ol>
+<h4>Loops, first to read (distinct, structural before self-loops; fsa.loops)</h4><ol id="cycles"></ol>
 <script type="application/json" id="fsa-data">__DATA__</script>
 <script>
 "use strict";
@@ -291,8 +302,9 @@ for (const [m, color] of Object.entries(COLORS)) {
   add("path", {d: "M0,0 L10,5 L0,10 z", fill: color}, marker);
 }
 const hot = new Set(), hotStates = new Set();
-if (data.cycles.length) {
-  const ids = data.cycles[0][0];
+const ranked = (data.loops && data.loops.length) ? data.loops : data.cycles;
+if (ranked.length) {
+  const ids = ranked[0][0];
   ids.forEach((a, i) => { hot.add(a + ">" + ids[(i + 1) % ids.length]); hotStates.add(a); });
 }
 const largest = data.transitions.reduce((m, t) => Math.max(m, Math.abs(t.weight || 0)), 0) || 1;
@@ -332,8 +344,9 @@ for (const s of data.states) {
     s.label.length > 30 ? s.label.slice(0, 29) + "..." : s.label);
 }
 const list = document.getElementById("cycles");
-for (const [ids, w] of data.cycles) {
-  add("li", {}, list, [...ids, ids[0]].map(name).join(" -> ") + `  (weakest transition ${fmt(w)})`);
+for (const [ids, w] of ranked) {
+  const what = ranked === data.loops ? "score" : "weakest transition";
+  add("li", {}, list, [...ids, ids[0]].map(name).join(" -> ") + `  (${what} ${fmt(w)})`);
 }
 </script></body></html>
 """
@@ -342,8 +355,9 @@ for (const [ids, w] of data.cycles) {
 
 def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
     """A self-contained page (inline SVG, CSS and JS; no network): states on a circle, transitions
-    as arrows coloured by mechanism, the strongest cycle's edges drawn thicker, the top
-    ``n_cycles`` cycles listed; hover a state or an arrow for members, tokens and effect."""
+    as arrows coloured by mechanism, the first loop of ``fsa.loops`` highlighted (its states red,
+    its drawn transitions thicker), the first ``n_cycles`` loops listed (the raw strongest cycles
+    when the firing cannot rank loops); hover a state or an arrow for members, tokens and effect."""
     states = [
         {"id": s.id, "label": s.label, "frequency": float(s.frequency), "members": _members(s),
          "max_activation": float(s.max_activation)}
@@ -356,7 +370,8 @@ def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
         for t in fsa.transitions
     ]  # fmt: skip
     data = {"summary": repr(fsa), "states": states, "transitions": transitions,
-            "cycles": [[ids, w] for ids, w in _top_cycles(fsa, n_cycles)]}  # fmt: skip
+            "cycles": [[ids, w] for ids, w in _top_cycles(fsa, n_cycles)],
+            "loops": [[loop.states, loop.score] for loop in _top_loops(fsa, n_cycles)]}  # fmt: skip
     return _HTML.replace("__DATA__", script_json(data))
 
 
