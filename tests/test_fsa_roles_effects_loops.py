@@ -337,3 +337,29 @@ def test_pinning_sets_every_member_where_the_state_is_off(spliced_corpus):
     pinned = logits[0, -1].double().softmax(-1)[corpus.vocab]
     torch.testing.assert_close(effect, pinned - corpus.next_probs[flat], atol=1e-6, rtol=0)
     assert len(seen) == len(group)
+
+
+def test_dictionaries_where_attention_is_frozen_are_left_out_with_a_warning():
+    """An SAE on an attention output (or the embeddings) sits where the single-position pass
+    patches frozen values in: its edits would vanish, so its features are left out of the token
+    effects, loudly, instead of silently counting as 'no effect'."""
+    from sae_circuits.fsa.effects import frozen_site
+
+    assert frozen_site("blocks.2.hook_attn_out") and frozen_site("blocks.1.attn.hook_z")
+    assert frozen_site("blocks.0.hook_resid_pre") and frozen_site("hook_embed")
+    assert not frozen_site("blocks.1.hook_resid_post") and not frozen_site("blocks.3.hook_mlp_out")
+    assert not frozen_site("blocks.1.hook_resid_pre") and not frozen_site("blocks.0.ln2.hook_normalized")
+    from tests.conftest import random_sae
+
+    model = sc.zoo.load_model("tiny")
+    attn = random_sae(hook_name="blocks.0.hook_attn_out", d_in=model.cfg.d_model, seed=3)
+    docs = automata.generate("markup", 8, seed=3)
+    with sc.spliced(model, [attn] + sc.zoo.load_saes("tiny", kind="resid")[1:2]):
+        with pytest.warns(UserWarning, match=r"blocks\.0\.hook_attn_out"):
+            fsa = sc.automaton(model, ["".join(s[:40]) for s, _ in docs], max_states=16, attention_contexts=0,
+                               progress=False)  # fmt: skip
+    assert fsa.weights["token"].shape == (len(fsa.states), len(fsa.states))
+
+
+def test_average_linkage_of_nothing_is_nothing():
+    assert average_linkage(torch.zeros(0, 0), 0.5) == []

@@ -29,6 +29,8 @@ Pinning is the same pass with the members set to their pin values at positions w
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -38,6 +40,15 @@ from tqdm.auto import tqdm
 
 _CHUNK = 2048  # single-token rows per forward
 EffectKind = Literal["both", "remove", "pin"]
+
+
+def frozen_site(site: str) -> bool:
+    """Whether a dictionary at ``site`` sits where the single-position pass patches in frozen
+    values (the embeddings, or anywhere from a block's attention up to its ``hook_attn_out``):
+    edits there would be overwritten, so its members cannot enter the token effects."""
+    if site in ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"):
+        return True
+    return re.match(r"blocks\.\d+\.(attn\.|hook_attn_out$|ln1\.)", site) is not None
 
 
 def frozen_inputs(model: Any) -> list[str]:
@@ -87,6 +98,19 @@ def next_token_effects(
     )  # entries of position t: starts[t]:starts[t+1]
     offsets = torch.tensor([corpus.feature_offset(s) for s in range(len(corpus.sites) + 1)])
     member = torch.zeros(corpus.n_features, dtype=torch.bool)
+    skipped = [site for site in corpus.sites if frozen_site(site)]
+    if skipped:
+        warnings.warn(
+            f"token effects leave out the features of the dictionaries at {skipped}: the single-position "
+            "pass freezes the embeddings and attention outputs, so edits there would be overwritten; "
+            "states made only of them get no token transitions (their attention transitions remain)",
+            stacklevel=3,
+        )
+        for k, site in enumerate(corpus.sites):
+            if site in skipped:
+                member_of_site = torch.zeros(corpus.n_features, dtype=torch.bool)
+                member_of_site[offsets[k] : offsets[k + 1]] = True
+                members = [[f for f in group if not member_of_site[f]] for group in members]
 
     row_pos: list[int] = []  # the corpus position of each single-token row
     row_state: list[int] = []  # the state removed (or pinned) in it
@@ -97,7 +121,7 @@ def next_token_effects(
         positions = (~fire[:n_tok, s] if pins is not None else fire[:n_tok, s]).nonzero().squeeze(-1)
         if positions.numel() > per_state:
             positions = positions[torch.randperm(positions.numel(), generator=generator)[:per_state]]
-        if positions.numel() == 0:
+        if positions.numel() == 0 or not group:
             continue
         first = len(row_pos)
         counts = starts[positions + 1] - starts[positions]
@@ -113,15 +137,10 @@ def next_token_effects(
             zero_rows.append(rows + first)
             zero_features.append(feature_ids[entries])
             zero_values.append(values[entries])
-        else:  # every member set to its pin value: take off (current - pin)
-            column = torch.full((corpus.n_features,), -1, dtype=torch.long)
-            column[torch.tensor(group)] = torch.arange(len(group))
-            current = torch.zeros(positions.numel(), len(group))  # members active at the position
-            current[rows, column[feature_ids[entries]]] = values[entries]
-            pin = torch.tensor([pins[f] for f in group])
+        else:  # every member set to its pin value, whatever it is re-encoded to
             zero_rows.append(torch.arange(positions.numel()).repeat_interleave(len(group)) + first)
-            zero_features.append(torch.tensor(group).repeat(positions.numel()))
-            zero_values.append((current - pin).reshape(-1))
+            zero_features.append(torch.tensor(group, dtype=torch.long).repeat(positions.numel()))
+            zero_values.append(torch.tensor([pins[f] for f in group]).repeat(positions.numel()))
         row_pos += positions.tolist()
         row_state += [s] * positions.numel()
     effects = torch.zeros(len(members), corpus.vocab.numel(), dtype=torch.float64)
@@ -145,7 +164,7 @@ def next_token_effects(
             )
             for k, site in enumerate(corpus.sites)
         }
-        removed.append(_single_positions(model, corpus, cached, rows[chunk], names, edits))
+        removed.append(_single_positions(model, corpus, cached, rows[chunk], names, edits, pins is not None))
     ablated = torch.cat(removed)
     diff = corpus.next_probs[rows] - ablated
     if pins is not None:
@@ -172,10 +191,12 @@ def _single_positions(
     positions: Tensor,
     names: list[str],
     edits: dict[str, tuple[Tensor, Tensor, Tensor]],
+    assign: bool = False,
 ) -> Float[Tensor, "rows vocab"]:
     """Next-token probabilities (corpus vocabulary) of each position run alone, its frozen inputs
     patched in, with ``values`` taken off the ``(rows, features)`` of ``edits`` at each dictionary
-    (the splice then subtracts ``value * W_dec[feature]`` from its output)."""
+    (the splice then subtracts ``value * W_dec[feature]`` from its output), or, with ``assign``,
+    those activations set to ``values``."""
 
     def patch(name: str):
         values = cached[name][positions].unsqueeze(1)
@@ -184,8 +205,9 @@ def _single_positions(
     def remove(rows: Tensor, features: Tensor, values: Tensor):
         def hook(activation: Tensor, hook: Any) -> Tensor:
             out = activation.clone()
+            edited = values.to(out.dtype)
             out.view(positions.numel(), -1).index_put_(
-                (rows, features), -values.to(out.dtype), accumulate=True
+                (rows, features), edited if assign else -edited, accumulate=not assign
             )
             return out
 

@@ -78,12 +78,13 @@ class _Corpus:
                     feature_ids.append(idx + self.feature_offset(site))
                     values.append(acts[pos, idx])
                 start += row.numel() - self.offset
+        # the sparse activations and probabilities live on the CPU, whatever the model's device
         self.token_ids, self.feature_ids, self.values = (
-            torch.cat(token_ids),
-            torch.cat(feature_ids),
-            torch.cat(values),
+            torch.cat(token_ids).cpu(),
+            torch.cat(feature_ids).cpu(),
+            torch.cat(values).cpu(),
         )
-        self.next_probs = torch.cat(probs)  # (tokens, vocab): the model's next-token probabilities
+        self.next_probs = torch.cat(probs).cpu()  # (tokens, vocab): the model's next-token probabilities
 
     def values_of(self, feature: int) -> Tensor:
         """The activations of one (global) feature where it fires."""

@@ -40,6 +40,8 @@ def average_linkage(similarity: Float[Tensor, "c c"], threshold: float) -> list[
     clusters come in order of their first member.
     """
     n = similarity.shape[0]
+    if n == 0:
+        return []
     sim = similarity.double().clone()
     sim.fill_diagonal_(-torch.inf)
     size = torch.ones(n, dtype=torch.float64)

@@ -62,8 +62,8 @@ class TrainConfig:
 
 
 def make_model(vocab_size: int, eot_id: int, cfg: TrainConfig) -> GPT2LMHeadModel:
-    """A GPT-2 (``gelu_new``, tied embeddings, no dropout) with a fixed init seed."""
-    torch.manual_seed(cfg.seed)
+    """A GPT-2 (``gelu_new``, tied embeddings, no dropout) with a fixed init seed (drawn from a
+    forked RNG: the caller's global torch seed is left as it was)."""
     config = GPT2Config(
         vocab_size=vocab_size,
         n_positions=cfg.seq_len,
@@ -78,7 +78,9 @@ def make_model(vocab_size: int, eot_id: int, cfg: TrainConfig) -> GPT2LMHeadMode
         eos_token_id=eot_id,
         tie_word_embeddings=True,
     )
-    return GPT2LMHeadModel(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return GPT2LMHeadModel(config)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
