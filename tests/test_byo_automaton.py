@@ -207,3 +207,22 @@ def test_cli_automaton_with_a_spec_on_the_embedded_model(tmp_path, capsys):
     assert "against the true sexpr automaton" in printed and "ARG2" in printed and out.is_file()
     assert main(["automaton", "--spec", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
     assert "nope.json" in capsys.readouterr().err
+
+
+def test_save_model_replaces_files_atomically_and_keeps_the_folder(tmp_path):
+    """The model folder may hold other things (the zoo keeps its dictionaries there): saving
+    replaces the model's files, leaves the rest, and leaves no staging folder behind."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sae_circuits.zoo.train_lm import ZOO_TOKENIZER, save_model
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=4096, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    folder = tmp_path / "model"
+    (folder / "saes").mkdir(parents=True)
+    (folder / "saes" / "keep.txt").write_text("mine")
+    (folder / "config.json").write_text("{}")
+    save_model(model, ZOO_TOKENIZER, folder)
+    assert (folder / "saes" / "keep.txt").read_text() == "mine"
+    assert '"n_embd": 16' in (folder / "config.json").read_text()
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

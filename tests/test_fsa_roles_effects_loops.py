@@ -363,3 +363,12 @@ def test_dictionaries_where_attention_is_frozen_are_left_out_with_a_warning():
 
 def test_average_linkage_of_nothing_is_nothing():
     assert average_linkage(torch.zeros(0, 0), 0.5) == []
+
+
+def test_token_rows_with_bos_need_a_bos_token(spliced_corpus, monkeypatch):
+    """prepend_bos with token rows on a model without a BOS id used to drop each text's first
+    token silently; it is refused instead."""
+    model, _ = spliced_corpus
+    monkeypatch.setattr(model, "tokenizer", None)
+    with pytest.raises(ValueError, match="prepend_bos=True with token rows"):
+        sc.automaton(model, [[5, 6, 7, 8]], prepend_bos=True, progress=False)

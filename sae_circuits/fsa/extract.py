@@ -144,7 +144,12 @@ def _tokenize(model: Any, texts: Any, prepend_bos: bool | None) -> tuple[list[Te
             row = torch.as_tensor(text).reshape(-1)
             if row.numel() == 0:
                 raise ValueError(f"text {i} is empty")
-            if bos and model.tokenizer is not None and model.tokenizer.bos_token_id is not None:
+            if bos:
+                if model.tokenizer is None or model.tokenizer.bos_token_id is None:
+                    raise ValueError(
+                        f"text {i}: prepend_bos=True with token rows needs the model's BOS token id, "
+                        "and this model has no tokenizer (or no BOS token); pass prepend_bos=False"
+                    )
                 row = torch.cat([torch.tensor([model.tokenizer.bos_token_id]), row])
         if row.numel() > n_ctx:
             raise ValueError(f"text {i} has {row.numel()} tokens, more than the model's context of {n_ctx}")

@@ -373,12 +373,27 @@ def train_on_texts(
 
 
 def save_model(model: GPT2LMHeadModel, tok_dir: Path, model_dir: Path) -> None:
-    """Save in Hugging Face layout (safetensors, fp32) next to the tokenizer files."""
+    """Save in Hugging Face layout (safetensors, fp32) next to the tokenizer files.
+
+    Everything is written into a temporary sibling folder first, then each file is moved into
+    ``model_dir`` with an atomic rename, ``config.json`` last: an interrupted save leaves every
+    file whole (the folder may hold other things, such as the zoo's dictionaries, so it is not
+    swapped as a whole)."""
+    import shutil
+    import tempfile
+
     model_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(model_dir, safe_serialization=True)
-    (model_dir / "model.safetensors").chmod(0o644)  # safetensors writes it owner-only
-    for name in TOKENIZER_FILES:
-        (model_dir / name).write_bytes((tok_dir / name).read_bytes())
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.saving-", dir=model_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        (staging / "model.safetensors").chmod(0o644)  # safetensors writes it owner-only
+        for name in TOKENIZER_FILES:
+            (staging / name).write_bytes((tok_dir / name).read_bytes())
+        files = sorted(staging.iterdir(), key=lambda f: f.name == "config.json")  # config.json last
+        for f in files:
+            f.replace(model_dir / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @torch.no_grad()
