@@ -146,6 +146,20 @@ def _truth(
     return states, pairs
 
 
+def _ground_truth(
+    fsa: FeatureAutomaton, true_states: Any, true_transitions: Any
+) -> tuple[list[Hashable], list[Hashable], set[tuple[Hashable, Hashable]], dict[Hashable, int], list[int]]:
+    """Flat labels, the true states in order, the true pairs, each state's index, and the rows
+    that carry a label (refusing a corpus with none)."""
+    labels = _flat_labels(fsa, true_states)
+    states, true_pairs = _truth(true_transitions, labels)
+    index = {s: i for i, s in enumerate(states)}
+    labelled = [i for i, x in enumerate(labels) if x not in _UNLABELLED]
+    if not labelled:
+        raise ValueError(f"no labelled tokens: all {len(labels)} labels are None or 'START'")
+    return labels, states, true_pairs, index, labelled
+
+
 def score_automaton(
     fsa: FeatureAutomaton,
     true_states: Sequence[Hashable] | Sequence[Sequence[Hashable]],
@@ -176,12 +190,7 @@ def score_automaton(
         raise ValueError(
             f"fsa.firing has shape {list(firing.shape)}; expected [tokens, {len(fsa.states)} states]"
         )
-    labels = _flat_labels(fsa, true_states)
-    states, true_pairs = _truth(true_transitions, labels)
-    index = {s: i for i, s in enumerate(states)}
-    labelled = [i for i, x in enumerate(labels) if x not in _UNLABELLED]
-    if not labelled:
-        raise ValueError(f"no labelled tokens: all {len(labels)} labels are None or 'START'")
+    labels, states, true_pairs, index, labelled = _ground_truth(fsa, true_states, true_transitions)
 
     # State recovery. Y: one-hot true labels, X: firing, both on the labelled tokens; tp = Y^T X.
     # In chunks, so a long corpus never holds a dense float copy of firing; each chunk's counts are
@@ -268,12 +277,7 @@ def score_loops(
     """Name ``loops`` (:class:`~sae_circuits.fsa.loops.Loop` objects, or lists of state ids)
     through the true states and check them against the true table (``score_automaton``'s
     arguments)."""
-    labels = _flat_labels(fsa, true_states)
-    states, true_pairs = _truth(true_transitions, labels)
-    index = {s: i for i, s in enumerate(states)}
-    labelled = [i for i, x in enumerate(labels) if x not in _UNLABELLED]
-    if not labelled:
-        raise ValueError(f"no labelled tokens: all {len(labels)} labels are None or 'START'")
+    labels, states, true_pairs, index, labelled = _ground_truth(fsa, true_states, true_transitions)
     firing = fsa.firing[torch.tensor(labelled)].float()
     truth = torch.nn.functional.one_hot(
         torch.tensor([index[labels[i]] for i in labelled]), len(states)
