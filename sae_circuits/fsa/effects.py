@@ -25,6 +25,10 @@ attention to *later* positions is the other mechanism (``extract.py``, ``attenti
 
 Pinning is the same pass with the members set to their pin values at positions where A is off,
 ``effect_A(x) = E_t [ p(x | t, A pinned at t) - p(x | t) ]``.
+
+Dictionaries spliced where the pass patches frozen values in (a block's attention, its
+``hook_attn_out``, the embeddings) would have their edits overwritten: their features are left out
+of the effects, with a warning naming them (:func:`frozen_site`).
 """
 
 from __future__ import annotations
