@@ -26,7 +26,8 @@ class State:
     label: str
     """Top activating tokens, e.g. ``'"<" "</"'``."""
     frequency: float
-    """Share of the corpus tokens on which the state fires (any member active)."""
+    """Share of the corpus tokens on which the state fires (a grouped state: at least half of its
+    members active; a single feature: active)."""
     max_activation: float = 0.0
     """Largest member activation seen in the corpus (the paper's steering value)."""
     pin_values: list[float] = field(default_factory=list)
