@@ -87,6 +87,19 @@ def _eval_tokens(model: Any, text_file: str | None, n_seq: int, seq_len: int) ->
     return ids[: n * seq_len].view(n, seq_len).to(torch.long)
 
 
+def _dictionaries(model: str, paths: list[str] | None, kind: str, option: str) -> list[Any]:
+    """The SAEs at ``paths``, else the embedded model's (``kind``: resid, transcoder or all)."""
+    from sae_circuits import zoo
+    from sae_circuits.sae import SAE
+
+    if paths:
+        return [SAE.load(path) for path in paths]
+    if model in zoo.names():
+        kinds = ("resid", "transcoder") if kind == "all" else (kind,)
+        return [sae for k in kinds for sae in zoo.load_saes(model, kind=k)]  # type: ignore[arg-type]
+    raise ValueError(f"{option} is required with a model that is not embedded")
+
+
 def _check_writable(path: Path, option: str) -> None:
     """Fail before the long computation, not after it, when ``path``'s folder cannot be written
     (its nearest existing ancestor, since the writers create missing folders)."""
@@ -136,10 +149,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _graph(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sae_circuits import zoo
     from sae_circuits.graph import attribute
     from sae_circuits.graph.graph import NodeKind
-    from sae_circuits.sae import SAE
     from sae_circuits.splice import splice
 
     out = Path(args.out)
@@ -151,14 +162,7 @@ def _graph(args: argparse.Namespace) -> int:
         if not 0 < value <= 1:
             raise ValueError(f"--{name.replace('_', '-')} {value}: must be in (0, 1]")
     model = _load_model(args.model)
-    if args.sae:
-        saes = [SAE.load(path) for path in args.sae]
-    elif args.model in zoo.names():
-        kinds = ("resid", "transcoder") if args.dictionaries == "all" else (args.dictionaries,)
-        saes = [sae for kind in kinds for sae in zoo.load_saes(args.model, kind=kind)]  # type: ignore[arg-type]
-    else:
-        raise ValueError("--sae is required with a model that is not embedded")
-    splice(model, saes)
+    splice(model, _dictionaries(args.model, args.sae, args.dictionaries, "--sae"))
     targets = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
     graph = attribute(
         model, args.prompt, targets, batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes,
@@ -220,9 +224,7 @@ def corpus_texts(
 def _automaton(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sae_circuits import zoo
     from sae_circuits.fsa import automaton, score_automaton
-    from sae_circuits.sae import SAE
     from sae_circuits.splice import splice
     from sae_circuits.zoo import automata
 
@@ -238,14 +240,7 @@ def _automaton(args: argparse.Namespace) -> int:
     if args.spec:
         print(f"{args.spec}: automaton {truth.name!r}, {len(truth.states)} states")
     model = _load_model(args.model)
-    if args.saes:
-        saes = [SAE.load(path) for path in args.saes]
-    elif args.model in zoo.names():
-        kinds = ("resid", "transcoder") if args.dictionaries == "all" else (args.dictionaries,)
-        saes = [sae for kind in kinds for sae in zoo.load_saes(args.model, kind=kind)]  # type: ignore[arg-type]
-    else:
-        raise ValueError("--saes is required with a model that is not embedded")
-    splice(model, saes)
+    splice(model, _dictionaries(args.model, args.saes, args.dictionaries, "--saes"))
     if args.spec:
         automata.verify_tokenizer(model.tokenizer, n_docs=50, automata=[truth])
     texts, labels = corpus_texts(truth, args.contexts, args.length, seed=args.seed)

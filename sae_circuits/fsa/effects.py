@@ -76,6 +76,7 @@ def next_token_effects(
     per_state: int,
     seed: int = 0,
     pins: dict[int, float] | None = None,
+    cached: dict[str, Tensor] | None = None,
     progress: bool = False,
 ) -> Float[Tensor, "states vocab"]:
     """``effect_A(x)`` (see the module docstring) for every state, over the corpus vocabulary.
@@ -90,7 +91,8 @@ def next_token_effects(
     names = frozen_inputs(model)
     n_texts = min(contexts, len(corpus.rows))
     n_tok = int(corpus.lengths[:n_texts].sum())
-    cached = _cache(model, corpus, names, n_texts)
+    if cached is None:  # the frozen inputs of the first n_texts texts (``promoted_tokens`` shares them)
+        cached = _cache(model, corpus, names, n_texts)
     generator = torch.Generator().manual_seed(seed)
     in_subset = corpus.token_ids < n_tok
     order = corpus.token_ids[in_subset].argsort(stable=True)  # the sparse activations by position
@@ -251,10 +253,12 @@ def promoted_tokens(
     if how not in ("both", "remove", "pin"):
         raise ValueError(f"how={how!r}: expected 'both', 'remove' or 'pin'")
 
+    cached = _cache(corpus.model, corpus, frozen_inputs(corpus.model), min(contexts, len(corpus.rows)))
+
     def measure(with_pins: dict[int, float] | None) -> Tensor:
         return next_token_effects(
             corpus, members, fire, contexts=contexts, per_state=per_state, seed=seed, pins=with_pins,
-            progress=progress,
+            cached=cached, progress=progress,
         ).clamp_min(0)  # fmt: skip
 
     removed = measure(None) if how != "pin" else None
