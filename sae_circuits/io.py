@@ -13,23 +13,37 @@ import errno
 import json
 import math
 import os
-import re
 import shutil
 import stat
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sae_circuits.sae import ARCHITECTURES, SAE, SAEConfig, device_str, dtype_to_str, str_to_dtype
+from sae_circuits import architectures
+from sae_circuits._files import (  # the file plumbing, re-exported here as before
+    _RETIRED,
+    _STAGING,
+    _atomic_files,
+    _temporary_of,
+    _umask,
+    remove_stale_temporaries,
+)
+from sae_circuits._files import (
+    atomic_write_text as atomic_write_text,
+)
+from sae_circuits._moved import renamed
+from sae_circuits.sae_config import SAEConfig, device_str, dtype_to_str, str_to_dtype
+
+if TYPE_CHECKING:  # sae.py imports this module; io never needs the SAE class at run time
+    from sae_circuits.sae import SAE
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -102,11 +116,11 @@ def _config(cfg: dict[str, Any], source: str) -> SAEConfig:
         return value
 
     architecture = text("architecture", cfg, "standard")
-    if architecture not in ARCHITECTURES:
-        raise SAEFormatError(
-            f"{source}: architecture={architecture!r} is not supported; expected one of {ARCHITECTURES}"
-        )
-    is_transcoder = "transcoder" in architecture
+    try:
+        _, kind = architectures.lookup(architecture)
+    except ValueError as err:
+        raise SAEFormatError(f"{source}: {err}") from None
+    is_transcoder = kind != "sae"
     normalize: Any = cfg.get("normalize_activations")
     if isinstance(normalize, bool):  # pre-6.0: True meant the (folded) expected-average scaling
         normalize = "expected_average_only_in" if normalize else "none"
@@ -166,14 +180,8 @@ def _pre6_to_metadata(cfg: dict[str, Any]) -> dict[str, Any]:
     kwargs = cfg.pop("activation_fn_kwargs", None) or {}
     if not isinstance(kwargs, Mapping):
         raise TypeError(f"activation_fn_kwargs={kwargs!r} must be an object")
-    if activation not in ("relu", "topk"):  # e.g. SAELens's old "tanh-relu": not this library's maths
-        raise ValueError(f"activation_fn_str={activation!r} is not supported; expected 'relu' or 'topk'")
-    if activation == "topk":
-        if cfg.get("architecture", "standard") not in ("standard", "topk"):
-            raise ValueError(f"activation_fn_str='topk' contradicts architecture={cfg['architecture']!r}")
-        cfg["architecture"] = "topk"
-        if cfg.get("k") is None:
-            cfg["k"] = kwargs.get("k")
+    # e.g. SAELens's old "tanh-relu" is not this library's maths: ValueError
+    architectures.by_activation_fn_str(activation).read_pre6(cfg, kwargs)
     return {key: cfg.pop(key) for key in list(cfg) if key in _PRE6_METADATA_KEYS}
 
 
@@ -195,9 +203,7 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
         "reshape_activations": cfg.reshape_activations,
         "metadata": metadata,
     }
-    if cfg.architecture == "topk":
-        out["k"] = cfg.k
-        out["rescale_acts_by_decoder_norm"] = cfg.rescale_acts_by_decoder_norm
+    out.update(cfg.arch.config_fields(cfg))
     if cfg.is_transcoder:
         out["d_out"] = cfg.output_width
     return out
@@ -208,17 +214,7 @@ def config_to_dict(cfg: SAEConfig) -> dict[str, Any]:
 
 def expected_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape that ``sae_weights.safetensors`` must hold for ``cfg``."""
-    d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.output_width
-    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
-    if cfg.activation == "gated":
-        shapes.update(b_gate=(d_sae,), b_mag=(d_sae,), r_mag=(d_sae,))
-    else:
-        shapes["b_enc"] = (d_sae,)
-    if cfg.activation == "jumprelu":
-        shapes["threshold"] = (d_sae,)
-    if cfg.has_skip:
-        shapes["W_skip"] = (d_out, d_in)
-    return shapes
+    return cfg.parameter_shapes()
 
 
 def validate_state_dict(cfg: SAEConfig, tensors: Mapping[str, Tensor], *, source: str) -> None:
@@ -271,12 +267,24 @@ def _drop_unit_scaling_factor(tensors: dict[str, Tensor], source: str) -> None:
         )
 
 
-def load_sae(
+class SAEState(NamedTuple):
+    """A validated SAE read from somewhere, ready for :meth:`sae_circuits.SAE.from_state`."""
+
+    cfg: SAEConfig
+    """Its configuration (``dtype`` and ``device`` those of ``tensors``)."""
+    tensors: dict[str, Tensor]
+    """Every parameter, by name, with the shapes of ``cfg.parameter_shapes()``."""
+    sparsity: Tensor | None
+    """log10 firing frequency per feature ``[d_sae]``, when the source has it."""
+
+
+def read_sae(
     path: str | os.PathLike[str],
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-) -> SAE:
-    """Load an SAE saved in the SAELens layout (``sae_lens`` 6.x or pre-6.0).
+) -> SAEState:
+    """Read and validate an SAE saved in the SAELens layout (``sae_lens`` 6.x or pre-6.0);
+    :meth:`sae_circuits.SAE.load` builds the SAE from it.
 
     The weights go to ``device`` (default ``"cpu"``, as in SAELens), never to the ``device`` recorded
     in ``cfg.json``, so an SAE saved on a GPU loads on a CPU-only machine. A file that does not
@@ -302,7 +310,7 @@ def load_sae(
     _drop_unit_scaling_factor(tensors, str(weights_path))
     validate_state_dict(cfg, tensors, source=str(weights_path))
     sparsity = _load_sparsity(folder / SPARSITY_FILENAME, cfg.d_sae)
-    return _build(cfg, tensors, sparsity, device=target_device, dtype=target_dtype, source=str(weights_path))
+    return _moved(cfg, tensors, sparsity, device=target_device, dtype=target_dtype, source=str(weights_path))
 
 
 def _read_json(path: Path) -> Any:
@@ -337,7 +345,7 @@ def _load_sparsity(path: Path, d_sae: int) -> Tensor | None:
     return sparsity.float()
 
 
-def _build(
+def _moved(
     cfg: SAEConfig,
     tensors: Mapping[str, Tensor],
     sparsity: Tensor | None,
@@ -345,13 +353,10 @@ def _build(
     device: str,
     dtype: torch.dtype | None,
     source: str,
-) -> SAE:
-    from dataclasses import replace
-
+) -> SAEState:
+    """The state with its tensors on ``device`` in ``dtype`` (default: ``cfg.dtype``)."""
     target_dtype = dtype if dtype is not None else str_to_dtype(cfg.dtype)
     cfg = replace(cfg, dtype=dtype_to_str(target_dtype), device=device)
-    with torch.device("meta"):
-        sae = SAE(replace(cfg, device="meta"))
     try:
         moved = {k: v.to(device=device, dtype=target_dtype) for k, v in tensors.items()}
     except (RuntimeError, AssertionError) as err:  # e.g. "cuda" on a machine without CUDA
@@ -361,10 +366,7 @@ def _build(
             raise SAEFormatError(
                 f"{source}: tensor {name!r} overflows {dtype_to_str(target_dtype)} (values beyond its range)"
             )
-    sae.load_state_dict(moved, assign=True)
-    sae.cfg = cfg
-    sae.sparsity = sparsity
-    return sae
+    return SAEState(cfg, moved, sparsity)
 
 
 def save_sae(sae: SAE, path: str | os.PathLike[str], sparsity: Tensor | None = None) -> Path:
@@ -422,8 +424,6 @@ def save_sae(sae: SAE, path: str | os.PathLike[str], sparsity: Tensor | None = N
 
 
 _SAE_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, SPARSITY_FILENAME)
-_STAGING, _RETIRED = ".saetmp", ".saeold"
-_STALE_AFTER_S = 60.0  # a temporary of a dead process younger than this is left alone (shared folders)
 
 
 def _cwd_inside(folder: Path) -> bool:
@@ -480,68 +480,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _temporary_of(name: str, entry: str) -> tuple[int | None, str] | None:
-    """``(pid or None, kind)`` when ``entry`` is a hidden temporary this library made for ``name``."""
-    match = re.fullmatch(
-        rf"\.{re.escape(name)}\.(?:(\d+)\.)?([a-z0-9_]+)(\.tmp|{_STAGING}|{_RETIRED})", entry
-    )
-    if match is None:
-        return None
-    return (int(match[1]) if match[1] else None), match[3]
-
-
-def _alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no safe liveness probe: os.kill would terminate the process on Windows
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
-    """Delete the hidden temporaries that killed saves of ``target`` left beside it; returns them.
-
-    A temporary is stale when the process that made it is gone (or it predates process tagging)
-    and it is older than a minute. If ``target`` itself is missing because a save was killed between
-    its two renames, the old copy is put back instead of deleted.
-    """
-    target = Path(target)
-    parent = target.parent
-    try:
-        entries = os.listdir(parent)
-    except OSError:
-        return []
-    removed = []
-    now = time.time()
-    for entry in sorted(entries):
-        found = _temporary_of(target.name, entry)
-        if found is None:
-            continue
-        pid, kind = found
-        path = parent / entry
-        try:
-            old_enough = now - path.lstat().st_mtime > _STALE_AFTER_S
-        except OSError:
-            continue
-        if not old_enough or (pid is not None and _alive(pid)):
-            continue
-        if kind == _RETIRED and not target.exists() and not path.is_symlink():
-            os.rename(path, target)
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -550,65 +488,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-serialisable")
 
 
-@contextmanager
-def _atomic_files(
-    folder: Path, commit_last: str | None = None, obsolete: Sequence[str] = ()
-) -> Iterator[Callable[[str, Callable[[str], Any]], None]]:
-    """Stage files as temporaries in ``folder``; rename them all into place only if every write worked.
-
-    ``commit_last``: that file is deleted before the others are renamed and renamed in last, so an
-    interrupted commit leaves it missing rather than paired with the wrong files; ``obsolete``
-    files are deleted just before it.
-    """
-    staged: list[tuple[str, Path]] = []
-
-    def write(name: str, writer: Callable[[str], Any]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        staged.append((tmp, folder / name))
-        writer(tmp)
-
-    try:
-        yield write
-        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; give them the usual permissions
-        for tmp, _ in staged:
-            os.chmod(tmp, mode)
-        staged.sort(key=lambda item: item[1].name == commit_last)
-        if commit_last is not None:
-            (folder / commit_last).unlink(missing_ok=True)
-        for tmp, final in staged:
-            if final.name == commit_last:
-                for name in obsolete:
-                    (folder / name).unlink(missing_ok=True)
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (stale temporaries of
-    earlier killed writes of ``path`` are removed first)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
-    with _atomic_files(target.parent) as write:
-        write(target.name, lambda p: Path(p).write_text(text, encoding="utf-8"))
-    return target
-
-
 # --------------------------------------------------------------------------- sae_lens objects
 
 
-def from_sae_lens(obj: Any) -> SAE:
-    """Convert a live ``sae_lens`` SAE/transcoder object (same weights, same hook names)."""
+def sae_lens_state(obj: Any) -> SAEState:
+    """The validated state of a live ``sae_lens`` SAE/transcoder object (same weights, same hook
+    names); :meth:`sae_circuits.SAE.from_sae_lens` builds the SAE from it."""
     to_dict = getattr(getattr(obj, "cfg", None), "to_dict", None)
     if to_dict is None or not hasattr(obj, "state_dict"):
         raise TypeError(f"expected a sae_lens SAE object, got {type(obj).__name__}")
@@ -620,6 +505,14 @@ def from_sae_lens(obj: Any) -> SAE:
     source = f"sae_lens {type(obj).__name__}"
     cfg = config_from_dict(raw, source=source)
     validate_state_dict(cfg, tensors, source=source)
-    return _build(
+    return _moved(
         cfg, tensors, None, device=device_str(obj.W_enc.device), dtype=obj.W_enc.dtype, source=source
     )
+
+
+# Deprecated aliases (one release): these return an SAE, so they now live on the class; resolved
+# lazily so that this module never imports sae_circuits.sae (which imports it).
+__getattr__ = renamed(
+    __name__,
+    {"load_sae": "sae_circuits.sae.SAE.load", "from_sae_lens": "sae_circuits.sae.SAE.from_sae_lens"},
+)

@@ -1,40 +1,63 @@
-"""Sparse autoencoders and transcoders: config, weights, encode/decode, hook points.
+"""Sparse autoencoders and transcoders: weights, encode/decode, hook points.
 
-One class covers every architecture of the SAELens on-disk format: ``standard`` (ReLU),
-``topk``, ``jumprelu``, ``gated`` and the transcoders (``transcoder``, ``skip_transcoder`` and
-their ``jumprelu_*`` variants), which read one hook and write another.
+One class covers every registered architecture (:mod:`sae_circuits.architectures`): SAELens's
+``standard`` (ReLU), ``topk``, ``jumprelu``, ``gated`` and the transcoders (``transcoder``,
+``skip_transcoder`` and their ``jumprelu_*`` variants), which read one hook and write another.
+What differs between architectures (extra parameters, pre-activations, the activation function,
+decoder rows) is asked of ``cfg.arch``; what they share (normalisation, ``b_dec``, ``hook_z``
+reshaping, the skip connection, hook points) is here.
 
-The forward pass is split into small pieces (``_flatten`` -> ``_pre_acts`` -> ``_activate`` ->
-``_decode_linear`` -> ``_finish``) so that a spliced site (:mod:`sae_circuits.splice`) can run
-each piece once, keep the clean feature activations beside the edited ones, and decode only the
-edit: ``out = x + (f_edited - f) @ W_dec``.
+The forward pass is split into public pieces (:meth:`SAE.prepare_input` -> :meth:`SAE.encode_parts`
+-> :meth:`SAE.activation_fn` -> :meth:`SAE.decode_normalized` -> :meth:`SAE.finish_output`) so that
+a spliced site (:mod:`sae_circuits.splice`) can run each piece once, with its hook points in
+between, keep the clean feature activations beside the edited ones, and decode only the edit
+(:meth:`SAE.decode_delta`): ``out = x + (f_edited - f) @ W_dec``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple, get_args
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import einops
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-Architecture = Literal[
-    "standard",
-    "topk",
-    "jumprelu",
-    "gated",
-    "transcoder",
-    "skip_transcoder",
-    "jumprelu_transcoder",
-    "jumprelu_skip_transcoder",
+from sae_circuits import io
+from sae_circuits.sae_config import (
+    ARCHITECTURES,
+    NORMALIZATIONS,
+    ArchitectureName,
+    Normalization,
+    SAEConfig,
+    device_str,
+    dtype_to_str,
+    str_to_dtype,
+)
+
+Architecture = ArchitectureName
+"""Deprecated alias of :data:`sae_circuits.sae_config.ArchitectureName` (an on-disk architecture
+string; it was a ``Literal``); the architecture classes are :mod:`sae_circuits.architectures`."""
+
+__all__ = [
+    "ARCHITECTURES",
+    "HOOK_NAMES",
+    "NORMALIZATIONS",
+    "SAE",
+    "Architecture",
+    "ArchitectureName",
+    "EncodeParts",
+    "Normalization",
+    "Normalizer",
+    "SAEConfig",
+    "device_str",
+    "dtype_to_str",
+    "str_to_dtype",
 ]
-Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"]
-ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
-NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+
 HOOK_NAMES = (
     "hook_sae_input",
     "hook_sae_acts_pre",
@@ -43,155 +66,6 @@ HOOK_NAMES = (
     "hook_sae_error",
     "hook_sae_output",
 )
-
-
-@dataclass
-class SAEConfig:
-    """Everything needed to run an SAE, in the vocabulary of the SAELens 6.x ``cfg.json``."""
-
-    architecture: Architecture
-    """Which encoder/activation/decoder family; see the module docstring."""
-    d_in: int
-    """Width of the activation the SAE reads (for ``hook_z``: ``n_heads * d_head``)."""
-    d_sae: int
-    """Number of features (dictionary size)."""
-    hook_name: str
-    """TransformerLens hook the SAE reads; for transcoders, the input hook (e.g. the MLP input)."""
-    hook_name_out: str | None = None
-    """Transcoders only: the hook whose activation the transcoder replaces (e.g. the MLP output)."""
-    d_out: int | None = None
-    """Output width; ``None`` means ``d_in`` (plain SAEs reconstruct their input)."""
-    k: int | None = None
-    """TopK only: number of features kept per token."""
-    rescale_acts_by_decoder_norm: bool = False
-    """TopK only: rank pre-activations after scaling by decoder row norms (SAELens option)."""
-    apply_b_dec_to_input: bool = True
-    """Subtract ``b_dec`` from the input before encoding (never for transcoders)."""
-    normalize_activations: Normalization = "none"
-    """Run-time input normalisation. ``expected_average_only_in`` is a no-op at inference time
-    (its constant is folded into the weights, as in SAELens)."""
-    reshape_activations: Literal["none", "hook_z"] = "none"
-    """``hook_z``: flatten heads (``... h d -> ... (h d)``) before encoding, unflatten after."""
-    dtype: str = "float32"
-    """Parameter dtype, as a string (``float32``, ``float16``, ``bfloat16``, ``float64``)."""
-    device: str = "cpu"
-    """Device the parameters live on."""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    """Open bag kept verbatim from ``cfg.json`` (``model_name``, ``context_size``, ...)."""
-
-    def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"architecture={self.architecture!r} is not supported; expected one of {ARCHITECTURES}"
-            )
-        for name in ("d_in", "d_sae"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if self.d_out is not None and (not isinstance(self.d_out, int) or self.d_out <= 0):
-            raise ValueError(f"d_out={self.d_out!r} must be a positive integer or None")
-        if not isinstance(self.hook_name, str) or not self.hook_name:
-            raise ValueError(f"hook_name={self.hook_name!r} must be a non-empty hook name")
-        if self.normalize_activations not in NORMALIZATIONS:
-            raise ValueError(
-                f"normalize_activations={self.normalize_activations!r}; expected one of {NORMALIZATIONS}"
-            )
-        if self.reshape_activations not in ("none", "hook_z"):
-            raise ValueError(f"reshape_activations={self.reshape_activations!r}; expected 'none' or 'hook_z'")
-        if self.reshape_activations == "hook_z" and not self.hook_name.endswith("_z"):
-            raise ValueError(  # it would fail at the first forward pass (as SAELens, which checks "_z")
-                f"reshape_activations='hook_z' needs a hook_z site, not hook_name={self.hook_name!r}"
-            )
-        if isinstance(self.device, torch.device):
-            self.device = str(self.device)
-        self.device = device_str(self.device)
-        if self.architecture != "topk":  # TopK-only fields mean nothing elsewhere (SAELens ignores them)
-            self.k, self.rescale_acts_by_decoder_norm = None, False
-        elif not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
-            raise ValueError(f"topk SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k!r}")
-        if self.is_transcoder:
-            if self.d_out is None:
-                self.d_out = self.d_in
-            if self.apply_b_dec_to_input:
-                raise ValueError(
-                    "apply_b_dec_to_input=True is not allowed for transcoders (b_dec has the output width)"
-                )
-            if self.normalize_activations in ("constant_norm_rescale", "layer_norm"):
-                raise ValueError(
-                    f"normalize_activations={self.normalize_activations!r} is not supported for transcoders"
-                )
-        elif self.d_out not in (None, self.d_in):
-            raise ValueError(
-                f"a non-transcoder SAE reconstructs its input: d_out={self.d_out} != d_in={self.d_in}"
-            )
-        str_to_dtype(self.dtype)  # validates
-
-    @property
-    def is_transcoder(self) -> bool:
-        """Whether the SAE reads one hook and writes another."""
-        return "transcoder" in self.architecture
-
-    @property
-    def has_skip(self) -> bool:
-        """Whether a linear skip connection ``x @ W_skip.T`` is added to the output."""
-        return self.architecture.endswith("skip_transcoder")
-
-    @property
-    def activation(self) -> Literal["relu", "topk", "jumprelu", "gated"]:
-        """The activation family, independent of SAE vs transcoder."""
-        if self.architecture.startswith("jumprelu"):
-            return "jumprelu"
-        if self.architecture in ("topk", "gated"):
-            return self.architecture
-        return "relu"
-
-    @property
-    def output_width(self) -> int:
-        """Width of the reconstruction (``d_out`` for transcoders, else ``d_in``)."""
-        return self.d_out if self.d_out is not None else self.d_in
-
-    @property
-    def site(self) -> str:
-        """Hook whose activation the SAE replaces when spliced (``hook_name_out`` or ``hook_name``)."""
-        return self.hook_name_out or self.hook_name
-
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "double": torch.float64,
-}
-
-
-def str_to_dtype(name: str | torch.dtype) -> torch.dtype:
-    """``"float32"`` / ``"torch.float32"`` -> ``torch.float32``, with a clear error otherwise."""
-    if isinstance(name, torch.dtype):
-        return name
-    key = str(name).removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"dtype={name!r} is not supported; expected one of {sorted(_DTYPES)}")
-    return _DTYPES[key]
-
-
-def device_str(device: str | torch.device) -> str:
-    """A device argument as torch's canonical string (``"cuda:0"``), with an error naming a malformed one."""
-    if isinstance(device, torch.device):
-        return str(device)
-    if not isinstance(device, str):
-        raise ValueError(f"device={device!r} must be a string such as 'cpu' or 'cuda:0'")
-    try:
-        return str(torch.device(device))
-    except (RuntimeError, ValueError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a valid torch device ({err})") from None
-
-
-def dtype_to_str(dtype: torch.dtype) -> str:
-    """``torch.float32`` -> ``"float32"``."""
-    return str(dtype).removeprefix("torch.")
 
 
 class Normalizer(NamedTuple):
@@ -204,6 +78,17 @@ class Normalizer(NamedTuple):
 _IDENTITY = Normalizer(None, None)
 
 
+class EncodeParts(NamedTuple):
+    """What :meth:`SAE.encode_parts` computes before the activation function."""
+
+    pre: Tensor
+    """``[..., d_sae]`` pre-activations: what ``hook_sae_acts_pre`` sees."""
+    normalizer: Normalizer
+    """The input normalisation, undone on the output by :meth:`SAE.finish_output`."""
+    gate: Tensor | None
+    """``[..., d_sae]`` boolean gate (gated SAEs), else ``None``."""
+
+
 class SAE(nn.Module):
     """A sparse autoencoder (or transcoder) with TransformerLens hook points.
 
@@ -212,9 +97,10 @@ class SAE(nn.Module):
     >>> sae.encode(torch.randn(2, 5, 8)).shape
     torch.Size([2, 5, 32])
 
-    Parameters follow SAELens: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_out]``, ``b_enc [d_sae]``,
-    ``b_dec [d_out]``; plus ``threshold`` (jumprelu), ``b_gate``/``b_mag``/``r_mag`` (gated, which
-    has no ``b_enc``) and ``W_skip [d_out, d_in]`` (skip transcoders).
+    Parameters follow SAELens: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_out]``, ``b_dec [d_out]``,
+    ``W_skip [d_out, d_in]`` (skip transcoders), and the architecture's own
+    (``cfg.arch.parameter_shapes``): ``b_enc [d_sae]``, plus ``threshold`` (jumprelu), or
+    ``b_gate``/``b_mag``/``r_mag`` and no ``b_enc`` (gated).
     """
 
     # Set with setattr() in __init__ (one per name in HOOK_NAMES); declared here for type checkers.
@@ -224,26 +110,25 @@ class SAE(nn.Module):
     hook_sae_recons: HookPoint
     hook_sae_error: HookPoint
     hook_sae_output: HookPoint
+    # Parameters, created from cfg.parameter_shapes() in __init__ and declared here for type
+    # checkers: the shared ones, then those only some architectures have (a new architecture's
+    # parameters need no entry here).
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    b_enc: nn.Parameter
+    threshold: nn.Parameter
+    b_gate: nn.Parameter
+    b_mag: nn.Parameter
+    r_mag: nn.Parameter
+    W_skip: nn.Parameter
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
         dtype, device = str_to_dtype(cfg.dtype), torch.device(cfg.device)
-
-        def param(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.zeros(*shape, dtype=dtype, device=device))
-
-        self.W_enc = param(cfg.d_in, cfg.d_sae)
-        self.W_dec = param(cfg.d_sae, cfg.output_width)
-        self.b_dec = param(cfg.output_width)
-        if cfg.activation == "gated":
-            self.b_gate, self.b_mag, self.r_mag = param(cfg.d_sae), param(cfg.d_sae), param(cfg.d_sae)
-        else:
-            self.b_enc = param(cfg.d_sae)
-        if cfg.activation == "jumprelu":
-            self.threshold = param(cfg.d_sae)
-        if cfg.has_skip:
-            self.W_skip = param(cfg.output_width, cfg.d_in)
+        for name, shape in cfg.parameter_shapes().items():
+            self.register_parameter(name, nn.Parameter(torch.zeros(*shape, dtype=dtype, device=device)))
         if device.type != "meta":
             self.reset_parameters()
         for name in HOOK_NAMES:
@@ -280,51 +165,62 @@ class SAE(nn.Module):
     ) -> SAE:
         """Load an SAE saved in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``).
 
-        >>> sae = SAE.load("path/to/sae_dir")  # doctest: +SKIP
-        """
-        from sae_circuits.io import load_sae
+        The weights go to ``device`` (default ``"cpu"``), whatever device ``cfg.json`` records;
+        a directory that does not hold a valid SAE raises :class:`~sae_circuits.io.SAEFormatError`.
 
-        return load_sae(path, device=device, dtype=dtype)
+        >>> sae.save("sae_dir")
+        >>> loaded = SAE.load("sae_dir")
+        >>> loaded.cfg.hook_name, bool(torch.equal(loaded.W_dec, sae.W_dec))
+        ('blocks.1.hook_resid_post', True)
+        """
+        return cls.from_state(io.read_sae(path, device=device, dtype=dtype))
 
     def save(self, path: str | os.PathLike[str], sparsity: Tensor | None = None) -> None:
         """Save in the SAELens 6.x layout (atomically); ``sparsity`` defaults to ``self.sparsity``."""
-        from sae_circuits.io import save_sae
-
-        save_sae(self, path, sparsity=sparsity)
+        io.save_sae(self, path, sparsity=sparsity)
 
     @classmethod
     def from_sae_lens(cls, obj: Any) -> SAE:
         """Convert a live ``sae_lens`` SAE or transcoder object (same weights, same hook names)."""
-        from sae_circuits.io import from_sae_lens
+        return cls.from_state(io.sae_lens_state(obj))
 
-        return from_sae_lens(obj)
+    @classmethod
+    def from_state(cls, state: io.SAEState) -> SAE:
+        """An SAE holding ``state``'s validated tensors (no copy, no random initialisation)."""
+        with torch.device("meta"):
+            sae = cls(replace(state.cfg, device="meta"))
+        sae.load_state_dict(dict(state.tensors), assign=True)
+        sae.cfg = state.cfg
+        sae.sparsity = state.sparsity
+        return sae
 
     # ------------------------------------------------------------------ public API
 
     @property
     def dtype(self) -> torch.dtype:
+        """The parameters' dtype."""
         return self.W_enc.dtype
 
     @property
     def device(self) -> torch.device:
+        """The parameters' device."""
         return self.W_enc.device
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """Feature activations of ``x`` (runs ``hook_sae_input``, ``_acts_pre``, ``_acts_post``)."""
-        inp = self.hook_sae_input(self._flatten(x))
-        h, _, gate = self._pre_acts(inp)
-        return self.hook_sae_acts_post(self._activate(self.hook_sae_acts_pre(h), gate))
+        inp = self.hook_sae_input(self.prepare_input(x))
+        h, _, gate = self.encode_parts(inp)
+        return self.hook_sae_acts_post(self.activation_fn(self.hook_sae_acts_pre(h), gate))
 
     def pre_activations(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """Feature pre-activations of ``x``: what ``hook_sae_acts_pre`` sees, before the activation
         function (for gated SAEs, the magnitude path); no hooks run.
 
-        >>> SAE(SAEConfig("jumprelu", d_in=8, d_sae=32, hook_name="blocks.0.hook_resid_post")).pre_activations(
-        ...     torch.randn(5, 8)
-        ... ).shape
+        >>> cfg = SAEConfig("jumprelu", d_in=8, d_sae=32, hook_name="blocks.0.hook_resid_post")
+        >>> SAE(cfg).pre_activations(torch.randn(5, 8)).shape
         torch.Size([5, 32])
         """
-        return self._pre_acts(self._flatten(x))[0]
+        return self.encode_parts(self.prepare_input(x)).pre
 
     def decode(self, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
         """Reconstruction from feature activations (runs ``hook_sae_recons``).
@@ -332,27 +228,30 @@ class SAE(nn.Module):
         For ``constant_norm_rescale``/``layer_norm`` SAEs this is in the normalised space; use
         :meth:`forward` for a reconstruction in the activation's own scale.
         """
-        return self._unflatten(self.hook_sae_recons(self._decode_linear(f) + self.b_dec))
+        return self._unflatten(self.hook_sae_recons(self.decode_normalized(f)))
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
         """Reconstruction of ``x`` (a transcoder's prediction of its output hook)."""
-        flat = self._flatten(x)
+        flat = self.prepare_input(x)
         inp = self.hook_sae_input(flat)
-        h, norm, gate = self._pre_acts(inp)
-        f = self.hook_sae_acts_post(self._activate(self.hook_sae_acts_pre(h), gate))
-        recons = self.hook_sae_recons(self._decode_linear(f) + self.b_dec)
-        out = self._finish(recons, norm, flat)
+        h, norm, gate = self.encode_parts(inp)
+        f = self.hook_sae_acts_post(self.activation_fn(self.hook_sae_acts_pre(h), gate))
+        recons = self.hook_sae_recons(self.decode_normalized(f))
+        out = self.finish_output(recons, norm, flat)
         return self.hook_sae_output(self._unflatten(out))
 
     def to(self, *args: Any, **kwargs: Any) -> SAE:  # keeps cfg.dtype/device truthful
+        """Move or cast the parameters (as ``nn.Module.to``) and update ``cfg.dtype``/``cfg.device``."""
         out = super().to(*args, **kwargs)
         self.cfg = replace(self.cfg, dtype=dtype_to_str(self.W_enc.dtype), device=str(self.W_enc.device))
         return out
 
-    # ------------------------------------------------------------------ pieces
+    # ------------------------------------------------------------------ pieces (splicing, attribution)
+    # The forward pass, piece by piece and without hooks, for code that runs the hook points
+    # itself (a spliced site) or needs one intermediate (attribution).
 
-    def _flatten(self, x: Tensor) -> Tensor:
-        """Cast to the SAE's dtype/device and flatten heads for ``hook_z`` SAEs.
+    def prepare_input(self, x: Float[Tensor, "*shape"]) -> Float[Tensor, "... d_in"]:
+        """``x`` cast to the SAE's dtype/device, with heads flattened for ``hook_z`` SAEs.
 
         A HookedTransformer's ``hook_z`` carries ``[..., n_heads, d_head]``; a TransformerBridge's
         hook point itself carries the heads already flattened (only hooks see them split), and
@@ -366,6 +265,64 @@ class SAE(nn.Module):
             if not flat:
                 x = einops.rearrange(x, "... n_heads d_head -> ... (n_heads d_head)")
         return x.to(device=self.device, dtype=self.dtype)
+
+    def encode_parts(self, x: Float[Tensor, "... d_in"]) -> EncodeParts:
+        """Pre-activations (what ``hook_sae_acts_pre`` sees), the normaliser to undo on the output,
+        and the gate (gated SAEs) of a prepared input (:meth:`prepare_input`)."""
+        normalized, norm = self._normalize(x)
+        if self.cfg.apply_b_dec_to_input:
+            normalized = normalized - self.b_dec
+        h, gate = self.cfg.arch.pre_acts(self, normalized)
+        return EncodeParts(h, norm, gate)
+
+    def activation_fn(
+        self, pre: Float[Tensor, "... d_sae"], gate: Bool[Tensor, "... d_sae"] | None = None
+    ) -> Float[Tensor, "... d_sae"]:
+        """The architecture's activation function: feature activations from pre-activations."""
+        return self.cfg.arch.activate(self, pre, gate)
+
+    def decode_normalized(self, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
+        """``f @ W_dec + b_dec`` in the normalised space (what ``hook_sae_recons`` sees); flat."""
+        return self.cfg.arch.decode_linear(self, f) + self.b_dec
+
+    def finish_output(
+        self, recons: Float[Tensor, "... d_out"], normalizer: Normalizer, x: Float[Tensor, "... d_in"]
+    ) -> Float[Tensor, "... d_out"]:
+        """Undo the input normalisation of a reconstruction; add the skip connection of skip
+        transcoders (``x``: the prepared input)."""
+        if normalizer.scale is not None:
+            recons = recons * normalizer.scale
+        if normalizer.shift is not None:
+            recons = recons + normalizer.shift
+        if self.cfg.has_skip:
+            recons = recons + x @ self.W_skip.T
+        return recons
+
+    def decode_delta(
+        self, df: Float[Tensor, "... d_sae"], columns: Int[Tensor, " n_columns"]
+    ) -> Float[Tensor, "... d_out"]:
+        """``df @ W_dec`` (no bias, normalised space) where ``df`` is zero outside ``columns``: a
+        small matmul for sparse edits of the activations."""
+        return df[..., columns] @ self.cfg.arch.decoder_rows(self, columns)
+
+    # Old private names of the pieces (tests and benchmarks written against them still work).
+    def _flatten(self, x: Tensor) -> Tensor:
+        return self.prepare_input(x)
+
+    def _pre_acts(self, inp: Tensor) -> EncodeParts:
+        return self.encode_parts(inp)
+
+    def _activate(self, h: Tensor, gate: Tensor | None = None) -> Tensor:
+        return self.activation_fn(h, gate)
+
+    def _decode_linear(self, f: Tensor) -> Tensor:
+        return self.cfg.arch.decode_linear(self, f)
+
+    def _decode_columns(self, df: Tensor, columns: Tensor) -> Tensor:
+        return self.decode_delta(df, columns)
+
+    def _finish(self, recons: Tensor, norm: Normalizer, flat_input: Tensor) -> Tensor:
+        return self.finish_output(recons, norm, flat_input)
 
     def _unflatten(self, y: Tensor) -> Tensor:
         if self.cfg.reshape_activations == "hook_z" and self._d_head is not None:
@@ -384,54 +341,7 @@ class SAE(nn.Module):
             return centred / (std + 1e-5), Normalizer(std, mu)
         return x, _IDENTITY
 
-    def _pre_acts(self, inp: Tensor) -> tuple[Tensor, Normalizer, Tensor | None]:
-        """Pre-activations ``h``, the normaliser to undo on the output, and the gate (gated SAEs)."""
-        x, norm = self._normalize(inp)
-        if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
-        if self.cfg.activation == "gated":
-            gate = (x @ self.W_enc + self.b_gate) > 0
-            return x @ (self.W_enc * self.r_mag.exp()) + self.b_mag, norm, gate
-        return x @ self.W_enc + self.b_enc, norm, None
-
-    def _activate(self, h: Tensor, gate: Tensor | None = None) -> Tensor:
-        """Feature activations from pre-activations (no hooks)."""
-        kind = self.cfg.activation
-        if kind == "topk":
-            if self.cfg.rescale_acts_by_decoder_norm:
-                h = h * self.W_dec.norm(dim=-1)
-            values, indices = torch.topk(h, k=self.cfg.k, dim=-1, sorted=False)  # type: ignore[arg-type]
-            return torch.zeros_like(h).scatter_(-1, indices, values.relu())
-        if kind == "jumprelu":
-            return h.relu() * (h > self.threshold)
-        if kind == "gated":
-            assert gate is not None
-            return h.relu() * gate
-        return h.relu()
-
-    def _decode_linear(self, f: Tensor) -> Tensor:
-        """``f @ W_dec`` (no bias), undoing TopK's decoder-norm rescaling."""
-        if self.cfg.rescale_acts_by_decoder_norm:
-            f = f / self.W_dec.norm(dim=-1)
-        return f @ self.W_dec
-
-    def _decode_columns(self, df: Tensor, columns: Tensor) -> Tensor:
-        """``df @ W_dec`` where ``df`` is zero outside ``columns``: a small matmul for sparse edits."""
-        rows = self.W_dec[columns]
-        if self.cfg.rescale_acts_by_decoder_norm:
-            rows = rows / rows.norm(dim=-1, keepdim=True)
-        return df[..., columns] @ rows
-
-    def _finish(self, recons: Tensor, norm: Normalizer, flat_input: Tensor) -> Tensor:
-        """Undo input normalisation; add the skip connection of skip transcoders."""
-        if norm.scale is not None:
-            recons = recons * norm.scale
-        if norm.shift is not None:
-            recons = recons + norm.shift
-        if self.cfg.has_skip:
-            recons = recons + flat_input @ self.W_skip.T
-        return recons
-
     def extra_repr(self) -> str:
+        """Architecture, sizes and site, for ``repr(sae)``."""
         c = self.cfg
         return f"{c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}, hook_name={c.site!r}"

@@ -50,6 +50,7 @@ class _HookState:
 
     @property
     def empty(self) -> bool:
+        """Nothing is spliced or tapped here any more (the hook point can be restored)."""
         return self.site is None and not self.taps
 
 
@@ -114,31 +115,31 @@ class _Site:
                 )
         else:
             x_in = x
-        flat = sae._flatten(x_in)
+        flat = sae.prepare_input(x_in)
         if flat.shape[-1] != sae.cfg.d_in:
             raise ValueError(
                 f"SAE at {self.name!r} has d_in={sae.cfg.d_in} but the activation at "
                 f"{sae.cfg.hook_name!r} has shape {list(x_in.shape)} (width {flat.shape[-1]})"
             )
         inp = _run_hook(sae.hook_sae_input, flat)
-        h0, norm, gate = sae._pre_acts(inp.value)
+        h0, norm, gate = sae.encode_parts(inp.value)
         h = _run_hook(sae.hook_sae_acts_pre, h0)
-        f0 = sae._activate(h.value, gate)
+        f0 = sae.activation_fn(h.value, gate)
         post = _run_hook(sae.hook_sae_acts_post, f0)
         f = post.value
         if inp.changed or h.changed:  # rare: a hook edited the input or pre-activations
-            h_clean, _, gate_clean = sae._pre_acts(flat)
-            f_clean = sae._activate(h_clean, gate_clean)
+            h_clean, _, gate_clean = sae.encode_parts(flat)
+            f_clean = sae.activation_fn(h_clean, gate_clean)
         elif not post.changed:
             f_clean = f
         elif post.in_place:  # the clean activations were overwritten: recompute (cheap)
-            f_clean = sae._activate(h.value, gate)
+            f_clean = sae.activation_fn(h.value, gate)
         else:
             f_clean = f0
 
         if not self.error_term:
-            recons = sae.hook_sae_recons(sae._decode_linear(f) + sae.b_dec)
-            out = sae.hook_sae_output(self._to_site(sae._finish(recons, norm, flat), x))
+            recons = sae.hook_sae_recons(sae.decode_normalized(f))
+            out = sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, flat), x))
             return out
         if not any(
             _has_fwd_hooks(getattr(sae, n)) for n in ("hook_sae_recons", "hook_sae_error", "hook_sae_output")
@@ -147,15 +148,15 @@ class _Site:
                 return x  # bitwise the model's own activation
             return x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
         # Someone is looking at the reconstruction or the error: materialise both.
-        recons = sae.hook_sae_recons(sae._decode_linear(f) + sae.b_dec)
-        recons_clean = recons if f is f_clean else sae._decode_linear(f_clean) + sae.b_dec
-        error = sae.hook_sae_error(x - self._to_site(sae._finish(recons_clean, norm, flat), x))
-        return sae.hook_sae_output(self._to_site(sae._finish(recons, norm, flat), x) + error)
+        recons = sae.hook_sae_recons(sae.decode_normalized(f))
+        recons_clean = recons if f is f_clean else sae.decode_normalized(f_clean)
+        error = sae.hook_sae_error(x - self._to_site(sae.finish_output(recons_clean, norm, flat), x))
+        return sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, flat), x) + error)
 
     def _decoded_edit(self, df: Tensor, norm: Any) -> Tensor:
         """``df @ W_dec`` (in the activation's scale), using only the features that changed."""
         columns = df.reshape(-1, df.shape[-1]).ne(0).any(dim=0).nonzero().squeeze(-1)
-        delta = self.sae._decode_columns(df, columns)
+        delta = self.sae.decode_delta(df, columns)
         if norm.scale is not None:
             delta = delta * norm.scale
         return delta
@@ -188,9 +189,11 @@ def splice(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = Tr
     outputs are unchanged until a feature is edited; with ``False`` the site outputs the SAE's
     reconstruction. All checks run before anything changes: on error the model is untouched.
 
-    >>> sc.splice(model, [sae])                                    # doctest: +SKIP
-    >>> _, cache = model.run_with_cache(tokens)                     # doctest: +SKIP
-    >>> cache["blocks.1.hook_resid_post.hook_sae_acts_post"].shape  # doctest: +SKIP
+    >>> sc.splice(model, [sae])
+    >>> _, cache = model.run_with_cache(tokens)
+    >>> cache["blocks.1.hook_resid_post.hook_sae_acts_post"].shape  # [batch, pos, d_sae]
+    torch.Size([2, 48, 2048])
+    >>> sc.unsplice(model)
     """
     check_model(model)
     saes = [saes] if isinstance(saes, SAE) else list(saes)
@@ -327,8 +330,12 @@ def unsplice(model: nn.Module, hook_names: str | Iterable[str] | None = None) ->
 def spliced(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = True) -> Iterator[nn.Module]:
     """Splice for the duration of a ``with`` block; the model is restored even on error.
 
-    >>> with sc.spliced(model, [sae], error_term=False):           # doctest: +SKIP
+    >>> with sc.spliced(model, [sae], error_term=False):
+    ...     print(list(sc.saes_of(model)))
     ...     loss = model(tokens, return_type="loss")
+    ['blocks.1.hook_resid_post']
+    >>> sc.saes_of(model), loss.shape
+    ({}, torch.Size([]))
     """
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     splice(model, saes, error_term=error_term)

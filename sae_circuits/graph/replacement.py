@@ -60,6 +60,7 @@ def stage_of(hook_name: str) -> int:
 
 
 def block_of(hook_name: str) -> int:
+    """The block index ``N`` of a ``blocks.N.*`` hook name; -1 for any other hook."""
     match = re.match(r"blocks\.(\d+)\.", hook_name)
     return int(match.group(1)) if match else -1
 
@@ -115,9 +116,7 @@ class SiteValues:
         """d(pre-activation of feature ``indices`` at ``positions``)/d(input), with the
         dictionary's own input normalisation frozen like the model's."""
         sae, cfg = self.sae, self.sae.cfg
-        weights = sae.W_enc[:, indices].T  # (k, d_in)
-        if cfg.activation == "gated":  # pre-activations are the magnitude path's
-            weights = weights * sae.r_mag[indices].exp().unsqueeze(-1)
+        weights = cfg.arch.encoder_directions(sae, indices)  # (k, d_in), e.g. gated: magnitude path
         if cfg.normalize_activations == "constant_norm_rescale":
             weights = weights * (cfg.d_in**0.5 / self.x_in[positions].norm(dim=-1, keepdim=True))
         elif cfg.normalize_activations == "layer_norm":
@@ -181,13 +180,11 @@ def _site_values(name: str, sae: SAE, cache: Any) -> SiteValues:
     f = cache[f"{name}.hook_sae_acts_post"][0]
     out = cache[name][0]
     flat_out = out.reshape(out.shape[0], -1).to(sae.dtype)
-    _, norm, _ = sae._pre_acts(x_in)
-    recons = sae._finish(sae._decode_linear(f) + sae.b_dec, norm, x_in)
+    norm = sae.encode_parts(x_in).normalizer
+    recons = sae.finish_output(sae.decode_normalized(f), norm, x_in)
     skip = x_in @ sae.W_skip.T if sae.cfg.has_skip else torch.zeros_like(flat_out)
     positions, indices = f.nonzero(as_tuple=True)
-    rows = sae.W_dec[indices]
-    if sae.cfg.rescale_acts_by_decoder_norm:
-        rows = rows / rows.norm(dim=-1, keepdim=True)
+    rows = sae.cfg.arch.decoder_rows(sae, indices)  # W_dec rows, rescaled where the architecture says
     decoded = f[positions, indices].unsqueeze(-1) * rows
     if norm.scale is not None:
         decoded = decoded * norm.scale[positions]
@@ -366,5 +363,5 @@ def _constant(value: Tensor, ran: Any) -> Any:
 
 
 def _skip(site: SiteValues, x_in: Tensor) -> Tensor:
-    flat = site.sae._flatten(x_in)
+    flat = site.sae.prepare_input(x_in)
     return (flat @ site.sae.W_skip.T).reshape(*x_in.shape[:-1], -1).to(x_in.dtype)

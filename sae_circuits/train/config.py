@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-TrainArchitecture = Literal["topk", "batchtopk", "jumprelu", "relu"]
+from sae_circuits import architectures
+
+TrainArchitecture = str
+"""A trainable architecture's registry name: ``topk``, ``batchtopk``, ``jumprelu``, ``relu``, or
+any other registered architecture with ``trainable = True`` (:mod:`sae_circuits.architectures`)."""
 
 
 @dataclass
@@ -15,7 +18,8 @@ class TrainConfig:
     architecture: TrainArchitecture = "batchtopk"
     """``topk`` (saved as ``topk``), ``batchtopk`` (top ``k * batch`` over the batch; saved as
     ``jumprelu`` with the learned global threshold), ``jumprelu`` (learned per-feature thresholds,
-    L0 penalty through a straight-through estimator) or ``relu`` (ReLU + L1 penalty)."""
+    L0 penalty through a straight-through estimator), ``relu`` (ReLU + L1 penalty), or another
+    trainable architecture of the registry (e.g. ``relu_decnorm``)."""
     d_sae: int | None = None
     """Number of features; ``None`` means ``expansion_factor * d_in``."""
     expansion_factor: int = 16
@@ -67,10 +71,9 @@ class TrainConfig:
     """Steps between progress-bar updates (metrics cost a little)."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("topk", "batchtopk", "jumprelu", "relu"):
-            raise ValueError(
-                f"architecture={self.architecture!r}; expected 'topk', 'batchtopk', 'jumprelu' or 'relu'"
-            )
+        trainable = [n for n in architectures.names() if architectures.get(n).trainable]
+        if self.architecture not in trainable:
+            raise ValueError(f"architecture={self.architecture!r}; expected one of {trainable}")
         for name in (
             "expansion_factor",
             "k",
@@ -95,4 +98,5 @@ class TrainConfig:
 
     @property
     def n_steps(self) -> int:
+        """Optimiser steps: ``total_tokens // batch_size`` (at least 1)."""
         return max(1, self.total_tokens // self.batch_size)

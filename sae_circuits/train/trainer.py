@@ -6,6 +6,8 @@ component parallel to each row is removed before every step, the rows renormalis
 activations scaled to unit mean squared norm per dimension and the scale folded into the saved
 weights; AuxK for dead features of TopK/BatchTopK; linear warm-up, a linear decay over the last
 part of training, gradient clipping. The loop is :meth:`SAETrainer.step`, read top to bottom.
+What differs per architecture (activation, sparsity loss, extra parameters, the saved name) is
+asked of :mod:`sae_circuits.architectures`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sae_circuits import architectures
+from sae_circuits.architectures import SparseCode
+from sae_circuits.architectures.topk import aux_k_loss
 from sae_circuits.sae import SAE, SAEConfig
 from sae_circuits.train.activations import ActivationBatch, ActivationStore
 from sae_circuits.train.config import TrainConfig
@@ -40,116 +45,40 @@ def geometric_median(
     return median
 
 
-class _JumpReLU(torch.autograd.Function):
-    """``h * (h > t)``; the threshold gets a rectangle-kernel pseudo-gradient (JumpReLU SAEs)."""
-
-    @staticmethod
-    def forward(ctx: Any, h: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(h, threshold)
-        ctx.bandwidth = bandwidth
-        return h * (h > threshold)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
-        h, threshold = ctx.saved_tensors
-        window = ((h - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
-        grad_threshold = -(threshold / ctx.bandwidth) * window * grad
-        return (h > threshold) * grad, grad_threshold.sum(0), None
-
-
-class _Step(torch.autograd.Function):
-    """``(h > t)`` with the same pseudo-gradient for the threshold: a differentiable L0."""
-
-    @staticmethod
-    def forward(ctx: Any, h: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(h, threshold)
-        ctx.bandwidth = bandwidth
-        return (h > threshold).to(h.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
-        h, threshold = ctx.saved_tensors
-        window = ((h - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
-        return None, (-(1.0 / ctx.bandwidth) * window * grad).sum(0), None
-
-
-class SparseCode(NamedTuple):
-    """Feature activations stored as their selected entries, token after token."""
-
-    values: Tensor
-    """``[n]`` activation of each entry (differentiable)."""
-    features: Tensor
-    """``[n]`` feature index of each entry."""
-    offsets: Tensor
-    """``[batch]`` where each token's entries start."""
-    d_sae: int
-
-    def dense(self) -> Tensor:
-        counts = torch.diff(self.offsets, append=self.offsets.new_tensor([self.values.numel()]))
-        rows = torch.repeat_interleave(torch.arange(len(self.offsets), device=self.values.device), counts)
-        out = self.values.new_zeros(len(self.offsets), self.d_sae)
-        return out.index_put((rows, self.features), self.values)
-
-
 class TrainableDictionary(nn.Module):
-    """The parameters being trained and the training-time forward pass (normalised space)."""
+    """The parameters being trained and the training-time forward pass (normalised space).
 
-    batch_threshold: Tensor  # a buffer (register_buffer in __init__), declared for type checkers
+    ``W_dec``, ``W_enc``, ``b_enc``, ``b_dec`` are shared; the architecture (``cfg.architecture``,
+    from :mod:`sae_circuits.architectures`) adds its own (``log_threshold`` for JumpReLU,
+    ``batch_threshold`` for BatchTopK) and supplies the activation and sparsity loss.
+    """
 
     def __init__(self, d_in: int, d_out: int, d_sae: int, cfg: TrainConfig, b_dec: Tensor, transcoder: bool):
         super().__init__()
         self.cfg, self.transcoder = cfg, transcoder
+        self.arch = architectures.get(cfg.architecture)
         direction = torch.randn(d_sae, d_out)
         self.W_dec = nn.Parameter(direction / direction.norm(dim=-1, keepdim=True))
         encoder = self.W_dec.data.T.clone() if not transcoder else torch.randn(d_in, d_sae) / math.sqrt(d_in)
         self.W_enc = nn.Parameter(encoder)
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(b_dec.clone())
-        if cfg.architecture == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold)))
-        self.register_buffer("batch_threshold", torch.tensor(-1.0))  # BatchTopK's running threshold
+        self.arch.init_training(self, cfg)
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        # (x - b_dec) @ W_enc + b_enc, with the bias folded: b_dec's gradient is then a vector-
-        # matrix product instead of a full [batch, d_sae] x [d_sae, d_in] one (25% of a step).
+        """Pre-activations ``(x - b_dec) @ W_enc + b_enc`` (``x @ W_enc + b_enc`` for transcoders)."""
+        # The bias folded: b_dec's gradient is then a vector-matrix product instead of a full
+        # [batch, d_sae] x [d_sae, d_in] one (25% of a step).
         bias = self.b_enc if self.transcoder else self.b_enc - self.b_dec @ self.W_enc
         return torch.addmm(bias, x, self.W_enc)
 
     def activate(self, h: Tensor) -> Tensor | SparseCode:
         """Feature activations: a :class:`SparseCode` for TopK/BatchTopK (only the selected
         entries exist, so decoding skips the zeros), a dense tensor otherwise."""
-        arch, k = self.cfg.architecture, self.cfg.k
-        if arch == "topk":
-            values, indices = h.topk(k, dim=-1)
-            offsets = torch.arange(0, h.shape[0] * k, k, device=h.device)
-            return SparseCode(values.relu().flatten(), indices.flatten(), offsets, h.shape[-1])
-        if arch == "batchtopk":
-            # Candidates: each token's top 4k (a global top-k*batch over all d_sae columns is 5x
-            # slower); exact unless one token holds more than 4k of the batch's top entries.
-            cap = min(h.shape[-1], 4 * k)
-            row_values, row_features = h.relu().topk(cap, dim=-1)
-            values, picked = row_values.flatten().topk(min(k * h.shape[0], row_values.numel()))
-            if self.training:
-                self._update_threshold(values)
-            picked, order = picked.sort()  # group the entries token by token
-            rows = picked // cap
-            offsets = torch.searchsorted(rows, torch.arange(h.shape[0], device=h.device))
-            return SparseCode(values[order], row_features.flatten()[picked], offsets, h.shape[-1])
-        if arch == "jumprelu":
-            return _JumpReLU.apply(h.relu(), self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
-        return h.relu()
-
-    @torch.no_grad()
-    def _update_threshold(self, selected: Tensor) -> None:
-        positive = selected[selected > 0]
-        if positive.numel():
-            low = positive.min()
-            if self.batch_threshold < 0:
-                self.batch_threshold.copy_(low)
-            else:
-                self.batch_threshold.mul_(0.99).add_(0.01 * low)
+        return self.arch.train_activate(self, h)
 
     def decode(self, f: Tensor | SparseCode) -> Tensor:
+        """``f @ W_dec + b_dec`` (a sum of selected rows for a :class:`SparseCode`)."""
         if isinstance(f, SparseCode):  # sum of value * W_dec row over each token's entries
             return (
                 F.embedding_bag(f.features, self.W_dec, f.offsets, mode="sum", per_sample_weights=f.values)
@@ -159,6 +88,7 @@ class TrainableDictionary(nn.Module):
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
+        """Rescale every decoder row to unit norm."""
         self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
     @torch.no_grad()
@@ -236,32 +166,13 @@ class SAETrainer:
         self.steps_done += 1
         return self._bookkeeping(f, y, y_hat.detach(), loss.item(), mse.item())
 
-    def _sparsity_loss(self, h: Tensor, f: Tensor | SparseCode, residual: Tensor) -> Tensor:
-        cfg, model = self.cfg, self.dictionary
-        if cfg.architecture == "relu":
-            assert isinstance(f, Tensor)  # only TopK/BatchTopK give a SparseCode
-            return cfg.l1_coeff * f.sum(-1).mean()
-        if cfg.architecture == "jumprelu":
-            fired = _Step.apply(h.relu(), model.log_threshold.exp(), cfg.jumprelu_bandwidth)
-            return cfg.l0_coeff * fired.sum(-1).mean()
-        return cfg.aux_coeff * self._aux_k_loss(h, residual.detach())
+    def _sparsity_loss(self, h: Tensor, f: Tensor | SparseCode | None, residual: Tensor) -> Tensor:
+        """The architecture's sparsity term (L1, L0, AuxK, ...)."""
+        return self.dictionary.arch.sparsity_loss(self, h, f, residual)
 
     def _aux_k_loss(self, h: Tensor, residual: Tensor) -> Tensor:
         """AuxK: the top ``aux_k`` dead features must reconstruct what the live ones missed."""
-        dead = self.tokens_since_fired >= self.cfg.dead_after_tokens
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return h.new_zeros(())
-        aux_k = min(self.cfg.aux_k or max(1, self.dictionary.W_enc.shape[0] // 2), n_dead)
-        dead_features = dead.nonzero().squeeze(-1)
-        values, picked = h[:, dead_features].topk(aux_k, dim=-1)  # only the dead columns
-        offsets = torch.arange(0, h.shape[0] * aux_k, aux_k, device=h.device)
-        f_aux = SparseCode(values.relu().flatten(), dead_features[picked].flatten(), offsets, h.shape[-1])
-        reconstruction = F.embedding_bag(
-            f_aux.features, self.dictionary.W_dec, f_aux.offsets, mode="sum", per_sample_weights=f_aux.values
-        )
-        error = (reconstruction - residual).pow(2).sum(-1).mean()
-        return error / residual.pow(2).sum(-1).mean().clamp_min(1e-8) * residual.shape[-1]
+        return aux_k_loss(self, h, residual)
 
     @torch.no_grad()
     def _bookkeeping(
@@ -298,10 +209,7 @@ class SAETrainer:
         sae.W_dec.copy_(d.W_dec / self.scale_out)
         sae.b_dec.copy_(d.b_dec / self.scale_out)
         sae.b_enc.copy_(d.b_enc)
-        if self.cfg.architecture == "jumprelu":
-            sae.threshold.copy_(d.log_threshold.exp())
-        elif self.cfg.architecture == "batchtopk":
-            sae.threshold.fill_(max(float(d.batch_threshold), 0.0))
+        d.arch.export_training(d, sae)
         frequency = self.fire_counts.double() / max(self.counted_tokens, 1)
         sae.sparsity = torch.log10(frequency + 1e-10).float()
         return sae
@@ -312,16 +220,7 @@ def _norm_scale(x: Tensor) -> float:
 
 
 def _saved_architecture(cfg: TrainConfig, transcoder: bool) -> str:
-    if not transcoder:
-        return {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}[
-            cfg.architecture
-        ]
-    if cfg.architecture == "topk":
-        raise ValueError(
-            "the SAELens format has no TopK transcoder; train it with architecture='batchtopk' "
-            "(saved as jumprelu_transcoder)"
-        )
-    return "transcoder" if cfg.architecture == "relu" else "jumprelu_transcoder"
+    return architectures.get(cfg.architecture).saved_architecture(transcoder)
 
 
 def _width(model: nn.Module, tokens: Tensor, hook_name: str) -> int:
@@ -385,7 +284,8 @@ def train_dictionaries(
     store = ActivationStore(
         model, tokens.long(), names,
         batch_size=config.batch_size, buffer_tokens=config.buffer_tokens,
-        model_batch_size=config.model_batch_size, skip_first_position=config.skip_first_position, seed=config.seed,
+        model_batch_size=config.model_batch_size, skip_first_position=config.skip_first_position,
+        seed=config.seed,
     )  # fmt: skip
     trainers = [SAETrainer(store, config, _sae_config(model, spec, tokens, config)) for spec in specs]
     return run_trainers(store, trainers)
@@ -395,13 +295,13 @@ def _sae_config(model: nn.Module, spec: DictionarySpec, tokens: Tensor, config: 
     transcoder = spec.hook_out is not None
     d_in = _width(model, tokens, spec.hook_in)
     return SAEConfig(
-        _saved_architecture(config, transcoder),  # type: ignore[arg-type]
+        _saved_architecture(config, transcoder),
         d_in=d_in,
         d_sae=config.d_sae or config.expansion_factor * d_in,
         hook_name=spec.hook_in,
         hook_name_out=spec.hook_out,
         d_out=_width(model, tokens, spec.hook_out) if spec.hook_out is not None else None,
-        k=config.k if config.architecture == "topk" else None,
+        k=config.k,  # kept by the architectures that use it (TopK), dropped by the others
         apply_b_dec_to_input=not transcoder,
         metadata={
             "model_name": getattr(getattr(model, "cfg", None), "model_name", None),
@@ -417,8 +317,14 @@ def train_sae(
 ) -> SAE:
     """Train an SAE on the activations at ``hook_name`` of ``model`` over ``tokens``.
 
-    >>> sae = sc.train_sae(model, "blocks.0.hook_resid_post", tokens, sc.TrainConfig(k=16))  # doctest: +SKIP
-    >>> sae.save("my_sae")                                                                    # doctest: +SKIP
+    A few steps at a tiny size (real runs want ~10^6 tokens; see :class:`TrainConfig`):
+
+    >>> config = sc.TrainConfig(d_sae=64, k=8, batch_size=32, total_tokens=128, buffer_tokens=64,
+    ...                         geometric_median_samples=64, progress=False)
+    >>> sae = sc.train_sae(model, "blocks.0.hook_resid_post", tokens, config)
+    >>> sae.cfg.architecture, sae.cfg.hook_name, sae.W_dec.shape  # batchtopk is saved as jumprelu
+    ('jumprelu', 'blocks.0.hook_resid_post', torch.Size([64, 128]))
+    >>> sae.save("my_sae")
     """
     return train_dictionaries(model, [DictionarySpec(hook_name)], tokens, config or TrainConfig())[0]
 
@@ -431,5 +337,13 @@ def train_transcoder(
     config: TrainConfig | None = None,
 ) -> SAE:
     """Train a transcoder predicting the activation at ``hook_out`` from the one at ``hook_in``
-    (e.g. ``blocks.L.ln2.hook_normalized`` -> ``blocks.L.hook_mlp_out``)."""
+    (e.g. ``blocks.L.ln2.hook_normalized`` -> ``blocks.L.hook_mlp_out``).
+
+    >>> config = sc.TrainConfig(d_sae=64, k=8, batch_size=32, total_tokens=128, buffer_tokens=64,
+    ...                         geometric_median_samples=64, progress=False)
+    >>> tc = sc.train_transcoder(model, "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out",
+    ...                          tokens, config)
+    >>> tc.cfg.site, tc.W_enc.shape, tc.W_dec.shape  # spliced at its output hook
+    ('blocks.0.hook_mlp_out', torch.Size([128, 64]), torch.Size([64, 128]))
+    """
     return train_dictionaries(model, [DictionarySpec(hook_in, hook_out)], tokens, config or TrainConfig())[0]

@@ -1,0 +1,112 @@
+"""JumpReLU (Rajamanoharan et al. 2024): ``f = h * [h > threshold]`` with a learned per-feature
+threshold, trained with an L0 penalty through straight-through estimators (rectangle kernel).
+
+On disk: ``jumprelu``, ``jumprelu_transcoder``, ``jumprelu_skip_transcoder``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from sae_circuits.architectures.base import Architecture, SparseCode, register
+
+if TYPE_CHECKING:
+    from sae_circuits.sae import SAE
+    from sae_circuits.train.config import TrainConfig
+    from sae_circuits.train.trainer import SAETrainer, TrainableDictionary
+
+
+def jump_relu(
+    h: Float[Tensor, "... d_sae"], threshold: Float[Tensor, " d_sae"], bandwidth: float | None = None
+) -> Float[Tensor, "... d_sae"]:
+    """The JumpReLU activation ``relu(h) * [h > threshold]``, the one definition used for
+    inference and training. With ``bandwidth`` (training), ``threshold`` gets the rectangle-kernel
+    pseudo-gradient of the JumpReLU paper; without it, ordinary autograd (zero almost everywhere)."""
+    if bandwidth is None:
+        return h.relu() * (h > threshold)
+    return _JumpReLU.apply(h.relu(), threshold, bandwidth)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``h * (h > t)`` for ``h >= 0``; the threshold gets a rectangle-kernel pseudo-gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        """``h * (h > threshold)``."""
+        ctx.save_for_backward(h, threshold)
+        ctx.bandwidth = bandwidth
+        return h * (h > threshold)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        """Straight-through for ``h``; rectangle-kernel pseudo-gradient for the threshold."""
+        h, threshold = ctx.saved_tensors
+        window = ((h - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        grad_threshold = -(threshold / ctx.bandwidth) * window * grad
+        return (h > threshold) * grad, grad_threshold.sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """``(h > t)`` with the same pseudo-gradient for the threshold: a differentiable L0."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        """``(h > threshold)`` as floats."""
+        ctx.save_for_backward(h, threshold)
+        ctx.bandwidth = bandwidth
+        return (h > threshold).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        """No gradient for ``h``; rectangle-kernel pseudo-gradient for the threshold."""
+        h, threshold = ctx.saved_tensors
+        window = ((h - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        return None, (-(1.0 / ctx.bandwidth) * window * grad).sum(0), None
+
+
+@register
+class JumpReLU(Architecture):
+    """JumpReLU SAEs and transcoders (a ``threshold`` parameter beside ``b_enc``)."""
+
+    name = "jumprelu"
+    trainable = True
+
+    def parameter_shapes(self, d_sae: int) -> dict[str, tuple[int, ...]]:
+        """``b_enc`` and the per-feature ``threshold``."""
+        return {"b_enc": (d_sae,), "threshold": (d_sae,)}
+
+    def activate(
+        self, sae: SAE, h: Float[Tensor, "... d_sae"], gate: Bool[Tensor, "... d_sae"] | None
+    ) -> Float[Tensor, "... d_sae"]:
+        """:func:`jump_relu` with the SAE's thresholds."""
+        return jump_relu(h, sae.threshold)
+
+    # Training learns log(threshold), so that the threshold stays positive.
+    def init_training(self, dictionary: TrainableDictionary, cfg: TrainConfig) -> None:
+        """``log_threshold``, initialised at ``log(cfg.jumprelu_init_threshold)``."""
+        d_sae = dictionary.W_enc.shape[1]
+        log_threshold = torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold))
+        dictionary.register_parameter("log_threshold", nn.Parameter(log_threshold))
+
+    def train_activate(self, dictionary: TrainableDictionary, h: Tensor) -> Tensor | SparseCode:
+        """:func:`jump_relu` with the threshold's pseudo-gradient."""
+        threshold = dictionary.get_parameter("log_threshold").exp()
+        return jump_relu(h, threshold, dictionary.cfg.jumprelu_bandwidth)
+
+    def sparsity_loss(
+        self, trainer: SAETrainer, h: Tensor, f: Tensor | SparseCode | None, residual: Tensor
+    ) -> Tensor:
+        """L0 through the step function's pseudo-gradient, weighted by ``l0_coeff``."""
+        cfg = trainer.cfg
+        threshold = trainer.dictionary.get_parameter("log_threshold").exp()
+        fired = _Step.apply(h.relu(), threshold, cfg.jumprelu_bandwidth)
+        return cfg.l0_coeff * fired.sum(-1).mean()
+
+    def export_training(self, dictionary: TrainableDictionary, sae: SAE) -> None:
+        """``threshold = exp(log_threshold)``."""
+        sae.threshold.copy_(dictionary.get_parameter("log_threshold").exp())

@@ -1,0 +1,114 @@
+"""Byte-level BPE tokenizer of the zoo (GPT-2 style, ``<|endoftext|>`` only).
+
+Trained with the ``tokenizers`` library on a weighted sample of the training
+split of the corpus, saved as ``tokenizer.json`` plus the two small files
+``transformers.AutoTokenizer.from_pretrained(dir)`` needs to load it offline.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from sae_circuits.languages import automata
+from sae_circuits.languages.corpus import SUBCORPORA, load_docs
+
+EOT = "<|endoftext|>"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+# Share of each sub-corpus in the tokenizer's training sample.  base64 is
+# kept small on purpose: its 64^2 character pairs are all about equally
+# frequent and would otherwise spend much of the vocabulary on noise.  The
+# automata get enough text for BPE to learn every symbol as one token.
+SAMPLE_WEIGHTS: dict[str, float] = {
+    "code": 0.45,
+    "english": 0.30,
+    "base64": 0.05,
+    "markup": 0.10,
+    "kvlog": 0.10,
+}
+
+
+def sample_texts(corpus_dir: Path, total_bytes: int, seed: int = 0) -> Iterator[str]:
+    """Yield training documents (seeded order) until each sub-corpus' byte share is used."""
+    for name in SUBCORPORA:
+        docs = list(load_docs(corpus_dir, name, "train"))
+        random.Random(f"tok:{name}:{seed}").shuffle(docs)
+        budget = int(SAMPLE_WEIGHTS[name] * total_bytes)
+        for doc in docs:
+            if budget <= 0:
+                break
+            text = doc.text[:budget]
+            budget -= len(text)
+            yield text
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a GPT-2 style byte-level BPE with ``<|endoftext|>`` as token 0."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOT],
+        # All 256 bytes, so that any text can be encoded (no unknown token).
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
+    """Write ``tokenizer.json`` and the GPT-2 style config files for ``transformers``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    config = {
+        # The generic backend loads tokenizer.json as is; naming GPT2Tokenizer
+        # would let transformers rebuild the pipeline from its own defaults.
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special,
+        "model_max_length": 512,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+def load_tokenizer(tok_dir: Path) -> Tokenizer:
+    """Load the ``tokenizers`` object saved by :func:`save_tokenizer`."""
+    return Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+
+
+def check_with_transformers(tok_dir: Path, texts: list[str]) -> None:
+    """Load with ``AutoTokenizer`` offline; check ids and exact text round trip."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    raw = load_tokenizer(tok_dir)
+    if hf.eos_token != EOT or hf.bos_token != EOT or hf.eos_token_id != raw.token_to_id(EOT):
+        raise ValueError("special tokens not loaded as <|endoftext|>")
+    for text in texts:
+        ids = hf(text)["input_ids"]
+        if ids != raw.encode(text).ids:
+            raise ValueError("transformers and tokenizers disagree on ids")
+        if hf.decode(ids) != text:
+            raise ValueError(f"round trip failed for {text[:80]!r}")
+
+
+def build_tokenizer(corpus_dir: Path, out_dir: Path, vocab_size: int, sample_bytes: int) -> Tokenizer:
+    """Train, verify the automaton symbols are single tokens, save, check loading."""
+    tok = train_tokenizer(sample_texts(corpus_dir, sample_bytes), vocab_size)
+    automata.verify_tokenizer(tok)  # refuse a tokenizer that breaks alignment
+    save_tokenizer(tok, out_dir)
+    probes = [next(load_docs(corpus_dir, name, "val")).text[:2000] for name in SUBCORPORA]
+    check_with_transformers(out_dir, probes + [f"a{EOT}b", "  x\n\n\ty ü€😀"])
+    return tok
