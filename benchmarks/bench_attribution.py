@@ -44,9 +44,11 @@ warnings.filterwarnings("ignore")
 from _report import machine, versions, write_section
 
 import sae_circuits as sc
-from sae_circuits.graph.attribution import _Attribution, _Row
-from sae_circuits.graph.graph import NodeKind
-from sae_circuits.graph.replacement import capture, frozen_pass
+from sae_circuits.graph.attribution import _capture, _compute_rows
+from sae_circuits.graph.influence import NodeKind
+from sae_circuits.graph.passes import row_gradients
+from sae_circuits.graph.replacement import frozen_pass
+from sae_circuits.graph.rows import Row
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -85,14 +87,19 @@ def full_graph() -> dict:
     # backward with the edge read-out
     model.requires_grad_(False)
     with torch.enable_grad():
-        values = capture(model, tokens)
-        run = _Attribution(model, values, None, 64, None, 0.0, False)
-        run.pass_, forward_s = timed(lambda: frozen_pass(model, values, 64), repeats=3)
+        run = _capture(model, tokens, None, 64, None, 0.0)
+        run.pass_, forward_s = timed(lambda: frozen_pass(model, run.values, 64), repeats=3)
         # a pass as the run makes them: 64 features of one site, in position order (a middle site)
-        site = len(values.sites) // 2
-        rows = [_Row(1.0, active=a) for a in range(run.offsets[site], run.offsets[site] + 64)]
-        _, backward_s = timed(lambda: run._backward(rows), repeats=5)
-        _, pass_s = timed(lambda: run._compute(rows), repeats=5)
+        site = len(run.values.sites) // 2
+        a = run.active
+        rows = [
+            Row(1.0, active=i, site=site, position=int(a.position[i]), index=int(a.index[i]))
+            for i in range(a.offsets[site], a.offsets[site] + 64)
+        ]
+        _, backward_s = timed(
+            lambda: row_gradients(model, run.pass_, run.values, run.targets, rows), repeats=5
+        )
+        _, pass_s = timed(lambda: _compute_rows(run, rows), repeats=5)
     n_rows = (graph.kind == NodeKind.TARGET).sum() + graph.metadata["n_expanded_features"]
     passes = math.ceil(int((graph.kind == NodeKind.TARGET).sum()) / 64) + math.ceil(
         graph.metadata["n_expanded_features"] / 64
@@ -119,7 +126,7 @@ def _dense(g) -> torch.Tensor:
 
 def random_setup():
     """The embedded model's shape with a 1,024-token context and 8 random 2048-wide dictionaries."""
-    from sae_circuits.zoo.random_model import random_gpt2
+    from sae_circuits.recipes.random_model import random_gpt2
 
     folder = REPO / "build" / "bench" / "random_1024"
     model = random_gpt2(folder, d_model=128, n_layers=4, n_heads=4, n_ctx=1024, vocab_size=4096)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sae_circuits as sc
-from sae_circuits.graph.graph import NodeKind
+from sae_circuits.graph.influence import NodeKind
 from tests.conftest import D_MODEL, NO_HOOKED, random_sae
 
 PROMPT = "def foo(x):\n    return x + 1\n"

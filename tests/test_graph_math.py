@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_circuits.graph.graph import (
+from sae_circuits.graph.influence import (
     Edges,
     NodeKind,
     cumulative_threshold,

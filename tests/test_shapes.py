@@ -7,7 +7,7 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
-from sae_circuits.graph.graph import scores
+from sae_circuits.graph.influence import scores
 from tests.conftest import SHAPE_CHECKS, random_sae
 
 pytestmark = pytest.mark.skipif(
@@ -23,7 +23,7 @@ def test_wrong_rank_and_dtype_fail():
 
 
 def test_inconsistent_named_dimensions_fail():
-    from sae_circuits.graph.graph import Edges
+    from sae_circuits.graph.influence import Edges
 
     edges = Edges(torch.tensor([1]), torch.tensor([0]), torch.tensor([1.0]))
     kinds, weights = torch.tensor([0, 3]), torch.tensor([0.0, 1.0])
