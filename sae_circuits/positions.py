@@ -14,25 +14,48 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
+from jaxtyping import Bool
 from torch import Tensor, nn
 
 from sae_circuits._compat import cache_not_filled
 from sae_circuits._model import CACHE_KWARGS, cache_length, hf_cache
 
-Positions = None | int | Sequence[int] | slice | Literal["prompt", "generated"]
-"""``None`` (all), an int, a list of ints, a slice, ``"prompt"`` or ``"generated"``."""
+NamedRange: TypeAlias = Literal["prompt", "generated"]
+"""The prompt's tokens, or the tokens ``generate`` adds after it."""
+
+Positions: TypeAlias = int | Sequence[int] | np.ndarray | Tensor | slice | NamedRange | None
+"""Which tokens an intervention edits, as a caller writes it: ``None`` (every token), an int, a
+list of ints (or a 0-d/1-d integer numpy array or tensor), a slice with non-negative bounds,
+``"prompt"`` or ``"generated"``. Ints are absolute positions in the full sequence (prompt +
+generated), counted from 0; bools and floats are refused, even whole ones. For example
+``sc.clamp(site, 7, 4.0, positions=[3, 5])`` or ``sc.ablate(site, 7, positions=slice(6, None, 2))``
+(examples that run: :func:`normalize_positions`).
+"""
+
+PositionSpec: TypeAlias = tuple[int, ...] | slice | NamedRange | None
+"""A :data:`Positions` after :func:`normalize_positions`: ints become a sorted tuple of distinct
+Python ints, a slice's bounds Python ints (or ``None``); what an intervention stores and what
+:meth:`Chunk.mask` reads."""
 
 
-def normalize_positions(positions: Positions) -> tuple[int, ...] | slice | str | None:
-    """Validate a position spec; ints become a sorted tuple. Raises ``ValueError``/``TypeError``."""
+def normalize_positions(positions: Positions) -> PositionSpec:
+    """Validate a position spec; ints become a sorted tuple. Raises ``ValueError``/``TypeError``.
+
+    >>> normalize_positions(np.array([5, 1, 5]))
+    (1, 5)
+    >>> normalize_positions(slice(6, None, 2)), normalize_positions("generated")
+    (slice(6, None, 2), 'generated')
+    >>> sc.clamp("blocks.1.hook_resid_post", 7, 4.0, positions=[5, 3]).positions
+    (3, 5)
+    """
     if positions is None:
         return positions
     if isinstance(positions, str):  # before any ``==``: an array compared to a string is elementwise
-        if positions in ("prompt", "generated"):
+        if positions == "prompt" or positions == "generated":
             return positions
         raise ValueError(
             f"positions={positions!r}: expected 'prompt', 'generated', an int, a list or a slice"
@@ -54,7 +77,8 @@ def normalize_positions(positions: Positions) -> tuple[int, ...] | slice | str |
         items = list(items)
     except TypeError:
         raise TypeError(
-            f"positions={positions!r}: expected None, an int, a list of ints, a slice, 'prompt' or 'generated'"
+            f"positions={positions!r}: expected None, an int, a list of ints, a slice, "
+            "'prompt' or 'generated'"
         ) from None
     for item in items:
         if not is_int(item):
@@ -104,7 +128,7 @@ class Chunk:
     """Whether later tokens may follow (generate, or a KV cache was passed): then positions past
     the chunk are not an error, they just have not been reached yet."""
 
-    def mask(self, spec: tuple[int, ...] | slice | str | None, device: torch.device) -> Tensor | None:
+    def mask(self, spec: PositionSpec, device: torch.device) -> Bool[Tensor, " length"] | None:
         """Boolean ``[length]`` mask of the chunk positions selected by ``spec`` (``None``: all)."""
         if spec is None:
             return None
@@ -158,6 +182,10 @@ class PositionTracker:
         return Chunk(start, length, prompt_length, state["generating"], open_ended)
 
     def wrap_forward(self, forward: Any) -> Any:
+        """``forward`` wrapped to record, for the call's duration, where its chunk starts (the
+        KV cache's length) and whether a cache was passed; it then checks that a Hugging Face
+        cache grew."""
+
         @functools.wraps(forward)
         def tracked_forward(*args: Any, **kwargs: Any) -> Any:
             state = self._state
@@ -174,6 +202,9 @@ class PositionTracker:
         return tracked_forward
 
     def wrap_generate(self, generate: Any) -> Any:
+        """``generate`` wrapped to mark its forward calls as generation, so the first one's
+        length is taken as the prompt's (for ``"prompt"``/``"generated"``)."""
+
         @functools.wraps(generate)
         def tracked_generate(*args: Any, **kwargs: Any) -> Any:
             state = self._state

@@ -261,3 +261,154 @@ def test_values_beyond_float32_or_not_finite_are_rejected_at_construction(make):
         with pytest.raises(ValueError, match="must be finite"):
             make(value)
     assert abs(make(F32_MAX).value) == F32_MAX  # the largest float32 is still fine
+
+
+# --------------------------------------------------------------------------- one contract, many kinds
+
+
+def test_each_kind_is_its_own_type_and_reachable_under_the_namespace():
+    from sae_circuits import interventions as ivs
+
+    made = {
+        ivs.Ablate: sc.ablate(SITE, 1),
+        ivs.Clamp: sc.clamp(SITE, 1, 2.0),
+        ivs.Scale: sc.scale(SITE, 1, 2.0),
+        ivs.Add: sc.add(SITE, 1, 2.0),
+        ivs.Noise: sc.noise(SITE, 1, 2.0, seed=0),
+        ivs.Steer: sc.steer(SITE, 1, 2.0),
+    }
+    for kind, iv in made.items():
+        assert type(iv) is kind and isinstance(iv, sc.Intervention), kind
+        assert kind.__doc__ and iv.op == kind.__name__.lower()
+    assert sc.interventions is ivs
+    for name in ("ablate", "clamp", "scale", "add", "noise", "steer", "intervene"):
+        assert getattr(sc.interventions, name) is getattr(sc, name)
+    # The classes check their arguments as the factories do, and normalise them the same way.
+    assert ivs.Clamp(SITE, (3, 1, 3), 2.0, positions=[5, 2]) == sc.clamp(SITE, [3, 1], 2.0, positions=[2, 5])
+    assert ivs.Scale(SITE, (1,), 2.0).factor == sc.scale(SITE, 1, 2).value == 2.0
+    assert ivs.Steer(SITE, (4,), -1.0).feature == 4
+    with pytest.raises(ValueError, match=r"value=-1.0 must be >= 0"):
+        ivs.Clamp(SITE, (1,), -1.0)
+    with pytest.raises(ValueError, match="steer takes a single feature index"):
+        ivs.Steer(SITE, (1, 2), 1.0)
+
+
+@torch.no_grad()
+def test_a_new_kind_is_one_small_class(model, tokens, sae):
+    """The ``edit`` contract is all :func:`intervene` needs: a kind defined here works unchanged."""
+    from dataclasses import dataclass
+
+    from sae_circuits.interventions import FeatureEdit
+
+    @dataclass(frozen=True)
+    class Negate(FeatureEdit):
+        op = "negate"
+
+        def new_values(self, f, where):
+            return -f
+
+    with sc.spliced(model, [sae]):
+        _, f = _site_output_and_acts(model, tokens)
+        _, edited = _site_output_and_acts(model, tokens, [Negate(SITE, (4, 9), positions=[1, 3])])
+    expected = f.clone()
+    expected[:, [1, 3], 4] = -f[:, [1, 3], 4]
+    expected[:, [1, 3], 9] = -f[:, [1, 3], 9]
+    assert torch.equal(edited, expected)
+
+
+@torch.no_grad()
+def test_feature_edits_and_steering_share_one_hook_per_hook_point(model, sae):
+    with sc.spliced(model, [sae]):
+        edits = [sc.clamp(SITE, 1, 2.0), sc.noise(SITE, 2, 0.1, seed=0), sc.steer(SITE, 3, 1.0)]
+        with sc.intervene(model, edits):
+            assert len(model.hook_dict[ACTS].fwd_hooks) == 1  # clamp and noise, in order
+            assert len(model.hook_dict[SITE].fwd_hooks) == 1  # steer, on the activation
+        assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+# --------------------------------------------------------------------------- noise
+
+
+@torch.no_grad()
+def test_noise_edits_only_the_chosen_features_and_positions(model, tokens, sae):
+    with sc.spliced(model, [sae]):
+        _, f = _site_output_and_acts(model, tokens)
+        _, noisy = _site_output_and_acts(
+            model, tokens, [sc.noise(SITE, [3, 5], 0.5, positions=[2, 4], seed=1)]
+        )
+    assert noisy.shape == f.shape and noisy.dtype == f.dtype
+    changed = (noisy != f).nonzero()[:, 1:].unique(dim=0).tolist()  # (position, feature) pairs
+    assert changed == [[2, 3], [2, 5], [4, 3], [4, 5]]
+    delta = noisy[:, [2, 4]][..., [3, 5]] - f[:, [2, 4]][..., [3, 5]]
+    assert 0.05 < float(delta.abs().mean()) < 2.0  # of the order of std = 0.5
+
+
+@torch.no_grad()
+def test_noise_with_a_seed_is_reproducible(model, tokens, sae):
+    def noisy(**kwargs):
+        return _site_output_and_acts(model, tokens, [sc.noise(SITE, [0, 7, 9], 1.0, **kwargs)])[1]
+
+    with sc.spliced(model, [sae]):
+        first, again, other = noisy(seed=3), noisy(seed=3), noisy(seed=4)
+        torch.manual_seed(0)
+        unseeded = noisy()
+        torch.manual_seed(0)
+        unseeded_again = noisy()
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert torch.equal(unseeded, unseeded_again)  # seed=None draws from torch's generator
+    assert sc.noise(SITE, 1, 1.0, seed=5) == sc.noise(SITE, 1, 1.0, seed=5)
+    assert sc.noise(SITE, 1, 1.0).seed != sc.noise(SITE, 1, 1.0).seed
+
+
+@torch.no_grad()
+def test_zero_std_noise_is_exactly_a_no_op(model, tokens, sae):
+    with sc.spliced(model, [sae]):
+        clean_logits = model(tokens)
+        clean = _site_output_and_acts(model, tokens)
+        with sc.intervene(model, [sc.noise(SITE, list(range(sae.cfg.d_sae)), 0.0, seed=0)]):
+            logits = model(tokens)
+        edited = _site_output_and_acts(model, tokens, [sc.noise(SITE, [1, 2], -0.0)])
+    assert torch.equal(logits, clean_logits)
+    assert torch.equal(edited[0], clean[0]) and torch.equal(edited[1], clean[1])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("positions", [None, "generated", [3, 7, 9]])
+def test_noise_is_identical_with_and_without_the_kv_cache(model, tokens, sae, positions):
+    prompt = tokens[:1, :6]
+    with sc.spliced(model, [sae]):
+        f_max = float(_site_output_and_acts(model, tokens)[1].max())
+        _plain_tokens, plain_logits = _generate(model, prompt, cache=True)
+        edits = [sc.noise(SITE, list(range(0, sae.cfg.d_sae, 4)), 2 * f_max, positions=positions, seed=7)]
+        with sc.intervene(model, edits):
+            cached = _generate(model, prompt, cache=True)
+            uncached = _generate(model, prompt, cache=False)
+    assert torch.equal(cached[0], uncached[0])
+    assert torch.allclose(cached[1], uncached[1], atol=1e-4)
+    assert not torch.allclose(cached[1], plain_logits, atol=1e-3)  # the noise did something
+
+
+@pytest.mark.parametrize(
+    ("std", "message"),
+    [
+        (-0.5, r"std=-0.5 must be >= 0 \(a standard deviation\)"),
+        (float("nan"), "std=nan must be finite"),
+        (np.float64("inf"), "std=inf must be finite"),
+        (1e300, r"std=1e\+300 is beyond the float32 range"),
+    ],
+)
+def test_bad_noise_std_is_a_value_error_naming_it(std, message):
+    with pytest.raises(ValueError, match=message):
+        sc.noise(SITE, 1, std)
+
+
+def test_bad_noise_arguments_are_rejected():
+    with pytest.raises(TypeError, match="std='1' must be a number"):
+        sc.noise(SITE, 1, "1")
+    with pytest.raises(TypeError, match=r"seed=1.5 must be an int or None"):
+        sc.noise(SITE, 1, 1.0, seed=1.5)
+    with pytest.raises(ValueError, match=r"seed=-1 must be >= 0"):
+        sc.noise(SITE, 1, 1.0, seed=-1)
+    with pytest.raises(ValueError, match="-2 is negative; positions are absolute"):
+        sc.noise(SITE, 1, 1.0, positions=-2)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sae_circuits.positions import Chunk, normalize_positions
+import sae_circuits as sc
+from sae_circuits.positions import Chunk, Positions, PositionSpec, normalize_positions
 
 specs = st.one_of(
     st.none(),
@@ -95,3 +99,49 @@ def test_numpy_and_tensor_positions_are_accepted():
 def test_whole_floats_and_bools_are_not_positions(bad):
     with pytest.raises((TypeError, ValueError)):
         normalize_positions(bad)
+
+
+# --------------------------------------------------------------------------- the Positions type
+
+
+def test_every_public_positions_argument_is_typed_positions():
+    for fn in (sc.ablate, sc.clamp, sc.scale, sc.add, sc.noise, sc.steer):
+        assert typing.get_type_hints(fn)["positions"] == Positions, fn.__name__
+        assert inspect.signature(fn).parameters["positions"].default is None
+    assert typing.get_type_hints(sc.Intervention)["positions"] == PositionSpec
+    assert typing.get_type_hints(Chunk.mask)["spec"] == PositionSpec
+    assert typing.get_type_hints(normalize_positions)["return"] == PositionSpec
+
+
+def _runtime_type(member):
+    """The class an instance of one member of a union alias has (``Literal["a"]``: ``str``)."""
+    origin = typing.get_origin(member)
+    return str if origin is typing.Literal else origin or member
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (None, None),
+        (3, (3,)),
+        ([7, 2, 7], (2, 7)),
+        ((4,), (4,)),
+        (np.array([1, 0]), (0, 1)),
+        (torch.tensor([6]), (6,)),
+        (slice(2, None), slice(2, None)),
+        ("prompt", "prompt"),
+        ("generated", "generated"),
+    ],
+    ids=repr,
+)
+def test_each_form_of_positions_normalises_to_a_position_spec(spec, expected):
+    got = normalize_positions(spec)
+    assert got == expected and type(got) is type(expected)
+    assert isinstance(got, tuple(_runtime_type(t) for t in typing.get_args(PositionSpec)))
+
+
+@given(spec=specs)
+def test_normalising_a_position_spec_again_changes_nothing(spec):
+    """Interventions normalise on construction, so a spec already normalised must come back as it is."""
+    once = normalize_positions(spec)
+    assert normalize_positions(once) == once
