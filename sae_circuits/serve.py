@@ -2,12 +2,24 @@
 
     $ sae-circuits serve out/        # then open http://127.0.0.1:8000/
 
->>> server = serve("out", port=0)    # doctest: +SKIP
->>> threading.Thread(target=server.serve_forever, daemon=True).start()   # doctest: +SKIP
+>>> import http.client, json, threading
+>>> with sc.spliced(model, transcoders):
+...     graph = sc.attribute(model, "<p>hi</p>", max_feature_nodes=0)
+>>> graph.save("out/hi.json").name
+'hi.json'
+>>> server = serve("out", port=0)   # port 0: any free port
+>>> threading.Thread(target=server.serve_forever, daemon=True).start()
+>>> client = http.client.HTTPConnection("127.0.0.1", server.server_address[1])
+>>> client.request("GET", "/api/list")
+>>> [(f["path"], f["kind"]) for f in json.loads(client.getresponse().read())["files"]]
+[('hi.json', 'graph')]
+>>> client.close(); server.shutdown(); server.server_close()
 
 Only what the library writes is served: ``.json`` (graphs, automata, ``cfg.json``, metrics),
-``.html`` (graph and automaton views, dashboards), ``.graphml`` and ``.dot``; never a dotfile, nothing
-under a dot-directory (``.git``, ``.venv``) and no temporary (``*.tmp``, ``.name.*.tmp``).
+``.html`` (graph and automaton views, dashboards) and every suffix of the export writers
+(:mod:`sae_circuits.writers`: ``.graphml``, ``.dot``, ``.csv``, ...; a suffix that other programs
+write too, such as ``.csv``, only when the file starts as the writer starts it); never a dotfile,
+nothing under a dot-directory (``.git``, ``.venv``) and no temporary (``*.tmp``, ``.name.*.tmp``).
 
 Routes (GET and HEAD; query strings ignored): ``/``, an index of those files under the folder
 (recursive, sorted) grouped as attribution graphs, automata, dashboards (other ``.html``) and other
@@ -46,6 +58,8 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import quote, unquote, urlsplit
 
+from sae_circuits import writers  # stdlib only until a file is written or loaded
+
 # sae_circuits.fsa.export.FORMAT, copied: importing sae_circuits.fsa would load torch (tests check they agree)
 _AUTOMATON_FORMAT = "sae_circuits.feature_automaton"
 
@@ -55,7 +69,8 @@ _TYPES = {
     ".xml": "application/xml", ".dot": _TEXT, ".txt": _TEXT, ".md": _TEXT, ".csv": "text/csv; charset=utf-8",
     ".png": "image/png", ".svg": "image/svg+xml", ".css": "text/css", ".js": "text/javascript",
 }  # fmt: skip
-SERVED_SUFFIXES = frozenset({".json", ".html", ".graphml", ".dot"})  # what the library's writers produce
+SERVED_SUFFIXES = frozenset({".json", ".html", *writers.suffixes()})  # dashboards, cards + the export writers
+_SIGNATURES = {s: tuple(t.encode() for t in texts) for s, texts in writers.signatures().items()}
 MAX_DEPTH = 8  # folders below the served one that the listing enters
 MAX_SCANNED = 20_000  # directory entries the listing looks at, per request
 MAX_LISTED = 2_000  # files the listing shows
@@ -173,6 +188,20 @@ def servable(rel: str) -> bool:
     )
 
 
+def _starts_right(path: Path) -> bool:
+    """Whether ``path`` starts as the writers of its suffix start their files (always true for a
+    suffix whose writers declare no ``SIGNATURE``); an unreadable file does not."""
+    expected = _SIGNATURES.get(path.suffix.lower())
+    if not expected:
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(max(len(s) for s in expected))
+    except OSError:
+        return False
+    return any(head.startswith(s) for s in expected)
+
+
 def scan_files(directory: str | os.PathLike[str], cache: dict | None = None) -> tuple[list[Entry], bool]:
     """``(entries, truncated)``: the servable files under ``directory`` (see :func:`servable`; sorted by
     path; symlinks leaving it skipped), bounded by ``MAX_DEPTH``, ``MAX_SCANNED`` and ``MAX_LISTED``;
@@ -220,6 +249,8 @@ def scan_files(directory: str | os.PathLike[str], cache: dict | None = None) -> 
                 continue
             if not servable(target.relative_to(root).as_posix()):
                 continue  # a link to a hidden file or a temporary
+            if not _starts_right(target):
+                continue  # e.g. a .csv that no writer of the library wrote
             if len(entries) >= MAX_LISTED:
                 truncated = True
                 break
@@ -236,8 +267,13 @@ def scan_files(directory: str | os.PathLike[str], cache: dict | None = None) -> 
 def list_files(directory: str | os.PathLike[str], cache: dict | None = None) -> list[Entry]:
     """The entries of :func:`scan_files` (bounded; whether it was cut is not said).
 
-    >>> [e.kind for e in list_files("out")]   # doctest: +SKIP
-    ['graph', 'graph', 'automaton', 'other']
+    >>> with sc.spliced(model, transcoders):
+    ...     g = sc.attribute(model, "<p>hi</p>", max_feature_nodes=0)
+    >>> paths = g.save("graphs/hi.json"), g.save("graphs/hi.html"), g.save("graphs/hi.csv")
+    >>> [(e.path, e.kind) for e in list_files("graphs")]
+    [('hi.csv', 'other'), ('hi.html', 'graph'), ('hi.json', 'graph')]
+    >>> list_files("graphs")[-1].summary
+    "... nodes, ... links; prompt '<p>hi</p>'"
     """
     return scan_files(directory, cache)[0]
 
@@ -263,7 +299,8 @@ def index_html(entries: list[Entry], title: str, truncated: bool = False) -> str
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
 <title>{esc(title)}</title>
 <style>
-body{{font:13px system-ui,sans-serif;margin:16px;color:#222}} td{{padding:2px 12px 2px 0}} .n{{text-align:right}}
+body{{font:13px system-ui,sans-serif;margin:16px;color:#222}}
+td{{padding:2px 12px 2px 0}} .n{{text-align:right}}
 .broken td{{color:#d62728}}
 </style></head><body>
 <h2>{esc(title)}</h2>
@@ -283,17 +320,21 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "sae-circuits"
 
     def do_GET(self) -> None:
+        """Answer a GET: the index, ``/api/list`` or a file (module docstring)."""
         self._respond(head=False)
 
     def do_HEAD(self) -> None:
+        """Answer a HEAD: the headers a GET would send, no body."""
         self._respond(head=True)
 
-    def end_headers(self) -> None:  # on every response, errors included
+    def end_headers(self) -> None:
+        """Add ``Cache-Control: no-store`` and ``nosniff`` to every response, errors included."""
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         super().end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
+        """Log the request to stderr only when the server is ``verbose``."""
         if self.server.verbose:
             super().log_message(format, *args)
 
@@ -335,6 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self.send_error(403)
             if not servable(target.relative_to(root).as_posix()):  # a link to a hidden file
                 return self.send_error(404)
+            if not _starts_right(target):  # e.g. a .csv that no writer of the library wrote
+                return self.send_error(404)
             f = target.open("rb") if target.is_file() else None
         except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop
             f = None
@@ -343,7 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
         with f:
             suffix = target.suffix.lower()
             self._ok(
-                _TYPES.get(suffix, "application/octet-stream"),
+                _TYPES.get(suffix) or writers.media_type(suffix) or "application/octet-stream",
                 os.fstat(f.fileno()).st_size,
                 suffix == ".json",
             )
@@ -364,6 +407,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def handle_error(self, request: object, client_address: object) -> None:
+        """Print the traceback of a failed request, except when the client just went away."""
         if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipe, ConnectionReset: the client left
             return
         super().handle_error(request, client_address)  # type: ignore[arg-type]
@@ -373,10 +417,16 @@ def serve(
     directory: str | os.PathLike[str], port: int = 8000, host: str = "127.0.0.1", verbose: bool = False
 ) -> ThreadingHTTPServer:
     """A server for ``directory``, bound to ``host:port`` but not started; port 0 picks a free port.
-    ``host`` must be a loopback address or a name resolving only to loopback (``localhost``); ``verbose`` logs each request to stderr.
+    ``host`` must be a loopback address or a name resolving only to loopback (``localhost``);
+    ``verbose`` logs each request to stderr.
 
-    >>> server = serve("out", port=0)     # doctest: +SKIP
-    >>> server.serve_forever()            # doctest: +SKIP
+    >>> server = serve(".", port=0)   # port 0: any free port
+    >>> server.server_address[0]
+    '127.0.0.1'
+    >>> server.server_close()   # (server.serve_forever() would answer requests until shut down)
+    >>> serve(".", host="0.0.0.0")
+    Traceback (most recent call last):
+    ValueError: host '0.0.0.0' is not a loopback address ...
     """
     address = _loopback_address(host)
     if address is None:
@@ -400,7 +450,9 @@ def run(
 ) -> None:
     """Serve ``directory`` until Ctrl-C, printing the URL first.
 
-    >>> run("out")        # doctest: +SKIP
+    Not run here, since it blocks until Ctrl-C:
+
+    >>> run("out")   # doctest: +SKIP
     serving /home/me/out at http://127.0.0.1:8000/ (Ctrl-C to stop)
     """
     server = serve(directory, port, host, verbose)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sae_circuits as sc
-from sae_circuits.graph.graph import Edges, NodeKind
+from sae_circuits.graph.influence import Edges, NodeKind
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 REQUIRED = os.environ.get("SAE_CIRCUITS_BROWSER_TESTS") == "1"  # set by `make test`: missing = failure
@@ -129,7 +129,7 @@ def test_large_graph_stays_responsive(browser, tmp_path):
 
 
 def test_automaton_page(browser, tmp_path):
-    from sae_circuits.cli import corpus_texts
+    from sae_circuits.languages import corpus_texts
 
     model = sc.zoo.load_model("tiny")
     with sc.spliced(model, sc.zoo.load_saes("tiny", kind="resid")):

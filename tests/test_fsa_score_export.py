@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sae_circuits.fsa import export
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.fsa.score import auroc, score_automaton
-from sae_circuits.zoo import automata
+from sae_circuits.languages import automata
 
 EVIL = "</script><script>alert(1)</script>"
 TRICKY = 'tag "x"\nnew \\ line'

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from sae_circuits._text import printable, script_json
+from sae_circuits._export_io import printable, script_json
 from sae_circuits.graph import export
 from sae_circuits.graph.attribution_graph import AttributionGraph
-from sae_circuits.graph.graph import Edges, NodeKind
+from sae_circuits.graph.influence import Edges, NodeKind
 
 T, F, E, L, O = NodeKind.TOKEN, NodeKind.FEATURE, NodeKind.ERROR, NodeKind.TARGET, NodeKind.OTHER
 EVIL = "</script><script>alert(1)</script>"

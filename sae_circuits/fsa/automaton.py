@@ -1,14 +1,15 @@
 """The automaton that features form: states (features or groups of features) and transitions
 between them (via attention inside a forward pass, or via the token the model emits), with the
 data needed to score it against ground truth. Extraction lives in ``extract.py``, causal checks in
-``validate.py``, ground-truth scores in ``score.py``, file formats in ``export.py``."""
+``validate.py``, ground-truth scores in ``score.py``, cycles and loops in ``loops.py``, file formats
+in ``export.py`` (written by :mod:`sae_circuits.writers`)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -68,8 +69,16 @@ class Transition:
 class FeatureAutomaton:
     """States, transitions, and the corpus layout they were extracted from.
 
-    >>> fsa = sc.automaton(model, texts)            # doctest: +SKIP
-    >>> fsa.cycles()[:3]                            # doctest: +SKIP
+    >>> with sc.spliced(model, saes):
+    ...     fsa = sc.automaton(model, texts[:4], max_states=8, attention_contexts=0,
+    ...                        effect_contexts=2, effect_positions=4)
+    >>> fsa
+    FeatureAutomaton(8 states, 0 attention and ... token transitions, 192 tokens)
+    >>> fsa.firing.shape, fsa.lengths.tolist()
+    (torch.Size([192, 8]), [48, 48, 48, 48])
+    >>> states, weight = fsa.cycles()[0]   # the strongest loop weighs as much as its weakest step
+    >>> weight == min(fsa.weight(a, b) for a, b in zip(states, states[1:] + states[:1]))
+    True
     """
 
     states: list[State]
@@ -85,6 +94,7 @@ class FeatureAutomaton:
     """The corpus's text tokens, concatenated (``validate`` draws its prompts from them)."""
 
     def state(self, state_id: int) -> State:
+        """``states[state_id]``: the state with that id (extraction numbers states 0, 1, ... in order)."""
         return self.states[state_id]
 
     def weight(self, src: int, dst: int, mechanism: Mechanism | None = None) -> float:
@@ -105,7 +115,7 @@ class FeatureAutomaton:
         """Every loop of states (simple cycles up to ``max_length``), strongest first; a cycle's
         weight is its weakest transition (both mechanisms added). For the ranked, deduplicated
         loops a reader wants first, use :meth:`loops`."""
-        from sae_circuits.fsa.export import cycles
+        from sae_circuits.fsa.loops import cycles
 
         return cycles(self, min_weight, max_length)
 
@@ -118,21 +128,24 @@ class FeatureAutomaton:
         return loops(self, top, **kwargs)
 
     def to_networkx(self) -> Any:
+        """An ``nx.DiGraph`` of the states, one edge per ``(src, dst)`` (``export.to_networkx``)."""
         from sae_circuits.fsa.export import to_networkx
 
         return to_networkx(self)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``.json`` (loads back), ``.dot``, ``.graphml`` or ``.html``, atomically."""
-        from sae_circuits.fsa.export import save
+        """Write ``.json`` (loads back), ``.dot``, ``.graphml``, ``.html`` or the suffix of any other
+        writer in :mod:`sae_circuits.writers`, atomically."""
+        from sae_circuits.writers import save
 
         return save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FeatureAutomaton:
-        from sae_circuits.fsa.export import load
+        """Read an automaton written by :meth:`save` as ``.json``."""
+        from sae_circuits.writers import load
 
-        return load(path)
+        return cast(FeatureAutomaton, load(path, "automaton"))
 
     def validate(self, model: Any, **kwargs: Any) -> FeatureAutomaton:
         """Pin each checked transition's source at its largest activation and measure how much

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sae_circuits._model import check_model
+from sae_circuits._tokenize import resolve_bos, token_row
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.fsa.effects import EffectKind, frozen_inputs, promoted_tokens
 from sae_circuits.fsa.roles import average_linkage, coherence, jaccard, majority
@@ -98,6 +99,7 @@ class _Corpus:
         return self.values[self._by_feature[lo:hi]]
 
     def feature_offset(self, site: int) -> int:
+        """The global id of feature 0 of site number ``site`` (sites' features are numbered in a row)."""
         return sum(s.cfg.d_sae for s in self.saes[:site])
 
     def feature_of(self, global_id: int) -> tuple[int, int]:
@@ -110,9 +112,11 @@ class _Corpus:
 
     @property
     def n_features(self) -> int:
+        """Features of every spliced site together (the number of global feature ids)."""
         return self.feature_offset(len(self.saes))
 
     def firing(self, features: Int[Tensor, " c"]) -> Bool[Tensor, "tokens c"]:
+        """Whether each of ``features`` (global ids) is active on each corpus token."""
         column = torch.full((self.n_features,), -1, dtype=torch.long)
         column[features] = torch.arange(features.numel())
         keep = column[self.feature_ids] >= 0
@@ -134,23 +138,20 @@ def _tokenize(model: Any, texts: Any, prepend_bos: bool | None) -> tuple[list[Te
         )
     n_ctx = model.cfg.n_ctx
     rows: list[Tensor] = []
-    bos = prepend_bos if prepend_bos is not None else bool(getattr(model.cfg, "default_prepend_bos", True))
+    bos = resolve_bos(model, prepend_bos)  # token rows are "without BOS": they get it as texts do
     for i, text in enumerate(texts):
         if isinstance(text, str):
             if not text:
                 raise ValueError(f"text {i} is empty")
-            row = model.to_tokens(text, prepend_bos=bos, truncate=False)[0]
+            row = token_row(model, text, bos=bos)
         else:
             row = torch.as_tensor(text).reshape(-1)
             if row.numel() == 0:
                 raise ValueError(f"text {i} is empty")
-            if bos:
-                if model.tokenizer is None or model.tokenizer.bos_token_id is None:
-                    raise ValueError(
-                        f"text {i}: prepend_bos=True with token rows needs the model's BOS token id, "
-                        "and this model has no tokenizer (or no BOS token); pass prepend_bos=False"
-                    )
-                row = torch.cat([torch.tensor([model.tokenizer.bos_token_id]), row])
+            try:
+                row = token_row(model, row, bos=bos, ids="like_text")
+            except ValueError as err:
+                raise ValueError(f"text {i}: {err}") from None
         if row.numel() > n_ctx:
             raise ValueError(f"text {i} has {row.numel()} tokens, more than the model's context of {n_ctx}")
         rows.append(row.to(next(model.parameters()).device))
@@ -198,8 +199,13 @@ def automaton(
         seed: fixes the positions sampled for effects and attention rows.
         progress: show progress bars.
 
-    >>> fsa = sc.automaton(model, texts)   # doctest: +SKIP
-    >>> fsa.cycles()[0]                    # doctest: +SKIP
+    >>> with sc.spliced(model, saes):
+    ...     fsa = sc.automaton(model, texts[:4], max_states=8, attention_contexts=1,
+    ...                        effect_contexts=2, effect_positions=4)
+    >>> len(fsa.states), fsa.metadata["n_tokens"], sorted(fsa.weights)
+    (8, 192, ['attention', 'token'])
+    >>> fsa.state(0).members[0][0]   # (site, feature index) of a member
+    'blocks.2.hook_resid_post'
     """
     check_model(model)
     if not saes_of(model):
@@ -233,7 +239,8 @@ def automaton(
     candidates = window[rate[window].argsort(descending=True, stable=True)][: 8 * max_states]
     if candidates.numel() == 0:
         raise ValueError(
-            f"no feature fires on between {min_frequency:.2%} and {max_frequency:.0%} of the {n_tokens} tokens"
+            f"no feature fires on between {min_frequency:.2%} and {max_frequency:.0%} "
+            f"of the {n_tokens} tokens"
         )
     fire = corpus.firing(candidates)
     if grouping:
@@ -269,10 +276,11 @@ def automaton(
         states=states, transitions=transitions, firing=state_fire, lengths=corpus.lengths, weights=weights,
         tokens=corpus.tokens.cpu(),
         metadata={
-            "sites": corpus.sites, "n_texts": len(corpus.rows), "n_tokens": n_tokens, "max_states": max_states,
-            "min_weight": min_weight, "min_frequency": min_frequency, "max_frequency": max_frequency,
-            "grouping": grouping, "group_threshold": group_threshold, "attention_contexts": attention_contexts,
-            "effect": effect, "effect_contexts": effect_contexts, "effect_positions": effect_positions, "seed": seed,
+            "sites": corpus.sites, "n_texts": len(corpus.rows), "n_tokens": n_tokens,
+            "max_states": max_states, "min_weight": min_weight, "min_frequency": min_frequency,
+            "max_frequency": max_frequency, "grouping": grouping, "group_threshold": group_threshold,
+            "attention_contexts": attention_contexts, "effect": effect, "effect_contexts": effect_contexts,
+            "effect_positions": effect_positions, "seed": seed,
             "n_candidates": int(candidates.numel()), "prepend_bos": bool(corpus.offset),
         },
     )  # fmt: skip

@@ -56,11 +56,13 @@ of sibling features, ``KEY EQ VALUE`` below the top 10). What still ranks wrongl
 goes through a mixed state the Markov check cannot see: one whose mixing is consistent along the
 loop (``<``/``</`` followed by tag/end-tag names), or an "inside a tag" state firing sporadically
 on every role there. The constants (2 successors, the squared length factor, ``VARIANT``) were
-chosen on seed 1; seed 2 and sexpr only checked. ~0.4 s per call on 25,600 tokens x 256 states (one CPU thread).
+chosen on seed 1; seed 2 and sexpr only checked. ~0.4 s per call on 25,600 tokens x 256 states
+(one CPU thread).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import warnings
 from dataclasses import dataclass
@@ -85,6 +87,9 @@ OVERLAP = 0.5
 
 VARIANT = 0.5
 """Score factor of a variant: a loop sharing more than half of its states with a higher-ranked one."""
+
+MAX_CYCLES = 10_000
+"""Most cycles :func:`cycles` enumerates in one pass (dense automata have astronomically many)."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +242,13 @@ def loops(
 
     ``min_lift``: the least strength (:func:`strengths`) of a transition a loop may use.
 
-    >>> [fsa.state(s).label for s in fsa.loops()[0].states]   # doctest: +SKIP
+    >>> with sc.spliced(model, saes):
+    ...     fsa = sc.automaton(model, texts[:4], max_states=8, attention_contexts=0,
+    ...                        effect_contexts=2, effect_positions=4)
+    >>> [loop.states for loop in fsa.loops()]
+    [[2], [1]]
+    >>> [fsa.state(s).label for s in fsa.loops()[0].states]   # each state's commonest tokens
+    ["' on' ' about' 'and'"]
     """
     if isinstance(successors, bool) or not isinstance(successors, int) or successors < 1:
         raise ValueError(f"successors={successors!r} must be an integer >= 1")
@@ -324,3 +335,84 @@ def _variant(cycle: list[int], other: list[int]) -> bool:
     if k != len(other) or k < 2:
         return False
     return any(2 * sum(a == b for a, b in zip(cycle, other[r:] + other[:r])) > k for r in range(k))
+
+
+# --------------------------------------------------------------------------- every cycle (fsa.cycles)
+
+
+def _summed_weights(fsa: FeatureAutomaton) -> dict[tuple[int, int], float]:
+    """``(src, dst) -> `` total weight over both mechanisms (what ``fsa.weight(src, dst)`` gives)."""
+    weights: dict[tuple[int, int], float] = {}
+    for t in fsa.transitions:
+        weights[t.src, t.dst] = weights.get((t.src, t.dst), 0.0) + t.weight
+    return weights
+
+
+def _simple_cycles(graph: nx.DiGraph, max_length: int, cap: int) -> list[list[int]]:
+    """Up to ``cap + 1`` simple cycles of length <= ``max_length`` (self-loops are length 1)."""
+    if "length_bound" in inspect.signature(nx.simple_cycles).parameters:  # networkx >= 3.1
+        found = nx.simple_cycles(graph, length_bound=max_length)
+    else:  # older networkx enumerates every length; filter (the cap still bounds what is kept)
+        found = (c for c in nx.simple_cycles(graph) if len(c) <= max_length)
+    return list(itertools.islice(found, cap + 1))
+
+
+def cycles(
+    fsa: FeatureAutomaton, min_weight: float = 0.0, max_length: int = 6, max_cycles: int | None = None
+) -> list[tuple[list[int], float]]:
+    """Simple cycles of states, strongest first.
+
+    Edges are state pairs whose transitions (both mechanisms summed) weigh more than ``min_weight``;
+    a cycle's weight is its weakest edge. Cycles have at most ``max_length`` states (a self-loop is
+    ``[s]``), start at their smallest state id, and are sorted by weight (descending), then length.
+
+    A cycle weighs more than ``w`` exactly when it lives in the subgraph of edges heavier than ``w``,
+    so when there are more than :data:`MAX_CYCLES` cycles, the weakest half of the edge weights is
+    dropped until they fit (with a warning): what is returned is then *every* cycle above the final
+    threshold, never an arbitrary sample. ``max_cycles`` overrides :data:`MAX_CYCLES`.
+
+    >>> with sc.spliced(model, saes):
+    ...     fsa = sc.automaton(model, texts[:4], max_states=8, attention_contexts=0,
+    ...                        effect_contexts=2, effect_positions=4)
+    >>> fsa.cycles(min_weight=0.05)[:2]
+    [([2], 0.87...), ([1, 5], 0.68...)]
+    """
+    if int(max_length) != max_length or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    cap = MAX_CYCLES if max_cycles is None else int(max_cycles)
+    graph = nx.DiGraph()
+    graph.add_nodes_from(s.id for s in fsa.states)
+    graph.add_weighted_edges_from((s, d, w) for (s, d), w in _summed_weights(fsa).items() if w > min_weight)
+    found = _simple_cycles(graph, int(max_length), cap)
+    if len(found) > cap:
+        # the lowest edge-weight threshold that leaves at most cap cycles (cycle counts only
+        # fall as the threshold rises: binary search over the distinct weights)
+        weights = sorted({w for _, _, w in graph.edges(data="weight")})
+        full = list(graph.edges(data="weight"))
+
+        def above(threshold: float) -> list[list[int]]:
+            sub = nx.DiGraph()
+            sub.add_nodes_from(graph.nodes)
+            sub.add_weighted_edges_from((u, v, w) for u, v, w in full if w > threshold)
+            return _simple_cycles(sub, int(max_length), cap)
+
+        lo, hi = 0, len(weights) - 1  # above(weights[-1]) is empty
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(above(weights[mid])) > cap:
+                lo = mid + 1
+            else:
+                hi = mid
+        threshold = weights[lo]
+        found = above(threshold)
+        graph.remove_edges_from([(u, v) for u, v, w in full if w <= threshold])
+        warnings.warn(f"more than {cap} cycles; returning the {len(found)} whose weakest transition "
+                      f"weighs more than {threshold:.6g}", stacklevel=3)  # fmt: skip
+    result = []
+    for cycle in found:
+        start = cycle.index(min(cycle))
+        cycle = cycle[start:] + cycle[:start]
+        weight = min(graph[a][b]["weight"] for a, b in zip(cycle, cycle[1:] + cycle[:1]))
+        result.append((cycle, float(weight)))
+    result.sort(key=lambda cw: (-cw[1], len(cw[0]), cw[0]))
+    return result

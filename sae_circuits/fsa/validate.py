@@ -44,9 +44,16 @@ read at once. With a HookedTransformer the rollouts use its KV cache (the prompt
 token, runs once per source for both rollouts; then one token per row per pass); other models
 (a TransformerBridge) recompute the whole sequence at each pass, with the same result.
 
->>> fsa.validate(model, top=20)                                      # doctest: +SKIP
->>> checks = check_pairs(fsa, model, [(3, 7), (7, 3)])               # doctest: +SKIP
->>> checks[0].sampled.effect, checks[0].sampled.ci, checks[0].confirmed  # doctest: +SKIP
+>>> with sc.spliced(model, saes):
+...     fsa = sc.automaton(model, texts[:4], max_states=8, attention_contexts=0,
+...                        effect_contexts=2, effect_positions=4)
+...     checks = check_pairs(fsa, model, [(0, 1), (0, 2)], n_prompts=4, context=8, samples=2)
+>>> [(c.src, c.dst, c.decoding, c.prompts.shape) for c in checks]
+[(0, 1, 'sampled', torch.Size([4, 8])), (0, 2, 'sampled', torch.Size([4, 8]))]
+>>> checks[0].prompts.equal(checks[1].prompts)   # one source: one set of prompts and rollouts
+True
+>>> all(c.sampled.ci[0] <= c.sampled.effect <= c.sampled.ci[1] for c in checks)
+True
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from jaxtyping import Bool, Float, Float64, Int
@@ -65,9 +72,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sae_circuits._model import check_model
-from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.interventions import ablate, clamp, intervene
 from sae_circuits.splice import saes_of
+
+if TYPE_CHECKING:  # the automaton's types; at run time they are checked by shape, since
+    # ``FeatureAutomaton.validate`` imports this module (no import cycle either way)
+    from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +162,15 @@ def validate(
     Args: as :func:`check_pairs`; ``top``: how many of the heaviest transitions to check when
     ``transitions`` is None.
 
-    >>> fsa.validate(model, top=20)                               # doctest: +SKIP
-    >>> [(t.src, t.dst, t.effect, t.effect_ci, t.confirmed) for t in fsa.transitions if t.effect is not None][:3]  # doctest: +SKIP
+    >>> with sc.spliced(model, saes):
+    ...     fsa = sc.automaton(model, texts[:4], max_states=8, attention_contexts=0,
+    ...                        effect_contexts=2, effect_positions=4)
+    ...     fsa = fsa.validate(model, top=2, n_prompts=4, context=8, samples=2)
+    >>> checked = [t for t in fsa.transitions if t.effect is not None]
+    >>> len(checked), fsa.metadata["validation"]["checked"]
+    (2, 2)
+    >>> all(isinstance(t.confirmed, bool) and len(t.effect_ci) == 2 for t in checked)
+    True
     """
     if not isinstance(top, int) or isinstance(top, bool) or top < 0:
         raise ValueError(f"top={top!r} must be an integer >= 0")
@@ -163,7 +180,7 @@ def validate(
         else sorted(fsa.transitions, key=lambda t: -t.weight)[:top]
     )
     for k, t in enumerate(chosen):
-        if not isinstance(t, Transition):
+        if not all(hasattr(t, field) for field in ("src", "dst", "weight")):
             raise TypeError(f"transitions[{k}] is a {type(t).__name__}; expected a Transition")
     pairs = list(dict.fromkeys((t.src, t.dst) for t in chosen))
     checks = check_pairs(
@@ -233,8 +250,12 @@ def check_pairs(
 
     Returns one :class:`PairCheck` per pair, in order.
 
-    >>> checks = check_pairs(fsa, model, [(3, 7), (7, 3)], n_prompts=20)  # doctest: +SKIP
-    >>> [(c.src, c.dst, c.effect, c.primary.ci, c.confirmed) for c in checks]  # doctest: +SKIP
+    >>> with sc.spliced(model, saes):
+    ...     fsa = sc.automaton(model, texts[:4], max_states=8, attention_contexts=0,
+    ...                        effect_contexts=2, effect_positions=4)
+    ...     checks = check_pairs(fsa, model, [(0, 1), (0, 2)], n_prompts=4, context=8, samples=2)
+    >>> [(c.src, c.dst, c.effect == c.sampled.effect, type(c.confirmed)) for c in checks]
+    [(0, 1, True, <class 'bool'>), (0, 2, True, <class 'bool'>)]
     """
     _check_arguments(fsa, model, n_prompts, context, steps, samples, min_effect, confidence, decoding, seed)
     if isinstance(pin_scale, bool) or not isinstance(pin_scale, (int, float)) or not 0 < pin_scale < 1e6:
@@ -287,7 +308,7 @@ def _check_arguments(
     fsa: Any, model: Any, n_prompts: Any, context: Any, steps: Any, samples: Any,
     min_effect: Any, confidence: Any, decoding: Any, seed: Any,
 ) -> None:  # fmt: skip
-    if not isinstance(fsa, FeatureAutomaton):
+    if not all(hasattr(fsa, field) for field in ("states", "transitions", "state")):
         raise TypeError(f"expected a FeatureAutomaton (sc.automaton), got {type(fsa).__name__}")
     if model is None:
         raise TypeError(

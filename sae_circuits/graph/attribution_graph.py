@@ -3,7 +3,8 @@
 Nodes are stored as columns (one entry per node) so that graphs with 10^5 nodes stay compact;
 edges are the COO triplets of :class:`~sae_circuits.graph.graph.Edges`, ``A[target, source]`` being
 the direct effect of ``source`` on ``target``'s pre-activation (or logit). Graph math lives in
-:mod:`sae_circuits.graph.graph`, file formats in :mod:`sae_circuits.graph.export`.
+:mod:`sae_circuits.graph.graph`, file formats in :mod:`sae_circuits.graph.export` (written by
+:mod:`sae_circuits.writers`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from sae_circuits.graph.graph import (
+from sae_circuits.graph.influence import (
     Edges,
     NodeKind,
     influence,
@@ -31,8 +32,13 @@ from sae_circuits.graph.graph import (
 class AttributionGraph:
     """Direct effects between the tokens, dictionary features, error nodes and targets of a prompt.
 
-    >>> g = sc.attribute(model, "def foo(x):\\n    return")   # doctest: +SKIP
-    >>> g.prune(0.8, 0.98).save("graph.json")                  # doctest: +SKIP
+    >>> with sc.spliced(model, transcoders):
+    ...     g = sc.attribute(model, "<p>hi</p>", max_feature_nodes=10)
+    >>> g.n_nodes == len(g.labels) == g.influence().shape[0]
+    True
+    >>> small = g.prune(0.8, 0.98)
+    >>> small.n_nodes < g.n_nodes, small.save("graph.json").name
+    (True, 'graph.json')
     """
 
     prompt: str
@@ -79,10 +85,12 @@ class AttributionGraph:
 
     @property
     def n_nodes(self) -> int:
+        """Number of nodes (tokens, features, errors, "other" nodes and targets)."""
         return int(self.kind.shape[0])
 
     @property
     def n_edges(self) -> int:
+        """Number of stored edges (the length of :attr:`edges`)."""
         return int(self.edges.weight.shape[0])
 
     def nodes_of(self, kind: NodeKind) -> Int[Tensor, " m"]:
@@ -91,7 +99,7 @@ class AttributionGraph:
 
     def node_ids(self) -> list[str]:
         """Unique string ids in the attribution-graph front end's style (see ``export.py``)."""
-        from sae_circuits.graph.export import node_ids
+        from sae_circuits.graph.node_ids import node_ids
 
         return node_ids(self)
 
@@ -159,18 +167,18 @@ class AttributionGraph:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the graph; the format follows the suffix: ``.json`` (the attribution-graph front
-        end's schema, plus what :meth:`load` needs), ``.graphml``, ``.dot`` or ``.html``. The
-        file is written atomically."""
-        from sae_circuits.graph.export import save
+        end's schema, plus what :meth:`load` needs), ``.graphml``, ``.dot``, ``.html``, or the suffix
+        of any other writer in :mod:`sae_circuits.writers`. The file is written atomically."""
+        from sae_circuits.writers import save
 
         return save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AttributionGraph:
         """Read a graph written by :meth:`save` as ``.json``."""
-        from sae_circuits.graph.export import load
+        from sae_circuits.writers import load
 
-        return load(path)
+        return cast(AttributionGraph, load(path, "graph"))
 
     def equals(self, other: AttributionGraph, atol: float = 0.0) -> bool:
         """Same nodes, labels, metadata and edges (edge weights to ``atol``)."""

@@ -1,12 +1,15 @@
-"""File formats for :class:`~sae_circuits.graph.attribution_graph.AttributionGraph`.
+"""File formats for :class:`~sae_circuits.graph.attribution_graph.AttributionGraph`: the text of each
+format, from the graph (the data); files are written by :mod:`sae_circuits.writers`, one writer per
+format, which ``AttributionGraph.save``, the CLI and ``serve`` read.
 
 - ``.json``: the attribution-graph front end's schema (circuit-tracer / Neuronpedia), plus our exact
   node columns under each node's ``"sc"`` key and what :func:`load` needs under
-  ``metadata.sae_circuits``, so that ``load(save(g))`` rebuilds ``g`` exactly.
+  ``metadata.sae_circuits``, so that ``load(save(g))`` rebuilds ``g`` exactly (the reading is in
+  :mod:`sae_circuits.writers.json_file`).
 - ``.graphml`` (via networkx), ``.dot`` (Graphviz, written here: no pydot) and a self-contained
-  ``.html`` view (inline SVG, no network). These are views: only ``.json`` loads back.
+  ``.html`` view (:mod:`sae_circuits.graph.viewer`). These are views: only ``.json`` loads back.
 
-Every file is written through :func:`sae_circuits.io.atomic_write_text`.
+Every file is written through :func:`sae_circuits._files.atomic_write_text`.
 """
 
 from __future__ import annotations
@@ -16,24 +19,17 @@ import json
 import math
 import os
 import re
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch
 
-from sae_circuits._text import (
-    dot_string,
-    exact_float,
-    finite_json,
-    json_get,
-    printable,
-    read_json,
-    write_by_suffix,
-)
-from sae_circuits.graph.graph import Edges, NodeKind
+from sae_circuits._export_io import dot_string, exact_float, finite_json, printable
+from sae_circuits.graph.influence import NodeKind
+from sae_circuits.graph.node_ids import _n_layers, node_ids
+from sae_circuits.graph.node_ids import _site_labels as _site_labels  # re-exported, as before
+from sae_circuits.graph.viewer import to_html as to_html
 
 if TYPE_CHECKING:
     from sae_circuits.graph.attribution_graph import AttributionGraph
@@ -46,71 +42,6 @@ _FEATURE_TYPE = {
     NodeKind.ERROR: "mlp reconstruction error", NodeKind.OTHER: "other features",
 }  # fmt: skip
 _POSITIVE, _NEGATIVE = "#1f77b4", "#d62728"
-
-
-# --------------------------------------------------------------------------- node ids
-
-
-def _n_layers(g: AttributionGraph) -> int:
-    if "n_layers" in g.metadata:
-        return int(g.metadata["n_layers"])
-    # Without metadata: one past the deepest site node; site-less targets sit at n_layers itself.
-    sited = g.site >= 0
-    deepest = [int(g.layer[sited].max()) + 1] if bool(sited.any()) else []
-    logits = g.layer[(g.kind == NodeKind.TARGET) & ~sited].tolist()
-    return max(deepest + logits, default=0)
-
-
-def _site_labels(sites: list[str]) -> list[str]:
-    """``"3"`` when block 3 hosts one site, else ``"3a"``/``"3m"``/``"3r"`` by hook kind (then the site index
-    if still ambiguous). Sites outside ``blocks.N`` are ``"s{i}"``."""
-    blocks = []
-    for i, hook in enumerate(sites):
-        match = re.search(r"blocks\.(\d+)\.", hook)
-        blocks.append(match.group(1) if match else f"s{i}")
-    suffixes = [
-        "a" if "attn" in h or "hook_z" in h else "m" if "mlp" in h else "r" if "resid" in h else "s"
-        for h in sites
-    ]  # always a letter: a disambiguated label never looks like another block's plain number
-    per_block = Counter(blocks)
-    labels = [b if per_block[b] == 1 else b + s for b, s in zip(blocks, suffixes)]
-    per_label = Counter(labels)
-    return [label if per_label[label] == 1 else f"{label}{i}" for i, label in enumerate(labels)]
-
-
-def node_ids(g: AttributionGraph) -> list[str]:
-    """Unique ids in the front end's style: ``E_{token}_{pos}`` (tokens), ``{site}_{feature}_{pos}``
-    (features and feature targets), ``{site}_error_{pos}``, ``{site}_other``,
-    ``{n_layers+1}_{token}_{pos}`` (logit targets) and ``{n_layers+1}_dir{k}_{pos}`` (directions).
-
-    >>> g.node_ids()[:2]   # doctest: +SKIP
-    ['E_818_0', 'E_22944_1']
-    """
-    sites, top, directions = _site_labels(g.sites), _n_layers(g) + 1, 0
-    ids: list[str] = []
-    columns = (g.kind.tolist(), g.site.tolist(), g.position.tolist(), g.index.tolist())
-    for kind, site, pos, index in zip(*columns):
-        if kind == NodeKind.TOKEN:
-            ids.append(f"E_{index}_{pos}")
-        elif kind == NodeKind.TARGET and site < 0:
-            ids.append(f"{top}_{index}_{pos}" if index >= 0 else f"{top}_dir{directions}_{pos}")
-            directions += index < 0
-        elif not 0 <= site < len(sites):
-            raise ValueError(
-                f"node {len(ids)} ({NodeKind(kind).name}) has site {site}; there are {len(sites)} sites"
-            )
-        elif kind == NodeKind.ERROR:
-            ids.append(f"{sites[site]}_error_{pos}")
-        elif kind == NodeKind.OTHER:
-            ids.append(f"{sites[site]}_other")
-        else:  # a feature, or a feature used as a target
-            ids.append(f"{sites[site]}_{index}_{pos}")
-    seen: set[str] = set()
-    for i, node_id in enumerate(ids):
-        if node_id in seen:
-            raise ValueError(f"duplicate node id {node_id!r} (node {i}, first at node {ids.index(node_id)})")
-        seen.add(node_id)
-    return ids
 
 
 # --------------------------------------------------------------------------- JSON
@@ -156,8 +87,9 @@ def to_json_dict(g: AttributionGraph) -> dict[str, Any]:
         {"source": ids[s], "target": ids[t], "weight": w}
         for t, s, w in zip(g.edges.target.tolist(), g.edges.source.tolist(), g.edges.weight.tolist())
     ]
+    slug = re.sub(r"[^a-z0-9]+", "-", g.prompt.lower()).strip("-")[:48]  # when the metadata names none
     metadata = {
-        "slug": g.metadata.get("slug") or re.sub(r"[^a-z0-9]+", "-", g.prompt.lower()).strip("-")[:48] or "graph",
+        "slug": g.metadata.get("slug") or slug or "graph",
         "scan": g.metadata.get("model", "sae_circuits"),
         "prompt_tokens": list(g.token_strings),
         "prompt": g.prompt,
@@ -177,53 +109,10 @@ def to_json(g: AttributionGraph) -> str:
 
 
 def load(path: str | os.PathLike[str]) -> AttributionGraph:
-    """Rebuild a graph from a ``.json`` file written by :func:`save`: same nodes, edges, order, dtypes."""
-    from sae_circuits.graph.attribution_graph import AttributionGraph
+    """Rebuild a graph from a ``.json`` file written by :func:`save` (``AttributionGraph.load``)."""
+    from sae_circuits.writers import load
 
-    path, raw = read_json(path, "graph")
-    ours = json_get(path, "a graph JSON", raw, "metadata", "sae_circuits")
-    version = json_get(path, "a graph JSON", ours, "format_version", at="metadata.sae_circuits")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r} is not supported (reads {FORMAT_VERSION})")
-    nodes = json_get(path, "a graph JSON", raw, "nodes")
-    rows = [json_get(path, "a graph JSON", node, "sc", at=f"nodes[{i}]") for i, node in enumerate(nodes)]
-    columns = {}
-    for c, dtype in {**dict.fromkeys(_INT_COLUMNS, torch.long), **_FLOAT_COLUMNS}.items():
-        cast = int if dtype == torch.long else float  # float() also reads our "nan"/"inf" strings
-        values = [
-            cast(json_get(path, "a graph JSON", row, c, at=f"nodes[{i}].sc")) for i, row in enumerate(rows)
-        ]
-        columns[c] = torch.tensor(values, dtype=dtype)
-    index = {
-        json_get(path, "a graph JSON", node, "node_id", at=f"nodes[{i}]"): i for i, node in enumerate(nodes)
-    }
-    triplets = []
-    for k, link in enumerate(json_get(path, "a graph JSON", raw, "links")):
-        t, s, w = (
-            json_get(path, "a graph JSON", link, key, at=f"links[{k}]")
-            for key in ("target", "source", "weight")
-        )
-        if t not in index or s not in index:
-            raise ValueError(f"{path}: links[{k}] refers to an unknown node ({s!r} -> {t!r})")
-        triplets.append((index[t], index[s], math.nan if w is None else float(w)))
-    target, source, weight = zip(*triplets) if triplets else ((), (), ())
-    edges = Edges(
-        torch.tensor(target, dtype=torch.long),
-        torch.tensor(source, dtype=torch.long),
-        torch.tensor(weight, dtype=torch.float32),
-    )
-    return AttributionGraph(
-        prompt=json_get(path, "a graph JSON", raw, "metadata", "prompt"),
-        tokens=list(json_get(path, "a graph JSON", ours, "tokens", at="metadata.sae_circuits")),
-        token_strings=list(json_get(path, "a graph JSON", raw, "metadata", "prompt_tokens")),
-        sites=list(json_get(path, "a graph JSON", ours, "sites", at="metadata.sae_circuits")),
-        labels=[
-            json_get(path, "a graph JSON", node, "clerp", at=f"nodes[{i}]") for i, node in enumerate(nodes)
-        ],
-        edges=edges,
-        metadata=json_get(path, "a graph JSON", ours, "metadata", at="metadata.sae_circuits"),
-        **columns,
-    )
+    return load(path, "graph")
 
 
 # --------------------------------------------------------------------------- networkx, GraphML, DOT
@@ -290,23 +179,12 @@ def to_dot(g: AttributionGraph) -> str:
     return "\n".join([*lines, "}", ""])
 
 
-# --------------------------------------------------------------------------- HTML
-
-
-def to_html(g: AttributionGraph) -> str:
-    """A self-contained page (inline SVG, CSS and JS; no network): see :mod:`sae_circuits.graph.viewer`."""
-    from sae_circuits.graph.viewer import to_html
-
-    return to_html(g)
-
-
 # --------------------------------------------------------------------------- save
-
-_WRITERS: dict[str, Callable[[AttributionGraph], str]] = {
-    ".json": to_json, ".graphml": to_graphml, ".dot": to_dot, ".html": to_html,
-}  # fmt: skip
 
 
 def save(g: AttributionGraph, path: str | os.PathLike[str]) -> Path:
-    """Write ``g`` atomically in the format its suffix names (``.json``, ``.graphml``, ``.dot``, ``.html``)."""
-    return write_by_suffix(g, path, _WRITERS)
+    """Write ``g`` atomically in the format its suffix names (:mod:`sae_circuits.writers`: ``.json``,
+    ``.graphml``, ``.dot``, ``.html``, ...)."""
+    from sae_circuits.writers import save
+
+    return save(g, path)

@@ -17,7 +17,11 @@ from sae_circuits.positions import is_int
 class Feature:
     """One dictionary feature at one prompt position (a graph target or node).
 
-    >>> sc.attribute(model, prompt, targets=sc.Feature("blocks.2.hook_mlp_out", 5, 812))  # doctest: +SKIP
+    >>> target = sc.Feature("blocks.2.hook_mlp_out", -1, 812)   # the last position
+    >>> with sc.spliced(model, transcoders):
+    ...     g = sc.attribute(model, "<p>hi</p>", targets=target, max_feature_nodes=0)
+    >>> g.labels[-1]
+    'blocks.2.hook_mlp_out[812]@6'
     """
 
     site: str
@@ -79,7 +83,8 @@ def resolve_targets(
         targets = [targets]  # type: ignore[list-item]
     if not isinstance(targets, Sequence) or len(targets) == 0:
         raise ValueError(
-            f"targets={targets!r}: expected None, tokens, a LogitDirection, a Feature or a non-empty list of them"
+            f"targets={targets!r}: expected None, tokens, a LogitDirection, a Feature "
+            "or a non-empty list of them"
         )
     resolved: list[ResolvedTarget] = []
     n_features = sum(isinstance(t, Feature) for t in targets)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from sae_circuits._text import page_start, script_json
+from sae_circuits._html import SVG_ADD, fill, page_start
+from sae_circuits.graph.node_ids import node_ids
 
 if TYPE_CHECKING:
     from sae_circuits.graph.attribution_graph import AttributionGraph
@@ -45,18 +46,14 @@ text.tok{font-size:10px;fill:#444}
 "use strict";
 const data = JSON.parse(document.getElementById("graph-data").textContent);
 const svg = document.getElementById("graph"), NS = svg.namespaceURI, tip = document.getElementById("tip");
-const COLORS = ["#999", "#2ca02c", "#ff7f0e", "#9467bd", "#ccc"], KINDS = ["token", "feature", "error", "target", "other"];
+const COLORS = ["#999", "#2ca02c", "#ff7f0e", "#9467bd", "#ccc"],
+KINDS = ["token", "feature", "error", "target", "other"];
 const DX = 11, DY = 70, PAD = 24;
 const W = 2 * PAD + data.columns * DX, H = 2 * PAD + 30 + Math.max(0, data.rows - 1) * DY;
 const X = n => PAD + (n.x + 0.5) * DX, Y = n => H - PAD - 30 - n.y * DY;
-function add(tag, attrs, parent, text) {
-  const e = document.createElementNS(NS, tag);
-  for (const k of Object.keys(attrs)) e.setAttribute(k, String(attrs[k]));
-  if (text !== undefined) e.textContent = text;
-  parent.appendChild(e);
-  return e;
-}
-document.title = "Attribution graph: " + data.prompt.slice(0, 60);
+"""
+    + SVG_ADD
+    + """document.title = "Attribution graph: " + data.prompt.slice(0, 60);
 document.getElementById("prompt").textContent = data.prompt;
 if (data.total_edges > data.links.length)
   document.getElementById("note").textContent =
@@ -70,7 +67,8 @@ const edgeEls = data.links.map(([s, t, w], i) => {
     stroke: v < 0 ? "#d62728" : "#1f77b4", "stroke-width": 0.5 + 3.5 * Math.abs(v) / largest}, edgeLayer);
 });
 const nodeEls = data.nodes.map((n, i) =>
-  add("circle", {class: "node", id: "node-" + i, cx: X(n), cy: Y(n), r: 4.5, fill: COLORS[n.kind] || "#000"}, nodeLayer));
+  add("circle", {class: "node", id: "node-" + i, cx: X(n), cy: Y(n), r: 4.5,
+fill: COLORS[n.kind] || "#000"}, nodeLayer));
 data.tokens.forEach((tok, i) => add("text", {class: "tok", x: PAD + data.centres[i] * DX, y: H - 8,
   "text-anchor": "middle"}, svg, tok));
 document.body.dataset.renderedNodes = nodeEls.length;
@@ -83,7 +81,8 @@ nodeEls.forEach((el, i) => {
     const at = n.position >= 0 ? data.tokens[n.position] : "(all positions)";
     tip.textContent = `${n.label}\\n${KINDS[n.kind]} ${n.id}\\nat ${JSON.stringify(at)}\\n` +
       `activation ${n.activation}\\ninfluence ${n.influence}`;
-    tip.style.display = "block"; tip.style.left = (ev.clientX + 12) + "px"; tip.style.top = (ev.clientY + 12) + "px";
+    tip.style.display = "block"; tip.style.left = (ev.clientX + 12) + "px";
+tip.style.top = (ev.clientY + 12) + "px";
     document.body.dataset.hover = i;
   });
   el.addEventListener("mouseleave", () => { tip.style.display = "none"; });
@@ -97,9 +96,11 @@ function select(i) {
   data.links.forEach(([s, t], k) => { if (s === i || t === i) { on.add(s); on.add(t); } });
   data.links.forEach(([s, t], k) => edgeEls[k].setAttribute("class",
     i === null ? "edge" : (s === i || t === i) ? "edge hi" : "edge dim"));
-  nodeEls.forEach((el, k) => el.setAttribute("class", i === null ? "node" : on.has(k) ? "node hi" : "node dim"));
+  nodeEls.forEach((el, k) => el.setAttribute("class", i === null ? "node" :
+on.has(k) ? "node hi" : "node dim"));
   document.body.dataset.selected = i === null ? "" : i;
-  document.body.dataset.highlightedEdges = i === null ? 0 : data.links.filter(([s, t]) => s === i || t === i).length;
+  document.body.dataset.highlightedEdges = i === null ? 0 :
+data.links.filter(([s, t]) => s === i || t === i).length;
 }
 
 // slider: the smallest set of nodes holding that share of the influence (tokens, targets, other kept)
@@ -110,10 +111,12 @@ const total = ranked.reduce((s, i) => s + (data.nodes[i].influence || 0), 0);
 function threshold(f) {
   const keep = new Set(data.nodes.map((n, i) => i).filter(i => ![1, 2].includes(data.nodes[i].kind)));
   let sum = 0;
-  for (const i of ranked) { if (total > 0 && sum >= f * total - 1e-12) break; keep.add(i); sum += data.nodes[i].influence || 0; }
+  for (const i of ranked) { if (total > 0 && sum >= f * total - 1e-12) break;
+keep.add(i); sum += data.nodes[i].influence || 0; }
   nodeEls.forEach((el, i) => el.style.display = keep.has(i) ? "" : "none");
   let shown = 0;
-  data.links.forEach(([s, t], k) => { const v = keep.has(s) && keep.has(t); edgeEls[k].style.display = v ? "" : "none"; shown += v; });
+  data.links.forEach(([s, t], k) => { const v = keep.has(s) && keep.has(t);
+edgeEls[k].style.display = v ? "" : "none"; shown += v; });
   document.getElementById("threshold-value").textContent = f.toFixed(2);
   document.getElementById("counts").textContent = `${keep.size} nodes, ${shown} edges shown`;
   document.body.dataset.visibleNodes = keep.size; document.body.dataset.visibleEdges = shown;
@@ -128,8 +131,6 @@ slider.addEventListener("input", () => threshold(Number(slider.value)));
 def to_html(g: AttributionGraph, max_edges: int = 5000) -> str:
     """A self-contained page of ``g`` (see the module docstring); draws the ``max_edges``
     strongest edges."""
-    from sae_circuits.graph.export import node_ids
-
     ids, n_tokens = node_ids(g), len(g.tokens)
     influence = g.influence().tolist() if g.n_nodes else []
     rows = {stage: r for r, stage in enumerate(sorted(set(g.stage.tolist())))}
@@ -160,6 +161,7 @@ def to_html(g: AttributionGraph, max_edges: int = 5000) -> str:
         )
     ]
     centres = [starts[c] + widths[c] / 2 for c in range(n_tokens)]  # where each token's label goes
-    data = {"prompt": g.prompt, "tokens": g.token_strings, "nodes": nodes, "links": links, "total_edges": g.n_edges,
-            "columns": starts[-1], "rows": len(rows), "centres": centres}  # fmt: skip
-    return _HTML.replace("__DATA__", script_json(data))
+    data = {"prompt": g.prompt, "tokens": g.token_strings, "nodes": nodes, "links": links,
+            "total_edges": g.n_edges, "columns": starts[-1], "rows": len(rows),
+            "centres": centres}  # fmt: skip
+    return fill(_HTML, data)
