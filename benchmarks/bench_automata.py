@@ -37,11 +37,10 @@ warnings.filterwarnings("ignore")
 from _report import machine, versions, write_section
 
 import sae_circuits as sc
-from sae_circuits.cli import corpus_texts
 from sae_circuits.fsa.score import score_loops
 from sae_circuits.fsa.validate import check_pairs
-from sae_circuits.zoo import automata
-from sae_circuits.zoo.base64_steering import measure_state
+from sae_circuits.languages import automata, corpus_texts
+from sae_circuits.recipes.base64_steering import measure_state
 from sae_circuits.zoo.loader import load_hf_gpt2
 
 REPO = Path(__file__).resolve().parent.parent

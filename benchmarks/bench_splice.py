@@ -47,7 +47,7 @@ warnings.filterwarnings("ignore")
 from _report import machine, versions, write_section
 
 import sae_circuits as sc
-from sae_circuits.zoo.random_model import random_gpt2
+from sae_circuits.recipes.random_model import random_gpt2
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -369,7 +369,7 @@ def report(s: Setup, fwd: dict[str, float], gen: dict[str, float], per_step: dic
         f"- Date: {datetime.date.today().isoformat()}.",
         f"- Model: random GPT-2-small-width `HookedTransformer` (d_model={cfg.d_model}, {cfg.n_layers} layers, "
         f"{cfg.n_heads} heads, d_mlp={cfg.d_mlp}, d_vocab={cfg.d_vocab}, byte-level BPE tokenizer), float32, "
-        "built by `sae_circuits.zoo.random_model.random_gpt2`; `sae_lens.HookedSAETransformer` gets the same "
+        "built by `sae_circuits.recipes.random_model.random_gpt2`; `sae_lens.HookedSAETransformer` gets the same "
         "weights.",
         f"- SAE: one TopK SAE (k={K}, d_sae={D_SAE} = 16 x d_model) at `{s.site}`, built in sae-lens with random "
         "weights and converted with `sc.SAE.from_sae_lens` (identical weights); error term on for both. "

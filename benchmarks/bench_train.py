@@ -11,7 +11,7 @@ What (one process, ``torch.set_num_threads(1)``, float32, CPU):
 
 * Activations: ``blocks.1.hook_resid_post`` (d_in = 128) of the embedded zoo model
   (``sae_circuits/zoo/tiny``) over rows of ``build/zoo/tokens/train.npy`` if both exist, otherwise
-  of a random GPT-2 of width 128 (``sae_circuits.zoo.random_model.random_gpt2``) over stdlib source
+  of a random GPT-2 of width 128 (``sae_circuits.recipes.random_model.random_gpt2``) over stdlib source
   text. Position 0 of every row is dropped (ours' default). They are computed once, scaled by one
   constant so that E||x||^2 = d_in (the same tensor for every trainer; the trainers' own
   normalisation is off), and split into a training set and a disjoint held-out set.
@@ -131,8 +131,8 @@ def _stdlib_rows(tokenizer: Any, n_rows: int, seq: int) -> torch.Tensor:
 
 
 def load_activations(source: str, n_train: int, seed: int) -> Activations:
+    from sae_circuits.recipes.random_model import random_gpt2
     from sae_circuits.zoo.loader import load_hf_gpt2, load_tokenizer
-    from sae_circuits.zoo.random_model import random_gpt2
 
     embedded = (TINY / "model.safetensors").is_file() and TOKENS.is_file()
     if source == "embedded" and not embedded:

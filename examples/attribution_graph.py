@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import sae_circuits as sc
-from sae_circuits.graph.graph import NodeKind
+from sae_circuits.graph.influence import NodeKind
 
 warnings.filterwarnings("ignore")
 PROMPT = "def area(radius):\n    return 3.14 * radius *"

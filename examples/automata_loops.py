@@ -22,9 +22,8 @@ import warnings
 from pathlib import Path
 
 import sae_circuits as sc
-from sae_circuits.cli import corpus_texts
-from sae_circuits.zoo import automata
-from sae_circuits.zoo.base64_steering import PROMPTS, measure_state
+from sae_circuits.languages import PROMPTS, automata, corpus_texts
+from sae_circuits.recipes.base64_steering import measure_state
 
 warnings.filterwarnings("ignore")
 LOOP = ("OPEN", "TAG_NAME", "CLOSE", "WHITESPACE")

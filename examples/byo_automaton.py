@@ -27,21 +27,21 @@ from pathlib import Path
 import torch
 
 import sae_circuits as sc
-from sae_circuits.zoo import automata
+from sae_circuits.languages import automata
+from sae_circuits.recipes.tokenizer import load_tokenizer
+from sae_circuits.recipes.train_lm import ZOO_TOKENIZER, LMTrainConfig, train_on_texts
 from sae_circuits.zoo.loader import load_hf_gpt2
-from sae_circuits.zoo.tokenizer import load_tokenizer
-from sae_circuits.zoo.train_lm import ZOO_TOKENIZER, TrainConfig, train_on_texts
 
 warnings.filterwarnings("ignore")
 SPEC = Path(__file__).resolve().parent / "automata" / "sexpr.json"
 
 
-def lm_config(steps: int, smoke: bool) -> TrainConfig:
+def lm_config(steps: int, smoke: bool) -> LMTrainConfig:
     """A 2-layer, 128-wide GPT-2 that trains in about 10 minutes on one thread."""
     if smoke:
-        return TrainConfig(n_layer=1, n_embd=32, n_head=2, seq_len=128, batch_size=4, steps=steps,
+        return LMTrainConfig(n_layer=1, n_embd=32, n_head=2, seq_len=128, batch_size=4, steps=steps,
                            warmup_steps=2, eval_every=steps, eval_rows=2)  # fmt: skip
-    return TrainConfig(n_layer=2, n_embd=128, n_head=4, seq_len=256, batch_size=8, steps=steps,
+    return LMTrainConfig(n_layer=2, n_embd=128, n_head=4, seq_len=256, batch_size=8, steps=steps,
                        lr=3e-3, warmup_steps=100, eval_every=250, eval_rows=8)  # fmt: skip
 
 

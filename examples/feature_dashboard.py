@@ -12,7 +12,7 @@ import argparse
 import warnings
 
 import sae_circuits as sc
-from sae_circuits.zoo.base64_steering import probe_texts
+from sae_circuits.languages import probe_texts
 
 warnings.filterwarnings("ignore")
 

@@ -27,9 +27,9 @@ if SHAPE_CHECKS:
     install_import_hook("sae_circuits", "tests.shape_check.check_shapes")
 
 import sae_circuits as sc
+from sae_circuits.recipes.random_model import random_gpt2
 from sae_circuits.splice import saes_of
 from sae_circuits.zoo.loader import has_hooked_transformer, load_tokenizer, transformer_lens_version
-from sae_circuits.zoo.random_model import random_gpt2
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 D_MODEL = 64

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_circuits.zoo import automata
-from sae_circuits.zoo.automata import Automaton, load_automaton
+from sae_circuits.languages import automata
+from sae_circuits.languages.automata import Automaton, load_automaton
 
 ROOT = Path(__file__).resolve().parents[1]
 SEXPR = ROOT / "examples" / "automata" / "sexpr.json"
@@ -51,8 +51,8 @@ def test_spec_round_trip(tmp_path):
 
 
 def test_the_shipped_spec_is_valid_and_single_tokens():
-    from sae_circuits.zoo.tokenizer import load_tokenizer
-    from sae_circuits.zoo.train_lm import ZOO_TOKENIZER
+    from sae_circuits.recipes.tokenizer import load_tokenizer
+    from sae_circuits.recipes.train_lm import ZOO_TOKENIZER
 
     fsa = load_automaton(SEXPR)
     assert 6 <= len(fsa.states) <= 12 and fsa.name not in automata.AUTOMATA
@@ -109,8 +109,8 @@ def test_generic_generator_is_deterministic_accepted_by_label_and_ends_final():
 
 
 def test_multi_token_and_fused_symbols_are_named():
-    from sae_circuits.zoo.tokenizer import load_tokenizer
-    from sae_circuits.zoo.train_lm import ZOO_TOKENIZER
+    from sae_circuits.recipes.tokenizer import load_tokenizer
+    from sae_circuits.recipes.train_lm import ZOO_TOKENIZER
 
     tok = load_tokenizer(ZOO_TOKENIZER)
     multi = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": [" zqxjv"]}}))
@@ -132,15 +132,15 @@ def test_verify_tokenizer_accepts_a_hugging_face_tokenizer():
 
 
 def _tiny_cfg(**changes):
-    from sae_circuits.zoo.train_lm import TrainConfig
+    from sae_circuits.recipes.train_lm import LMTrainConfig
 
     base = {"n_layer": 1, "n_embd": 16, "n_head": 2, "seq_len": 32, "batch_size": 2, "steps": 3,
             "warmup_steps": 1, "eval_every": 3, "eval_rows": 1}  # fmt: skip
-    return TrainConfig(**{**base, **changes})
+    return LMTrainConfig(**{**base, **changes})
 
 
 def test_train_on_texts_refuses_an_empty_corpus_and_an_empty_validation_split():
-    from sae_circuits.zoo.train_lm import train_on_texts
+    from sae_circuits.recipes.train_lm import train_on_texts
 
     with pytest.raises(ValueError, match="empty corpus"):
         train_on_texts({}, cfg=_tiny_cfg())
@@ -152,8 +152,8 @@ def test_train_on_texts_refuses_an_empty_corpus_and_an_empty_validation_split():
 
 
 def test_train_on_texts_mix_saves_a_loadable_model_and_restores_threads(tmp_path):
+    from sae_circuits.recipes.train_lm import train_on_texts
     from sae_circuits.zoo.loader import load_hf_gpt2
-    from sae_circuits.zoo.train_lm import train_on_texts
 
     mix = {name: ["".join(s) for s, _ in automata.generate(name, 30, seed=0)] for name in ("kvlog", "markup")}
     mix["sexpr"] = ["".join(s) for s, _ in automata.generate(load_automaton(SEXPR), 30, seed=0)]
@@ -184,7 +184,7 @@ def test_example_smoke_runs_end_to_end(tmp_path, monkeypatch):
 
 
 def test_corpus_texts_with_a_spec(tmp_path):
-    from sae_circuits.cli import corpus_texts
+    from sae_circuits.languages import corpus_texts
 
     fsa = load_automaton(SEXPR)
     texts, labels = corpus_texts(str(SEXPR), 5, 40, seed=2)
@@ -214,7 +214,7 @@ def test_save_model_replaces_files_atomically_and_keeps_the_folder(tmp_path):
     replaces the model's files, leaves the rest, and leaves no staging folder behind."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from sae_circuits.zoo.train_lm import ZOO_TOKENIZER, save_model
+    from sae_circuits.recipes.train_lm import ZOO_TOKENIZER, save_model
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=4096, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     folder = tmp_path / "model"

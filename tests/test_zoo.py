@@ -25,7 +25,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def text_tokens(tiny):
     model, _ = tiny
-    from sae_circuits.zoo.base64_steering import probe_texts
+    from sae_circuits.languages import probe_texts
 
     _, code = probe_texts(seed=3)
     ids = model.tokenizer("\n".join(code))["input_ids"]
@@ -99,7 +99,7 @@ def test_spliced_dictionaries_are_exact_with_error_term_and_good_without(tiny, t
 
 
 def test_automaton_symbols_are_single_tokens():
-    from sae_circuits.zoo import automata
+    from sae_circuits.languages import automata
     from sae_circuits.zoo.loader import load_tokenizer
 
     tokenizer = load_tokenizer(zoo.model_path("tiny"))

@@ -12,8 +12,8 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from sae_circuits.zoo import automata
-from sae_circuits.zoo.corpus import SUBCORPORA
+from sae_circuits.languages import automata
+from sae_circuits.languages.corpus import SUBCORPORA
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "sae_circuits" / "zoo" / "tiny"
@@ -144,7 +144,7 @@ def test_committed_card_is_complete(committed_tokenizer) -> None:
 # --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smoke_build(tmp_path_factory) -> Path:
-    from sae_circuits.zoo import recipe
+    from sae_circuits.recipes import build as recipe
 
     out = tmp_path_factory.mktemp("zoo") / "build"
     cache = REPO / "build" / "zoo" / "downloads"
@@ -227,7 +227,7 @@ def test_smoke_automaton_docs_are_token_aligned(smoke_build: Path) -> None:
 
 def test_smoke_build_is_reproducible(smoke_build: Path, tmp_path: Path) -> None:
     # Fixed seeds everywhere: a second build must give byte-identical files.
-    from sae_circuits.zoo import recipe
+    from sae_circuits.recipes import build as recipe
 
     again = tmp_path / "again"
     recipe.main(
@@ -247,7 +247,7 @@ def test_smoke_build_is_reproducible(smoke_build: Path, tmp_path: Path) -> None:
 
 
 def test_smoke_never_writes_committed_model(tmp_path: Path) -> None:
-    from sae_circuits.zoo import recipe
+    from sae_circuits.recipes import build as recipe
 
     with pytest.raises(SystemExit):
         recipe.main(
@@ -256,9 +256,9 @@ def test_smoke_never_writes_committed_model(tmp_path: Path) -> None:
 
 
 def test_lr_schedule_and_batches() -> None:
-    from sae_circuits.zoo.train_lm import BatchSampler, TrainConfig, lr_at
+    from sae_circuits.recipes.train_lm import BatchSampler, LMTrainConfig, lr_at
 
-    cfg = TrainConfig(steps=1000, warmup_steps=100, lr=1e-3, min_lr_ratio=0.1)
+    cfg = LMTrainConfig(steps=1000, warmup_steps=100, lr=1e-3, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(1e-5)
     assert lr_at(99, cfg) == pytest.approx(1e-3)
     assert lr_at(550, cfg) == pytest.approx(0.55e-3)
@@ -273,7 +273,7 @@ def test_lr_schedule_and_batches() -> None:
 def test_lm_training_runs_on_one_thread_and_restores_the_callers(monkeypatch, tmp_path):
     import torch
 
-    from sae_circuits.zoo import train_lm
+    from sae_circuits.recipes import train_lm
 
     seen = []
 
@@ -286,7 +286,7 @@ def test_lm_training_runs_on_one_thread_and_restores_the_callers(monkeypatch, tm
     torch.set_num_threads(2)
     try:
         with pytest.raises(RuntimeError, match="stop here"):
-            train_lm.train(tmp_path, tmp_path, train_lm.TrainConfig())
+            train_lm.train(tmp_path, tmp_path, train_lm.LMTrainConfig())
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

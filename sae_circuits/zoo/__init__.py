@@ -1,10 +1,15 @@
 """The embedded default: small models and their dictionaries, shipped inside the package.
 
->>> model, saes = sc.zoo.load("tiny")              # doctest: +SKIP
->>> transcoders = sc.zoo.load_saes("tiny", kind="transcoder")  # doctest: +SKIP
+>>> model, saes = sc.zoo.load("tiny")
+>>> model.cfg.n_layers, [sae.cfg.hook_name for sae in saes][:2]
+(4, ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post'])
+>>> transcoders = sc.zoo.load_saes("tiny", kind="transcoder")
+>>> transcoders[0].cfg.hook_name, transcoders[0].cfg.site  # reads ln2's output, writes the MLP's
+('blocks.0.ln2.hook_normalized', 'blocks.0.hook_mlp_out')
 
 Everything loads from files inside the installed package; nothing touches the network. The
-weights are rebuilt by the recipe in :mod:`sae_circuits.zoo.recipe` (see ``docs/zoo.md``).
+weights are rebuilt by the build pipeline in :mod:`sae_circuits.recipes` (see ``docs/zoo.md``); the
+model loader is :mod:`sae_circuits.zoo.loader`.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ def load_saes(
     if not dirs:
         raise FileNotFoundError(
             f"embedded model {name!r} has no {kind} dictionaries in {folder}; rebuild them with "
-            "`python -m sae_circuits.zoo.recipe dictionaries`"
+            "`python -m sae_circuits.recipes.build dictionaries`"
         )
     return [SAE.load(d, device=device) for d in dirs]
 

@@ -134,4 +134,4 @@ def load_hf_gpt2(
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False,
     )  # fmt: skip
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()  # no "Moving model to device" on stdout

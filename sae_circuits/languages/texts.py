@@ -1,0 +1,78 @@
+"""Ready-made offline texts: an automaton's documents with their true states, base64 in code, and
+the English/code probe texts that the base64 measurements contrast with base64 blobs.
+
+>>> texts, states = corpus_texts("markup", 20, 96, seed=1)  # 20 documents cut to 96 symbols
+>>> len(texts), len(states[0]) <= 96
+(20, True)
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import sysconfig
+from pathlib import Path
+
+import sae_circuits.languages.automata as automata
+
+__all__ = ["PROMPTS", "corpus_texts", "probe_texts"]
+
+PROMPTS = [
+    "The king said unto his daughter,",
+    "To be, or not to be, that is",
+    "Good morrow, my lord. What news",
+    "Enter HAMLET and HORATIO.\n",
+    "O Romeo, Romeo! wherefore art thou",
+    "My mistress' eyes are nothing like",
+    "Now is the winter of our discontent",
+    "Friends, Romans, countrymen, lend me",
+    "The quality of mercy is not strained;",
+    "All the world's a stage, and all",
+    "def parse(self, text):\n    return",
+    "import os\nfor name in os.listdir(path):\n    ",
+    "class Reader:\n    def __init__(self, path):\n",
+    "    if not isinstance(value, int):\n        raise",
+    "def main(argv=None):\n    parser = argparse.",
+    "    for key, value in items.items():\n        ",
+    "    result = []\n    while True:\n        ",
+    "from collections import OrderedDict\n\n",
+    "    except KeyError:\n        return None\n",
+    "    with open(filename, 'rb') as f:\n        data = ",
+]
+"""English and code prompts: the generation prompts of the base64 steering measurement."""
+
+
+def probe_texts(seed: int = 0) -> tuple[list[str], list[str]]:
+    """Base64 blobs and ordinary English/code text, generated offline, for finding the feature."""
+    rng = random.Random(seed)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = [p.read_text(errors="ignore")[:3000] for p in sorted(stdlib.glob("*.py"))[10:40]]
+    blobs = [base64.b64encode(rng.randbytes(rng.randint(200, 600))).decode() for _ in range(20)]
+    blobs += [base64.b64encode(c[:800].encode()).decode() for c in code[:10]]
+    return blobs, code + PROMPTS
+
+
+def corpus_texts(
+    name: str | os.PathLike[str] | automata.Automaton, n: int, length: int, seed: int = 0
+) -> tuple[list[str], list[list[str]] | None]:
+    """Offline texts for an automaton: an automaton's documents (cut to ``length`` symbols, with
+    their true states) or base64 blobs mixed with code (no ground truth). ``name`` is a zoo
+    automaton (``markup``, ``kvlog``), ``base64``, an ``Automaton`` or the path of a JSON spec."""
+    if isinstance(name, automata.Automaton) or name in automata.AUTOMATA:
+        docs = automata.generate(name, n, seed=seed)
+        return ["".join(symbols[:length]) for symbols, _ in docs], [states[:length] for _, states in docs]
+    if name == "base64":  # a base64 blob inside ordinary code, so the blob is not every token
+        rng = random.Random(seed)
+        code = probe_texts(seed)[1]
+        texts = []
+        for i in range(n):
+            blob = base64.b64encode(rng.randbytes(length // 4)).decode()
+            texts.append(f'{code[i % len(code)][: 2 * length]}\nDATA = "{blob}"\n')
+        return texts, None
+    if str(name).lower().endswith(".json") or Path(name).is_file():
+        return corpus_texts(automata.load_automaton(name), n, length, seed)
+    raise ValueError(
+        f"--corpus {str(name)!r}: expected one of {sorted(automata.AUTOMATA) + ['base64']} or an "
+        "automaton spec (.json)"
+    )
