@@ -12,14 +12,15 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from sae_circuits import zoo
+    from sae_circuits import architectures, interventions, writers, zoo
     from sae_circuits._compat import KVCacheNotFilledError, UnsupportedVersionError
     from sae_circuits.baselines import random_like
     from sae_circuits.dashboard import feature_dashboard, write_dashboard
     from sae_circuits.evals import EvalResult, evaluate
-    from sae_circuits.fsa import FeatureAutomaton, Loop, automaton, check_pairs, score_automaton, score_loops
+    from sae_circuits.fsa import FeatureAutomaton, Loop, check_pairs, score_automaton, score_loops
+    from sae_circuits.fsa.extract import automaton
     from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
-    from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, scale, steer
+    from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, noise, scale, steer
     from sae_circuits.io import SAEFormatError
     from sae_circuits.sae import SAE, SAEConfig
     from sae_circuits.splice import saes_of, splice, spliced, unsplice
@@ -43,6 +44,7 @@ __all__ = [
     "UnsupportedVersionError",
     "ablate",
     "add",
+    "architectures",
     "attribute",
     "automaton",
     "check_pairs",
@@ -50,6 +52,8 @@ __all__ = [
     "evaluate",
     "feature_dashboard",
     "intervene",
+    "interventions",
+    "noise",
     "random_like",
     "saes_of",
     "scale",
@@ -62,12 +66,17 @@ __all__ = [
     "train_transcoder",
     "unsplice",
     "write_dashboard",
+    "writers",
     "zoo",
 ]
 
-# public name -> the module that defines it ("zoo" is itself a subpackage)
+# public name -> the module that defines it (a name in _MODULES is that module itself)
+_MODULES = ("architectures", "interventions", "writers", "zoo")
 _SOURCES = {
     "zoo": "sae_circuits.zoo",
+    "architectures": "sae_circuits.architectures",
+    "writers": "sae_circuits.writers",
+    "interventions": "sae_circuits.interventions",
     "KVCacheNotFilledError": "sae_circuits._compat",
     "UnsupportedVersionError": "sae_circuits._compat",
     "feature_dashboard": "sae_circuits.dashboard",
@@ -90,6 +99,7 @@ _SOURCES = {
     "add": "sae_circuits.interventions",
     "clamp": "sae_circuits.interventions",
     "intervene": "sae_circuits.interventions",
+    "noise": "sae_circuits.interventions",
     "scale": "sae_circuits.interventions",
     "steer": "sae_circuits.interventions",
     "SAEFormatError": "sae_circuits.io",
@@ -110,7 +120,7 @@ def __getattr__(name: str) -> Any:
     if source is None:
         raise AttributeError(f"module 'sae_circuits' has no attribute {name!r}")
     module = importlib.import_module(source)
-    value = module if name == "zoo" else getattr(module, name)
+    value = module if name in _MODULES else getattr(module, name)
     globals()[name] = value  # later look-ups skip __getattr__
     return value
 
@@ -124,7 +134,7 @@ class _Package(types.ModuleType):
     ``sae_circuits.splice`` the function. The function wins, as it did with eager imports."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and name in _SOURCES and name != "zoo":
+        if isinstance(value, types.ModuleType) and name in _SOURCES and name not in _MODULES:
             return
         super().__setattr__(name, value)
 

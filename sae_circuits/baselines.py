@@ -4,9 +4,12 @@ A score of features (state F1, transition AUROC, a confirm rate) is evidence abo
 dictionary only when random dictionaries of the same shape at the same sites score lower
 (DESIGN.md, "A score must separate trained from random dictionaries").
 
->>> random = [sc.random_like(sae, model, tokens, seed=k) for k, sae in enumerate(saes)]  # doctest: +SKIP
->>> with sc.spliced(model, random):                                                     # doctest: +SKIP
-...     fsa = sc.automaton(model, texts)
+>>> random = sc.random_like(sae, model, model.to_tokens(texts), seed=0)  # one per trained SAE
+>>> with sc.spliced(model, [random]):
+...     fsa = sc.automaton(model, texts, max_states=8, attention_contexts=0, effect_contexts=4,
+...                        effect_positions=4, progress=False)
+>>> type(fsa).__name__, len(fsa.states) <= 8
+('FeatureAutomaton', True)
 """
 
 from __future__ import annotations
@@ -56,7 +59,13 @@ def random_like(
         active: target number of features firing per token, ``1 <= active < d_sae``.
         seed: seeds the weights (the same seed, the same dictionary).
 
-    >>> random = random_like(sae, model, model.to_tokens(texts[:20]), active=20, seed=0)  # doctest: +SKIP
+    >>> all_tokens = model.to_tokens(texts)  # 384 tokens: enough for 20 of 2048 features
+    >>> random = random_like(sae, model, all_tokens, active=20, seed=0)
+    >>> random.cfg.architecture, random.cfg.hook_name, random.W_dec.shape
+    ('jumprelu', 'blocks.1.hook_resid_post', torch.Size([2048, 128]))
+    >>> _, cache = model.run_with_cache(all_tokens, names_filter=random.cfg.hook_name)
+    >>> round(float((random.encode(cache[random.cfg.hook_name]) > 0).sum(-1).float().mean()))
+    20
     """
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be an SAE, got {type(sae).__name__}")

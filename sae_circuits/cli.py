@@ -7,14 +7,13 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from sae_circuits._moved import renamed
+
 if TYPE_CHECKING:  # torch is imported lazily: the CLI starts fast
-    import os
     from collections.abc import Callable
     from pathlib import Path
 
     from torch import Tensor
-
-    from sae_circuits.zoo.automata import Automaton
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -74,8 +73,7 @@ def _eval_tokens(model: Any, text_file: str | None, n_seq: int, seq_len: int) ->
     if text_file:
         text = Path(text_file).read_text(errors="ignore")
     else:
-        from sae_circuits.zoo import automata
-        from sae_circuits.zoo.base64_steering import probe_texts
+        from sae_circuits.languages import automata, probe_texts
 
         blobs, code = probe_texts(seed=7)
         markup = ["".join(symbols) for symbols, _ in automata.generate("markup", 20, seed=7)]
@@ -118,12 +116,22 @@ def _check_writable(path: Path, option: str) -> None:
         ) from None
 
 
+def _check_suffix(out: str, kind: str) -> None:
+    """``--out``'s suffix must be one that a writer of ``kind`` objects writes (sae_circuits.writers)."""
+    from pathlib import Path
+
+    from sae_circuits import writers
+
+    if Path(out).suffix.lower() not in writers.suffixes(kind):
+        raise ValueError(f"--out {out!r}: the suffix must be {writers.suffix_list(kind)}")
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from sae_circuits._files import atomic_write_text
     from sae_circuits.evals import evaluate
-    from sae_circuits.io import atomic_write_text
     from sae_circuits.sae import SAE
 
     if args.json:
@@ -146,16 +154,15 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _graph(args: argparse.Namespace) -> int:
+def _write_attribution_graph(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sae_circuits.graph import attribute
-    from sae_circuits.graph.graph import NodeKind
+    from sae_circuits.graph.influence import NodeKind
     from sae_circuits.splice import splice
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".json", ".graphml", ".dot", ".html"):
-        raise ValueError(f"--out {args.out!r}: the suffix must be .json, .graphml, .dot or .html")
+    _check_suffix(args.out, "graph")
     _check_writable(out, "--out")
     for name in ("node_threshold", "edge_threshold"):
         value = getattr(args, name)
@@ -182,55 +189,22 @@ def _graph(args: argparse.Namespace) -> int:
     features = (graph.kind == NodeKind.FEATURE).nonzero().squeeze(-1)
     for node in features[influence[features].argsort(descending=True)[:8]].tolist():
         print(f"  {graph.labels[node]:<24} at {graph.token_strings[int(graph.position[node])]!r:<14} "
-              f"activation {float(graph.activation[node]):6.2f}  influence {float(influence[node]):.3f}")  # fmt: skip
+              f"activation {float(graph.activation[node]):6.2f}  "
+              f"influence {float(influence[node]):.3f}")  # fmt: skip
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def corpus_texts(
-    name: str | os.PathLike[str] | Automaton, n: int, length: int, seed: int = 0
-) -> tuple[list[str], list[list[str]] | None]:
-    """Offline texts for an automaton: an automaton's documents (cut to ``length`` symbols, with
-    their true states) or base64 blobs mixed with code (no ground truth). ``name`` is a zoo
-    automaton (``markup``, ``kvlog``), ``base64``, an ``Automaton`` or the path of a JSON spec."""
-    from pathlib import Path
-
-    from sae_circuits.zoo import automata
-
-    if isinstance(name, automata.Automaton) or name in automata.AUTOMATA:
-        docs = automata.generate(name, n, seed=seed)
-        return ["".join(symbols[:length]) for symbols, _ in docs], [states[:length] for _, states in docs]
-    if name == "base64":  # a base64 blob inside ordinary code, so the blob is not every token
-        import base64
-        import random
-
-        from sae_circuits.zoo.base64_steering import probe_texts
-
-        rng = random.Random(seed)
-        code = probe_texts(seed)[1]
-        texts = []
-        for i in range(n):
-            blob = base64.b64encode(rng.randbytes(length // 4)).decode()
-            texts.append(f'{code[i % len(code)][: 2 * length]}\nDATA = "{blob}"\n')
-        return texts, None
-    if str(name).lower().endswith(".json") or Path(name).is_file():
-        return corpus_texts(automata.load_automaton(name), n, length, seed)
-    raise ValueError(
-        f"--corpus {str(name)!r}: expected one of {sorted(automata.AUTOMATA) + ['base64']} or an automaton spec (.json)"
-    )
 
 
 def _automaton(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sae_circuits.fsa import automaton, score_automaton
+    from sae_circuits.languages import automata, corpus_texts
     from sae_circuits.splice import splice
-    from sae_circuits.zoo import automata
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".json", ".graphml", ".dot", ".html"):
-        raise ValueError(f"--out {args.out!r}: the suffix must be .json, .graphml, .dot or .html")
+    _check_suffix(args.out, "automaton")
     _check_writable(out, "--out")
     if args.contexts < 1 or args.length < 2:
         raise ValueError(
@@ -273,6 +247,7 @@ def _features(args: argparse.Namespace) -> int:
 
     from sae_circuits import zoo
     from sae_circuits.dashboard import write_dashboard
+    from sae_circuits.languages import corpus_texts, probe_texts
     from sae_circuits.sae import SAE
     from sae_circuits.splice import spliced
 
@@ -293,8 +268,6 @@ def _features(args: argparse.Namespace) -> int:
     if args.text:
         texts = [Path(path).read_text(errors="ignore")[: args.chars] for path in args.text]
     else:
-        from sae_circuits.zoo.base64_steering import probe_texts
-
         blobs, code = probe_texts(seed=7)
         texts = (
             [t[: args.chars] for t in code + blobs]
@@ -317,21 +290,42 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sae-circuits`` argument parser: one subcommand per task, each with its handler as ``func``.
+
+    >>> args = build_parser().parse_args(["serve", "out", "--port", "0"])
+    >>> args.command, args.dir, args.port, args.host
+    ('serve', 'out', 0, '127.0.0.1')
+    """
+    from sae_circuits import writers  # the export formats (cheap: no torch)
+
     parser = argparse.ArgumentParser(
         prog="sae-circuits",
         description="Splice SAEs into TransformerLens models, steer features, trace circuits.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo_command(sub)
+    _add_eval_command(sub)
+    _add_graph_command(sub, writers)
+    _add_automaton_command(sub, writers)
+    _add_features_command(sub)
+    _add_serve_command(sub)
+    return parser
+
+
+def _add_demo_command(sub: Any) -> None:
+    """The ``demo`` subcommand."""
     demo = sub.add_parser("demo", help="show a prompt's top features, then steer generation by clamping one")
     demo.add_argument("--prompt", default=None, help="prompt to analyse and continue")
     demo.set_defaults(func=_demo)
+
+
+def _add_eval_command(sub: Any) -> None:
+    """The ``eval`` subcommand."""
     ev = sub.add_parser(
         "eval", help="evaluate an SAE (SAEBench core metrics) beside a PCA baseline at the same L0"
     )
     ev.add_argument("--sae", required=True, help="SAE folder in the SAELens layout")
-    ev.add_argument(
-        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
-    )
+    _add_model_argument(ev)
     ev.add_argument(
         "--text", default=None, help="text file to evaluate on (default: offline code/markup/base64 text)"
     )
@@ -341,17 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seq-len", type=_int_at_least(2), default=128, help="tokens per row (default 128)")
     ev.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ev.set_defaults(func=_eval)
+
+
+def _add_graph_command(sub: Any, writers: Any) -> None:
+    """The ``graph`` subcommand."""
     gr = sub.add_parser(
         "graph", help="attribution graph of a prompt: features, error nodes, edges; pruned and saved"
     )
     gr.add_argument("--prompt", required=True, help="the prompt to explain")
     gr.add_argument(
-        "--out", required=True, help="output file: .json (front-end schema), .graphml, .dot or .html"
+        "--out",
+        required=True,
+        help=f"output file: {writers.suffix_list('graph')} (.json: the front end's schema)",
     )
     gr.add_argument("--html", action="store_true", help="also write an HTML view beside --out")
-    gr.add_argument(
-        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
-    )
+    _add_model_argument(gr)
     gr.add_argument(
         "--dictionaries",
         choices=("transcoder", "resid", "all"),
@@ -378,7 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="prepend the BOS token (the embedded model is trained without)",
     )
-    gr.set_defaults(func=_graph)
+    gr.set_defaults(func=_write_attribution_graph)
+
+
+def _add_automaton_command(sub: Any, writers: Any) -> None:
+    """The ``automaton`` subcommand."""
     au = sub.add_parser(
         "automaton", help="the automaton features form over an offline corpus, scored against its truth"
     )
@@ -386,16 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--corpus", default="markup", help="markup, kvlog (known automata) or base64 (default: markup)"
     )
     au.add_argument("--spec", default=None, help="your own automaton: a JSON spec file (replaces --corpus)")
-    au.add_argument(
-        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
-    )
+    _add_model_argument(au)
     au.add_argument(
         "--saes",
         nargs="+",
         default=None,
         help="SAE/transcoder folders to splice (default: the embedded ones)",
     )
-    au.add_argument("--out", required=True, help="output file: .json, .graphml, .dot or .html")
+    au.add_argument("--out", required=True, help=f"output file: {writers.suffix_list('automaton')}")
     au.add_argument(
         "--dictionaries",
         choices=("resid", "transcoder", "all"),
@@ -424,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)"
     )
     au.set_defaults(func=_automaton)
+
+
+def _add_features_command(sub: Any) -> None:
+    """The ``features`` subcommand."""
     fe = sub.add_parser(
         "features", help="a feature's dashboard: top contexts, histogram, logit effects, steering"
     )
@@ -432,9 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fe.add_argument("--feature", type=int, required=True, help="feature index")
     fe.add_argument("--out", required=True, help="output .html page")
-    fe.add_argument(
-        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
-    )
+    _add_model_argument(fe)
     fe.add_argument("--sae", default=None, help="SAE folder (default: the embedded dictionary at --site)")
     fe.add_argument(
         "--text", action="append", help="text file to read contexts from (repeatable; default: offline mix)"
@@ -442,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--chars", type=int, default=1200, help="characters read per text (default 1200)")
     fe.add_argument("-k", type=int, default=12, help="top contexts shown (default 12)")
     fe.set_defaults(func=_features)
+
+
+def _add_serve_command(sub: Any) -> None:
+    """The ``serve`` subcommand."""
     sv = sub.add_parser(
         "serve", help="serve a folder of graphs, automata and dashboards on 127.0.0.1 (loopback only)"
     )
@@ -452,10 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--verbose", action="store_true", help="log each request")
     sv.set_defaults(func=_serve)
-    return parser
+
+
+def _add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` (default: ``sys.argv[1:]``) and return its exit status: 0 when it
+    worked, 2 with one line on stderr for a user's error (a bad value, a missing folder, a busy
+    port); a bug in the library raises with its traceback.
+
+    >>> main(["serve", "no-such-folder"])   # stderr: sae-circuits serve: error: cannot serve ...
+    2
+    """
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = build_parser().parse_args(argv)
     try:
@@ -482,6 +500,10 @@ def _user_error(err: BaseException) -> bool:
     return isinstance(err, (ValueError, TypeError, OSError, OverflowError)) or type(
         err
     ).__module__.startswith("sae_circuits.")
+
+
+# deprecated (one release): corpus_texts moved to sae_circuits.languages
+__getattr__ = renamed(__name__, {"corpus_texts": "sae_circuits.languages.corpus_texts"})
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ The page is self-contained like :func:`sae_circuits.graph.export.to_html`: a CSP
 inline style and script, no network URLs, the data as escaped JSON in one ``<script
 type="application/json">``, and every string put into the DOM through ``textContent``.
 
->>> with sc.spliced(model, [sae]):                                             # doctest: +SKIP
-...     write_dashboard(model, "blocks.0.hook_resid_post", 7, texts, "feature_7.html")
+>>> with sc.spliced(model, [sae]):
+...     write_dashboard(model, "blocks.1.hook_resid_post", 7, texts[:4], "feature_7.html",
+...                     steer_tokens=4, progress=False)
+PosixPath('feature_7.html')
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sae_circuits._text import page_start, printable, script_json
+from sae_circuits._export_io import page_start, printable, script_json
+from sae_circuits._files import atomic_write_text
+from sae_circuits._tokenize import token_row
 from sae_circuits.features import logit_effect_values
 from sae_circuits.interventions import clamp, intervene
-from sae_circuits.io import atomic_write_text
 from sae_circuits.splice import site_of
 
 Text = str | Sequence[int] | Int[Tensor, " pos"]
@@ -44,10 +47,9 @@ def _tokenize(
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     rows = []
     for i, text in enumerate(texts):
-        if isinstance(text, str):
-            row = tl.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0]
-        else:
-            row = torch.as_tensor(text, dtype=torch.long, device=tl.cfg.device)
+        row = token_row(model, text, bos=prepend_bos)  # token rows are the model's input as given
+        if not isinstance(text, str):
+            row = row.to(dtype=torch.long, device=tl.cfg.device)
             row = row[0] if row.ndim == 2 and row.shape[0] == 1 else row
             if row.ndim != 1:
                 raise ValueError(f"{what}[{i}]: a token row must be 1-D, got shape {list(row.shape)}")
@@ -130,8 +132,11 @@ def feature_dashboard(
     max activation) from each prompt's last token on. ``texts`` are strings or 1-D token rows.
     ``progress`` shows progress bars (activations, then steering) on stderr.
 
-    >>> with sc.spliced(model, [sae]):                                         # doctest: +SKIP
-    ...     html = feature_dashboard(model, "blocks.0.hook_resid_post", 7, ["def f(x):", "import os"])
+    >>> with sc.spliced(model, [sae]):
+    ...     html = feature_dashboard(model, "blocks.1.hook_resid_post", 7, texts[:4], k=5,
+    ...                              steer_tokens=4, progress=False)
+    >>> html.startswith("<!DOCTYPE html>"), '"feature": 7' in html
+    (True, True)
     """
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     spliced_site = site_of(model, site)  # ValueError naming the spliced sites
@@ -206,7 +211,9 @@ def write_dashboard(
 ) -> Path:
     """:func:`feature_dashboard` written atomically to ``path`` (an old file survives a failure).
 
-    >>> write_dashboard(model, "blocks.0.hook_resid_post", 7, texts, "f7.html", k=20)  # doctest: +SKIP
+    >>> with sc.spliced(model, [sae]):
+    ...     write_dashboard(model, "blocks.1.hook_resid_post", 7, texts[:4], "f7.html", k=5,
+    ...                     steer_tokens=4, progress=False)
     PosixPath('f7.html')
     """
     return atomic_write_text(path, feature_dashboard(model, site, feature, texts, **kwargs))
@@ -226,7 +233,8 @@ h3{margin:18px 0 6px} .muted{color:#777} table{border-collapse:collapse} td{padd
 <h3>Top activating contexts</h3><div id="contexts"></div>
 <h3>Activation histogram (non-zero activations)</h3><p id="density" class="muted"></p><svg id="hist"></svg>
 <h3>Logit effects (direct path, median-shifted)</h3>
-<div class="cols"><div>Promoted<ol id="promoted"></ol></div><div>Suppressed<ol id="suppressed"></ol></div></div>
+<div class="cols"><div>Promoted<ol id="promoted"></ol></div>
+<div>Suppressed<ol id="suppressed"></ol></div></div>
 <h3>Steering</h3><p id="steer-note" class="muted"></p><div id="steering"></div>
 <script type="application/json" id="dashboard-data">__DATA__</script>
 <script>
@@ -245,7 +253,8 @@ document.getElementById("title").textContent = document.title;
 const header = document.getElementById("header");
 for (const [k, v] of [["site", data.site], ["feature", data.feature],
     ["SAE", `${data.architecture}, d_sae=${data.d_sae}`],
-    ["firing density", `${fmt(data.density)} (${data.n_fired} of ${data.n_tokens} tokens in ${data.n_texts} texts)`],
+    ["firing density",
+      `${fmt(data.density)} (${data.n_fired} of ${data.n_tokens} tokens in ${data.n_texts} texts)`],
     ["max activation", fmt(data.max)]]) {
   const row = el("tr", header); el("td", row, k, "muted"); el("td", row, String(v));
 }
@@ -261,7 +270,8 @@ data.contexts.forEach((c, r) => {
     span.title = `activation ${fmt(c.acts[i])}  (text ${c.text}, position ${c.pos - c.max_index + i})`;
   });
 });
-const h = data.histogram, svg = document.getElementById("hist"), NS = svg.namespaceURI, W = 600, H = 160, B = 20;
+const h = data.histogram, svg = document.getElementById("hist"), NS = svg.namespaceURI;
+const W = 600, H = 160, B = 20;
 document.getElementById("density").textContent =
   `fires on ${fmt(100 * data.density)}% of tokens; ${h.counts.length} bins from ${fmt(h.lo)} to ${fmt(h.hi)}`;
 svg.setAttribute("width", W); svg.setAttribute("height", H + B);
@@ -274,7 +284,8 @@ function svgEl(tag, attrs, text) {
   return e;
 }
 h.counts.forEach((n, i) => {
-  const bar = svgEl("rect", {x: i * bw + 1, y: H - H * n / most, width: Math.max(1, bw - 2), height: H * n / most});
+  const bar = svgEl("rect",
+    {x: i * bw + 1, y: H - H * n / most, width: Math.max(1, bw - 2), height: H * n / most});
   const t = document.createElementNS(NS, "title");
   t.textContent = `${fmt(h.lo + i * step)} .. ${fmt(h.lo + (i + 1) * step)}: ${n}`;
   bar.appendChild(t);
@@ -282,9 +293,11 @@ h.counts.forEach((n, i) => {
 svgEl("text", {x: 0, y: H + 14, "font-size": 11}, fmt(h.lo));
 svgEl("text", {x: W, y: H + 14, "font-size": 11, "text-anchor": "end"}, fmt(h.hi));
 for (const side of ["promoted", "suppressed"])
-  data[side].tokens.forEach((tok, i) => el("li", document.getElementById(side), `${JSON.stringify(tok)}  ${fmt(data[side].values[i])}`));
+  data[side].tokens.forEach((tok, i) =>
+    el("li", document.getElementById(side), `${JSON.stringify(tok)}  ${fmt(data[side].values[i])}`));
 document.getElementById("steer-note").textContent =
-  `Greedy continuations; "clamped" pins the feature at ${fmt(data.steer_value)} from the prompt's last token on.`;
+  `Greedy continuations; "clamped" pins the feature at ${fmt(data.steer_value)}` +
+  " from the prompt's last token on.";
 const steering = document.getElementById("steering");
 for (const s of data.steering) {
   for (const [label, cont] of [["plain", s.plain], ["clamped", s.steered]]) {

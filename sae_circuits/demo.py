@@ -72,7 +72,7 @@ def steer_text(
 
 
 def _random_setup(folder: str) -> tuple[nn.Module, list[SAE]]:
-    from sae_circuits.zoo.random_model import random_gpt2
+    from sae_circuits.recipes.random_model import random_gpt2
 
     model = random_gpt2(folder, d_model=64, n_layers=2, n_heads=4, n_ctx=128)
     saes = []
@@ -101,8 +101,7 @@ def _embedded() -> tuple[nn.Module, list[SAE]] | None:
 def _label_corpus(model: nn.Module) -> torch.Tensor:
     """A small offline corpus (stdlib code, markup, base64) for labelling features by the tokens
     they fire on."""
-    from sae_circuits.zoo import automata
-    from sae_circuits.zoo.base64_steering import probe_texts
+    from sae_circuits.languages import automata, probe_texts
 
     blobs, code = probe_texts()
     markup = ["".join(symbols) for symbols, _ in automata.generate("markup", 8, seed=1)]
@@ -113,7 +112,7 @@ def _label_corpus(model: nn.Module) -> torch.Tensor:
 def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[str], None]) -> None:
     """The demo on the embedded model: labelled top features per layer, then base64 steering."""
     from sae_circuits.features import feature_activations, top_activating_tokens
-    from sae_circuits.zoo import base64_steering
+    from sae_circuits.recipes import base64_steering
 
     corpus = _label_corpus(model)
     cfg = cast(Any, model).cfg  # HookedTransformerConfig (or the bridge's); not on nn.Module
@@ -127,7 +126,8 @@ def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[
         for row in rows:
             fires = [t.token for t in top_activating_tokens(model, acts, corpus, row.index, k=5)]
             out(
-                f"    #{row.index:<5} act={row.activation:6.2f}  fires on {fires} | promotes {row.top_tokens[:4]}"
+                f"    #{row.index:<5} act={row.activation:6.2f}  fires on {fires} "
+                f"| promotes {row.top_tokens[:4]}"
             )
 
     out("\nThe paper's classic: pin the base64 feature at its maximum observed activation.")

@@ -54,6 +54,7 @@ class EvalResult:
     scored on (``None`` if not computed; see the module docstring)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain (JSON-ready) dict, the baseline's nested under ``"baseline"``."""
         return asdict(self)
 
 
@@ -71,6 +72,7 @@ class _Accumulator:
         self.ce_tokens = 0
 
     def add_reconstruction(self, y: Tensor, y_hat: Tensor, f: Tensor) -> None:
+        """Add a batch's site activations ``y``, their reconstruction ``y_hat`` and features ``f``."""
         y, y_hat = y.reshape(-1, y.shape[-1]).double(), y_hat.reshape(-1, y.shape[-1]).double()
         f = f.reshape(-1, f.shape[-1])
         self.tokens += y.shape[0]
@@ -82,6 +84,7 @@ class _Accumulator:
         self.fires += active.sum(0).cpu()
 
     def add_logits(self, tokens: Tensor, clean: Tensor, spliced_logits: Tensor, zero: Tensor) -> None:
+        """Add a batch's next-token CE losses and ``KL(clean || ·)`` for the three runs' logits."""
         target = tokens[:, 1:].reshape(-1)
         logp = {k: F.log_softmax(v[:, :-1].double(), -1).reshape(target.shape[0], -1)
                 for k, v in (("clean", clean), ("spliced", spliced_logits), ("zero", zero))}  # fmt: skip
@@ -93,6 +96,7 @@ class _Accumulator:
         self.ce_tokens += target.shape[0]
 
     def result(self, site: str, baseline: EvalResult | None) -> EvalResult:
+        """The metrics over everything added so far (token means)."""
         n, m = self.tokens, self.ce_tokens
         assert self.sum_x is not None
         variance = self.sq_norm / n - float(self.sum_x.div(n).pow(2).sum())
@@ -138,8 +142,11 @@ def evaluate(
     ``baseline_tokens``: the tokens the PCA baseline is fitted on (default: the odd rows of
     ``tokens``, and the baseline is then scored on the even rows).
 
-    >>> result = sc.evaluate(model, sae, tokens)     # doctest: +SKIP
-    >>> result.ce_loss_score, result.baseline.ce_loss_score  # doctest: +SKIP
+    >>> result = sc.evaluate(model, sae, tokens, baseline_tokens=model.to_tokens(texts[2:]))
+    >>> result.n_tokens, result.baseline.l0 == round(result.l0)  # the baseline at the SAE's L0
+    (96, True)
+    >>> round(result.ce_loss_score, 2), round(result.baseline.ce_loss_score, 2)
+    (1.0, 1.0)
     """
     for name, value in (("tokens", tokens), ("baseline_tokens", baseline_tokens)):
         if value is None and name == "baseline_tokens":

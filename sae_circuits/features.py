@@ -78,9 +78,11 @@ def logit_effect_values(
     (direct path; the final LayerNorm's scale is a common positive factor, so it does not change
     the ranking), median-shifted as in the dictionary-learning paper, with their values.
 
-    >>> promoted, suppressed = logit_effect_values(model, sae, 7, k=5)   # doctest: +SKIP
-    >>> promoted.tokens[0], promoted.values[0]                           # doctest: +SKIP
-    (' def', 1.83)
+    >>> promoted, suppressed = logit_effect_values(model, sae, 7, k=5)
+    >>> len(promoted.tokens), promoted.values[0] > 0 > suppressed.values[0]
+    (5, True)
+    >>> promoted.tokens[0], round(promoted.values[0], 2)
+    ('ment', 0.67)
     """
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
     weights = sae.W_dec[feature].to(tl.W_U.dtype) @ tl.W_U  # [d_vocab]

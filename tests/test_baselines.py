@@ -8,7 +8,7 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.baselines import random_like
-from sae_circuits.zoo import automata
+from sae_circuits.languages import automata
 from tests.conftest import random_sae
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sae_circuits as sc
-from sae_circuits.zoo import automata
+from sae_circuits.languages import automata
 from tests.conftest import NO_HOOKED
 
 TOL = 1e-4

@@ -35,7 +35,7 @@ def test_eval_bad_input_is_one_clear_line(tmp_path, capsys):
 
 def test_graph_writes_a_loadable_pruned_graph_and_html(tmp_path, capsys):
     import sae_circuits as sc
-    from sae_circuits.graph.graph import NodeKind
+    from sae_circuits.graph.influence import NodeKind
 
     out = tmp_path / "g.json"
     assert main(["graph", "--prompt", "def foo(x):\n    return", "--out", str(out), "--html"]) == 0
@@ -74,7 +74,7 @@ def test_automaton_scores_against_the_true_automaton_and_saves(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "mean state F1" in printed and "transition AUROC" in printed and f"wrote {out}" in printed
     fsa = FeatureAutomaton.load(out)
-    from sae_circuits.cli import corpus_texts
+    from sae_circuits.languages import corpus_texts
 
     labels = corpus_texts("kvlog", 20, 48)[1]
     assert len(fsa.states) == 64 and fsa.lengths.tolist() == [len(row) for row in labels]

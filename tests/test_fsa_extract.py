@@ -8,7 +8,7 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.fsa import FeatureAutomaton, automaton, score_automaton
-from sae_circuits.zoo import automata
+from sae_circuits.languages import automata
 
 STATES = 256
 

@@ -15,7 +15,7 @@ import sae_circuits as sc
 from sae_circuits.fsa import FeatureAutomaton, State, Transition, effects, extract, score_loops
 from sae_circuits.fsa.loops import VARIANT, lifts, loops, markov_consistency, strengths
 from sae_circuits.fsa.roles import average_linkage, coherence, jaccard, majority
-from sae_circuits.zoo import automata
+from sae_circuits.languages import automata
 
 # --------------------------------------------------------------------------- roles
 

@@ -14,8 +14,8 @@ import sae_circuits as sc
 from sae_circuits.fsa import automaton
 from sae_circuits.fsa import validate as validate_module
 from sae_circuits.fsa.validate import PairCheck, check_pairs
+from sae_circuits.languages import automata
 from sae_circuits.splice import saes_of
-from sae_circuits.zoo import automata
 
 FAST = dict(n_prompts=4, context=16, steps=2, samples=2, progress=False)
 
