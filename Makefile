@@ -48,8 +48,8 @@ test: $(STAMP) browser check
 	SAE_CIRCUITS_BROWSER_TESTS=1 $(PY) -m pytest -q
 
 check: $(STAMP)
-	$(VENV)/bin/ruff check sae_circuits tests benchmarks examples
-	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks examples
+	$(VENV)/bin/ruff check sae_circuits tests benchmarks examples tools
+	$(VENV)/bin/ruff format --check sae_circuits tests benchmarks examples tools
 	$(VENV)/bin/mypy sae_circuits
 
 # The newest versions allowed by pyproject.toml, on both TransformerLens lines (3.x with sae-lens,
