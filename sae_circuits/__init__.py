@@ -12,11 +12,12 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from sae_circuits import architectures, interventions, writers, zoo
+    from sae_circuits import architectures, formats, interventions, writers, zoo
     from sae_circuits._compat import KVCacheNotFilledError, UnsupportedVersionError
     from sae_circuits.baselines import random_like
     from sae_circuits.dashboard import feature_dashboard, write_dashboard
     from sae_circuits.evals import EvalResult, evaluate
+    from sae_circuits.formats import load_pretrained
     from sae_circuits.fsa import FeatureAutomaton, Loop, check_pairs, score_automaton, score_loops
     from sae_circuits.fsa.extract import automaton
     from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
@@ -51,8 +52,10 @@ __all__ = [
     "clamp",
     "evaluate",
     "feature_dashboard",
+    "formats",
     "intervene",
     "interventions",
+    "load_pretrained",
     "noise",
     "random_like",
     "saes_of",
@@ -71,10 +74,12 @@ __all__ = [
 ]
 
 # public name -> the module that defines it (a name in _MODULES is that module itself)
-_MODULES = ("architectures", "interventions", "writers", "zoo")
+_MODULES = ("architectures", "formats", "interventions", "writers", "zoo")
 _SOURCES = {
     "zoo": "sae_circuits.zoo",
     "architectures": "sae_circuits.architectures",
+    "formats": "sae_circuits.formats",
+    "load_pretrained": "sae_circuits.formats",
     "writers": "sae_circuits.writers",
     "interventions": "sae_circuits.interventions",
     "KVCacheNotFilledError": "sae_circuits._compat",

@@ -41,8 +41,10 @@ def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> s
                 anchor = module.split(".") if is_package else module.split(".")[:-1]
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & known
+            found.update(submodules)
+            if len(submodules) < len(node.names):  # names defined in ``base`` itself
+                found.add(base)
     return {name for name in found if name in known and name != module}
 
 
