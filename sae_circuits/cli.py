@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -154,15 +156,57 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_attribution_graph(args: argparse.Namespace) -> int:
+_ESCAPE = re.compile(r"\\(?:([\\nrt\"'])|x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4}))")
+_ESCAPED = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t", '"': '"', "'": "'"}
+
+
+def unescape_prompt(text: str) -> str:
+    r"""``--prompt``'s backslash escapes: ``\n``, ``\t``, ``\r``, ``\\``, ``\"``, ``\'``, ``\xHH`` and
+    ``\uHHHH``; any other backslash stays as it is.
+
+    >>> unescape_prompt(r"def foo(x):\n    return \\n")
+    'def foo(x):\n    return \\n'
+    """
+    return _ESCAPE.sub(lambda m: _ESCAPED[m[1]] if m[1] else chr(int(m[2] or m[3], 16)), text)
+
+
+def _prompt_text(args: argparse.Namespace) -> str:
+    """The prompt: ``--prompt`` with its escapes interpreted, or ``--prompt-file`` as it is (UTF-8)."""
+    if args.prompt_file is not None:
+        from pathlib import Path
+
+        try:
+            return Path(args.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--prompt-file {args.prompt_file!r}: cannot read it ({err})") from None
+    return unescape_prompt(args.prompt)
+
+
+def _graph_out(out: str, slug: str | None, prompt: str) -> Path:
+    """``--out``: a file, or a folder (ends with ``/`` or exists) that gets ``{slug}.json``, the slug
+    being ``--slug`` or one made from the prompt."""
     from pathlib import Path
+
+    path = Path(out)
+    if slug is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", slug):
+        raise ValueError(f"--slug {slug!r}: use letters, digits, '.', '_' and '-' (it becomes a file name)")
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        name = slug or re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "graph"
+        return path / f"{name}.json"
+    if slug is not None:
+        raise ValueError(f"--slug {slug!r}: only with a folder --out (a file's slug is its name)")
+    return path
+
+
+def _write_attribution_graph(args: argparse.Namespace) -> int:
 
     from sae_circuits.graph import attribute
     from sae_circuits.graph.influence import NodeKind
     from sae_circuits.splice import splice
 
-    out = Path(args.out)
-    _check_suffix(args.out, "graph")
+    prompt = _prompt_text(args)
+    out = _graph_out(args.out, args.slug, prompt)
+    _check_suffix(str(out), "graph")
     _check_writable(out, "--out")
     for name in ("node_threshold", "edge_threshold"):
         value = getattr(args, name)
@@ -172,13 +216,17 @@ def _write_attribution_graph(args: argparse.Namespace) -> int:
     splice(model, _dictionaries(args.model, args.sae, args.dictionaries, "--sae"))
     targets = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
     graph = attribute(
-        model, args.prompt, targets, batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes,
-        prepend_bos=args.prepend_bos,
+        model, prompt, targets, batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes,
+        prepend_bos=args.prepend_bos, zero_bos=args.zero_bos,
     )  # fmt: skip
     full_scores = graph.scores()
     if not args.no_prune:
         graph = graph.prune(args.node_threshold, args.edge_threshold)
     written = [graph.save(out)]
+    if out.suffix.lower() == ".json":  # the front end's list of the folder's graphs
+        from sae_circuits.writers.json_file import update_graph_metadata
+
+        written.append(update_graph_metadata(out))
     if args.html and out.suffix.lower() != ".html":
         written.append(graph.save(out.with_suffix(".html")))
     counts = {k.name.lower(): int((graph.kind == k).sum()) for k in NodeKind}
@@ -342,11 +390,21 @@ def _add_graph_command(sub: Any, writers: Any) -> None:
     gr = sub.add_parser(
         "graph", help="attribution graph of a prompt: features, error nodes, edges; pruned and saved"
     )
-    gr.add_argument("--prompt", required=True, help="the prompt to explain")
+    which = gr.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--prompt",
+        help="the prompt to explain; backslash escapes are interpreted "
+        "(\\n newline, \\t tab, \\\\ backslash, \\xHH, \\uHHHH)",
+    )
+    which.add_argument("--prompt-file", help="read the prompt from this UTF-8 file, as it is (no escapes)")
     gr.add_argument(
         "--out",
         required=True,
-        help=f"output file: {writers.suffix_list('graph')} (.json: the front end's schema)",
+        help=f"output file: {writers.suffix_list('graph')} (.json: the front end's schema, listed in "
+        "graph-metadata.json beside it); or a folder (DIR/) that gets SLUG.json",
+    )
+    gr.add_argument(
+        "--slug", default=None, help="the graph's name in a folder --out (default: from the prompt)"
     )
     gr.add_argument("--html", action="store_true", help="also write an HTML view beside --out")
     _add_model_argument(gr)
@@ -375,6 +433,11 @@ def _add_graph_command(sub: Any, writers: Any) -> None:
         "--prepend-bos",
         action="store_true",
         help="prepend the BOS token (the embedded model is trained without)",
+    )
+    gr.add_argument(
+        "--zero-bos",
+        action="store_true",
+        help="no feature or error node at position 0, as circuit-tracer does (see docs/attribution.md)",
     )
     gr.set_defaults(func=_write_attribution_graph)
 

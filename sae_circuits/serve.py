@@ -25,7 +25,10 @@ Routes (GET and HEAD; query strings ignored): ``/``, an index of those files und
 (recursive, sorted) grouped as attribution graphs, automata, dashboards (other ``.html``) and other
 files, with sizes and cheap summaries, a JSON file that does not parse listed as broken (no script,
 no network, every name escaped); ``/api/list``, the same as JSON ``{"files": [<Entry>, ...],
-"truncated": bool}``; ``/<path>``, that file, content type by suffix. Other paths and directories: 404.
+"truncated": bool}``; ``/graph-metadata.json`` (also ``/data/graph-metadata.json``), the
+attribution-graph front end's list of graphs: the folder's own file when it has one (``sae-circuits
+graph`` writes it), else one made from the listed graph JSONs (slug = the path without ``.json``);
+``/<path>``, that file, content type by suffix. Other paths and directories: 404.
 The listing is bounded: it skips dot-directories, goes at most ``MAX_DEPTH`` folders down, looks at
 most at ``MAX_SCANNED`` directory entries and lists at most ``MAX_LISTED`` files, and says so
 when it was cut.
@@ -59,6 +62,9 @@ from typing import cast
 from urllib.parse import quote, unquote, urlsplit
 
 from sae_circuits import writers  # stdlib only until a file is written or loaded
+from sae_circuits.writers import json_file
+
+_GRAPH_METADATA_PATHS = ("/graph-metadata.json", "/data/graph-metadata.json")
 
 # sae_circuits.fsa.export.FORMAT, copied: importing sae_circuits.fsa would load torch (tests check they agree)
 _AUTOMATON_FORMAT = "sae_circuits.feature_automaton"
@@ -346,6 +352,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Access-Control-Allow-Origin", "*")
         self.end_headers()
 
+    def _graph_metadata(self, root: Path, head: bool) -> None:
+        """The front end's ``graph-metadata.json`` for a folder that has none: every listed graph
+        JSON, slug = its path without ``.json``."""
+        entries, _ = scan_files(root, self.server.cache)
+        files = [e.path for e in entries if e.kind == "graph" and e.path.lower().endswith(".json")]
+        body = json.dumps(json_file.graph_metadata(root, files)).encode()
+        self._ok(_TYPES[".json"], len(body), cors=True)
+        if not head:
+            self.wfile.write(body)
+
     def _respond(self, head: bool) -> None:
         if not _local_host_header(self.headers.get("Host")):
             return self.send_error(403, "Host must be a loopback address")
@@ -365,6 +381,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not head:
                 self.wfile.write(body)
             return None
+        if path in _GRAPH_METADATA_PATHS and not (root / json_file.GRAPH_METADATA).is_file():
+            return self._graph_metadata(root, head)
         parts = [p for p in path.split("/") if p]
         if "\\" in path or "\0" in path or ".." in parts:
             return self.send_error(403)

@@ -128,8 +128,12 @@ def test_json_follows_front_end_schema(g, tmp_path):
     raw = strict_loads(g.save(tmp_path / "g.json").read_text())
     meta = raw["metadata"]
     assert meta["prompt_tokens"] == g.token_strings and meta["prompt"] == g.prompt
-    assert meta["scan"] == "tiny-gpt2" and meta["schema_version"] == 1 and meta["node_threshold"] is None
-    assert re.fullmatch(r"[a-z0-9-]+", meta["slug"]) and meta["slug"].startswith("hello-x")
+    # the viewer's conventions (issue 15): scan names a dictionary set ("custom-..." for our own),
+    # the slug is the file stem
+    assert (
+        meta["scan"].startswith("custom-") and meta["schema_version"] == 1 and meta["node_threshold"] is None
+    )
+    assert meta["slug"] == "g"
     assert raw["qParams"] == {
         "pinnedIds": [],
         "supernodes": [],
@@ -141,32 +145,43 @@ def test_json_follows_front_end_schema(g, tmp_path):
               "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}  # fmt: skip
     nodes = raw["nodes"]
     assert all(fields <= set(n) for n in nodes)
-    assert [n["node_id"] for n in nodes] == IDS and [n["clerp"] for n in nodes] == g.labels
+    # every logit clerp carries "(p=...)", which the viewer parses; other labels are kept as they are
+    direction = IDS.index("3_dir0_2")
+    assert [n["node_id"] for n in nodes] == IDS
+    assert [n["clerp"] for n in nodes] == [
+        *g.labels[:direction],
+        'Output "x - y" (p=0.000)',
+        *g.labels[direction + 1 :],
+    ]
     by_id = {n["node_id"]: n for n in nodes}
     assert [by_id[i]["feature_type"] for i in ("E_10_0", "0_1_0", "0_error_1", "1r_other", "3_40_2", "3_dir0_2")] == [
         "embedding", "cross layer transcoder", "mlp reconstruction error", "other features", "logit", "logit",
     ]  # fmt: skip
-    assert by_id["1m_7_2"]["feature_type"] == "cross layer transcoder" and by_id["1m_7_2"]["is_target_logit"]
-    assert [by_id[i]["layer"] for i in ("E_10_0", "0_1_0", "1r_1_2", "3_40_2", "3_dir0_2")] == [
-        "E",
-        "0",
-        "1",
-        "3",
-        "3",
-    ]
-    assert [by_id[i]["feature"] for i in ("E_20_1", "0_5_1", "0_error_1", "3_50_2", "3_dir0_2")] == [
-        20,
-        5,
-        -1,
-        50,
-        -1,
-    ]
+    # a feature target is not a logit; block 1 hosts two sites, so each gets its own layer row
+    assert (
+        by_id["1m_7_2"]["feature_type"] == "cross layer transcoder" and not by_id["1m_7_2"]["is_target_logit"]
+    )
+    layers = [by_id[i]["layer"] for i in ("E_10_0", "0_1_0", "1m_7_2", "1r_1_2", "3_40_2", "3_dir0_2")]
+    assert layers == ["E", "0", "1", "2", "3", "3"]
+    # schema_version 1: tokens carry their position, features cantor(layer, index) = 20 for (0, 5)
+    features = [by_id[i]["feature"] for i in ("E_20_1", "0_5_1", "0_error_1", "3_50_2", "3_dir0_2")]
+    assert features == [1, 20, -1, 50, -1]
     assert by_id["3_40_2"]["token_prob"] == pytest.approx(0.6) and by_id["3_dir0_2"]["token_prob"] == 0.0
     assert by_id["0_1_0"]["reverse_ctx_idx"] == 2 and by_id["1r_other"]["reverse_ctx_idx"] == 0
     assert by_id["1m_error_2"]["jsNodeId"] == "1m_error-2" and by_id["E_30_2"]["jsNodeId"] == "E_30-2"
-    assert [n["is_target_logit"] for n in nodes] == [k == L for k in g.kind.tolist()]
-    influence = g.influence()
-    assert [n["influence"] for n in nodes] == pytest.approx(influence.tolist())
+    # only the most likely logit is the target logit; influence is the cumulative share by rank
+    # (the viewer's pruning slider), null on logits, reaching 1 on the weakest node of a full graph
+    assert [n["node_id"] for n in nodes if n["is_target_logit"]] == ["3_40_2"]
+    influence = g.influence().tolist()
+    is_logit = [n["feature_type"] == "logit" for n in nodes]
+    shares = [(n["influence"], influence[k]) for k, n in enumerate(nodes) if not is_logit[k]]
+    assert all(n["influence"] is None for k, n in enumerate(nodes) if is_logit[k])
+    assert all(0 < share <= 1 for share, _ in shares) and max(share for share, _ in shares) == pytest.approx(
+        1.0
+    )
+    sources = [(n["influence"], influence[k]) for k, n in enumerate(nodes) if g.kind[k] != L]
+    by_rank = sorted(sources, key=lambda pair: -pair[1])  # (feature targets also rank by their weight)
+    assert [share for share, _ in by_rank] == sorted(share for share, _ in sources)
     assert by_id["0_1_0"]["influence"] > 0
     links = raw["links"]
     assert len(links) == g.n_edges and all(

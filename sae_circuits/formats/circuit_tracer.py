@@ -213,7 +213,8 @@ def _read_layer(
         _common.file_dtype(tensors, "threshold", file)
         if bool((tensors["threshold"] < 0).any()):
             raise SAEFormatError(
-                f"{file}: negative JumpReLU thresholds; circuit-tracer's h*[h>t] and ReLU(h)*[h>t] differ there"
+                f"{file}: negative JumpReLU thresholds; circuit-tracer's h*[h>t] and ReLU(h)*[h>t] "
+                "differ there"
             )
     architecture = ("jumprelu_" if jump else "") + (
         "skip_transcoder" if "W_skip" in tensors else "transcoder"

@@ -53,7 +53,8 @@ def read(
         file = path / "ae.pt"
     if file.suffix != ".safetensors":
         raise SAEFormatError(
-            f"{file}: pickled checkpoints are never loaded; convert it to {FILENAME} (same keys); expected {LAYOUT}"
+            f"{file}: pickled checkpoints are never loaded; convert it to {FILENAME} (same keys); "
+            f"expected {LAYOUT}"
         )
     if hook_name is None:
         raise ValueError(f"{file}: a dictionary_learning file names no TransformerLens hook; pass hook_name=")

@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -73,6 +73,7 @@ def attribute(
     edge_tolerance: float = 0.0,
     prepend_bos: bool | None = None,
     progress: bool = True,
+    zero_bos: bool = False,
 ) -> AttributionGraph:
     """The attribution graph of ``prompt`` through the dictionaries spliced into ``model``.
 
@@ -91,6 +92,9 @@ def attribute(
             site's "other" node: memory for long prompts, nothing lost. 0 keeps every edge.
         prepend_bos: passed to ``model.to_tokens`` for text prompts (None: the model's default).
         progress: show a progress bar.
+        zero_bos: no feature node at position 0 and no edge from its error nodes (its features and
+            errors are zeroed, as circuit-tracer does by default for the BOS token); its token
+            node stays. Default False: position 0 is like any other.
 
     Edges are direct effects in the frozen replacement model (attention patterns and
     normalisation scales frozen): exact wherever no bare MLP lies between source and target,
@@ -107,9 +111,13 @@ def attribute(
     if not saes_of(model):
         raise ValueError("no SAE or transcoder is spliced into the model; splice some first (sc.splice)")
     _check_settings(batch_size, max_feature_nodes, edge_tolerance)
+    if not isinstance(zero_bos, bool):
+        raise ValueError(f"zero_bos={zero_bos!r} must be True or False")
     tokens = _tokens(model, prompt, prepend_bos)
     with _input_gradients_only(model):
-        run = _capture(model, tokens, targets, batch_size, max_feature_nodes, edge_tolerance)
+        run = _capture(
+            model, tokens, targets, batch_size, max_feature_nodes, edge_tolerance, zero_bos=zero_bos
+        )
         bar = tqdm(
             total=len(run.targets) + run.scheduler.expected_rows(),
             desc="attribution rows", unit="row", disable=not progress, leave=False,
@@ -253,6 +261,7 @@ class _Run:
     batch_size: int
     rows: list[Row] = field(default_factory=list)
     pass_: FrozenPass | None = None  # the frozen forward's autograd graph, while rows are computed
+    zero_bos: bool = False
 
 
 def _log_step(start: float, message: str, *args: Any) -> None:
@@ -267,10 +276,13 @@ def _capture(
     max_feature_nodes: int | None,
     edge_tolerance: float,
     itemise_all: bool = False,
+    zero_bos: bool = False,
 ) -> _Run:
     """Step 1: the clean pass's values, the resolved targets and the numbered active features."""
     start = time.perf_counter()
     values = capture(model, tokens)
+    if zero_bos:
+        values = _without_position_zero(values)
     resolved = resolve_targets(targets, values.probs, model, tokens.numel())
     active = ActiveFeatures.of(values.sites)
     feature_targets = locate_feature_targets(resolved, values.sites, active)
@@ -282,7 +294,26 @@ def _capture(
         start, "step 1, capture: %d tokens, %d sites, %d active features, %d targets",
         tokens.numel(), len(values.sites), active.count, len(resolved),
     )  # fmt: skip
-    return _Run(model, values, resolved, active, feature_targets, scheduler, store, batch_size)
+    run = _Run(model, values, resolved, active, feature_targets, scheduler, store, batch_size)
+    run.zero_bos = zero_bos
+    return run
+
+
+def _without_position_zero(values: PromptValues) -> PromptValues:
+    """``zero_bos``: no active feature at position 0 and a zero error vector there. The frozen
+    model's constants (``leaf``) are untouched, so every other edge is unchanged."""
+    sites = []
+    for site in values.sites:
+        keep = site.positions != 0
+        error = site.error.clone()
+        error[0] = 0
+        sites.append(
+            replace(
+                site, positions=site.positions[keep], indices=site.indices[keep],
+                activations=site.activations[keep], decoded=site.decoded[keep], error=error, _padded=None,
+            )
+        )  # fmt: skip
+    return replace(values, sites=sites)
 
 
 def _frozen_forward(run: _Run, copies: int) -> None:
@@ -331,11 +362,13 @@ def _expand_features(run: _Run, bar: tqdm | None) -> None:
 def _assemble(run: _Run, prompt: str | None) -> AttributionGraph:
     """Step 5: the graph's nodes and edges."""
     start = time.perf_counter()
-    settings = {
+    settings: dict[str, Any] = {
         "batch_size": run.batch_size,
         "max_feature_nodes": run.scheduler.budget,
         "edge_tolerance": run.store.tolerance,
     }
+    if run.zero_bos:
+        settings["zero_bos"] = True
     result = AttributionResult(
         run.values, run.active, run.targets, run.feature_targets, run.rows, run.store.stored(), settings
     )

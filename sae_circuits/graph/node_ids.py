@@ -42,6 +42,31 @@ def _site_labels(sites: list[str]) -> list[str]:
     return [label if per_label[label] == 1 else f"{label}{i}" for i, label in enumerate(labels)]
 
 
+def site_kind(hook: str) -> str:
+    """``"attention"``, ``"mlp"``, ``"residual"`` or ``"site"``: what a site's hook reads or replaces."""
+    if "attn" in hook or "hook_z" in hook:
+        return "attention"
+    return "mlp" if "mlp" in hook else "residual" if "resid" in hook else "site"
+
+
+def viewer_rows(sites: list[str]) -> list[int]:
+    """The front end's row (its ``layer`` number) of each site: the block index when every block
+    hosts at most one site (circuit-tracer's numbering), else the site's rank in computation order,
+    so that two sites of one block never share a row (the viewer draws one ``layer`` per row and
+    names features and error nodes by ``layer``).
+
+    >>> viewer_rows(["blocks.0.hook_mlp_out", "blocks.2.hook_mlp_out"])
+    [0, 2]
+    >>> viewer_rows(["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"])
+    [0, 1, 2]
+    """
+    blocks = [re.match(r"blocks\.(\d+)\.", hook) for hook in sites]
+    numbers = [int(m.group(1)) for m in blocks if m]
+    if len(numbers) == len(sites) and len(set(numbers)) == len(numbers) and numbers == sorted(numbers):
+        return numbers
+    return list(range(len(sites)))
+
+
 def node_ids(g: AttributionGraph) -> list[str]:
     """Unique ids in the front end's style: ``E_{token}_{pos}`` (tokens), ``{site}_{feature}_{pos}``
     (features and feature targets), ``{site}_error_{pos}``, ``{site}_other``,

@@ -28,8 +28,14 @@ from sae_circuits.graph.influence import Edges
 
 def read_graph(path: str | os.PathLike[str]) -> AttributionGraph:
     """Rebuild a graph from a ``.json`` file written by :func:`~sae_circuits.graph.export.save`: same
-    nodes, edges, order, dtypes."""
+    nodes, edges, order, dtypes. A graph JSON written by circuit-tracer (no ``metadata.sae_circuits``,
+    but its ``scan``/``prompt_tokens``) is read by :func:`read_circuit_tracer_graph`."""
     path, raw = read_json(path, "graph")
+    meta = raw.get("metadata") if isinstance(raw, dict) else None
+    if isinstance(meta, dict) and "sae_circuits" not in meta and {"scan", "prompt_tokens"} & meta.keys():
+        return read_circuit_tracer_graph(
+            path, raw
+        )  # not ours: the front end's schema, as circuit-tracer writes
     ours = json_get(path, "a graph JSON", raw, "metadata", "sae_circuits")
     version = json_get(path, "a graph JSON", ours, "format_version", at="metadata.sae_circuits")
     if version != FORMAT_VERSION:
@@ -66,12 +72,194 @@ def read_graph(path: str | os.PathLike[str]) -> AttributionGraph:
         tokens=list(json_get(path, "a graph JSON", ours, "tokens", at="metadata.sae_circuits")),
         token_strings=list(json_get(path, "a graph JSON", raw, "metadata", "prompt_tokens")),
         sites=list(json_get(path, "a graph JSON", ours, "sites", at="metadata.sae_circuits")),
-        labels=[
-            json_get(path, "a graph JSON", node, "clerp", at=f"nodes[{i}]") for i, node in enumerate(nodes)
+        labels=[  # "label": the label when the clerp was adapted for the front end (logit directions)
+            row["label"]
+            if "label" in row
+            else json_get(path, "a graph JSON", node, "clerp", at=f"nodes[{i}]")
+            for i, (node, row) in enumerate(zip(nodes, rows))
         ],
         edges=edges,
         metadata=json_get(path, "a graph JSON", ours, "metadata", at="metadata.sae_circuits"),
         **columns,
+    )
+
+
+# --------------------------------------------------------------------------- circuit-tracer's graphs
+
+CIRCUIT_TRACER_SCHEMA = 1
+_CT = "a circuit-tracer graph JSON"
+
+
+def _ct_get(path: Path, obj: Any, *keys: str, at: str = "") -> Any:
+    """``obj[key0][key1]...``, or a ValueError naming the file and the first missing key."""
+    for n, key in enumerate(keys):
+        if not isinstance(obj, dict) or key not in obj:
+            where = ".".join([at, *keys[: n + 1]] if at else keys[: n + 1])
+            raise ValueError(f"{path}: not {_CT} (missing key {where!r})")
+        obj = obj[key]
+    return obj
+
+
+def _ct_int(path: Path, value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{path}: {where} is {value!r}; expected an integer")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{path}: {where} is {value!r}; expected an integer") from None
+
+
+def _ct_header(path: Path, raw: Any) -> tuple[dict[str, Any], list[Any], list[Any], list[Any]]:
+    """``(metadata, prompt_tokens, nodes, links)`` of a circuit-tracer file, checked."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not {_CT} (the top level is not an object)")
+    meta = _ct_get(path, raw, "metadata")
+    version = meta.get("schema_version", 0) if isinstance(meta, dict) else 0
+    version = 0 if version is None else version
+    if isinstance(version, bool) or not isinstance(version, int) or version > CIRCUIT_TRACER_SCHEMA:
+        raise ValueError(
+            f"{path}: schema_version {version!r} is newer than this version of sae_circuits reads "
+            f"(up to {CIRCUIT_TRACER_SCHEMA}); upgrade sae_circuits"
+        )
+    strings, _ = (
+        _ct_get(path, meta, "prompt_tokens", at="metadata"),
+        _ct_get(path, meta, "prompt", at="metadata"),
+    )
+    nodes, links = _ct_get(path, raw, "nodes"), _ct_get(path, raw, "links")
+    if not (isinstance(strings, list) and isinstance(nodes, list) and isinstance(links, list)):
+        raise ValueError(f"{path}: metadata.prompt_tokens, nodes and links must be lists")
+    return meta, strings, nodes, links
+
+
+class _CTNodes:
+    """The node table of a circuit-tracer file, one node at a time (see :func:`read_circuit_tracer_graph`)."""
+
+    def __init__(self, path: Path, strings: list[Any], nodes: list[Any]) -> None:
+        self.path, self.strings = path, strings
+        self.fields = [
+            {
+                k: _ct_get(path, node, k, at=f"nodes[{i}]")
+                for k in ("node_id", "layer", "ctx_idx", "feature_type")
+            }
+            for i, node in enumerate(nodes)
+        ]
+        logit_layers = [
+            _ct_int(path, f["layer"], "a logit's layer") for f in self.fields if f["feature_type"] == "logit"
+        ]
+        layers = {
+            _ct_int(path, f["layer"], f"nodes[{i}].layer")
+            for i, f in enumerate(self.fields)
+            if f["feature_type"] not in ("logit", "embedding")
+        }
+        self.site_layers = sorted(layers)
+        last = max(logit_layers) - 1 if logit_layers else None
+        self.n_layers = last if last is not None else (self.site_layers[-1] + 1 if self.site_layers else 0)
+        self.sites = [f"blocks.{layer}.hook_mlp_out" for layer in self.site_layers]
+        self.tokens = [-1] * len(strings)
+        self.columns: dict[str, list[Any]] = {k: [] for k in (*_INT_COLUMNS, *_FLOAT_COLUMNS)}
+        self.labels: list[str] = []
+        self.index_of: dict[Any, int] = {}
+        for i, node in enumerate(nodes):
+            self.add(i, node)
+
+    def _id_number(self, at: str, node_id: Any, layout: str) -> int:
+        parts = str(node_id).split("_")
+        return _ct_int(self.path, parts[1] if len(parts) == 3 else None, f"{at}.node_id ({layout})")
+
+    def add(self, i: int, node: dict[str, Any]) -> None:
+        """Append node ``i``."""
+        from sae_circuits.graph.build import short_site_name, unembedding_stage
+        from sae_circuits.graph.influence import NodeKind
+        from sae_circuits.graph.replacement import stage_of
+
+        f, at, n = self.fields[i], f"nodes[{i}]", len(self.strings)
+        pos = _ct_int(self.path, f["ctx_idx"], f"{at}.ctx_idx")
+        if not 0 <= pos < n:
+            raise ValueError(f"{self.path}: {at}.ctx_idx {pos} is outside the prompt's {n} tokens")
+        clerp, kind_name = node.get("clerp") or "", f["feature_type"]
+        activation, weight, site, index = 0.0, 0.0, -1, -1
+        if kind_name == "embedding":
+            kind, layer, stage = NodeKind.TOKEN, -1, 0
+            index = self.tokens[pos] = self._id_number(at, f["node_id"], "E_token_pos")
+            label = clerp or str(self.strings[pos])
+        elif kind_name == "logit":
+            kind, layer, stage = NodeKind.TARGET, self.n_layers, unembedding_stage(self.n_layers)
+            index = self._id_number(at, f["node_id"], "layer_token_pos")
+            activation = weight = float(node.get("token_prob") or 0.0)
+            label = clerp or f"Output {index} (p={weight:.3f})"
+        else:
+            layer = _ct_int(self.path, f["layer"], f"{at}.layer")
+            site = self.site_layers.index(layer)
+            stage, name = stage_of(self.sites[site]), short_site_name(self.sites[site])
+            if "error" in str(kind_name):
+                kind, label = NodeKind.ERROR, clerp or f"{name} error"
+            else:
+                kind, index = NodeKind.FEATURE, self._id_number(at, f["node_id"], "layer_index_pos")
+                value = node.get("activation")
+                activation = float(value) if isinstance(value, (int, float)) else math.nan
+                label = clerp or f"{name} #{index}"
+        if f["node_id"] in self.index_of:
+            raise ValueError(f"{self.path}: {at}.node_id {f['node_id']!r} appears twice")
+        self.index_of[f["node_id"]] = i
+        for c, v in zip(_INT_COLUMNS, (int(kind), site, layer, stage, pos, index)):
+            self.columns[c].append(v)
+        self.columns["activation"].append(activation)
+        self.columns["target_weight"].append(weight)
+        self.labels.append(str(label))
+
+    def edges(self, links: list[Any]) -> Edges:
+        """The links as edges between the nodes' rows."""
+        triplets = []
+        for k, link in enumerate(links):
+            s, t, w = (
+                _ct_get(self.path, link, key, at=f"links[{k}]") for key in ("source", "target", "weight")
+            )
+            if t not in self.index_of or s not in self.index_of:
+                raise ValueError(f"{self.path}: links[{k}] refers to an unknown node ({s!r} -> {t!r})")
+            if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))):
+                raise ValueError(f"{self.path}: links[{k}].weight is {w!r}; expected a number")
+            triplets.append((self.index_of[t], self.index_of[s], math.nan if w is None else float(w)))
+        targets, sources, weights = zip(*triplets) if triplets else ((), (), ())
+        return Edges(
+            torch.tensor(targets, dtype=torch.long),
+            torch.tensor(sources, dtype=torch.long),
+            torch.tensor(weights, dtype=torch.float32),
+        )
+
+
+def read_circuit_tracer_graph(path: str | os.PathLike[str], raw: Any = None) -> AttributionGraph:
+    """An :class:`AttributionGraph` from a graph JSON written by circuit-tracer
+    (``create_graph_files``, schema_version 1, the front end's schema): one site
+    ``blocks.{layer}.hook_mlp_out`` per transcoder layer, feature indices from the node ids
+    (``{layer}_{index}_{pos}``), token ids from ``E_{token}_{pos}``, logit targets weighted by
+    ``token_prob``. Clear errors for a newer schema, a truncated file or a missing key.
+
+    Nodes the file does not hold (pruned away by circuit-tracer) are absent: influence, pruning
+    and scores are those of the graph as written."""
+    if raw is None:
+        path, raw = read_json(path, "graph")
+    path = Path(path)
+    meta, strings, nodes, links = _ct_header(path, raw)
+    table = _CTNodes(path, strings, nodes)
+    kept: dict[str, Any] = {
+        k: meta[k] for k in ("slug", "scan", "transcoder_list", "node_threshold") if k in meta
+    }
+    return AttributionGraph(
+        prompt=str(meta["prompt"]),
+        tokens=table.tokens,
+        token_strings=[str(x) for x in strings],
+        sites=table.sites,
+        labels=table.labels,
+        activation=torch.tensor(table.columns["activation"], dtype=torch.float32),
+        target_weight=torch.tensor(table.columns["target_weight"], dtype=torch.float64),
+        edges=table.edges(links),
+        metadata={
+            "source": "circuit-tracer",
+            "model": str(meta.get("scan") or ""),
+            "n_layers": table.n_layers,
+            **kept,
+        },
+        **{c: torch.tensor(table.columns[c], dtype=torch.long) for c in _INT_COLUMNS},
     )
 
 
