@@ -16,7 +16,7 @@ PIP := -m pip install --quiet --disable-pip-version-check
 ALL_EXTRAS := ".[dev,parity]"
 TL4 := "transformer-lens>=4,<5"
 
-.PHONY: demo test check bench clean browser lock test-latest test-tl4
+.PHONY: demo test check bench clean browser viewer lock test-latest test-tl4
 
 # $(call venv,DIR,INSTALL-ARGS): a fresh venv in DIR with torch first, then INSTALL-ARGS, then the
 # package without dependencies (so nothing outside the requirements file is resolved).
@@ -44,7 +44,12 @@ browser:
 	  (apt-get install -y -q chromium chromium-driver >/dev/null || \
 	   (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null))
 
-test: $(STAMP) browser check
+# circuit-tracer's attribution-graph viewer for tests/test_viewer_interop.py: its front end from
+# PyPI and its scripts from npm, pinned and hash-checked, cached in build/viewer/ (no network once there).
+viewer: $(STAMP)
+	$(PY) tools/fetch_viewer.py
+
+test: $(STAMP) browser viewer check
 	SAE_CIRCUITS_BROWSER_TESTS=1 $(PY) -m pytest -q
 
 check: $(STAMP)
