@@ -6,7 +6,6 @@ screenshot of each page is kept in build/artifacts/ for a look."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.graph.influence import Edges, NodeKind
+from tests import chromium
+from tests.chromium import CHROMEDRIVER, CHROMIUM
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 REQUIRED = os.environ.get("SAE_CIRCUITS_BROWSER_TESTS") == "1"  # set by `make test`: missing = failure
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "artifacts"
 EVIL = "</script><script>alert(1)</script>"
@@ -28,24 +28,15 @@ if not (CHROMIUM and CHROMEDRIVER and __import__("importlib").util.find_spec("se
         )
     pytest.skip("no chromium/chromedriver/selenium here (make test installs them)", allow_module_level=True)
 
-from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--allow-file-access-from-files", "--window-size=1400,900",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    flags = ("--allow-file-access-from-files", "--window-size=1400,900")
+    driver = chromium.start(tmp_path_factory.mktemp("chromium"), flags)
     yield driver
     driver.quit()
 

@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -28,8 +27,9 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.graph.influence import NodeKind
+from tests import chromium
+from tests.chromium import CHROMEDRIVER, CHROMIUM
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 REQUIRED = os.environ.get("SAE_CIRCUITS_BROWSER_TESTS") == "1"  # set by `make test`: missing = failure
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "build" / "artifacts"
@@ -42,8 +42,6 @@ if not (CHROMIUM and CHROMEDRIVER and importlib.util.find_spec("selenium")):
         )
     pytest.skip("no chromium/chromedriver/selenium here (make test installs them)", allow_module_level=True)
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
@@ -163,15 +161,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1600,1100", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    flags = ("--window-size=1600,1100", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+    driver = chromium.start(tmp_path_factory.mktemp("chromium"), flags, logs=("browser", "performance"))
     driver.set_script_timeout(20)
     yield driver
     driver.quit()
