@@ -101,11 +101,15 @@ def read_json(path: str | os.PathLike[str], what: str) -> tuple[Path, Any]:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def json_get(path: Path, what: str, obj: Any, *keys: str, at: str = "") -> Any:
-    """``obj[key0][key1]...``, or a ValueError naming the file and the first missing key."""
+def json_get(
+    path: Path, what: str, obj: Any, *keys: str, at: str = "", by: str | None = "sae_circuits"
+) -> Any:
+    """``obj[key0][key1]...``, or a ValueError naming the file, what it should be (``what``,
+    written by ``by``) and the first missing key."""
     for n, key in enumerate(keys):
         if not isinstance(obj, dict) or key not in obj:
             where = ".".join([at, *keys[: n + 1]] if at else keys[: n + 1])
-            raise ValueError(f"{path}: not {what} written by sae_circuits (missing key {where!r})")
+            author = f" written by {by}" if by else ""
+            raise ValueError(f"{path}: not {what}{author} (missing key {where!r})")
         obj = obj[key]
     return obj

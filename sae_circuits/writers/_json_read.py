@@ -92,12 +92,7 @@ _CT = "a circuit-tracer graph JSON"
 
 def _ct_get(path: Path, obj: Any, *keys: str, at: str = "") -> Any:
     """``obj[key0][key1]...``, or a ValueError naming the file and the first missing key."""
-    for n, key in enumerate(keys):
-        if not isinstance(obj, dict) or key not in obj:
-            where = ".".join([at, *keys[: n + 1]] if at else keys[: n + 1])
-            raise ValueError(f"{path}: not {_CT} (missing key {where!r})")
-        obj = obj[key]
-    return obj
+    return json_get(path, _CT, obj, *keys, at=at, by=None)
 
 
 def _ct_int(path: Path, value: Any, where: str) -> int:
