@@ -208,6 +208,10 @@ def _write_attribution_graph(args: argparse.Namespace) -> int:
     out = _graph_out(args.out, args.slug, prompt)
     _check_suffix(str(out), "graph")
     _check_writable(out, "--out")
+    if out.suffix.lower() == ".json":  # the folder's list of graphs must be updatable: check it now
+        from sae_circuits.writers.json_file import listed_graphs
+
+        listed_graphs(out)
     for name in ("node_threshold", "edge_threshold"):
         value = getattr(args, name)
         if not 0 < value <= 1:

@@ -64,7 +64,8 @@ from urllib.parse import quote, unquote, urlsplit
 from sae_circuits import writers  # stdlib only until a file is written or loaded
 from sae_circuits.writers import json_file
 
-_GRAPH_METADATA_PATHS = ("/graph-metadata.json", "/data/graph-metadata.json")
+# circuit-tracer's front end asks for the listing and the graphs under these prefixes
+_VIEWER_PREFIXES = ("/data/", "/graph_data/")
 
 # sae_circuits.fsa.export.FORMAT, copied: importing sae_circuits.fsa would load torch (tests check they agree)
 _AUTOMATON_FORMAT = "sae_circuits.feature_automaton"
@@ -127,6 +128,15 @@ def _loopback_address(host: str) -> str | None:
     if not addresses or not all(_is_loopback(a) for a in addresses):
         return None
     return sorted(addresses, key=lambda a: ":" in a)[0]
+
+
+def _viewer_path(path: str, root: Path) -> str:
+    """``/data/x`` and ``/graph_data/x`` (the attribution-graph front end's requests) as ``/x``,
+    unless the folder really has such a subfolder."""
+    for prefix in _VIEWER_PREFIXES:
+        if path.startswith(prefix) and not (root / prefix.strip("/")).is_dir():
+            return "/" + path[len(prefix) :]
+    return path
 
 
 def _local_host_header(host: str | None) -> bool:
@@ -381,7 +391,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not head:
                 self.wfile.write(body)
             return None
-        if path in _GRAPH_METADATA_PATHS and not (root / json_file.GRAPH_METADATA).is_file():
+        path = _viewer_path(path, root)
+        if path == "/" + json_file.GRAPH_METADATA and not (root / json_file.GRAPH_METADATA).is_file():
             return self._graph_metadata(root, head)
         parts = [p for p in path.split("/") if p]
         if "\\" in path or "\0" in path or ".." in parts:

@@ -218,3 +218,13 @@ def test_genuine_bugs_still_raise(monkeypatch):
     monkeypatch.setattr(cli, "_serve", bug)
     with pytest.raises(RuntimeError, match="a genuine bug"):
         cli.main(["serve", "."])
+
+
+def test_graph_refuses_to_overwrite_the_folder_listing_before_any_work(tmp_path, capsys):
+    """--out DIR/ --slug graph-metadata would put a graph where the viewer reads the folder's
+    list of graphs; a malformed existing listing is reported before the attribution runs."""
+    assert main(["graph", "--prompt", "hi", "--out", f"{tmp_path}/", "--slug", "graph-metadata"]) == 2
+    assert "list of graphs" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    (tmp_path / "graph-metadata.json").write_text("[1, 2]")
+    assert main(["graph", "--prompt", "hi", "--out", f"{tmp_path}/g.json"]) == 2
+    assert 'expected {"graphs": [...]}' in capsys.readouterr().err and not (tmp_path / "g.json").exists()

@@ -336,3 +336,23 @@ def test_cli_serve_errors_are_one_line(folder: Path, server, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert f"argument --port: {port} is not a TCP port" in err and "Traceback" not in err
+
+
+def test_the_viewer_prefixes_reach_the_listing_and_the_graphs(folder: Path, server):
+    """circuit-tracer's front end asks for /data/graph-metadata.json and /graph_data/<slug>.json;
+    both are answered whether or not the folder holds its own graph-metadata.json."""
+    from sae_circuits.writers.json_file import update_graph_metadata
+
+    for written in (False, True):
+        if written:
+            update_graph_metadata(folder / "graph.json")
+        for path in ("/graph-metadata.json", "/data/graph-metadata.json"):
+            status, _, body = raw(server, path)
+            assert status == 200 and "graph" in [g["slug"] for g in json.loads(body)["graphs"]], (
+                written,
+                path,
+            )
+        for path in ("/graph_data/graph.json", "/data/graph.json"):
+            status, _, body = raw(server, path)
+            assert status == 200 and body == (folder / "graph.json").read_bytes(), (written, path)
+    assert raw(server, "/graph_data/../secret.txt")[0] in (403, 404)

@@ -1,9 +1,9 @@
 """The attribution graph of one prompt: a node table, sparse signed edges, and what they mean.
 
 Nodes are stored as columns (one entry per node) so that graphs with 10^5 nodes stay compact;
-edges are the COO triplets of :class:`~sae_circuits.graph.graph.Edges`, ``A[target, source]`` being
+edges are the COO triplets of :class:`~sae_circuits.graph.influence.Edges`, ``A[target, source]`` being
 the direct effect of ``source`` on ``target``'s pre-activation (or logit). Graph math lives in
-:mod:`sae_circuits.graph.graph`, file formats in :mod:`sae_circuits.graph.export` (written by
+:mod:`sae_circuits.graph.influence`, file formats in :mod:`sae_circuits.graph.export` (written by
 :mod:`sae_circuits.writers`).
 """
 

@@ -64,17 +64,32 @@ def update_graph_metadata(graph_file: str | os.PathLike[str]) -> Path:
     if entry is None:
         raise ValueError(f"{graph_file}: not a graph JSON")
     listing = graph_file.parent / GRAPH_METADATA
-    graphs: list[Any] = []
-    if listing.is_file():
-        try:
-            old = json.loads(listing.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{listing}: not valid JSON ({err}); remove it or fix it") from err
-        if not (isinstance(old, dict) and isinstance(old.get("graphs"), list)):
-            raise ValueError(f'{listing}: expected {{"graphs": [...]}}')
-        graphs = [g for g in old["graphs"] if not (isinstance(g, dict) and g.get("slug") == entry["slug"])]
+    graphs = [
+        g for g in listed_graphs(graph_file) if not (isinstance(g, dict) and g.get("slug") == entry["slug"])
+    ]
     text = json.dumps({"graphs": [*graphs, entry]}, indent=2, ensure_ascii=True, allow_nan=False)
     return atomic_write_text(listing, text + "\n")
+
+
+def listed_graphs(graph_file: str | os.PathLike[str]) -> list[Any]:
+    """The entries of the ``graph-metadata.json`` beside ``graph_file`` (none when there is no such
+    file); a ValueError when ``graph_file`` would overwrite that listing or the listing is
+    malformed, so that a caller can check before any work is done."""
+    graph_file = Path(graph_file)
+    listing = graph_file.parent / GRAPH_METADATA
+    if graph_file.name.lower() == GRAPH_METADATA:
+        raise ValueError(
+            f"{graph_file}: that name is the folder's list of graphs; choose another --out or --slug"
+        )
+    if not listing.is_file():
+        return []
+    try:
+        old = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{listing}: not valid JSON ({err}); remove it or fix it") from err
+    if not (isinstance(old, dict) and isinstance(old.get("graphs"), list)):
+        raise ValueError(f'{listing}: expected {{"graphs": [...]}}')
+    return list(old["graphs"])
 
 
 def graph_metadata(folder: str | os.PathLike[str], files: list[str]) -> dict[str, Any]:
