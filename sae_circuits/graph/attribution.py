@@ -328,11 +328,12 @@ def _compute_rows(run: _Run, rows: list[Row]) -> None:
     assert run.pass_ is not None  # steps 3 and 4 run between step 2 and the release of its graph
     grads = row_gradients(run.model, run.pass_, run.values, run.targets, rows)
     block = edges_from_gradients(grads, run.values, run.active, rows)
-    mass = block.mass()
+    magnitude = block.features.abs()  # [rows, cols], once: the mass, influence and tolerance read it
+    mass = block.mass(magnitude)
     run.rows.extend(rows)
-    run.scheduler.push_influence(rows, block.features.abs(), block.feature_columns, mass)
+    run.scheduler.push_influence(rows, magnitude, block.feature_columns, mass)
     # the itemised set is read after this batch's influence is in (it may promote new candidates)
-    run.store.keep(block, mass, run.scheduler.itemised())
+    run.store.keep(block, mass, run.scheduler.itemised(), magnitude)
 
 
 def _compute_target_rows(run: _Run, bar: tqdm | None) -> None:

@@ -69,10 +69,15 @@ class EdgeStore:
         self.missing = torch.zeros(active_site.numel(), dtype=torch.float64)
 
     def keep(
-        self, block: EdgeBlock, mass: Float[Tensor, " k"], itemised: Bool[Tensor, " n_active"] | None
+        self,
+        block: EdgeBlock,
+        mass: Float[Tensor, " k"],
+        itemised: Bool[Tensor, " n_active"] | None,
+        feature_magnitude: Float[Tensor, "k cols"] | None = None,
     ) -> None:
         """Keep one pass's edges; feature edges into a source outside ``itemised`` are folded
-        (None: every source is itemised)."""
+        (None: every source is itemised). ``feature_magnitude``: ``block.features.abs()`` when
+        the caller already has it."""
         k = block.tokens.shape[0]
         row_ids = torch.arange(self.rows, self.rows + k)
         self.rows += k
@@ -80,7 +85,8 @@ class EdgeStore:
         features, cols = block.features, block.feature_columns
         folded = torch.zeros(k, self.n_sites, dtype=torch.float64)
         if self.tolerance > 0 and cols.numel():
-            features = self._fold(features, cols, self._small_edges(features.abs()), folded)
+            magnitude = features.abs() if feature_magnitude is None else feature_magnitude
+            features = self._fold(features, cols, self._small_edges(magnitude), folded)
         if itemised is not None and cols.numel():
             features = self._fold(features, cols, ~itemised[cols].unsqueeze(0), folded, count_missing=True)
         self.folded.append(folded)

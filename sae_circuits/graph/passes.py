@@ -39,12 +39,15 @@ class EdgeBlock(NamedTuple):
     feature_columns: Int[Tensor, " cols"]
     """Active id of each column: the active features of the sites the gradient reached."""
 
-    def mass(self) -> Float[Tensor, " k"]:
-        """Each row's total absolute input (tokens, errors and features), in float64."""
+    def mass(self, feature_magnitude: Float[Tensor, "k cols"] | None = None) -> Float[Tensor, " k"]:
+        """Each row's total absolute input (tokens, errors and features), in float64;
+        ``feature_magnitude`` is ``features.abs()`` when the caller already has it."""
+        if feature_magnitude is None:
+            feature_magnitude = self.features.abs()
         return (
             self.tokens.abs().sum(1).double()
             + self.errors.abs().sum(1).double()
-            + self.features.abs().sum(1).double()
+            + feature_magnitude.sum(1).double()
         )
 
 
