@@ -366,7 +366,12 @@ class _Handler(BaseHTTPRequestHandler):
         """The front end's ``graph-metadata.json`` for a folder that has none: every listed graph
         JSON, slug = its path without ``.json``."""
         entries, _ = scan_files(root, self.server.cache)
-        files = [e.path for e in entries if e.kind == "graph" and e.path.lower().endswith(".json")]
+        # graphs too large to parse on each request (see _MAX_PARSE) are left out of the listing
+        files = [
+            e.path
+            for e in entries
+            if e.kind == "graph" and e.path.lower().endswith(".json") and e.size <= _MAX_PARSE
+        ]
         body = json.dumps(json_file.graph_metadata(root, files)).encode()
         self._ok(_TYPES[".json"], len(body), cors=True)
         if not head:
