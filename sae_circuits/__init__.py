@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
     from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, noise, scale, steer
     from sae_circuits.io import SAEFormatError
+    from sae_circuits.placement import place
     from sae_circuits.sae import SAE, SAEConfig
     from sae_circuits.splice import saes_of, splice, spliced, unsplice
     from sae_circuits.train import TrainConfig, train_sae, train_transcoder
@@ -57,6 +58,7 @@ __all__ = [
     "interventions",
     "load_pretrained",
     "noise",
+    "place",
     "random_like",
     "saes_of",
     "scale",
@@ -108,6 +110,7 @@ _SOURCES = {
     "scale": "sae_circuits.interventions",
     "steer": "sae_circuits.interventions",
     "SAEFormatError": "sae_circuits.io",
+    "place": "sae_circuits.placement",
     "SAE": "sae_circuits.sae",
     "SAEConfig": "sae_circuits.sae",
     "saes_of": "sae_circuits.splice",

@@ -141,7 +141,7 @@ def test_attribution_refuses_a_model_it_cannot_freeze(hooked, tokens, monkeypatc
         values = replacement.capture(hooked, tokens[0])
         values.frozen["blocks.0.attn.hook_result"] = values.frozen["blocks.0.attn.hook_pattern"]  # never run
         with pytest.raises(RuntimeError, match=r"never called the hooks \['blocks.0.attn.hook_result'\]"):
-            replacement.frozen_pass(hooked, values, 2)
+            replacement.frozen_pass(hooked, values)
 
 
 def test_unsupported_versions_fail_with_what_was_found(model, monkeypatch):

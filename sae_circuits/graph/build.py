@@ -263,7 +263,12 @@ def build_graph(model: Any, result: AttributionResult, prompt: str | None) -> At
             [row_node[tok.row], row_node[err.row], row_node[features.row], row_node[other_rows]]
         ),
         source=torch.cat(
-            [tok.column, error_base + err.column, node_of_active[features.column], other_node[other_sites]]
+            [
+                tok.column.long(),
+                error_base + err.column.long(),
+                node_of_active[features.column],
+                other_node[other_sites],
+            ]
         ),
         weight=torch.cat(
             [tok.weight, err.weight, features.weight, other_sum[other_rows, other_sites].float()]

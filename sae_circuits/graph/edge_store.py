@@ -1,9 +1,12 @@
 """The edges an attribution keeps, pass by pass, sparse.
 
 Token and error edges are kept one by one. A feature edge is kept one by one unless it is in the
-``edge_tolerance`` tail of its row or, under a node budget, its source is unlikely ever to get a
-row; then it is added to its row's sum for the source's site: that site's "other" node. Nothing
-is dropped, so every row keeps its full input.
+``edge_tolerance`` tail of its row, beyond the row's ``max_edges_per_row`` largest, or, under a
+node budget, its source is unlikely ever to get a row; then it is added to its row's sum for the
+source's site: that site's "other" node. Nothing is dropped, so every row keeps its full input.
+
+Row and column indices are int32 while the run lasts (12 bytes per kept edge, not 20): memory
+grows with the edges kept, and ``max_edges_per_row`` bounds them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from sae_circuits.graph.passes import EdgeBlock
 
 
 class SparseEdges(NamedTuple):
-    """Edges as triplets: ``weight[e]`` from column ``column[e]`` into row ``row[e]``."""
+    """Edges as triplets: ``weight[e]`` from column ``column[e]`` into row ``row[e]`` (indices int32)."""
 
     row: Int[Tensor, " n_edges"]
     column: Int[Tensor, " n_edges"]
@@ -44,7 +47,7 @@ class StoredEdges(NamedTuple):
 
 def _cat(parts: list[SparseEdges]) -> SparseEdges:
     if not parts:
-        empty = torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.int32)
         return SparseEdges(empty, empty, torch.zeros(0))
     return SparseEdges(*(torch.cat([p[i] for p in parts]) for i in range(3)))
 
@@ -56,10 +59,18 @@ class EdgeStore:
         active_site: site of each active feature.
         n_sites: number of dictionary sites.
         edge_tolerance: share of each row's feature mass that may be folded, smallest edges first.
+        max_edges_per_row: most feature edges itemised per row, the largest first (None: no limit).
     """
 
-    def __init__(self, active_site: Int[Tensor, " n_active"], n_sites: int, edge_tolerance: float) -> None:
+    def __init__(
+        self,
+        active_site: Int[Tensor, " n_active"],
+        n_sites: int,
+        edge_tolerance: float,
+        max_edges_per_row: int | None = None,
+    ) -> None:
         self.active_site, self.n_sites, self.tolerance = active_site, n_sites, edge_tolerance
+        self.max_edges_per_row = max_edges_per_row
         self.rows = 0
         self.tokens: list[SparseEdges] = []
         self.errors: list[SparseEdges] = []
@@ -79,7 +90,7 @@ class EdgeStore:
         (None: every source is itemised). ``feature_magnitude``: ``block.features.abs()`` when
         the caller already has it."""
         k = block.tokens.shape[0]
-        row_ids = torch.arange(self.rows, self.rows + k)
+        row_ids = torch.arange(self.rows, self.rows + k, dtype=torch.int32)
         self.rows += k
         self.masses.append(mass)
         features, cols = block.features, block.feature_columns
@@ -89,6 +100,8 @@ class EdgeStore:
             features = self._fold(features, cols, self._small_edges(magnitude), folded)
         if itemised is not None and cols.numel():
             features = self._fold(features, cols, ~itemised[cols].unsqueeze(0), folded, count_missing=True)
+        if self.max_edges_per_row is not None and cols.numel() > self.max_edges_per_row:
+            features = self._fold(features, cols, self._beyond_budget(features), folded)
         self.folded.append(folded)
         for store, dense, columns in (
             (self.tokens, block.tokens, None),
@@ -96,7 +109,14 @@ class EdgeStore:
             (self.features, features, cols),
         ):
             r, c = dense.nonzero(as_tuple=True)
-            store.append(SparseEdges(row_ids[r], c if columns is None else columns[c], dense[r, c]))
+            column = c if columns is None else columns[c]
+            store.append(SparseEdges(row_ids[r], column.to(torch.int32), dense[r, c]))
+
+    def _beyond_budget(self, features: Float[Tensor, "k cols"]) -> Bool[Tensor, "k cols"]:
+        """Each row's feature edges outside its ``max_edges_per_row`` largest (by magnitude)."""
+        assert self.max_edges_per_row is not None
+        top = features.abs().topk(self.max_edges_per_row, dim=1).indices
+        return torch.ones_like(features, dtype=torch.bool).scatter_(1, top, False)
 
     def _small_edges(self, magnitude: Float[Tensor, "k cols"]) -> Bool[Tensor, "k cols"]:
         """Each row's smallest feature edges holding at most ``tolerance`` of its feature mass."""

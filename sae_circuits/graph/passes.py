@@ -1,11 +1,11 @@
 """One batched pass: up to ``batch_size`` rows of the adjacency matrix from one backward pass.
 
-The frozen replacement model (``replacement.py``) has been run forward once over ``batch_size``
-copies of the prompt. Each row injects its target vector into its own copy: a logit row the
-demeaned unembedding direction at the last position of the final residual stream, a feature row
-the feature's encoder direction at its position in its site's input. One ``autograd.grad`` then
-gives, per copy, the gradient at the embedding and at every site output, and the row's edges are
-gradient · vector:
+The frozen replacement model (``replacement.py``) has been run forward once over the prompt
+(or the prefix the rows need). Each row injects its target vector into its own slice of a batched
+seed: a logit row the demeaned unembedding direction at the last position of the final residual
+stream, a feature row the feature's encoder direction at its position in its site's input. One
+batched ``autograd.grad`` then gives, per row, the gradient at the embedding and at every site
+output, and the row's edges are gradient · vector:
 
 - token ``p``: ``grad_embedding[p] · embedding[p]``;
 - error node (site, ``p``): ``grad_site[p] · error[p]``;
@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sae_circuits.graph.replacement import FrozenPass, PromptValues
+from sae_circuits.graph.replacement import FrozenPass, PromptValues, frozen_pass
 from sae_circuits.graph.rows import ActiveFeatures, Row
 from sae_circuits.graph.targets import ResolvedTarget
 
@@ -51,30 +51,66 @@ class EdgeBlock(NamedTuple):
         )
 
 
+def horizon_of(rows: list[Row], n_positions: int) -> int:
+    """How many positions a batch of rows needs: up to the latest row's own (logit rows: all)."""
+    return 1 + max(n_positions - 1 if row.site < 0 else row.position for row in rows)
+
+
+class FrozenPasses:
+    """The frozen forward passes a run's batches need, one per horizon bucket.
+
+    A batch only needs the prefix up to its latest row (the model is causal), so its backward
+    pass runs over that prefix only. Horizons are rounded up to a multiple of ``n / buckets``
+    so that at most ``buckets`` forward passes (one prompt copy each) are made and kept.
+    """
+
+    def __init__(self, model: Any, values: PromptValues, buckets: int = 8) -> None:
+        self.model, self.values = model, values
+        n = values.tokens.numel()
+        self.step = max(1, -(-n // buckets))
+        self.passes: dict[int, FrozenPass] = {}
+
+    def for_rows(self, rows: list[Row]) -> FrozenPass:
+        """The pass (made now if it does not exist yet) covering every row of ``rows``."""
+        n = self.values.tokens.numel()
+        horizon = min(n, -(-horizon_of(rows, n) // self.step) * self.step)
+        if horizon not in self.passes:
+            self.passes[horizon] = frozen_pass(self.model, self.values, horizon)
+        return self.passes[horizon]
+
+    def clear(self) -> None:
+        """Free every pass's autograd graph."""
+        self.passes.clear()
+
+
 def logit_vector(model: Any, target: ResolvedTarget) -> Float[Tensor, " d_model"]:
     """``W_U`` times the (vocabulary-demeaned) logit direction of a token or direction target."""
     w_u = model.W_U  # (d_model, d_vocab)
+    mean = w_u.mean(dim=1, dtype=torch.float32)
     if target.kind == "token":
-        return w_u[:, target.token] - w_u.mean(dim=1)
+        return w_u[:, target.token].float() - mean
     assert target.direction is not None
-    direction = target.direction.to(w_u)
-    return w_u @ direction - w_u.mean(dim=1) * direction.sum()
+    direction = target.direction.to(w_u.device, torch.float32)
+    return (w_u.float() @ direction) - mean * direction.sum()
 
 
 def row_gradients(
     model: Any, pass_: FrozenPass, values: PromptValues, targets: list[ResolvedTarget], rows: list[Row]
 ) -> list[Tensor | None]:
-    """Inject every row's target vector in its own copy of the prompt; one backward pass.
+    """Seed every row's target vector at its own place; one batched vector-Jacobian product.
 
-    Returns the gradient at the embedding, then at each site output (None where none arrives),
-    each ``(batch, pos, ...)``."""
+    The frozen pass holds one copy of the prompt (it is linear in its leaves, so the rows need
+    no copies of their own): the seeds get a leading row dimension and ``autograd.grad`` runs with
+    ``is_grads_batched=True``. Returns the gradient at the embedding, then at each site output
+    (None where none arrives), each ``(rows, horizon, ...)``."""
+    k = len(rows)
     seeds: dict[str, Tensor] = {}
     final_seed = None
     by_site: dict[int, list[tuple[int, int, int]]] = {}
     for b, row in enumerate(rows):
         if row.site < 0:  # a logit target
             if final_seed is None:
-                final_seed = torch.zeros_like(pass_.final)
+                final_seed = pass_.final.new_zeros(k, *pass_.final.shape[1:])
             final_seed[b, -1] = logit_vector(model, targets[row.target]).to(pass_.final.dtype)
         else:
             by_site.setdefault(row.site, []).append((b, row.position, row.index))
@@ -82,7 +118,7 @@ def row_gradients(
         site = values.sites[site_i]
         x = pass_.inputs[site.name]
         copies, positions, indices = (torch.tensor(column) for column in zip(*entries))
-        seed = torch.zeros_like(x)
+        seed = x.new_zeros(k, *x.shape[1:])
         seed[copies, positions] = (
             site.encoder_directions(positions, indices).reshape(-1, *x.shape[2:]).to(x.dtype)
         )
@@ -93,15 +129,15 @@ def row_gradients(
     live = [i for i, o in enumerate(outputs) if o.requires_grad]
     if not live:
         return [None] * len(leaves)
-    return list(
-        torch.autograd.grad(
-            [outputs[i] for i in live],
-            leaves,
-            [grad_outputs[i] for i in live],
-            retain_graph=True,
-            allow_unused=True,
-        )
+    grads = torch.autograd.grad(
+        [outputs[i] for i in live],
+        leaves,
+        [grad_outputs[i].unsqueeze(1) for i in live],  # (rows, 1, horizon, ...): one per row
+        retain_graph=True,
+        allow_unused=True,
+        is_grads_batched=True,
     )
+    return [None if g is None else g.squeeze(1) for g in grads]
 
 
 def edges_from_gradients(
@@ -113,11 +149,11 @@ def edges_from_gradients(
     the block."""
     n = values.tokens.numel()
     k = len(rows)
-    horizon = 1 + max(n - 1 if row.site < 0 else row.position for row in rows)  # nothing reaches later
+    horizon = horizon_of(rows, n)  # nothing reaches a later position
     tokens = torch.zeros(k, n)
     if grads[0] is not None:  # else no path from the embedding to these rows
-        embedding = values.embedding[:horizon].to(grads[0].dtype)
-        tokens[:, :horizon] = (grads[0][:k, :horizon] * embedding).sum(-1).float()
+        embedding = values.embedding[:horizon].float()
+        tokens[:, :horizon] = (grads[0][:k, :horizon].float() * embedding).sum(-1).cpu()
     site_grads = {i: g for i, g in enumerate(grads[1:]) if g is not None}
     live = sorted(site_grads)
     errors: list[Tensor] = []
@@ -126,10 +162,10 @@ def edges_from_gradients(
     feature_columns: list[Tensor] = []
     for i in live:
         site = values.sites[i]
-        g = site_grads[i][:k, :horizon].reshape(k, horizon, -1).to(site.decoded.dtype)
-        errors.append((g * site.error[:horizon]).sum(-1).float())  # (an einsum here would be a slow bmm)
+        g = site_grads[i][:k, :horizon].reshape(k, horizon, -1).float()  # dots in float32
+        errors.append((g * site.error[:horizon]).sum(-1).cpu())  # (an einsum here would be a slow bmm)
         error_columns.append(torch.arange(i * n, i * n + horizon))
-        features.append(site.feature_dots(g).float())
+        features.append(site.feature_dots(g).cpu())  # the edges are kept on the CPU
         feature_columns.append(torch.arange(active.offsets[i], active.offsets[i] + features[-1].shape[1]))
     if not live:
         empty = torch.zeros(0, dtype=torch.long)

@@ -10,12 +10,13 @@ feature's direct effect on the target: exact through attention, first-order thro
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -81,9 +82,9 @@ class SiteValues:
     indices: Int[Tensor, " n_active"]
     activations: Float[Tensor, " n_active"]
     decoded: Float[Tensor, "n_active d_out"]
-    """Each active feature's contribution ``f_i * W_dec[i]`` to the site output (flattened)."""
+    """Each active feature's contribution ``f_i * W_dec[i]`` to the site output (flattened, float32)."""
     error: Float[Tensor, "pos d_out"]
-    """Site output minus the reconstruction (bias included): the error node's vector."""
+    """Site output minus the reconstruction (bias included): the error node's vector (float32)."""
     _padded: tuple[Tensor, Tensor] | None = None
 
     def feature_dots(self, grad: Float[Tensor, "batch horizon d_out"]) -> Float[Tensor, "batch n_before"]:
@@ -97,7 +98,7 @@ class SiteValues:
             counts = torch.bincount(self.positions, minlength=n_pos)
             slots = int(counts.max()) if counts.numel() else 0
             start = torch.cumsum(counts, 0) - counts  # first active index of each position
-            slot = torch.arange(self.positions.numel()) - start[self.positions]
+            slot = torch.arange(self.positions.numel(), device=self.positions.device) - start[self.positions]
             flat = self.positions * slots + slot
             padded = self.decoded.new_zeros(n_pos * slots, self.decoded.shape[-1]).index_copy_(
                 0, flat, self.decoded
@@ -135,7 +136,8 @@ class PromptValues:
     frozen: dict[str, Tensor]
     """Attention patterns and normalisation scales, by hook name."""
     embedding: Float[Tensor, "pos d_model"]
-    """The input to block 0 (token plus positional embedding): the token nodes' vectors."""
+    """The input to block 0 (token plus positional embedding): the token nodes' vectors (the
+    model's dtype: the frozen pass starts from it)."""
     probs: Float[Tensor, " d_vocab"]
     """Next-token probabilities at the last position."""
 
@@ -184,10 +186,11 @@ def _site_values(name: str, sae: SAE, cache: Any) -> SiteValues:
     recons = sae.finish_output(sae.decode_normalized(f), norm, x_in)
     skip = x_in @ sae.W_skip.T if sae.cfg.has_skip else torch.zeros_like(flat_out)
     positions, indices = f.nonzero(as_tuple=True)
-    rows = sae.cfg.arch.decoder_rows(sae, indices)  # W_dec rows, rescaled where the architecture says
-    decoded = f[positions, indices].unsqueeze(-1) * rows
+    # the nodes' vectors in float32 (edges are dot products with them), whatever the dtypes
+    rows = sae.cfg.arch.decoder_rows(sae, indices).float()  # W_dec rows, rescaled as the architecture says
+    decoded = f[positions, indices].float().unsqueeze(-1) * rows
     if norm.scale is not None:
-        decoded = decoded * norm.scale[positions]
+        decoded = decoded * norm.scale[positions].float()
     return SiteValues(
         name=name,
         sae=sae,
@@ -199,16 +202,16 @@ def _site_values(name: str, sae: SAE, cache: Any) -> SiteValues:
         indices=indices,
         activations=f[positions, indices].detach(),
         decoded=decoded.detach(),
-        error=(flat_out - recons).detach(),
+        error=(flat_out.float() - recons.float()).detach(),
     )
 
 
 @dataclass
 class FrozenPass:
-    """One forward pass of the frozen model over ``batch`` copies of the prompt."""
+    """One forward pass of the frozen model over the prompt's first ``horizon`` positions."""
 
     embedding: Tensor
-    """Leaf: the block-0 input (token nodes read their gradient here)."""
+    """Leaf ``(1, horizon, d_model)``: the block-0 input (token nodes read their gradient here)."""
     outputs: dict[str, Tensor]
     """Leaf per site: its output (feature and error nodes read their gradient here)."""
     inputs: dict[str, Tensor]
@@ -216,19 +219,29 @@ class FrozenPass:
     final: Tensor
     """The normalised final residual stream (logit targets inject here)."""
 
+    @property
+    def horizon(self) -> int:
+        """How many positions this pass covers."""
+        return int(self.embedding.shape[1])
 
-def frozen_pass(model: Any, values: PromptValues, batch: int) -> FrozenPass:
-    """Forward ``batch`` copies of the prompt through the frozen replacement model.
 
-    The spliced dictionaries are bypassed (their outputs are leaves); the autograd graph is kept
+def frozen_pass(model: Any, values: PromptValues, horizon: int | None = None) -> FrozenPass:
+    """Forward one copy of the prompt's first ``horizon`` positions (None: all) through the frozen
+    replacement model.
+
+    The model is causal, so a row seeded at or before position ``horizon - 1`` gets the same
+    gradients from this shorter pass. The pass is linear in its leaves, so one forward serves any
+    number of rows: each backward pass is a batched vector-Jacobian product
+    (``autograd.grad(..., is_grads_batched=True)``). The spliced dictionaries are bypassed (their
+    outputs are leaves), MLPs whose output is a leaf are not run, and the autograd graph is kept
     so that many backward passes can reuse it.
     """
-
-    def expand(t: Tensor) -> Tensor:  # a view: the copies share the prompt's memory
-        return t.expand(batch, *t.shape)
-
-    embedding = expand(values.embedding).detach().requires_grad_(True)
-    outputs = {s.name: expand(s.leaf).detach().requires_grad_(True) for s in values.sites}
+    n = values.tokens.numel()
+    horizon = n if horizon is None else horizon
+    if not 1 <= horizon <= n:
+        raise ValueError(f"horizon={horizon!r} must be in [1, {n}]")
+    embedding = values.embedding[None, :horizon].detach().requires_grad_(True)
+    outputs = {s.name: s.leaf[None, :horizon].detach().requires_grad_(True) for s in values.sites}
     inputs: dict[str, Tensor] = {}
     by_output = {s.name: s for s in values.sites}
     taps: dict[str, list[SiteValues]] = {}
@@ -243,8 +256,8 @@ def frozen_pass(model: Any, values: PromptValues, batch: int) -> FrozenPass:
                     inputs[name] = x
                 x = outputs[name]
                 if getattr(hook, "hook_conversion", None) is not None:
-                    # a bridge hook that reshapes (hook_z) views its output afterwards: an
-                    # expanded leaf cannot be viewed, so it gets its own memory there
+                    # a bridge hook that reshapes (hook_z) views its output afterwards: a
+                    # leaf cannot be viewed in place, so it gets its own memory there
                     x = x.contiguous()
                 if site.sae.cfg.has_skip:
                     x = x + _skip(site, inputs[name])
@@ -255,26 +268,23 @@ def frozen_pass(model: Any, values: PromptValues, batch: int) -> FrozenPass:
 
         return hook
 
-    frozen_blocks = {_pattern_block(name) for name in values.frozen}
-    with bypassed(model), _broadcast_attention(model, frozen_blocks) as light:
+    frozen = {name: _prefix(name, value, horizon) for name, value in values.frozen.items()}
+    frozen_blocks = {_pattern_block(name) for name in frozen}
+    with (
+        bypassed(model),
+        _frozen_attention(model, frozen_blocks),
+        _leaf_mlps(model, set(by_output), set(taps)),
+        _frozen_norms(model, set(frozen)),
+    ):
         fired: set[str] = set()
-        hooks = [
-            (
-                name,
-                _constant(
-                    value if _pattern_block(name) in light else value.expand(batch, *value.shape[1:]),
-                    lambda n=name: fired.add(n),
-                ),
-            )
-            for name, value in values.frozen.items()
-        ]
+        hooks = [(name, _constant(value, lambda n=name: fired.add(n))) for name, value in frozen.items()]
         hooks.append(("blocks.0.hook_resid_pre", lambda x, hook: embedding))
         hooks += [(name, at(name)) for name in sorted(set(by_output) | set(taps))]
         last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
         hooks.append((last, _stop_here))
         with model.hooks(fwd_hooks=hooks):
             try:  # the unembedding is never run: logit targets inject at the final LayerNorm
-                model(values.tokens.expand(batch, -1))
+                model(values.tokens[None, :horizon])
                 raise RuntimeError(f"the forward pass never reached {last!r}")
             except _ResidualReached as reached:
                 resid = reached.resid
@@ -287,6 +297,14 @@ def frozen_pass(model: Any, values: PromptValues, batch: int) -> FrozenPass:
             "normalisation compute through their hook points"
         )
     return FrozenPass(embedding, outputs, inputs, final)
+
+
+def _prefix(name: str, value: Tensor, horizon: int) -> Tensor:
+    """A frozen value restricted to the first ``horizon`` positions: patterns are
+    ``(batch, heads, q, k)``, normalisation scales ``(batch, pos, ...)``."""
+    if _pattern_block(name) >= 0:
+        return value[:, :, :horizon, :horizon]
+    return value[:, :horizon]
 
 
 class _ResidualReached(Exception):
@@ -307,20 +325,22 @@ def _pattern_block(hook_name: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-@contextmanager
-def _broadcast_attention(model: Any, blocks: set[int]) -> Iterator[set[int]]:
-    """Let frozen attention patterns stay one ``(1, heads, q, k)`` copy for all prompt copies.
+def _transformer_lens_class(module: str, name: str) -> type[Any] | None:
+    """A HookedTransformer component class (None on TransformerLens 4, which has none)."""
+    try:
+        return cast(
+            type[Any], getattr(importlib.import_module(f"transformer_lens.components.{module}"), name)
+        )
+    except (ImportError, AttributeError):
+        return None
 
-    With patterns frozen, attention scores are never needed (a dummy ``(1, heads, q, k)`` stands in)
-    and ``z = pattern @ v`` broadcasts the pattern over the copies inside one einsum, so neither the
-    forward pass nor autograd holds ``batch x heads x n^2`` tensors (4 GB at 1,024 tokens and 64
-    copies). Yields the blocks patched; attention classes that override these methods are left alone.
-    """
-    abstract: type[Any] | None
-    try:  # HookedTransformer's attention; a bridge wraps the Hugging Face module instead
-        from transformer_lens.components.abstract_attention import AbstractAttention as abstract
-    except ImportError:  # TransformerLens 4 has no HookedTransformer components
-        abstract = None
+
+@contextmanager
+def _frozen_attention(model: Any, blocks: set[int]) -> Iterator[None]:
+    """Skip the attention scores where the pattern is frozen: they are never used, so a dummy
+    ``(1, heads, q, k)`` stands in, and ``z = pattern @ v`` reads the frozen pattern. Attention
+    classes that override these methods (and bridges) are left alone."""
+    abstract = _transformer_lens_class("abstract_attention", "AbstractAttention")
 
     def own(attn: nn.Module, method: str) -> bool:
         return abstract is not None and getattr(type(attn), method, None) is getattr(abstract, method)
@@ -335,9 +355,9 @@ def _broadcast_attention(model: Any, blocks: set[int]) -> Iterator[set[int]]:
                 and own(attn, "calculate_z_scores")
             ):  # only where the pattern really is frozen
                 attn.calculate_attention_scores = partial(_dummy_scores, attn)
-                attn.calculate_z_scores = partial(_broadcast_z, attn)
+                attn.calculate_z_scores = partial(_pattern_z, attn)
                 patched.append(attn)
-        yield {layer for layer, block in enumerate(model.blocks) if block.attn in patched}
+        yield
     finally:
         for attn in patched:
             del attn.calculate_attention_scores, attn.calculate_z_scores
@@ -347,9 +367,107 @@ def _dummy_scores(attn: Any, q: Tensor, k: Tensor) -> Tensor:
     return q.new_zeros(1, attn.cfg.n_heads, q.shape[1], k.shape[1])
 
 
-def _broadcast_z(attn: Any, v: Tensor, pattern: Tensor) -> Tensor:
-    z = torch.einsum("hqk,bkhd->bqhd", pattern[0], v)  # one pattern for every copy
+def _pattern_z(attn: Any, v: Tensor, pattern: Tensor) -> Tensor:
+    z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
     return attn.hook_z(z)
+
+
+@contextmanager
+def _leaf_mlps(model: Any, outputs: set[str], inputs: set[str]) -> Iterator[None]:
+    """Do not run the MLPs whose output the frozen model replaces with a leaf (a transcoder at
+    ``blocks.L.hook_mlp_out``, nothing read inside the MLP): a zero of the right shape stands in
+    for the MLP's output until the leaf replaces it, which saves most of a block's forward.
+    HookedTransformer blocks only; other models run their MLPs as they are."""
+    block_class = _transformer_lens_class("transformer_block", "TransformerBlock")
+    patched: list[nn.Module] = []
+    try:
+        for layer, block in enumerate(model.blocks):
+            inside = f"blocks.{layer}.mlp."
+            if (
+                block_class is not None
+                and isinstance(block, block_class)
+                and f"blocks.{layer}.hook_mlp_out" in outputs
+                and not any(name.startswith(inside) for name in outputs | inputs)
+            ):
+                block.mlp.forward = partial(_zero_mlp, model.cfg.d_model)
+                patched.append(block.mlp)
+        yield
+    finally:
+        for mlp in patched:
+            del mlp.forward
+
+
+class _FrozenNorm(torch.autograd.Function):
+    """``(x - mean(x)) / scale`` (``center=False``: ``x / scale``) with ``scale`` a constant: the
+    normalisation of the frozen model, with a fused backward ``center(grad / scale)`` (autograd's
+    own chain of sub, mean, div and their accumulations costs about twice as many passes over
+    the ``(rows, pos, d)`` gradient). Works under ``vmap`` (batched backward passes)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, scale: Tensor, center: bool) -> Tensor:
+        return ((x - x.mean(-1, keepdim=True)) if center else x) / scale
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _, scale, center = inputs
+        ctx.save_for_backward(scale)
+        ctx.center = center
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (scale,) = ctx.saved_tensors
+        grad = grad / scale
+        return (grad - grad.mean(-1, keepdim=True)) if ctx.center else grad, None, None
+
+
+_NORMS = {  # TransformerLens normalisation class -> (subtracts the mean, affine weight, bias)
+    ("layer_norm", "LayerNorm"): (True, True, True),
+    ("layer_norm_pre", "LayerNormPre"): (True, False, False),
+    ("rms_norm", "RMSNorm"): (False, True, False),
+    ("rms_norm_pre", "RMSNormPre"): (False, False, False),
+}
+
+
+@contextmanager
+def _frozen_norms(model: Any, frozen: set[str]) -> Iterator[None]:
+    """Run HookedTransformer normalisations whose scale is frozen through :class:`_FrozenNorm`.
+
+    Same hooks, same values; only the backward is fused. A normalisation is patched only if it
+    is exactly one of TransformerLens's four classes (a subclass may compute differently)."""
+    classes: dict[type[Any], tuple[bool, bool, bool]] = {}
+    for (file, class_name), spec in _NORMS.items():
+        cls = _transformer_lens_class(file, class_name)
+        if cls is not None:
+            classes[cls] = spec
+    patched: list[nn.Module] = []
+    try:
+        for name, module in model.named_modules():
+            found = classes.get(type(module))
+            if found is not None and f"{name}.hook_scale" in frozen:
+                module.forward = partial(_frozen_norm_forward, module, *found)
+                patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _frozen_norm_forward(norm: Any, center: bool, weight: bool, bias: bool, x: Tensor) -> Tensor:
+    if norm.cfg.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32)
+    scale = norm.hook_scale(x[..., :1])  # the frozen constant replaces this stand-in
+    x = norm.hook_normalized(_FrozenNorm.apply(x, scale, center))
+    if weight:
+        x = x.to(norm.cfg.dtype) * norm.w
+    if bias:
+        x = x + norm.b
+    return x if weight else x.to(norm.cfg.dtype)
+
+
+def _zero_mlp(d_model: int, x: Tensor) -> Tensor:
+    return x.new_zeros(()).expand(*x.shape[:-1], d_model)
 
 
 def _constant(value: Tensor, ran: Any) -> Any:

@@ -61,16 +61,16 @@ class ActiveFeatures:
         for s in sites:
             offsets.append(offsets[-1] + s.positions.numel())
         site = (
-            torch.cat([torch.full_like(s.positions, i) for i, s in enumerate(sites)])
+            torch.cat([torch.full_like(s.positions, i, device="cpu") for i, s in enumerate(sites)])
             if sites
             else torch.zeros(0, dtype=torch.long)
         )
-        return cls(
+        return cls(  # on the CPU, with the scheduling and the kept edges, wherever the model runs
             offsets=offsets,
             site=site,
-            position=torch.cat([s.positions for s in sites]),
-            index=torch.cat([s.indices for s in sites]),
-            value=torch.cat([s.activations for s in sites]).float(),
+            position=torch.cat([s.positions.cpu() for s in sites]),
+            index=torch.cat([s.indices.cpu() for s in sites]),
+            value=torch.cat([s.activations.cpu() for s in sites]).float(),
         )
 
     @property
