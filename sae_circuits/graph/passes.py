@@ -163,9 +163,10 @@ def edges_from_gradients(
     for i in live:
         site = values.sites[i]
         g = site_grads[i][:k, :horizon].reshape(k, horizon, -1).float()  # dots in float32
-        errors.append((g * site.error[:horizon]).sum(-1).cpu())  # (an einsum here would be a slow bmm)
+        feature_dots, error_dots = site.node_dots(g)
+        errors.append(error_dots.cpu())  # the edges are kept on the CPU
         error_columns.append(torch.arange(i * n, i * n + horizon))
-        features.append(site.feature_dots(g).cpu())  # the edges are kept on the CPU
+        features.append(feature_dots.cpu())
         feature_columns.append(torch.arange(active.offsets[i], active.offsets[i] + features[-1].shape[1]))
     if not live:
         empty = torch.zeros(0, dtype=torch.long)

@@ -85,33 +85,29 @@ class SiteValues:
     """Each active feature's contribution ``f_i * W_dec[i]`` to the site output (flattened, float32)."""
     error: Float[Tensor, "pos d_out"]
     """Site output minus the reconstruction (bias included): the error node's vector (float32)."""
-    _padded: tuple[Tensor, Tensor] | None = None
+    _padded: _DotLayout | None = None
 
-    def feature_dots(self, grad: Float[Tensor, "batch horizon d_out"]) -> Float[Tensor, "batch n_before"]:
-        """``out[b, k] = grad[b, positions[k]] · decoded[k]`` for the active features at positions
-        before ``horizon`` (``grad`` may stop there: later positions get no gradient).
+    def node_dots(
+        self, grad: Float[Tensor, "batch horizon d_out"]
+    ) -> tuple[Float[Tensor, "batch n_before"], Float[Tensor, "batch horizon"]]:
+        """The edges a gradient gives this site's nodes: ``features[b, k] = grad[b, positions[k]]
+        · decoded[k]`` for the active features at positions before ``horizon`` (``grad`` may stop
+        there: later positions get no gradient), and ``errors[b, p] = grad[b, p] · error[p]``.
 
-        Features are grouped by position into a padded ``(pos, slots, d_out)`` block, so this is
-        one batched matmul over positions (no gathered ``batch x n_active x d_out`` copy)."""
-        if self._padded is None:
-            n_pos = self.x_in.shape[0]
-            counts = torch.bincount(self.positions, minlength=n_pos)
-            slots = int(counts.max()) if counts.numel() else 0
-            start = torch.cumsum(counts, 0) - counts  # first active index of each position
-            slot = torch.arange(self.positions.numel(), device=self.positions.device) - start[self.positions]
-            flat = self.positions * slots + slot
-            padded = self.decoded.new_zeros(n_pos * slots, self.decoded.shape[-1]).index_copy_(
-                0, flat, self.decoded
-            )
-            self._padded = (
-                padded.view(n_pos, slots, -1).transpose(1, 2).contiguous(),
-                flat,
-            )  # (pos, d_out, slots)
-        padded, flat = self._padded
-        horizon = grad.shape[1]
+        Positions holding at most ``slots`` features are grouped into a padded ``(pos, d_out,
+        slots + 1)`` block (the error vector in the last slot), so most of the work is one batched
+        matmul over positions; the few positions with many more features (a BOS token often has
+        ten times the usual count) get a matmul of their own instead of widening every slot."""
+        layout = self._padded = self._padded or _DotLayout.of(self)
+        horizon, slots = grad.shape[1], layout.slots
         before = int(torch.searchsorted(self.positions, horizon))  # features are sorted by position
-        dots = torch.bmm(grad.transpose(0, 1), padded[:horizon])  # (horizon, batch, slots)
-        return dots.transpose(0, 1).reshape(grad.shape[0], -1)[:, flat[:before]]
+        dots = torch.bmm(grad.transpose(0, 1), layout.padded[:horizon])  # (horizon, batch, slots + 1)
+        errors = dots[:, :, slots].transpose(0, 1)
+        features = dots[:, :, :slots].transpose(0, 1).reshape(grad.shape[0], -1)[:, layout.flat[:before]]
+        for position, first, last in layout.heavy:
+            if position < horizon:
+                features[:, first:last] = grad[:, position] @ self.decoded[first:last].T
+        return features, errors
 
     def encoder_directions(self, positions: Tensor, indices: Tensor) -> Float[Tensor, "k d_in"]:
         """d(pre-activation of feature ``indices`` at ``positions``)/d(input), with the
@@ -125,6 +121,38 @@ class SiteValues:
             std = (x - x.mean(-1, keepdim=True)).std(dim=-1, keepdim=True)
             weights = (weights - weights.mean(-1, keepdim=True)) / (std + 1e-5)
         return weights.detach()
+
+
+@dataclass
+class _DotLayout:
+    """How :meth:`SiteValues.node_dots` lays out a site's node vectors (see there)."""
+
+    padded: Tensor
+    """``(pos, d_out, slots + 1)``: each light position's decoded vectors, then its error vector."""
+    flat: Tensor
+    """Per active feature: its column in the flattened ``(pos, slots)`` dots (0 for heavy ones)."""
+    slots: int
+    heavy: list[tuple[int, int, int]]
+    """``(position, first, last)``: positions with too many features to pad, and their range."""
+
+    @classmethod
+    def of(cls, site: SiteValues) -> _DotLayout:
+        n_pos, d_out = site.error.shape
+        positions, decoded = site.positions, site.decoded
+        counts = torch.bincount(positions, minlength=n_pos)
+        # pad to 2x the typical count; positions beyond that are "heavy" and computed apart
+        slots = int(min(int(counts.max()) if counts.numel() else 0, 2 * max(1, int(counts.float().median()))))
+        start = torch.cumsum(counts, 0) - counts  # first active index of each position
+        slot = torch.arange(positions.numel(), device=positions.device) - start[positions]
+        light = slot < slots
+        flat = torch.where(light, positions * slots + slot, 0)
+        padded = decoded.new_zeros(n_pos * slots, d_out).index_copy_(0, flat[light], decoded[light])
+        padded = torch.cat([padded.view(n_pos, slots, d_out), site.error.unsqueeze(1).to(decoded)], 1)
+        heavy = [
+            (p, int(start[p]), int(start[p] + counts[p]))
+            for p in (counts > slots).nonzero().squeeze(-1).tolist()
+        ]
+        return cls(padded.transpose(1, 2).contiguous(), flat, slots, heavy)
 
 
 @dataclass

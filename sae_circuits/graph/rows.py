@@ -5,11 +5,16 @@ expanded. The sources of every row are the prompt's *active features*, numbered 
 (:class:`ActiveFeatures`); the tokens and error nodes need no numbering of their own.
 
 Targets come first. Features follow greedily (:class:`RowScheduler`): each computed row pushes
-influence to its sources (its normalised absolute edges times its own weight), and the next batch
-is the features with the highest influence so far, all from one site so that the backward pass
-starts there. Without a budget every feature with a nonzero influence gets a row, earliest
+influence to its sources (its normalised absolute edges times its own weight), and the next
+features are those with the highest influence so far, all from one site so that the backward
+pass starts there. Without a budget every feature with a nonzero influence gets a row, earliest
 positions first; under ``max_feature_nodes`` only the most influential ones do, and only they and
 the likeliest next ones keep their edges itemised (:meth:`RowScheduler.itemised`).
+
+Under a budget the features are chosen a *window* of ``WINDOW_BATCHES`` batches at a time (the
+ranking is refreshed between windows, as circuit-tracer refreshes it every few batches), and a
+window's batches are cut in position order: a batch's backward pass only runs up to its latest
+row's position, so batches of early features are cheap.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from sae_circuits.graph.targets import ResolvedTarget
 from sae_circuits.positions import is_int
 
 _CANDIDATES_PER_NODE = 8  # under a budget, itemise edges to the top 8 x budget unexpanded features
+WINDOW_BATCHES = 4  # under a budget, features are chosen this many batches at a time
 
 
 @dataclass
@@ -160,6 +166,7 @@ class RowScheduler:
         self.visited[torch.tensor(already, dtype=torch.long)] = True
         self.score = torch.zeros(active.count, dtype=torch.float64)
         self.expanded = 0  # feature rows handed out so far
+        self.pending: list[int] = []  # the current window's features, in position order
         # Under a budget, only features with a row or likely to get one keep itemised edges; the
         # rest go to "other" straight away (memory).
         self.candidates = (
@@ -188,7 +195,28 @@ class RowScheduler:
     def next_feature_rows(self) -> list[Row]:
         """The next batch of features to expand (empty when done): the best unexpanded features
         of one site."""
-        room = self.batch if self.budget is None else min(self.batch, self.budget - self.expanded)
+        if not self.pending:
+            self.pending = self._next_window()
+        chosen = torch.tensor(self.pending[: self.batch], dtype=torch.long)
+        del self.pending[: self.batch]
+        if not chosen.numel():
+            return []
+        a = self.active
+        return [
+            Row(w, active=i, site=site, position=pos, index=index)
+            for i, w, site, pos, index in zip(
+                chosen.tolist(), self.score[chosen].tolist(), a.site[chosen].tolist(),
+                a.position[chosen].tolist(), a.index[chosen].tolist(),
+            )
+        ]  # fmt: skip
+
+    def _next_window(self) -> list[int]:
+        """Active ids of the next features to expand, marked visited, in position order."""
+        room = (
+            self.batch
+            if self.budget is None
+            else min(self.batch * WINDOW_BATCHES, self.budget - self.expanded)
+        )
         candidates = (~self.visited) & (self.score > 0)
         if room <= 0 or not bool(candidates.any()):
             return []
@@ -201,17 +229,11 @@ class RowScheduler:
         if self.budget is None:  # every candidate gets a row: take the earliest positions, so the
             # pass's gradient stops early (active ids run in position order within a site)
             chosen = candidates.nonzero().squeeze(-1)[:count]
-        else:
-            chosen = torch.where(candidates, self.score, -1.0).topk(count).indices
+        else:  # the most influential, cut into batches in position order (ids are in position order)
+            chosen = torch.where(candidates, self.score, -1.0).topk(count).indices.sort().values
         self.visited[chosen] = True
         self.expanded += len(chosen)
-        return [
-            Row(w, active=i, site=site, position=pos, index=index)
-            for i, w, site, pos, index in zip(
-                chosen.tolist(), self.score[chosen].tolist(), a.site[chosen].tolist(),
-                a.position[chosen].tolist(), a.index[chosen].tolist(),
-            )
-        ]  # fmt: skip
+        return chosen.tolist()
 
     def itemised(self) -> Bool[Tensor, " n_active"] | None:
         """Features whose edges are kept one by one (None: all of them): under a budget, those
