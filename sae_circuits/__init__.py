@@ -12,10 +12,11 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from sae_circuits import architectures, formats, interventions, writers, zoo
+    from sae_circuits import architectures, distributed, formats, interventions, writers, zoo
     from sae_circuits._compat import KVCacheNotFilledError, UnsupportedVersionError
     from sae_circuits.baselines import random_like
     from sae_circuits.dashboard import feature_dashboard, write_dashboard
+    from sae_circuits.distributed import attribute_prompts, sharded_automaton
     from sae_circuits.evals import EvalResult, evaluate
     from sae_circuits.formats import load_pretrained
     from sae_circuits.fsa import FeatureAutomaton, Loop, check_pairs, score_automaton, score_loops
@@ -48,9 +49,11 @@ __all__ = [
     "add",
     "architectures",
     "attribute",
+    "attribute_prompts",
     "automaton",
     "check_pairs",
     "clamp",
+    "distributed",
     "evaluate",
     "feature_dashboard",
     "formats",
@@ -64,6 +67,7 @@ __all__ = [
     "scale",
     "score_automaton",
     "score_loops",
+    "sharded_automaton",
     "splice",
     "spliced",
     "steer",
@@ -76,7 +80,7 @@ __all__ = [
 ]
 
 # public name -> the module that defines it (a name in _MODULES is that module itself)
-_MODULES = ("architectures", "formats", "interventions", "writers", "zoo")
+_MODULES = ("architectures", "distributed", "formats", "interventions", "writers", "zoo")
 _SOURCES = {
     "zoo": "sae_circuits.zoo",
     "architectures": "sae_circuits.architectures",
@@ -86,6 +90,9 @@ _SOURCES = {
     "interventions": "sae_circuits.interventions",
     "KVCacheNotFilledError": "sae_circuits._compat",
     "UnsupportedVersionError": "sae_circuits._compat",
+    "distributed": "sae_circuits.distributed",
+    "attribute_prompts": "sae_circuits.distributed",
+    "sharded_automaton": "sae_circuits.distributed",
     "feature_dashboard": "sae_circuits.dashboard",
     "write_dashboard": "sae_circuits.dashboard",
     "EvalResult": "sae_circuits.evals",

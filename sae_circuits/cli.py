@@ -18,6 +18,21 @@ if TYPE_CHECKING:  # torch is imported lazily: the CLI starts fast
     from torch import Tensor
 
 
+def _node_budget(text: str) -> int | None:
+    """``--max-feature-nodes``: a count >= 0, or ``all`` (no budget)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a node count (an integer >= 0, or 'all')"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a node count (an integer >= 0, or 'all')")
+    return value
+
+
 def _int_at_least(low: int) -> Callable[[str], int]:
     """An argparse ``type``: an integer >= ``low``."""
 
@@ -199,6 +214,8 @@ def _graph_out(out: str, slug: str | None, prompt: str) -> Path:
 
 
 def _write_attribution_graph(args: argparse.Namespace) -> int:
+    if args.prompts is not None:
+        return _write_attribution_graphs(args)
 
     from sae_circuits.graph import attribute
     from sae_circuits.graph.influence import NodeKind
@@ -245,6 +262,57 @@ def _write_attribution_graph(args: argparse.Namespace) -> int:
               f"influence {float(influence[node]):.3f}")  # fmt: skip
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _prompt_lines(path: str) -> list[str]:
+    """``--prompts``: one prompt a line, escapes interpreted, blank lines skipped."""
+    from pathlib import Path
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--prompts {path!r}: cannot read it ({err})") from None
+    prompts = [unescape_prompt(line) for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts {path!r}: no prompt in it (one a line)")
+    return prompts
+
+
+def _write_attribution_graphs(args: argparse.Namespace) -> int:
+    """``graph --prompts FILE --out DIR``: every prompt's graph, shared out over the ranks of a
+    ``torchrun`` launch (one process without it)."""
+    from pathlib import Path
+
+    from sae_circuits.distributed import attribute_prompts, process_group_from_env
+    from sae_circuits.splice import splice
+
+    for option, given in (("--slug", args.slug is not None), ("--html", args.html)):
+        if given:
+            raise ValueError(f"{option}: not with --prompts (each graph is graph-NNNNN.json in --out)")
+    out = Path(args.out)
+    if out.suffix.lower() in (".json", ".html", ".graphml", ".dot", ".csv"):
+        raise ValueError(f"--out {args.out!r}: with --prompts, --out is a folder, not a file")
+    _check_writable(out / "graph-00000.json", "--out")
+    for name in ("node_threshold", "edge_threshold"):
+        value = getattr(args, name)
+        if not 0 < value <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be in (0, 1]")
+    prompts = _prompt_lines(args.prompts)
+    targets = [int(t) if t.isdigit() else t for t in args.target] if args.target else None
+    thresholds = (None, None) if args.no_prune else (args.node_threshold, args.edge_threshold)
+    with process_group_from_env() as where:
+        model = _load_model(args.model)
+        splice(model, _dictionaries(args.model, args.sae, args.dictionaries, "--sae"))
+        done = attribute_prompts(
+            model, prompts, out, targets=targets, batch_size=args.batch_size,
+            max_feature_nodes=args.max_feature_nodes, prepend_bos=args.prepend_bos, zero_bos=args.zero_bos,
+            node_threshold=thresholds[0], edge_threshold=thresholds[1],
+        )  # fmt: skip
+    print(f"rank {where.rank} of {where.world_size}: {len(done.computed)} graphs computed, "
+          f"{len(done.skipped)} already there")  # fmt: skip
+    if done.manifest is not None:
+        print(f"wrote {len(done.files)} graphs to {out}, listed in {done.manifest}")
     return 0
 
 
@@ -401,6 +469,12 @@ def _add_graph_command(sub: Any, writers: Any) -> None:
         "(\\n newline, \\t tab, \\\\ backslash, \\xHH, \\uHHHH)",
     )
     which.add_argument("--prompt-file", help="read the prompt from this UTF-8 file, as it is (no escapes)")
+    which.add_argument(
+        "--prompts",
+        help="many prompts: a UTF-8 file, one prompt a line (escapes as in --prompt; blank lines "
+        "skipped); --out is then a folder of graph-00000.json ... with graph-metadata.json and "
+        "manifest.json; under torchrun the prompts are shared out over the ranks (docs/scale.md)",
+    )
     gr.add_argument(
         "--out",
         required=True,
@@ -430,7 +504,10 @@ def _add_graph_command(sub: Any, writers: Any) -> None:
     )
     gr.add_argument("--no-prune", action="store_true", help="save the full graph")
     gr.add_argument(
-        "--max-feature-nodes", type=int, default=None, help="most features to expand (default: all)"
+        "--max-feature-nodes",
+        type=_node_budget,
+        default=7500,
+        help="most features to expand (default 7500, as circuit-tracer; 'all': every one)",
     )
     gr.add_argument("--batch-size", type=int, default=64, help="target rows per backward pass (default 64)")
     gr.add_argument(

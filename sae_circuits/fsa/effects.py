@@ -40,7 +40,8 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from sae_circuits._shard_map import map_items
 
 _CHUNK = 2048  # single-token rows per forward
 EffectKind = Literal["both", "remove", "pin"]
@@ -156,11 +157,7 @@ def next_token_effects(
     zero_r, zero_f, zero_v = torch.cat(zero_rows), torch.cat(zero_features), torch.cat(zero_values)
     site_of = torch.bucketize(zero_f, offsets, right=True) - 1
 
-    removed = []
-    for start in tqdm(
-        range(0, rows.numel(), _CHUNK), desc="token effects", disable=not progress, leave=False
-    ):
-        chunk = slice(start, start + _CHUNK)
+    def chunk_probs(start: int) -> Tensor:
         in_chunk = (zero_r >= start) & (zero_r < start + _CHUNK)
         edits = {
             f"{site}.hook_sae_acts_post": (
@@ -170,8 +167,11 @@ def next_token_effects(
             )
             for k, site in enumerate(corpus.sites)
         }
-        removed.append(_single_positions(model, corpus, cached, rows[chunk], names, edits, pins is not None))
-    ablated = torch.cat(removed)
+        chunk = rows[start : start + _CHUNK]
+        return _single_positions(model, corpus, cached, chunk, names, edits, pins is not None)
+
+    # one chunk per item: shared out over ranks when sharded (_shard_map)
+    ablated = torch.cat(map_items(chunk_probs, range(0, rows.numel(), _CHUNK), "token effects", progress))
     diff = corpus.next_probs[rows] - ablated
     if pins is not None:
         diff = -diff
@@ -181,13 +181,14 @@ def next_token_effects(
 
 def _cache(model: Any, corpus: Any, names: list[str], n_texts: int) -> dict[str, Tensor]:
     """The frozen inputs at every text position of the first ``n_texts`` texts, concatenated."""
-    parts: dict[str, list[Tensor]] = {n: [] for n in names}
-    with torch.no_grad():
-        for row in corpus.rows[:n_texts]:
-            _, cache = model.run_with_cache(row.unsqueeze(0), names_filter=lambda n: n in parts)
-            for n in names:
-                parts[n].append(cache[n][0, corpus.offset :])
-    return {n: torch.cat(v) for n, v in parts.items()}
+
+    def frozen(row: Tensor) -> list[Tensor]:
+        _, cache = model.run_with_cache(row.unsqueeze(0), names_filter=lambda n: n in names)
+        return [cache[n][0, corpus.offset :] for n in names]
+
+    with torch.no_grad():  # one text per item: shared out over ranks when sharded (_shard_map)
+        per_text = map_items(frozen, corpus.rows[:n_texts])
+    return {n: torch.cat([values[i] for values in per_text]) for i, n in enumerate(names)}
 
 
 def _single_positions(

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sae_circuits._model import check_model
+from sae_circuits._shard_map import map_items
 from sae_circuits._tokenize import resolve_bos, token_row
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.fsa.effects import EffectKind, frozen_inputs, promoted_tokens
@@ -64,21 +64,18 @@ class _Corpus:
         saes = saes_of(model)
         self.sites = sorted(saes, key=stage_of)
         self.saes = [saes[s] for s in self.sites]
-        names = {f"{s}.hook_sae_acts_post": i for i, s in enumerate(self.sites)}
-        token_ids, feature_ids, values, probs = [], [], [], []
         self.vocab = torch.unique(self.tokens)
+        token_ids, feature_ids, values, probs = [], [], [], []
         start = 0
-        with torch.no_grad():
-            for row in tqdm(self.rows, desc="activations", unit="text", disable=not progress, leave=False):
-                logits, cache = model.run_with_cache(row.unsqueeze(0), names_filter=lambda n: n in names)
-                probs.append(logits[0, self.offset :].double().softmax(-1)[:, self.vocab])
-                for name, site in names.items():
-                    acts = cache[name][0, self.offset :].float()
-                    pos, idx = acts.nonzero(as_tuple=True)
-                    token_ids.append(pos + start)
-                    feature_ids.append(idx + self.feature_offset(site))
-                    values.append(acts[pos, idx])
-                start += row.numel() - self.offset
+        with torch.no_grad():  # one text per item: shared out over ranks when sharded (_shard_map)
+            per_text = map_items(self._activations, self.rows, "activations", progress)
+        for row, (text_probs, sparse) in zip(self.rows, per_text):
+            probs.append(text_probs)
+            for pos, idx, acts in sparse:
+                token_ids.append(pos + start)
+                feature_ids.append(idx)
+                values.append(acts)
+            start += row.numel() - self.offset
         # the sparse activations and probabilities live on the CPU, whatever the model's device
         self.token_ids, self.feature_ids, self.values = (
             torch.cat(token_ids).cpu(),
@@ -86,6 +83,19 @@ class _Corpus:
             torch.cat(values).cpu(),
         )
         self.next_probs = torch.cat(probs).cpu()  # (tokens, vocab): the model's next-token probabilities
+
+    def _activations(self, row: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+        """One text's next-token probabilities (corpus vocabulary) and, per site, its sparse
+        activations: (text position, global feature id, value), on the CPU."""
+        names = {f"{s}.hook_sae_acts_post": i for i, s in enumerate(self.sites)}
+        logits, cache = self.model.run_with_cache(row.unsqueeze(0), names_filter=lambda n: n in names)
+        probs = logits[0, self.offset :].double().softmax(-1)[:, self.vocab.to(logits.device)]
+        sparse = []
+        for name, site in names.items():
+            acts = cache[name][0, self.offset :].float()
+            pos, idx = acts.nonzero(as_tuple=True)
+            sparse.append((pos.cpu(), (idx + self.feature_offset(site)).cpu(), acts[pos, idx].cpu()))
+        return probs.cpu(), sparse
 
     def values_of(self, feature: int) -> Tensor:
         """The activations of one (global) feature where it fires."""
@@ -354,13 +364,8 @@ def _attention_weights(
     mass = torch.zeros(n_states, dtype=torch.float64)
     starts = torch.cat([torch.zeros(1, dtype=torch.long), corpus.lengths.cumsum(0)])
     generator = torch.Generator().manual_seed(seed)
-    for text in tqdm(
-        range(min(n_contexts, len(corpus.rows))),
-        desc="attention transitions",
-        unit="text",
-        disable=not progress,
-        leave=False,
-    ):
+    plans = []  # (text, targets, their global ids): the sampling, in text order, before any model run
+    for text in range(min(n_contexts, len(corpus.rows))):
         lo, hi = int(starts[text]), int(starts[text + 1])
         in_text = (
             (
@@ -379,25 +384,29 @@ def _attention_weights(
             occurrences.append((site, token - lo + corpus.offset, index, feature))
         occurrences.sort()  # by site, then position: a backward pass then starts from one site
         targets = [Feature(corpus.sites[site], pos, index) for site, pos, index, _ in occurrences]
-        target_ids = [feature for *_, feature in occurrences]
-        if not targets:
-            continue
+        if targets:
+            plans.append((text, targets, [feature for *_, feature in occurrences]))
+    source_start = torch.tensor([corpus.feature_offset(int(s)) for s in range(len(corpus.sites))])
+
+    def inputs_from_previous(plan: tuple[int, list[Feature], list[int]]) -> tuple[Tensor, ...]:
+        """A text's attribution rows, reduced to each row's mass and its positive edges from t-1
+        (row, source's global id, weight): all the sums below need, on the CPU."""
+        text, targets, _ = plan
         rows = direct_effects(model, corpus.rows[text], targets, batch_size=batch_size)
-        source_pos = rows.active_pos[rows.source] - corpus.offset  # text position of each source
-        target_pos = torch.tensor([t.position - corpus.offset for t in targets])[rows.row]
-        previous = (source_pos == target_pos - 1) & (rows.weight > 0)
-        source_global = (
-            torch.tensor([corpus.feature_offset(int(s)) for s in range(len(corpus.sites))])[
-                rows.active_site[rows.source]
-            ]
-            + rows.active_index[rows.source]
-        )
+        source, row, weight = rows.source.cpu(), rows.row.cpu(), rows.weight.cpu()
+        source_pos = rows.active_pos.cpu()[source] - corpus.offset  # text position of each source
+        target_pos = torch.tensor([t.position - corpus.offset for t in targets])[row]
+        previous = (source_pos == target_pos - 1) & (weight > 0)
+        source_global = source_start[rows.active_site.cpu()[source]] + rows.active_index.cpu()[source]
+        return rows.mass.cpu(), row[previous], source_global[previous], weight[previous]
+
+    # one text per item (shared out over ranks when sharded), summed here in text order
+    per_text = map_items(inputs_from_previous, plans, "attention transitions", progress)
+    for (_, _, target_ids), (row_mass, row, source, weight) in zip(plans, per_text):
         for r, feature in enumerate(target_ids):
             for b in state_of[feature]:
-                mass[b] += float(rows.mass[r])
-        for r, src, w in zip(
-            rows.row[previous].tolist(), source_global[previous].tolist(), rows.weight[previous].tolist()
-        ):
+                mass[b] += float(row_mass[r])
+        for r, src, w in zip(row.tolist(), source.tolist(), weight.tolist()):
             for a in state_of.get(src, []):
                 for b in state_of[target_ids[r]]:
                     inflow[a, b] += w
