@@ -99,9 +99,7 @@ def full_graph() -> dict:
             Row(1.0, active=i, site=site, position=int(a.position[i]), index=int(a.index[i]))
             for i in range(a.offsets[site], a.offsets[site] + 64)
         ]
-        _, backward_s = timed(
-            lambda: row_gradients(model, pass_, run.values, run.targets, rows), repeats=5
-        )
+        _, backward_s = timed(lambda: row_gradients(model, pass_, run.values, run.targets, rows), repeats=5)
         _, pass_s = timed(lambda: _compute_rows(run, rows), repeats=5)
     n_rows = (graph.kind == NodeKind.TARGET).sum() + graph.metadata["n_expanded_features"]
     passes = math.ceil(int((graph.kind == NodeKind.TARGET).sum()) / 64) + math.ceil(

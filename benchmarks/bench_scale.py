@@ -182,15 +182,13 @@ def report(after: list[dict], before: dict[int, dict], ref: str) -> str:
     ]
     for r in after:
         b = before.get(r["tokens"])
-        lines.append(
-            f"| {r['tokens']} | {r['seconds']:.1f} s | {b['seconds']:.1f} s | **{b['seconds'] / r['seconds']:.1f}x** "
-            if b
-            else f"| {r['tokens']} | {r['seconds']:.1f} s | not run | | "
-        )
+        time_before = f"{b['seconds']:.1f} s" if b else "not run"
+        speed_up = f"**{b['seconds'] / r['seconds']:.1f}x**" if b else ""
         rss_before = f"{b['rss_gb']:.2f} GB" if b else ""
-        lines[-1] += (
-            f"| {r['rss_gb']:.2f} GB | {rss_before} | {r['passes']} | {r['floor_s']:.1f} s "
-            f"| **{r['seconds'] / r['floor_s']:.2f}** | {r['active']:,} | {r['edges']:,} |"
+        lines.append(
+            f"| {r['tokens']} | {r['seconds']:.1f} s | {time_before} | {speed_up} | {r['rss_gb']:.2f} GB | "
+            f"{rss_before} | {r['passes']} | {r['floor_s']:.1f} s | **{r['seconds'] / r['floor_s']:.2f}** | "
+            f"{r['active']:,} | {r['edges']:,} |"
         )
     lines += ["", "Where the time went (the library's INFO log, per run):", ""]
     lines += [f"- {r['tokens']} tokens: {r['where']} (matmul rate {r['gflops']:.0f} GFLOP/s)" for r in after]

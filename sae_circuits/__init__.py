@@ -27,13 +27,22 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from sae_circuits.placement import place
     from sae_circuits.sae import SAE, SAEConfig
     from sae_circuits.splice import saes_of, splice, spliced, unsplice
-    from sae_circuits.train import TrainConfig, train_sae, train_transcoder
+    from sae_circuits.train import (
+        CachedActivations,
+        TrainConfig,
+        cache_activations,
+        train_distributed,
+        train_from_cache,
+        train_sae,
+        train_transcoder,
+    )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SAE",
     "AttributionGraph",
+    "CachedActivations",
     "EvalResult",
     "Feature",
     "FeatureAutomaton",
@@ -51,6 +60,7 @@ __all__ = [
     "attribute",
     "attribute_prompts",
     "automaton",
+    "cache_activations",
     "check_pairs",
     "clamp",
     "distributed",
@@ -71,6 +81,8 @@ __all__ = [
     "splice",
     "spliced",
     "steer",
+    "train_distributed",
+    "train_from_cache",
     "train_sae",
     "train_transcoder",
     "unsplice",
@@ -125,6 +137,10 @@ _SOURCES = {
     "spliced": "sae_circuits.splice",
     "unsplice": "sae_circuits.splice",
     "TrainConfig": "sae_circuits.train",
+    "CachedActivations": "sae_circuits.train",
+    "cache_activations": "sae_circuits.train",
+    "train_distributed": "sae_circuits.train",
+    "train_from_cache": "sae_circuits.train",
     "train_sae": "sae_circuits.train",
     "train_transcoder": "sae_circuits.train",
 }

@@ -45,13 +45,18 @@ class BatchTopK(Architecture):
         # slower); exact unless one token holds more than 4k of the batch's top entries.
         cap = min(h.shape[-1], 4 * k)
         row_values, row_features = h.relu().topk(cap, dim=-1)
-        values, picked = row_values.flatten().topk(min(k * h.shape[0], row_values.numel()))
+        keep = min(k * h.shape[0], row_values.numel())
+        if dictionary.distributed:  # the top k * batch of the global batch, over every rank
+            values, picked, selected = _global_selection(row_values.flatten(), keep)
+        else:
+            selected, picked = row_values.flatten().topk(keep)
+            picked, order = picked.sort()  # group the entries token by token
+            values = selected[order]
         if dictionary.training:
-            _update_threshold(dictionary.get_buffer("batch_threshold"), values)
-        picked, order = picked.sort()  # group the entries token by token
+            _update_threshold(dictionary.get_buffer("batch_threshold"), selected)
         rows = picked // cap
         offsets = torch.searchsorted(rows, torch.arange(h.shape[0], device=h.device))
-        return SparseCode(values[order], row_features.flatten()[picked], offsets, h.shape[-1])
+        return SparseCode(values, row_features.flatten()[picked], offsets, h.shape[-1])
 
     def sparsity_loss(
         self, trainer: SAETrainer, h: Tensor, f: Tensor | SparseCode | None, residual: Tensor
@@ -62,6 +67,20 @@ class BatchTopK(Architecture):
     def export_training(self, dictionary: TrainableDictionary, sae: SAE) -> None:
         """The running threshold becomes every feature's JumpReLU threshold."""
         sae.threshold.fill_(max(float(dictionary.get_buffer("batch_threshold")), 0.0))
+
+
+def _global_selection(candidates: Tensor, keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(values, positions, selected)``: this rank's entries among the ``keep * world`` largest
+    ``candidates`` of all ranks (positions sorted), and all those largest values (the same on
+    every rank). Each rank sends its own top ``keep * world``, which holds every entry of its own
+    that can be in the global top. Ties at the threshold may keep a few extra entries."""
+    from sae_circuits.train import _ranks
+
+    world = _ranks.world_size(True)
+    local = candidates.topk(min(keep * world, candidates.numel())).values
+    selected = _ranks.all_gather_cat(local, True).topk(keep * world).values
+    picked = (candidates >= selected[-1]).nonzero().squeeze(-1)
+    return candidates[picked], picked, selected
 
 
 @torch.no_grad()

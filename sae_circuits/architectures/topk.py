@@ -122,4 +122,5 @@ def aux_k_loss(trainer: SAETrainer, h: Tensor, residual: Tensor) -> Tensor:
         f_aux.features, W_dec, f_aux.offsets, mode="sum", per_sample_weights=f_aux.values
     )
     error = (reconstruction - residual).pow(2).sum(-1).mean()
-    return error / residual.pow(2).sum(-1).mean().clamp_min(1e-8) * residual.shape[-1]
+    energy = trainer.global_mean(residual.pow(2).sum(-1).mean())  # the whole batch's, over every rank
+    return error / energy.clamp_min(1e-8) * residual.shape[-1]

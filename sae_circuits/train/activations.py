@@ -3,16 +3,16 @@
 The model runs only up to the last layer needed (``stop_at_layer``). Activations are held in
 memory: a buffer of ``buffer_tokens`` rows is filled, shuffled, and half of it is served as
 batches before the served half is refilled, so batches mix many contexts. Memory is
-``buffer_tokens * (d_in + d_out) * 4`` bytes (64k tokens of width 128: 64 MB). For runs beyond
-memory the same interface can be backed by activations cached to disk (e.g. safetensors shards
-read in shuffled order); nothing in the trainer depends on where batches come from.
+``buffer_tokens * (d_in + d_out) * 4`` bytes (64k tokens of width 128: 64 MB). The trainer asks
+only for the :class:`ActivationSource` interface, so the same loop trains from activations cached
+to disk (:class:`~sae_circuits.train.activation_cache.CachedActivations`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -20,6 +20,24 @@ from torch import Tensor, nn
 
 ActivationBatch = dict[str, Float[Tensor, "batch d"]]
 """Hook name -> activations of the same ``batch`` tokens (one row per token)."""
+
+
+class ActivationSource(Protocol):
+    """What a trainer reads activations from: :class:`ActivationStore` (a model's forward) or
+    :class:`~sae_circuits.train.activation_cache.CachedActivations` (shards on disk)."""
+
+    hook_names: list[str]
+    """The hooks every batch holds, sorted."""
+    batch_size: int
+    """Rows per batch served by ``__iter__`` (this rank's share of the global batch)."""
+
+    def sample(self, n: int) -> ActivationBatch:
+        """``n`` activations for initialisation statistics, the same on every call (and rank)."""
+        ...
+
+    def __iter__(self) -> Iterator[ActivationBatch]:
+        """Shuffled training batches, without end."""
+        ...
 
 
 def stop_layer(*hook_names: str) -> int | None:

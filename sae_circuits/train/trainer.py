@@ -8,13 +8,21 @@ weights; AuxK for dead features of TopK/BatchTopK; linear warm-up, a linear deca
 part of training, gradient clipping. The loop is :meth:`SAETrainer.step`, read top to bottom.
 What differs per architecture (activation, sparsity loss, extra parameters, the saved name) is
 asked of :mod:`sae_circuits.architectures`.
+
+Activations come from any :class:`~sae_circuits.train.activations.ActivationSource`: a model's
+forward (:func:`train_dictionaries`) or a cache on disk (:func:`train_from_cache`). With
+``distributed=True`` (:mod:`sae_circuits.train.distributed`) every rank steps on its share of the
+global batch and the trainer averages the gradients and sums the batch statistics over the ranks,
+so that the ranks together take the step one process takes on the whole batch.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +34,12 @@ from sae_circuits import architectures
 from sae_circuits.architectures import SparseCode
 from sae_circuits.architectures.topk import aux_k_loss
 from sae_circuits.sae import SAE, SAEConfig
-from sae_circuits.train.activations import ActivationBatch, ActivationStore
+from sae_circuits.train import _ranks
+from sae_circuits.train.activations import ActivationBatch, ActivationSource, ActivationStore
 from sae_circuits.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from sae_circuits.train.activation_cache import Fingerprint
 
 
 @torch.no_grad()
@@ -52,6 +64,9 @@ class TrainableDictionary(nn.Module):
     from :mod:`sae_circuits.architectures`) adds its own (``log_threshold`` for JumpReLU,
     ``batch_threshold`` for BatchTopK) and supplies the activation and sparsity loss.
     """
+
+    distributed: bool = False
+    """Whether batch-level choices (BatchTopK's selection) are made over every rank's rows."""
 
     def __init__(self, d_in: int, d_out: int, d_sae: int, cfg: TrainConfig, b_dec: Tensor, transcoder: bool):
         super().__init__()
@@ -110,14 +125,23 @@ class StepMetrics(NamedTuple):
 
 
 class SAETrainer:
-    """Trains one dictionary from an :class:`ActivationStore`; ``run()`` returns the saved-format SAE."""
+    """Trains one dictionary from an :class:`~sae_circuits.train.activations.ActivationSource`
+    (an :class:`ActivationStore` or a cache on disk); ``run()`` returns the saved-format SAE.
+
+    ``distributed=True``: this process is one rank of torch.distributed's default group and
+    ``store`` serves its share of each global batch; everything that decides the next step
+    (initialisation, normalisation scales, gradients, firing counts) is then the same on all ranks.
+    """
 
     last_metrics: StepMetrics
     """The latest step's metrics, set by :func:`run_trainers` (absent before its first step)."""
 
-    def __init__(self, store: ActivationStore, cfg: TrainConfig, sae_cfg: SAEConfig) -> None:
+    def __init__(
+        self, store: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *, distributed: bool = False
+    ) -> None:
         torch.manual_seed(cfg.seed)
         self.store, self.cfg, self.sae_cfg = store, cfg, sae_cfg
+        self.distributed = distributed
         self.hook_in, self.hook_out = sae_cfg.hook_name, sae_cfg.site
         sample = store.sample(max(cfg.geometric_median_samples, cfg.batch_size))
         x, y = sample[self.hook_in], sample[self.hook_out]
@@ -130,6 +154,10 @@ class SAETrainer:
         self.dictionary = TrainableDictionary(
             sae_cfg.d_in, sae_cfg.output_width, sae_cfg.d_sae, cfg, b_dec, sae_cfg.is_transcoder
         )
+        # The sample, hence the scales and b_dec, is the same on every rank, and so is the seeded
+        # initialisation; the broadcast makes "the same" bitwise, as DDP does when it wraps a module.
+        self.dictionary.distributed = distributed
+        _ranks.broadcast_from_rank0(self.dictionary, distributed)
         self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         self.steps_done = 0
         self.tokens_since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
@@ -158,7 +186,8 @@ class SAETrainer:
         loss = mse + self._sparsity_loss(h, f, y - y_hat)
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # of this rank's mean: the ranks' average is the global batch's mean
+        _ranks.average_gradients(model.parameters(), self.distributed)
         model.remove_parallel_gradient()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         self.optimizer.step()
@@ -170,6 +199,11 @@ class SAETrainer:
         """The architecture's sparsity term (L1, L0, AuxK, ...)."""
         return self.dictionary.arch.sparsity_loss(self, h, f, residual)
 
+    def global_mean(self, x: Tensor) -> Tensor:
+        """The mean over the ranks of a per-rank mean ``x`` (``x`` itself in one process): the
+        global batch's mean, as a constant (no gradient flows through it)."""
+        return _ranks.all_reduce_sum(x, self.distributed) / _ranks.world_size(self.distributed)
+
     def _aux_k_loss(self, h: Tensor, residual: Tensor) -> Tensor:
         """AuxK: the top ``aux_k`` dead features must reconstruct what the live ones missed."""
         return aux_k_loss(self, h, residual)
@@ -178,18 +212,30 @@ class SAETrainer:
     def _bookkeeping(
         self, f: Tensor | SparseCode, y: Tensor, y_hat: Tensor, loss: float, mse: float
     ) -> StepMetrics:
-        n_tokens = y.shape[0]
         if isinstance(f, SparseCode):
             counts = torch.bincount(f.features[f.values > 0], minlength=f.d_sae)
         else:
             counts = (f > 0).sum(0)
+        # One all-reduce of every batch statistic, so that dead-feature tracking and firing
+        # counts (which steer AuxK and the saved sparsity) are the global batch's on every rank.
+        y64 = y.double()  # sum ||y - mean||^2 = sum ||y||^2 - ||sum y||^2 / n, in float64 (cancellation)
+        scalars = torch.tensor([y.shape[0], (y - y_hat).pow(2).sum(), y64.pow(2).sum(), loss, mse])
+        stats = _ranks.all_reduce_sum(
+            torch.cat([counts.double(), y64.sum(0), scalars.double()]), self.distributed
+        )
+        d_sae, d_out = counts.shape[0], y.shape[1]
+        counts = stats[:d_sae].round().long()
+        y_sum = stats[d_sae : d_sae + d_out]
+        n, error, energy, loss_sum, mse_sum = stats[d_sae + d_out :].tolist()
+        n_tokens, world = int(n), _ranks.world_size(self.distributed)
+        loss, mse = loss_sum / world, mse_sum / world
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[counts > 0] = 0
         if self.steps_done > self.cfg.n_steps * 0.8:  # firing frequencies over the last 20%
             self.fire_counts += counts
             self.counted_tokens += n_tokens
-        variance = (y - y.mean(0)).pow(2).sum()
-        explained = 1.0 - float((y - y_hat).pow(2).sum() / variance.clamp_min(1e-12))
+        variance = energy - float(y_sum.pow(2).sum()) / n_tokens  # sum ||y - mean(y)||^2
+        explained = 1.0 - error / max(variance, 1e-12)
         l0 = float(counts.sum()) / n_tokens
         dead = float((self.tokens_since_fired >= self.cfg.dead_after_tokens).float().mean())
         return StepMetrics(loss, mse, explained, l0, dead)
@@ -242,11 +288,13 @@ class DictionarySpec(NamedTuple):
     hook_out: str | None = None
 
 
-def run_trainers(store: ActivationStore, trainers: list[SAETrainer]) -> list[SAE]:
-    """Step every trainer on every batch of one shared stream; one progress bar for all."""
+def run_trainers(store: ActivationSource, trainers: list[SAETrainer]) -> list[SAE]:
+    """Step every trainer on every batch of one shared stream; one progress bar for all (on
+    rank 0 only, when distributed)."""
     cfg = trainers[0].cfg
     label = trainers[0].sae_cfg.site if len(trainers) == 1 else f"{len(trainers)} dictionaries"
-    bar = tqdm(total=cfg.n_steps, disable=not cfg.progress, desc=f"train {label}")
+    quiet = not cfg.progress or (trainers[0].distributed and torch.distributed.get_rank() != 0)
+    bar = tqdm(total=cfg.n_steps, disable=quiet, desc=f"train {label}")
     for trainer in trainers:
         trainer.dictionary.train()
     for step, batch in enumerate(store):
@@ -292,24 +340,92 @@ def train_dictionaries(
 
 
 def _sae_config(model: nn.Module, spec: DictionarySpec, tokens: Tensor, config: TrainConfig) -> SAEConfig:
+    widths = {name: _width(model, tokens, name) for name in spec if name is not None}
+    model_name = getattr(getattr(model, "cfg", None), "model_name", None)
+    return _sae_config_of(
+        spec, widths, config, {"model_name": model_name, "context_size": int(tokens.shape[1])}
+    )
+
+
+def _sae_config_of(
+    spec: DictionarySpec, widths: Mapping[str, int], config: TrainConfig, metadata: Mapping[str, Any]
+) -> SAEConfig:
+    """The saved config of the dictionary ``spec`` over hooks of the given ``widths``."""
     transcoder = spec.hook_out is not None
-    d_in = _width(model, tokens, spec.hook_in)
+    d_in = widths[spec.hook_in]
     return SAEConfig(
         _saved_architecture(config, transcoder),
         d_in=d_in,
         d_sae=config.d_sae or config.expansion_factor * d_in,
         hook_name=spec.hook_in,
         hook_name_out=spec.hook_out,
-        d_out=_width(model, tokens, spec.hook_out) if spec.hook_out is not None else None,
+        d_out=widths[spec.hook_out] if spec.hook_out is not None else None,
         k=config.k,  # kept by the architectures that use it (TopK), dropped by the others
         apply_b_dec_to_input=not transcoder,
-        metadata={
-            "model_name": getattr(getattr(model, "cfg", None), "model_name", None),
-            "context_size": int(tokens.shape[1]),
-            "prepend_bos": False,
-            "sae_circuits_training": asdict(config),
-        },
+        metadata={**metadata, "prepend_bos": False, "sae_circuits_training": asdict(config)},
     )
+
+
+def train_from_cache(
+    cache: str | os.PathLike[str],
+    specs: Sequence[DictionarySpec],
+    config: TrainConfig | None = None,
+    *,
+    expect_fingerprint: Fingerprint | None = None,
+) -> list[SAE]:
+    """Train one dictionary per spec on activations cached by
+    :func:`~sae_circuits.train.activation_cache.cache_activations`: no model forward, so a sweep
+    pays for the model once. ``expect_fingerprint`` refuses a cache made from another model,
+    other tokens or other hooks. ``config.model_batch_size`` and ``skip_first_position`` were the
+    cache's business and are not used; the rest (seed, batch, buffer, ...) is as for
+    :func:`train_dictionaries` (the same seed gives the same dictionaries on every run).
+    :mod:`sae_circuits.train.distributed` trains from the same cache on several processes.
+
+    >>> from sae_circuits.train import DictionarySpec, cache_activations, train_from_cache
+    >>> _ = cache_activations(model, tokens, ["blocks.0.hook_resid_post"], "acts", progress=False)
+    >>> config = sc.TrainConfig(architecture="topk", d_sae=64, k=8, batch_size=16, total_tokens=64,
+    ...                         buffer_tokens=32, geometric_median_samples=32, progress=False)
+    >>> [sae] = train_from_cache("acts", [DictionarySpec("blocks.0.hook_resid_post")], config)
+    >>> sae.cfg.hook_name, sae.W_dec.shape
+    ('blocks.0.hook_resid_post', torch.Size([64, 128]))
+    """
+    return _train_cached(cache, specs, config or TrainConfig(), expect_fingerprint=expect_fingerprint)
+
+
+def _train_cached(
+    cache: str | os.PathLike[str],
+    specs: Sequence[DictionarySpec],
+    config: TrainConfig,
+    *,
+    expect_fingerprint: Fingerprint | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[SAE]:
+    """:func:`train_from_cache` as rank ``rank`` of ``world_size`` (``world_size > 1`` needs an
+    initialised torch.distributed default group); what :mod:`sae_circuits.train.distributed` runs."""
+    from sae_circuits.train.activation_cache import CachedActivations
+
+    specs = [DictionarySpec(*spec) for spec in specs]
+    if not specs:
+        raise ValueError("no dictionary to train: specs is empty")
+    names = sorted({n for spec in specs for n in spec if n is not None})
+    store = CachedActivations(
+        cache, names, batch_size=config.batch_size, buffer_tokens=config.buffer_tokens, seed=config.seed,
+        rank=rank, world_size=world_size, expect_fingerprint=expect_fingerprint,
+    )  # fmt: skip
+    manifest = store.manifest
+    metadata = {
+        "model_name": manifest.fingerprint.model_name,
+        "context_size": manifest.fingerprint.context,
+        "activation_cache": manifest.fingerprint.digest,
+    }
+    trainers = [
+        SAETrainer(
+            store, config, _sae_config_of(spec, manifest.widths, config, metadata), distributed=world_size > 1
+        )
+        for spec in specs
+    ]
+    return run_trainers(store, trainers)
 
 
 def train_sae(
