@@ -202,3 +202,12 @@ def test_aux_k_on_dead_columns_matches_the_dense_definition(model, train_tokens)
     reference = (f_aux @ trainer.dictionary.W_dec - residual).pow(2).sum(-1).mean()
     reference = reference / residual.pow(2).sum(-1).mean() * residual.shape[-1]
     assert torch.allclose(trainer._aux_k_loss(h, residual), reference, rtol=1e-5)
+
+
+def test_a_device_that_does_not_exist_is_named_before_training():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA devices")
+    with pytest.raises(ValueError, match=r"device 'cuda:1' does not exist"):
+        sc.TrainConfig(device="cuda:1")
+    with pytest.raises(ValueError, match=r"device 'tpu' is not a device name"):
+        sc.TrainConfig(device="tpu")

@@ -69,6 +69,10 @@ class TrainConfig:
     """Show a tqdm progress bar with loss, explained variance, L0 and dead fraction."""
     log_every: int = 20
     """Steps between progress-bar updates (metrics cost a little)."""
+    device: str = "cpu"
+    """Where the dictionary trains (``"cuda"``, ``"cuda:1"``, ...). Activations are gathered on
+    the CPU (from the model wherever it runs, or from a cache) and moved there batch by batch;
+    the saved SAE is on the CPU."""
 
     def __post_init__(self) -> None:
         trainable = [n for n in architectures.names() if architectures.get(n).trainable]
@@ -95,6 +99,9 @@ class TrainConfig:
             raise ValueError(f"decay_fraction={self.decay_fraction} must be in [0, 1]")
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ValueError(f"lr={self.lr} and grad_clip={self.grad_clip} must be positive")
+        from sae_circuits.placement import check_device
+
+        check_device(self.device)  # a clear error now, not at the first step
 
     @property
     def n_steps(self) -> int:

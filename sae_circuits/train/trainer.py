@@ -151,17 +151,18 @@ class SAETrainer:
             _norm_scale(y) if cfg.normalize_activations else 1.0
         )  # fmt: skip
         b_dec = geometric_median(y[: cfg.geometric_median_samples] * self.scale_out)
+        self.device = torch.device(cfg.device)
         self.dictionary = TrainableDictionary(
             sae_cfg.d_in, sae_cfg.output_width, sae_cfg.d_sae, cfg, b_dec, sae_cfg.is_transcoder
-        )
+        ).to(self.device)
         # The sample, hence the scales and b_dec, is the same on every rank, and so is the seeded
         # initialisation; the broadcast makes "the same" bitwise, as DDP does when it wraps a module.
         self.dictionary.distributed = distributed
         _ranks.broadcast_from_rank0(self.dictionary, distributed)
         self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         self.steps_done = 0
-        self.tokens_since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
-        self.fire_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+        self.tokens_since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)
+        self.fire_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)
         self.counted_tokens = 0
 
     def lr_at(self, step: int) -> float:
@@ -175,7 +176,8 @@ class SAETrainer:
     def step(self, batch: ActivationBatch) -> StepMetrics:
         """One optimiser step on one batch."""
         cfg, model = self.cfg, self.dictionary
-        x, y = batch[self.hook_in] * self.scale_in, batch[self.hook_out] * self.scale_out
+        x = batch[self.hook_in].to(self.device, non_blocking=True) * self.scale_in
+        y = batch[self.hook_out].to(self.device, non_blocking=True) * self.scale_out
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.steps_done)
 
@@ -219,7 +221,10 @@ class SAETrainer:
         # One all-reduce of every batch statistic, so that dead-feature tracking and firing
         # counts (which steer AuxK and the saved sparsity) are the global batch's on every rank.
         y64 = y.double()  # sum ||y - mean||^2 = sum ||y||^2 - ||sum y||^2 / n, in float64 (cancellation)
-        scalars = torch.tensor([y.shape[0], (y - y_hat).pow(2).sum(), y64.pow(2).sum(), loss, mse])
+        scalars = torch.stack(
+            [y64.new_tensor(y.shape[0]), (y - y_hat).pow(2).sum().double(), y64.pow(2).sum(), y64.new_tensor(loss),
+             y64.new_tensor(mse)]
+        )  # fmt: skip
         stats = _ranks.all_reduce_sum(
             torch.cat([counts.double(), y64.sum(0), scalars.double()]), self.distributed
         )
@@ -257,7 +262,7 @@ class SAETrainer:
         sae.b_enc.copy_(d.b_enc)
         d.arch.export_training(d, sae)
         frequency = self.fire_counts.double() / max(self.counted_tokens, 1)
-        sae.sparsity = torch.log10(frequency + 1e-10).float()
+        sae.sparsity = torch.log10(frequency + 1e-10).float().cpu()
         return sae
 
 
