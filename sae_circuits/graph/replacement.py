@@ -396,8 +396,61 @@ def _dummy_scores(attn: Any, q: Tensor, k: Tensor) -> Tensor:
 
 
 def _pattern_z(attn: Any, v: Tensor, pattern: Tensor) -> Tensor:
-    z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-    return attn.hook_z(z)
+    return attn.hook_z(_FrozenPatternZ.apply(pattern, v))
+
+
+class _FrozenPatternZ(torch.autograd.Function):
+    """``z = pattern @ v`` per head with the pattern a constant, and a backward written as one
+    einsum, ``grad_v = pattern^T @ grad_z``: under ``vmap`` (batched backward passes) the rows
+    become a free dimension of that einsum, one batched matmul over heads, instead of autograd's
+    own einsum backward, which expands the ``heads x n^2`` pattern once per row."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(pattern: Tensor, v: Tensor) -> Tensor:
+        return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        (pattern,) = ctx.saved_tensors
+        return None, _PatternTransposed.apply(pattern, grad)
+
+
+class _PatternTransposed(torch.autograd.Function):
+    """``grad_v[b, k, h] = sum_q pattern[b, h, q, k] grad_z[b, q, h]``, with a batching rule
+    that folds the rows of a batched backward into the matmul's columns (one ``(k, q) @ (q, rows x
+    d_head)`` product per head) rather than broadcasting the pattern over the rows."""
+
+    @staticmethod
+    def forward(pattern: Tensor, grad: Tensor) -> Tensor:
+        return (pattern.transpose(-1, -2) @ grad.transpose(1, 2)).transpose(1, 2)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[int | None, int | None], pattern: Tensor, grad: Tensor) -> Any:
+        pattern_dim, grad_dim = in_dims
+        if pattern_dim is not None or grad_dim is None:  # not the batched-rows case: no shortcut
+            size = info.batch_size
+            pattern = (
+                pattern.movedim(pattern_dim, 0)
+                if pattern_dim is not None
+                else pattern.expand(size, *pattern.shape)
+            )
+            grad = grad.movedim(grad_dim, 0) if grad_dim is not None else grad.expand(size, *grad.shape)
+            return (pattern.transpose(-1, -2) @ grad.transpose(2, 3)).transpose(2, 3), 0
+        rows = grad.movedim(grad_dim, -2)  # (b, q, h, rows, d)
+        b, q, h, n_rows, d = rows.shape
+        folded = rows.permute(0, 2, 1, 3, 4).reshape(b, h, q, n_rows * d)
+        out = (pattern.transpose(-1, -2) @ folded).view(b, h, -1, n_rows, d)
+        return out.permute(3, 0, 2, 1, 4), 0  # (rows, b, k, h, d)
 
 
 @contextmanager
