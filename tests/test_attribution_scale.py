@@ -203,3 +203,22 @@ def test_place_moves_dictionaries_and_names_bad_devices(embedded):
         place(embedded, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"n_devices=0 must be an integer >= 1"):
         place(embedded, n_devices=0)
+
+
+@pytest.mark.parametrize("batched_pattern", [False, True])
+def test_the_frozen_pattern_backward_under_vmap_equals_the_einsum(batched_pattern):
+    """The batching rule of the pattern's transposed product (rows folded into the matmul, or a
+    pattern batched too) gives what a plain einsum gives per row."""
+    gen = torch.Generator().manual_seed(0)
+    rows, b, h, q, d = 5, 1, 3, 7, 4
+    pattern = torch.rand(rows if batched_pattern else 1, b, h, q, q, generator=gen)
+    grad = torch.randn(rows, b, q, h, d, generator=gen)
+    apply = replacement._PatternTransposed.apply
+    if batched_pattern:
+        out = torch.vmap(apply)(pattern, grad)
+    else:
+        out = torch.vmap(apply, in_dims=(None, 0))(pattern[0], grad)
+    expected = torch.stack(
+        [torch.einsum("bhqk,bqhd->bkhd", pattern[r if batched_pattern else 0], grad[r]) for r in range(rows)]
+    )
+    assert torch.allclose(out, expected, atol=1e-6)
