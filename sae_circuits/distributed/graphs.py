@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from sae_circuits._files import atomic_write_text
 from sae_circuits.distributed.ranks import Ranks, barrier, gather, ranks
@@ -89,7 +90,8 @@ def attribute_prompts(
         node_threshold, edge_threshold: prune each graph (``AttributionGraph.prune``; one given, the
             other takes its default); both None: the full graphs.
         attribute_kwargs: passed to :func:`sc.attribute` (``targets``, ``batch_size``,
-            ``max_feature_nodes``, ...; ``progress`` defaults to False).
+            ``max_feature_nodes``, ...). ``progress`` (default True) shows one bar over this
+            rank's prompts, on rank 0 only; each graph's own bar stays off.
 
     >>> with sc.spliced(model, transcoders):
     ...     done = attribute_prompts(model, ["<p>hi</p>", "<b>x</b>"], "graphs", max_feature_nodes=4,
@@ -100,7 +102,8 @@ def attribute_prompts(
     where = ranks(rank, world_size)
     prompts = _checked_prompts(prompts)
     settings = _settings(attribute_kwargs, node_threshold, edge_threshold)
-    attribute_kwargs.setdefault("progress", False)
+    show_progress = bool(attribute_kwargs.pop("progress", True))  # one bar over the prompts instead
+    attribute_kwargs["progress"] = False
     folder = Path(out_dir)
     stamp = _fingerprint(model, settings)
     prompt_hashes = [hashlib.sha256(p.encode("utf-8")).hexdigest() for p in prompts]
@@ -115,7 +118,10 @@ def attribute_prompts(
     thresholds = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
     prune = {name: value for name, value in thresholds.items() if value is not None}
     computed, skipped = [], []
-    for i in range(where.rank, len(prompts), where.world_size):
+    mine = range(where.rank, len(prompts), where.world_size)
+    for i in tqdm(
+        mine, desc="graphs", unit="prompt", disable=not show_progress or where.rank != 0, leave=False
+    ):
         path = folder / graph_file(i)
         if path.is_file():
             skipped.append(i)

@@ -137,6 +137,7 @@ class _DotLayout:
 
     @classmethod
     def of(cls, site: SiteValues) -> _DotLayout:
+        """The layout of ``site``'s active features and errors."""
         n_pos, d_out = site.error.shape
         positions, decoded = site.positions, site.decoded
         counts = torch.bincount(positions, minlength=n_pos)
@@ -409,14 +410,17 @@ class _FrozenPatternZ(torch.autograd.Function):
 
     @staticmethod
     def forward(pattern: Tensor, v: Tensor) -> Tensor:
+        """``z[b, q, h] = sum_k pattern[b, h, q, k] v[b, k, h]``."""
         return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        """Keep the pattern for the backward."""
         ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        """``grad_v``; the pattern gets none (it is a constant)."""
         (pattern,) = ctx.saved_tensors
         return None, _PatternTransposed.apply(pattern, grad)
 
@@ -428,14 +432,16 @@ class _PatternTransposed(torch.autograd.Function):
 
     @staticmethod
     def forward(pattern: Tensor, grad: Tensor) -> Tensor:
+        """One row's product."""
         return (pattern.transpose(-1, -2) @ grad.transpose(1, 2)).transpose(1, 2)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        pass
+        """Nothing to keep: this product is never differentiated."""
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[int | None, int | None], pattern: Tensor, grad: Tensor) -> Any:
+        """Every row's product at once (see the class docstring)."""
         pattern_dim, grad_dim = in_dims
         if pattern_dim is not None or grad_dim is None:  # not the batched-rows case: no shortcut
             size = info.batch_size
@@ -488,16 +494,19 @@ class _FrozenNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, scale: Tensor, center: bool) -> Tensor:
+        """The normalisation, as TransformerLens computes it."""
         return ((x - x.mean(-1, keepdim=True)) if center else x) / scale
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        """Keep the scale for the backward."""
         _, scale, center = inputs
         ctx.save_for_backward(scale)
         ctx.center = center
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        """``center(grad / scale)``."""
         (scale,) = ctx.saved_tensors
         grad = grad / scale
         return (grad - grad.mean(-1, keepdim=True)) if ctx.center else grad, None, None

@@ -283,8 +283,10 @@ def cache_activations(
     folder.mkdir(parents=True, exist_ok=True)
 
     # Step 2: a fixed permutation of the sequences, cut into shards of ~shard_tokens rows.
-    store = ActivationStore(model, tokens.long(), hooks, batch_size=1, buffer_tokens=2,
-                            model_batch_size=model_batch_size, skip_first_position=skip_first_position)  # fmt: skip
+    store = ActivationStore(
+        model, tokens.long(), hooks, batch_size=1, buffer_tokens=2,
+        model_batch_size=model_batch_size, skip_first_position=skip_first_position,
+    )  # fmt: skip
     per_sequence = tokens.shape[1] - store.first
     order = torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(0))
     step = max(1, shard_tokens // per_sequence)
@@ -416,7 +418,8 @@ class CachedActivations:
         if n not in self._samples:
             if n > self.manifest.n_tokens:
                 raise ValueError(
-                    f"the cache holds {self.manifest.n_tokens} activations, fewer than the {n} needed to initialise"
+                    f"the cache holds {self.manifest.n_tokens} activations, "
+                    f"fewer than the {n} needed to initialise"
                 )
             generator = torch.Generator().manual_seed(self.seed + 1)
             self._samples = {n: _Chunks(self._shards(generator, count_epochs=False), self.hook_names).take(n)}
@@ -445,6 +448,7 @@ class _Chunks:
         self.left: ActivationBatch = {}
 
     def take(self, n: int) -> ActivationBatch:
+        """The next ``n`` rows of every hook (fewer only when the stream ends)."""
         parts, have = [], 0
         while have < n:
             part = self.left or next(self.source)

@@ -32,10 +32,13 @@ directly) and must project the decoder gradient *after* averaging. One all-reduc
 gradient buffer is the collective DDP runs (in one bucket), with no unsupported use of the module.
 
 Not done: dictionary (feature) parallelism. A 65k-feature dictionary on a 4k-wide residual is
-2 x 65k x 4k float32 = 2 GB of weights (about 8 GB with gradients and Adam's moments), which fits one accelerator, so data
-parallelism covers the widths in use; sharding features would need a cross-rank top-k per token
-every step (TopK/BatchTopK), worth it only for dictionaries far wider than one device holds.
-The trainer runs on the CPU today; with a device-aware trainer the same code runs on ``nccl``.
+2 x 65k x 4k float32 = 2 GB of weights (about 8 GB with gradients and Adam's moments), which
+fits one accelerator, so data parallelism covers the widths in use; sharding features would need
+a cross-rank top-k per token every step (TopK/BatchTopK), worth it only for dictionaries far
+wider than one device holds.
+
+GPUs: ``--device cuda --backend nccl`` trains each rank's dictionary on ``cuda:$LOCAL_RANK``
+(``TrainConfig.device``); untested here (no GPU on this project's machines).
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def train_distributed(
             f"the global batch_size={config.batch_size} does not split evenly over world_size={world} "
             f"ranks; use a multiple of {world}"
         )
+    if distributed and config.device == "cuda":  # one GPU per rank: torchrun's LOCAL_RANK
+        config = dataclasses.replace(config, device=f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
     saes = _train_cached(
         cache, specs, config, expect_fingerprint=expect_fingerprint, rank=rank, world_size=world
     )

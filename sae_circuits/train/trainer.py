@@ -221,10 +221,10 @@ class SAETrainer:
         # One all-reduce of every batch statistic, so that dead-feature tracking and firing
         # counts (which steer AuxK and the saved sparsity) are the global batch's on every rank.
         y64 = y.double()  # sum ||y - mean||^2 = sum ||y||^2 - ||sum y||^2 / n, in float64 (cancellation)
+        error = (y - y_hat).pow(2).sum().double()
         scalars = torch.stack(
-            [y64.new_tensor(y.shape[0]), (y - y_hat).pow(2).sum().double(), y64.pow(2).sum(), y64.new_tensor(loss),
-             y64.new_tensor(mse)]
-        )  # fmt: skip
+            [y64.new_tensor(y.shape[0]), error, y64.pow(2).sum(), y64.new_tensor(loss), y64.new_tensor(mse)]
+        )
         stats = _ranks.all_reduce_sum(
             torch.cat([counts.double(), y64.sum(0), scalars.double()]), self.distributed
         )
