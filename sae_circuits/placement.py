@@ -108,9 +108,11 @@ def place(
 
 
 def _move(model: Any, where: torch.device | torch.dtype) -> None:
-    """``model.to(where)``; HookedTransformer's ``to`` (one device or dtype, and it updates the
-    config) prints what it does unless told not to."""
-    if "print_details" in inspect.signature(model.to).parameters:
+    """``model.to(where)``; TransformerLens's ``to`` (a HookedTransformer's or a bridge's: one
+    device or dtype, and it updates the config) prints what it does unless told not to."""
+    from sae_circuits._model import is_bridge
+
+    if "print_details" in inspect.signature(model.to).parameters or is_bridge(model):
         model.to(where, print_details=False)
     else:
         model.to(where)
