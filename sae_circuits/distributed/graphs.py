@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from sae_circuits._digest import tensor_sample_bytes, weights_digest
 from sae_circuits._files import atomic_write_text
 from sae_circuits.distributed.ranks import Ranks, barrier, gather, ranks
 from sae_circuits.graph import attribute
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "sae_circuits.sharded_graphs"
 VERSION = 1
-_SAMPLE = 4096  # weights hashed per tensor (evenly spaced): a fingerprint, cheap for any model size
 _NOT_SETTINGS = ("model", "prompt", "progress")
 
 
@@ -182,15 +182,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, torch.Tensor):
-        return {"tensor": list(value.shape), "sha256": _tensor_hash(value)}
+        return {
+            "tensor": list(value.shape),
+            "sha256": hashlib.sha256(tensor_sample_bytes(value, None)).hexdigest(),
+        }
     return repr(value)
-
-
-def _tensor_hash(tensor: torch.Tensor, sample: int | None = None) -> str:
-    flat = tensor.detach().reshape(-1)
-    if sample is not None and flat.numel() > sample:
-        flat = flat[:: flat.numel() // sample][:sample]
-    return hashlib.sha256(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def _fingerprint(model: Any, settings: dict[str, Any]) -> dict[str, Any]:
@@ -200,17 +196,13 @@ def _fingerprint(model: Any, settings: dict[str, Any]) -> dict[str, Any]:
     saes = saes_of(model)
     named = [(f"model.{n}", t) for n, t in model.state_dict().items()]
     named += [(f"sae.{site}.{n}", t) for site in sorted(saes) for n, t in saes[site].state_dict().items()]
-    digest = hashlib.sha256()
-    for name, tensor in sorted(named, key=lambda item: item[0]):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
-        digest.update(_tensor_hash(tensor, _SAMPLE).encode())
     described = {
         "model": str(getattr(model.cfg, "model_name", "")),
         "dictionaries": {
             site: f"{sae.cfg.architecture} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae}"
             for site, sae in sorted(saes.items())
         },
-        "weights_sha256": digest.hexdigest(),
+        "weights_sha256": weights_digest(named),
         "settings": settings,
     }
     text = json.dumps(described, sort_keys=True, ensure_ascii=True)

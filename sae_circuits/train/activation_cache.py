@@ -61,13 +61,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sae_circuits._digest import weights_digest
 from sae_circuits._files import _atomic_files, atomic_write_text
 from sae_circuits.train.activations import ActivationBatch, ActivationStore
 
 _FORMAT = "sae_circuits.activation_cache"
 _VERSION = 1
 _MANIFEST = "manifest.json"
-_SAMPLED_PER_TENSOR = 4096  # weight entries hashed per parameter (a strided sample)
 
 
 def _sha(*parts: bytes) -> str:
@@ -92,7 +92,7 @@ class Fingerprint:
     model_config: str
     """Hash of the model's config (``model.cfg`` without its device)."""
     weights: str
-    """Hash of every parameter's name, shape, dtype and a strided sample of 4096 of its entries
+    """Digest of every parameter's name, shape, dtype and a strided sample of its entries
     (cheap on any model; catches another checkpoint or a fine-tune, not a single edited weight)."""
     hook_names: tuple[str, ...]
     """The hooks cached, sorted."""
@@ -119,16 +119,11 @@ class Fingerprint:
         cfg = getattr(model, "cfg", None)
         items = {k: str(v) for k, v in sorted(vars(cfg).items())} if cfg is not None else {}
         items = {k: v for k, v in items.items() if "device" not in k and " at 0x" not in v}
-        weights = []
-        for name, param in sorted(model.named_parameters()):
-            flat = param.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // _SAMPLED_PER_TENSOR)].float().cpu()
-            weights.append(f"{name}{tuple(param.shape)}{param.dtype}".encode() + sample.numpy().tobytes())
         ids = tokens.detach().long().cpu().contiguous()
         return cls(
             model_name=getattr(cfg, "model_name", None),
             model_config=_sha(json.dumps(items, sort_keys=True).encode(), type(model).__name__.encode()),
-            weights=_sha(*weights),
+            weights=weights_digest(model.named_parameters()),
             hook_names=tuple(sorted(set(hooks))),
             tokens=_sha(str(tuple(ids.shape)).encode(), ids.numpy().tobytes()),
             n_sequences=int(ids.shape[0]),
