@@ -197,16 +197,16 @@ def fold_unexpanded(
     """Feature edges from sources without a node, added to the folded sums: returns the feature
     edges that keep their source, and the "other" sums per (row, site)."""
     feat, other_sum = result.edges.features, result.edges.folded.clone()
-    unexpanded = (~has_node[feat.column]).nonzero().squeeze(-1)
-    if not unexpanded.numel():
+    keep = torch.index_select(has_node, 0, feat.column)  # one gather over the edges
+    if bool(keep.all()):
         return feat, other_sum
-    other_sum.index_put_(
-        (feat.row[unexpanded], result.active.site[feat.column[unexpanded]]),
-        feat.weight[unexpanded].double(),
-        accumulate=True,
-    )
-    keep = has_node[feat.column]
-    return SparseEdges(feat.row[keep], feat.column[keep], feat.weight[keep]), other_sum
+    # positions, then index_select: masked indexing would scan the mask once per tensor
+    drop, kept = (~keep).nonzero().squeeze(-1), keep.nonzero().squeeze(-1)
+    rows, columns = feat.row.index_select(0, drop).long(), feat.column.index_select(0, drop)
+    sites = torch.index_select(result.active.site, 0, columns)
+    n_sites = other_sum.shape[1]
+    other_sum.view(-1).index_add_(0, rows * n_sites + sites, feat.weight.index_select(0, drop).double())
+    return SparseEdges(*(t.index_select(0, kept) for t in feat)), other_sum
 
 
 def row_nodes(rows: list[Row], node_of_active: Tensor, target_node: list[int]) -> Int[Tensor, " rows"]:
