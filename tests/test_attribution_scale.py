@@ -89,6 +89,31 @@ def test_the_shortcuts_give_the_plain_autograd_graph(normalization, monkeypatch)
     assert (fast.kind == NodeKind.FEATURE).sum() > 20  # a graph worth comparing
 
 
+def test_an_sae_reading_the_mlp_output_keeps_its_mlp_and_its_edges(monkeypatch):
+    """A plain SAE at ``hook_mlp_out`` reads the MLP's output: the MLP must run in the frozen
+    pass (skipping it would silently cut every edge into that SAE's features)."""
+    if NO_HOOKED:
+        pytest.skip(NO_HOOKED)
+    model = _random_model("LN")
+    sc.unsplice(model, "blocks.0.hook_mlp_out")  # the layer-0 transcoder makes way for a plain SAE
+    torch.manual_seed(5)
+    mlp_sae = sc.SAE(sc.SAEConfig("standard", d_in=32, d_sae=64, hook_name="blocks.0.hook_mlp_out"))
+    mlp_sae.reset_parameters()
+    sc.splice(model, mlp_sae)
+    tokens = torch.arange(1, 13) % 50
+    fast = sc.attribute(model, tokens, max_feature_nodes=None, batch_size=7, progress=False)
+    for name in ("_frozen_norms", "_leaf_mlps", "_frozen_attention"):
+        monkeypatch.setattr(replacement, name, lambda *args: contextlib.nullcontext())
+    plain = sc.attribute(model, tokens, max_feature_nodes=None, batch_size=7, progress=False)
+    monkeypatch.undo()
+    assert torch.allclose(_dense(fast), _dense(plain), atol=1e-6, rtol=1e-5)
+    site = fast.sites.index("blocks.0.hook_mlp_out")
+    into_mlp_features = (fast.kind[fast.edges.target] == NodeKind.FEATURE) & (
+        fast.site[fast.edges.target] == site
+    )
+    assert int(into_mlp_features.sum()) > 0
+
+
 def test_a_prefix_pass_gives_the_full_pass_gradients(embedded):
     """Rows at early positions get the same gradients from a pass over the prompt's prefix."""
     tokens = embedded.to_tokens(PROMPT)[0]

@@ -462,8 +462,9 @@ class _PatternTransposed(torch.autograd.Function):
 @contextmanager
 def _leaf_mlps(model: Any, outputs: set[str], inputs: set[str]) -> Iterator[None]:
     """Do not run the MLPs whose output the frozen model replaces with a leaf (a transcoder at
-    ``blocks.L.hook_mlp_out``, nothing read inside the MLP): a zero of the right shape stands in
-    for the MLP's output until the leaf replaces it, which saves most of a block's forward.
+    ``blocks.L.hook_mlp_out``, nothing read inside the MLP or at its output): a zero of the right
+    shape stands in for the MLP's output until the leaf replaces it, which saves most of a block's
+    forward. An SAE at ``hook_mlp_out`` reads the MLP's output itself, so its MLP runs.
     HookedTransformer blocks only; other models run their MLPs as they are."""
     block_class = _transformer_lens_class("transformer_block", "TransformerBlock")
     patched: list[nn.Module] = []
@@ -474,6 +475,7 @@ def _leaf_mlps(model: Any, outputs: set[str], inputs: set[str]) -> Iterator[None
                 block_class is not None
                 and isinstance(block, block_class)
                 and f"blocks.{layer}.hook_mlp_out" in outputs
+                and f"blocks.{layer}.hook_mlp_out" not in inputs  # an SAE there reads the MLP's output
                 and not any(name.startswith(inside) for name in outputs | inputs)
             ):
                 block.mlp.forward = partial(_zero_mlp, model.cfg.d_model)
