@@ -253,3 +253,28 @@ def test_the_frozen_pattern_backward_under_vmap_equals_the_einsum(batched_patter
         [torch.einsum("bhqk,bqhd->bkhd", pattern[r if batched_pattern else 0], grad[r]) for r in range(rows)]
     )
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_the_read_out_layout_equals_one_dot_per_node():
+    """``node_dots`` (padded bmm, crowded positions apart, the error in the last slot) against a
+    dot product per node, on random layouts: empty positions, a crowded BOS, every horizon."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        n_pos, d = int(torch.randint(1, 12, (1,), generator=gen)), 5
+        counts = torch.randint(0, 4, (n_pos,), generator=gen) * (torch.rand(n_pos, generator=gen) < 0.5)
+        if trial % 3 == 0:
+            counts[0] = 15  # a BOS with many more features than the rest
+        positions = torch.repeat_interleave(torch.arange(n_pos), counts)
+        site = replacement.SiteValues.__new__(replacement.SiteValues)  # only what node_dots reads
+        site.positions, site._padded = positions, None
+        site.decoded = torch.randn(positions.numel(), d, generator=gen)
+        site.error = torch.randn(n_pos, d, generator=gen)
+        for horizon in range(1, n_pos + 1):
+            grad = torch.randn(3, horizon, d, generator=gen)
+            features, errors = site.node_dots(grad)
+            before = int((positions < horizon).sum())
+            expected = torch.zeros(3, before)
+            for k in range(before):
+                expected[:, k] = grad[:, positions[k]] @ site.decoded[k]
+            assert torch.allclose(features, expected, atol=1e-5)
+            assert torch.allclose(errors, (grad * site.error[:horizon]).sum(-1), atol=1e-5)

@@ -141,8 +141,14 @@ class _DotLayout:
         n_pos, d_out = site.error.shape
         positions, decoded = site.positions, site.decoded
         counts = torch.bincount(positions, minlength=n_pos)
-        # pad to 2x the typical count; positions beyond that are "heavy" and computed apart
-        slots = int(min(int(counts.max()) if counts.numel() else 0, 2 * max(1, int(counts.float().median()))))
+        # pad to 2x the typical count, or to the 90th percentile where most positions are empty;
+        # the few positions beyond that are "heavy" and computed apart
+        typical = (
+            max(1, 2 * int(counts.float().median()), int(counts.float().quantile(0.9)))
+            if counts.numel()
+            else 0
+        )
+        slots = min(int(counts.max()) if counts.numel() else 0, typical)
         start = torch.cumsum(counts, 0) - counts  # first active index of each position
         slot = torch.arange(positions.numel(), device=positions.device) - start[positions]
         light = slot < slots
@@ -552,6 +558,8 @@ def _frozen_norm_forward(norm: Any, center: bool, weight: bool, bias: bool, x: T
     scale = norm.hook_scale(x[..., :1])  # the frozen constant replaces this stand-in
     x = norm.hook_normalized(_FrozenNorm.apply(x, scale, center))
     if weight:
+        if not bias and x.device != norm.w.device:  # as TransformerLens's RMSNorm does
+            norm.to(x.device)
         x = x.to(norm.cfg.dtype) * norm.w
     if bias:
         x = x + norm.b
