@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sae_circuits.languages.automata as automata
 
-__all__ = ["PROMPTS", "corpus_texts", "probe_texts"]
+__all__ = ["PROMPTS", "corpus_texts", "offline_mix", "probe_texts"]
 
 PROMPTS = [
     "The king said unto his daughter,",
@@ -76,3 +76,35 @@ def corpus_texts(
         f"--corpus {str(name)!r}: expected one of {sorted(automata.AUTOMATA) + ['base64']} or an "
         "automaton spec (.json)"
     )
+
+
+def offline_mix(
+    seed: int = 0, code_bytes: int = 6_000_000, base64_docs: int = 2_000, automaton_docs: int = 3_000
+) -> dict[str, list[str]]:
+    """The embedded model's corpus without its one download (English): ``{name: texts}`` for
+    ``code`` (the standard library, ``code_bytes`` of it in a fixed order), ``base64``, ``markup``
+    and ``kvlog``, generated offline with ``seed``. Train a second model on it with
+    :func:`sae_circuits.recipes.train_lm.train_on_texts` (the universality analysis does).
+
+    >>> mix = offline_mix(seed=1, code_bytes=20_000, base64_docs=2, automaton_docs=2)
+    >>> sorted(mix), len(mix["markup"])
+    (['base64', 'code', 'kvlog', 'markup'], 2)
+    """
+    from sae_circuits.languages.corpus import automaton_documents, base64_documents, code_documents
+
+    for name, value in (
+        ("code_bytes", code_bytes),
+        ("base64_docs", base64_docs),
+        ("automaton_docs", automaton_docs),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: expected a positive integer")
+    code = code_documents(code_bytes)
+    return {
+        "code": [d.text for d in code],
+        "base64": [d.text for d in base64_documents(base64_docs, seed, code)],
+        **{
+            name: [d.text for d in automaton_documents(name, automaton_docs, seed)]
+            for name in ("markup", "kvlog")
+        },
+    }
