@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.dir, args.port, args.host
     ('serve', 'out', 0, '127.0.0.1')
     """
-    from sae_circuits import writers  # the export formats (cheap: no torch)
+    from sae_circuits import cli_analyses, writers  # the export formats (cheap: no torch)
 
     parser = argparse.ArgumentParser(
         prog="sae-circuits",
@@ -429,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_automaton_command(sub, writers)
     _add_features_command(sub)
     _add_serve_command(sub)
+    cli_analyses.add_commands(sub)
     return parser
 
 

@@ -154,3 +154,25 @@ def test_feature_dashboard_page(browser, tmp_path):
     ActionChains(browser).move_to_element(token).perform()
     assert token.get_attribute("title")  # hover tells the activation
     assert "alert(1)" not in browser.title
+
+
+def test_feature_families_page(browser, tmp_path):
+    import dataclasses
+
+    model = sc.zoo.load_model("tiny")
+    tokens = model.to_tokens(
+        __import__("sae_circuits.languages", fromlist=["x"]).corpus_texts("markup", 8, 64)[0]
+    )
+    config = sc.TrainConfig(k=4, batch_size=64, total_tokens=256, buffer_tokens=128,
+                            geometric_median_samples=64, progress=False)  # fmt: skip
+    saes = [sc.train_sae(model, "blocks.1.hook_resid_post", tokens, dataclasses.replace(config, d_sae=d, seed=d))
+            for d in (16, 32, 64)]  # fmt: skip
+    families = sc.feature_families(saes, model, tokens)
+    sizes = [families.size(0, f) for f in range(16)]
+    root = max(range(16), key=sizes.__getitem__)
+    families.levels[0].top_tokens[root] = [(EVIL, 1.0)]  # a token that is markup must stay text
+    _open(browser, families.write_html(tmp_path / "families.html", family=root), "families")
+    assert "alert(1)" not in browser.title
+    nodes = browser.find_elements(By.CSS_SELECTOR, "svg#tree rect, svg#tree circle")
+    assert len(nodes) >= sizes[root]  # every member of the family is drawn
+    assert EVIL in browser.page_source.replace("&lt;", "<").replace("&gt;", ">")

@@ -37,3 +37,16 @@ def test_dashboard_and_automata_examples_run(tmp_path):
     assert "kvlog:" in out.stdout and "KEY" in out.stdout and "loops (no labels used)" in out.stdout
     assert "the base64 state" in out.stdout and "base64 continuations" in out.stdout
     assert (tmp_path / "markup.html").exists() and (tmp_path / "base64.json").exists()
+
+
+def test_analysis_examples_run(tmp_path):
+    def run(script: str, *args: str) -> str:
+        return subprocess.run([sys.executable, str(EXAMPLES / script), *args],
+                              capture_output=True, text=True, check=True, timeout=600).stdout  # fmt: skip
+
+    families = run("feature_families.py", "--smoke")
+    assert "The base64 family" in families and "->" in families
+    scores = run("explanation_scores.py", "--smoke", "--out-dir", str(tmp_path))
+    assert (tmp_path / "explanations.svg").read_text().startswith("<svg") and "random" in scores
+    monitored = run("monitor_generation.py", "--out", str(tmp_path / "trace.jsonl"))
+    assert "stop: halted at position" in monitored and sc.load_trace(tmp_path / "trace.jsonl")
