@@ -61,7 +61,9 @@ def labelled_rows(
     if not isinstance(rows_per_source, int) or rows_per_source < 1:
         raise ValueError(f"rows_per_source={rows_per_source!r}: expected a positive int")
     eot = getattr(getattr(tl, "tokenizer", None), "eos_token_id", None)
-    rows, source, names = [], [], []
+    rows: list[Tensor] = []
+    source: list[int] = []
+    names: list[str] = []
     for name, items in texts.items():
         stream: list[int] = []
         for text in items:
@@ -139,7 +141,7 @@ class BestMatch(NamedTuple):
 
     value: Float[Tensor, " n_a"]
     """The best correlation (0 for a column that never varies)."""
-    index: Int[Tensor, " n_a"]
+    match: Int[Tensor, " n_a"]
     """Which column of the second set it is."""
 
 
