@@ -12,8 +12,16 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from sae_circuits import architectures, distributed, formats, interventions, writers, zoo
+    from sae_circuits import analysis, architectures, distributed, formats, interventions, writers, zoo
     from sae_circuits._compat import KVCacheNotFilledError, UnsupportedVersionError
+    from sae_circuits.analysis import (
+        explanation_scores,
+        feature_families,
+        features_vs_neurons,
+        match_features,
+        score_explanation,
+    )
+    from sae_circuits.analysis.universality import universality
     from sae_circuits.baselines import random_like
     from sae_circuits.dashboard import feature_dashboard, write_dashboard
     from sae_circuits.distributed import attribute_prompts, sharded_automaton
@@ -24,6 +32,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
     from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, noise, scale, steer
     from sae_circuits.io import SAEFormatError
+    from sae_circuits.monitor import Monitor, MonitorStopped, load_trace, monitor
     from sae_circuits.placement import place
     from sae_circuits.sae import SAE, SAEConfig
     from sae_circuits.splice import saes_of, splice, spliced, unsplice
@@ -50,12 +59,15 @@ __all__ = [
     "KVCacheNotFilledError",
     "LogitDirection",
     "Loop",
+    "Monitor",
+    "MonitorStopped",
     "SAEConfig",
     "SAEFormatError",
     "TrainConfig",
     "UnsupportedVersionError",
     "ablate",
     "add",
+    "analysis",
     "architectures",
     "attribute",
     "attribute_prompts",
@@ -65,17 +77,24 @@ __all__ = [
     "clamp",
     "distributed",
     "evaluate",
+    "explanation_scores",
     "feature_dashboard",
+    "feature_families",
+    "features_vs_neurons",
     "formats",
     "intervene",
     "interventions",
     "load_pretrained",
+    "load_trace",
+    "match_features",
+    "monitor",
     "noise",
     "place",
     "random_like",
     "saes_of",
     "scale",
     "score_automaton",
+    "score_explanation",
     "score_loops",
     "sharded_automaton",
     "splice",
@@ -85,6 +104,7 @@ __all__ = [
     "train_from_cache",
     "train_sae",
     "train_transcoder",
+    "universality",
     "unsplice",
     "write_dashboard",
     "writers",
@@ -92,8 +112,19 @@ __all__ = [
 ]
 
 # public name -> the module that defines it (a name in _MODULES is that module itself)
-_MODULES = ("architectures", "distributed", "formats", "interventions", "writers", "zoo")
+_MODULES = ("analysis", "architectures", "distributed", "formats", "interventions", "writers", "zoo")
 _SOURCES = {
+    "analysis": "sae_circuits.analysis",
+    "explanation_scores": "sae_circuits.analysis",
+    "feature_families": "sae_circuits.analysis",
+    "features_vs_neurons": "sae_circuits.analysis",
+    "match_features": "sae_circuits.analysis",
+    "score_explanation": "sae_circuits.analysis",
+    "universality": "sae_circuits.analysis",
+    "Monitor": "sae_circuits.monitor",
+    "MonitorStopped": "sae_circuits.monitor",
+    "load_trace": "sae_circuits.monitor",
+    "monitor": "sae_circuits.monitor",
     "zoo": "sae_circuits.zoo",
     "architectures": "sae_circuits.architectures",
     "formats": "sae_circuits.formats",
