@@ -130,6 +130,12 @@ def test_the_threshold_cuts_edges() -> None:
     assert fam.levels[2].parent[:9].tolist() == list(range(9))  # copies: cos 1
 
 
+def test_a_feature_that_never_fires_gets_no_parent_at_any_threshold() -> None:
+    saes, model, tokens, _ = planted()
+    fam = feature_families(saes, model, tokens, threshold=0.0)  # correlation 0 would pass 0 >= 0
+    assert int(fam.levels[2].parent[9]) == -1 and 9 not in fam.children(1, 0)
+
+
 def _brute_force(a: sc.SAE, b: sc.SAE, model: nn.Module, tokens: torch.Tensor):
     """Cosine and correlation matrices, one pair of features at a time."""
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == a.cfg.hook_name)

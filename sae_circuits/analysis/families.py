@@ -274,11 +274,13 @@ def feature_families(
             value, candidate = chosen.max(dim=1)
             rows = torch.arange(sae.cfg.d_sae)
             cos_edge, corr_edge = cos[rows, candidate], corr[rows, candidate]
-            parent = torch.where(value >= threshold, candidate, torch.full_like(candidate, -1))
+            fires, fires_below = firing_counts(a), firing_counts(acts[i - 1])
+            linked = value >= threshold
+            if by == "activation":  # a feature that never fires correlates 0 with everything: no evidence
+                linked &= (fires > 0) & (fires_below[candidate] > 0)
+            parent = torch.where(linked, candidate, torch.full_like(candidate, -1))
             (cv, ci), (rv, ri) = cos.max(dim=1), corr.max(dim=1)
-            match = FeatureMatch(
-                cv, ci, rv, ri, firing_counts(a), firing_counts(acts[i - 1]), int(a.shape[0])
-            )
+            match = FeatureMatch(cv, ci, rv, ri, fires, fires_below, int(a.shape[0]))
         levels.append(
             FamilyLevel(
                 width=sae.cfg.d_sae,
