@@ -12,6 +12,7 @@
 Feature monitors during generation are :func:`sae_circuits.monitor`.
 """
 
+from sae_circuits.analysis._stats import LabelledRows, labelled_rows
 from sae_circuits.analysis.explain import (
     ExplanationScore,
     ExplanationScores,
@@ -41,6 +42,7 @@ __all__ = [
     "FeatureMatch",
     "FeaturesVsNeurons",
     "FromFunction",
+    "LabelledRows",
     "Predicate",
     "Regex",
     "TokenSet",
@@ -49,6 +51,7 @@ __all__ = [
     "explanation_scores",
     "feature_families",
     "features_vs_neurons",
+    "labelled_rows",
     "match_features",
     "score_explanation",
     "token_properties",
