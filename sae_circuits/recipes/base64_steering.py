@@ -14,9 +14,11 @@ base64-like run from a degenerate repetition.
 
 from __future__ import annotations
 
+import base64
+import random
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -268,6 +270,46 @@ def measure_state(
             [(prompts[k], plain["sampled"][k], pinned["sampled"][k]) for k in (0, 1, 10) if k < len(prompts)],
         ))  # fmt: skip
     return results
+
+
+class GreedyCeiling(NamedTuple):
+    """What greedy decoding does inside genuine base64, with nothing pinned."""
+
+    fraction: float
+    """Continuations with a base64-looking run (:func:`looks_like_base64`)."""
+    distinct: float
+    """Mean distinct-character ratio of the continuations."""
+    n_prompts: int
+
+
+@torch.no_grad()
+def greedy_ceiling(
+    model: nn.Module, n_prompts: int = 20, max_new_tokens: int = 40, seed: int = 0
+) -> GreedyCeiling:
+    """The ceiling for greedy steering: continue ``n_prompts`` prompts that already hold 48
+    characters of real base64 (``data = "…``, random bytes) greedily, unpinned. The next base64
+    character is uniform, so its argmax is arbitrary and greedy text repeats itself; pinning a
+    feature cannot make greedy text more base64-like than base64 itself makes it.
+
+    >>> ceiling = greedy_ceiling(model, n_prompts=2, max_new_tokens=4)
+    >>> ceiling.n_prompts, 0.0 <= ceiling.distinct <= 1.0
+    (2, True)
+    """
+    rng = random.Random(seed)
+    tl = cast(Any, model)
+    outs = []
+    for _ in range(n_prompts):
+        blob = base64.b64encode(rng.randbytes(60)).decode()[:48]
+        tokens = tl.to_tokens(f'data = "{blob}', prepend_bos=False)
+        out = tl.generate(
+            tokens, max_new_tokens=max_new_tokens, do_sample=False, verbose=False, stop_at_eos=False
+        )
+        outs.append(cast(str, tl.to_string(out[0, tokens.shape[1] :])))
+    return GreedyCeiling(
+        sum(map(looks_like_base64, outs)) / n_prompts,
+        sum(map(_distinct_char_ratio, outs)) / n_prompts,
+        n_prompts,
+    )
 
 
 MARK_BEGIN, MARK_END = "<!-- base64:begin -->", "<!-- base64:end -->"
