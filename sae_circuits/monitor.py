@@ -24,15 +24,24 @@ The algorithm:
    without it every step re-runs all earlier positions. Each site remembers how many positions of
    the current sequence it has kept, and keeps only those at or past that mark, from their first
    computation. Cached and uncached runs therefore keep the same positions, with activations equal
-   to float tolerance.
-4. **Act on firings** (activation ``> threshold``): ``"record"`` only keeps them. ``"stop"`` raises
+   to float tolerance. **Padding:** where the forward call is given an ``attention_mask`` (``generate``
+   passes one for a batch of prompts, left-padded, with the cache on and off, on HookedTransformer
+   and TransformerBridge alike), positions it marks 0 are not kept: they never fire, stop or steer,
+   and have no trace row. Positions stay column indices of the padded batch (those of the tokens
+   ``generate`` returns), so a row with ``k`` pads has its real tokens at ``k, k + 1, ...``: the
+   positions of that row run alone, plus ``k``.
+4. **Act on firings** (activation ``> threshold``, both rounded to float32, the same comparison in
+   firings, stop, steering and the trace): ``"record"`` only keeps them. ``"stop"`` raises
    :class:`MonitorStopped` right after the site's positions of this pass are kept, so the pass is cut
    short and no token is sampled after it; :meth:`Monitor.generate` catches it and returns the
    tokens so far. ``"ablate"`` and ``"clamp"`` (to ``value``) edit a feature in a row from its first
    firing position in that row on, that position included (``sc.clamp(site, feature, value,
    positions=slice(p, None))`` for that row), in every later forward pass, so steering is also
-   identical with and without the cache. A callable gets each :class:`Firing` in order and returns
-   ``None`` or ``"stop"``.
+   identical with and without the cache. A callable is called when a forward pass has finished (before
+   ``generate`` samples from it) with each :class:`Firing` of that pass, across all sites, in the
+   order of :attr:`Monitor.firings`; it returns ``None`` or ``"stop"``, and a ``"stop"`` raises
+   :class:`MonitorStopped` once it has seen all of them. (A site's hook that runs outside any
+   ``model.forward`` call hands its firings over at once.)
 5. **Read out.** :attr:`Monitor.firings` come from the kept activations (sorted by sequence,
    position, row, watch order); :meth:`Monitor.trace` gives one :class:`TraceRow` per kept token
    with the activation of every watched feature; :meth:`Monitor.save` writes it as JSONL or JSON
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -71,7 +81,8 @@ __all__ = ["Firing", "Monitor", "MonitorStopped", "OnFire", "TraceRow", "Watch",
 OnFire: TypeAlias = Literal["record", "stop", "ablate", "clamp"] | Callable[["Firing"], "str | None"]
 """What a firing does: ``"record"`` (only record it), ``"stop"`` (stop generation),
 ``"ablate"``/``"clamp"`` (from the firing position on, set the feature in that row to 0 / ``value``),
-or a callable ``on_fire(firing) -> None | "stop"``."""
+or a callable ``on_fire(firing) -> None | "stop"`` (given the firings of each forward pass once it has
+finished, in the order of :attr:`Monitor.firings`)."""
 
 WatchSpec: TypeAlias = (
     Sequence[tuple[str | SAE, int | Sequence[int]] | tuple[str | SAE, int | Sequence[int], float]]
@@ -95,7 +106,8 @@ class Watch(NamedTuple):
     features: tuple[int, ...]
     """Feature indices watched."""
     threshold: float
-    """A feature fires where its activation is ``> threshold``."""
+    """A feature fires where its activation is ``> threshold`` (a float32 value: both are compared
+    as float32)."""
 
     def column(self, feature: int) -> str:
         """The trace column of ``feature``: the watch's name, or ``"{name}[{feature}]"`` when the
@@ -112,7 +124,8 @@ class Firing(NamedTuple):
     row: int
     """Batch row."""
     position: int
-    """Absolute position in the row (prompt + generated, counted from 0)."""
+    """Absolute position in the row (prompt + generated, counted from 0; a left-padded row counts
+    its pads, as the columns of the tokens ``generate`` returns)."""
     site: str
     """The SAE's site (hook name)."""
     feature: int
@@ -120,7 +133,7 @@ class Firing(NamedTuple):
     activation: float
     """The activation (as the monitor saw it, before its own edit)."""
     token: int
-    """Token id at ``position`` (-1 when the model was given embeddings, not tokens)."""
+    """Token id at ``position`` (-1 when unknown: a prompt given as embeddings, not tokens)."""
     watch: str
     """Name of the watch the feature belongs to."""
 
@@ -140,7 +153,8 @@ class TraceRow(NamedTuple):
     """The token as a string (``""`` when unknown or the model has no tokenizer)."""
     activations: dict[str, float | None]
     """Per watched feature (:meth:`Watch.column`), its activation; ``None`` where its site did not
-    run at this token (a pass that ``"stop"`` cut short)."""
+    run at this token (a pass that ``"stop"`` cut short). It may be NaN (a broken feature); a saved
+    trace (:meth:`Monitor.save`) holds non-finite values as ``null``, read back as ``None``."""
     fired: list[str]
     """The columns that fired at this token."""
 
@@ -173,9 +187,17 @@ class _Group:
     def freeze(self, watches: list[Watch]) -> None:
         """Build the column tensors; ``ranks``: each column's place in the watches' order."""
         self.index = torch.tensor([f for _, f in self.columns])
-        self.thresholds = torch.tensor([w.threshold for w, _ in self.columns])
+        self.thresholds = torch.tensor([w.threshold for w, _ in self.columns], dtype=torch.float32)
         order = [(w.name, f) for w in watches for f in w.features]
         self.ranks = [order.index((w.name, f)) for w, f in self.columns]
+
+
+class _Kept(NamedTuple):
+    """The activations of one site kept from one forward pass."""
+
+    start: int  # absolute position of the first kept position
+    acts: Tensor  # [batch, kept, n] the watched columns
+    valid: Tensor | None  # [batch, kept] False at padding (attention mask 0); None: all valid
 
 
 @dataclass
@@ -184,7 +206,7 @@ class _Sequence:
 
     index: int
     tokens: Tensor | None = None  # [batch, known positions], -1 where unknown
-    kept: dict[str, list[tuple[int, Tensor]]] = field(default_factory=dict)  # site -> (start, [b, l, n])
+    kept: dict[str, list[_Kept]] = field(default_factory=dict)  # site -> one per pass
     done: dict[str, int] = field(default_factory=dict)  # site -> positions kept so far
     first: dict[str, Tensor] = field(default_factory=dict)  # site -> [batch, n] first firing position
 
@@ -241,6 +263,8 @@ class Monitor:
         self._generating = False
         self._depth = 0  # nesting of forward calls
         self._forward_start = 0  # where the outermost forward call's tokens start
+        self._mask: Tensor | None = None  # the outermost forward call's attention_mask [batch, key pos]
+        self._pending: list[tuple[_Sequence, _Group, _Kept]] = []  # a callable's, until the pass ends
 
     # ------------------------------------------------------------------ public
 
@@ -250,10 +274,9 @@ class Monitor:
         out: list[Firing] = []
         for seq in self._sequences:
             for group in self._groups:
-                for start, acts in seq.kept.get(group.site, []):
-                    out += _firings_in(seq, group, start, acts)
-        rank = {(g.site, f): g.ranks[c] for g in self._groups for c, (_, f) in enumerate(g.columns)}
-        return sorted(out, key=lambda e: (e.sequence, e.position, e.row, rank[e.site, e.feature]))
+                for kept in seq.kept.get(group.site, []):
+                    out += _firings_in(seq, group, kept)
+        return self._sorted(out)
 
     def generate(
         self, input: Int[Tensor, "batch prompt"] | str | list[str], **kwargs: Any
@@ -288,10 +311,13 @@ class Monitor:
         for seq in self._sequences:
             values: dict[tuple[int, int], dict[str, float | None]] = {}
             for group in self._groups:
-                for start, acts in seq.kept.get(group.site, []):
+                for start, acts, valid in seq.kept.get(group.site, []):
                     table = acts.float().cpu().tolist()  # [batch][pos][column]
+                    keep = None if valid is None else valid.cpu().tolist()  # [batch][pos]
                     for row, per_row in enumerate(table):
                         for i, per_pos in enumerate(per_row):
+                            if keep is not None and not keep[row][i]:
+                                continue  # padding
                             cell = values.setdefault((row, start + i), {})
                             for g, c, name in columns:
                                 if g is group:
@@ -308,6 +334,8 @@ class Monitor:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the trace atomically: ``.jsonl``, one :class:`TraceRow` per line; ``.json``, an
         object with ``watches``, ``firings`` and ``trace``. Read it back with :func:`load_trace`.
+        JSON has no NaN or infinity: a non-finite activation is written as ``null`` (so it reads
+        back as ``None``, like a site that did not run at that token).
 
         >>> site = "blocks.1.hook_resid_post"
         >>> with sc.spliced(model, [sae]), sc.monitor(model, {"f21": (site, 21)}) as mon:
@@ -317,13 +345,13 @@ class Monitor:
         True
         """
         target = Path(path)
-        rows = [row._asdict() for row in self.trace()]
+        rows = [_json_row(row) for row in self.trace()]
         if target.suffix == ".jsonl":
             text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows)
         elif target.suffix == ".json":
             document = {
                 "watches": [w._asdict() for w in self.watches],
-                "firings": [f._asdict() for f in self.firings],
+                "firings": [_json_row(f) for f in self.firings],
                 "trace": rows,
             }
             text = json.dumps(document, allow_nan=False, indent=1) + "\n"
@@ -347,19 +375,34 @@ class Monitor:
     def _current(self) -> _Sequence:
         return self._sequences[-1] if self._sequences else self._new_sequence()
 
+    def _sorted(self, firings: list[Firing]) -> list[Firing]:
+        """``firings`` sorted by (sequence, position, row, watch order)."""
+        rank = {(g.site, f): g.ranks[c] for g in self._groups for c, (_, f) in enumerate(g.columns)}
+        return sorted(firings, key=lambda e: (e.sequence, e.position, e.row, rank[e.site, e.feature]))
+
     def _wrap_forward(self, forward: Any) -> Any:
         @functools.wraps(forward)
         def monitored_forward(*args: Any, **kwargs: Any) -> Any:
-            if self._depth == 0:
+            outermost = self._depth == 0
+            if outermost:
                 start = cache_length(kwargs)
                 if not self._generating and start == 0:
                     self._new_sequence()  # a KV-cached continuation (start > 0) continues the last one
                 self._forward_start = start
+                # generate passes the padding as a [batch, cache + new] 0/1 mask (both backends)
+                mask = kwargs.get("attention_mask")
+                self._mask = mask if isinstance(mask, Tensor) and mask.ndim == 2 else None
+                self._pending = []
             self._depth += 1
             try:
-                return forward(*args, **kwargs)
+                out = forward(*args, **kwargs)
             finally:
                 self._depth -= 1
+                if outermost:
+                    pending, self._pending, self._mask = self._pending, [], None
+            if outermost and pending:
+                self._dispatch(pending)  # the pass has finished, nothing is sampled from it yet
+            return out
 
         return monitored_forward
 
@@ -369,7 +412,12 @@ class Monitor:
             saved = self._generating
             self._generating = True
             self.stopped = None
-            self._new_sequence()
+            seq = self._new_sequence()
+            prompt = args[0] if args else kwargs.get("input")
+            if isinstance(prompt, Tensor) and prompt.is_floating_point() and prompt.ndim == 3:
+                # embeddings [batch, pos, d_model]: the prompt's tokens are unknown (-1), and the
+                # sampled tokens, embedded one by one, are appended after them
+                seq.put_tokens(0, torch.full(prompt.shape[:2], -1, dtype=torch.long, device=prompt.device))
             try:
                 return generate(*args, **kwargs)
             finally:
@@ -380,7 +428,8 @@ class Monitor:
     def _see_tokens(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Pre-hook on the token embedding: keep the ids by absolute position. Inside a forward call
         they start where its chunk starts; HookedTransformer.generate embeds outside forward, the
-        prompt first, then one sampled token per step, so those are appended."""
+        prompt first, then one sampled token per step, so those are appended (after the unknown
+        prompt positions when ``generate`` was given embeddings)."""
         ids = args[0] if args else kwargs.get("input_ids", kwargs.get("tokens"))
         if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.ndim not in (1, 2):
             return
@@ -390,74 +439,116 @@ class Monitor:
             seq = self._current()
             seq.put_tokens(0 if seq.tokens is None else seq.tokens.shape[1], ids)
 
+    def _valid(self, start: int, acts: Tensor) -> Tensor | None:
+        """``[batch, length]``: False where the forward call's attention mask marks padding, for the
+        chunk ``[start, start + length)`` of ``acts``; ``None`` when there is no usable mask. The mask
+        covers the cache and the new tokens (as ``generate`` passes it) or the new tokens alone."""
+        mask, (batch, length) = self._mask, acts.shape[:2]
+        if mask is None or mask.shape[0] != batch:
+            return None
+        if mask.shape[1] >= start + length:
+            mask = mask[:, start : start + length]
+        elif mask.shape[1] != length:
+            return None
+        return mask.to(acts.device) != 0
+
     def _hook(self, group: _Group) -> Callable[..., Tensor]:
         steer = self.on_fire in ("ablate", "clamp")
 
         def watch_features(acts: Tensor, *, hook: HookPoint) -> Tensor:
             seq = self._current()
             chunk = self._tracker.chunk(acts.shape[1])
+            valid = self._valid(chunk.start, acts)  # [batch, length] or None
             done = seq.done.get(group.site, 0)
             skip = min(max(done - chunk.start, 0), chunk.length)  # re-run positions (no KV cache)
             if skip < chunk.length:
                 index = group.index.to(acts.device)
                 new = acts[:, skip:].detach().index_select(-1, index)  # [batch, new, n]
-                seq.kept.setdefault(group.site, []).append((chunk.start + skip, new))
+                kept = _Kept(chunk.start + skip, new, None if valid is None else valid[:, skip:])
+                seq.kept.setdefault(group.site, []).append(kept)
                 seq.done[group.site] = chunk.start + chunk.length
                 if steer:
-                    self._note_first_firings(seq, group, chunk.start + skip, new)
+                    self._note_first_firings(seq, group, kept)
+                elif self.on_fire == "stop":
+                    self._stop_on(seq, group, kept)
                 elif self.on_fire != "record":
-                    self._act(seq, group, chunk.start + skip, new)
+                    self._pending.append((seq, group, kept))
+                    if self._depth == 0:  # not inside a forward call: no end of pass to wait for
+                        pending, self._pending = self._pending, []
+                        self._dispatch(pending)
             if steer and group.site in seq.first:
-                acts = self._edit(acts, seq.first[group.site], chunk.start, group)
+                acts = self._edit(acts, seq.first[group.site], chunk.start, group, valid)
             return acts
 
         return watch_features
 
-    def _note_first_firings(self, seq: _Sequence, group: _Group, start: int, new: Tensor) -> None:
+    def _note_first_firings(self, seq: _Sequence, group: _Group, kept: _Kept) -> None:
         """Update the table of each (row, column)'s first firing position (no device sync)."""
-        fires = new > group.thresholds.to(new.device, new.dtype)  # [batch, new, n]
-        positions = torch.arange(start, start + new.shape[1], device=new.device)[None, :, None]
+        fires = _fires(group, kept)  # [batch, new, n]
+        start, length = kept.start, kept.acts.shape[1]
+        positions = torch.arange(start, start + length, device=fires.device)[None, :, None]
         first = torch.where(fires, positions, _NEVER).amin(dim=1)  # [batch, n]
         before = seq.first.get(group.site)
         seq.first[group.site] = first if before is None else torch.minimum(before, first)
 
-    def _edit(self, acts: Tensor, first: Tensor, start: int, group: _Group) -> Tensor:
-        """Set each column to ``value`` (0 for ablate) at and after its first firing in each row."""
+    def _edit(self, acts: Tensor, first: Tensor, start: int, group: _Group, valid: Tensor | None) -> Tensor:
+        """Set each column to ``value`` (0 for ablate) at and after its first firing in each row
+        (padding left as it is)."""
         index = group.index.to(acts.device)
         positions = torch.arange(start, start + acts.shape[1], device=acts.device)[None, :, None]
         mask = positions >= first[:, None, :]  # [batch, pos, n]
+        if valid is not None:
+            mask &= valid[..., None]
         selected = acts.index_select(-1, index)
         edited = torch.where(mask, torch.full_like(selected, self.value), selected)
         return acts.index_copy(-1, index, edited)
 
-    def _act(self, seq: _Sequence, group: _Group, start: int, new: Tensor) -> None:
-        """``"stop"`` or a callable: look at this pass's firings now (a device sync)."""
-        if not bool((new > group.thresholds.to(new.device, new.dtype)).any()):
-            return
+    def _stop_on(self, seq: _Sequence, group: _Group, kept: _Kept) -> None:
+        """``"stop"``: look at this site's firings of this pass now (a device sync)."""
+        if bool(_fires(group, kept).any()):
+            self._stop(seq, _firings_in(seq, group, kept)[0], kept)
+
+    def _dispatch(self, pending: list[tuple[_Sequence, _Group, _Kept]]) -> None:
+        """A callable: hand it the firings of a finished pass, all sites together, in the order of
+        :attr:`firings`; stop at the first it answers ``"stop"`` to, once it has seen them all."""
+        firings = self._sorted([f for seq, group, kept in pending for f in _firings_in(seq, group, kept)])
         stop: Firing | None = None
-        for firing in _firings_in(seq, group, start, new):
-            if self.on_fire == "stop":
-                stop = stop or firing
-                continue
+        for firing in firings:
             answer = cast(Callable[[Firing], Any], self.on_fire)(firing)
             if answer not in (None, "stop"):
                 raise ValueError(f"on_fire returned {answer!r}; expected None or 'stop'")
             if answer == "stop" and stop is None:
                 stop = firing
         if stop is not None:
-            self.stopped = stop
-            end = start + new.shape[1]
-            tokens = seq.tokens[:, :end] if seq.tokens is not None else torch.empty(0, 0, dtype=torch.long)
-            raise MonitorStopped(stop, tokens)
+            seq, _, kept = pending[-1]  # every site's positions of a pass end where the pass ends
+            self._stop(seq, stop, kept)
+
+    def _stop(self, seq: _Sequence, firing: Firing, kept: _Kept) -> None:
+        """Raise :class:`MonitorStopped` with the tokens up to the end of ``kept``'s pass."""
+        self.stopped = firing
+        end = kept.start + kept.acts.shape[1]
+        tokens = seq.tokens[:, :end] if seq.tokens is not None else torch.empty(0, 0, dtype=torch.long)
+        raise MonitorStopped(firing, tokens)
 
 
-def _firings_in(seq: _Sequence, group: _Group, start: int, acts: Tensor) -> list[Firing]:
-    """The firings in ``acts`` (``[batch, pos, n]`` kept from position ``start``), sorted by
+def _fires(group: _Group, kept: _Kept) -> Tensor:
+    """``[batch, pos, n]``: where a kept column fires, ``activation > threshold`` compared as float32
+    (the thresholds are float32 values; :meth:`Monitor.trace` compares the same numbers), padding
+    excluded."""
+    fires = kept.acts.float() > group.thresholds.to(kept.acts.device)
+    if kept.valid is not None:
+        fires &= kept.valid[..., None]
+    return fires
+
+
+def _firings_in(seq: _Sequence, group: _Group, kept: _Kept) -> list[Firing]:
+    """The firings in ``kept`` (``[batch, pos, n]`` from position ``kept.start``), sorted by
     (position, row, column)."""
-    fires = acts > group.thresholds.to(acts.device, acts.dtype)
+    fires = _fires(group, kept)
     hits = fires.nonzero().tolist()  # [row, i, column], row-major
-    values = acts[fires].float().tolist()
+    values = kept.acts.float()[fires].tolist()
     table = seq.token_table()
+    start = kept.start
 
     def token(row: int, position: int) -> int:
         known = table[row] if row < len(table) else []
@@ -471,6 +562,20 @@ def _firings_in(seq: _Sequence, group: _Group, start: int, acts: Tensor) -> list
         for (row, i, c), value in zip(hits, values)
     )  # fmt: skip
     return [firing for _, firing in keyed]
+
+
+def _json_row(row: Firing | TraceRow) -> dict[str, Any]:
+    """``row`` as a JSON object; JSON has no NaN or infinity, so a non-finite activation is null."""
+    out = row._asdict()
+    if isinstance(row, Firing):
+        out["activation"] = _finite_or_none(row.activation)
+    else:
+        out["activations"] = {name: _finite_or_none(a) for name, a in row.activations.items()}
+    return out
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 # --------------------------------------------------------------------------- the context manager
@@ -489,10 +594,14 @@ def monitor(
 
     ``features``: ``[(site, feature), ...]`` or ``{name: (site, feature or [features])}``; an entry
     may add its own threshold as a third item. Each site must be a spliced SAE (its hook name or the
-    SAE). A feature fires where its activation is ``> threshold``. ``on_fire``: ``"record"``,
+    SAE). A feature fires where its activation is ``> threshold`` (the threshold rounded once to
+    float32, the activation compared as float32). ``on_fire``: ``"record"``,
     ``"stop"``, ``"ablate"``, ``"clamp"`` (to ``value``), or a callable (see :data:`OnFire` and the
-    module docstring). Positions are absolute (prompt + generated) and each (row, position) is
-    recorded once, so records are the same with the KV cache on and off. Nests with
+    module docstring). Positions are absolute (prompt + generated; a left-padded row counts its
+    pads, which are never recorded where the forward call has an ``attention_mask``, as in
+    ``generate``) and each (row, position) is recorded once, so records are the same with the KV
+    cache on and off. When ``generate`` is given embeddings, the prompt's positions have token -1
+    and the generated tokens follow them. Watch names and trace columns must be distinct. Nests with
     :func:`sae_circuits.intervene`; hooks and wrappers are removed on exit, even on error.
 
     >>> site = "blocks.1.hook_resid_post"
@@ -548,7 +657,8 @@ def _hooked(hook_point: HookPoint, fn: Callable[..., Tensor]) -> Iterator[None]:
 
 
 def load_trace(path: str | os.PathLike[str]) -> list[TraceRow]:
-    """The trace that :meth:`Monitor.save` wrote to ``path`` (``.jsonl`` or ``.json``)."""
+    """The trace that :meth:`Monitor.save` wrote to ``path`` (``.jsonl`` or ``.json``); a non-finite
+    activation, saved as ``null``, is read back as ``None``."""
     target = Path(path)
     text = target.read_text(encoding="utf-8")
     if target.suffix == ".jsonl":
@@ -584,7 +694,7 @@ def _threshold(threshold: Any) -> float:
             f"threshold={number}: expected a number >= 0 ({_ACTIVATIONS}, so a negative threshold "
             "would fire on every token)"
         )
-    return number
+    return float(torch.tensor(number, dtype=torch.float32))  # one rounding, compared as float32
 
 
 def _resolve(model: nn.Module, features: Any, default: float) -> tuple[list[Watch], list[_Group]]:
@@ -640,6 +750,17 @@ def _resolve(model: nn.Module, features: Any, default: float) -> tuple[list[Watc
         watches.append(watch)
         group = groups.setdefault(site.name, _Group(site.name, site.sae))
         group.columns += [(watch, index) for index in chosen]
+    columns: dict[str, list[Watch]] = {}
+    for watch in watches:
+        for index in watch.features:
+            columns.setdefault(watch.column(index), []).append(watch)
+    clashes = {column: [w.name for w in ws] for column, ws in columns.items() if len(ws) > 1}
+    if clashes:
+        raise ValueError(
+            "trace column names collide (a watch with several features has columns "
+            f"'name[feature]'): {', '.join(f'{c!r} (watches {n})' for c, n in clashes.items())}; "
+            "rename the watches"
+        )
     for group in groups.values():
         group.freeze(watches)
     return watches, list(groups.values())

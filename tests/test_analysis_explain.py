@@ -4,6 +4,7 @@ dictionaries on the embedded model, and errors that name the bad value."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -186,6 +187,32 @@ def test_logit_scores_match_hand_computed_values() -> None:
     assert s.precision[0].item() == 1.0
     empty = logit_scores(effects[:1], torch.zeros(1, 5, dtype=torch.bool))
     assert torch.isnan(empty.auroc).all()
+
+
+def test_logit_precision_counts_ties_at_the_cut_fairly() -> None:
+    """Precision@|set| does not depend on how ties are ordered: it is the mean over every order
+    of the tokens (every tie-breaking), computed here by brute force."""
+    swapped = logit_scores(
+        torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 2), torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0]]) > 0
+    )
+    assert swapped.precision.tolist() == [0.5, 0.5]  # one of two tied places
+    generator = torch.Generator().manual_seed(0)
+    effects = torch.randint(0, 3, (40, 6), generator=generator).float()
+    members = torch.rand(40, 6, generator=generator) < 0.4
+    members[0], members[1] = False, True  # the empty set (NaN) and the whole vocabulary (1)
+    got = logit_scores(effects, members).precision
+    orders = torch.tensor(list(itertools.permutations(range(6))))  # [720, 6]
+    for row in range(40):
+        size = int(members[row].sum())
+        if size == 0:
+            assert torch.isnan(got[row])
+            continue
+        # a tie-breaking: sort by effect, equal effects in the order of ``order`` (stable sort)
+        hits = [
+            members[row][o[effects[row][o].argsort(descending=True, stable=True)][:size]].sum()
+            for o in orders
+        ]
+        assert got[row].item() == pytest.approx(float(torch.stack(hits).double().mean()) / size), row
 
 
 # ---------------------------------------------------------------------------- on a model

@@ -237,6 +237,11 @@ def test_bad_input_is_refused_with_the_value_and_what_was_expected(model):
             (dict(features=(SITES[1], 3)), ValueError, r"watch 'blocks.1.hook_resid_post': expected \(site"),
             (dict(features=[(SITES[1], 3), (sae, [3, 4])]), ValueError, "feature 3 .* is watched twice"),
             (dict(features=[(SITES[1], -1)]), ValueError, "feature index -1 is negative"),
+            (
+                dict(features={"a": (SITES[1], [1, 2]), "a[1]": (SITES[1], 5)}),
+                ValueError,
+                r"trace column names collide .*'a\[1\]' \(watches \['a', 'a\[1\]'\]\)",
+            ),
         ]
         for kwargs, error, message in cases:
             with pytest.raises(error, match=message):
@@ -283,3 +288,118 @@ def test_the_trace_round_trips(model, tokens, tmp_path, suffix):
         assert len(document["firings"]) == len(mon.firings)
     with pytest.raises(ValueError, match=r"path='trace.csv': expected a .jsonl or .json"):
         mon.save("trace.csv")
+
+
+PROMPTS = ["def parse(self):", "import os\nfor name in os.listdir(path):"]  # row 0 is left-padded
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["hooked", "bridge"])
+def test_left_padding_is_not_monitored(kind, request):
+    """A batch of prompts of different lengths, left-padded by ``generate``: the padded row's
+    firings, with the cache on and off, are those of the row run alone at positions shifted by its
+    pads; pads never fire, have no trace row, cannot stop the run nor start an edit."""
+    model = request.getfixturevalue(kind)
+    saes = _saes()
+    watches = _everything(saes)
+    with sc.spliced(model, saes):
+        with monitor(model, watches, THRESHOLD) as mon:
+            batch = {cache: _generate(model, PROMPTS, cache=cache, n=3)[0] for cache in (True, False)}
+            alone = _generate(model, PROMPTS[0], cache=True, n=3)[0]
+        with monitor(model, watches, THRESHOLD, on_fire="stop") as stop:
+            stop.generate(PROMPTS, max_new_tokens=3, **GREEDY)
+        with monitor(model, watches, THRESHOLD, on_fire="clamp", value=1.0):
+            steered = [_generate(model, prompts, cache=True, n=3) for prompts in (PROMPTS, PROMPTS[0])]
+    pads = batch[True].shape[1] - alone.shape[1]
+    assert pads > 0 and torch.equal(batch[True][0, pads:], alone[0])
+    assert torch.equal(batch[False], batch[True])
+    firings, trace = mon.firings, mon.trace()
+    want = [f for f in firings if f.sequence == 2]
+    assert len(want) > 50
+    for s in (0, 1):
+        got = [f for f in firings if f.sequence == s and f.row == 0]
+        assert [(f.position - pads, *_key(f)[2:]) for f in got] == [_key(f)[1:] for f in want]
+        assert [f.activation for f in got] == pytest.approx([f.activation for f in want], abs=1e-4)
+        positions = [t.position for t in trace if t.sequence == s and t.row == 0]
+        assert positions == list(range(pads, batch[True].shape[1] - 1))
+    assert stop.stopped is not None and stop.stopped.position >= pads * (stop.stopped.row == 0)
+    # row 0 steered in the batch is row 0 steered alone: no clamp started at a pad
+    assert torch.equal(steered[0][0][0, pads:], steered[1][0][0])
+    assert torch.allclose(steered[0][1][0], steered[1][1][0], atol=1e-4)
+
+
+@torch.no_grad()
+def test_generate_given_embeddings_records_generated_tokens_after_the_prompt(hooked, tokens):
+    """The prompt's positions have token -1, the generated tokens their absolute positions, with
+    the cache on and off; the activations are those of a generation from the prompt's tokens."""
+    sae = _saes()[1]
+    prompt = tokens[:1, :5]
+    with sc.spliced(hooked, [sae]), monitor(hooked, [(sae, list(range(256)))], THRESHOLD) as mon:
+        from_tokens = _generate(hooked, prompt, cache=False, n=3)[0]
+        # (TransformerLens's cached generation from embeddings drifts from the tokens' one)
+        generated = [_generate(hooked, hooked.embed(prompt), cache=cache, n=3)[0] for cache in (False, True)]
+    assert torch.equal(generated[0][0], from_tokens[0, 5:])
+    trace = [[t for t in mon.trace() if t.sequence == s] for s in (0, 1, 2)]
+    for s, output in ((1, generated[0]), (2, generated[1])):
+        expected = [-1] * 5 + output[0, :-1].tolist()
+        assert [(t.position, t.token) for t in trace[s]] == list(enumerate(expected))
+        firings = [f for f in mon.firings if f.sequence == s]
+        assert max(f.position for f in firings) >= 5  # some fire at generated tokens
+        assert [f.token for f in firings] == [expected[f.position] for f in firings]
+    assert [list(t.activations.values()) for t in trace[1]] == [
+        pytest.approx(list(t.activations.values()), abs=1e-4) for t in trace[0]
+    ]
+
+
+@torch.no_grad()
+def test_the_threshold_is_compared_the_same_way_everywhere(model, tokens):
+    """A threshold that is not a float32 value is rounded once: firings, stop and the trace agree
+    even for an activation equal to the rounded threshold."""
+    sae = _saes()[1]
+    with sc.spliced(model, [sae]):
+        with monitor(model, [(sae, list(range(256)))], THRESHOLD) as mon:
+            model(tokens[:1])
+        top = max(mon.firings, key=lambda f: f.activation)
+        threshold = top.activation - 1e-9  # float32(threshold) == top.activation
+        assert float(torch.tensor(threshold)) == top.activation
+        with monitor(model, [(sae, top.feature)], threshold) as mon:
+            model(tokens[:1])
+        with monitor(model, [(sae, top.feature)], threshold, on_fire="stop"):
+            model(tokens[:1])  # does not stop
+    assert mon.watches[0].threshold == top.activation
+    assert [f.position for f in mon.firings] == [t.position for t in mon.trace() if t.fired]
+    assert top.position not in [f.position for f in mon.firings]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("suffix", ["jsonl", "json"])
+def test_a_nan_activation_is_saved_as_null(model, tokens, tmp_path, suffix):
+    sae = _saes()[1]
+    sae.W_enc.data[:, 7] = float("nan")
+    with sc.spliced(model, [sae]), monitor(model, {"f": (sae, [7, 50])}) as mon:
+        model(tokens[:1, :4])
+    assert all(math.isnan(t.activations["f[7]"]) for t in mon.trace())
+    loaded = load_trace(mon.save(tmp_path / f"trace.{suffix}"))
+    assert [t.activations["f[7]"] for t in loaded] == [None] * 4
+    assert [t._replace(activations={}) for t in loaded] == [t._replace(activations={}) for t in mon.trace()]
+    assert [t.activations["f[50]"] for t in loaded] == [t.activations["f[50]"] for t in mon.trace()]
+
+
+@torch.no_grad()
+def test_a_callable_sees_a_pass_of_every_site_in_the_order_of_firings(model, tokens):
+    """Two sites: the callable gets the firings of a whole pass, both sites together, sorted as
+    :attr:`Monitor.firings`; a stop comes after the pass (no site's positions are missing)."""
+    saes = _saes()
+    seen: list[Firing] = []
+    stop_at = tokens.shape[1] // 2 + 1  # a step of generation
+
+    def on_fire(firing: Firing):
+        seen.append(firing)
+        return "stop" if firing.position >= stop_at else None
+
+    with sc.spliced(model, saes), monitor(model, _everything(saes), THRESHOLD, on_fire=on_fire) as mon:
+        out = mon.generate(tokens[:1, : stop_at - 1], max_new_tokens=4, **GREEDY)
+    assert seen == mon.firings and {f.site for f in seen} == set(SITES)
+    assert mon.stopped == next(f for f in seen if f.position >= stop_at)
+    assert out.shape[1] == stop_at + 1
+    assert all(None not in t.activations.values() for t in mon.trace())

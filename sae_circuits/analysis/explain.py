@@ -17,7 +17,8 @@ held-out text, on the input side (activations) and on the output side (logit eff
    ``activation > 0`` against ``predicate > 0.5``.
 4. Score the output explanation against the weights (:func:`logit_scores`): rank the vocabulary
    by the feature's direct logit effect ``W_dec[f] @ W_U``; AUROC of the set among all tokens
-   (0.5 is chance) and precision at ``|set|`` (the fraction of the top ``|set|`` tokens in the set).
+   (0.5 is chance) and precision at ``|set|`` (the fraction of the top ``|set|`` tokens in the set;
+   ties at the cut share the places left, as random tie-breaking would on average).
    This score reads no held-out text: the set comes from the training split, the effect from
    the weights.
 """
@@ -62,7 +63,8 @@ class LogitScores(NamedTuple):
     auroc: Float[Tensor, " n_features"]
     """Probability that a token of the set has a larger logit effect than one outside (ties 1/2)."""
     precision: Float[Tensor, " n_features"]
-    """Fraction of the ``|set|`` tokens of largest logit effect that are in the set."""
+    """Fraction of the ``|set|`` tokens of largest logit effect that are in the set; tokens tied at
+    the cut count by their share of the places left (its expectation under random tie-breaking)."""
 
 
 class ExplanationScore(NamedTuple):
@@ -151,6 +153,8 @@ def logit_scores(
     >>> s = logit_scores(effects, torch.tensor([[True, False, True, False]]))
     >>> float(s.auroc), float(s.precision)
     (0.75, 0.5)
+    >>> float(logit_scores(torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[True, False, False]])).precision)
+    0.5
     """
     if effects.shape != members.shape:
         raise ValueError(
@@ -171,12 +175,15 @@ def logit_scores(
     rest = effects.shape[1] - m
     u = (ranks * members).sum(1) - m * (m + 1) / 2
     auroc = torch.where((m > 0) & (rest > 0), u / (m * rest).clamp_min(1), float("nan"))
-    top = effects.argsort(dim=1, descending=True)
-    rank_of = torch.empty_like(top).scatter_(
-        1, top, torch.arange(effects.shape[1]).expand_as(top).contiguous()
-    )
-    in_top = (rank_of < m[:, None]) & members
-    precision = torch.where(m > 0, in_top.sum(1) / m.clamp_min(1), float("nan"))
+    # precision@m, expected over random tie-breaking: the tokens above the m-th largest effect t are
+    # in the top m; the g tokens tied at t share its m - #above remaining places, (m - #above) / g each
+    size = members.sum(1)
+    ordered = effects.sort(dim=1, descending=True).values  # [n_features, d_vocab]
+    t = ordered.gather(1, (size - 1).clamp_min(0)[:, None]) if effects.shape[1] else ordered[:, :1]
+    above, tied = effects > t, effects == t  # [n_features, d_vocab]
+    share = (m - above.sum(1)) / tied.sum(1).clamp_min(1)
+    in_top = (above & members).sum(1) + (tied & members).sum(1) * share
+    precision = torch.where(m > 0, in_top / m.clamp_min(1), float("nan"))
     return LogitScores(auroc.float(), precision.float())
 
 
