@@ -9,6 +9,9 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from sae_circuits._cli_common import add_model_argument as _add_model_argument
+from sae_circuits._cli_common import check_writable as _check_writable
+from sae_circuits._cli_common import load_model as _load_model
 from sae_circuits._moved import renamed
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI starts fast
@@ -66,21 +69,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(spec: str) -> Any:  # a HookedTransformer (zoo.load_model and load_hf_gpt2 give Any)
-    from pathlib import Path
-
-    from sae_circuits import zoo
-    from sae_circuits.zoo.loader import load_hf_gpt2
-
-    if spec in zoo.names():
-        return zoo.load_model(spec)
-    if Path(spec, "config.json").is_file():
-        return load_hf_gpt2(spec)
-    raise ValueError(
-        f"--model {spec!r}: not an embedded model ({zoo.names()}) nor a Hugging Face model folder"
-    )
-
-
 def _eval_tokens(model: Any, text_file: str | None, n_seq: int, seq_len: int) -> Tensor:
     """Token rows from a text file, or (default) offline text: stdlib code, markup and base64."""
     from pathlib import Path
@@ -113,24 +101,6 @@ def _dictionaries(model: str, paths: list[str] | None, kind: str, option: str) -
         kinds = ("resid", "transcoder") if kind == "all" else (kind,)
         return [sae for k in kinds for sae in zoo.load_saes(model, kind=k)]  # type: ignore[arg-type]
     raise ValueError(f"{option} is required with a model that is not embedded")
-
-
-def _check_writable(path: Path, option: str) -> None:
-    """Fail before the long computation, not after it, when ``path``'s folder cannot be written
-    (its nearest existing ancestor, since the writers create missing folders)."""
-    import tempfile
-
-    folder = path.absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise OSError(
-            err.errno, f"{option} {str(path)!r}: cannot write to {str(folder)!r} ({reason})"
-        ) from None
 
 
 def _check_suffix(out: str, kind: str) -> None:
@@ -603,12 +573,6 @@ def _add_serve_command(sub: Any) -> None:
     )
     sv.add_argument("--verbose", action="store_true", help="log each request")
     sv.set_defaults(func=_serve)
-
-
-def _add_model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,9 @@ def analysis_tokens(model: Any, text_files: list[str] | None, rows: int, length:
 
 
 def _families(args: argparse.Namespace) -> int:
+    from sae_circuits._cli_common import check_writable as _check_writable
+    from sae_circuits._cli_common import load_model as _load_model
     from sae_circuits.analysis.families import feature_families
-    from sae_circuits.cli import _check_writable, _load_model
     from sae_circuits.sae import SAE
 
     if Path(args.out).suffix.lower() != ".html":
@@ -77,7 +78,8 @@ def parse_watch(text: str) -> tuple[str, list[int]]:
 
 def _monitor(args: argparse.Namespace) -> int:
     from sae_circuits import zoo
-    from sae_circuits.cli import _check_writable, _load_model
+    from sae_circuits._cli_common import check_writable as _check_writable
+    from sae_circuits._cli_common import load_model as _load_model
     from sae_circuits.monitor import monitor
     from sae_circuits.sae import SAE
     from sae_circuits.splice import spliced
@@ -111,7 +113,8 @@ def _monitor(args: argparse.Namespace) -> int:
     )
     for firing in mon.firings[: args.show]:
         print(
-            f"  position {firing.position} {firing.token!r}: {firing.site}[{firing.feature}] = {firing.activation:.3f}"
+            f"  position {firing.position} {firing.token!r}: "
+            f"{firing.site}[{firing.feature}] = {firing.activation:.3f}"
         )
     if args.out:
         print(f"wrote {mon.save(args.out)}")
@@ -120,7 +123,7 @@ def _monitor(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Register ``families`` and ``monitor`` on the ``sae-circuits`` subparsers ``sub``."""
-    from sae_circuits.cli import _add_model_argument
+    from sae_circuits._cli_common import add_model_argument as _add_model_argument
 
     fa = sub.add_parser("families", help="feature splitting: match dictionaries of several widths, as a tree")
     fa.add_argument("--saes", nargs="+", required=True, help="dictionary folders of one site, 2+ widths")

@@ -211,6 +211,7 @@ class _Sequence:
     first: dict[str, Tensor] = field(default_factory=dict)  # site -> [batch, n] first firing position
 
     def put_tokens(self, start: int, ids: Tensor) -> None:
+        """Keep the token ids of absolute positions ``start ..`` (unknown positions stay -1)."""
         ids = ids.detach().long()
         if ids.ndim == 1:
             ids = ids[None]

@@ -164,7 +164,8 @@ def correlation(
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(
-            f"correlation: expected [n, a] and [n, b] over the same n tokens, got {tuple(a.shape)} and {tuple(b.shape)}"
+            "correlation: expected [n, a] and [n, b] over the same n tokens, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
     if a.shape[0] < 2:
         raise ValueError(f"correlation: needs at least 2 tokens, got {a.shape[0]}")

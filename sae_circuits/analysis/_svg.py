@@ -20,8 +20,10 @@ def _frame(title: str, x_label: str, y_label: str, legend: Sequence[str]) -> lis
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
         f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
         f'<text x="{WIDTH / 2}" y="{HEIGHT - 8}" text-anchor="middle">{html.escape(x_label)}</text>',
-        f'<text transform="translate(14 {HEIGHT / 2}) rotate(-90)" text-anchor="middle">{html.escape(y_label)}</text>',
-        f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" stroke="black"/>',
+        f'<text transform="translate(14 {HEIGHT / 2}) rotate(-90)" text-anchor="middle">'
+        f"{html.escape(y_label)}</text>",
+        f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" '
+        'stroke="black"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{HEIGHT - BOTTOM}" stroke="black"/>',
     ]
     for i, name in enumerate(legend):
@@ -59,7 +61,8 @@ def histogram(
     """
     if not series or bins < 1 or not hi > lo:
         raise ValueError(
-            f"histogram: expected series, bins >= 1 and hi > lo; got {len(series)} series, {bins}, [{lo}, {hi}]"
+            "histogram: expected series, bins >= 1 and hi > lo; "
+            f"got {len(series)} series, {bins}, [{lo}, {hi}]"
         )
     fractions: dict[str, list[float]] = {}
     for name, values in series.items():
@@ -73,7 +76,8 @@ def histogram(
     for i in range(5):
         x = LEFT + plot_w * i / 4
         out.append(
-            f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{lo + (hi - lo) * i / 4:.3g}</text>'
+            f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">'
+            f"{lo + (hi - lo) * i / 4:.3g}</text>"
         )
     for k, (name, frac) in enumerate(fractions.items()):
         points = [f"{LEFT},{HEIGHT - BOTTOM}"]
@@ -114,12 +118,14 @@ def bars(
     for g, label in enumerate(groups):
         x0 = LEFT + group_w * g + group_w * 0.1
         out.append(
-            f'<text x="{x0 + group_w * 0.4:.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{html.escape(label)}</text>'
+            f'<text x="{x0 + group_w * 0.4:.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">'
+            f"{html.escape(label)}</text>"
         )
         for k, values in enumerate(series.values()):
             h = plot_h * max(0.0, float(values[g])) / top
             out.append(
-                f'<rect x="{x0 + bar_w * k:.1f}" y="{HEIGHT - BOTTOM - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
+                f'<rect x="{x0 + bar_w * k:.1f}" y="{HEIGHT - BOTTOM - h:.1f}" '
+                f'width="{bar_w:.1f}" height="{h:.1f}" '
                 f'fill="{COLOURS[k % len(COLOURS)]}"><title>{float(values[g]):.3g}</title></rect>'
             )
     return "\n".join([*out, "</svg>"]) + "\n"

@@ -23,7 +23,8 @@ from torch import Tensor
 
 
 def jaccard(fire: Bool[Tensor, "tokens c"]) -> Float[Tensor, "c c"]:
-    """Pairwise Jaccard overlap ``|A ∩ B| / |A ∪ B|`` of the columns' firing sets (0 for two empty sets)."""
+    """Pairwise Jaccard overlap ``|A ∩ B| / |A ∪ B|`` of the columns' firing sets (0 for two empty
+    sets)."""
     f = fire.float()
     inter = f.T @ f
     sizes = inter.diagonal()

@@ -1,0 +1,49 @@
+"""What the ``sae-circuits`` subcommands share: loading the model a command names, checking an
+output can be written before the long work, and the ``--model`` option. Kept apart from
+:mod:`sae_circuits.cli` so that the analyses' commands (:mod:`sae_circuits.cli_analyses`) use it
+without importing the CLI back."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def load_model(spec: str) -> Any:  # a HookedTransformer (zoo.load_model and load_hf_gpt2 give Any)
+    """The model ``--model`` names: an embedded model, or a Hugging Face model folder."""
+    from sae_circuits import zoo
+    from sae_circuits.zoo.loader import load_hf_gpt2
+
+    if spec in zoo.names():
+        return zoo.load_model(spec)
+    if Path(spec, "config.json").is_file():
+        return load_hf_gpt2(spec)
+    raise ValueError(
+        f"--model {spec!r}: not an embedded model ({zoo.names()}) nor a Hugging Face model folder"
+    )
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail before the long computation, not after it, when ``path``'s folder cannot be written
+    (its nearest existing ancestor, since the writers create missing folders)."""
+    import tempfile
+
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OSError(
+            err.errno, f"{option} {str(path)!r}: cannot write to {str(folder)!r} ({reason})"
+        ) from None
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model`` (default: the embedded ``tiny``) to ``parser``."""
+    parser.add_argument(
+        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
+    )
