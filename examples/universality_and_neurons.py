@@ -1,18 +1,20 @@
 """Universality across two models, and features against neurons, on the embedded model.
 
+    python examples/universality_and_neurons.py --train-second   # first run: ~25 + ~15 min, then cached
     python examples/universality_and_neurons.py [--second build/analyses/model-seed1]
-        [--cache build/analyses/seed1-saes] [--figures docs/figures] [--rows 48]
+        [--cache build/analyses/seed1-saes] [--figures docs/figures] [--rows 48] [--train-tokens N]
 
 Runs offline, on one thread:
 
 1. Held-out tokens: ``offline_mix(seed=7)`` (a seed neither model was trained on) for base64,
    markup and kvlog; for code, standard-library files beyond the first 6 MB that the second model
    was trained on. ``--rows`` rows of 128 tokens per source.
-2. The second model (the zoo architecture, seed 1, trained on ``offline_mix(seed=1)``; see
-   ``build/analyses/train_second.log``) and its residual SAEs at the zoo SAEs' sites, trained here
-   with the zoo recipe (``sae_circuits.recipes.dictionaries.FULL``: batchtopk, 16 x d_model, k=24)
-   on 1.2M tokens of ``offline_mix(seed=1)`` and cached under ``--cache`` (a rerun loads them).
-   Without the second model, the universality part is skipped with a message.
+2. The second model: the zoo architecture trained with seed 1 on ``offline_mix(seed=1)`` for 1,000
+   steps of 8 x 512 tokens (``--train-second``; about 23 min on one thread, resumable from its
+   checkpoint), and its residual SAEs at the zoo SAEs' sites, trained here with the zoo recipe
+   (``sae_circuits.recipes.dictionaries.FULL``: batchtopk, 16 x d_model, k=24, 2.46M tokens of
+   ``offline_mix(seed=1)``) and cached under ``--cache/tokens-N`` (a rerun loads them). Without the
+   second model, the universality part is skipped with a message.
 3. Universality: :func:`sae_circuits.analysis.universality.universality`, zoo SAEs (A) against
    the second model's (B), with the neuron and random-dictionary baselines;
    ``universality.svg``.
@@ -73,7 +75,7 @@ def second_saes(model_b, sites: list[str], cache: Path, total_tokens: int) -> li
     from sae_circuits.recipes.dictionaries import FULL
     from sae_circuits.train import DictionarySpec, train_dictionaries
 
-    folders = [cache / site for site in sites]
+    folders = [cache / f"tokens-{total_tokens}" / site for site in sites]
     if all((f / "cfg.json").is_file() for f in folders):
         return [sc.SAE.load(f) for f in folders]
     config = replace(FULL, total_tokens=total_tokens, progress=False)
@@ -88,13 +90,24 @@ def second_saes(model_b, sites: list[str], cache: Path, total_tokens: int) -> li
     return saes
 
 
+def train_second(folder: Path) -> None:
+    """Step 2's model: the zoo architecture, seed 1, on the offline mix (seed 1), resumable."""
+    from sae_circuits.recipes.train_lm import LMTrainConfig, train_on_texts
+
+    cfg = LMTrainConfig(seed=1, steps=1000, warmup_steps=100, eval_every=250)
+    checkpoint = folder.with_name(folder.name + ".ckpt")
+    run = train_on_texts(offline_mix(seed=1), cfg=cfg, out_dir=folder, checkpoint=checkpoint, log=print)
+    print(f"    second model: validation loss {run.stats['val_loss']}")
+
+
 def universality_part(args, model_a, saes_a, tokens) -> dict | None:
     from sae_circuits.zoo.loader import load_hf_gpt2
 
+    if args.train_second and not (args.second / "config.json").is_file():
+        with step("train the second model"):
+            train_second(args.second)
     if not (args.second / "config.json").is_file():
-        print(
-            f"\nSkipping universality: no second model in {args.second} (train it first; see the docstring)."
-        )
+        print(f"\nSkipping universality: no second model in {args.second} (add --train-second to train it).")
         return None
     with step("load the second model"):
         model_b = load_hf_gpt2(args.second, "hooked")
@@ -219,7 +232,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / "build/analyses/seed1-saes")
     parser.add_argument("--figures", type=Path, default=ROOT / "docs/figures")
     parser.add_argument("--rows", type=int, default=48, help="held-out rows of 128 tokens per source")
-    parser.add_argument("--train-tokens", type=int, default=1_228_800)
+    parser.add_argument("--train-tokens", type=int, default=2_457_600, help="per SAE of the second model")
+    parser.add_argument("--train-second", action="store_true", help="train the second model if missing")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
