@@ -50,3 +50,13 @@ def test_analysis_examples_run(tmp_path):
     assert (tmp_path / "explanations.svg").read_text().startswith("<svg") and "random" in scores
     monitored = run("monitor_generation.py", "--out", str(tmp_path / "trace.jsonl"))
     assert "stop: halted at position" in monitored and sc.load_trace(tmp_path / "trace.jsonl")
+
+
+def test_universality_and_neurons_example_without_a_second_model(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "universality_and_neurons.py"), "--second", str(tmp_path / "none"),
+         "--cache", str(tmp_path / "cache"), "--figures", str(tmp_path), "--rows", "8"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    assert "Skipping universality" in out.stdout and "markup:ATTR_VALUE" in out.stdout
+    assert (tmp_path / "neurons.svg").read_text().startswith("<svg")
