@@ -145,11 +145,19 @@ class BestMatch(NamedTuple):
     """Which column of the second set it is."""
 
 
-def _standardized(x: Float[Tensor, "n k"]) -> tuple[Float[Tensor, "n k"], Float[Tensor, " k"]]:
-    x = x.double()
-    centred = x - x.mean(0)
-    norm = centred.norm(dim=0)
-    return (centred / norm.clamp_min(1e-12)).float(), norm
+def _standardized(x: Float[Tensor, "n k"], chunk: int = 1024) -> Float[Tensor, "n k"]:
+    """Columns centred and scaled to unit norm (float32), worked out in float64 a chunk of columns
+    at a time so that memory stays at one float64 chunk (the whole matrix in float64 would be
+    8 bytes per token per feature). A constant column (a dead feature) becomes 0."""
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for i in range(0, x.shape[1], chunk):
+        part = x[:, i : i + chunk].double()
+        centred = part - part.mean(0)
+        norm = centred.norm(dim=0)
+        scale = part.abs().amax(0) * x.shape[0] ** 0.5
+        constant = norm <= 1e-12 * scale
+        out[:, i : i + chunk] = torch.where(constant, 0.0, centred / norm.clamp_min(1e-300)).float()
+    return out
 
 
 def correlation(
@@ -169,10 +177,10 @@ def correlation(
         )
     if a.shape[0] < 2:
         raise ValueError(f"correlation: needs at least 2 tokens, got {a.shape[0]}")
-    zb, _ = _standardized(b)
+    zb = _standardized(b)
     rows = []
     for i in range(0, a.shape[1], chunk):
-        za, _ = _standardized(a[:, i : i + chunk])
+        za = _standardized(a[:, i : i + chunk])
         rows.append(za.T @ zb)  # [chunk, n_b]
     return torch.cat(rows).clamp(-1.0, 1.0)
 
