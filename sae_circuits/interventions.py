@@ -48,6 +48,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from sae_circuits._hooks import permanent_hook
 from sae_circuits._model import check_model, get_hook_point
 from sae_circuits.positions import (
     Chunk,
@@ -448,14 +449,8 @@ def _hooked(
                 tensor = iv.edit(tensor, Where(sae, mask, chunk.start))
         return tensor
 
-    hook_point.add_hook(apply_edits, dir="fwd", is_permanent=True)
-    handle = hook_point.fwd_hooks[-1]
-    try:
+    with permanent_hook(hook_point, apply_edits):
         yield
-    finally:
-        handle.hook.remove()
-        if handle in hook_point.fwd_hooks:
-            hook_point.fwd_hooks.remove(handle)
 
 
 # --------------------------------------------------------------------------- argument checks

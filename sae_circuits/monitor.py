@@ -70,6 +70,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from sae_circuits._files import atomic_write_text
+from sae_circuits._hooks import permanent_hook
 from sae_circuits._model import cache_length, check_model
 from sae_circuits.interventions import _feature_indices, _finite_float32
 from sae_circuits.positions import PositionTracker, tracking
@@ -629,7 +630,7 @@ def monitor(
             handle = embed.register_forward_pre_hook(mon._see_tokens, with_kwargs=True)
             stack.callback(handle.remove)
         for group in groups:
-            stack.enter_context(_hooked(group.sae.hook_sae_acts_post, mon._hook(group)))
+            stack.enter_context(permanent_hook(group.sae.hook_sae_acts_post, mon._hook(group)))
         yield mon
 
 
@@ -642,19 +643,6 @@ def _instance_wrapped(model: nn.Module, name: str, wrap: Callable[[Any], Any]) -
         yield
     finally:
         model.__dict__[name] = previous
-
-
-@contextmanager
-def _hooked(hook_point: HookPoint, fn: Callable[..., Tensor]) -> Iterator[None]:
-    """``fn`` as a permanent forward hook on ``hook_point`` for the block (as ``intervene`` does)."""
-    hook_point.add_hook(fn, dir="fwd", is_permanent=True)
-    handle = hook_point.fwd_hooks[-1]
-    try:
-        yield
-    finally:
-        handle.hook.remove()
-        if handle in hook_point.fwd_hooks:
-            hook_point.fwd_hooks.remove(handle)
 
 
 def load_trace(path: str | os.PathLike[str]) -> list[TraceRow]:
