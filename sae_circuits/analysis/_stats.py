@@ -113,6 +113,18 @@ def hook_activations(
 
 
 @torch.no_grad()
+def encode_rows(
+    sae: SAE, x: Float[Tensor, "n_tokens d_in"], chunk: int = 65_536
+) -> Float[Tensor, "n_tokens d_sae"]:
+    """``sae.encode`` of activation rows, ``chunk`` rows at a time on the SAE's device; float32 on
+    the CPU."""
+    parts = [
+        sae.encode(x[i : i + chunk].to(sae.device, sae.dtype)).float().cpu() for i in range(0, len(x), chunk)
+    ]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
 def dictionary_activations(
     model: nn.Module,
     saes: Sequence[SAE],
@@ -125,14 +137,7 @@ def dictionary_activations(
     of the same site are read in one pass. Activations at a hook already replaced by a spliced
     SAE are the SAE's output there, as the model sees it."""
     inputs = hook_activations(model, [s.cfg.hook_name for s in saes], tokens, batch_size, skip_first_position)
-    out = []
-    for sae in saes:
-        x = inputs[sae.cfg.hook_name]
-        acts = [
-            sae.encode(x[i : i + 65_536].to(sae.device, sae.dtype)).float().cpu()
-            for i in range(0, len(x), 65_536)
-        ]
-        out.append(torch.cat(acts))
+    out = [encode_rows(sae, inputs[sae.cfg.hook_name]) for sae in saes]
     return out
 
 

@@ -40,6 +40,7 @@ from sae_circuits.analysis._stats import (
     best_match,
     check_tokens,
     correlation,
+    encode_rows,
     hook_activations,
 )
 from sae_circuits.languages import automata
@@ -229,7 +230,7 @@ def features_vs_neurons(
     masks = _check_properties(properties or {}, n_tokens, tokens.shape)
     # 1. the dictionary's input and the neurons over the same tokens
     acts = hook_activations(model, [sae.cfg.hook_name, neuron_hook], tokens, batch_size)
-    features = _encode(sae, acts[sae.cfg.hook_name])  # [n, d_sae]
+    features = encode_rows(sae, acts[sae.cfg.hook_name])  # [n, d_sae]
     neurons = acts[neuron_hook]  # [n, d_mlp]
     # 2. best-correlated neuron of every live feature
     live = features.std(0) > 0
@@ -251,14 +252,6 @@ def features_vs_neurons(
             best_neuron=_score(by_neuron, int(by_neuron.f1.argmax())),
         )
     return FeaturesVsNeurons(sae.cfg.hook_name, neuron_hook, n_tokens, live, neuron, corr, results)
-
-
-def _encode(sae: SAE, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_sae"]:
-    chunks = [
-        sae.encode(x[i : i + 65_536].to(sae.device, sae.dtype)).float().cpu()
-        for i in range(0, len(x), 65_536)
-    ]
-    return torch.cat(chunks)
 
 
 def _check_properties(properties: Mapping[str, Any], n_tokens: int, shape: torch.Size) -> dict[str, Tensor]:

@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sae_circuits.analysis._stats import best_match, check_tokens, correlation, hook_activations
+from sae_circuits.analysis._stats import best_match, check_tokens, correlation, encode_rows, hook_activations
 from sae_circuits.analysis.neurons import neuron_hook_of
 from sae_circuits.baselines import random_like
 from sae_circuits.sae import SAE
@@ -228,11 +228,11 @@ def universality(
     sites = []
     for i, (sa, sb) in enumerate(zip(list_a, list_b)):
         # 2. dictionary activations (and a random dictionary calibrated on B)
-        fa, fb = _encode(sa, acts_a[sa.cfg.hook_name]), _encode(sb, acts_b[sb.cfg.hook_name])
+        fa, fb = encode_rows(sa, acts_a[sa.cfg.hook_name]), encode_rows(sb, acts_b[sb.cfg.hook_name])
         random = None
         if random_baseline:
             noise = random_like(sb, model_b, tokens, active=random_active, seed=seed + i)
-            random = best_matches(fa, _encode(noise, acts_b[sb.cfg.hook_name]))
+            random = best_matches(fa, encode_rows(noise, acts_b[sb.cfg.hook_name]))
         # 3-4. best matches, both ways, and the neuron baseline
         hook = neuron_hooks[i]
         neurons = None if hook is None else best_matches(acts_a[hook], acts_b[hook])
@@ -247,11 +247,3 @@ def _default_neuron_hook(hook_name: str) -> str | None:
         return neuron_hook_of(hook_name)
     except ValueError:
         return None
-
-
-def _encode(sae: SAE, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_sae"]:
-    chunks = [
-        sae.encode(x[i : i + 65_536].to(sae.device, sae.dtype)).float().cpu()
-        for i in range(0, len(x), 65_536)
-    ]
-    return torch.cat(chunks)
