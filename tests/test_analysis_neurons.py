@@ -45,10 +45,20 @@ def test_best_threshold_agrees_with_a_brute_force_search():
         assert float(again.f1[0]) == pytest.approx(best)  # the threshold reproduces the F1
 
 
+def test_the_threshold_reproduces_the_f1_between_adjacent_floats_and_at_the_float_limit():
+    mask = torch.tensor([True, False])
+    for pair in ([1.0, float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))], [3e38, 2e38]):
+        values = torch.tensor(pair)[:, None]
+        d = detect(values, mask)
+        assert float(d.f1[0]) == 1.0 and bool(torch.isfinite(d.threshold).all())
+        assert float(detect(values, mask, threshold=float(d.threshold[0])).f1[0]) == 1.0
+
+
 def test_base64_tokens_by_hand():
     pieces = ["data", " =", ' "', "SGVs", "bG8g", "d29y", "bGQ", "hIQ", "==", '"', "\n", "x1"]
     assert _base64_tokens(pieces).tolist() == [False] * 3 + [True] * 6 + [False] * 3
     assert not _base64_tokens(["abcdefghijklmnopqrstuvwxyz"]).any()  # no digits, no capitals
+    assert not _base64_tokens(["require", "_SMTP", "UTF8", "_mode"]).any()  # a name in code, not base64
 
 
 def test_neuron_hook_of():
@@ -128,6 +138,21 @@ def test_token_properties_follow_the_automaton_labels():
         token_properties(model, rows, states=[("kvlog", "KEY")])
 
 
+def test_a_base64_run_that_crosses_a_row_end_is_found_on_both_sides():
+    import base64
+    import random
+
+    import sae_circuits as sc
+
+    model = sc.zoo.load_model("tiny")
+    blob = base64.b64encode(random.Random(0).randbytes(90)).decode()
+    rows = labelled_rows(model, {"code": [f'key = "{blob}"\n'] * 4}, 8, 12)  # rows far shorter than the run
+    props = token_properties(model, rows, skip_first_position=False, states=[])
+    pieces = [model.tokenizer.decode([i]) for i in rows.tokens.flatten().tolist()]
+    assert torch.equal(props["base64"], _base64_tokens(pieces))  # the stream, not row by row
+    assert props["base64"].view(-1, 8)[:, 0].any()  # some row opens inside a run
+
+
 def test_property_masks_of_the_wrong_length_or_kind_are_refused(sae):
     tokens = torch.zeros(3, 9, dtype=torch.long)
     with unchecked():
@@ -142,3 +167,18 @@ def test_property_masks_of_the_wrong_length_or_kind_are_refused(sae):
             features_vs_neurons(None, sae, tokens, properties={"p": torch.ones(24)})
         with pytest.raises(ValueError, match="property 'p' holds no token among the 24"):
             features_vs_neurons(None, sae, tokens, properties={"p": torch.zeros(24, dtype=torch.bool)})
+
+
+def test_the_neuron_of_a_feature_that_never_fires_is_no_neuron():
+    import sae_circuits as sc
+
+    model, saes = sc.zoo.load("tiny")
+    sae = saes[1]
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e4)  # every feature dead
+    tokens = model.to_tokens(["<p>hello</p> world, and more text"] * 2)
+    prop = torch.zeros(tokens.shape[0] * (tokens.shape[1] - 1), dtype=torch.bool)
+    prop[::3] = True
+    match = features_vs_neurons(model, sae, tokens, properties={"p": prop}).properties["p"]
+    assert match.feature_neuron.unit == -1 and match.feature_neuron.f1 != match.feature_neuron.f1  # NaN
+    assert match.best_neuron.unit >= 0

@@ -49,6 +49,7 @@ def test_distribution_by_hand():
     d = distribution(torch.tensor([0.1, 0.55, 0.6, 0.75, 0.9]))
     assert d.n == 5 and d.median == pytest.approx(0.6) and d.mean == pytest.approx(0.58)
     assert d.above_0_5 == pytest.approx(0.8) and d.above_0_7 == pytest.approx(0.4)
+    assert distribution(torch.tensor([0.1, 0.9])).median == pytest.approx(0.5)  # an even count
     empty = distribution(torch.tensor([]))
     assert empty.n == 0 and empty.median != empty.median  # NaN
 

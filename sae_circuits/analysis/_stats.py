@@ -19,12 +19,15 @@ from sae_circuits.sae import SAE
 
 
 def check_tokens(tokens: Any) -> Int[Tensor, "batch pos"]:
-    """``tokens`` as a 2-d integer tensor, or a ``ValueError`` naming what was passed."""
+    """``tokens`` as a 2-d tensor of non-negative integer ids, or a ``ValueError`` naming what was
+    passed."""
     if (
         not isinstance(tokens, Tensor)
         or tokens.ndim != 2
         or tokens.is_floating_point()
+        or tokens.dtype == torch.bool
         or tokens.numel() == 0
+        or int(tokens.min()) < 0
     ):
         what = (
             f"shape {tuple(tokens.shape)}, dtype {tokens.dtype}"

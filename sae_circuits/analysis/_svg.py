@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 WIDTH, HEIGHT = 560, 320
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 36, 48
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 50, 48  # the legend is a row between the title and the plot
 
 
 def _frame(title: str, x_label: str, y_label: str, legend: Sequence[str]) -> list[str]:
@@ -26,11 +26,12 @@ def _frame(title: str, x_label: str, y_label: str, legend: Sequence[str]) -> lis
         'stroke="black"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{HEIGHT - BOTTOM}" stroke="black"/>',
     ]
-    for i, name in enumerate(legend):
-        y = TOP + 4 + 14 * i
+    x = float(LEFT)
+    for i, name in enumerate(legend):  # one row above the plot, so it never covers the data
         colour = COLOURS[i % len(COLOURS)]
-        out.append(f'<rect x="{WIDTH - RIGHT - 150}" y="{y}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{WIDTH - RIGHT - 136}" y="{y + 9}">{html.escape(name)}</text>')
+        out.append(f'<rect x="{x:.0f}" y="27" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{x + 14:.0f}" y="36">{html.escape(name)}</text>')
+        x += 14 + 6.5 * len(name) + 18  # about 6.5 px per character at font-size 11
     return out
 
 

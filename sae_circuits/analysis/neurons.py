@@ -75,7 +75,7 @@ class Score(NamedTuple):
     """One unit (a feature or a neuron) as a detector of one property."""
 
     unit: int
-    """Feature or neuron index."""
+    """Feature or neuron index (-1 and NaN scores: no such unit, e.g. the neuron of a dead feature)."""
     precision: float
     recall: float
     f1: float
@@ -188,8 +188,16 @@ def _best_cut(values: Float[Tensor, "n k"], mask: Tensor) -> tuple[Tensor, Tenso
     cols = torch.arange(values.shape[1])
     below = sorted_values[(best + 1).clamp_max(n - 1), cols]
     at = sorted_values[best, cols]
-    threshold = torch.where(best + 1 < n, (at + below) / 2, torch.full_like(at, -torch.inf))
+    # the midpoint (in float64: no overflow) in the values' dtype, kept strictly below ``at`` so that
+    # ``value > threshold`` fires on it: two adjacent floats' midpoint rounds to one of them
+    mid = ((at.double() + below.double()) / 2).to(at.dtype)
+    mid = torch.where((mid >= at) | ~torch.isfinite(mid), below, mid)
+    threshold = torch.where(best + 1 < n, mid, torch.full_like(mid, -torch.inf))
     return tp[best, cols], fired[best, cols], threshold
+
+
+_NO_UNIT = Score(-1, float("nan"), float("nan"), float("nan"), float("nan"))
+"""The score of a unit that does not exist (the neuron of a feature that never fires)."""
 
 
 def _score(detection: Detection, unit: int) -> Score:
@@ -243,11 +251,11 @@ def features_vs_neurons(
         by_feature = detect(features, mask, threshold=0.0)
         by_neuron = detect(neurons, mask)
         best_feature = int(by_feature.f1.argmax())
-        its_neuron = int(neuron[best_feature])
+        its_neuron = int(neuron[best_feature])  # -1 for a dead feature: no neuron to score
         results[name] = PropertyMatch(
             positives=int(mask.sum()),
             feature=_score(by_feature, best_feature),
-            feature_neuron=_score(by_neuron, max(its_neuron, 0)),
+            feature_neuron=_score(by_neuron, its_neuron) if its_neuron >= 0 else _NO_UNIT,
             feature_neuron_correlation=float(corr[best_feature]),
             best_neuron=_score(by_neuron, int(by_neuron.f1.argmax())),
         )
@@ -276,9 +284,10 @@ def _check_properties(properties: Mapping[str, Any], n_tokens: int, shape: torch
 
 # --------------------------------------------------------------------------- properties
 
-BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{16,}")
 """A base64-looking run (as :func:`sae_circuits.recipes.base64_steering.looks_like_base64`): 16+
-characters of the alphabet, mixing upper and lower case and digits (checked separately)."""
+characters of the standard alphabet, mixing upper and lower case and digits (checked separately).
+The URL-safe ``-`` and ``_`` are left out: with them, snake_case names with digits in code match."""
 
 
 def token_properties(
@@ -315,8 +324,10 @@ def token_properties(
     for s, name in enumerate(rows.names):
         out[f"source={name}"] = (rows.source == s)[:, None].expand(-1, ids.shape[1] - start).reshape(-1)
     base64 = torch.zeros(ids.shape, dtype=torch.bool)
-    for r in range(ids.shape[0]):
-        base64[r] = _base64_tokens([pieces[i] for i in ids[r].tolist()])
+    for s in range(len(rows.names)):  # a source's rows are one stream: runs may cross a row's end
+        chosen = (rows.source == s).nonzero().flatten()
+        found = _base64_tokens([pieces[i] for i in ids[chosen].flatten().tolist()])
+        base64[chosen] = found.view(len(chosen), ids.shape[1])
     out["base64"] = base64[:, start:].reshape(-1)
     for automaton, state in states:
         fsa = automata.resolve(automaton)

@@ -72,7 +72,7 @@ def distribution(values: Float[Tensor, " n"]) -> Distribution:
     values = values.float()
     return Distribution(
         int(values.numel()),
-        float(values.median()),
+        float(values.quantile(0.5)),  # torch's median() is the lower middle value of an even count
         float(values.mean()),
         float((values > 0.5).float().mean()),
         float((values > 0.7).float().mean()),
@@ -215,8 +215,9 @@ def universality(
                 f"saes_a[{i}] reads {sa.cfg.hook_name!r} but saes_b[{i}] reads {sb.cfg.hook_name!r}: "
                 "universality compares dictionaries of the same site"
             )
-    if neuron_hooks is None:
-        neuron_hooks = [_default_neuron_hook(s.cfg.hook_name) for s in list_a]
+    if neuron_hooks is None:  # MLP neurons where both models have them (not attention-only models)
+        known = set(cast(Any, model_a).hook_dict) & set(cast(Any, model_b).hook_dict)
+        neuron_hooks = [_default_neuron_hook(s.cfg.hook_name, known) for s in list_a]
     if len(neuron_hooks) != len(list_a):
         raise ValueError(
             f"neuron_hooks holds {len(neuron_hooks)} names for {len(list_a)} pairs of dictionaries"
@@ -242,8 +243,9 @@ def universality(
     return Universality(sites, n_tokens)
 
 
-def _default_neuron_hook(hook_name: str) -> str | None:
+def _default_neuron_hook(hook_name: str, known: set[str]) -> str | None:
     try:
-        return neuron_hook_of(hook_name)
+        hook = neuron_hook_of(hook_name)
     except ValueError:
         return None
+    return hook if hook in known else None
