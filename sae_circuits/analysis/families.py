@@ -42,6 +42,7 @@ from sae_circuits._files import atomic_write_text
 from sae_circuits._html import SVG_ADD, fill, page_start
 from sae_circuits.analysis._stats import check_tokens, correlation, decoder_cosine, dictionary_activations
 from sae_circuits.analysis.matching import FeatureMatch, check_same_site, firing_counts
+from sae_circuits.analysis.neurons import detect
 from sae_circuits.sae import SAE
 
 __all__ = ["DEFAULT_THRESHOLD", "FamilyLevel", "FeatureFamilies", "feature_families", "property_f1"]
@@ -91,10 +92,7 @@ def property_f1(
             f"labels: expected {acts.shape[0]} booleans (one per token), "
             f"got {labels.dtype} {tuple(labels.shape)}"
         )
-    fires = acts > 0
-    tp = (fires & labels[:, None]).sum(0).double()
-    total = fires.sum(0).double() + labels.sum().double()
-    return torch.where(total > 0, 2 * tp / total.clamp_min(1), torch.zeros_like(total)).float()
+    return detect(acts, labels, threshold=0.0).f1  # the features-vs-neurons detector, at "fires"
 
 
 @dataclass
