@@ -39,7 +39,8 @@ def _multi_site_state(fsa):
 def test_pin_is_exact_and_changes_nothing_else(extracted, monkeypatch, exclusive):
     """Inside every pinned forward pass, the source's members equal their pin values (times
     ``pin_scale``) at the pinned positions, and with ``exclusive`` the other states' members are 0
-    there; every other feature, and everything elsewhere, is what the SAE computed."""
+    there; in the necessity arm's passes the source's members are 0 there and nothing else changes;
+    every other feature, and everything elsewhere, is what the SAE computed."""
     model, fsa = extracted
     source = copy.deepcopy(_multi_site_state(fsa))
     source.pin_values = [1.5 + k for k in range(len(source.members))]
@@ -59,32 +60,30 @@ def test_pin_is_exact_and_changes_nothing_else(extracted, monkeypatch, exclusive
 
         return hook
 
-    def compare(site, positions):
+    def compare(site, positions, removal):
         def hook(acts, *, hook):
             clean = before[site]
+            edited = {member: 0.0 for member in pins} if removal else pins
             mask = torch.zeros(acts.shape[1], dtype=torch.bool)
             mask[positions] = True  # no KV cache: the pass holds the whole sequence from position 0
             expected = clean.clone()
-            for s, index in others:
+            for s, index in set() if removal else others:
                 if s == site:
                     expected[:, mask, index] = 0.0
-            for (s, index), value in pins.items():
+            for (s, index), value in edited.items():
                 if s == site:
                     expected[:, mask, index] = value
             assert torch.equal(acts, expected)
-            checked.append((site, int(mask.sum())))
+            checked.append((removal, site, int(mask.sum())))
 
         return hook
 
     @contextmanager
     def recording(model, edits):
         positions = edits[0].positions
-        with (
-            real(model, edits),
-            model.hooks(
-                fwd_hooks=[(f"{site}.hook_sae_acts_post", compare(site, positions)) for site in sites]
-            ),
-        ):
+        removal = all(e.op == "clamp" and e.value == 0.0 for e in edits)  # the necessity arm
+        hooks = [(f"{site}.hook_sae_acts_post", compare(site, positions, removal)) for site in sites]
+        with real(model, edits), model.hooks(fwd_hooks=hooks):
             yield model
 
     monkeypatch.setattr(validate_module, "intervene", recording)
@@ -93,8 +92,9 @@ def test_pin_is_exact_and_changes_nothing_else(extracted, monkeypatch, exclusive
             fsa, model, [(source.id, source.id)], kv_cache=False, exclusive=exclusive, pin_scale=scale, **FAST
         )
     # pinned passes: the prompt's last token (1 position), a read at step 1 (1 pinned before it),
-    # the next pinned pass (2 positions), the read at step 2 (2): per site
-    assert sorted(n for _, n in checked) == sorted([1, 1, 2, 2] * len(sites))
+    # the next pinned pass (2 positions), the read at step 2 (2): per site, in each arm
+    for removal in (False, True):
+        assert sorted(n for r, _, n in checked if r == removal) == sorted([1, 1, 2, 2] * len(sites))
 
 
 def test_unpinned_rate_is_a_plain_generation(extracted):
@@ -151,7 +151,14 @@ def test_intervals_contain_the_effect_and_decide_confirmed(extracted):
                 assert e.effect == pytest.approx(e.pinned - e.unpinned, abs=1e-12)
                 assert -1 <= e.effect <= 1 and 0 <= e.p_value <= 1
             assert c.primary is c.sampled and c.effect == c.sampled.effect
-            assert c.confirmed == (c.sampled.ci[0] > 0 and c.sampled.effect >= min_effect)
+            assert c.pin_confirmed == (c.sampled.ci[0] > 0 and c.sampled.effect >= min_effect)
+            r = c.removal
+            assert r is c.removal_sampled and r is not None and c.removal_greedy is not None
+            for e in (c.removal_greedy, c.removal_sampled):
+                assert e.ci[0] <= e.effect <= e.ci[1]
+                assert e.effect == pytest.approx(e.natural - e.removed, abs=1e-12)
+            assert c.removal_confirmed == (r.ci[0] > 0 and r.effect >= min_effect)
+            assert c.confirmed == (c.pin_confirmed or c.removal_confirmed)
     # the t critical values (two-sided 95%): 12.706 for 1 degree of freedom, 2.093 for 19
     assert validate_module._t_critical(0.95, 1) == pytest.approx(12.7062, abs=1e-3)
     assert validate_module._t_critical(0.95, 19) == pytest.approx(2.0930, abs=1e-3)
@@ -210,3 +217,33 @@ def test_clear_errors(extracted):
             check_pairs(fsa, model, pair)
     finally:
         sc.splice(model, removed)
+
+
+def test_necessity_arm_starts_where_the_source_fires_and_reads_a_plain_generation(extracted):
+    model, fsa = extracted
+    src, dst = fsa.states[0], fsa.states[1]
+    (check,) = check_pairs(
+        fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
+        progress=False,
+    )  # fmt: skip
+    windows = validate_module._windows(fsa, model, 0, 5, 16, 0, firing=True)
+    names = {f"{site}.hook_sae_acts_post" for site, _ in src.members + dst.members}
+    generated = model.generate(windows, max_new_tokens=1, do_sample=False, stop_at_eos=False, verbose=False)
+    _, cache = model.run_with_cache(generated.clone(), names_filter=lambda name: name in names)
+
+    def fires(state, position):  # a grouped state: at least half of its members active
+        active = torch.stack(
+            [cache[f"{site}.hook_sae_acts_post"][:, position, i] > 0 for site, i in state.members]
+        )
+        return 2 * active.sum(0) >= len(state.members)
+
+    assert bool(fires(src, 15).all())  # every window ends where the source fires
+    removal = check.removal_greedy
+    assert removal is not None and check.removal is removal
+    assert removal.natural == pytest.approx(float(fires(dst, 16).double().mean()), abs=1e-12)
+    (without,) = check_pairs(
+        fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
+        necessity=False, progress=False,
+    )  # fmt: skip
+    assert without.removal is None and not without.removal_confirmed
+    assert without.greedy == check.greedy and without.confirmed == without.pin_confirmed

@@ -56,13 +56,18 @@ class Transition:
     where the whole src state is pinned, minus unpinned, mean over prompts, under the check's
     primary decoding (sampled at temperature 1 by default; see ``validate.py``)."""
     confirmed: bool | None = None
-    """Verdict of that check: ``effect_ci`` above 0 and ``effect`` >= ``min_effect`` (None: not checked)."""
+    """Verdict of that check (None: not checked): pinning src raises dst (``effect_ci`` above 0 and
+    ``effect`` >= ``min_effect``), or removing src where it fires lowers dst (``effect_removed``,
+    the same test)."""
     effect_ci: tuple[float, float] | None = None
     """Confidence interval of ``effect`` (t-interval over the prompts; 95% by default)."""
     effect_greedy: float | None = None
     """The effect on greedy continuations."""
     effect_sampled: float | None = None
     """The effect on continuations sampled at temperature 1 (None when none were sampled)."""
+    effect_removed: float | None = None
+    """The necessity arm: dst's firing rate right after positions where src fires, minus the same
+    with src's members set to 0 there (primary decoding; None when not run)."""
 
 
 @dataclass

@@ -193,7 +193,7 @@ def to_json_dict(fsa: FeatureAutomaton) -> dict[str, Any]:
     }  # fmt: skip
 
 
-_CHECK_FIELDS = ("effect_ci", "effect_greedy", "effect_sampled")
+_CHECK_FIELDS = ("effect_ci", "effect_greedy", "effect_sampled", "effect_removed")
 """Optional transition fields of a causal check (absent in files written before them)."""
 
 

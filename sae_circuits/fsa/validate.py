@@ -31,7 +31,17 @@ For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
    separately. The pair is **confirmed** when, for the primary decoding (``decoding``, sampled by
    default: it follows the model's whole next-token distribution rather than its single top
    token), the interval's lower bound is above 0 *and* the effect is at least ``min_effect`` (so a
-   significant but negligible shift does not count).
+   significant but negligible shift does not count) -- or when the necessity arm (5.) confirms.
+5. **Necessity** (``necessity=True``, the default): ``n_prompts`` other windows, ending where A
+   *fires*, are rolled out as they are and with every member of A set to 0 (the other states left
+   alone) at the same positions; the removal effect is B's natural firing rate there minus its rate
+   with A removed, tested the same way. Pinning asks "is A enough to bring B?", removal "does B,
+   where it follows A, need A's features?". A branch that the context chooses (after a tag's
+   ``>`` comes text or a newline, depending on what is open) can fail the first: pinned into an
+   arbitrary window A brings its main successor only. It can still pass the second. A non-transition
+   cannot pass the second, because B hardly ever follows A to begin with. On the embedded model
+   with 40 prompts, the necessity arm confirmed one more true markup transition (CLOSE -> TEXT) and one more
+   kvlog one (COLON -> KEY), and no non-transition (benchmarks/bench_automata.py).
 
 Why ``steps=1`` by default: a read at t+2 comes after A was pinned at t+1 *on top of* the state
 the model really reached there (a successor S of A), so two-step paths A -> S -> B count as
@@ -63,7 +73,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
@@ -101,6 +111,22 @@ class Effect:
 
 
 @dataclass(frozen=True)
+class Removal:
+    """What removing the source where it fires does to the destination (the necessity arm)."""
+
+    natural: float
+    """Destination's firing rate right after positions where the source fires, nothing edited."""
+    removed: float
+    """The same with every member of the source set to 0 there."""
+    effect: float
+    """``natural - removed``: the mean over prompts of each prompt's difference."""
+    ci: tuple[float, float]
+    """Two-sided t-interval of ``effect`` at the check's ``confidence`` (prompts as units)."""
+    p_value: float
+    """One-sided p-value of "effect > 0" (paired, normal approximation)."""
+
+
+@dataclass(frozen=True)
 class PairCheck:
     """The causal check of one ``src -> dst`` pair (:func:`check_pairs`)."""
 
@@ -113,11 +139,22 @@ class PairCheck:
     sampled: Effect | None
     """Continuations sampled at temperature 1 (``samples`` per prompt); None when ``samples=0``."""
     decoding: Decoding
-    """Which of the two decides ``confirmed`` (and is ``effect``)."""
+    """Which decoding decides ``confirmed`` (and is ``effect``)."""
     confirmed: bool
-    """The primary effect's interval is above 0 and the effect is at least ``min_effect``."""
+    """``pin_confirmed or removal_confirmed``."""
     prompts: Int[Tensor, "n_prompts pos"]
     """The prompt windows (shared by every pair with this source)."""
+    pin_confirmed: bool = False
+    """Sufficiency: the primary pin effect's interval is above 0 and the effect is at least
+    ``min_effect``."""
+    removal_greedy: Removal | None = None
+    """The necessity arm on greedy continuations (None when ``necessity=False`` or the source
+    never fires with enough context before it)."""
+    removal_sampled: Removal | None = None
+    """The necessity arm on sampled continuations (None as above, or when ``samples=0``)."""
+    removal_confirmed: bool = False
+    """Necessity: the primary decoding's removal effect has its interval above 0 and is at least
+    ``min_effect``."""
 
     @property
     def primary(self) -> Effect:
@@ -131,6 +168,11 @@ class PairCheck:
     def effect(self) -> float:
         """The primary effect (what ``Transition.effect`` stores)."""
         return self.primary.effect
+
+    @property
+    def removal(self) -> Removal | None:
+        """The necessity arm under the primary decoding (None when it did not run)."""
+        return self.removal_sampled if self.decoding == "sampled" else self.removal_greedy
 
 
 def validate(
@@ -148,6 +190,7 @@ def validate(
     decoding: Decoding = "sampled",
     pin_scale: float = 1.0,
     exclusive: bool = True,
+    necessity: bool = True,
     seed: int = 0,
     kv_cache: bool | None = None,
     progress: bool = True,
@@ -186,7 +229,7 @@ def validate(
     checks = check_pairs(
         fsa, model, pairs, n_prompts=n_prompts, context=context, steps=steps, samples=samples,
         min_effect=min_effect, confidence=confidence, decoding=decoding, pin_scale=pin_scale,
-        exclusive=exclusive, seed=seed, kv_cache=kv_cache, progress=progress,
+        exclusive=exclusive, necessity=necessity, seed=seed, kv_cache=kv_cache, progress=progress,
     )  # fmt: skip
     by_pair = {(c.src, c.dst): c for c in checks}
     for t in chosen:
@@ -194,10 +237,11 @@ def validate(
         t.effect, t.effect_ci, t.confirmed = c.effect, c.primary.ci, c.confirmed
         t.effect_greedy = c.greedy.effect
         t.effect_sampled = None if c.sampled is None else c.sampled.effect
+        t.effect_removed = None if c.removal is None else c.removal.effect
     fsa.metadata["validation"] = {
         "n_prompts": n_prompts, "context": context, "steps": steps, "samples": samples,
         "min_effect": min_effect, "confidence": confidence, "decoding": decoding, "pin_scale": pin_scale,
-        "exclusive": exclusive, "seed": seed, "checked": len(chosen),
+        "exclusive": exclusive, "necessity": necessity, "seed": seed, "checked": len(chosen),
     }  # fmt: skip
     return fsa
 
@@ -216,6 +260,7 @@ def check_pairs(
     decoding: Decoding = "sampled",
     pin_scale: float = 1.0,
     exclusive: bool = True,
+    necessity: bool = True,
     seed: int = 0,
     kv_cache: bool | None = None,
     progress: bool = True,
@@ -272,7 +317,7 @@ def check_pairs(
         raise ValueError(
             f"context={context} (+ BOS) + steps={steps} tokens exceed the model's context of {n_ctx}"
         )
-    probe = _Probe(fsa, model, use_cache, bool(exclusive))
+    probe = _Probe(fsa, model, use_cache)
     started = time.perf_counter()
     results: dict[tuple[int, int], PairCheck] = {}
     sources = list(dict.fromkeys(src for src, _ in pairs))
@@ -280,18 +325,23 @@ def check_pairs(
         state = fsa.states[column[src]]
         prompts = _windows(fsa, model, column[src], n_prompts, context, seed)
         pins = _pins(state, pin_scale)
-        plain, pinned = probe.compare(prompts, pins, steps, samples, seed=seed * 100_003 + column[src])
+        draw = seed * 100_003 + column[src]
+        plain, pinned = probe.compare(prompts, pins, steps, samples, draw, bool(exclusive))
+        removal = _removal(fsa, model, probe, column[src], state, n_prompts, context, steps, samples, seed) \
+            if necessity else None  # fmt: skip
         for dst in [d for s, d in pairs if s == src]:
-            greedy = _effect(pinned.greedy[:, column[dst]], plain.greedy[:, column[dst]], confidence)
-            sampled = (
-                None
-                if pinned.sampled is None or plain.sampled is None
-                else _effect(pinned.sampled[:, column[dst]], plain.sampled[:, column[dst]], confidence)
-            )
+            greedy, sampled = _effects(pinned, plain, column[dst], confidence)
+            removed = (None, None) if removal is None else _effects(*removal, column[dst], confidence)
+            removal_greedy, removal_sampled = (None if e is None else Removal(*astuple(e)) for e in removed)
             primary = sampled if decoding == "sampled" else greedy
+            removal_primary = removal_sampled if decoding == "sampled" else removal_greedy
             assert primary is not None
-            confirmed = primary.ci[0] > 0 and primary.effect >= min_effect
-            results[src, dst] = PairCheck(src, dst, greedy, sampled, decoding, confirmed, prompts.cpu())
+            by_pin = _significant(primary, min_effect)
+            by_removal = removal_primary is not None and _significant(removal_primary, min_effect)
+            results[src, dst] = PairCheck(
+                src, dst, greedy, sampled, decoding, by_pin or by_removal, prompts.cpu(),
+                by_pin, removal_greedy, removal_sampled, by_removal,
+            )  # fmt: skip
     logger.info(
         "causal checks: %d pairs, %d sources, %.1f s",
         len(results),
@@ -364,6 +414,34 @@ def _pair(pair: Any, k: int, column: dict[int, int]) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def _removal(
+    fsa: FeatureAutomaton, model: Any, probe: _Probe, column: int, state: State, n: int, context: int,
+    steps: int, samples: int, seed: int,
+) -> tuple[_Rates, _Rates] | None:  # fmt: skip
+    """The necessity arm: rollouts from windows that end where the source fires, as they are and
+    with every member of the source set to 0 (the others left alone). None when no window ends
+    where the source fires."""
+    try:
+        prompts = _windows(fsa, model, column, n, context, seed, firing=True)
+    except ValueError:
+        logger.info("state %s never fires after %d tokens of context: no necessity arm", state.id, context)
+        return None
+    zeros: list[tuple[str, int, float]] = [(site, index, 0.0) for site, index in state.members]
+    return probe.compare(prompts, zeros, steps, samples, seed * 100_003 + column + 1, exclusive=False)
+
+
+def _effects(edited: _Rates, plain: _Rates, column: int, confidence: float) -> tuple[Effect, Effect | None]:
+    """The greedy and sampled effects of one destination (column): edited minus plain."""
+    greedy = _effect(edited.greedy[:, column], plain.greedy[:, column], confidence)
+    if edited.sampled is None or plain.sampled is None:
+        return greedy, None
+    return greedy, _effect(edited.sampled[:, column], plain.sampled[:, column], confidence)
+
+
+def _significant(effect: Effect | Removal, min_effect: float) -> bool:
+    return effect.ci[0] > 0 and effect.effect >= min_effect
+
+
 def _supports_cache(model: nn.Module) -> bool:
     """A HookedTransformer takes its own KV cache object (``past_kv_cache``)."""
     return hasattr(model, "get_pos_offset") and _cache_class() is not None
@@ -389,25 +467,29 @@ def _bos(fsa: FeatureAutomaton, model: Any) -> int | None:
 
 
 def _windows(
-    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int
+    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False
 ) -> Int[Tensor, "n_prompts pos"]:
     """``n`` windows of ``context`` corpus tokens (one text each) that end where the state in
-    ``column`` is off, drawn without replacement when there are enough (fixed by ``seed``)."""
+    ``column`` is off (``firing``: on), drawn without replacement when there are enough (fixed by
+    ``seed``)."""
     assert fsa.tokens is not None  # _check_arguments refuses an automaton without corpus tokens
     starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)])
     text_of = torch.repeat_interleave(torch.arange(fsa.lengths.numel()), fsa.lengths)
     offset = torch.arange(int(fsa.lengths.sum())) - starts[text_of]
-    off = ~fsa.firing[:, column].cpu()
-    ends = (off & (offset >= context - 1)).nonzero().squeeze(-1)
+    wanted = fsa.firing[:, column].cpu() == firing
+    ends = (wanted & (offset >= context - 1)).nonzero().squeeze(-1)
     if ends.numel() == 0:
         longest = int(fsa.lengths.max())
         why = (
             f"no text has {context} tokens (the longest has {longest}); lower context"
             if longest < context
-            else f"state {fsa.states[column].id} fires at every corpus position that has {context - 1} "
-            "earlier tokens in its text"
+            else f"state {fsa.states[column].id} {'never fires at any' if firing else 'fires at every'} corpus "
+            f"position that has {context - 1} earlier tokens in its text"
         )
-        raise ValueError(f"no prompt window of {context} tokens ends where the source state is off: {why}")
+        where = "on" if firing else "off"
+        raise ValueError(
+            f"no prompt window of {context} tokens ends where the source state is {where}: {why}"
+        )
     generator = torch.Generator().manual_seed(seed * 100_003 + column)
     if ends.numel() >= n:
         picks = ends[torch.randperm(ends.numel(), generator=generator)[:n]]
@@ -435,8 +517,8 @@ class _Rates:
 class _Probe:
     """Runs the batched rollouts of one model and reads every state's firing at the newest token."""
 
-    def __init__(self, fsa: FeatureAutomaton, model: Any, kv_cache: bool, exclusive: bool) -> None:
-        self.model, self.kv_cache, self.exclusive = model, kv_cache, exclusive
+    def __init__(self, fsa: FeatureAutomaton, model: Any, kv_cache: bool) -> None:
+        self.model, self.kv_cache = model, kv_cache
         self.majority = bool(fsa.metadata.get("grouping", False))
         self.sites = sorted({site for s in fsa.states for site, _ in s.members})
         # every member feature once, site by site; membership[m, c]: member m belongs to state c
@@ -454,10 +536,11 @@ class _Probe:
 
     def compare(
         self, prompts: Int[Tensor, "n_prompts pos"], pins: list[tuple[str, int, float]], steps: int,
-        samples: int, seed: int,
+        samples: int, seed: int, exclusive: bool,
     ) -> tuple[_Rates, _Rates]:  # fmt: skip
         """Unpinned and pinned rollouts from ``prompts``; the rows are ``[greedy (n); sampled
-        (n * samples, each prompt's draws together)]``."""
+        (n * samples, each prompt's draws together)]``. ``exclusive``: the pinned rollout also
+        sets every other state's members to 0 where it pins."""
         n = prompts.shape[0]
         row_prompt = torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(samples)])
         rows = prompts[row_prompt.to(prompts.device)]
@@ -465,7 +548,9 @@ class _Probe:
         prefix = self._prefix(prompts[:, :-1], row_prompt) if self.kv_cache else None
         out = []
         for edits in ([], pins):
-            fires = self._rollout(rows, prefix, edits, steps, greedy, seed).double()  # (rows, steps, states)
+            fires = self._rollout(
+                rows, prefix, edits, steps, greedy, seed, exclusive
+            ).double()  # (rows, steps, states)
             per_row = fires.mean(1)
             sampled = per_row[n:].reshape(n, samples, -1).mean(1).cpu() if samples else None
             out.append(_Rates(per_row[:n].cpu(), sampled))
@@ -487,7 +572,7 @@ class _Probe:
     @torch.no_grad()
     def _rollout(
         self, rows: Int[Tensor, "rows pos"], prefix: Any, pins: list[tuple[str, int, float]], steps: int,
-        greedy: Bool[Tensor, " rows"], seed: int,
+        greedy: Bool[Tensor, " rows"], seed: int, exclusive: bool,
     ) -> Bool[Tensor, "rows steps states"]:  # fmt: skip
         """Generate ``steps`` tokens (see the module docstring, steps 2-3) and read every state's
         firing at each generated position, unpinned there (pinned before it when ``pins``)."""
@@ -498,43 +583,45 @@ class _Probe:
             sequence = rows[:, -1:]  # the chunk to run: the prompt's last token (the rest is cached)
         else:
             cache, sequence = None, rows
-        logits = self._forward(sequence, cache, pins, slice(last, last + 1))
+        logits = self._forward(sequence, cache, pins, slice(last, last + 1), exclusive)
         fires = []
         for k in range(steps):
             position = last + 1 + k
             token = _choose(logits[:, -1], greedy, generator).unsqueeze(1)
             sequence = token if cache is not None else torch.cat([sequence, token], dim=1)
             if pins:  # read with nothing pinned at `position`; then pin it there and go on
-                fires.append(self._read(sequence, cache, pins, slice(last, position)))
+                fires.append(self._read(sequence, cache, pins, slice(last, position), exclusive))
                 if k < steps - 1:
-                    logits = self._forward(sequence, cache, pins, slice(last, position + 1))
+                    logits = self._forward(sequence, cache, pins, slice(last, position + 1), exclusive)
             else:
                 read: dict[str, Tensor] = {}
                 with self._capturing(read):
-                    logits = self._forward(sequence, cache, [], None)
+                    logits = self._forward(sequence, cache, [], None, exclusive)
                 fires.append(self._states(read))
         return torch.stack(fires, dim=1)
 
     def _read(
-        self, sequence: Tensor, cache: Any, pins: list[tuple[str, int, float]], positions: slice
-    ) -> Bool[Tensor, "rows states"]:
+        self, sequence: Tensor, cache: Any, pins: list[tuple[str, int, float]], positions: slice,
+        exclusive: bool,
+    ) -> Bool[Tensor, "rows states"]:  # fmt: skip
         """Every state's firing at the newest position, with the cache (if any) left as it was."""
         read: dict[str, Tensor] = {}
         if cache is not None:
             cache.freeze()
         try:
             with self._capturing(read):
-                self._forward(sequence, cache, pins, positions)
+                self._forward(sequence, cache, pins, positions, exclusive)
         finally:
             if cache is not None:
                 cache.unfreeze()
         return self._states(read)
 
     def _forward(
-        self, sequence: Tensor, cache: Any, pins: list[tuple[str, int, float]], positions: slice | None
-    ) -> Float[Tensor, "rows pos d_vocab"]:
+        self, sequence: Tensor, cache: Any, pins: list[tuple[str, int, float]], positions: slice | None,
+        exclusive: bool,
+    ) -> Float[Tensor, "rows pos d_vocab"]:  # fmt: skip
         edits = [clamp(site, index, value, positions=positions) for site, index, value in pins]
-        if pins and self.exclusive:
+        if pins and exclusive:
             pinned = {(site, index) for site, index, _ in pins}
             for site, ix in self.indices.items():
                 rest = [i for i in ix.tolist() if (site, i) not in pinned]

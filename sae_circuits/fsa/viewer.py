@@ -116,7 +116,8 @@ s1 = at(b, NODE + 2, Math.atan2(q.y - b.y, q.x - b.x));
   if (t.confirmed === false) path.setAttribute("stroke-dasharray", "6,4");
   const verdict = t.confirmed === null ? "not validated" : t.confirmed ? "confirmed" : "not confirmed";
   add("title", {}, path, `${name(t.src)} -> ${name(t.dst)}\\n${t.mechanism} weight ${fmt(t.weight)}` +
-    `\\ntokens: ${t.tokens}\\neffect ${fmt(t.effect)} (${verdict})`);
+    `\\ntokens: ${t.tokens}\\neffect ${fmt(t.effect)}` +
+    (t.effect_removed === null ? "" : `, removed ${fmt(t.effect_removed)}`) + ` (${verdict})`);
 }
 for (const s of data.states) {
   const p = pos.get(s.id), c = add("circle", {cx: p.x, cy: p.y, r: NODE}, nodes);
@@ -153,7 +154,8 @@ def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
     transitions = [
         {"src": t.src, "dst": t.dst, "mechanism": t.mechanism, "weight": float(t.weight),
          "tokens": top_tokens(t.tokens), "effect": None if t.effect is None else float(t.effect),
-         "confirmed": t.confirmed}
+         "confirmed": t.confirmed,
+         "effect_removed": None if t.effect_removed is None else float(t.effect_removed)}
         for t in fsa.transitions
     ]  # fmt: skip
     data = {"summary": repr(fsa), "states": states, "transitions": transitions,
