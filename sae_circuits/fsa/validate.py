@@ -480,11 +480,12 @@ def _windows(
     ends = (wanted & (offset >= context - 1)).nonzero().squeeze(-1)
     if ends.numel() == 0:
         longest = int(fsa.lengths.max())
+        how = "never fires at any" if firing else "fires at every"
         why = (
             f"no text has {context} tokens (the longest has {longest}); lower context"
             if longest < context
-            else f"state {fsa.states[column].id} {'never fires at any' if firing else 'fires at every'} corpus "
-            f"position that has {context - 1} earlier tokens in its text"
+            else f"state {fsa.states[column].id} {how} corpus position that has {context - 1} "
+            "earlier tokens in its text"
         )
         where = "on" if firing else "off"
         raise ValueError(
