@@ -56,8 +56,10 @@ def markup(model, contexts: int, prompts: int, out: Path) -> None:
     for (a, b), check, name_a, name_b in zip(pairs, checks, LOOP, LOOP[1:] + LOOP[:1]):
         effect = check.sampled or check.greedy
         print(f"    {name_a} -> {name_b}: weight {fsa.weight(a, b):.3f}; pinned {name_a}: {name_b} fires next "
-              f"{effect.unpinned:.2f} -> {effect.pinned:.2f} (95% CI of the change {effect.ci[0]:+.2f}..{effect.ci[1]:+.2f}"
-              f"; {'confirmed' if check.confirmed else 'not confirmed'})")  # fmt: skip
+              f"{effect.unpinned:.2f} -> {effect.pinned:.2f} (95% CI of the change {effect.ci[0]:+.2f}..{effect.ci[1]:+.2f})"
+              + (f"; {name_a} removed where it fires: {check.removal.natural:.2f} -> {check.removal.removed:.2f}"
+                 if check.removal else "")
+              + f"; {'confirmed' if check.confirmed else 'not confirmed'}")  # fmt: skip
     print_loops(fsa, labels, truth)
     fsa.save(out / "markup.json")
     print("  wrote", fsa.save(out / "markup.html"))

@@ -114,7 +114,8 @@ def test_validate_pins_sources_and_stores_effects(extracted):
     fsa.validate(model, transitions=checked, n_prompts=6, progress=False)
     for t in checked:
         assert -1 <= t.effect <= 1 and isinstance(t.confirmed, bool)
-        assert t.confirmed == (t.effect > 0 and t.confirmed)  # never confirmed without a positive effect
+        removed = t.effect_removed is not None and t.effect_removed > 0
+        assert t.confirmed == ((t.effect > 0 or removed) and t.confirmed)  # never without a positive effect
     assert fsa.metadata["validation"]["n_prompts"] == 6
     assert all(t.effect is None for t in fsa.transitions if t not in checked)
     from sae_circuits.fsa.validate import _one_sided_p

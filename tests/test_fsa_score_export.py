@@ -196,7 +196,18 @@ STATES = [
     State(3, [(SITE, 5)], "café ☃ bell\x07", 0.05, 0.5),
 ]
 TRANSITIONS = [
-    Transition(0, 1, "attention", 0.5, {"div": 3, "p": 1}, effect=0.25, confirmed=True),
+    Transition(
+        0,
+        1,
+        "attention",
+        0.5,
+        {"div": 3, "p": 1},
+        effect=0.25,
+        confirmed=True,
+        effect_ci=(0.1, 0.4),
+        effect_removed=0.375,
+        effect_removed_ci=(0.125, 0.625),
+    ),
     Transition(1, 2, "token", 0.3, {">": 4, '"': 1}, effect=-0.01, confirmed=False),
     Transition(2, 0, "attention", 0.4, {"<": 5, EVIL: 2}),
     Transition(2, 0, "token", 0.1, {"\n": 1}),
@@ -267,6 +278,12 @@ def test_json_round_trip_is_exact(fsa, tmp_path):
     assert back.lengths.dtype == torch.long and torch.equal(back.lengths, fsa.lengths)
     assert back.metadata == fsa.metadata and back.states[1].frequency == 0.1 + 0.2
     assert isinstance(back.states[0].members[0], tuple)
+    assert back.transitions[0].effect_removed_ci == (0.125, 0.625)
+    for row in raw["transitions"]:  # a file written before the necessity arm loads with None there
+        del row["effect_removed"], row["effect_removed_ci"]
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    old = FeatureAutomaton.load(tmp_path / "old.json")
+    assert old.transitions[0].effect_removed is None and old.transitions[0].effect == 0.25
 
 
 def test_json_round_trip_edge_cases(tmp_path):
@@ -340,7 +357,8 @@ def test_graphml_reads_back(fsa, tmp_path):
     assert math.isnan(merged["effect"]) and merged["confirmed"] == ""
     assert merged["tokens"] == json.dumps("<") + " " + json.dumps(EVIL) + " " + json.dumps("\n")
     assert graph.edges["0", "1"]["confirmed"] == "true" and graph.edges["1", "2"]["confirmed"] == "false"
-    assert graph.edges["0", "1"]["effect"] == 0.25
+    assert graph.edges["0", "1"]["effect"] == 0.25 and graph.edges["0", "1"]["effect_removed"] == 0.375
+    assert math.isnan(merged["effect_removed"])
 
 
 # --------------------------------------------------------------------------- HTML

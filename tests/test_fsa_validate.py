@@ -133,9 +133,13 @@ def test_reproducible_with_a_seed_and_the_same_with_and_without_kv_cache(extract
     d = check_pairs(fsa, model, pairs, seed=4, **FAST)
     for x, y, z in zip(a, b, c):
         assert (x.greedy, x.sampled, x.confirmed) == (y.greedy, y.sampled, y.confirmed)
+        assert (x.removal_greedy, x.removal_sampled) == (y.removal_greedy, y.removal_sampled)
         assert torch.equal(x.prompts, y.prompts) and torch.equal(x.prompts, z.prompts)
         for e, f in ((x.greedy, z.greedy), (x.sampled, z.sampled)):
             assert (e.pinned, e.unpinned) == pytest.approx((f.pinned, f.unpinned), abs=1e-9)
+        for r, q in ((x.removal_greedy, z.removal_greedy), (x.removal_sampled, z.removal_sampled)):
+            assert r is not None and q is not None
+            assert (r.natural, r.removed) == pytest.approx((q.natural, q.removed), abs=1e-9)
     assert not torch.equal(a[0].prompts, d[0].prompts)
     assert all(torch.equal(a[0].prompts, x.prompts) for x in a[:3])  # one source, one set of prompts
 
@@ -173,6 +177,9 @@ def test_validate_stores_the_verdicts_on_transitions(extracted):
     for t in chosen:
         assert t.effect == t.effect_sampled and t.effect_greedy is not None and isinstance(t.confirmed, bool)
         assert t.effect_ci is not None and t.effect_ci[0] <= t.effect <= t.effect_ci[1]
+        (check,) = check_pairs(fsa, model, [(t.src, t.dst)], **FAST)
+        assert check.removal is not None and t.effect_removed == check.removal.effect
+        assert t.effect_removed_ci == check.removal.ci and t.confirmed == check.confirmed
     assert all(t.effect is None for t in fsa.transitions if t not in chosen)
     assert fsa.metadata["validation"]["steps"] == 2 and fsa.metadata["validation"]["decoding"] == "sampled"
 
@@ -226,21 +233,31 @@ def test_necessity_arm_starts_where_the_source_fires_and_reads_a_plain_generatio
         fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
         progress=False,
     )  # fmt: skip
-    windows = validate_module._windows(fsa, model, 0, 5, 16, 0, firing=True)
+    windows = validate_module._windows(fsa, model, 0, 5, 16, 0, firing=True, repeat=False)
+    last = windows.shape[1] - 1
     names = {f"{site}.hook_sae_acts_post" for site, _ in src.members + dst.members}
-    generated = model.generate(windows, max_new_tokens=1, do_sample=False, stop_at_eos=False, verbose=False)
-    _, cache = model.run_with_cache(generated.clone(), names_filter=lambda name: name in names)
 
-    def fires(state, position):  # a grouped state: at least half of its members active
+    def rollout(edits):  # one greedy token, then the states at the new position (edits stay on `last`)
+        with sc.intervene(model, edits):
+            token = model(windows)[:, -1].argmax(-1, keepdim=True)
+            _, cache = model.run_with_cache(torch.cat([windows, token], 1), names_filter=lambda n: n in names)
+        return cache
+
+    def fires(cache, state, position):  # a grouped state: at least half of its members active
         active = torch.stack(
             [cache[f"{site}.hook_sae_acts_post"][:, position, i] > 0 for site, i in state.members]
         )
-        return 2 * active.sum(0) >= len(state.members)
+        return (2 * active.sum(0) >= len(state.members)).double()
 
-    assert bool(fires(src, 15).all())  # every window ends where the source fires
+    natural = rollout([])
+    removed = rollout([sc.clamp(site, i, 0.0, positions=[last]) for site, i in src.members])
+    assert bool(fires(natural, src, last).all())  # every window ends where the source fires
+    assert not bool(fires(removed, src, last).any())
     removal = check.removal_greedy
-    assert removal is not None and check.removal is removal
-    assert removal.natural == pytest.approx(float(fires(dst, 16).double().mean()), abs=1e-12)
+    assert removal is not None and check.removal is removal and removal.n_prompts == windows.shape[0] == 5
+    assert removal.natural == pytest.approx(float(fires(natural, dst, last + 1).mean()), abs=1e-12)
+    assert removal.removed == pytest.approx(float(fires(removed, dst, last + 1).mean()), abs=1e-12)
+    assert removal.effect == pytest.approx(removal.natural - removal.removed, abs=1e-12)
     (without,) = check_pairs(
         fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
         necessity=False, progress=False,

@@ -68,6 +68,8 @@ class Transition:
     effect_removed: float | None = None
     """The necessity arm: dst's firing rate right after positions where src fires, minus the same
     with src's members set to 0 there (primary decoding; None when not run)."""
+    effect_removed_ci: tuple[float, float] | None = None
+    """Confidence interval of ``effect_removed``."""
 
 
 @dataclass
@@ -153,9 +155,10 @@ class FeatureAutomaton:
         return cast(FeatureAutomaton, load(path, "automaton"))
 
     def validate(self, model: Any, **kwargs: Any) -> FeatureAutomaton:
-        """Pin each checked transition's source at its largest activation and measure how much
-        more often its destination fires at the next step (``validate.py``); stores ``effect``
-        and ``confirmed`` on the transitions checked."""
+        """Pin each checked transition's source (its whole state) and measure how much more often
+        its destination fires at the next step, and remove the source where it fires and measure
+        how much less often (``validate.py``); stores ``effect``, ``effect_removed`` and
+        ``confirmed`` on the transitions checked."""
         from sae_circuits.fsa.validate import validate
 
         return validate(self, model, **kwargs)

@@ -63,8 +63,8 @@ def to_networkx(fsa: FeatureAutomaton) -> nx.DiGraph:
     ``"site#index,..."``). Edge attributes: ``weight`` (total), ``attention_weight``,
     ``token_weight`` (0.0 where the mechanism has no transition), ``mechanism`` (``"attention"``,
     ``"token"`` or ``"both"``), ``tokens`` (the top tokens, quoted, counts of both mechanisms
-    added), ``effect`` (float; NaN when not validated, the largest if the mechanisms differ) and
-    ``confirmed`` (``"true"``, ``"false"`` or ``""`` when not validated; true if any mechanism's
+    added), ``effect`` (float; NaN when not validated, the largest if the mechanisms differ),
+    ``effect_removed`` (the necessity arm's, the same way) and ``confirmed`` (``"true"``, ``"false"`` or ``""`` when not validated; true if any mechanism's
     transition is). Only str/int/float values, so the graph writes to GraphML as it is.
     """
     graph = nx.DiGraph()
@@ -81,11 +81,13 @@ def to_networkx(fsa: FeatureAutomaton) -> nx.DiGraph:
         for t in group:
             tokens.update(t.tokens)
         effects = [float(t.effect) for t in group if t.effect is not None]
+        removed = [float(t.effect_removed) for t in group if t.effect_removed is not None]
         verdicts = [t.confirmed for t in group if t.confirmed is not None]
         graph.add_edge(
             src, dst, weight=float(sum(t.weight for t in group)), attention_weight=weights["attention"],
             token_weight=weights["token"], mechanism=kinds.pop() if len(kinds) == 1 else "both",
             tokens=_top_tokens(tokens), effect=max(effects) if effects else math.nan,
+            effect_removed=max(removed) if removed else math.nan,
             confirmed="" if not verdicts else "true" if any(verdicts) else "false",
         )  # fmt: skip
     return graph
@@ -136,6 +138,8 @@ def to_dot(fsa: FeatureAutomaton) -> str:
         ]  # fmt: skip
         if t.effect is not None:
             attrs.append(f'effect="{float(t.effect)!r}"')
+        if t.effect_removed is not None:
+            attrs.append(f'effect_removed="{float(t.effect_removed)!r}"')
         if t.confirmed is not None:
             attrs += [
                 f'confirmed="{str(bool(t.confirmed)).lower()}"',
@@ -193,7 +197,7 @@ def to_json_dict(fsa: FeatureAutomaton) -> dict[str, Any]:
     }  # fmt: skip
 
 
-_CHECK_FIELDS = ("effect_ci", "effect_greedy", "effect_sampled", "effect_removed")
+_CHECK_FIELDS = ("effect_ci", "effect_greedy", "effect_sampled", "effect_removed", "effect_removed_ci")
 """Optional transition fields of a causal check (absent in files written before them)."""
 
 

@@ -39,9 +39,12 @@ For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
    where it follows A, need A's features?". A branch that the context chooses (after a tag's
    ``>`` comes text or a newline, depending on what is open) can fail the first: pinned into an
    arbitrary window A brings its main successor only. It can still pass the second. A non-transition
-   cannot pass the second, because B hardly ever follows A to begin with. On the embedded model
-   with 40 prompts, the necessity arm confirmed one more true markup transition (CLOSE -> TEXT) and one more
-   kvlog one (COLON -> KEY), and no non-transition (benchmarks/bench_automata.py).
+   can hardly pass the second, because B hardly ever follows A to begin with (the windows use each
+   position where A fires once, so a rare A cannot confirm from one window repeated). On the
+   embedded model with 40 prompts, the necessity arm confirmed one more true markup transition
+   (CLOSE -> TEXT) and one more kvlog one (COLON -> KEY), and no non-transition
+   (benchmarks/bench_automata.py, each arm read from ``PairCheck.pin_confirmed`` and
+   ``removal_confirmed``).
 
 Why ``steps=1`` by default: a read at t+2 comes after A was pinned at t+1 *on top of* the state
 the model really reached there (a successor S of A), so two-step paths A -> S -> B count as
@@ -49,9 +52,10 @@ the model really reached there (a successor S of A), so two-step paths A -> S ->
 true transitions was also no larger with 2 or 3 steps (benchmarks/bench_automata.py). Several
 steps remain available (``steps=3``: A pinned on 3 positions, B read on 3).
 
-Cost: pairs that share a source share their prompts and both rollouts; every state's firing is
-read at once. With a HookedTransformer the rollouts use its KV cache (the prompt, less its last
-token, runs once per source for both rollouts; then one token per row per pass); other models
+Cost: pairs that share a source share their prompts and the four rollouts (unpinned and pinned;
+natural and removed, from the necessity arm's own windows); every state's firing is read at once.
+With a HookedTransformer the rollouts use its KV cache (each arm's prompt, less its last token,
+runs once per source for both of its rollouts; then one token per row per pass); other models
 (a TransformerBridge) recompute the whole sequence at each pass, with the same result.
 
 >>> with sc.spliced(model, saes):
@@ -73,7 +77,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
@@ -115,15 +119,20 @@ class Removal:
     """What removing the source where it fires does to the destination (the necessity arm)."""
 
     natural: float
-    """Destination's firing rate right after positions where the source fires, nothing edited."""
+    """Destination's firing rate at the read positions of rollouts from windows that end where the
+    source fires, nothing edited (with ``steps=1``: right after the source)."""
     removed: float
-    """The same with every member of the source set to 0 there."""
+    """The same with every member of the source set to 0 where the pin arm would pin (the last
+    prompt position and the first ``steps - 1`` generated ones)."""
     effect: float
     """``natural - removed``: the mean over prompts of each prompt's difference."""
     ci: tuple[float, float]
     """Two-sided t-interval of ``effect`` at the check's ``confidence`` (prompts as units)."""
     p_value: float
     """One-sided p-value of "effect > 0" (paired, normal approximation)."""
+    n_prompts: int
+    """Windows used: each corpus position where the source fires at most once, so fewer than the
+    check's ``n_prompts`` when the source fires rarely."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +208,8 @@ def validate(
 
     Checks ``transitions`` (by default the ``top`` heaviest) with :func:`check_pairs` and sets, on
     each: ``effect`` and ``effect_ci`` (the primary decoding's, ``decoding``), ``effect_greedy``,
-    ``effect_sampled`` and ``confirmed``. Transitions of one pair (both mechanisms) get one check.
+    ``effect_sampled``, ``effect_removed`` and ``effect_removed_ci`` (the necessity arm's, None when
+    it did not run) and ``confirmed``. Transitions of one pair (both mechanisms) get one check.
     The settings go to ``fsa.metadata["validation"]``. Returns ``fsa``.
 
     Args: as :func:`check_pairs`; ``top``: how many of the heaviest transitions to check when
@@ -238,6 +248,7 @@ def validate(
         t.effect_greedy = c.greedy.effect
         t.effect_sampled = None if c.sampled is None else c.sampled.effect
         t.effect_removed = None if c.removal is None else c.removal.effect
+        t.effect_removed_ci = None if c.removal is None else c.removal.ci
     fsa.metadata["validation"] = {
         "n_prompts": n_prompts, "context": context, "steps": steps, "samples": samples,
         "min_effect": min_effect, "confidence": confidence, "decoding": decoding, "pin_scale": pin_scale,
@@ -274,8 +285,8 @@ def check_pairs(
         fsa: an automaton extracted by :func:`sae_circuits.automaton` (it keeps its corpus tokens).
         model: the model it was extracted from, with the same dictionaries spliced.
         pairs: ``(src, dst)`` state ids.
-        n_prompts: prompt windows per source (>= 2: the interval needs two; 40 by default: on
-            markup 20 confirmed 14/18 true transitions, 40 confirmed 15/18).
+        n_prompts: prompt windows per source and arm (>= 2: the interval needs two; 40 by default;
+            on markup 120 confirmed the same 13/18 true transitions by pinning as 40).
         context: tokens per prompt window (BOS not counted).
         steps: tokens generated per rollout; the source is pinned at the last prompt position and
             the first ``steps - 1`` generated ones, the destination read at the ``steps`` positions
@@ -289,6 +300,8 @@ def check_pairs(
         pin_scale: multiplies every pin value (``> 1`` overdrives the state).
         exclusive: also set every member of the *other* states to 0 at the pinned positions
             (the default: the automaton's state is then A alone, not A on top of the real state).
+        necessity: also run the necessity arm (module docstring, step 5); a pair is then confirmed
+            by either arm.
         seed: fixes the prompt windows and the sampled tokens.
         kv_cache: use the model's KV cache (None: when it is a HookedTransformer).
         progress: a progress bar over the sources.
@@ -305,6 +318,8 @@ def check_pairs(
     _check_arguments(fsa, model, n_prompts, context, steps, samples, min_effect, confidence, decoding, seed)
     if isinstance(pin_scale, bool) or not isinstance(pin_scale, (int, float)) or not 0 < pin_scale < 1e6:
         raise ValueError(f"pin_scale={pin_scale!r} must be a positive number (1: the pin values as they are)")
+    if not isinstance(necessity, bool):
+        raise TypeError(f"necessity={necessity!r} must be True or False")
     column = {s.id: i for i, s in enumerate(fsa.states)}
     pairs = [_pair(p, k, column) for k, p in enumerate(pairs)]
     use_cache = _supports_cache(model) if kv_cache is None else bool(kv_cache)
@@ -331,8 +346,7 @@ def check_pairs(
             if necessity else None  # fmt: skip
         for dst in [d for s, d in pairs if s == src]:
             greedy, sampled = _effects(pinned, plain, column[dst], confidence)
-            removed = (None, None) if removal is None else _effects(*removal, column[dst], confidence)
-            removal_greedy, removal_sampled = (None if e is None else Removal(*astuple(e)) for e in removed)
+            removal_greedy, removal_sampled = _removals(removal, column[dst], confidence)
             primary = sampled if decoding == "sampled" else greedy
             removal_primary = removal_sampled if decoding == "sampled" else removal_greedy
             assert primary is not None
@@ -419,15 +433,19 @@ def _removal(
     steps: int, samples: int, seed: int,
 ) -> tuple[_Rates, _Rates] | None:  # fmt: skip
     """The necessity arm: rollouts from windows that end where the source fires, as they are and
-    with every member of the source set to 0 (the others left alone). None when no window ends
-    where the source fires."""
+    with every member of the source set to 0 (the others left alone). Each corpus position is used
+    once (a repeated window would shrink the interval without new evidence); None when fewer than
+    two windows end where the source fires."""
     try:
-        prompts = _windows(fsa, model, column, n, context, seed, firing=True)
+        prompts = _windows(fsa, model, column, n, context, seed, firing=True, repeat=False)
     except ValueError:
-        logger.info("state %s never fires after %d tokens of context: no necessity arm", state.id, context)
+        prompts = None
+    if prompts is None or prompts.shape[0] < 2:
+        logger.info("state %s fires at fewer than 2 positions with %d earlier tokens: no necessity arm",
+                    state.id, context - 1)  # fmt: skip
         return None
     zeros: list[tuple[str, int, float]] = [(site, index, 0.0) for site, index in state.members]
-    return probe.compare(prompts, zeros, steps, samples, seed * 100_003 + column + 1, exclusive=False)
+    return probe.compare(prompts, zeros, steps, samples, seed * 100_003 + column + 50_000, exclusive=False)
 
 
 def _effects(edited: _Rates, plain: _Rates, column: int, confidence: float) -> tuple[Effect, Effect | None]:
@@ -436,6 +454,22 @@ def _effects(edited: _Rates, plain: _Rates, column: int, confidence: float) -> t
     if edited.sampled is None or plain.sampled is None:
         return greedy, None
     return greedy, _effect(edited.sampled[:, column], plain.sampled[:, column], confidence)
+
+
+def _removals(
+    removal: tuple[_Rates, _Rates] | None, column: int, confidence: float
+) -> tuple[Removal | None, Removal | None]:
+    """The necessity arm's greedy and sampled effects on one destination: natural minus removed."""
+    if removal is None:
+        return None, None
+    natural, removed = removal
+    n = int(natural.greedy.shape[0])
+    greedy, sampled = _effects(natural, removed, column, confidence)  # natural plays "edited" here
+
+    def removal_of(e: Effect) -> Removal:
+        return Removal(e.pinned, e.unpinned, e.effect, e.ci, e.p_value, n)
+
+    return removal_of(greedy), None if sampled is None else removal_of(sampled)
 
 
 def _significant(effect: Effect | Removal, min_effect: float) -> bool:
@@ -467,11 +501,13 @@ def _bos(fsa: FeatureAutomaton, model: Any) -> int | None:
 
 
 def _windows(
-    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False
-) -> Int[Tensor, "n_prompts pos"]:
+    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False,
+    repeat: bool = True,
+) -> Int[Tensor, "n_prompts pos"]:  # fmt: skip
     """``n`` windows of ``context`` corpus tokens (one text each) that end where the state in
     ``column`` is off (``firing``: on), drawn without replacement when there are enough (fixed by
-    ``seed``)."""
+    ``seed``). With fewer positions than ``n``: drawn with replacement, or (``repeat=False``) each
+    position once, so fewer than ``n`` windows."""
     assert fsa.tokens is not None  # _check_arguments refuses an automaton without corpus tokens
     starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)])
     text_of = torch.repeat_interleave(torch.arange(fsa.lengths.numel()), fsa.lengths)
@@ -492,8 +528,9 @@ def _windows(
             f"no prompt window of {context} tokens ends where the source state is {where}: {why}"
         )
     generator = torch.Generator().manual_seed(seed * 100_003 + column)
-    if ends.numel() >= n:
+    if ends.numel() >= n or not repeat:
         picks = ends[torch.randperm(ends.numel(), generator=generator)[:n]]
+        n = picks.numel()
     else:  # fewer positions than prompts: some windows repeat (the interval is then optimistic)
         picks = ends[torch.randint(ends.numel(), (n,), generator=generator)]
     windows = torch.stack([fsa.tokens[end - context + 1 : end + 1] for end in picks.tolist()])

@@ -117,7 +117,7 @@ s1 = at(b, NODE + 2, Math.atan2(q.y - b.y, q.x - b.x));
   const verdict = t.confirmed === null ? "not validated" : t.confirmed ? "confirmed" : "not confirmed";
   add("title", {}, path, `${name(t.src)} -> ${name(t.dst)}\\n${t.mechanism} weight ${fmt(t.weight)}` +
     `\\ntokens: ${t.tokens}\\neffect ${fmt(t.effect)}` +
-    (t.effect_removed === null ? "" : `, removed ${fmt(t.effect_removed)}`) + ` (${verdict})`);
+    (t.effect_removed == null ? "" : `, removed ${fmt(t.effect_removed)}`) + ` (${verdict})`);
 }
 for (const s of data.states) {
   const p = pos.get(s.id), c = add("circle", {cx: p.x, cy: p.y, r: NODE}, nodes);
