@@ -96,7 +96,8 @@ def evaluate(name, model, trained, texts, labels, truth):
             }
             loops = score_loops(fsa, fsa.loops(10), labels, truth)
             checks = confirm_rates(fsa, model, labels, truth) if kind == "trained" else None
-        row[kind] = (fsa, seconds, scores, loops, checks)
+            ceiling = sc.probe_states(fsa, model, labels).best_mean_f1 if kind == "trained" else None
+        row[kind] = (fsa, seconds, scores, loops, checks, ceiling)
         print(f"{name} {kind}: F1 {scores[None].mean_f1:.3f} AUROC {scores[None].transition_auroc:.3f} "
               f"loops {loops.n_true}/10 true, {loops.n_distinct} distinct; checks {checks}", file=sys.stderr)  # fmt: skip
     return row
@@ -159,18 +160,21 @@ def main() -> None:
         "the best-matching state's F1; ROC AUC of the matched states' transition weights against the true table, "
         "self-pairs included; loops: the first 10 of `fsa.loops()`, named afterwards through the true states; "
         "checks: `check_pairs` on every true transition between matched states and as many non-transitions, "
-        "confirmed by either arm, in brackets by the pin arm alone):",
+        "confirmed by either arm, in brackets by the pin arm alone; probe F1: `sc.probe_states`, a linear probe "
+        "of the true states on the model's residual stream, the best layer's held-out mean F1, the model's own "
+        "ceiling for the F1 column):",
         "",
-        "| automaton | dictionaries | states | F1 | AUROC both | token | attention | true loops in top 10 | distinct | "
-        "longest in top 3 | true transitions confirmed | non-transitions confirmed | extraction |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| automaton | dictionaries | states | F1 | probe F1 | AUROC both | token | attention | true loops in top 10 | "
+        "distinct | longest in top 3 | true transitions confirmed | non-transitions confirmed | extraction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
-        for kind, (fsa, seconds, scores, loops, checks) in row.items():
+        for kind, (fsa, seconds, scores, loops, checks, ceiling) in row.items():
             confirmed = f"{checks[0]}/{checks[1]} (pin {checks[5]})" if checks else "—"
             rejected = f"{checks[2]}/{checks[3]} (pin {checks[6]})" if checks else "—"
             lines.append(
                 f"| {name} | {kind} | {len(fsa.states)} | {scores[None].mean_f1:.3f} | "
+                f"{'—' if ceiling is None else f'{ceiling:.3f}'} | "
                 f"{scores[None].transition_auroc:.3f} | {scores['token'].transition_auroc:.3f} | "
                 f"{scores['attention'].transition_auroc:.3f} | {loops.n_true} | {loops.n_distinct} | "
                 f"{loops.longest_in_top3} | {confirmed} | {rejected} | {seconds:.1f} s |"

@@ -11,7 +11,8 @@
 4. Train a residual SAE after each block with ``sc.train_sae``, saved under
    ``<out>/saes/blocks.<L>.hook_resid_post``.
 5. Splice them, extract the automaton the features form (``sc.automaton``) over fresh documents,
-   score it against the spec (``sc.score_automaton``) and write ``<out>/automaton.html``.
+   score it against the spec (``sc.score_automaton``), measure the model's own ceiling with a
+   linear probe of the true states (``sc.probe_states``) and write ``<out>/automaton.html``.
 
 ``--smoke`` shrinks every stage (a few steps, a few documents) to check the plumbing in < 60 s.
 """
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     fsa = sc.automaton(model, eval_texts, prepend_bos=False, progress=not args.smoke)
     score = sc.score_automaton(fsa, labels, fsa_true)
+    ceiling = sc.probe_states(fsa, model, labels)  # the model's own ceiling: a linear probe per layer
     report["automaton"] = {
         "wall_time_s": round(time.time() - t0, 1),
         "states": len(fsa.states),
@@ -131,10 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
         "mean_f1": round(score.mean_f1, 4),
         "transition_auroc": round(score.transition_auroc, 4),
         "state_f1": {state: round(f1, 4) for state, f1 in score.state_f1.items()},
+        "probe": {site: round(p.mean_f1, 4) for site, p in ceiling.sites.items()},
     }
     print(fsa)
     print(f"against the true {fsa_true.name} automaton: mean state F1 {score.mean_f1:.3f}, "
-          f"transition AUROC {score.transition_auroc:.3f}")  # fmt: skip
+          f"transition AUROC {score.transition_auroc:.3f}; a linear probe of the true states reaches "
+          f"{ceiling.best_mean_f1:.3f} at {ceiling.best_site}")  # fmt: skip
     for state, f1 in score.state_f1.items():
         match = score.matches[state]
         print(

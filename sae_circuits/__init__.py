@@ -27,7 +27,14 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from sae_circuits.distributed import attribute_prompts, sharded_automaton
     from sae_circuits.evals import EvalResult, evaluate
     from sae_circuits.formats import load_pretrained
-    from sae_circuits.fsa import FeatureAutomaton, Loop, check_pairs, score_automaton, score_loops
+    from sae_circuits.fsa import (
+        FeatureAutomaton,
+        Loop,
+        check_pairs,
+        probe_states,
+        score_automaton,
+        score_loops,
+    )
     from sae_circuits.fsa.extract import automaton
     from sae_circuits.graph import AttributionGraph, Feature, LogitDirection, attribute
     from sae_circuits.interventions import Intervention, ablate, add, clamp, intervene, noise, scale, steer
@@ -90,6 +97,7 @@ __all__ = [
     "monitor",
     "noise",
     "place",
+    "probe_states",
     "random_like",
     "saes_of",
     "scale",
@@ -145,6 +153,7 @@ _SOURCES = {
     "score_automaton": "sae_circuits.fsa",
     "score_loops": "sae_circuits.fsa",
     "check_pairs": "sae_circuits.fsa",
+    "probe_states": "sae_circuits.fsa",
     "Loop": "sae_circuits.fsa",
     "random_like": "sae_circuits.baselines",
     "AttributionGraph": "sae_circuits.graph",

@@ -1,0 +1,87 @@
+"""The linear state probe (sae_circuits.fsa.probe): it reads the true states where the model
+carries them, not shuffled labels; it is deterministic, leaves no global state behind, and refuses
+bad input with a clear message."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+
+import sae_circuits as sc
+from sae_circuits.fsa import automaton, probe_states
+from sae_circuits.languages import corpus_texts
+
+SITE = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def extracted():
+    texts, labels = corpus_texts("markup", 24, 48, seed=5)
+    model = sc.zoo.load_model("tiny")
+    with sc.spliced(model, sc.zoo.load_saes("tiny", kind="resid")):
+        fsa = automaton(model, texts, max_states=16, attention_contexts=0, effect_contexts=2,
+                        effect_positions=4, progress=False)  # fmt: skip
+    return model, fsa, labels
+
+
+def test_reads_true_states_and_not_shuffled_labels(extracted):
+    model, fsa, labels = extracted
+    probe = probe_states(fsa, model, labels)
+    assert list(probe.sites) == [f"blocks.{layer}.hook_resid_post" for layer in range(4)]
+    site = probe.sites[SITE]
+    assert site.mean_f1 > 0.9 and site.accuracy > 0.9
+    flat = [x for text in labels for x in text]
+    assert site.n_train + site.n_test == len(flat) and site.n_test > 0
+    assert 0.15 < site.n_test / len(flat) < 0.35  # the last quarter of the texts
+    shuffled = flat[:]
+    random.Random(0).shuffle(shuffled)  # the same label counts, no relation to the tokens
+    chance = probe_states(fsa, model, shuffled, sites=[SITE]).sites[SITE]
+    assert chance.mean_f1 < 0.5 * site.mean_f1
+    assert probe.best_mean_f1 == max(s.mean_f1 for s in probe.sites.values())
+    assert probe.sites[probe.best_site].mean_f1 == probe.best_mean_f1
+
+
+def test_f1_is_per_state_and_nan_where_no_held_out_token_carries_it(extracted):
+    model, fsa, labels = extracted
+    flat = [x for text in labels for x in text]
+    n_test_tokens = probe_states(fsa, model, labels, sites=[SITE]).sites[SITE].n_test
+    relabelled = flat[: len(flat) - n_test_tokens] + [
+        "TEXT" if x == "OPEN" else x for x in flat[-n_test_tokens:]
+    ]
+    relabelled[0] = "OPEN"  # OPEN only in the fitted texts
+    site = probe_states(fsa, model, relabelled, sites=[SITE]).sites[SITE]
+    assert math.isnan(site.state_f1["OPEN"])
+    scored = [v for v in site.state_f1.values() if not math.isnan(v)]
+    assert site.mean_f1 == pytest.approx(sum(scored) / len(scored))
+
+
+def test_deterministic_and_no_global_side_effects(extracted):
+    model, fsa, labels = extracted
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    a = probe_states(fsa, model, labels, sites=[SITE, "blocks.0.hook_resid_post"])
+    b = probe_states(fsa, model, labels, sites=[SITE, "blocks.0.hook_resid_post"])
+    assert a == b
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
+    assert not model.hook_dict[SITE].fwd_hooks  # no hook left behind
+
+
+def test_clear_errors(extracted):
+    model, fsa, labels = extracted
+    with pytest.raises(ValueError, match=r"sites \['blocks.9.hook_resid_post'\] are not hook points"):
+        probe_states(fsa, model, labels, sites=["blocks.9.hook_resid_post"])
+    with pytest.raises(ValueError, match="held_out=1.5"):
+        probe_states(fsa, model, labels, held_out=1.5)
+    with pytest.raises(ValueError, match="max_iter=0"):
+        probe_states(fsa, model, labels, max_iter=0)
+    with pytest.raises(ValueError, match="true_states has 3 per-text label lists"):
+        probe_states(fsa, model, labels[:3])
+    with pytest.raises(ValueError, match="carry 1 true state"):
+        probe_states(fsa, model, [["TEXT"] * len(text) for text in labels])
+    no_tokens = copy.copy(fsa)
+    no_tokens.tokens = None
+    with pytest.raises(ValueError, match="keeps no corpus tokens"):
+        probe_states(no_tokens, model, labels)
