@@ -62,10 +62,13 @@ def test_attribution_graph_is_the_same(models, tokens):
 def test_automaton_and_its_validation_are_the_same(models):
     docs = automata.generate("markup", 12, seed=3)
     texts = ["".join(symbols[:48]) for symbols, _ in docs]
-    fsas = {}
+    labels = [states[:48] for _, states in docs]
+    fsas, probes = {}, {}
     for kind, model in _each(models, sc.zoo.load_saes("tiny", kind="resid")[:2]):
         fsa = sc.automaton(model, texts, max_states=24, attention_contexts=2, progress=False)
         fsas[kind] = fsa.validate(model, top=3, n_prompts=6, progress=False)
+        probes[kind] = sc.probe_states(fsa, model, labels, sites=["blocks.1.hook_resid_post"])
+    assert probes["hooked"].best_mean_f1 == pytest.approx(probes["bridge"].best_mean_f1, abs=1e-3)
     hooked, bridge = fsas["hooked"], fsas["bridge"]
     assert [s.members for s in hooked.states] == [s.members for s in bridge.states]
     assert torch.equal(hooked.firing, bridge.firing)
@@ -76,6 +79,7 @@ def test_automaton_and_its_validation_are_the_same(models):
     for a, b in zip(checked["hooked"], checked["bridge"]):
         assert (a.src, a.dst, a.confirmed) == (b.src, b.dst, b.confirmed)
         assert a.effect == pytest.approx(b.effect, abs=TOL)
+        assert a.effect_removed == pytest.approx(b.effect_removed, abs=TOL)
 
 
 def test_dashboard_is_the_same(models):

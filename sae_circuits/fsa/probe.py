@@ -163,8 +163,11 @@ def _activations(
     device = next(model.parameters()).device
     read: dict[str, Tensor] = {}
 
-    def keep(acts: Tensor, *, hook: Any) -> None:
-        read[hook.name] = acts.detach().float().cpu()
+    def keep(site: str) -> Any:  # keyed by the name asked for (a bridge's hooks have other names)
+        def hook(acts: Tensor, *, hook: Any) -> None:
+            read[site] = acts.detach().float().cpu()
+
+        return hook
 
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
@@ -176,7 +179,7 @@ def _activations(
         if bos is not None:
             rows, skip = torch.cat([torch.full((len(chunk), 1), bos), rows], 1), 1
         # right padding: causal attention keeps the real tokens' activations exact
-        model.run_with_hooks(rows.to(device), fwd_hooks=[(h, keep) for h in hooks])
+        model.run_with_hooks(rows.to(device), fwd_hooks=[(h, keep(h)) for h in hooks])
         for h in hooks:
             out[h] += [read[h][i, skip : skip + len(t)].reshape(len(t), -1) for i, t in enumerate(chunk)]
     return {h: torch.cat(v) for h, v in out.items()}
