@@ -178,7 +178,9 @@ def test_example_smoke_runs_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "model" / "config.json").is_file()
     assert (tmp_path / "saes" / "blocks.0.hook_resid_post").is_dir()
     assert (tmp_path / "automaton.html").is_file()
-    assert list(report["automaton"]["probe"]) == ["blocks.0.hook_resid_post"]  # the model's ceiling, per layer
+    assert list(report["automaton"]["probe"]) == [
+        "blocks.0.hook_resid_post"
+    ]  # the model's ceiling, per layer
     assert 0 <= report["automaton"]["mean_f1"] <= 1 and set(report["automaton"]["state_f1"]) <= set(
         load_automaton(SEXPR).states
     )
