@@ -63,12 +63,20 @@ def test_two_gloo_ranks_train_the_single_process_sae(setup, tmp_path, architectu
     together = sc.SAE.load(tmp_path / alone.cfg.site)
     # Float tolerance: the ranks sum the batch in another order. Over a few dozen steps the
     # rounding stays at this level; long TopK runs amplify it as any rounding change does
-    # (docs/scale.md measures both).
+    # (docs/scale.md measures both). The level depends on the CPU's kernels: the largest difference
+    # was below 1e-5 on an AMD EPYC and 4.5e-5 (BatchTopK's W_enc) on an Intel Xeon; a wrong
+    # reduction (a sum for a mean, a rank's rows dropped) moves the weights by 1e-2 or more.
     for name, tensor in alone.state_dict().items():
         other = together.state_dict()[name]
         scale = float(tensor.abs().max().clamp_min(1.0))
-        assert torch.allclose(other, tensor, atol=1e-5 * scale, rtol=0), (name, (other - tensor).abs().max())
-    assert together.sparsity is not None and torch.allclose(together.sparsity, alone.sparsity, atol=1e-4)
+        assert torch.allclose(other, tensor, atol=1e-4 * scale, rtol=0), (name, (other - tensor).abs().max())
+    # Firing frequencies (saved as log10): the rounding above flips a few tokens at BatchTopK's
+    # batch-wide threshold (at most 5 of 1,536 tokens for one feature, Intel Xeon); counts from one
+    # rank only would halve every frequency (0.03 on average here).
+    assert together.sparsity is not None
+    frequency, alone_frequency = 10 ** together.sparsity.double(), 10 ** alone.sparsity.double()
+    assert float((frequency - alone_frequency).abs().max()) <= 0.005
+    assert float(frequency.sum()) == pytest.approx(float(alone_frequency.sum()), rel=0.01)
     assert together.cfg.metadata["activation_cache"] == read_manifest(directory).fingerprint.digest
 
 
