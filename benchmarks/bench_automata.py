@@ -96,8 +96,8 @@ def evaluate(name, model, trained, texts, labels, truth):
             }
             loops = score_loops(fsa, fsa.loops(10), labels, truth)
             checks = confirm_rates(fsa, model, labels, truth) if kind == "trained" else None
-            ceiling = sc.probe_states(fsa, model, labels).best_mean_f1 if kind == "trained" else None
-        row[kind] = (fsa, seconds, scores, loops, checks, ceiling)
+            probe_f1 = sc.probe_states(fsa, model, labels).best_mean_f1 if kind == "trained" else None
+        row[kind] = (fsa, seconds, scores, loops, checks, probe_f1)
         print(f"{name} {kind}: F1 {scores[None].mean_f1:.3f} AUROC {scores[None].transition_auroc:.3f} "
               f"loops {loops.n_true}/10 true, {loops.n_distinct} distinct; checks {checks}", file=sys.stderr)  # fmt: skip
     return row
@@ -169,12 +169,12 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
-        for kind, (fsa, seconds, scores, loops, checks, ceiling) in row.items():
+        for kind, (fsa, seconds, scores, loops, checks, probe_f1) in row.items():
             confirmed = f"{checks[0]}/{checks[1]} (pin {checks[5]})" if checks else "—"
             rejected = f"{checks[2]}/{checks[3]} (pin {checks[6]})" if checks else "—"
             lines.append(
                 f"| {name} | {kind} | {len(fsa.states)} | {scores[None].mean_f1:.3f} | "
-                f"{'—' if ceiling is None else f'{ceiling:.3f}'} | "
+                f"{'—' if probe_f1 is None else f'{probe_f1:.3f}'} | "
                 f"{scores[None].transition_auroc:.3f} | {scores['token'].transition_auroc:.3f} | "
                 f"{scores['attention'].transition_auroc:.3f} | {loops.n_true} | {loops.n_distinct} | "
                 f"{loops.longest_in_top3} | {confirmed} | {rejected} | {seconds:.1f} s |"
