@@ -289,7 +289,7 @@ def _write_attribution_graphs(args: argparse.Namespace) -> int:
 def _automaton(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sae_circuits.fsa import automaton, score_automaton
+    from sae_circuits.fsa import automaton, probe_states, score_automaton
     from sae_circuits.languages import automata, corpus_texts
     from sae_circuits.splice import splice
 
@@ -322,6 +322,10 @@ def _automaton(args: argparse.Namespace) -> int:
                 f"  {state:<14} F1 {f1:.3f}  <- "
                 + (f"state {match} {fsa.states[match].label}" if match >= 0 else "no state")
             )
+        if args.contexts >= 2:  # the probe fits on some texts and scores on others
+            ceiling = probe_states(fsa, model, labels)
+            print(f"the model's own ceiling (a linear probe of the true states, held out): mean state F1 "
+                  f"{ceiling.best_mean_f1:.3f} at {ceiling.best_site}")  # fmt: skip
     if args.validate:
         fsa.validate(model, top=args.validate)
         confirmed = [t for t in fsa.transitions if t.confirmed]

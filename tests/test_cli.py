@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from sae_circuits.cli import main
 from tests.conftest import random_sae
@@ -73,6 +74,9 @@ def test_automaton_scores_against_the_true_automaton_and_saves(tmp_path, capsys)
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "mean state F1" in printed and "transition AUROC" in printed and f"wrote {out}" in printed
+    assert re.search(
+        r"the model's own ceiling .*: mean state F1 (0|1)\.\d{3} at blocks\.\d\.hook_resid_post", printed
+    )
     fsa = FeatureAutomaton.load(out)
     from sae_circuits.languages import corpus_texts
 
