@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny everything: check the plumbing quickly")
     args = parser.parse_args(argv)
+    if args.contexts < 2:
+        parser.error(
+            f"--contexts {args.contexts}: need 2 or more (the probe fits on some and scores on others)"
+        )
     if args.smoke:
         args.docs, args.steps, args.contexts = min(args.docs, 120), min(args.steps, 4), min(args.contexts, 6)
     torch.set_num_threads(1)  # a shared machine; train_on_texts uses one thread either way
@@ -125,9 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     fsa = sc.automaton(model, eval_texts, prepend_bos=False, progress=not args.smoke)
     score = sc.score_automaton(fsa, labels, fsa_true)
+    seconds = time.time() - t0
     ceiling = sc.probe_states(fsa, model, labels)  # the model's own ceiling: a linear probe per layer
     report["automaton"] = {
-        "wall_time_s": round(time.time() - t0, 1),
+        "wall_time_s": round(seconds, 1),
         "states": len(fsa.states),
         "transitions": len(fsa.transitions),
         "mean_f1": round(score.mean_f1, 4),

@@ -13,6 +13,7 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.fsa import automaton, probe_states
+from sae_circuits.fsa import probe as probe_module
 from sae_circuits.languages import corpus_texts
 
 SITE = "blocks.1.hook_resid_post"
@@ -45,6 +46,25 @@ def test_reads_true_states_and_not_shuffled_labels(extracted):
     assert probe.sites[probe.best_site].mean_f1 == probe.best_mean_f1
 
 
+@pytest.mark.parametrize("bos", [False, True])
+def test_activations_are_each_texts_own_with_bos_and_several_batches(bos):
+    texts, _ = corpus_texts("kvlog", 7, 40, seed=2)
+    model = sc.zoo.load_model("tiny")
+    with sc.spliced(model, sc.zoo.load_saes("tiny", kind="resid")[:1]):
+        fsa = automaton(model, texts, max_states=8, attention_contexts=0, effect_contexts=2, effect_positions=4,
+                        prepend_bos=bos, progress=False)  # fmt: skip
+    sites = [SITE, "blocks.0.attn.hook_z"]
+    acts = probe_module._activations(fsa, model, sites, batch_size=3)  # 3 batches, right-padded
+    rows = torch.split(fsa.tokens, fsa.lengths.tolist())
+    for site in sites:
+        expected = []
+        for row in rows:
+            tokens = torch.cat([torch.tensor([model.tokenizer.bos_token_id]), row]) if bos else row
+            _, cache = model.run_with_cache(tokens[None], names_filter=[site])
+            expected.append(cache[site][0, int(bos) :].reshape(len(row), -1))
+        assert torch.allclose(acts[site], torch.cat(expected), atol=1e-4), site
+
+
 def test_f1_is_per_state_and_nan_where_no_held_out_token_carries_it(extracted):
     model, fsa, labels = extracted
     flat = [x for text in labels for x in text]
@@ -57,6 +77,24 @@ def test_f1_is_per_state_and_nan_where_no_held_out_token_carries_it(extracted):
     assert math.isnan(site.state_f1["OPEN"])
     scored = [v for v in site.state_f1.values() if not math.isnan(v)]
     assert site.mean_f1 == pytest.approx(sum(scored) / len(scored))
+
+
+def test_a_state_only_held_out_is_left_out_not_counted_as_an_error(extracted):
+    model, fsa, labels = extracted
+    flat = [x for text in labels for x in text]
+    site = probe_states(fsa, model, labels, sites=[SITE]).sites[SITE]
+    renamed = flat[: len(flat) - site.n_test] + ["NEW" if x == "TEXT" else x for x in flat[-site.n_test :]]
+    other = probe_states(fsa, model, renamed, sites=[SITE]).sites[SITE]
+    assert other.unfitted == ["NEW"] and "NEW" not in other.state_f1 and site.unfitted == []
+    assert other.n_test == site.n_test - flat[-site.n_test :].count("TEXT")
+    assert other.mean_f1 > 0.9
+
+
+def test_runs_inside_inference_mode(extracted):
+    model, fsa, labels = extracted
+    with torch.inference_mode():
+        inside = probe_states(fsa, model, labels, sites=[SITE])
+    assert inside == probe_states(fsa, model, labels, sites=[SITE])
 
 
 def test_deterministic_and_no_global_side_effects(extracted):
@@ -79,8 +117,22 @@ def test_clear_errors(extracted):
         probe_states(fsa, model, labels, max_iter=0)
     with pytest.raises(ValueError, match="true_states has 3 per-text label lists"):
         probe_states(fsa, model, labels[:3])
-    with pytest.raises(ValueError, match="carry 1 true state"):
+    with pytest.raises(ValueError, match="of 1 true states; a probe needs 2 states or more"):
         probe_states(fsa, model, [["TEXT"] * len(text) for text in labels])
+    with pytest.raises(TypeError, match="one string; pass a list"):
+        probe_states(fsa, model, labels, sites=SITE)
+    with pytest.raises(ValueError, match=r"sites=\[\]"):
+        probe_states(fsa, model, labels, sites=[])
+    with pytest.raises(ValueError, match="did not run in the forward pass"):
+        probe_states(fsa, model, labels, sites=["blocks.0.hook_attn_in"])
+    with pytest.raises(ValueError, match="needs \\[batch, position"):
+        probe_states(fsa, model, labels, sites=["blocks.0.attn.hook_pattern"])
+    unlabelled_fit = [[None] * len(text) if k < 18 else text for k, text in enumerate(labels)]
+    with pytest.raises(ValueError, match="the first 18 texts .* carry 0 labelled tokens"):
+        probe_states(fsa, model, unlabelled_fit)
+    unlabelled_test = [text if k < 18 else [None] * len(text) for k, text in enumerate(labels)]
+    with pytest.raises(ValueError, match="the last 6 texts .* carry no labelled token"):
+        probe_states(fsa, model, unlabelled_test)
     no_tokens = copy.copy(fsa)
     no_tokens.tokens = None
     with pytest.raises(ValueError, match="keeps no corpus tokens"):

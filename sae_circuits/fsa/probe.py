@@ -60,7 +60,10 @@ class SiteProbe:
     n_train: int
     """Labelled tokens fitted."""
     n_test: int
-    """Labelled tokens scored."""
+    """Labelled tokens scored (held out, of a fitted state)."""
+    unfitted: list[Hashable]
+    """True states that only the held-out texts carry: the probe never saw them, so their tokens
+    are left out of the scores (and out of ``state_f1``) instead of counting as its errors."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,11 @@ def probe_states(
     for name, value in (("max_iter", max_iter), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    if isinstance(sites, str):
+        raise TypeError(f"sites={sites!r} is one string; pass a list of hook names, e.g. [{sites!r}]")
+    hooks = list(sites) if sites is not None else _resid_sites(model)
+    if not hooks:
+        raise ValueError("sites=[]: give at least one hook name (None: every blocks.{L}.hook_resid_post)")
     n_texts = int(fsa.lengths.numel())
     if n_texts < 2:
         raise ValueError(
@@ -125,20 +133,31 @@ def probe_states(
         )
     n_test = min(n_texts - 1, max(1, round(held_out * n_texts)))
     labels = _flat_labels(fsa, true_states)
-    hooks = list(sites) if sites is not None else _resid_sites(model)
-    acts = _activations(fsa, model, hooks, batch_size)
     text_of = torch.repeat_interleave(torch.arange(n_texts), fsa.lengths.long().cpu())
     keep = torch.tensor([x not in _UNLABELLED for x in labels], dtype=torch.bool)
-    states = sorted({x for x, k in zip(labels, keep.tolist()) if k}, key=str)
-    if len(states) < 2:
-        raise ValueError(f"the labelled tokens carry {len(states)} true state; a probe needs 2 or more")
+    fitting = keep & (text_of < n_texts - n_test)
+    states = sorted({x for x, k in zip(labels, fitting.tolist()) if k}, key=str)  # the classes fitted
+    if len(states) < 2 or int(fitting.sum()) < 2:
+        raise ValueError(
+            f"the first {n_texts - n_test} texts (the fitted ones) carry {int(fitting.sum())} labelled tokens "
+            f"of {len(states)} true states; a probe needs 2 states or more (lower held_out={held_out})"
+        )
     index = {s: i for i, s in enumerate(states)}
     target = torch.tensor([index.get(x, -1) for x in labels])
-    train = keep & (text_of < n_texts - n_test)
-    test = keep & (text_of >= n_texts - n_test)
-    return StateProbe(
-        {hook: _fit_and_score(acts[hook], target, train, test, states, l2, max_iter) for hook in hooks}
+    scored = keep & (text_of >= n_texts - n_test) & (target >= 0)
+    unfitted = sorted(
+        {x for x, k in zip(labels, (keep & ~fitting).tolist()) if k and x not in index}, key=str
     )
+    if not bool(scored.any()):
+        raise ValueError(
+            f"the last {n_test} texts (held out) carry no labelled token of a fitted state; raise "
+            f"held_out={held_out} or give more texts"
+        )
+    acts = _activations(fsa, model, hooks, batch_size)
+    result = {}
+    for hook in hooks:  # one site at a time: its activations are dropped once fitted
+        result[hook] = _fit_and_score(acts.pop(hook), target, fitting, scored, states, l2, max_iter, unfitted)
+    return StateProbe(result)
 
 
 def _resid_sites(model: Any) -> list[str]:
@@ -151,45 +170,72 @@ def _activations(
 ) -> dict[str, Float[Tensor, "tokens d"]]:
     """Each hook's activation at every corpus token (BOS prepended and dropped as extracted)."""
     assert fsa.tokens is not None
-    known = set(model.hook_dict)
-    unknown = [h for h in hooks if h not in known]
+    unknown = [h for h in hooks if h not in model.hook_dict]
     if unknown:
         raise ValueError(
             f"sites {unknown} are not hook points of this model (e.g. 'blocks.0.hook_resid_post')"
         )
-    bos = model.tokenizer.bos_token_id if fsa.metadata.get("prepend_bos") and model.tokenizer else None
-    texts = list(torch.split(fsa.tokens.cpu(), [int(n) for n in fsa.lengths.tolist()]))
-    out: dict[str, list[Tensor]] = {h: [] for h in hooks}
-    device = next(model.parameters()).device
+    bos = None
+    if fsa.metadata.get("prepend_bos"):
+        bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+        if bos is None:
+            raise ValueError(
+                "the automaton was extracted with BOS prepended, but the model's tokenizer has no BOS"
+            )
+    lengths = [int(n) for n in fsa.lengths.tolist()]
+    texts = list(torch.split(fsa.tokens.cpu(), lengths))
+    out: dict[str, Tensor] = {}
     read: dict[str, Tensor] = {}
 
     def keep(site: str) -> Any:  # keyed by the name asked for (a bridge's hooks have other names)
         def hook(acts: Tensor, *, hook: Any) -> None:
-            read[site] = acts.detach().float().cpu()
+            read[site] = acts.detach()
 
         return hook
 
+    device, row = next(model.parameters()).device, 0
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        longest = max(len(t) for t in chunk)
-        rows = torch.zeros(len(chunk), longest, dtype=torch.long)
-        for i, t in enumerate(chunk):
+        rows = torch.zeros(len(chunk), max(len(t) for t in chunk), dtype=torch.long)
+        for i, t in enumerate(chunk):  # right padding: causal attention keeps real tokens exact
             rows[i, : len(t)] = t
         skip = 0
         if bos is not None:
             rows, skip = torch.cat([torch.full((len(chunk), 1), bos), rows], 1), 1
-        # right padding: causal attention keeps the real tokens' activations exact
-        model.run_with_hooks(rows.to(device), fwd_hooks=[(h, keep(h)) for h in hooks])
+        read.clear()
+        model.run_with_hooks(rows.to(device), fwd_hooks=[(h, keep(h)) for h in hooks], return_type=None)
         for h in hooks:
-            out[h] += [read[h][i, skip : skip + len(t)].reshape(len(t), -1) for i, t in enumerate(chunk)]
-    return {h: torch.cat(v) for h, v in out.items()}
+            if h not in read:
+                raise ValueError(f"site {h!r} did not run in the forward pass; probe a hook that always runs")
+            if tuple(read[h].shape[:2]) != tuple(rows.shape):
+                raise ValueError(
+                    f"site {h!r} has activations of shape {list(read[h].shape)}; a probe needs "
+                    f"[batch, position, ...] (e.g. hook_resid_post, hook_z), not {list(rows.shape)} first"
+                )
+            flat = read[h].reshape(*rows.shape, -1).float().cpu()
+            if h not in out:
+                out[h] = torch.empty(int(fsa.lengths.sum()), flat.shape[-1])
+            at = row
+            for i, t in enumerate(chunk):
+                out[h][at : at + len(t)] = flat[i, skip : skip + len(t)]
+                at += len(t)
+        row += sum(len(t) for t in chunk)
+    return out
 
 
 def _fit_and_score(
     x: Float[Tensor, "tokens d"], target: Int[Tensor, " tokens"], train: Tensor, test: Tensor,
-    states: list[Hashable], l2: float, max_iter: int,
+    states: list[Hashable], l2: float, max_iter: int, unfitted: list[Hashable],
 ) -> SiteProbe:  # fmt: skip
     """A multinomial logistic regression on standardised features (train statistics)."""
+    with torch.inference_mode(False):  # a caller's inference mode would refuse the fit's gradients
+        return _fit(x.clone(), target.clone(), train.clone(), test.clone(), states, l2, max_iter, unfitted)
+
+
+def _fit(
+    x: Tensor, target: Tensor, train: Tensor, test: Tensor, states: list[Hashable], l2: float, max_iter: int,
+    unfitted: list[Hashable],
+) -> SiteProbe:  # fmt: skip
     x = x.double()
     mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
     z = (x - mean) / std
@@ -222,4 +268,5 @@ def _fit_and_score(
         mean_f1=sum(scored) / len(scored) if scored else math.nan,
         n_train=int(train.sum()),
         n_test=int(test.sum()),
+        unfitted=list(unfitted),
     )
