@@ -139,8 +139,8 @@ def probe_states(
     states = sorted({x for x, k in zip(labels, fitting.tolist()) if k}, key=str)  # the classes fitted
     if len(states) < 2 or int(fitting.sum()) < 2:
         raise ValueError(
-            f"the first {n_texts - n_test} texts (the fitted ones) carry {int(fitting.sum())} labelled tokens "
-            f"of {len(states)} true states; a probe needs 2 states or more (lower held_out={held_out})"
+            f"the first {n_texts - n_test} texts (the fitted ones) carry {int(fitting.sum())} labelled "
+            f"tokens of {len(states)} true states; a probe needs 2 states or more (lower held_out={held_out})"
         )
     index = {s: i for i, s in enumerate(states)}
     target = torch.tensor([index.get(x, -1) for x in labels])
