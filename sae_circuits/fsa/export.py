@@ -65,7 +65,8 @@ def to_networkx(fsa: FeatureAutomaton) -> nx.DiGraph:
     ``"token"`` or ``"both"``), ``tokens`` (the top tokens, quoted, counts of both mechanisms
     added), ``effect`` (float; NaN when not validated, the largest if the mechanisms differ),
     ``effect_removed`` (the necessity arm's, the same way) and ``confirmed`` (``"true"``,
-    ``"false"`` or ``""`` when not validated; true if any mechanism's transition is). Only str/int/float values, so the graph writes to GraphML as it is.
+    ``"false"`` or ``""`` when not validated; true if any mechanism's transition is). Only
+    str/int/float values, so the graph writes to GraphML as it is.
     """
     graph = nx.DiGraph()
     for s in fsa.states:
