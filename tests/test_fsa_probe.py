@@ -123,7 +123,9 @@ def test_clear_errors(extracted):
         probe_states(fsa, model, labels, sites=SITE)
     with pytest.raises(ValueError, match=r"sites=\[\]"):
         probe_states(fsa, model, labels, sites=[])
-    with pytest.raises(ValueError, match="did not run in the forward pass"):
+    with pytest.raises(
+        ValueError, match="did not run in the forward pass|hook_attn_in because use_attn_in is False"
+    ):
         probe_states(fsa, model, labels, sites=["blocks.0.hook_attn_in"])
     with pytest.raises(ValueError, match="needs \\[batch, position"):
         probe_states(fsa, model, labels, sites=["blocks.0.attn.hook_pattern"])
