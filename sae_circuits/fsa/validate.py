@@ -342,8 +342,11 @@ def check_pairs(
         pins = _pins(state, pin_scale)
         draw = seed * 100_003 + column[src]
         plain, pinned = probe.compare(prompts, pins, steps, samples, draw, bool(exclusive))
-        removal = _removal(fsa, model, probe, column[src], state, n_prompts, context, steps, samples, seed) \
-            if necessity else None  # fmt: skip
+        removal = None
+        if necessity:
+            removal = _removal(
+                fsa, model, probe, column[src], state, n_prompts, context, steps, samples, seed
+            )
         for dst in [d for s, d in pairs if s == src]:
             greedy, sampled = _effects(pinned, plain, column[dst], confidence)
             removal_greedy, removal_sampled = _removals(removal, column[dst], confidence)
