@@ -109,7 +109,18 @@ def hook_activations(
         _, cache = cast(Any, model).run_with_cache(
             tokens[first : first + batch_size], names_filter=lambda name: name in parts
         )
+        rows = tokens[first : first + batch_size]
         for name in names:
+            if name not in cache:
+                raise ValueError(
+                    f"hook point {name!r} did not run in the forward pass; read one that always runs"
+                )
+            if tuple(cache[name].shape[:2]) != tuple(rows.shape):
+                raise ValueError(
+                    f"hook point {name!r} has activations of shape {list(cache[name].shape)}; reading "
+                    "them per token needs [batch, position, ...] (e.g. hook_resid_post, hook_z), "
+                    f"not {list(rows.shape)} first"
+                )
             x = cache[name][:, start:]
             parts[name].append(x.reshape(x.shape[0] * x.shape[1], -1).float().cpu())
     return {name: torch.cat(chunks) for name, chunks in parts.items()}

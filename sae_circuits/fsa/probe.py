@@ -41,6 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from sae_circuits._model import check_model
+from sae_circuits.analysis._stats import hook_activations
 from sae_circuits.fsa.automaton import FeatureAutomaton
 from sae_circuits.fsa.score import _UNLABELLED, _flat_labels
 
@@ -183,44 +184,15 @@ def _activations(
                 "the automaton was extracted with BOS prepended, but the model's tokenizer has no BOS"
             )
     lengths = [int(n) for n in fsa.lengths.tolist()]
-    texts = list(torch.split(fsa.tokens.cpu(), lengths))
-    out: dict[str, Tensor] = {}
-    read: dict[str, Tensor] = {}
-
-    def keep(site: str) -> Any:  # keyed by the name asked for (a bridge's hooks have other names)
-        def hook(acts: Tensor, *, hook: Any) -> None:
-            read[site] = acts.detach()
-
-        return hook
-
-    device, row = next(model.parameters()).device, 0
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        rows = torch.zeros(len(chunk), max(len(t) for t in chunk), dtype=torch.long)
-        for i, t in enumerate(chunk):  # right padding: causal attention keeps real tokens exact
-            rows[i, : len(t)] = t
-        skip = 0
-        if bos is not None:
-            rows, skip = torch.cat([torch.full((len(chunk), 1), bos), rows], 1), 1
-        read.clear()
-        model.run_with_hooks(rows.to(device), fwd_hooks=[(h, keep(h)) for h in hooks], return_type=None)
-        for h in hooks:
-            if h not in read:
-                raise ValueError(f"site {h!r} did not run in the forward pass; probe a hook that always runs")
-            if tuple(read[h].shape[:2]) != tuple(rows.shape):
-                raise ValueError(
-                    f"site {h!r} has activations of shape {list(read[h].shape)}; a probe needs "
-                    f"[batch, position, ...] (e.g. hook_resid_post, hook_z), not {list(rows.shape)} first"
-                )
-            flat = read[h].reshape(*rows.shape, -1).float().cpu()
-            if h not in out:
-                out[h] = torch.empty(int(fsa.lengths.sum()), flat.shape[-1])
-            at = row
-            for i, t in enumerate(chunk):
-                out[h][at : at + len(t)] = flat[i, skip : skip + len(t)]
-                at += len(t)
-        row += sum(len(t) for t in chunk)
-    return out
+    rows = torch.zeros(len(lengths), max(lengths), dtype=torch.long)  # right padding: causal attention
+    real = torch.zeros(rows.shape, dtype=torch.bool)  # keeps the real tokens' activations exact
+    for i, text in enumerate(torch.split(fsa.tokens.cpu(), lengths)):
+        rows[i, : len(text)], real[i, : len(text)] = text, True
+    if bos is not None:
+        rows = torch.cat([torch.full((len(lengths), 1), bos), rows], 1)
+    device = next(model.parameters()).device
+    acts = hook_activations(model, hooks, rows.to(device), batch_size, skip_first_position=bos is not None)
+    return {hook: x[real.reshape(-1)] for hook, x in acts.items()}
 
 
 def _fit_and_score(
