@@ -13,6 +13,7 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits.fsa import FeatureAutomaton, State, Transition, effects, extract, score_loops
+from sae_circuits.fsa import loops as loops_module
 from sae_circuits.fsa.loops import VARIANT, lifts, loops, markov_consistency, strengths
 from sae_circuits.fsa.roles import average_linkage, coherence, jaccard, majority
 from sae_circuits.languages import automata
@@ -270,6 +271,30 @@ def test_self_loops_rank_after_structural_loops_and_variants_after_distinct_loop
     variant = found[2]
     assert variant.score == pytest.approx(VARIANT * variant.weakest * variant.consistency * (5 / 6) ** 2)
     assert fsa.loops(1) == found[:1]
+
+
+def test_a_region_that_a_loop_runs_through_has_no_self_loop_of_its_own(monkeypatch):
+    # X -> Y -> Z -> X | T, T -> T | X; in half of the texts (lowercase) R fires on x, y and z: a
+    # region, persistent because the loop runs through it. T's self-loop is its own.
+    table = {"X": "Y", "Y": "Z", "Z": "XT", "T": "TX"}
+    lower = {k.lower() if k != "T" else k: v.lower().replace("t", "T") for k, v in table.items()}
+    texts = _walks(table, n=20) + _walks(lower, n=20, seed=1)
+    fsa = _corpus(texts, ["Xx", "Yy", "Zz", "T", "xyz"])
+    found = [loop.states for loop in loops(fsa, None)]
+    assert [3] in found and [4] not in found
+    assert found[0][:3] == [0, 1, 2]  # the structural loops come first
+    monkeypatch.setattr(loops_module, "COVERED", 1.01)  # without the rule the region's self-loop is listed
+    assert [4] in [loop.states for loop in loops(fsa, None)]
+
+
+def test_a_loop_through_a_state_and_its_subset_reads_one_role_twice(monkeypatch):
+    # A B C E b F: D fires on b only, a subset of B (Jaccard 1/2, below role_threshold=0.6 here), so
+    # A -> B -> C -> E -> D -> F reads the role B twice.
+    fsa = _corpus(["ABCEbF" * 10] * 20, ["A", "Bb", "C", "E", "b", "F"])
+    found = [loop.states for loop in loops(fsa, None, role_threshold=0.6)]
+    assert [0, 1, 2, 3, 4, 5] not in found
+    monkeypatch.setattr(loops_module, "OVERLAP", 1.01)
+    assert [0, 1, 2, 3, 4, 5] in [loop.states for loop in loops(fsa, None, role_threshold=0.6)]
 
 
 def test_loops_near_duplicates_fold_and_bad_arguments_fail():
