@@ -5,8 +5,9 @@ What (``torch.set_num_threads(1)``; held-out texts: corpus seed 1):
 
 1. Time to extract the markup automaton from 25, 50, 100 and 200 contexts of 128 symbols (the
    embedded model, its 4 residual SAEs and 4 transcoders spliced; both mechanisms).
-2. For markup, kvlog and the tutorial's ``sexpr`` automaton (its own 2-layer model and residual
-   SAEs, built by ``examples/byo_automaton.py --out DIR``; skipped when ``--third DIR`` is absent):
+2. For markup, kvlog and each automaton built by ``examples/byo_automaton.py --spec SPEC --out DIR``
+   (its own 2-layer model and residual SAEs; ``--third DIR``, repeatable, default ``/tmp/third``,
+   the tutorial's ``sexpr``; a folder without a model is skipped):
    mean best-match state F1, transition AUROC (both mechanisms, token, attention), for the trained
    dictionaries and for ``sc.random_like`` dictionaries of the same shape at the same sites.
 3. The 10 first loops of ``fsa.loops()`` (no labels), named afterwards through the true states:
@@ -16,14 +17,15 @@ What (``torch.set_num_threads(1)``; held-out texts: corpus seed 1):
 5. The paper's steering classic through states: the base64 state of the residual SAEs (all
    members, every layer) pinned while generating 40 tokens after 20 English/code prompts.
 
-Run ``python benchmarks/bench_automata.py --write-docs [--third /tmp/third]`` to refresh
-docs/benchmarks.md.
+Run ``python benchmarks/bench_automata.py --write-docs [--third /tmp/third --third /tmp/fourth]`` to
+refresh docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import random
 import sys
 import time
@@ -46,9 +48,19 @@ from sae_circuits.zoo.loader import load_hf_gpt2
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Automata (issue: automata)"
-COMMAND = "python benchmarks/bench_automata.py --write-docs --third /tmp/third"
+COMMAND = "python benchmarks/bench_automata.py --write-docs --third /tmp/third --third /tmp/fourth"
 SIZES = (25, 50, 100, 200)
 LENGTH, CONTEXTS, SEED = 128, 200, 1
+
+
+def spec_of(folder: Path) -> Path:
+    """The spec an ``examples/byo_automaton.py`` output folder was built from (its report.json;
+    looked up in examples/automata/ by name when the recorded path is gone; sexpr without one)."""
+    report = folder / "report.json"
+    if not report.is_file():
+        return REPO / "examples" / "automata" / "sexpr.json"
+    recorded = Path(json.loads(report.read_text())["spec"])
+    return recorded if recorded.is_file() else REPO / "examples" / "automata" / recorded.name
 
 
 def random_saes(model, like: list[sc.SAE], texts: list[str]) -> list[sc.SAE]:
@@ -108,7 +120,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--write-docs", action="store_true", help="refresh the section in docs/benchmarks.md")
-    parser.add_argument("--third", default="/tmp/third", help="output folder of examples/byo_automaton.py")
+    parser.add_argument(
+        "--third", action="append", default=None,
+        help="output folder of examples/byo_automaton.py (repeat for several; default /tmp/third); "
+        "its report.json names the spec",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = sc.zoo.load_model("tiny")
@@ -126,13 +142,18 @@ def main() -> None:
     for name in ("markup", "kvlog"):
         texts, labels = corpus_texts(name, CONTEXTS, LENGTH, seed=SEED)
         results[name] = evaluate(name, model, dictionaries, texts, labels, automata.AUTOMATA[name])
-    third = Path(args.third)
-    spec = REPO / "examples" / "automata" / "sexpr.json"
-    if (third / "model").is_dir():
+    for third in map(Path, args.third or ["/tmp/third"]):
+        if not (third / "model").is_dir():
+            print(
+                f"{third}: no model (run examples/byo_automaton.py --out {third}); skipped", file=sys.stderr
+            )
+            continue
+        spec = spec_of(third)
+        truth = automata.load_automaton(spec)
         own = load_hf_gpt2(third / "model", "hooked")
         saes = [sc.SAE.load(p) for p in sorted((third / "saes").iterdir()) if (p / "cfg.json").is_file()]
         texts, labels = corpus_texts(spec, CONTEXTS, LENGTH, seed=SEED)
-        results["sexpr"] = evaluate("sexpr", own, saes, texts, labels, automata.load_automaton(spec))
+        results[truth.name] = evaluate(truth.name, own, saes, texts, labels, truth)
 
     texts, _ = corpus_texts("base64", CONTEXTS, LENGTH, seed=SEED)
     with sc.spliced(model, sc.zoo.load_saes("tiny", kind="resid")):  # the residual stream's base64 role
@@ -146,8 +167,9 @@ def main() -> None:
         SECTION,
         "",
         f"Reproduce: `{COMMAND}` ({datetime.date.today()}; {machine()}; 1 torch thread; "
-        f"{versions(('torch', 'transformer-lens'))}). The sexpr rows need `python examples/byo_automaton.py "
-        "--out /tmp/third` first (about 15 min).",
+        f"{versions(('torch', 'transformer-lens'))}). The sexpr and shell rows need `python examples/byo_automaton.py "
+        "--out /tmp/third` and `python examples/byo_automaton.py --spec examples/automata/shell.json --out /tmp/fourth` "
+        "first (about 15 min each).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "
         "4 residual SAEs and 4 transcoders, role states, both mechanisms (target: 200 contexts ≤ 30 s):",

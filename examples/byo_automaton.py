@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import sae_circuits as sc
+from sae_circuits.io import atomic_write_text
 from sae_circuits.languages import automata
 from sae_circuits.recipes.tokenizer import load_tokenizer
 from sae_circuits.recipes.train_lm import ZOO_TOKENIZER, LMTrainConfig, train_on_texts
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print("wrote", fsa.save(out / "automaton.html"))
     fsa.save(out / "automaton.json")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")  # never half-written
     return report
 
 

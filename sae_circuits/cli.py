@@ -538,8 +538,8 @@ def _add_automaton_command(sub: Any, writers: Any) -> None:
     au.add_argument(
         "--min-weight",
         type=float,
-        default=0.1,
-        help="least strength of a printed loop's steps (default 0.1; see fsa.loops)",
+        default=0.0,
+        help="a printed loop's steps must be stronger than this (default 0; see fsa.loops)",
     )
     au.add_argument(
         "--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)"
