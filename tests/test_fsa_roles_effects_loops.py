@@ -297,6 +297,16 @@ def test_a_loop_through_a_state_and_its_subset_reads_one_role_twice(monkeypatch)
     assert [0, 1, 2, 3, 4, 5] in [loop.states for loop in loops(fsa, None, role_threshold=0.6)]
 
 
+def test_loops_of_a_wide_branching_automaton_are_found_without_a_strength_floor():
+    # shell-like: a command C branches four ways (flag F, argument A, pipe P, newline N); every
+    # branch's Jaccard strength is about 0.1, so a floor of 0.1 leaves almost no loop.
+    texts = _walks({"C": "FAPN", "F": "FAPN", "A": "APN", "P": "C", "N": "C"}, n=40, length=80)
+    fsa = _corpus(texts, ["C", "F", "A", "P", "N"])
+    found = [loop.states for loop in loops(fsa, None)]
+    assert found[:2] == [[0, 3], [0, 1, 4]]  # C P, C F N: true loops through the command first
+    assert [loop.states for loop in loops(fsa, None, min_lift=0.1)] == [[2]]  # A's self-loop only
+
+
 def test_loops_near_duplicates_fold_and_bad_arguments_fail():
     # state 3 fires where B fires: the loop A -> dup -> C is the loop A -> B -> C again (one role)
     fsa = _corpus(["ABCABCABCA", "BCABCABCAB"] * 20, ["A", "B", "C", "B"])
