@@ -60,7 +60,8 @@ steps 1-5      8 / 4 / 7  10 / 4 / 7 7 / 2 / 9  7 / 2 / 9  4 / 4 / 5
 =============  =========  =========  =========  =========  =========
 
 The sexpr model was rebuilt on another CPU between the two last rows: steps 1-4 read 3 / 3 / 0 on
-the rebuilt one (seed 2: 4 / 3 / 1 before step 5, 5 / 3 / 5 after).
+the rebuilt one (seed 2: 4 / 3 / 1 before step 5, 5 / 3 / 5 after, 7 / 6 / 5 without the floor
+of step 2).
 
 Step 1 alone (with the old 3 successors and length factor) already reads 6 / 4 / 1 on markup
 (both seeds) and 7 / 2 / 3, 5 / 2 / 3 on kvlog; the Markov check and the 1/4 self-loop factor put
