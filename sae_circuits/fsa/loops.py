@@ -18,9 +18,10 @@ everything. :func:`loops` ranks the loops from the corpus firing alone (``fsa.fi
    mostly fires where a stronger kept one fires (``|A & B| / min(|A|, |B|) >= OVERLAP``): two
    features of one next role would otherwise take both places (a value state's two newline
    features crowding out ``KEY``). Loops are the simple cycles of that sparse graph (at most
-   ``max_length`` states). A floor of 0.1 cut every loop of the ``shell`` automaton
-   (``examples/automata/shell.json``: a command branches four ways, so each branch's Jaccard is
-   about 0.1), changed nothing on markup and kvlog, and no floor between 0 and 0.04 did either.
+   ``max_length`` states). A floor of 0.1 left no true loop among the first 10 of the ``shell``
+   automaton (``examples/automata/shell.json``: a command branches four ways, so each branch's
+   Jaccard is about 0.1; without it 7 of 10 are true), changed nothing on markup and kvlog, and no
+   floor between 0 and 0.04 did either.
 3. **Markov check.** A true automaton state forgets where it came from: given B at t, whether C
    fires at t+1 does not depend on the state at t-1. A mixed state remembers (after ``=`` comes a
    value, after ``<`` a tag name), so the path ``A -> B -> C`` through it is rarely taken although
@@ -37,14 +38,16 @@ everything. :func:`loops` ranks the loops from the corpus firing alone (``fsa.fi
    states those of a higher-ranked distinct loop: the same loop through another feature of one
    role, such as ``LEVEL=INFO`` for ``LEVEL=ERROR``) is kept at ``VARIANT`` (1/2) of its score, so
    distinct loops come first and variants still rank above weak unrelated loops.
-5. **One role read twice, and regions.** Two states of which one mostly fires where the other
-   fires (overlap ``>= OVERLAP``, the rule of step 2) are one role: a loop through both reads it
-   twice (a second lap, through a sub-feature of a state the first lap used) and is dropped. A
-   self-loop is dropped when its state fires mostly (``>= COVERED``, 0.7) where the states of a
-   higher-ranked loop fire: an "inside a tag" or "in the key=value part" feature persists because
-   the loop runs through it, and its self-loop is that loop read coarsely. A state with a self-loop
-   of its own (text, base64) fires where no structural loop runs (measured: at most 0.59 of it in
-   the first loops' states, where the region states sit at 0.80-1.0).
+5. **One role read twice, regions, paths never taken.** Two states of which one mostly fires
+   where the other fires (overlap ``>= OVERLAP``, the rule of step 2) are one role: a loop through
+   both reads it twice (a second lap, through a sub-feature of a state the first lap used) and is
+   dropped. A self-loop is dropped when its state fires mostly (``>= COVERED``, 0.7) where the
+   states of a higher-ranked distinct loop (not a variant) that does not pass through it fire: an
+   "inside a tag" or "in the key=value part" feature persists because the loop runs through it,
+   and its self-loop is that loop read coarsely; the self-loops of the same role's other states go
+   with it. A state with a self-loop of its own (text, base64) fires where no structural loop runs
+   (measured: at most 0.59 of it in the first loops' states, where the region states sit at
+   0.80-1.0). Loops that score 0 (a path the corpus never takes) are not listed.
 
 Measured (``score_loops`` on the 10 first loops: loops that are true / distinct true loops / most
 true states in a true loop of the top 3; tiny model with its resid + transcoder SAEs, 200 texts x
@@ -60,8 +63,8 @@ steps 1-5      8 / 4 / 7  10 / 4 / 7 7 / 2 / 9  7 / 2 / 9  4 / 4 / 5
 =============  =========  =========  =========  =========  =========
 
 The sexpr model was rebuilt on another CPU between the two last rows: steps 1-4 read 3 / 3 / 0 on
-the rebuilt one (seed 2: 4 / 3 / 1 before step 5, 5 / 3 / 5 after, 7 / 6 / 5 without the floor
-of step 2).
+the rebuilt one (seed 2: 4 / 3 / 1 before step 5, 5 / 3 / 5 after, 6 / 5 / 5 without the floor of
+step 2).
 
 Step 1 alone (with the old 3 successors and length factor) already reads 6 / 4 / 1 on markup
 (both seeds) and 7 / 2 / 3, 5 / 2 / 3 on kvlog; the Markov check and the 1/4 self-loop factor put
@@ -228,7 +231,8 @@ def roles_of(fsa: FeatureAutomaton, threshold: float) -> list[int]:
 
 
 def _co_firing(fsa: FeatureAutomaton) -> torch.Tensor:
-    """``|A & B|`` of every two states' firing sets (the diagonal: each state's size)."""
+    """``|A & B|`` of every two states' firing sets (the diagonal: each state's size); exact in
+    float32 below 2^24 tokens, and a ratio of counts above."""
     f = fsa.firing.float()
     return (f.T @ f).double()
 
@@ -249,14 +253,18 @@ def _repeats_role(cycle: list[int], overlap: torch.Tensor) -> bool:
     return bool((sub >= OVERLAP).any())
 
 
-def _covered(state: int, cycle: list[int], inter: torch.Tensor, size: torch.Tensor) -> bool:
+def _covered(firing: torch.Tensor, state: int, cycle: list[int], inter: torch.Tensor) -> bool:
     """Whether ``state`` fires mostly (``>= COVERED``) where the states of ``cycle``, a loop of two
-    or more other states, fire: ``sum_i |state & i| / |state|``, the union's share, since a loop's
-    states are nearly disjoint (:func:`_repeats_role` drops the loops whose states overlap)."""
+    or more *other* states, fire: ``|state & (union of the loop's states)| / |state|``. The sum
+    ``sum_i |state & i|`` (from the co-firing counts ``inter``) bounds the union's count from above,
+    so the union itself is counted only when the sum reaches ``COVERED``."""
     if len(cycle) < 2 or state in cycle:
         return False
-    shared = float(inter[state, cycle].sum()) / max(float(size[state]), 1.0)
-    return shared >= COVERED
+    size = max(float(inter[state, state]), 1.0)
+    if float(inter[state, cycle].sum()) / size < COVERED:
+        return False
+    union = firing[:, cycle].any(1)
+    return float((firing[:, state] & union).sum()) / size >= COVERED
 
 
 def _successors(strength: torch.Tensor, overlap: torch.Tensor, k: int, floor: float) -> list[list[int]]:
@@ -352,16 +360,19 @@ def loops(
     seen: set[tuple[int, ...]] = set()
     kept: list[tuple[float, float, float, list[int]]] = []  # distinct loops, in score order
     result: list[tuple[float, int, Loop]] = []
-    size = overlap_counts.diagonal()
     for score, weakest, consistency, cycle in ranked:
-        if len(cycle) == 1 and any(_covered(cycle[0], other[3], overlap_counts, size) for other in kept):
-            continue  # a region that a higher-ranked loop runs through: its persistence is that loop's steps
+        if score <= 0:
+            break  # the rest are paths the corpus never takes (consistency 0) or steps of strength 0
         roles = [role[i] for i in cycle]
         start = roles.index(min(roles))
         key = tuple(roles[start:] + roles[:start])
         if key in seen:
             continue  # the same cyclic sequence of roles as a higher-ranked loop
         seen.add(key)
+        if len(cycle) == 1 and any(
+            _covered(fsa.firing, cycle[0], other[3], overlap_counts) for other in kept
+        ):
+            continue  # a region that a higher-ranked loop runs through (its role's other states too)
         if any(_variant(cycle, other[3]) for other in kept):
             score *= VARIANT
         else:
