@@ -50,12 +50,15 @@ def test_spec_round_trip(tmp_path):
         assert automata.generate(copy, 5, seed=1) == automata.generate(name, 5, seed=1)
 
 
-def test_the_shipped_spec_is_valid_and_single_tokens():
+@pytest.mark.parametrize(
+    "spec", sorted((ROOT / "examples" / "automata").glob("*.json")), ids=lambda p: p.stem
+)
+def test_the_shipped_specs_are_valid_and_single_tokens(spec):
     from sae_circuits.recipes.tokenizer import load_tokenizer
     from sae_circuits.recipes.train_lm import ZOO_TOKENIZER
 
-    fsa = load_automaton(SEXPR)
-    assert 6 <= len(fsa.states) <= 12 and fsa.name not in automata.AUTOMATA
+    fsa = load_automaton(spec)
+    assert 6 <= len(fsa.states) <= 12 and fsa.name not in automata.AUTOMATA and fsa.name == spec.stem
     automata.verify_tokenizer(load_tokenizer(ZOO_TOKENIZER), automata=[fsa], n_docs=100)
 
 
