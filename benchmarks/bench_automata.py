@@ -106,6 +106,7 @@ def evaluate(name, model, trained, texts, labels, truth):
             scores = {
                 m: sc.score_automaton(fsa, labels, truth, mechanism=m) for m in (None, "token", "attention")
             }
+            scores["merged"] = sc.score_automaton(fsa, labels, truth, merge_equivalent=True)
             loops = score_loops(fsa, fsa.loops(10), labels, truth)
             checks = confirm_rates(fsa, model, labels, truth) if kind == "trained" else None
             probe_f1 = sc.probe_states(fsa, model, labels).best_mean_f1 if kind == "trained" else None
@@ -184,11 +185,13 @@ def main() -> None:
         "checks: `check_pairs` on every true transition between matched states and as many non-transitions, "
         "confirmed by either arm, in brackets by the pin arm alone; probe F1: `sc.probe_states`, a linear probe "
         "of the true states on the model's residual stream, the best layer's held-out mean F1, the model's own "
-        "ceiling for the F1 column):",
+        "ceiling for the F1 column; merged: `score_automaton(..., merge_equivalent=True)`, against the language's "
+        "own automaton, states that no continuation tells apart named as one):",
         "",
-        "| automaton | dictionaries | states | F1 | probe F1 | AUROC both | token | attention | true loops in top 10 | "
-        "distinct | longest in top 3 | true transitions confirmed | non-transitions confirmed | extraction |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| automaton | dictionaries | states | F1 | probe F1 | AUROC both | token | attention | F1 / AUROC, "
+        "equivalent states merged | true loops in top 10 | distinct | longest in top 3 | true transitions "
+        "confirmed | non-transitions confirmed | extraction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
         for kind, (fsa, seconds, scores, loops, checks, probe_f1) in row.items():
@@ -198,7 +201,9 @@ def main() -> None:
                 f"| {name} | {kind} | {len(fsa.states)} | {scores[None].mean_f1:.3f} | "
                 f"{'—' if probe_f1 is None else f'{probe_f1:.3f}'} | "
                 f"{scores[None].transition_auroc:.3f} | {scores['token'].transition_auroc:.3f} | "
-                f"{scores['attention'].transition_auroc:.3f} | {loops.n_true} | {loops.n_distinct} | "
+                f"{scores['attention'].transition_auroc:.3f} | "
+                f"{scores['merged'].mean_f1:.3f} / {scores['merged'].transition_auroc:.3f} | "
+                f"{loops.n_true} | {loops.n_distinct} | "
                 f"{loops.longest_in_top3} | {confirmed} | {rejected} | {seconds:.1f} s |"
             )
     lines += ["", "The first three loops of each trained automaton, named through the true states:", ""]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sae_circuits.fsa.automaton import FeatureAutomaton, Mechanism
+from sae_circuits.languages.equivalence import merge_equivalent as merge_equivalent_states
 
 START = "START"  # the zoo automata's start state: it labels no token
 _UNLABELLED = (None, START)
@@ -172,6 +173,8 @@ def score_automaton(
     true_states: Sequence[Hashable] | Sequence[Sequence[Hashable]],
     true_transitions: Any,
     mechanism: Mechanism | None = None,
+    *,
+    merge_equivalent: bool = False,
 ) -> AutomatonScore:
     """Score ``fsa``'s states and transitions against ground truth.
 
@@ -183,6 +186,10 @@ def score_automaton(
     true states are then the distinct labels in ``true_states``, plus any label only a pair names).
     ``mechanism`` scores only the ``"attention"`` or ``"token"`` transitions (default: their sum, as
     ``fsa.weight``).
+    ``merge_equivalent`` (``true_transitions`` an ``Automaton``): score against the language's own
+    automaton, each group of states that no continuation tells apart named as one
+    (``"TAG_NAME+ATTR_VALUE"``; :mod:`sae_circuits.languages.equivalence`). A spec may name two
+    states where the language has one; the default scores the spec's states as given.
 
     >>> from sae_circuits.languages import automata, corpus_texts
     >>> texts, true_states = corpus_texts("markup", 4, 48, seed=0)
@@ -195,6 +202,13 @@ def score_automaton(
     """
     if not fsa.states:
         raise ValueError("cannot score an empty automaton: it has no states")
+    if merge_equivalent:
+        if not (hasattr(true_transitions, "transitions") and hasattr(true_transitions, "states")):
+            raise ValueError(
+                f"merge_equivalent=True needs the true automaton (an Automaton), got "
+                f"{type(true_transitions).__name__}: equivalence is a property of its table"
+            )
+        true_states, true_transitions = merge_equivalent_states(true_states, true_transitions)
     if mechanism not in (None, "attention", "token"):
         raise ValueError(f"mechanism must be None, 'attention' or 'token', got {mechanism!r}")
     firing = fsa.firing
