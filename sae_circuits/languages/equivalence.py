@@ -8,6 +8,9 @@ markup's ``TAG_NAME`` and ``ATTR_VALUE`` both go on with an attribute or ``>``/`
 after such a state says which of the two it was. A model may still keep them apart (the symbol
 that led there is in its context), but it has no need to: a state F1 below the model's probe on
 such states measures what the dictionaries chose to merge, not a fault of the extraction.
+Equivalence is a property of the spec's table: a generator with more memory than the table (markup
+draws distinct attribute names, at most three) can still make the two futures differ in
+probability.
 
 :func:`equivalent_states` is Moore's partition refinement: start from {final, not final} and split
 every block by the blocks its states move to on each symbol, until nothing splits.
@@ -79,7 +82,7 @@ def merge_equivalent(
     pairs = {
         (name.get(src, src), name.get(dst, dst))
         for src, row in automaton.transitions.items()
-        if src != automaton.start
+        if src in automaton.states  # the start state labels no token unless it is a state
         for dst in row
     }
     return [rename(x) for x in true_states], pairs
