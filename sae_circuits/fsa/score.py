@@ -126,12 +126,17 @@ def _flat_labels(fsa: FeatureAutomaton, true_states: Any) -> list[Hashable]:
     return flat
 
 
+def _is_automaton(true_transitions: Any) -> bool:
+    """Whether ``true_transitions`` is an automaton (a table and its states), not ``(src, dst)`` pairs."""
+    return hasattr(true_transitions, "transitions") and hasattr(true_transitions, "states")
+
+
 def _truth(
     true_transitions: Any, labels: list[Hashable]
 ) -> tuple[list[Hashable], set[tuple[Hashable, Hashable]]]:
     """The true states (in a fixed order) and the set of true ``(src, dst)`` pairs, START dropped."""
     seen = dict.fromkeys(x for x in labels if x not in _UNLABELLED)  # first-appearance order
-    if hasattr(true_transitions, "transitions") and hasattr(true_transitions, "states"):  # a zoo Automaton
+    if _is_automaton(true_transitions):
         states = list(true_transitions.states)
         pairs = {(src, dst) for src, row in true_transitions.transitions.items() for dst in row}
         unknown = sorted(map(str, set(seen) - set(states)))
@@ -203,7 +208,7 @@ def score_automaton(
     if not fsa.states:
         raise ValueError("cannot score an empty automaton: it has no states")
     if merge_equivalent:
-        if not (hasattr(true_transitions, "transitions") and hasattr(true_transitions, "states")):
+        if not _is_automaton(true_transitions):
             raise ValueError(
                 f"merge_equivalent=True needs the true automaton (an Automaton), got "
                 f"{type(true_transitions).__name__}: equivalence is a property of its table"
