@@ -3,8 +3,9 @@
     python examples/byo_automaton.py [--spec examples/automata/sexpr.json] [--out /tmp/byo_automaton]
                                      [--docs 6000] [--steps 2000] [--smoke]
 
-1. Load the spec and check that every symbol is one token of the zoo tokenizer, alone and in
-   context (``verify_tokenizer``).
+1. Load the spec and make sure that every symbol is one token, alone and in context
+   (``tokenizer_for_automaton``: the zoo tokenizer when it fits, else a copy with the spec's
+   symbols added as tokens, under ``<out>/tokenizer``).
 2. Generate a labelled corpus (a random walk through the automaton; deterministic for a seed).
 3. Train a 2-layer GPT-2 (n_embd 128) on it with ``train_on_texts``, saved in the Hugging Face
    layout under ``<out>/model``.
@@ -30,7 +31,7 @@ import torch
 import sae_circuits as sc
 from sae_circuits.io import atomic_write_text
 from sae_circuits.languages import automata
-from sae_circuits.recipes.tokenizer import load_tokenizer
+from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
 from sae_circuits.recipes.train_lm import ZOO_TOKENIZER, LMTrainConfig, train_on_texts
 from sae_circuits.zoo.loader import load_hf_gpt2
 
@@ -81,8 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 1. the spec, and the tokenizer check
     fsa_true = automata.load_automaton(args.spec)
-    automata.verify_tokenizer(load_tokenizer(ZOO_TOKENIZER), automata=[fsa_true], n_docs=200)
-    print(f"{fsa_true.name}: {len(fsa_true.states)} states, {len(fsa_true.alphabet)} symbols; tokenizer ok")
+    tokenizer_dir = tokenizer_for_automaton(fsa_true, out / "tokenizer")  # the zoo's, if it fits
+    added = 0 if tokenizer_dir == ZOO_TOKENIZER else len(fsa_true.alphabet)  # symbols matched before BPE
+    report["tokenizer"] = {"dir": str(tokenizer_dir), "added_symbols": added}
+    print(f"{fsa_true.name}: {len(fsa_true.states)} states, {len(fsa_true.alphabet)} symbols; every symbol "
+          f"one token ({'the zoo tokenizer' if not added else f'the zoo tokenizer + {added} symbols'})")  # fmt: skip
 
     # 2. the labelled corpus (training documents; the extraction uses other seeds)
     docs = automata.generate(fsa_true, args.docs, seed=0)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 3. the language model
     t0 = time.time()
-    run = train_on_texts({fsa_true.name: texts}, cfg=lm_config(args.steps, args.smoke), out_dir=out / "model",
+    run = train_on_texts({fsa_true.name: texts}, tokenizer_dir, lm_config(args.steps, args.smoke), out / "model",
                          val_fraction=0.1 if not args.smoke else 0.25, log=print)  # fmt: skip
     report["lm"] = {
         "wall_time_s": round(time.time() - t0, 1),

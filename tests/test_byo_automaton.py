@@ -126,6 +126,56 @@ def test_multi_token_and_fused_symbols_are_named():
         automata.verify_tokenizer(tok, automata=[fused], n_docs=20)
 
 
+def test_tokenizer_for_automaton_keeps_the_zoo_tokenizer_when_every_symbol_fits(tmp_path):
+    from sae_circuits.recipes.tokenizer import tokenizer_for_automaton
+    from sae_circuits.recipes.train_lm import ZOO_TOKENIZER
+
+    assert tokenizer_for_automaton(load_automaton(SEXPR), tmp_path / "tok") == ZOO_TOKENIZER
+    assert not (tmp_path / "tok").exists()
+
+
+def test_tokenizer_for_automaton_adds_split_and_fused_symbols(tmp_path):
+    from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
+    from sae_circuits.recipes.train_lm import ZOO_TOKENIZER
+    from sae_circuits.zoo.loader import load_tokenizer as load_hf_tokenizer
+
+    zoo = load_tokenizer(ZOO_TOKENIZER)
+    split = Automaton.from_dict(
+        _spec(transitions={**_spec()["transitions"], "B": {"C": [" zqxjv", "<div>"]}})
+    )
+    fused = Automaton.from_dict(_spec(transitions={"START": {"A": ["("]}, "A": {"B": ["x"]}, "B": {"C": [")"]},
+                                                    "C": {"A": ["("], "END": [")"]}}))  # fmt: skip
+    for name, fsa in (("split", split), ("fused", fused)):
+        with pytest.raises(ValueError):
+            automata.verify_tokenizer(zoo, automata=[fsa], n_docs=20)
+        folder = tokenizer_for_automaton(fsa, tmp_path / name, n_docs=20)
+        assert folder == tmp_path / name
+        tok = load_tokenizer(folder)
+        automata.verify_tokenizer(tok, automata=[fsa], n_docs=50)  # one token each, in context too
+        hf = load_hf_tokenizer(folder)  # what load_hf_gpt2 gives the model
+        automata.verify_tokenizer(hf, automata=[fsa], n_docs=50)
+        # new ids follow the zoo's (a symbol already in its vocabulary, such as "a", keeps its id)
+        assert tok.get_vocab_size() <= zoo.get_vocab_size() + len(fsa.alphabet)
+        other = "hello wörld 😀 <p>"  # text outside the language still encodes, and round trips
+        assert tok.decode(tok.encode(other).ids) == other == hf.decode(hf.encode(other))
+    assert load_tokenizer(tmp_path / "split").encode(" zqxjv<div>").tokens == [" zqxjv", "<div>"]
+
+
+def test_tokenizer_for_automaton_names_a_language_ambiguous_as_text(tmp_path):
+    from sae_circuits.recipes.tokenizer import tokenizer_for_automaton
+
+    # "x" then "y" reads as the symbol "xy": no tokenizer can recover the symbols
+    ambiguous = Automaton.from_dict(_spec(states=["A", "B", "C", "END"], transitions={
+        "START": {"A": ["x"]}, "A": {"B": ["y"], "C": ["xy"]},
+        "B": {"A": ["x"], "END": ["\n"]}, "C": {"A": ["x"], "END": ["\n"]}}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"fuse in context: \['x', 'y'.*ambiguous as text"):
+        tokenizer_for_automaton(ambiguous, tmp_path / "tok", n_docs=20)
+    eot = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": ["<|endoftext|>"]}}))
+    with pytest.raises(ValueError, match="document separator"):
+        tokenizer_for_automaton(eot, tmp_path / "tok2")
+    assert not (tmp_path / "tok").exists() and not (tmp_path / "tok2").exists()
+
+
 def test_verify_tokenizer_accepts_a_hugging_face_tokenizer():
     from sae_circuits import zoo
     from sae_circuits.zoo.loader import load_tokenizer
@@ -170,14 +220,19 @@ def test_train_on_texts_mix_saves_a_loadable_model_and_restores_threads(tmp_path
     assert json.loads((tmp_path / "m" / "train_stats.json").read_text())["steps"] == 3
 
 
-def test_example_smoke_runs_end_to_end(tmp_path, monkeypatch):
+def _byo_example(monkeypatch):
     sys.path.insert(0, str(ROOT / "examples"))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the suite's thread count alone
     try:
         import byo_automaton
     finally:
         sys.path.remove(str(ROOT / "examples"))
-    report = byo_automaton.main(["--smoke", "--out", str(tmp_path)])
+    return byo_automaton
+
+
+def test_example_smoke_runs_end_to_end(tmp_path, monkeypatch):
+    report = _byo_example(monkeypatch).main(["--smoke", "--out", str(tmp_path)])
+    assert report["tokenizer"]["added_symbols"] == 0  # sexpr fits the zoo tokenizer as it is
     assert (tmp_path / "model" / "config.json").is_file()
     assert (tmp_path / "saes" / "blocks.0.hook_resid_post").is_dir()
     assert (tmp_path / "automaton.html").is_file()
@@ -187,6 +242,28 @@ def test_example_smoke_runs_end_to_end(tmp_path, monkeypatch):
     assert 0 <= report["automaton"]["mean_f1"] <= 1 and set(report["automaton"]["state_f1"]) <= set(
         load_automaton(SEXPR).states
     )
+
+
+@pytest.mark.filterwarnings("ignore:evaluate. one sequence")  # --smoke holds out one row
+def test_example_smoke_with_words_the_zoo_tokenizer_splits(tmp_path, monkeypatch):
+    from sae_circuits.zoo.loader import load_hf_gpt2
+
+    spec = _spec(transitions={**_spec()["transitions"], "B": {"C": [" SELECT", "<div>"]}})
+    path = tmp_path / "words.json"
+    path.write_text(json.dumps(spec))
+    report = _byo_example(monkeypatch).main(["--smoke", "--spec", str(path), "--out", str(tmp_path / "out")])
+    assert report["tokenizer"]["added_symbols"] == len(Automaton.from_dict(spec).alphabet)
+    model = load_hf_gpt2(tmp_path / "out" / "model")  # the model was trained on, and loads, the new tokenizer
+    assert model.to_str_tokens("a bb SELECT a b<div>", prepend_bos=False) == [
+        "a",
+        " bb",
+        " SELECT",
+        " a",
+        " b",
+        "<div>",
+    ]
+    assert model.cfg.d_vocab == len(model.tokenizer)
+    assert set(report["automaton"]["state_f1"]) <= {"A", "B", "C", "END"}
 
 
 def test_corpus_texts_with_a_spec(tmp_path):

@@ -8,12 +8,14 @@ split of the corpus, saved as ``tokenizer.json`` plus the two small files
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from sae_circuits._files import _atomic_files
 from sae_circuits.languages import automata
 from sae_circuits.languages.corpus import SUBCORPORA, load_docs
 
@@ -102,6 +104,63 @@ def check_with_transformers(tok_dir: Path, texts: list[str]) -> None:
             raise ValueError("transformers and tokenizers disagree on ids")
         if hf.decode(ids) != text:
             raise ValueError(f"round trip failed for {text[:80]!r}")
+
+
+def tokenizer_for_automaton(
+    automaton: automata.Automaton,
+    out_dir: str | os.PathLike[str],
+    base_dir: str | os.PathLike[str] | None = None,
+    n_docs: int = 200,
+) -> Path:
+    """A tokenizer folder in which every symbol of ``automaton`` is one token in context.
+
+    ``base_dir`` (default: the zoo tokenizer) is returned unchanged when it already passes
+    :func:`~sae_circuits.languages.automata.verify_tokenizer`, so models trained on it stay
+    comparable. Otherwise a copy is written to ``out_dir`` (each file atomically) in which every
+    symbol of the alphabet is an added token: ``tokenizers`` matches added tokens in the raw text
+    first, leftmost-longest, and byte-level BPE encodes what is left, so ``" SELECT"`` or
+    ``"<div>"`` become one token, ``"a"`` then ``"b"`` no longer fuse into ``"ab"``, and any other
+    text still encodes. The new ids follow the base vocabulary, which suits a model trained from
+    scratch on the corpus (not one already trained on the base). The copy is verified in context
+    and with ``transformers``; a ``ValueError`` names symbols that still fuse: the language is
+    then ambiguous as text (symbols ``"a"``, ``"b"`` and ``"ab"``), whatever the tokenizer.
+
+    >>> spec = automata.Automaton("sql", ("KW", "COL"), {"START": {"KW": (" SELECT",)},
+    ...     "KW": {"COL": (" price", " qty")}, "COL": {"KW": (" FROM",)}})
+    >>> folder = tokenizer_for_automaton(spec, "tok")  # a new folder: the zoo splits these words
+    >>> load_tokenizer(folder).encode(" SELECT price FROM").tokens
+    [' SELECT', ' price', ' FROM']
+    """
+    if base_dir is None:
+        from sae_circuits.zoo import ROOT
+
+        base_dir = ROOT / "tiny"
+    base, out = Path(base_dir), Path(out_dir)
+    if any(EOT in symbol for symbol in automaton.alphabet):
+        raise ValueError(f"{automaton.name}: a symbol contains {EOT!r}, the document separator")
+    tok = load_tokenizer(base)
+    try:
+        automata.verify_tokenizer(tok, n_docs=n_docs, automata=[automaton])
+        return base
+    except ValueError:
+        pass  # some symbols are several tokens, or fuse with a neighbour: add them all
+    symbols = sorted(automaton.alphabet)
+    tok.add_tokens(
+        [AddedToken(s, normalized=False, single_word=False, lstrip=False, rstrip=False) for s in symbols]
+    )
+    try:
+        automata.verify_tokenizer(tok, n_docs=n_docs, automata=[automaton])
+    except ValueError as err:
+        raise ValueError(
+            f"{err} even with every symbol added as a token: the language is ambiguous as text"
+        ) from None
+    out.mkdir(parents=True, exist_ok=True)
+    with _atomic_files(out) as write:
+        write("tokenizer.json", lambda path: tok.save(path))
+        for name in TOKENIZER_FILES[1:]:
+            write(name, lambda path, name=name: Path(path).write_bytes((base / name).read_bytes()))
+    check_with_transformers(out, ["".join(symbols) for symbols, _ in automata.generate(automaton, 5, seed=0)])
+    return out
 
 
 def build_tokenizer(corpus_dir: Path, out_dir: Path, vocab_size: int, sample_bytes: int) -> Tokenizer:
