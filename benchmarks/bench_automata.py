@@ -17,8 +17,8 @@ What (``torch.set_num_threads(1)``; held-out texts: corpus seed 1):
 5. The paper's steering classic through states: the base64 state of the residual SAEs (all
    members, every layer) pinned while generating 40 tokens after 20 English/code prompts.
 
-Run ``python benchmarks/bench_automata.py --write-docs [--third /tmp/third --third /tmp/fourth]`` to
-refresh docs/benchmarks.md.
+Run ``python benchmarks/bench_automata.py --write-docs [--third /tmp/third --third /tmp/fourth
+--third /tmp/fifth]`` to refresh docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from sae_circuits.zoo.loader import load_hf_gpt2
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Automata (issue: automata)"
-COMMAND = "python benchmarks/bench_automata.py --write-docs --third /tmp/third --third /tmp/fourth"
+COMMAND = "python benchmarks/bench_automata.py --write-docs --third /tmp/third --third /tmp/fourth --third /tmp/fifth"
 SIZES = (25, 50, 100, 200)
 LENGTH, CONTEXTS, SEED = 128, 200, 1
 
@@ -168,9 +168,9 @@ def main() -> None:
         SECTION,
         "",
         f"Reproduce: `{COMMAND}` ({datetime.date.today()}; {machine()}; 1 torch thread; "
-        f"{versions(('torch', 'transformer-lens'))}). The sexpr and shell rows need `python examples/byo_automaton.py "
-        "--out /tmp/third` and `python examples/byo_automaton.py --spec examples/automata/shell.json --out /tmp/fourth` "
-        "first (about 15 min each).",
+        f"{versions(('torch', 'transformer-lens'))}). The sexpr, shell and query rows need `python examples/byo_automaton.py "
+        "--out /tmp/third`, then the same with `--spec examples/automata/shell.json --out /tmp/fourth` and "
+        "`--spec examples/automata/query.json --out /tmp/fifth`, first (about 15 min each).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "
         "4 residual SAEs and 4 transcoders, role states, both mechanisms (target: 200 contexts ≤ 30 s):",
