@@ -32,7 +32,7 @@ import sae_circuits as sc
 from sae_circuits.io import atomic_write_text
 from sae_circuits.languages import automata
 from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
-from sae_circuits.recipes.train_lm import ZOO_TOKENIZER, LMTrainConfig, train_on_texts
+from sae_circuits.recipes.train_lm import LMTrainConfig, train_on_texts
 from sae_circuits.zoo.loader import load_hf_gpt2
 
 warnings.filterwarnings("ignore")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. the spec, and the tokenizer check
     fsa_true = automata.load_automaton(args.spec)
     tokenizer_dir = tokenizer_for_automaton(fsa_true, out / "tokenizer")  # the zoo's, if it fits
-    added = 0 if tokenizer_dir == ZOO_TOKENIZER else len(fsa_true.alphabet)  # symbols matched before BPE
+    added = len(load_tokenizer(tokenizer_dir).get_added_tokens_decoder()) - 1  # <|endoftext|> aside
     report["tokenizer"] = {"dir": str(tokenizer_dir), "added_symbols": added}
     print(f"{fsa_true.name}: {len(fsa_true.states)} states, {len(fsa_true.alphabet)} symbols; every symbol "
           f"one token ({'the zoo tokenizer' if not added else f'the zoo tokenizer + {added} symbols'})")  # fmt: skip

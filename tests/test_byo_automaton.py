@@ -154,11 +154,32 @@ def test_tokenizer_for_automaton_adds_split_and_fused_symbols(tmp_path):
         automata.verify_tokenizer(tok, automata=[fsa], n_docs=50)  # one token each, in context too
         hf = load_hf_tokenizer(folder)  # what load_hf_gpt2 gives the model
         automata.verify_tokenizer(hf, automata=[fsa], n_docs=50)
-        # new ids follow the zoo's (a symbol already in its vocabulary, such as "a", keeps its id)
+        # only the symbols that need it are added (a symbol already in the vocabulary keeps its id)
         assert tok.get_vocab_size() <= zoo.get_vocab_size() + len(fsa.alphabet)
+        added = set(tok.get_added_tokens_decoder().values()) - set(zoo.get_added_tokens_decoder().values())
+        split_by_zoo = {s for s in fsa.alphabet if len(zoo.encode(s).ids) > 1}  # " bb" too
+        assert {a.content for a in added} == (split_by_zoo if name == "split" else {")"})
         other = "hello wörld 😀 <p>"  # text outside the language still encodes, and round trips
         assert tok.decode(tok.encode(other).ids) == other == hf.decode(hf.encode(other))
     assert load_tokenizer(tmp_path / "split").encode(" zqxjv<div>").tokens == [" zqxjv", "<div>"]
+
+
+def test_verify_tokenizer_checks_every_adjacent_pair_not_only_sampled_documents(tmp_path):
+    from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
+    from sae_circuits.recipes.train_lm import ZOO_TOKENIZER
+
+    # "(" then ")" fuses into "()", on a path that 200 sampled documents almost never take
+    zoo = load_tokenizer(ZOO_TOKENIZER)
+    words = [w for w in (f" {chr(97 + i)}{chr(97 + j)}" for i in range(26) for j in range(26))
+             if len(zoo.encode(w).ids) == 1][:150]  # fmt: skip
+    rare = Automaton.from_dict({"name": "rare", "states": ["A", "B", "C"], "final": ["A", "C"], "length": [2, 2],
+                                "transitions": {"START": {"A": words, "B": ["("]}, "B": {"C": [")"]}}})  # fmt: skip
+    assert ("(", ")") in automata.adjacent_pairs(rare)
+    with pytest.raises(ValueError, match=r"fuse in context: \['\(', '\)'\]"):
+        automata.verify_tokenizer(zoo, automata=[rare], n_docs=5)
+    assert automata.unstable_symbols(zoo, rare, n_docs=5) == ["(", ")"]
+    tok = load_tokenizer(tokenizer_for_automaton(rare, tmp_path / "tok", n_docs=5))
+    assert tok.encode("()").tokens == ["(", ")"]
 
 
 def test_tokenizer_for_automaton_names_a_language_ambiguous_as_text(tmp_path):
@@ -173,7 +194,16 @@ def test_tokenizer_for_automaton_names_a_language_ambiguous_as_text(tmp_path):
     eot = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": ["<|endoftext|>"]}}))
     with pytest.raises(ValueError, match="document separator"):
         tokenizer_for_automaton(eot, tmp_path / "tok2")
-    assert not (tmp_path / "tok").exists() and not (tmp_path / "tok2").exists()
+    # the separator formed across two symbols: they fuse into it
+    halves = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "A": {"B": ["<|endof"]},
+                                                    "B": {"C": ["text|>"]}}))  # fmt: skip
+    with pytest.raises(ValueError, match="ambiguous as text"):
+        tokenizer_for_automaton(halves, tmp_path / "tok3", n_docs=20)
+    # added as a token, "°C" would decode as raw bytes: refused by name, not a garbled tokenizer
+    accent = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": ["°C", " zé"]}}))
+    with pytest.raises(ValueError, match=r"\['°C'\] are several tokens.*do not decode back"):
+        tokenizer_for_automaton(accent, tmp_path / "tok4", n_docs=20)
+    assert not [p.name for p in tmp_path.iterdir()]  # nothing written, not even a staging folder
 
 
 def test_verify_tokenizer_accepts_a_hugging_face_tokenizer():
@@ -252,7 +282,7 @@ def test_example_smoke_with_words_the_zoo_tokenizer_splits(tmp_path, monkeypatch
     path = tmp_path / "words.json"
     path.write_text(json.dumps(spec))
     report = _byo_example(monkeypatch).main(["--smoke", "--spec", str(path), "--out", str(tmp_path / "out")])
-    assert report["tokenizer"]["added_symbols"] == len(Automaton.from_dict(spec).alphabet)
+    assert 2 <= report["tokenizer"]["added_symbols"] <= len(Automaton.from_dict(spec).alphabet)
     model = load_hf_gpt2(tmp_path / "out" / "model")  # the model was trained on, and loads, the new tokenizer
     assert model.to_str_tokens("a bb SELECT a b<div>", prepend_bos=False) == [
         "a",

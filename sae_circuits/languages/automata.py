@@ -708,6 +708,92 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
     return list(getattr(encoded, "ids", encoded))
 
 
+def _batch_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """:func:`_token_ids` of many short texts in one call (both kinds of tokenizer)."""
+    if not texts:
+        return []
+    if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer
+        return [list(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def adjacent_pairs(automaton: str | Automaton) -> list[tuple[str, str]]:
+    """Every pair of symbols that can follow each other: one that enters a state and one that
+    leaves it (every state is reachable, so each pair occurs in some document).
+
+    >>> len(adjacent_pairs("kvlog")), adjacent_pairs("kvlog")[1]
+    (336, (' auth', ':'))
+    """
+    fsa = resolve(automaton)
+    entering: dict[str, set[str]] = {}
+    for row in fsa.transitions.values():
+        for dst, symbols in row.items():
+            entering.setdefault(dst, set()).update(symbols)
+    pairs: set[tuple[str, str]] = set()
+    for state, ins in entering.items():
+        outs = {symbol for symbols in fsa.transitions.get(state, {}).values() for symbol in symbols}
+        pairs.update((a, b) for a in ins for b in outs)
+    return sorted(pairs)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Why a tokenizer does not keep an automaton's symbols one token each."""
+
+    kind: str  # "single": symbols that are several tokens alone; "fused": neighbours that merge
+    symbols: list[str]
+    message: str
+
+
+def _tokenization_problem(tokenizer: Any, fsa: Automaton, n_docs: int, seed: int) -> _Problem | None:
+    """The first problem found: symbols alone, then every adjacent pair, then sampled documents."""
+    alphabet = sorted(fsa.alphabet)
+    ids: dict[str, int] = {}
+    split = []
+    for symbol, enc in zip(alphabet, _batch_ids(tokenizer, alphabet)):
+        if len(enc) == 1:
+            ids[symbol] = enc[0]
+        else:
+            split.append(symbol)
+    if split:
+        return _Problem("single", split, f"{fsa.name}: {split!r}")
+    pairs = adjacent_pairs(fsa)
+    fused = [pair for pair, got in zip(pairs, _batch_ids(tokenizer, [a + b for a, b in pairs]))
+             if got != [ids[pair[0]], ids[pair[1]]]]  # fmt: skip
+    if fused:
+        return _Problem(
+            "fused", sorted({symbol for pair in fused for symbol in pair}),
+            f"{fsa.name}: symbols fuse in context: {list(fused[0])!r} do not tokenize one token each "
+            f"({len(fused)} of {len(pairs)} adjacent pairs, e.g. {[a + b for a, b in fused[:5]]!r})",
+        )  # fmt: skip
+    for symbols, _ in generate(fsa, n_docs, seed):  # runs longer than a pair (rarely needed)
+        got = _token_ids(tokenizer, "".join(symbols))
+        want = [ids[s] for s in symbols]
+        if got != want:
+            i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            window = symbols[max(0, i - 1) : i + 2]
+            return _Problem(
+                "fused", sorted(set(window)),
+                f"{fsa.name}: symbols fuse in context: {window!r} (at symbol {i}) do not tokenize "
+                f"one token each; text {''.join(symbols[max(0, i - 8) : i + 8])!r}",
+            )  # fmt: skip
+    return None
+
+
+def unstable_symbols(
+    tokenizer: Tokenizer | Any, automaton: str | Automaton, n_docs: int = 200, seed: int = 12345
+) -> list[str]:
+    """The symbols of ``automaton`` that ``tokenizer`` does not keep one token each, from the
+    first check of :func:`verify_tokenizer` that fails (several tokens alone; fused in an adjacent
+    pair; fused in a generated document); empty exactly when it passes.
+
+    >>> unstable_symbols(model.tokenizer, "markup", n_docs=5)
+    []
+    """
+    problem = _tokenization_problem(tokenizer, resolve(automaton), n_docs, seed)
+    return [] if problem is None else problem.symbols
+
+
 def verify_tokenizer(
     tokenizer: Tokenizer | Any,
     n_docs: int = 200,
@@ -718,7 +804,8 @@ def verify_tokenizer(
 
     ``tokenizer``: a ``tokenizers.Tokenizer`` or a Hugging Face tokenizer (``model.tokenizer``).
     ``automata``: names or :class:`Automaton` objects (default: the built-in ones).  Checks each
-    symbol alone, then ``n_docs`` generated documents per automaton in context.  Raises
+    symbol alone, then every pair of symbols that can follow each other (:func:`adjacent_pairs`,
+    all of them), then ``n_docs`` generated documents per automaton (longer runs).  Raises
     ``ValueError`` naming the symbols that are not single tokens or that fuse with a neighbour.
 
     >>> verify_tokenizer(model.tokenizer, n_docs=5, automata="markup")  # passes: returns None
@@ -733,26 +820,9 @@ def verify_tokenizer(
         chosen = [resolve(automata)]
     else:
         chosen = [resolve(a) for a in automata]
-    ids: dict[str, int] = {}
-    bad: dict[str, list[str]] = {}
-    for fsa in chosen:
-        for sym in fsa.alphabet:
-            enc = _token_ids(tokenizer, sym)
-            if len(enc) == 1:
-                ids[sym] = enc[0]
-            else:
-                bad.setdefault(fsa.name, []).append(sym)
-    if bad:
-        detail = "; ".join(f"{name}: {sorted(set(syms))!r}" for name, syms in bad.items())
-        raise ValueError(f"symbols that are not single tokens: {detail}")
-    for fsa in chosen:
-        for symbols, _ in generate(fsa, n_docs, seed):
-            got = _token_ids(tokenizer, "".join(symbols))
-            want = [ids[s] for s in symbols]
-            if got != want:
-                i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-                window = symbols[max(0, i - 1) : i + 2]
-                raise ValueError(
-                    f"{fsa.name}: symbols fuse in context: {window!r} (at symbol {i}) do not tokenize "
-                    f"one token each; text {''.join(symbols[max(0, i - 8) : i + 8])!r}"
-                )
+    problems = [p for p in (_tokenization_problem(tokenizer, fsa, n_docs, seed) for fsa in chosen) if p]
+    singles = [p.message for p in problems if p.kind == "single"]
+    if singles:
+        raise ValueError(f"symbols that are not single tokens: {'; '.join(singles)}")
+    if problems:
+        raise ValueError(problems[0].message)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from sae_circuits._files import _atomic_files
 from sae_circuits.languages import automata
 from sae_circuits.languages.corpus import SUBCORPORA, load_docs
 
@@ -115,15 +116,23 @@ def tokenizer_for_automaton(
     """A tokenizer folder in which every symbol of ``automaton`` is one token in context.
 
     ``base_dir`` (default: the zoo tokenizer) is returned unchanged when it already passes
-    :func:`~sae_circuits.languages.automata.verify_tokenizer`, so models trained on it stay
-    comparable. Otherwise a copy is written to ``out_dir`` (each file atomically) in which every
-    symbol of the alphabet is an added token: ``tokenizers`` matches added tokens in the raw text
-    first, leftmost-longest, and byte-level BPE encodes what is left, so ``" SELECT"`` or
-    ``"<div>"`` become one token, ``"a"`` then ``"b"`` no longer fuse into ``"ab"``, and any other
-    text still encodes. The new ids follow the base vocabulary, which suits a model trained from
-    scratch on the corpus (not one already trained on the base). The copy is verified in context
-    and with ``transformers``; a ``ValueError`` names symbols that still fuse: the language is
-    then ambiguous as text (symbols ``"a"``, ``"b"`` and ``"ab"``), whatever the tokenizer.
+    :func:`~sae_circuits.languages.automata.verify_tokenizer` (each symbol alone, every pair of
+    symbols that can follow each other, ``n_docs`` documents), so models trained on it stay
+    comparable. Otherwise the symbols it splits or fuses (and then any that those additions break)
+    become *added tokens* of a copy written to ``out_dir``: ``tokenizers`` matches added tokens in
+    the raw text first, leftmost-longest, and byte-level BPE encodes what is left, so
+    ``" SELECT"`` or ``"<div>"`` become one token, ``")"`` then ``")"`` two. Other text still
+    encodes, but an added symbol is matched everywhere (``" SELECT"`` inside ``" SELECTED"``),
+    also in other corpora trained beside it. The new ids follow the base vocabulary, which suits
+    a model trained from scratch (not one already trained on the base). The copy is checked, in a
+    staging folder, against ``verify_tokenizer`` and ``transformers``' loader (ids and round trip)
+    before its files are moved into ``out_dir``.
+
+    Raises ``ValueError`` for a language that is ambiguous as text (symbols ``"x"``, ``"y"`` and
+    ``"xy"``: no tokenizer tells ``"x"`` then ``"y"`` from ``"xy"``), for a symbol that must be
+    added but does not decode back (the byte-level decoder reads characters such as ``é`` in an
+    added token as raw bytes; the zoo tokenizer must then encode it as one token by itself), and
+    for a symbol containing ``<|endoftext|>``.
 
     >>> spec = automata.Automaton("sql", ("KW", "COL"), {"START": {"KW": (" SELECT",)},
     ...     "KW": {"COL": (" price", " qty")}, "COL": {"KW": (" FROM",)}})
@@ -139,27 +148,46 @@ def tokenizer_for_automaton(
     if any(EOT in symbol for symbol in automaton.alphabet):
         raise ValueError(f"{automaton.name}: a symbol contains {EOT!r}, the document separator")
     tok = load_tokenizer(base)
-    try:
-        automata.verify_tokenizer(tok, n_docs=n_docs, automata=[automaton])
+    added: list[str] = []
+    while unstable := automata.unstable_symbols(tok, automaton, n_docs):
+        new = [s for s in unstable if s not in added]
+        if not new:  # every symbol involved is already matched first: they fuse as text
+            detail = ""
+            try:
+                automata.verify_tokenizer(tok, n_docs=n_docs, automata=[automaton])
+            except ValueError as err:
+                detail = f"{err}; "
+            raise ValueError(
+                f"{detail}symbols {unstable!r} fuse even as added tokens: the language is ambiguous as text"
+            )
+        tok.add_tokens(
+            [AddedToken(s, normalized=False, single_word=False, lstrip=False, rstrip=False) for s in new]
+        )
+        added += new
+        garbled = [s for s in new if tok.decode([tok.token_to_id(s)]) != s]
+        if garbled:
+            raise ValueError(
+                f"{automaton.name}: symbols {garbled!r} are several tokens of {str(base)!r} and, added as tokens, "
+                "do not decode back (the byte-level decoder reads characters such as 'é' as raw bytes); "
+                "use other characters, or a base tokenizer in which they are one token"
+            )
+    if not added:
         return base
-    except ValueError:
-        pass  # some symbols are several tokens, or fuse with a neighbour: add them all
-    symbols = sorted(automaton.alphabet)
-    tok.add_tokens(
-        [AddedToken(s, normalized=False, single_word=False, lstrip=False, rstrip=False) for s in symbols]
-    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        automata.verify_tokenizer(tok, n_docs=n_docs, automata=[automaton])
-    except ValueError as err:
-        raise ValueError(
-            f"{err} even with every symbol added as a token: the language is ambiguous as text"
-        ) from None
-    out.mkdir(parents=True, exist_ok=True)
-    with _atomic_files(out) as write:
-        write("tokenizer.json", lambda path: tok.save(path))
+        tok.save(str(staging / "tokenizer.json"))
         for name in TOKENIZER_FILES[1:]:
-            write(name, lambda path, name=name: Path(path).write_bytes((base / name).read_bytes()))
-    check_with_transformers(out, ["".join(symbols) for symbols, _ in automata.generate(automaton, 5, seed=0)])
+            (staging / name).write_bytes((base / name).read_bytes())
+        docs = automata.generate(automaton, n_docs, seed=12345)  # verify_tokenizer's documents
+        check_with_transformers(staging, ["".join(symbols) for symbols, _ in docs])
+        out.mkdir(exist_ok=True)
+        for name in sorted(
+            TOKENIZER_FILES, key=lambda name: name == "tokenizer.json"
+        ):  # whole files, the vocabulary last
+            (staging / name).replace(out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
