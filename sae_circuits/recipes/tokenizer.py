@@ -167,8 +167,8 @@ def tokenizer_for_automaton(
         garbled = [s for s in new if tok.decode([tok.token_to_id(s)]) != s]
         if garbled:
             raise ValueError(
-                f"{automaton.name}: symbols {garbled!r} are several tokens of {str(base)!r} and, added as tokens, "
-                "do not decode back (the byte-level decoder reads characters such as 'é' as raw bytes); "
+                f"{automaton.name}: symbols {garbled!r} are several tokens of {str(base)!r} and, "
+                "added as tokens, do not decode back (the byte-level decoder reads characters such as 'é' as raw bytes); "
                 "use other characters, or a base tokenizer in which they are one token"
             )
     if not added:
