@@ -164,7 +164,7 @@ def tokenizer_for_automaton(
             [AddedToken(s, normalized=False, single_word=False, lstrip=False, rstrip=False) for s in new]
         )
         added += new
-        garbled = [s for s in new if tok.decode([tok.token_to_id(s)]) != s]
+        garbled = [s for s in new if tok.decode(tok.encode(s).ids) != s]
         if garbled:
             raise ValueError(
                 f"{automaton.name}: symbols {garbled!r} are several tokens of {str(base)!r} and, "
