@@ -154,11 +154,10 @@ def test_tokenizer_for_automaton_adds_split_and_fused_symbols(tmp_path):
         automata.verify_tokenizer(tok, automata=[fsa], n_docs=50)  # one token each, in context too
         hf = load_hf_tokenizer(folder)  # what load_hf_gpt2 gives the model
         automata.verify_tokenizer(hf, automata=[fsa], n_docs=50)
-        # only the symbols that need it are added (a symbol already in the vocabulary keeps its id)
+        # every symbol is added (a symbol already in the vocabulary keeps its id)
         assert tok.get_vocab_size() <= zoo.get_vocab_size() + len(fsa.alphabet)
         added = set(tok.get_added_tokens_decoder().values()) - set(zoo.get_added_tokens_decoder().values())
-        split_by_zoo = {s for s in fsa.alphabet if len(zoo.encode(s).ids) > 1}  # " bb" too
-        assert {a.content for a in added} == (split_by_zoo if name == "split" else {")"})
+        assert {a.content for a in added} == set(fsa.alphabet)
         other = "hello wörld 😀 <p>"  # text outside the language still encodes, and round trips
         assert tok.decode(tok.encode(other).ids) == other == hf.decode(hf.encode(other))
     assert load_tokenizer(tmp_path / "split").encode(" zqxjv<div>").tokens == [" zqxjv", "<div>"]
@@ -182,6 +181,28 @@ def test_verify_tokenizer_checks_every_adjacent_pair_not_only_sampled_documents(
     assert tok.encode("()").tokens == ["(", ")"]
 
 
+def test_a_symbol_that_spells_others_is_found_exhaustively_and_refused(tmp_path):
+    from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
+
+    # "aqc" starts where "a" does and runs into "cd": read longest first, it swallows "a" and "q"
+    tri = Automaton.from_dict({"name": "tri", "states": ["A", "B", "C", "D"], "final": ["C", "D"], "length": [1, 3],
+                               "transitions": {"START": {"A": ["a"], "D": ["aqc"]}, "A": {"B": ["q"]},
+                                               "B": {"C": ["cd"]}}})  # fmt: skip
+    assert automata.swallowing_symbol(tri) == ("aqc", ["a", "q", "cd"])
+    with pytest.raises(
+        ValueError, match=r"'aqc' is read first where a document has the symbols \['a', 'q', 'cd'\]"
+    ):
+        tokenizer_for_automaton(tri, tmp_path / "tri", n_docs=20)
+    # "bqc" starts inside " ab": whole-symbol matching reads " ab" first, so nothing is swallowed,
+    # however rare the path (only the failing symbols added would read ' a' 'bqc' 'd')
+    fine = Automaton.from_dict({"name": "fine", "states": ["A", "B", "C", "D"], "final": ["C", "D"], "length": [1, 3],
+                                "transitions": {"START": {"A": [" ab"], "D": ["bqc"]}, "A": {"B": ["q"]},
+                                                "B": {"C": ["cd"]}}})  # fmt: skip
+    assert automata.swallowing_symbol(fine) is None
+    tok = load_tokenizer(tokenizer_for_automaton(fine, tmp_path / "fine", n_docs=20))
+    assert tok.encode(" abqcd").tokens == [" ab", "q", "cd"] and tok.encode("bqc").tokens == ["bqc"]
+
+
 def test_tokenizer_for_automaton_names_a_language_ambiguous_as_text(tmp_path):
     from sae_circuits.recipes.tokenizer import tokenizer_for_automaton
 
@@ -189,7 +210,7 @@ def test_tokenizer_for_automaton_names_a_language_ambiguous_as_text(tmp_path):
     ambiguous = Automaton.from_dict(_spec(states=["A", "B", "C", "END"], transitions={
         "START": {"A": ["x"]}, "A": {"B": ["y"], "C": ["xy"]},
         "B": {"A": ["x"], "END": ["\n"]}, "C": {"A": ["x"], "END": ["\n"]}}))  # fmt: skip
-    with pytest.raises(ValueError, match=r"fuse in context: \['x', 'y'.*ambiguous as text"):
+    with pytest.raises(ValueError, match=r"'xy' is read first where a document has the symbols \['x', 'y'\]"):
         tokenizer_for_automaton(ambiguous, tmp_path / "tok", n_docs=20)
     eot = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": ["<|endoftext|>"]}}))
     with pytest.raises(ValueError, match="document separator"):
@@ -197,11 +218,11 @@ def test_tokenizer_for_automaton_names_a_language_ambiguous_as_text(tmp_path):
     # the separator formed across two symbols: they fuse into it
     halves = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "A": {"B": ["<|endof"]},
                                                     "B": {"C": ["text|>"]}}))  # fmt: skip
-    with pytest.raises(ValueError, match="ambiguous as text"):
+    with pytest.raises(ValueError, match=r"'<\|endoftext\|>' is read first .* \['<\|endof', 'text\|>'\]"):
         tokenizer_for_automaton(halves, tmp_path / "tok3", n_docs=20)
     # added as a token, "°C" would decode as raw bytes: refused by name, not a garbled tokenizer
     accent = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": ["°C", " zé"]}}))
-    with pytest.raises(ValueError, match=r"\['°C'\] are several tokens.*do not decode back"):
+    with pytest.raises(ValueError, match=r"\['°C'\], added as tokens, do not decode back"):
         tokenizer_for_automaton(accent, tmp_path / "tok4", n_docs=20)
     assert not [p.name for p in tmp_path.iterdir()]  # nothing written, not even a staging folder
 

@@ -712,7 +712,9 @@ def _batch_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """:func:`_token_ids` of many short texts in one call (both kinds of tokenizer)."""
     if not texts:
         return []
-    if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer
+    if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer (unpadded, like encode)
+        if getattr(tokenizer, "padding", None) is not None:
+            return [_token_ids(tokenizer, text) for text in texts]
         return [list(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -734,6 +736,43 @@ def adjacent_pairs(automaton: str | Automaton) -> list[tuple[str, str]]:
         outs = {symbol for symbols in fsa.transitions.get(state, {}).values() for symbol in symbols}
         pairs.update((a, b) for a in ins for b in outs)
     return sorted(pairs)
+
+
+def swallowing_symbol(automaton: str | Automaton, extra: Iterable[str] = ()) -> tuple[str, list[str]] | None:
+    """A symbol (or ``extra`` string) that some document spells across several symbols, starting
+    where one starts: ``(token, symbols)``, or None. Exhaustive (a walk over (state, offset)).
+
+    A tokenizer that matches every symbol as an added token, leftmost-longest, reads such a token
+    first and swallows the symbols it spans; for ``"x"``, ``"y"`` and ``"xy"``, ``("xy", ["x",
+    "y"])``. Languages without one are tokenized one token per symbol by that tokenizer.
+
+    >>> spec = Automaton("tri", ("A", "B", "C", "D"), {"START": {"A": ("a",), "D": ("aqc",)},
+    ...                  "A": {"B": ("q",)}, "B": {"C": ("cd",)}})
+    >>> swallowing_symbol(spec)
+    ('aqc', ['a', 'q', 'cd'])
+    """
+    fsa = resolve(automaton)
+    tokens = sorted(set(fsa.alphabet) | set(extra))
+    for state in sorted(fsa.transitions):
+        for token in tokens:
+            # (state, characters of token spelt so far, symbols so far): depth-first, each pair once
+            stack: list[tuple[str, int, list[str]]] = [(state, 0, [])]
+            seen: set[tuple[str, int]] = set()
+            while stack:
+                at, done, path = stack.pop()
+                for dst, symbols in fsa.transitions.get(at, {}).items():
+                    for symbol in symbols:
+                        rest = token[done:]
+                        if path and symbol.startswith(rest):
+                            return token, [*path, symbol]  # ends inside (or with) a later symbol
+                        if (
+                            rest.startswith(symbol)
+                            and len(rest) > len(symbol)
+                            and (dst, done + len(symbol)) not in seen
+                        ):
+                            seen.add((dst, done + len(symbol)))
+                            stack.append((dst, done + len(symbol), [*path, symbol]))
+    return None
 
 
 @dataclass(frozen=True)

@@ -118,21 +118,23 @@ def tokenizer_for_automaton(
     ``base_dir`` (default: the zoo tokenizer) is returned unchanged when it already passes
     :func:`~sae_circuits.languages.automata.verify_tokenizer` (each symbol alone, every pair of
     symbols that can follow each other, ``n_docs`` documents), so models trained on it stay
-    comparable. Otherwise the symbols it splits or fuses (and then any that those additions break)
-    become *added tokens* of a copy written to ``out_dir``: ``tokenizers`` matches added tokens in
-    the raw text first, leftmost-longest, and byte-level BPE encodes what is left, so
-    ``" SELECT"`` or ``"<div>"`` become one token, ``")"`` then ``")"`` two. Other text still
-    encodes, but an added symbol is matched everywhere (``" SELECT"`` inside ``" SELECTED"``),
-    also in other corpora trained beside it. The new ids follow the base vocabulary, which suits
-    a model trained from scratch (not one already trained on the base). The copy is checked, in a
-    staging folder, against ``verify_tokenizer`` and ``transformers``' loader (ids and round trip)
-    before its files are moved into ``out_dir``.
+    comparable. Otherwise every symbol becomes an *added token* of a copy written to ``out_dir``:
+    ``tokenizers`` matches added tokens in the raw text first, leftmost-longest, and byte-level BPE
+    encodes what is left, so ``" SELECT"`` or ``"<div>"`` become one token, ``")"`` then ``")"``
+    two. Adding them all (not only the failing ones) makes every symbol boundary start a match of
+    its own, so the one way left to fuse is a symbol that spells several, which
+    :func:`~sae_circuits.languages.automata.swallowing_symbol` rules out exhaustively. Other text
+    still encodes, but an added symbol is matched everywhere (``" SELECT"`` inside
+    ``" SELECTED"``, ``"a"`` inside ``"banana"``), also in other corpora trained beside it. The
+    new ids follow the base vocabulary, which suits a model trained from scratch (not one already
+    trained on the base). The copy is checked, in a staging folder, against ``verify_tokenizer``
+    and ``transformers``' loader (ids and round trip) before its files are moved into ``out_dir``.
 
-    Raises ``ValueError`` for a language that is ambiguous as text (symbols ``"x"``, ``"y"`` and
-    ``"xy"``: no tokenizer tells ``"x"`` then ``"y"`` from ``"xy"``), for a symbol that must be
-    added but does not decode back (the byte-level decoder reads characters such as ``é`` in an
-    added token as raw bytes; the zoo tokenizer must then encode it as one token by itself), and
-    for a symbol containing ``<|endoftext|>``.
+    Raises ``ValueError`` when a symbol spells several others where a document has them (symbols
+    ``"x"``, ``"y"`` and ``"xy"``; or ``"a"``, ``"q"``, ``"cd"`` and ``"aqc"``: read longest first,
+    ``"aqc"`` swallows the first two), for a symbol that, added, does not decode back (the
+    byte-level decoder reads characters such as ``é`` in an added token as raw bytes), and for a
+    symbol containing ``<|endoftext|>`` or a run of symbols that spells it.
 
     >>> spec = automata.Automaton("sql", ("KW", "COL"), {"START": {"KW": (" SELECT",)},
     ...     "KW": {"COL": (" price", " qty")}, "COL": {"KW": (" FROM",)}})
@@ -148,31 +150,30 @@ def tokenizer_for_automaton(
     if any(EOT in symbol for symbol in automaton.alphabet):
         raise ValueError(f"{automaton.name}: a symbol contains {EOT!r}, the document separator")
     tok = load_tokenizer(base)
-    added: list[str] = []
-    while unstable := automata.unstable_symbols(tok, automaton, n_docs):
-        new = [s for s in unstable if s not in added]
-        if not new:  # every symbol involved is already matched first: they fuse as text
-            detail = ""
-            try:
-                automata.verify_tokenizer(tok, n_docs=n_docs, automata=[automaton])
-            except ValueError as err:
-                detail = f"{err}; "
-            raise ValueError(
-                f"{detail}symbols {unstable!r} fuse even as added tokens: the language is ambiguous as text"
-            )
-        tok.add_tokens(
-            [AddedToken(s, normalized=False, single_word=False, lstrip=False, rstrip=False) for s in new]
-        )
-        added += new
-        garbled = [s for s in new if tok.decode(tok.encode(s).ids) != s]
-        if garbled:
-            raise ValueError(
-                f"{automaton.name}: symbols {garbled!r} are several tokens of {str(base)!r} and, "
-                "added as tokens, do not decode back (the byte-level decoder reads characters such as 'é' as raw bytes); "
-                "use other characters, or a base tokenizer in which they are one token"
-            )
-    if not added:
+    if not automata.unstable_symbols(tok, automaton, n_docs):
         return base
+    # Every symbol, not only the failing ones: then every symbol boundary starts a match of its own,
+    # and the one way left to fuse is a symbol that spells several (checked exhaustively below).
+    swallow = automata.swallowing_symbol(automaton, extra=[EOT])
+    if swallow is not None:
+        token, symbols = swallow
+        raise ValueError(
+            f"{automaton.name}: {token!r} is read first where a document has the symbols {symbols!r} "
+            "and swallows them: no tokenizer that matches the symbols as whole tokens, longest first, "
+            "keeps them one token each; rename a symbol"
+        )
+    symbols = sorted(automaton.alphabet)
+    tok.add_tokens(
+        [AddedToken(s, normalized=False, single_word=False, lstrip=False, rstrip=False) for s in symbols]
+    )
+    garbled = [s for s in symbols if tok.decode(tok.encode(s).ids) != s]
+    if garbled:
+        raise ValueError(
+            f"{automaton.name}: symbols {garbled!r}, added as tokens, do not decode back (the byte-level "
+            "decoder reads characters such as 'é' as raw bytes); use other characters, or a base "
+            "tokenizer in which they are one token"
+        )
+    automata.verify_tokenizer(tok, n_docs=n_docs, automata=[automaton])  # a backstop
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
