@@ -181,11 +181,10 @@ def tokenizer_for_automaton(
         for name in TOKENIZER_FILES[1:]:
             (staging / name).write_bytes((base / name).read_bytes())
         docs = automata.generate(automaton, n_docs, seed=12345)  # verify_tokenizer's documents
-        check_with_transformers(staging, ["".join(symbols) for symbols, _ in docs])
+        check_with_transformers(staging, ["".join(doc) for doc, _ in docs])
         out.mkdir(exist_ok=True)
-        for name in sorted(
-            TOKENIZER_FILES, key=lambda name: name == "tokenizer.json"
-        ):  # whole files, the vocabulary last
+        vocabulary_last = sorted(TOKENIZER_FILES, key=lambda name: name == "tokenizer.json")
+        for name in vocabulary_last:  # each file whole; the one the loaders read, last
             (staging / name).replace(out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
