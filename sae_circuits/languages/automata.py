@@ -752,26 +752,30 @@ def swallowing_symbol(automaton: str | Automaton, extra: Iterable[str] = ()) -> 
     ('aqc', ['a', 'q', 'cd'])
     """
     fsa = resolve(automaton)
-    tokens = sorted(set(fsa.alphabet) | set(extra))
-    for state in sorted(fsa.transitions):
-        for token in tokens:
-            # (state, characters of token spelt so far, symbols so far): depth-first, each pair once
-            stack: list[tuple[str, int, list[str]]] = [(state, 0, [])]
-            seen: set[tuple[str, int]] = set()
-            while stack:
-                at, done, path = stack.pop()
-                for dst, symbols in fsa.transitions.get(at, {}).items():
-                    for symbol in symbols:
-                        rest = token[done:]
-                        if path and symbol.startswith(rest):
-                            return token, [*path, symbol]  # ends inside (or with) a later symbol
-                        if (
-                            rest.startswith(symbol)
-                            and len(rest) > len(symbol)
-                            and (dst, done + len(symbol)) not in seen
-                        ):
-                            seen.add((dst, done + len(symbol)))
-                            stack.append((dst, done + len(symbol), [*path, symbol]))
+    # per state: each symbol's next state, and every prefix of its symbols (with one symbol that
+    # has it), so a walk step costs a few dictionary lookups however big the alphabet
+    exact: dict[str, dict[str, str]] = {}
+    prefixes: dict[str, dict[str, str]] = {}
+    for state, row in fsa.transitions.items():
+        for dst, symbols in row.items():
+            for symbol in symbols:
+                exact.setdefault(state, {})[symbol] = dst
+                for k in range(1, len(symbol) + 1):
+                    prefixes.setdefault(state, {}).setdefault(symbol[:k], symbol)
+    for token in sorted(set(fsa.alphabet) | set(extra)):
+        # (state, characters of token spelt so far, symbols so far), from every state at once
+        stack: list[tuple[str, int, list[str]]] = [(state, 0, []) for state in sorted(exact)]
+        seen: set[tuple[str, int]] = set()
+        while stack:
+            at, done, path = stack.pop()
+            rest = token[done:]
+            if path and rest in prefixes.get(at, {}):
+                return token, [*path, prefixes[at][rest]]  # it ends inside (or with) a later symbol
+            for k in range(1, len(rest)):  # symbols that spell a part of what is left
+                following = exact.get(at, {}).get(rest[:k])
+                if following is not None and (following, done + k) not in seen:
+                    seen.add((following, done + k))
+                    stack.append((following, done + k, [*path, rest[:k]]))
     return None
 
 
