@@ -132,9 +132,10 @@ def tokenizer_for_automaton(
 
     Raises ``ValueError`` when a symbol spells several others where a document has them (symbols
     ``"x"``, ``"y"`` and ``"xy"``; or ``"a"``, ``"q"``, ``"cd"`` and ``"aqc"``: read longest first,
-    ``"aqc"`` swallows the first two), for a symbol that, added, does not decode back (the
-    byte-level decoder reads characters such as ``é`` in an added token as raw bytes), and for a
-    symbol containing ``<|endoftext|>`` or a run of symbols that spells it.
+    ``"aqc"`` swallows the first two), for a symbol that, added, does not decode back (one made
+    only of the byte-level decoder's 256 byte characters, not all ASCII: ``"café"``, ``"°C"``;
+    ``" café"`` and ``"λé"`` are fine), and for a symbol containing ``<|endoftext|>`` or a run of
+    symbols that spells it.
 
     >>> spec = automata.Automaton("sql", ("KW", "COL"), {"START": {"KW": (" SELECT",)},
     ...     "KW": {"COL": (" price", " qty")}, "COL": {"KW": (" FROM",)}})
@@ -168,10 +169,12 @@ def tokenizer_for_automaton(
     )
     garbled = [s for s in symbols if tok.decode(tok.encode(s).ids) != s]
     if garbled:
+        # the byte-level decoder reads a token made only of its 256 byte characters as bytes
+        culprits = "".join(sorted({c for s in garbled for c in s if ord(c) > 127}))
         raise ValueError(
-            f"{automaton.name}: symbols {garbled!r}, added as tokens, do not decode back (the byte-level "
-            "decoder reads characters such as 'é' as raw bytes); use other characters, or a base "
-            "tokenizer in which they are one token"
+            f"{automaton.name}: symbols {garbled!r}, added as tokens, do not decode back: each is made only "
+            f"of characters the byte-level decoder reads as raw bytes ({culprits!r} are not ASCII); a "
+            "leading space or any other character fixes it (' café', not 'café')"
         )
     automata.verify_tokenizer(tok, n_docs=n_docs, automata=[automaton])  # a backstop
     out.parent.mkdir(parents=True, exist_ok=True)
