@@ -181,6 +181,32 @@ def test_verify_tokenizer_checks_every_adjacent_pair_not_only_sampled_documents(
     assert tok.encode("()").tokens == ["(", ")"]
 
 
+@pytest.mark.parametrize(
+    "transitions",
+    [  # a newcomer's languages: quotes and braces that touch; non-ASCII symbols, tabs, an emoji
+        {"START": {"OPEN": ["{"]}, "OPEN": {"KEY": ['"key"', '"id"'], "CLOSE": ["}"]}, "KEY": {"COLON": [":"]},
+         "COLON": {"VALUE": [" true", " null", ' "x"']}, "VALUE": {"COMMA": [","], "CLOSE": ["}"]},
+         "COMMA": {"KEY": ['"key"', '"id"']}, "CLOSE": {"NL": ["\n"]}, "NL": {"OPEN": ["{"]}},
+        {"START": {"OPEN": ["λ"]}, "OPEN": {"KEY": [" café", " naïve"]}, "KEY": {"COLON": ["→"], "KEY": ["\t"]},
+         "COLON": {"VALUE": [" 🙂", " ünïcode"]}, "VALUE": {"VALUE": [" ·", "\t"], "CLOSE": [" ∎"]},
+         "CLOSE": {"NL": ["\n"]}, "NL": {"OPEN": ["λ"]}},
+    ],
+    ids=["json-like", "unicode"],
+)  # fmt: skip
+def test_tokenizer_for_automaton_keeps_odd_symbols_whole_for_every_loader(transitions, tmp_path):
+    from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
+    from sae_circuits.zoo.loader import load_tokenizer as load_hf_tokenizer
+
+    states = sorted({dst for row in transitions.values() for dst in row})
+    fsa = Automaton.from_dict({"name": "odd", "states": states, "final": ["NL"], "length": [20, 60],
+                               "transitions": transitions})  # fmt: skip
+    folder = tokenizer_for_automaton(fsa, tmp_path / "tok", n_docs=50)
+    for tok in (load_tokenizer(folder), load_hf_tokenizer(folder)):
+        for symbols, _ in automata.generate(fsa, 20, seed=3):
+            ids = automata._token_ids(tok, "".join(symbols))
+            assert len(ids) == len(symbols) and tok.decode(ids) == "".join(symbols)
+
+
 def test_a_symbol_that_spells_others_is_found_exhaustively_and_refused(tmp_path):
     from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
 
