@@ -207,6 +207,16 @@ def test_tokenizer_for_automaton_keeps_odd_symbols_whole_for_every_loader(transi
             assert len(ids) == len(symbols) and tok.decode(ids) == "".join(symbols)
 
 
+def test_pairs_are_all_checked_up_to_a_budget_then_sampled(monkeypatch):
+    fsa = load_automaton(SEXPR)
+    every = automata.adjacent_pairs(fsa)
+    assert automata._pairs_to_check(fsa, seed=0) == every  # under the budget: all of them
+    monkeypatch.setattr(automata, "MAX_PAIRS", 50)  # a huge language, in small
+    drawn = automata._pairs_to_check(fsa, seed=0)
+    assert 0 < len(drawn) <= 50 and set(drawn) <= set(every)
+    assert drawn == automata._pairs_to_check(fsa, seed=0) != automata._pairs_to_check(fsa, seed=1)
+
+
 def test_a_symbol_that_spells_others_is_found_exhaustively_and_refused(tmp_path):
     from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
 

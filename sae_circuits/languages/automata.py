@@ -738,6 +738,30 @@ def adjacent_pairs(automaton: str | Automaton) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
+MAX_PAIRS = 100_000
+""":func:`verify_tokenizer` checks every adjacent pair up to this many (about 2 s), a seeded
+sample of this many beyond (a language whose states each join hundreds of words on both sides)."""
+
+
+def _pairs_to_check(fsa: Automaton, seed: int) -> list[tuple[str, str]]:
+    """:func:`adjacent_pairs`, or ``MAX_PAIRS`` of them drawn uniformly (seeded) when there are more,
+    without listing them all."""
+    entering: dict[str, set[str]] = {}
+    for row in fsa.transitions.values():
+        for dst, symbols in row.items():
+            entering.setdefault(dst, set()).update(symbols)
+    sides = [(sorted(ins), sorted({x for xs in fsa.transitions.get(state, {}).values() for x in xs}))
+             for state, ins in sorted(entering.items())]  # fmt: skip
+    counts = [len(ins) * len(outs) for ins, outs in sides]
+    if sum(counts) <= MAX_PAIRS:
+        return adjacent_pairs(fsa)
+    rng = random.Random(f"pairs:{fsa.name}:{seed}")
+    drawn = set()
+    for ins, outs in rng.choices(sides, weights=counts, k=MAX_PAIRS):
+        drawn.add((rng.choice(ins), rng.choice(outs)))
+    return sorted(drawn)
+
+
 def swallowing_symbol(automaton: str | Automaton, extra: Iterable[str] = ()) -> tuple[str, list[str]] | None:
     """A symbol (or ``extra`` string) that some document spells across several symbols, starting
     where one starts: ``(token, symbols)``, or None. Exhaustive (a walk over (state, offset)).
@@ -800,7 +824,7 @@ def _tokenization_problem(tokenizer: Any, fsa: Automaton, n_docs: int, seed: int
             split.append(symbol)
     if split:
         return _Problem("single", split, f"{fsa.name}: {split!r}")
-    pairs = adjacent_pairs(fsa)
+    pairs = _pairs_to_check(fsa, seed)
     fused = [pair for pair, got in zip(pairs, _batch_ids(tokenizer, [a + b for a, b in pairs]))
              if got != [ids[pair[0]], ids[pair[1]]]]  # fmt: skip
     if fused:
@@ -847,8 +871,9 @@ def verify_tokenizer(
 
     ``tokenizer``: a ``tokenizers.Tokenizer`` or a Hugging Face tokenizer (``model.tokenizer``).
     ``automata``: names or :class:`Automaton` objects (default: the built-in ones).  Checks each
-    symbol alone, then every pair of symbols that can follow each other (:func:`adjacent_pairs`,
-    all of them), then ``n_docs`` generated documents per automaton (longer runs).  Raises
+    symbol alone, then every pair of symbols that can follow each other (:func:`adjacent_pairs`:
+    all of them up to ``MAX_PAIRS``, a seeded sample of that many beyond), then ``n_docs``
+    generated documents per automaton (longer runs).  Raises
     ``ValueError`` naming the symbols that are not single tokens or that fuse with a neighbour.
 
     >>> verify_tokenizer(model.tokenizer, n_docs=5, automata="markup")  # passes: returns None
