@@ -719,6 +719,16 @@ def _batch_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def _pair_sides(fsa: Automaton) -> list[tuple[list[str], list[str]]]:
+    """Per state, the symbols that enter it and the symbols that leave it (sorted)."""
+    entering: dict[str, set[str]] = {}
+    for row in fsa.transitions.values():
+        for dst, symbols in row.items():
+            entering.setdefault(dst, set()).update(symbols)
+    return [(sorted(ins), sorted({x for xs in fsa.transitions.get(state, {}).values() for x in xs}))
+            for state, ins in sorted(entering.items())]  # fmt: skip
+
+
 def adjacent_pairs(automaton: str | Automaton) -> list[tuple[str, str]]:
     """Every pair of symbols that can follow each other: one that enters a state and one that
     leaves it (every state is reachable, so each pair occurs in some document).
@@ -726,16 +736,7 @@ def adjacent_pairs(automaton: str | Automaton) -> list[tuple[str, str]]:
     >>> len(adjacent_pairs("kvlog")), adjacent_pairs("kvlog")[1]
     (336, (' auth', ':'))
     """
-    fsa = resolve(automaton)
-    entering: dict[str, set[str]] = {}
-    for row in fsa.transitions.values():
-        for dst, symbols in row.items():
-            entering.setdefault(dst, set()).update(symbols)
-    pairs: set[tuple[str, str]] = set()
-    for state, ins in entering.items():
-        outs = {symbol for symbols in fsa.transitions.get(state, {}).values() for symbol in symbols}
-        pairs.update((a, b) for a in ins for b in outs)
-    return sorted(pairs)
+    return sorted({(a, b) for ins, outs in _pair_sides(resolve(automaton)) for a in ins for b in outs})
 
 
 MAX_PAIRS = 100_000
@@ -746,15 +747,10 @@ sample of this many beyond (a language whose states each join hundreds of words 
 def _pairs_to_check(fsa: Automaton, seed: int) -> list[tuple[str, str]]:
     """:func:`adjacent_pairs`, or ``MAX_PAIRS`` of them drawn uniformly (seeded) when there are more,
     without listing them all."""
-    entering: dict[str, set[str]] = {}
-    for row in fsa.transitions.values():
-        for dst, symbols in row.items():
-            entering.setdefault(dst, set()).update(symbols)
-    sides = [(sorted(ins), sorted({x for xs in fsa.transitions.get(state, {}).values() for x in xs}))
-             for state, ins in sorted(entering.items())]  # fmt: skip
+    sides = _pair_sides(fsa)
     counts = [len(ins) * len(outs) for ins, outs in sides]
     if sum(counts) <= MAX_PAIRS:
-        return adjacent_pairs(fsa)
+        return sorted({(a, b) for ins, outs in sides for a in ins for b in outs})
     rng = random.Random(f"pairs:{fsa.name}:{seed}")
     drawn = set()
     for ins, outs in rng.choices(sides, weights=counts, k=MAX_PAIRS):
