@@ -5,6 +5,7 @@ paths agree, intervals contain the effect, and bad input gets a clear error."""
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 
 import pytest
@@ -169,6 +170,23 @@ def test_intervals_contain_the_effect_and_decide_confirmed(extracted):
     assert validate_module._t_critical(0.99, 4) == pytest.approx(4.6041, abs=1e-3)
 
 
+def test_p_value_is_the_t_test_the_interval_uses():
+    # [1.0, 0.5]: t = 3 with 1 degree of freedom, one-sided p = (1 - 2 atan(3) / pi) / 2 = 0.1024
+    # (a normal approximation said 0.0013 while the 95% interval, (-2.43, 3.93), reached below 0)
+    two = validate_module._effect(torch.tensor([1.0, 0.5]), torch.zeros(2), 0.95)
+    assert two.p_value == pytest.approx(0.5 - math.atan(3) / math.pi, rel=1e-9)
+    assert two.ci[0] < 0
+    generator = torch.Generator().manual_seed(0)
+    for n in (2, 3, 5, 12, 40):
+        for _ in range(50):
+            d = torch.randn(n, generator=generator, dtype=torch.float64) + 0.8
+            for confidence in (0.9, 0.95):
+                e = validate_module._effect(d, torch.zeros(n, dtype=torch.float64), confidence)
+                assert (e.p_value < (1 - confidence) / 2) == (e.ci[0] > 0), (n, confidence, e)
+                flipped = validate_module._effect(torch.zeros(n, dtype=torch.float64), d, confidence)
+                assert flipped.p_value == pytest.approx(1 - e.p_value, abs=1e-12)
+
+
 def test_validate_stores_the_verdicts_on_transitions(extracted):
     model, fsa = extracted
     fsa = copy.deepcopy(fsa)
@@ -203,6 +221,16 @@ def test_clear_errors(extracted):
         check_pairs(fsa, model, pair, decoding="beam")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pin_scale=0"):
         check_pairs(fsa, model, pair, pin_scale=0)
+    with pytest.raises(ValueError, match=r"pin_scale=2000000.0 must be a number in \(0, 1e6\)"):
+        check_pairs(fsa, model, pair, pin_scale=2e6)
+    with pytest.raises(TypeError, match="exclusive='no' must be True or False"):
+        check_pairs(fsa, model, pair, exclusive="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="kv_cache='no' must be None"):
+        check_pairs(fsa, model, pair, kv_cache="no")  # type: ignore[arg-type]
+    first, second = (copy.copy(t) for t in fsa.transitions[:2])
+    second.dst = 999
+    with pytest.raises(ValueError, match=r"transitions\[2\] = \(.*, 999\): 999 is not a state id"):
+        fsa.validate(model, transitions=[first, first, second])  # the caller's index, not the folded one
     with pytest.raises(ValueError, match="needs samples >= 1"):
         check_pairs(fsa, model, pair, samples=0)
     with pytest.raises(ValueError, match=r"pairs\[0\] = \(0, 999\): 999 is not a state id"):

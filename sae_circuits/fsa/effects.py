@@ -207,15 +207,16 @@ def _single_positions(
 
     def patch(name: str):
         values = cached[name][positions].unsqueeze(1)
-        return lambda activation, hook: values.to(activation.dtype)
+        return lambda activation, hook: values.to(activation.device, activation.dtype)  # cached on the CPU
 
     def remove(rows: Tensor, features: Tensor, values: Tensor):
         def hook(activation: Tensor, hook: Any) -> Tensor:
             out = activation.clone()
-            edited = values.to(out.dtype)
+            edited = values.to(out.device, out.dtype)  # the edits are built on the CPU
             out.view(positions.numel(), -1).index_put_(
-                (rows, features), edited if assign else -edited, accumulate=not assign
-            )
+                (rows.to(out.device), features.to(out.device)), edited if assign else -edited,
+                accumulate=not assign,
+            )  # fmt: skip
             return out
 
         return hook

@@ -111,7 +111,7 @@ class Effect:
     ci: tuple[float, float]
     """Two-sided t-interval of ``effect`` at the check's ``confidence`` (prompts as units)."""
     p_value: float
-    """One-sided p-value of "effect > 0" (paired, normal approximation)."""
+    """One-sided p-value of "effect > 0" (paired t-test, prompts as units)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class Removal:
     ci: tuple[float, float]
     """Two-sided t-interval of ``effect`` at the check's ``confidence`` (prompts as units)."""
     p_value: float
-    """One-sided p-value of "effect > 0" (paired, normal approximation)."""
+    """One-sided p-value of "effect > 0" (paired t-test, prompts as units)."""
     n_prompts: int
     """Windows used: each corpus position where the source fires at most once, so fewer than the
     check's ``n_prompts`` when the source fires rarely."""
@@ -235,6 +235,9 @@ def validate(
     for k, t in enumerate(chosen):
         if not all(hasattr(t, field) for field in ("src", "dst", "weight")):
             raise TypeError(f"transitions[{k}] is a {type(t).__name__}; expected a Transition")
+    column = {s.id: i for i, s in enumerate(fsa.states)}
+    for k, t in enumerate(chosen):  # named by the caller's index, before duplicates are folded
+        _pair((t.src, t.dst), k, column, what="transitions")
     pairs = list(dict.fromkeys((t.src, t.dst) for t in chosen))
     checks = check_pairs(
         fsa, model, pairs, n_prompts=n_prompts, context=context, steps=steps, samples=samples,
@@ -317,9 +320,14 @@ def check_pairs(
     """
     _check_arguments(fsa, model, n_prompts, context, steps, samples, min_effect, confidence, decoding, seed)
     if isinstance(pin_scale, bool) or not isinstance(pin_scale, (int, float)) or not 0 < pin_scale < 1e6:
-        raise ValueError(f"pin_scale={pin_scale!r} must be a positive number (1: the pin values as they are)")
-    if not isinstance(necessity, bool):
-        raise TypeError(f"necessity={necessity!r} must be True or False")
+        raise ValueError(
+            f"pin_scale={pin_scale!r} must be a number in (0, 1e6) (1: the pin values as they are)"
+        )
+    for name, flag in (("necessity", necessity), ("exclusive", exclusive)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}={flag!r} must be True or False")
+    if kv_cache is not None and not isinstance(kv_cache, bool):
+        raise TypeError(f"kv_cache={kv_cache!r} must be None (automatic), True or False")
     column = {s.id: i for i, s in enumerate(fsa.states)}
     pairs = [_pair(p, k, column) for k, p in enumerate(pairs)]
     use_cache = _supports_cache(model) if kv_cache is None else bool(kv_cache)
@@ -419,13 +427,14 @@ def _check_arguments(
         raise ValueError("decoding='sampled' needs samples >= 1 (or decoding='greedy')")
 
 
-def _pair(pair: Any, k: int, column: dict[int, int]) -> tuple[int, int]:
+def _pair(pair: Any, k: int, column: dict[int, int], what: str = "pairs") -> tuple[int, int]:
+    """``pair`` as two state ids, or an error naming ``what[k]`` and the bad id."""
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ValueError(f"pairs[{k}] is {pair!r}; expected a (src, dst) pair of state ids")
+        raise ValueError(f"{what}[{k}] is {pair!r}; expected a (src, dst) pair of state ids")
     for state_id in pair:
         if isinstance(state_id, bool) or not isinstance(state_id, int) or state_id not in column:
             raise ValueError(
-                f"pairs[{k}] = {tuple(pair)!r}: {state_id!r} is not a state id of this automaton "
+                f"{what}[{k}] = {tuple(pair)!r}: {state_id!r} is not a state id of this automaton "
                 f"(ids {min(column)}..{max(column)})"
             )
     return int(pair[0]), int(pair[1])
@@ -768,10 +777,14 @@ def _t_critical(confidence: float, df: int) -> float:
 
 
 def _one_sided_p(differences: Tensor) -> float:
-    """P-value of "the mean difference is > 0" (paired, normal approximation of the t-test)."""
+    """P-value of "the mean difference is > 0": the paired one-sided t-test with ``n - 1`` degrees of
+    freedom, the distribution the interval uses (so ``p < (1 - confidence) / 2`` exactly when the
+    interval lies above 0). Below about 1e-15 it reads 0 (the central mass is computed, not the tail)."""
     n = differences.numel()
     sd = float(differences.std()) if n > 1 else 0.0
     mean = float(differences.mean())
     if sd == 0.0:
         return 0.0 if mean > 0 else 1.0
-    return 0.5 * math.erfc(mean / (sd / math.sqrt(n)) / math.sqrt(2))
+    t = mean / (sd / math.sqrt(n))
+    central = _t_central(abs(t), n - 1)
+    return min(1.0, max(0.0, (1 - central) / 2 if t > 0 else (1 + central) / 2))
