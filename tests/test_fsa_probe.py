@@ -139,3 +139,10 @@ def test_clear_errors(extracted):
     no_tokens.tokens = None
     with pytest.raises(ValueError, match="keeps no corpus tokens"):
         probe_states(no_tokens, model, labels)
+
+
+def test_a_site_named_twice_is_probed_once(extracted):
+    model, fsa, labels = extracted
+    once = probe_states(fsa, model, labels, sites=[SITE]).sites[SITE]
+    twice = probe_states(fsa, model, labels, sites=[SITE, SITE])  # was a KeyError
+    assert list(twice.sites) == [SITE] and twice.sites[SITE].mean_f1 == once.mean_f1

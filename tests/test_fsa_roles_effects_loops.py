@@ -421,3 +421,14 @@ def test_token_rows_with_bos_need_a_bos_token(spliced_corpus, monkeypatch):
     monkeypatch.setattr(model, "tokenizer", None)
     with pytest.raises(ValueError, match="prepend_bos=True with token rows"):
         sc.automaton(model, [[5, 6, 7, 8]], prepend_bos=True, progress=False)
+
+
+def test_loop_scores_count_a_cyclic_sequence_once_and_never_name_a_silent_state():
+    # two recovered states (0 and 2) fire on A, so loops may name A twice; state 4 never fires
+    fsa = _corpus(["ABAC"] * 10, ["A", "B", "A", "C", "Z"])
+    truth = [("A", "B"), ("B", "A"), ("A", "C"), ("C", "A"), ("A", "A")]
+    result = score_loops(fsa, [[0, 1, 2, 3], [2, 3, 0, 1], [4]], [list("ABAC")] * 10, truth)
+    assert result.names == [["A", "B", "A", "C"], ["A", "C", "A", "B"], [None]]
+    # one cyclic sequence read from two starts is one distinct loop; a silent state is named by
+    # nothing (it was named after the first true state, A, whose self-loop is true)
+    assert result.true == [True, True, False] and (result.n_true, result.n_distinct) == (2, 1)

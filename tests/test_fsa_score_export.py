@@ -470,3 +470,18 @@ def test_html_shows_bidi_controls_as_visible_escapes(tmp_path):
     assert [s["label"] for s in data["states"]] == ["evil\\u202egnp.exe", "\\u2066x\\u2069\\u200f\\u061c"]
     assert data["transitions"][0]["tokens"] == '"\\u202b<"'
     assert FeatureAutomaton.load(automaton.save(tmp_path / "a.json")).states[0].label == spoof  # data kept
+
+
+def test_a_state_named_start_is_scored_when_the_automaton_lists_it():
+    # START is a real state here, entered again after every ' b': its tokens are labelled, not ignored
+    truth = automata.Automaton("again", ("A", "START"), {"START": {"A": ("a",)}, "A": {"START": (" b",)}})
+    firing = torch.tensor([[True, False], [False, True]] * 3)
+    states = [State(i, [("blocks.0.hook_resid_post", i)], name, 0.5) for i, name in enumerate(["a", " b"])]
+    transitions = [Transition(0, 1, "token", 0.9), Transition(1, 0, "token", 0.8)]
+    fsa = FeatureAutomaton(states, transitions, firing, torch.tensor([6]))
+    score = score_automaton(fsa, [["A", "START"] * 3], truth)
+    assert (score.n_labelled, score.n_pairs, score.n_positive) == (6, 4, 2)
+    assert score.state_f1 == {"A": 1.0, "START": 1.0} and score.transition_auroc == 1.0 and not score.note
+    # with label pairs only (no automaton to say otherwise), "START" still marks a token to ignore
+    pairs = score_automaton(fsa, [["A", "START"] * 3], [("A", "A")])
+    assert pairs.n_labelled == 3 and set(pairs.state_f1) == {"A"}

@@ -124,7 +124,7 @@ def probe_states(
             raise ValueError(f"{name}={value!r} must be an integer >= 1")
     if isinstance(sites, str):
         raise TypeError(f"sites={sites!r} is one string; pass a list of hook names, e.g. [{sites!r}]")
-    hooks = list(sites) if sites is not None else _resid_sites(model)
+    hooks = list(dict.fromkeys(sites)) if sites is not None else _resid_sites(model)  # each site once
     if not hooks:
         raise ValueError("sites=[]: give at least one hook name (None: every blocks.{L}.hook_resid_post)")
     n_texts = int(fsa.lengths.numel())

@@ -131,11 +131,20 @@ def _is_automaton(true_transitions: Any) -> bool:
     return hasattr(true_transitions, "transitions") and hasattr(true_transitions, "states")
 
 
+def _ignored(true_transitions: Any) -> frozenset[Hashable]:
+    """Labels that mark a token to ignore: ``None``, and ``"START"`` unless the automaton lists a
+    state of that name (one the corpus enters again, so its tokens carry it)."""
+    if _is_automaton(true_transitions) and START in true_transitions.states:
+        return frozenset({None})
+    return frozenset(_UNLABELLED)
+
+
 def _truth(
-    true_transitions: Any, labels: list[Hashable]
+    true_transitions: Any, labels: list[Hashable], ignored: frozenset[Hashable]
 ) -> tuple[list[Hashable], set[tuple[Hashable, Hashable]]]:
-    """The true states (in a fixed order) and the set of true ``(src, dst)`` pairs, START dropped."""
-    seen = dict.fromkeys(x for x in labels if x not in _UNLABELLED)  # first-appearance order
+    """The true states (in a fixed order) and the set of true ``(src, dst)`` pairs, the ``ignored``
+    labels (the start) dropped."""
+    seen = dict.fromkeys(x for x in labels if x not in ignored)  # first-appearance order
     if _is_automaton(true_transitions):
         states = list(true_transitions.states)
         pairs = {(src, dst) for src, row in true_transitions.transitions.items() for dst in row}
@@ -153,23 +162,25 @@ def _truth(
             pairs.add((pair[0], pair[1]))
         # Labels only the pairs name are true states no token carries: scored like an Automaton's
         # absent states (F1 NaN, pairs skipped, named in the note), so a typo shows up there.
-        extra = (x for p in sorted(pairs, key=str) for x in p if x not in _UNLABELLED)
+        extra = (x for p in sorted(pairs, key=str) for x in p if x not in ignored)
         states = list({**seen, **dict.fromkeys(extra)})
-    pairs = {(a, b) for a, b in pairs if a not in _UNLABELLED and b not in _UNLABELLED}
+    pairs = {(a, b) for a, b in pairs if a not in ignored and b not in ignored}
     return states, pairs
 
 
 def _ground_truth(
-    fsa: FeatureAutomaton, true_states: Any, true_transitions: Any
+    fsa: FeatureAutomaton, true_states: Any, true_transitions: Any, ignored: frozenset[Hashable] | None = None
 ) -> tuple[list[Hashable], list[Hashable], set[tuple[Hashable, Hashable]], dict[Hashable, int], list[int]]:
     """Flat labels, the true states in order, the true pairs, each state's index, and the rows
-    that carry a label (refusing a corpus with none)."""
+    that carry a label (refusing a corpus with none). ``ignored``: default :func:`_ignored`."""
+    ignored = _ignored(true_transitions) if ignored is None else ignored
     labels = _flat_labels(fsa, true_states)
-    states, true_pairs = _truth(true_transitions, labels)
+    states, true_pairs = _truth(true_transitions, labels, ignored)
     index = {s: i for i, s in enumerate(states)}
-    labelled = [i for i, x in enumerate(labels) if x not in _UNLABELLED]
+    labelled = [i for i, x in enumerate(labels) if x not in ignored]
     if not labelled:
-        raise ValueError(f"no labelled tokens: all {len(labels)} labels are None or 'START'")
+        names = " or ".join(sorted(repr(x) for x in ignored))
+        raise ValueError(f"no labelled tokens: all {len(labels)} labels are {names}")
     return labels, states, true_pairs, index, labelled
 
 
@@ -185,7 +196,8 @@ def score_automaton(
 
     ``true_states``: one label per token of ``fsa.firing`` (flat), or one list per text with the
     lengths in ``fsa.lengths`` (so a label may not itself be a list or tuple); a label ``None`` or
-    ``"START"`` marks a token to ignore.
+    ``"START"`` marks a token to ignore (``"START"`` is a true state like any other when the
+    automaton lists a state of that name).
     ``true_transitions``: an :class:`~sae_circuits.languages.automata.Automaton` (its ``states`` are the
     true states, its table minus ``START`` the true transitions), or ``(src, dst)`` label pairs (the
     true states are then the distinct labels in ``true_states``, plus any label only a pair names).
@@ -207,6 +219,7 @@ def score_automaton(
     """
     if not fsa.states:
         raise ValueError("cannot score an empty automaton: it has no states")
+    ignored = _ignored(true_transitions)  # before merging: the merged truth is a list of pairs
     if merge_equivalent:
         if not _is_automaton(true_transitions):
             raise ValueError(
@@ -221,7 +234,7 @@ def score_automaton(
         raise ValueError(
             f"fsa.firing has shape {list(firing.shape)}; expected [tokens, {len(fsa.states)} states]"
         )
-    labels, states, true_pairs, index, labelled = _ground_truth(fsa, true_states, true_transitions)
+    labels, states, true_pairs, index, labelled = _ground_truth(fsa, true_states, true_transitions, ignored)
 
     # State recovery. Y: one-hot true labels, X: firing, both on the labelled tokens; tp = Y^T X.
     # In chunks, so a long corpus never holds a dense float copy of firing; each chunk's counts are
@@ -287,7 +300,8 @@ class LoopScore:
 
     names: list[list[Hashable]]
     """Each loop's states named by the true state each predicts best (F1 of "fires" against "the
-    true label is s"; the naming is done after the fact, the loops never saw the labels)."""
+    true label is s"; the naming is done after the fact, the loops never saw the labels); ``None``
+    for a state that fires on no labelled token (a loop through it is not true)."""
     true: list[bool]
     """Whether each named loop is a loop of the true automaton (every step a true transition,
     the last back to the first)."""
@@ -316,17 +330,17 @@ def score_loops(
     tp = truth.T @ firing  # (true, recovered)
     f1 = 2 * tp / (firing.sum(0)[None, :] + truth.sum(0)[:, None]).clamp_min(1)
     column = {s.id: i for i, s in enumerate(fsa.states)}
-    name = {s.id: states[int(f1[:, column[s.id]].argmax())] for s in fsa.states}
+    best_f1, best = f1.max(0)  # per recovered state; a state firing on no labelled token has no name
+    name = {s.id: states[int(best[column[s.id]])] if best_f1[column[s.id]] > 0 else None for s in fsa.states}
     names, true, keys, longest = [], [], set(), 0
     for k, loop in enumerate(loops):
         ids = list(getattr(loop, "states", loop))
         named = [name[i] for i in ids]
-        ok = all((a, b) in true_pairs for a, b in zip(named, named[1:] + named[:1]))
+        ok = None not in named and all((a, b) in true_pairs for a, b in zip(named, named[1:] + named[:1]))
         names.append(named)
         true.append(ok)
-        if ok:
-            start = min(range(len(named)), key=lambda i: str(named[i]))
-            keys.add(tuple(named[start:] + named[:start]))
+        if ok:  # one key per cyclic sequence: its smallest rotation (a state may be named twice)
+            keys.add(min(tuple(map(str, named[i:] + named[:i])) for i in range(len(named))))
             if k < 3:
                 longest = max(longest, len(set(named)))
     return LoopScore(names, true, sum(true), len(keys), longest)
