@@ -432,3 +432,21 @@ def test_loop_scores_count_a_cyclic_sequence_once_and_never_name_a_silent_state(
     # one cyclic sequence read from two starts is one distinct loop; a silent state is named by
     # nothing (it was named after the first true state, A, whose self-loop is true)
     assert result.true == [True, True, False] and (result.n_true, result.n_distinct) == (2, 1)
+
+
+def test_loop_scores_can_name_states_through_the_languages_own_automaton():
+    # P and Q are equivalent (each reads ' a' into A); a recovered state firing on both is named P
+    # on the spec's states, so A -> "P" is false there, and true once P and Q are one state
+    truth = automata.Automaton(
+        "pq", ("P", "Q", "A", "N"),
+        {"START": {"P": ("p",)}, "P": {"A": ("a",)}, "Q": {"A": ("a",)}, "A": {"Q": ("q",), "N": ("n",)},
+         "N": {"P": ("p",)}},
+    )  # fmt: skip
+    fsa = _corpus(["paqanpaqan"] * 4, ["pq", "a"])
+    labels = [["P", "A", "Q", "A", "N", "P", "A", "Q", "A", "N"]] * 4
+    spec = score_loops(fsa, [[0, 1]], labels, truth)
+    merged = score_loops(fsa, [[0, 1]], labels, truth, merge_equivalent=True)
+    assert spec.names == [["P", "A"]] and spec.true == [False]
+    assert merged.names == [["P+Q", "A"]] and merged.true == [True]
+    with pytest.raises(ValueError, match="merge_equivalent=True needs the true automaton"):
+        score_loops(fsa, [[0, 1]], labels, [("P", "A")], merge_equivalent=True)

@@ -184,6 +184,24 @@ def _ground_truth(
     return labels, states, true_pairs, index, labelled
 
 
+def _merged(
+    true_states: Any, true_transitions: Any, merge_equivalent: bool
+) -> tuple[Any, Any, frozenset[Hashable]]:
+    """The truth to score against: as given, or with ``merge_equivalent`` each group of equivalent
+    states named as one (the labels relabelled, the table as pairs); and the ignored labels, read
+    from the automaton before merging (the merged truth is a list of pairs)."""
+    ignored = _ignored(true_transitions)
+    if not merge_equivalent:
+        return true_states, true_transitions, ignored
+    if not _is_automaton(true_transitions):
+        raise ValueError(
+            f"merge_equivalent=True needs the true automaton (an Automaton), got "
+            f"{type(true_transitions).__name__}: equivalence is a property of its table"
+        )
+    merged_states, merged_pairs = merge_equivalent_states(true_states, true_transitions)
+    return merged_states, merged_pairs, ignored
+
+
 def score_automaton(
     fsa: FeatureAutomaton,
     true_states: Sequence[Hashable] | Sequence[Sequence[Hashable]],
@@ -219,14 +237,7 @@ def score_automaton(
     """
     if not fsa.states:
         raise ValueError("cannot score an empty automaton: it has no states")
-    ignored = _ignored(true_transitions)  # before merging: the merged truth is a list of pairs
-    if merge_equivalent:
-        if not _is_automaton(true_transitions):
-            raise ValueError(
-                f"merge_equivalent=True needs the true automaton (an Automaton), got "
-                f"{type(true_transitions).__name__}: equivalence is a property of its table"
-            )
-        true_states, true_transitions = merge_equivalent_states(true_states, true_transitions)
+    true_states, true_transitions, ignored = _merged(true_states, true_transitions, merge_equivalent)
     if mechanism not in (None, "attention", "token"):
         raise ValueError(f"mechanism must be None, 'attention' or 'token', got {mechanism!r}")
     firing = fsa.firing
@@ -318,11 +329,16 @@ def score_loops(
     loops: Sequence[Any],
     true_states: Sequence[Hashable] | Sequence[Sequence[Hashable]],
     true_transitions: Any,
+    *,
+    merge_equivalent: bool = False,
 ) -> LoopScore:
     """Name ``loops`` (:class:`~sae_circuits.fsa.loops.Loop` objects, or lists of state ids)
     through the true states and check them against the true table (``score_automaton``'s
-    arguments)."""
-    labels, states, true_pairs, index, labelled = _ground_truth(fsa, true_states, true_transitions)
+    arguments; ``merge_equivalent``: name them through the language's own automaton, each group
+    of states no continuation tells apart as one, so a loop through a state that fires on both
+    ``PROMPT`` and ``PIPE``, which every command follows alike, can read true)."""
+    true_states, true_transitions, ignored = _merged(true_states, true_transitions, merge_equivalent)
+    labels, states, true_pairs, index, labelled = _ground_truth(fsa, true_states, true_transitions, ignored)
     firing = fsa.firing[torch.tensor(labelled)].float()
     truth = torch.nn.functional.one_hot(
         torch.tensor([index[labels[i]] for i in labelled]), len(states)
