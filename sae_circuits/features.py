@@ -71,21 +71,45 @@ class TokenValues(NamedTuple):
 
 
 @torch.no_grad()
+def direct_logit_effects(
+    model: nn.Module, directions: Float[Tensor, "n d_model"]
+) -> Float[Tensor, "n d_vocab"]:
+    """Direct logit effect of residual-stream ``directions``: through the final norm's gain (and
+    a LayerNorm's centring) into ``W_U``. The norm's division by the residual's scale is one
+    positive factor per position, the same for every token, so it is left out (it changes no
+    ranking); a folded norm (``LNPre``, ``RMSPre``) has its gain in ``W_U`` already. Without the
+    gain, a model loaded with ``fold_ln=False`` ranks tokens by the wrong effect.
+
+    >>> direct_logit_effects(model, sae.W_dec[:3]).shape
+    torch.Size([3, 4096])
+    """
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
+    w_u = tl.W_U
+    d = directions.to(device=w_u.device, dtype=w_u.dtype)
+    kind = getattr(tl.cfg, "normalization_type", None)
+    if kind in ("LN", "LNPre"):  # the norm subtracts the residual's mean, so the direction's too
+        d = d - d.mean(-1, keepdim=True)
+    gain = getattr(getattr(tl, "ln_final", None), "w", None) if kind in ("LN", "RMS") else None
+    if gain is not None:
+        d = d * gain.to(device=d.device, dtype=d.dtype)
+    return d @ w_u
+
+
 def logit_effect_values(
     model: nn.Module, sae: SAE, feature: int, k: int = 10
 ) -> tuple[TokenValues, TokenValues]:
-    """``(promoted, suppressed)`` tokens of a feature's decoder direction through the unembedding
-    (direct path; the final LayerNorm's scale is a common positive factor, so it does not change
-    the ranking), median-shifted as in the dictionary-learning paper, with their values.
+    """``(promoted, suppressed)`` tokens of a feature's decoder direction through the final norm's
+    gain and the unembedding (:func:`direct_logit_effects`: the direct path), median-shifted as in
+    the dictionary-learning paper, with their values.
 
     >>> promoted, suppressed = logit_effect_values(model, sae, 7, k=5)
     >>> len(promoted.tokens), promoted.values[0] > 0 > suppressed.values[0]
     (5, True)
     >>> promoted.tokens[0], round(promoted.values[0], 2)
-    ('ment', 0.67)
+    ('ment', 1.4)
     """
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
-    weights = sae.W_dec[feature].to(tl.W_U.dtype) @ tl.W_U  # [d_vocab]
+    weights = direct_logit_effects(model, sae.W_dec[feature][None])[0]  # [d_vocab]
     weights = weights - weights.median()
     up, down = weights.topk(k), (-weights).topk(k)
     return (

@@ -34,19 +34,42 @@ _STATE_ATTR = "_sae_circuits_state"
 
 
 class _HookState:
-    """What sae_circuits has put on one hook point: a spliced SAE and/or transcoder input taps."""
+    """What sae_circuits has put on one hook point: a spliced SAE and/or transcoder input taps.
+
+    A transcoder replaces a module that reads this hook point's output *after* the user's hooks
+    on it (a patch of the MLP input changes what the MLP reads), so its tap is a forward hook that
+    is moved behind every other hook of the hook point on each call."""
 
     def __init__(self, hook_point: HookPoint) -> None:
         self.hook_point = hook_point
         self.site: _Site | None = None
         self.taps: list[_Site] = []  # transcoders that read their input here
+        self._tap_handle: Any = None
 
     def __call__(self, x: Tensor) -> Tensor:  # becomes hook_point.forward
         if self.site is not None:
             x = self.site(x)
-        for site in self.taps:
-            site.captured_input = x
+        if self._tap_handle is not None:  # run last: hooks added since splicing come before it
+            hooks = self.hook_point._forward_hooks
+            hooks[self._tap_handle.id] = hooks.pop(self._tap_handle.id)  # re-inserted at the end
         return x
+
+    def _capture(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
+        for site in self.taps:
+            site.captured_input = output
+
+    def add_tap(self, site: _Site) -> None:
+        """Let the transcoder of ``site`` read this hook point's final output."""
+        self.taps.append(site)
+        if self._tap_handle is None:
+            self._tap_handle = self.hook_point.register_forward_hook(self._capture)
+
+    def remove_tap(self, site: _Site) -> None:
+        """Stop feeding ``site``; the forward hook goes with the last tap."""
+        self.taps = [s for s in self.taps if s is not site]
+        if not self.taps and self._tap_handle is not None:
+            self._tap_handle.remove()
+            self._tap_handle = None
 
     @property
     def empty(self) -> bool:
@@ -82,13 +105,20 @@ class _Hooked(NamedTuple):
     """A hook edited the input tensor itself (its pre-hook value is lost)."""
 
 
-def _run_hook(hook_point: HookPoint, value: Tensor) -> _Hooked:
-    """Pass ``value`` through a hook point and report what its hooks did to it."""
+def _run_hook(hook_point: HookPoint, value: Tensor, protect: bool = False) -> _Hooked:
+    """Pass ``value`` through a hook point and report what its hooks did to it. ``protect``: the
+    hooks get a copy, so an in-place edit can neither lose the clean value nor reach a tensor that
+    ``value`` shares memory with (the model's own activation)."""
     if not _has_fwd_hooks(hook_point):
         return _Hooked(hook_point(value), False, False)
     if value.is_inference():  # no version counter under inference_mode: hooks get a copy
         out = hook_point(value.clone())
         return _Hooked(out, not torch.equal(out, value), False)
+    if protect:
+        copy = value.clone()
+        version = copy._version
+        out = hook_point(copy)
+        return _Hooked(out, copy._version != version or out is not copy, False)
     version = value._version
     out = hook_point(value)
     in_place = value._version != version
@@ -121,14 +151,15 @@ class _Site:
                 f"SAE at {self.name!r} has d_in={sae.cfg.d_in} but the activation at "
                 f"{sae.cfg.hook_name!r} has shape {list(x_in.shape)} (width {flat.shape[-1]})"
             )
-        inp = _run_hook(sae.hook_sae_input, flat)
+        inp = _run_hook(sae.hook_sae_input, flat, protect=True)  # `flat` may be the model's `x`
         h0, norm, gate = sae.encode_parts(inp.value)
         h = _run_hook(sae.hook_sae_acts_pre, h0)
         f0 = sae.activation_fn(h.value, gate)
         post = _run_hook(sae.hook_sae_acts_post, f0)
         f = post.value
+        norm_clean = norm
         if inp.changed or h.changed:  # rare: a hook edited the input or pre-activations
-            h_clean, _, gate_clean = sae.encode_parts(flat)
+            h_clean, norm_clean, gate_clean = sae.encode_parts(flat)  # the clean input's normaliser
             f_clean = sae.activation_fn(h_clean, gate_clean)
         elif not post.changed:
             f_clean = f
@@ -137,11 +168,12 @@ class _Site:
         else:
             f_clean = f0
 
-        if not self.error_term:
+        if not self.error_term:  # the SAE's output on its (possibly edited) input
             recons = sae.hook_sae_recons(sae.decode_normalized(f))
-            out = sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, flat), x))
+            out = sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, inp.value), x))
             return out
-        if not any(
+        # An edited input changes the normaliser and skip term too: materialise both outputs.
+        if not inp.changed and not any(
             _has_fwd_hooks(getattr(sae, n)) for n in ("hook_sae_recons", "hook_sae_error", "hook_sae_output")
         ):
             if f is f_clean:
@@ -150,8 +182,8 @@ class _Site:
         # Someone is looking at the reconstruction or the error: materialise both.
         recons = sae.hook_sae_recons(sae.decode_normalized(f))
         recons_clean = recons if f is f_clean else sae.decode_normalized(f_clean)
-        error = sae.hook_sae_error(x - self._to_site(sae.finish_output(recons_clean, norm, flat), x))
-        return sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, flat), x) + error)
+        error = sae.hook_sae_error(x - self._to_site(sae.finish_output(recons_clean, norm_clean, flat), x))
+        return sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, inp.value), x) + error)
 
     def _decoded_edit(self, df: Tensor, norm: Any) -> Tensor:
         """``df @ W_dec`` (in the activation's scale), using only the features that changed."""
@@ -216,7 +248,7 @@ def splice(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = Tr
             if input_point is not None:
                 tap_state = _state(input_point, create=True)
                 assert tap_state is not None
-                tap_state.taps.append(site)
+                tap_state.add_tap(site)
             sites[name] = site
             sae.__dict__["_sae_circuits_spliced_in"] = model
             done.append(name)
@@ -299,6 +331,7 @@ def unsplice(model: nn.Module, hook_names: str | Iterable[str] | None = None) ->
         if isinstance(hook_names, str)
         else list(hook_names)
     )
+    names = list(dict.fromkeys(names))  # a site named twice is removed once
     unknown = [n for n in names if n not in sites]
     if unknown:
         raise ValueError(f"no SAE is spliced at {unknown}; spliced sites: {sorted(sites)}")
@@ -318,7 +351,7 @@ def unsplice(model: nn.Module, hook_names: str | Iterable[str] | None = None) ->
             input_point = get_hook_point(model, site.sae.cfg.hook_name)
             tap_state = _state(input_point, create=False)
             if tap_state is not None:
-                tap_state.taps = [s for s in tap_state.taps if s is not site]
+                tap_state.remove_tap(site)
             _drop_state_if_empty(input_point)
         site.sae.__dict__.pop("_sae_circuits_spliced_in", None)
     if not sites:
@@ -341,8 +374,9 @@ def spliced(model: nn.Module, saes: SAE | Sequence[SAE], *, error_term: bool = T
     splice(model, saes, error_term=error_term)
     try:
         yield model
-    finally:
-        unsplice(model, [sae.cfg.site for sae in saes])
+    finally:  # only what is still spliced: the block may have unspliced some (and is raising)
+        left = saes_of(model)
+        unsplice(model, [sae.cfg.site for sae in saes if left.get(sae.cfg.site) is sae])
 
 
 def site_of(model: nn.Module, site: str | SAE) -> _Site:

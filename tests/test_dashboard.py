@@ -20,7 +20,7 @@ from sae_circuits.dashboard import (
     logit_effect_values,
     write_dashboard,
 )
-from sae_circuits.features import feature_activations, logit_effects
+from sae_circuits.features import direct_logit_effects, feature_activations, logit_effects
 from tests.conftest import random_sae
 
 SITE = "blocks.0.hook_resid_post"
@@ -100,8 +100,35 @@ def test_logit_effect_values_follow_logit_effects(model):
     for f in (0, 17, 255):
         promoted, suppressed = logit_effect_values(model, sae, f, k=7)
         assert (promoted.tokens, suppressed.tokens) == logit_effects(model, sae, f, k=7)
-        weights = sae.W_dec[f].detach() @ model.W_U.detach()
+        weights = direct_logit_effects(model, sae.W_dec[f][None].detach())[0]
         assert promoted.values[0] == pytest.approx(float(weights.max() - weights.median()), abs=1e-5)
+
+
+def test_direct_logit_effects_are_the_models_own_through_the_final_layernorm(model):
+    """Adding a direction to the final residual (the LayerNorm's scale held fixed) changes the
+    logits by exactly the effect times 1/scale; ``W_dec @ W_U`` alone, which leaves out the
+    unfolded LayerNorm's gain and centring, ranks other tokens first."""
+    assert model.cfg.normalization_type == "LN"  # the embedded model keeps its final LayerNorm
+    sae = random_sae(seed=3)
+    tokens = model.to_tokens("The quick brown fox", prepend_bos=True)
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=[last, "ln_final.hook_scale"])
+        resid, scale = cache[last][0, -1].double(), cache["ln_final.hook_scale"][0, -1].double()
+        w, b = model.ln_final.w.double(), model.ln_final.b.double()
+        w_u = model.W_U.double()
+        differ = 0
+        for f in (0, 17, 255):
+            d = sae.W_dec[f].detach().double()
+            shifted = resid + d
+            frozen = ((shifted - shifted.mean()) / scale * w + b) @ w_u  # the scale held fixed
+            plain = ((resid - resid.mean()) / scale * w + b) @ w_u
+            effect = direct_logit_effects(model, sae.W_dec[f][None].detach())[0].double()
+            assert torch.allclose(frozen - plain, effect / scale, atol=1e-4)
+            naive = d @ w_u
+            differ += set(naive.topk(10).indices.tolist()) != set(effect.topk(10).indices.tolist())
+        assert torch.allclose(plain + model.b_U.double(), logits[0, -1].double(), atol=1e-3)
+    assert differ > 0
 
 
 def test_steering_changes_generation_and_plain_is_greedy(model):

@@ -241,3 +241,93 @@ def test_transcoder_cannot_read_from_a_spliced_saes_hook_point(model, sae):
         assert list(sc.saes_of(model)) == [SITE]
     finally:
         sc.unsplice(model)
+
+
+def _double(x, hook):
+    return x * 2.0
+
+
+def _double_in_place(x, hook):
+    x.mul_(2.0)
+
+
+@torch.no_grad()
+def test_an_input_edit_in_place_equals_the_same_edit_returned(model, sae, tokens):
+    """An in-place edit of hook_sae_input is the edit of a copy: output x + f(2x) W_dec - f(x) W_dec,
+    and the model's own activation (which the prepared input may share memory with) is left alone."""
+    with sc.spliced(model, [sae]):
+        returned = model.run_with_hooks(tokens, fwd_hooks=[(f"{SITE}.hook_sae_input", _double)])
+        seen = {}
+        in_place = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (f"{SITE}.hook_sae_input", _double_in_place),
+                (SITE, lambda x, hook: seen.setdefault("out", x.clone())),
+            ],
+        )  # fmt: skip
+    _, cache = model.run_with_cache(tokens, names_filter=[SITE])
+    x = cache[SITE]
+    expected = x + (sae.encode(2 * x) - sae.encode(x)) @ sae.W_dec
+    assert torch.equal(in_place, returned)
+    assert torch.allclose(seen["out"], expected, atol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["layer_norm", "constant_norm_rescale"])
+def test_an_input_edit_keeps_the_clean_error_of_a_normalising_sae(model, tokens, mode):
+    """With a normalised input, the error term is the clean input's (its own normaliser), and the
+    site outputs x + SAE(edited) - SAE(x), observed or not."""
+    norm_sae = random_sae(hook_name=SITE, seed=5, normalize_activations=mode)
+    _, cache = model.run_with_cache(tokens, names_filter=[SITE])
+    x = cache[SITE]
+
+    def edit(value, hook):
+        return value * 3.0 + 1.0
+
+    seen = {}
+    with sc.spliced(model, [norm_sae]):
+        plain = model.run_with_hooks(tokens, fwd_hooks=[(f"{SITE}.hook_sae_input", edit)])
+        observed = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (f"{SITE}.hook_sae_input", edit),
+                (f"{SITE}.hook_sae_error", lambda e, hook: seen.setdefault("error", e.clone())),
+                (SITE, lambda o, hook: seen.setdefault("out", o.clone())),
+            ],
+        )  # fmt: skip
+    assert torch.allclose(seen["error"], x - norm_sae(x), atol=1e-4)
+    assert torch.allclose(seen["out"], x + norm_sae(edit(x, None)) - norm_sae(x), atol=1e-3)
+    assert torch.allclose(plain, observed, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_transcoder_reads_its_input_after_the_hooks_on_it(model, tokens):
+    """A hook that patches the MLP input (returning a new tensor, added before or after splicing)
+    changes what the transcoder reads, as it changes what the MLP reads."""
+    tc = random_sae("transcoder", hook_name="blocks.0.ln2.hook_normalized", d_out=D_MODEL, d_sae=128)
+    tc.cfg.hook_name_out = "blocks.0.hook_mlp_out"
+    patch = ("blocks.0.ln2.hook_normalized", lambda x, hook: x * 0.0 + 0.3)
+    expected = tc(torch.full((1, tokens.shape[1], D_MODEL), 0.3))
+    model.add_hook(*patch)  # before splicing
+    try:
+        with sc.spliced(model, [tc], error_term=False):
+            _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.hook_mlp_out"])
+    finally:
+        model.reset_hooks()
+    assert torch.allclose(cache["blocks.0.hook_mlp_out"][0], expected[0], atol=1e-5)
+    with sc.spliced(model, [tc], error_term=False):  # and a hook added while spliced
+        with model.hooks(fwd_hooks=[patch]):
+            _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.hook_mlp_out"])
+    assert torch.allclose(cache["blocks.0.hook_mlp_out"][0], expected[0], atol=1e-5)
+    assert not model.blocks[0].ln2.hook_normalized._forward_hooks  # the tap is gone with the splice
+
+
+def test_unsplicing_a_site_named_twice_and_an_error_after_unsplicing_inside_the_block(model, sae):
+    sc.splice(model, [sae])
+    sc.unsplice(model, [SITE, SITE])
+    assert sc.saes_of(model) == {} and not any(name.startswith(f"{SITE}.") for name in model.hook_dict)
+    with pytest.raises(RuntimeError, match="the caller's own error"):
+        with sc.spliced(model, [sae]):
+            sc.unsplice(model)
+            raise RuntimeError("the caller's own error")  # not hidden by the cleanup
+    assert sc.saes_of(model) == {}

@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from sae_circuits.analysis._stats import check_tokens, dictionary_activations
 from sae_circuits.analysis.predicates import Predicate, TokenRows, TokenSet, evaluate, token_rows
+from sae_circuits.features import direct_logit_effects
 from sae_circuits.sae import SAE
 
 logger = logging.getLogger(__name__)
@@ -190,9 +191,9 @@ def logit_scores(
 def logit_effect_matrix(
     model: nn.Module, sae: SAE, features: Sequence[int]
 ) -> Float[Tensor, "n_features d_vocab"]:
-    """Direct logit effect ``W_dec[f] @ W_U`` of every feature in ``features`` (CPU, float32)."""
-    w_u = cast(Any, model).W_U.detach().float().cpu()
-    return sae.W_dec.detach()[list(features)].float().cpu() @ w_u
+    """Direct logit effect of every feature in ``features``: ``W_dec[f]`` through the final norm's
+    gain into ``W_U`` (:func:`~sae_circuits.features.direct_logit_effects`; CPU, float32)."""
+    return direct_logit_effects(model, sae.W_dec.detach()[list(features)]).detach().float().cpu()
 
 
 class _Split(NamedTuple):
