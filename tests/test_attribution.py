@@ -384,6 +384,16 @@ def test_bad_input_gets_a_clear_error(model, bridge):
             sc.attribute(model, "def f():", targets=[99999])
         with pytest.raises(ValueError, match="'def f' is not one token"):
             sc.attribute(model, "def f():", targets=["def f"])
+        token = int(model.to_tokens("x", prepend_bos=False)[0, 0])
+        with pytest.raises(
+            ValueError, match=rf"targets\[1\] = {token} is the same token as targets\[0\] = 'x'"
+        ):
+            sc.attribute(model, "def f():", targets=["x", token])  # could not be saved: one node id
+        with pytest.raises(ValueError, match="is the same feature as targets"):
+            sc.attribute(
+                model, "def f():",
+                targets=[sc.Feature("blocks.0.hook_resid_post", -1, 3), sc.Feature("blocks.0.hook_resid_post", 3, 3)],
+            )  # fmt: skip
         with pytest.raises(ValueError, match="batch_size=0"):
             sc.attribute(model, "def f():", batch_size=0)
         with pytest.raises(ValueError, match="edge_tolerance=1"):

@@ -166,6 +166,8 @@ def test_markup_ground_truth_scores_perfectly():
     assert (score.n_pairs, score.n_positive) == (100, len(table))
     with pytest.raises(ValueError, match=r"not states of automaton 'kvlog'.*'TEXT'"):
         score_automaton(fsa, labels, automata.AUTOMATA["kvlog"])
+    with pytest.raises(ValueError, match=r"not states of automaton 'kvlog'.*'TEXT'"):  # merged too
+        score_automaton(fsa, labels, automata.AUTOMATA["kvlog"], merge_equivalent=True)
 
 
 # --------------------------------------------------------------------------- score errors

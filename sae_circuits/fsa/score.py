@@ -43,7 +43,8 @@ class AutomatonScore:
     """Per true state: the best F1, over recovered states, of "recovered state fires" against "true
     label is this state" on the labelled tokens. NaN for a true state no labelled token carries."""
     matches: dict[Hashable, int]
-    """Per true state: the recovered state id with that best F1 (lowest id on ties); ``-1`` when no
+    """Per true state: the recovered state id with that best F1 (the first in ``fsa.states`` on
+    ties); ``-1`` when no
     recovered state ever fires on it (best F1 0) or when no labelled token carries it."""
     mean_f1: float
     """Mean of ``state_f1`` over the true states that some labelled token carries."""
@@ -198,6 +199,20 @@ def _merged(
             f"merge_equivalent=True needs the true automaton (an Automaton), got "
             f"{type(true_transitions).__name__}: equivalence is a property of its table"
         )
+    seen: set[Hashable] = set()
+    stack: list[Any] = [true_states]
+    while stack:  # the labels, flat or one list per text: each must be a state before renaming
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            seen.add(item)
+    unknown = sorted(map(str, seen - set(true_transitions.states) - ignored))
+    if unknown:
+        raise ValueError(
+            f"true_states has labels that are not states of automaton "
+            f"{getattr(true_transitions, 'name', '?')!r}: {unknown[:10]}"
+        )
     merged_states, merged_pairs = merge_equivalent_states(true_states, true_transitions)
     return merged_states, merged_pairs, ignored
 
@@ -339,9 +354,9 @@ def score_loops(
     ``PROMPT`` and ``PIPE``, which every command follows alike, can read true)."""
     true_states, true_transitions, ignored = _merged(true_states, true_transitions, merge_equivalent)
     labels, states, true_pairs, index, labelled = _ground_truth(fsa, true_states, true_transitions, ignored)
-    firing = fsa.firing[torch.tensor(labelled)].float()
+    firing = fsa.firing[torch.tensor(labelled, device=fsa.firing.device)].float()
     truth = torch.nn.functional.one_hot(
-        torch.tensor([index[labels[i]] for i in labelled]), len(states)
+        torch.tensor([index[labels[i]] for i in labelled], device=firing.device), len(states)
     ).float()
     tp = truth.T @ firing  # (true, recovered)
     f1 = 2 * tp / (firing.sum(0)[None, :] + truth.sum(0)[:, None]).clamp_min(1)
