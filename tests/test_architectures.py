@@ -128,6 +128,26 @@ def test_relu_decnorm_reconstructs_as_relu_with_features_in_output_norm_units():
     torch.testing.assert_close(written.norm(), f[0, 0, i])
 
 
+@pytest.mark.parametrize("architecture", ["relu_decnorm", "topk_rescaled"])
+def test_a_zero_decoder_row_is_a_dead_feature_not_a_nan(architecture):
+    """Released SAEs zero the decoder rows of dead features; dividing by their norm made every
+    output NaN (relu_decnorm always, TopK when it rescales by the decoder norm)."""
+    if architecture == "relu_decnorm":
+        _, sae = _twins(random_sae("standard"))
+    else:
+        sae = random_sae("topk", k=8, rescale_acts_by_decoder_norm=True)
+    with torch.no_grad():
+        sae.W_dec[3] = 0
+    x = torch.randn(4, 7, 64)
+    out, f = sae(x), sae.encode(x)
+    assert torch.isfinite(out).all() and torch.isfinite(f).all() and not f[..., 3].any()
+    rows = sae.cfg.arch.decoder_rows(sae, torch.tensor([3, 4]))
+    assert torch.isfinite(rows).all() and not rows[0].any()
+    with torch.no_grad():
+        sae.W_dec[3] = 1e-3  # a live row: the result is the same as computed without the clamp
+    torch.testing.assert_close(sae.cfg.arch.decode_linear(sae, f), (f / sae.W_dec.norm(dim=-1)) @ sae.W_dec)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model, saes = sc.zoo.load("tiny")

@@ -47,6 +47,22 @@ def test_training_is_deterministic_under_a_seed(model, train_tokens):
     assert not torch.equal(a.W_dec, c.W_dec)
 
 
+def test_training_leaves_the_callers_random_numbers_alone(model, train_tokens, tmp_path):
+    """The trainer seeds torch's global RNG for its initialisation; the caller's stream goes on as
+    if nothing had run (it used to restart from ``config.seed`` after every training)."""
+    from sae_circuits.train import DictionarySpec, cache_activations, train_from_cache
+
+    torch.manual_seed(999)
+    expected = torch.rand(3)
+    torch.manual_seed(999)
+    train_sae(model, SITE, train_tokens, small(total_tokens=256 * 2))
+    assert torch.equal(torch.rand(3), expected)
+    cache_activations(model, train_tokens[:40], [SITE], tmp_path / "acts", progress=False)
+    torch.manual_seed(999)
+    train_from_cache(tmp_path / "acts", [DictionarySpec(SITE)], small(total_tokens=256 * 2))
+    assert torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk", "jumprelu", "relu"])
 def test_training_reduces_loss_and_keeps_decoder_rows_unit_norm(model, train_tokens, architecture):
     cfg = small(architecture=architecture, l0_coeff=1e-2, l1_coeff=1.0)

@@ -38,10 +38,11 @@ class ReLUDecoderNorm(ReLU):
         return h.relu() * sae.W_dec.norm(dim=-1)
 
     def decode_linear(self, sae: SAE, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
-        """``(f / ||W_dec||) @ W_dec``: the plain ReLU SAE's decode of ``relu(h)``."""
-        return (f / sae.W_dec.norm(dim=-1)) @ sae.W_dec
+        """``(f / ||W_dec||) @ W_dec``: the plain ReLU SAE's decode of ``relu(h)`` (a zero row, a
+        feature that never fires, divides by 1e-8 as SAELens does, not by 0: no NaN)."""
+        return (f / sae.W_dec.norm(dim=-1).clamp_min(1e-8)) @ sae.W_dec
 
     def decoder_rows(self, sae: SAE, indices: Int[Tensor, " k"]) -> Float[Tensor, "k d_out"]:
         """Unit decoder rows ``W_dec_i / ||W_dec_i||``."""
         rows = sae.W_dec[indices]
-        return rows / rows.norm(dim=-1, keepdim=True)
+        return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-8)

@@ -70,14 +70,14 @@ class TopK(Architecture):
     def decode_linear(self, sae: SAE, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
         """``f @ W_dec``, dividing ``f`` by the row norms first when rescaling."""
         if sae.cfg.rescale_acts_by_decoder_norm:
-            f = f / sae.W_dec.norm(dim=-1)
+            f = f / sae.W_dec.norm(dim=-1).clamp_min(1e-8)  # a zero row (never fires): no NaN
         return f @ sae.W_dec
 
     def decoder_rows(self, sae: SAE, indices: Int[Tensor, " k"]) -> Float[Tensor, "k d_out"]:
         """``W_dec`` rows, unit-normed when rescaling."""
         rows = sae.W_dec[indices]
         if sae.cfg.rescale_acts_by_decoder_norm:
-            rows = rows / rows.norm(dim=-1, keepdim=True)
+            rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         return rows
 
     # ------------------------------------------------------------------ training

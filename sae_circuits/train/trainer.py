@@ -340,8 +340,17 @@ def train_dictionaries(
         model_batch_size=config.model_batch_size, skip_first_position=config.skip_first_position,
         seed=config.seed,
     )  # fmt: skip
-    trainers = [SAETrainer(store, config, _sae_config(model, spec, tokens, config)) for spec in specs]
-    return run_trainers(store, trainers)
+    with _caller_rng_kept():  # the trainer seeds torch's global RNG; the caller's stream goes on after
+        trainers = [SAETrainer(store, config, _sae_config(model, spec, tokens, config)) for spec in specs]
+        return run_trainers(store, trainers)
+
+
+def _caller_rng_kept() -> Any:
+    """Restore torch's global RNG state (CPU and every CUDA device) when the block ends: training
+    seeds it with ``config.seed`` for a reproducible initialisation, which must not reseed the
+    caller's own random numbers."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=devices)
 
 
 def _sae_config(model: nn.Module, spec: DictionarySpec, tokens: Tensor, config: TrainConfig) -> SAEConfig:
@@ -424,13 +433,17 @@ def _train_cached(
         "context_size": manifest.fingerprint.context,
         "activation_cache": manifest.fingerprint.digest,
     }
-    trainers = [
-        SAETrainer(
-            store, config, _sae_config_of(spec, manifest.widths, config, metadata), distributed=world_size > 1
-        )
-        for spec in specs
-    ]
-    return run_trainers(store, trainers)
+    with _caller_rng_kept():
+        trainers = [
+            SAETrainer(
+                store,
+                config,
+                _sae_config_of(spec, manifest.widths, config, metadata),
+                distributed=world_size > 1,
+            )
+            for spec in specs
+        ]
+        return run_trainers(store, trainers)
 
 
 def train_sae(

@@ -1,0 +1,94 @@
+"""Sweep: a bring-your-own automaton's residual SAEs retrained at several ``k``, each scored.
+
+What (``torch.set_num_threads(1)``): for an output folder of ``examples/byo_automaton.py`` (its
+model, tokenizer and report.json), the SAEs are retrained with the recipe's config
+(``byo_automaton.sae_config``) and only ``k`` changed, on the same training tokens (the same
+documents and packing as the recipe, so the recipe's own ``k`` reproduces its SAEs exactly). Each
+set is saved under ``OUT/k{k}/saes`` and scored on 200 held-out documents (corpus seed 1): dead
+fraction on 16 rows, mean state F1 with each state's F1, transition AUROC, and the first 10 loops
+(true / distinct / longest in the top 3).
+
+    python benchmarks/sweep_byo_k.py /tmp/fifth --k 4 8 16 32 --out /tmp/fifth_k   # ~5 min per k
+
+The tutorial's table (docs/automata_tutorial.md, "A third language") is its output on ``query``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import sae_circuits as sc
+from sae_circuits.fsa.score import score_loops
+from sae_circuits.languages import automata, corpus_texts
+from sae_circuits.recipes.pack import pack_mix
+from sae_circuits.recipes.tokenizer import load_tokenizer
+from sae_circuits.zoo.loader import load_hf_gpt2
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import byo_automaton  # the recipe's SAE config and corpus size
+from bench_automata import spec_of
+
+
+def training_tokens(folder: Path, truth: automata.Automaton) -> torch.Tensor:
+    """The recipe's SAE training tokens: its documents (seed 0), packed as ``train_on_texts`` packs."""
+    lm = byo_automaton.lm_config(2000, smoke=False)
+    docs = automata.generate(truth, 6000, seed=0)
+    texts = {truth.name: ["".join(symbols) for symbols, _ in docs]}
+    corpus = pack_mix(load_tokenizer(folder / "tokenizer"), texts, lm.seq_len, val_fraction=0.1, seed=lm.seed)
+    return torch.from_numpy(corpus.train.astype("int64"))
+
+
+def score(model, saes: list[sc.SAE], truth: automata.Automaton, spec: Path) -> dict:
+    texts, labels = corpus_texts(spec, 200, 128, seed=1)
+    rows = torch.cat([model.to_tokens(t, prepend_bos=False)[0] for t in texts[:40]])[: 16 * 128]
+    dead = [
+        round(sc.evaluate(model, sae, rows.reshape(16, 128), batch_size=4).dead_fraction, 3) for sae in saes
+    ]
+    with sc.spliced(model, saes):
+        fsa = sc.automaton(model, texts, prepend_bos=False, progress=False)
+    s = sc.score_automaton(fsa, labels, truth)
+    loops = score_loops(fsa, fsa.loops(10), labels, truth)
+    return {
+        "dead": dead, "mean_f1": round(s.mean_f1, 3), "auroc": round(s.transition_auroc, 3),
+        "loops": [loops.n_true, loops.n_distinct, loops.longest_in_top3],
+        "state_f1": {k: round(v, 2) for k, v in s.state_f1.items()},
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folder", type=Path, help="an examples/byo_automaton.py output folder")
+    parser.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--out", type=Path, required=True, help="where the retrained SAEs go")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    spec = spec_of(args.folder)
+    truth = automata.load_automaton(spec)
+    model = load_hf_gpt2(args.folder / "model", "hooked")
+    tokens = training_tokens(args.folder, truth)
+    print("| k | dead (per layer) | mean state F1 | AUROC | loops | state F1 |")
+    print("|---|---|---|---|---|---|")
+    for k in args.k:
+        config = dataclasses.replace(byo_automaton.sae_config(smoke=False), k=k, progress=False)
+        saes = []
+        for layer in range(model.cfg.n_layers):
+            sae = sc.train_sae(model, f"blocks.{layer}.hook_resid_post", tokens, config)
+            sae.save(args.out / f"k{k}" / "saes" / sae.cfg.site)
+            saes.append(sae)
+        r = score(model, saes, truth, spec)
+        print(f"| {k} | {r['dead']} | {r['mean_f1']} | {r['auroc']} | {r['loops']} | {json.dumps(r['state_f1'])} |",
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
