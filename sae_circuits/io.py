@@ -130,6 +130,11 @@ def _config(cfg: dict[str, Any], source: str) -> SAEConfig:
     if hook_name is None:
         need("hook_name", metadata)
     hook_name_out = text("hook_name_out", metadata, None)
+    if is_transcoder and hook_name_out is None:  # else its site would silently be its input hook
+        raise SAEFormatError(
+            f"{source}: a {architecture} needs metadata.hook_name_out, the hook it writes "
+            f"(e.g. 'blocks.0.hook_mlp_out' for one reading {hook_name!r})"
+        )
     metadata.pop("hook_name", None)  # both live in SAEConfig fields; config_to_dict writes them back
     metadata.pop("hook_name_out", None)
     return SAEConfig(

@@ -233,6 +233,29 @@ def test_dictionary_learning_topk(tmp_path):
     _close(sae(x), f @ t["decoder.weight"].T + t["b_dec"])
 
 
+def test_dictionary_learning_batch_topk_keeps_its_threshold_inference(tmp_path):
+    """Their BatchTopKSAE saves AutoEncoderTopK's keys, but encodes relu(h) above the learned
+    threshold (not a per-token top k): loaded as jumprelu, the L0 is the threshold's, not k."""
+    t = _dl_autoencoder(13)
+    t["b_dec"] = t.pop("bias")
+    t["k"], t["threshold"] = torch.tensor(2), torch.tensor(0.4)
+    save_file(t, str(tmp_path / "ae.safetensors"))
+    trainer = {"trainer_class": "BatchTopKTrainer", "dict_class": "BatchTopKSAE", "k": 2}
+    (tmp_path / "config.json").write_text(json.dumps({"trainer": trainer}))
+    sae = formats.load_one(tmp_path, hook_name="blocks.0.hook_resid_post")
+    assert sae.cfg.architecture == "jumprelu" and sae.cfg.metadata["batch_topk_k"] == 2
+    x = _x()
+    post = torch.relu((x - t["b_dec"]) @ t["encoder.weight"].T + t["encoder.bias"])
+    f = post * (post > 0.4)  # BatchTopKSAE.encode(x) with use_threshold=True, its default
+    assert int((f > 0).sum(-1).max()) > 2  # more than k active: a top-k reading would be wrong
+    _close(sae.encode(x), f)
+    _close(sae(x), f @ t["decoder.weight"].T + t["b_dec"])
+    del t["threshold"]
+    save_file(t, str(tmp_path / "ae.safetensors"))
+    with pytest.raises(SAEFormatError, match="BatchTopKSAE, whose inference needs its scalar 'threshold'"):
+        formats.load(tmp_path, hook_name="blocks.0.hook_resid_post")
+
+
 def test_dictionary_learning_pickles_are_refused(tmp_path):
     (tmp_path / "ae.pt").write_bytes(b"\x80\x04K\x01.")  # a pickle: never opened
     with pytest.raises(SAEFormatError, match=r"ae\.pt: pickled checkpoints are never loaded"):

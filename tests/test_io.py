@@ -89,6 +89,19 @@ def test_bad_files_raise_clear_errors(tmp_path, sae, mutate, message):
         sc.SAE.load(tmp_path)
 
 
+def test_a_transcoder_without_its_output_hook_is_refused_at_load(tmp_path):
+    """Its site would otherwise silently be its input hook (for monitors, dashboards, --site)."""
+    tc = random_sae("transcoder", hook_name="blocks.0.ln2.hook_normalized", d_out=64, d_in=64)
+    tc.cfg.hook_name_out = "blocks.0.hook_mlp_out"
+    tc.save(tmp_path)
+    assert sc.SAE.load(tmp_path).cfg.site == "blocks.0.hook_mlp_out"
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    del cfg["metadata"]["hook_name_out"]
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(sc.SAEFormatError, match="needs metadata.hook_name_out, the hook it writes"):
+        sc.SAE.load(tmp_path)
+
+
 def _corrupt_text(cfg: dict) -> str:
     return json.dumps(cfg)[:-20]  # truncated mid-object
 

@@ -6,7 +6,11 @@ Their ``AutoEncoder`` state dict: ``encoder.weight [d_sae, d_in]``, ``encoder.bi
 SAE with ``W_enc = encoder.weight^T``, ``W_dec = decoder.weight^T``, ``b_enc = encoder.bias``,
 ``b_dec = bias`` and ``apply_b_dec_to_input=True``. Their ``AutoEncoderTopK`` (``b_dec`` instead
 of ``bias``, an integer buffer ``k``, and a ``threshold`` buffer used only by their optional
-threshold inference, ignored here) becomes a ``topk`` SAE. The released checkpoints are ``ae.pt``
+threshold inference, ignored here) becomes a ``topk`` SAE. Their ``BatchTopKSAE`` saves the same
+keys, but its inference keeps ``relu(h)`` above the learned scalar ``threshold`` (its ``encode``
+default), not a per-token top k: a file whose ``config.json`` names ``dict_class: BatchTopKSAE``
+(or ``trainer_class: BatchTopKTrainer``) becomes a ``jumprelu`` SAE with that threshold for every
+feature. The released checkpoints are ``ae.pt``
 files (pickles), which are refused: convert them once to ``ae.safetensors`` with the same keys
 (``safetensors.torch.save_file(torch.load("ae.pt"), "ae.safetensors")`` where you trust the file).
 An optional ``config.json`` beside the weights (theirs: ``{"trainer": {"k": ..., "lm_name": ...,
@@ -73,8 +77,17 @@ def read(
         "b_dec": raw.pop(bias),
     }
     k_tensor = raw.pop("k", None)
-    if topk:
-        raw.pop("threshold", None)
+    threshold = raw.pop("threshold", None) if topk else None
+    batch_topk = topk and (
+        trainer.get("dict_class") == "BatchTopKSAE" or trainer.get("trainer_class") == "BatchTopKTrainer"
+    )
+    if batch_topk:
+        if threshold is None or threshold.numel() != 1:
+            raise SAEFormatError(
+                f"{file}: config.json names a BatchTopKSAE, whose inference needs its scalar "
+                f"'threshold' tensor; the file has {'none' if threshold is None else list(threshold.shape)}"
+            )
+        tensors["threshold"] = threshold.reshape(()).expand(d_sae).to(tensors["W_enc"].dtype).clone()
     if raw:
         raise SAEFormatError(f"{file}: unexpected tensors {sorted(raw)}; expected {LAYOUT}")
     k = None
@@ -85,6 +98,8 @@ def read(
                 f"{file}: a TopK autoencoder needs k (a 'k' tensor or trainer.k in config.json)"
             )
     metadata: dict[str, Any] = {"source_format": NAME}
+    if batch_topk:
+        metadata["batch_topk_k"] = k  # the k it was trained with; inference is by threshold
     for key in ("lm_name", "layer", "submodule_name", "dict_class"):
         if isinstance(trainer.get(key), (str, int)):
             metadata[key] = trainer[key]
@@ -94,10 +109,10 @@ def read(
             tensors,
             to_device=device,
             to_dtype=dtype,
-            architecture="topk" if topk else "standard",
+            architecture="jumprelu" if batch_topk else "topk" if topk else "standard",
             d_in=d_in,
             d_sae=d_sae,
-            k=k,
+            k=None if batch_topk else k,
             hook_name=hook_name,
             apply_b_dec_to_input=True,
             dtype=_common.file_dtype(tensors, "W_enc", file),
