@@ -287,9 +287,13 @@ def read_sae(
     path: str | os.PathLike[str],
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> SAEState:
     """Read and validate an SAE saved in the SAELens layout (``sae_lens`` 6.x or pre-6.0);
-    :meth:`sae_circuits.SAE.load` builds the SAE from it.
+    :meth:`sae_circuits.SAE.load` builds the SAE from it. ``overrides``: config keys set over
+    ``cfg.json``'s before it is parsed, as SAELens applies a release's ``config_overrides`` (a
+    metadata key goes into a 6.x config's ``metadata``).
 
     The weights go to ``device`` (default ``"cpu"``, as in SAELens), never to the ``device`` recorded
     in ``cfg.json``, so an SAE saved on a GPU loads on a CPU-only machine. A file that does not
@@ -307,6 +311,9 @@ def read_sae(
     raw = _read_json(cfg_path)
     if isinstance(raw, dict):
         raw["device"] = target_device  # where the file was saved does not matter here
+        for key, value in (overrides or {}).items():
+            nested = isinstance(raw.get("metadata"), dict) and key in _PRE6_METADATA_KEYS
+            (raw["metadata"] if nested else raw)[key] = value
     cfg = config_from_dict(raw, source=str(cfg_path))
     weights_path = folder / WEIGHTS_FILENAME
     if not weights_path.is_file():

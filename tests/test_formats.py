@@ -4,6 +4,7 @@ from the format's definition; then every kind of bad input gives one clear error
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -349,6 +350,53 @@ def test_pretrained_release_from_a_fake_cache(tmp_path):
         repo_id="org/toy-saes", path="blocks.1.hook_resid_pre", revision=COMMIT, cache_dir=cache
     )
     _close(direct(x), sae(x))
+
+
+OVERRIDES = """rescaled:
+  config_overrides:
+    normalize_activations: constant_norm_rescale
+    model_from_pretrained_kwargs:
+      fold_ln: false
+  conversion_func: null
+  model: toy
+  repo_id: org/toy-saes
+  saes:
+  - id: blocks.1.hook_resid_pre
+    path: blocks.1.hook_resid_pre
+scaled:
+  conversion_func: null
+  model: toy
+  repo_id: org/scaled
+  saes:
+  - id: blocks.1.hook_resid_pre
+    path: blocks.1.hook_resid_pre
+    norm_scaling_factor: 2.5
+"""
+
+
+def test_pretrained_applies_the_releases_overrides_and_norm_scaling_factor(tmp_path):
+    """As SAELens's from_pretrained: a release's config_overrides set the config (not only the
+    metadata), and an expected_average_only_in SAE gets the release's norm_scaling_factor folded
+    in (W_enc * s, W_dec / s, b_dec / s: the SAE of s x, scaled back)."""
+    cache = tmp_path / "hub"
+    t = _saelens_folder(_fake_repo(cache, "org/toy-saes") / "blocks.1.hook_resid_pre", 40)
+    folder = _fake_repo(cache, "org/scaled") / "blocks.1.hook_resid_pre"
+    u = _saelens_folder(folder, 50)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "normalize_activations": "expected_average_only_in"}))
+    (tmp_path / "dir.yaml").write_text(OVERRIDES)
+    load = functools.partial(formats.load_pretrained, cache_dir=cache, directory=tmp_path / "dir.yaml")
+    rescaled = load("rescaled", "blocks.1.hook_resid_pre")
+    assert rescaled.cfg.normalize_activations == "constant_norm_rescale"
+    assert rescaled.cfg.metadata["model_from_pretrained_kwargs"] == {"fold_ln": False}
+    plain = formats.load_pretrained(repo_id="org/toy-saes", path="blocks.1.hook_resid_pre", cache_dir=cache)
+    x = _x() * 7.0
+    assert plain.cfg.normalize_activations == "none" and not torch.allclose(rescaled(x), plain(x), atol=1e-3)
+    _close(plain(x), _standard_reference(t, x))
+    scaled = load("scaled", "blocks.1.hook_resid_pre")
+    assert scaled.cfg.normalize_activations == "none"
+    assert scaled.cfg.metadata["norm_scaling_factor_folded"] == 2.5
+    _close(scaled(x), _standard_reference(u, 2.5 * x) / 2.5)
 
 
 def test_pretrained_gemma_scope_release_gets_its_hook(tmp_path, monkeypatch):

@@ -115,6 +115,8 @@ def read(
 ) -> SAEState:
     """The validated state of a release's SAE (see :func:`load_pretrained`)."""
     metadata: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    entry: dict[str, Any] = {}
     if repo_id is None:
         if release is None or sae_id is None:
             raise ValueError("pass (release, sae_id), or repo_id= and path=")
@@ -122,11 +124,8 @@ def read(
         metadata = {"release": release, "sae_id": sae_id}
         if isinstance(entry.get("neuronpedia"), str):
             metadata["neuronpedia_id"] = entry["neuronpedia"]
-        metadata.update(
-            (key, value)
-            for key, value in entry.get("config_overrides", {}).items()
-            if key in io._PRE6_METADATA_KEYS
-        )
+        overrides = dict(entry.get("config_overrides", {}))
+        metadata.update((key, value) for key, value in overrides.items() if key in io._PRE6_METADATA_KEYS)
     if path is None:
         raise ValueError(
             f"repo_id={repo_id!r}: pass path= (the SAE's folder in the repository; '' for its root)"
@@ -151,9 +150,28 @@ def read(
                 f"{folder / name}: {name} of {repo_id!r} ({path or 'root'}) is not in the local Hugging Face "
                 f"cache; expected a SAELens folder (cfg.json + {io.WEIGHTS_FILENAME})"
             )
-    state = io.read_sae(folder, device=device, dtype=dtype)
+    state = io.read_sae(folder, device=device, dtype=dtype, overrides=overrides)
     cfg = replace(state.cfg, metadata={**state.cfg.metadata, "repo_id": repo_id, **metadata})
-    return state._replace(cfg=cfg)
+    state = state._replace(cfg=cfg)
+    factor = entry.get("norm_scaling_factor")
+    if cfg.normalize_activations == "expected_average_only_in" and factor is not None:
+        state = _fold_norm_scaling(state, factor, f"{repo_id}/{path}")
+    return state
+
+
+def _fold_norm_scaling(state: SAEState, factor: Any, source: str) -> SAEState:
+    """The release's ``norm_scaling_factor`` folded into the weights, as SAELens does for an
+    ``expected_average_only_in`` SAE (the constant lives in the release list, not in the files):
+    ``W_enc * s``, ``W_dec / s``, ``b_dec / s``; the SAE then reads raw activations."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
+        raise SAEFormatError(f"{source}: norm_scaling_factor={factor!r} must be a positive number")
+    tensors = dict(state.tensors)
+    tensors["W_enc"] = tensors["W_enc"] * factor
+    tensors["W_dec"] = tensors["W_dec"] / factor
+    tensors["b_dec"] = tensors["b_dec"] / factor
+    metadata = {**state.cfg.metadata, "norm_scaling_factor_folded": float(factor)}
+    cfg = replace(state.cfg, normalize_activations="none", metadata=metadata)
+    return state._replace(cfg=cfg, tensors=tensors)
 
 
 def load_pretrained(
