@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import sae_circuits as sc
 from sae_circuits.train import (
@@ -137,6 +138,29 @@ def test_a_crashed_cache_has_no_manifest_is_refused_and_resumes(setup, tmp_path,
     assert len(manifest.shards) == 5 and (tmp_path / "shard_00000.safetensors").stat().st_mtime_ns == first
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_manifest(tmp_path / "nowhere")
+
+
+def test_a_resumed_cache_rewrites_shards_of_another_cut_or_dtype(setup, tmp_path):
+    """An interrupted cache resumed with another shard_tokens (its shards hold other sequences) or
+    another dtype (overwrite=True) must not keep the old shards: the result equals a fresh cache."""
+    model, tokens, _ = setup
+
+    def rows(directory):
+        manifest = read_manifest(directory)
+        return torch.cat([load_file(str(directory / name))[SITE] for name, _ in manifest.shards])
+
+    fresh = tmp_path / "fresh"
+    cache_activations(model, tokens, SITE, fresh, shard_tokens=400, progress=False)
+    resumed = tmp_path / "resumed"
+    cache_activations(model, tokens, SITE, resumed, shard_tokens=600, progress=False)
+    (resumed / "manifest.json").unlink()  # interrupted before the manifest
+    cache_activations(model, tokens, SITE, resumed, shard_tokens=400, progress=False)
+    assert torch.equal(rows(resumed), rows(fresh))
+    cache_activations(model, tokens, SITE, resumed, shard_tokens=400, dtype=torch.bfloat16, overwrite=True,
+                      progress=False)  # fmt: skip
+    assert read_manifest(resumed).dtype == "bfloat16" and rows(resumed).dtype == torch.bfloat16
+    cache_activations(model, tokens, SITE, resumed, shard_tokens=400, overwrite=True, progress=False)
+    assert torch.equal(rows(resumed), rows(fresh))  # float32 again, not bf16-rounded values
 
 
 def test_a_cache_of_another_model_hook_or_tokens_is_refused(setup, tmp_path):

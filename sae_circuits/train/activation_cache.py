@@ -290,7 +290,13 @@ def cache_activations(
     shards, widths = [], {}
     for index, group in enumerate(tqdm(groups, disable=not progress, desc="cache activations")):
         name = f"shard_{index:05d}.safetensors"
-        done = _finished_shard(folder / name, fingerprint.digest, index, len(group) * per_sequence, hooks)
+        # which sequences a shard holds depends on shard_tokens, and its values on dtype: a shard
+        # of an interrupted run is reused only when both match, not just its index and row count
+        meta = {
+            "fingerprint": fingerprint.digest, "shard": str(index),
+            "sequences": _sha(group.numpy().astype("<i8").tobytes()), "dtype": str(dtype).removeprefix("torch."),
+        }  # fmt: skip
+        done = _finished_shard(folder / name, meta, len(group) * per_sequence, hooks)
         if done is None:  # Step 3: run the model and write the shard atomically
             parts = [
                 store._activations(group[i : i + model_batch_size])
@@ -298,7 +304,7 @@ def cache_activations(
             ]
             tensors = {h: torch.cat([p[h] for p in parts]).to(dtype).contiguous() for h in hooks}
             with _atomic_files(folder) as write:
-                write(name, _shard_writer(tensors, {"fingerprint": fingerprint.digest, "shard": str(index)}))
+                write(name, _shard_writer(tensors, meta))
             done = {h: int(t.shape[1]) for h, t in tensors.items()}
         widths = done
         shards.append((name, len(group) * per_sequence))
@@ -317,15 +323,16 @@ def _shard_writer(tensors: dict[str, Tensor], metadata: dict[str, str]) -> Calla
 
 
 def _finished_shard(
-    path: Path, digest: str, index: int, rows: int, hooks: list[str]
+    path: Path, expected: dict[str, str], rows: int, hooks: list[str]
 ) -> dict[str, int] | None:
-    """The widths of the shard at ``path`` if an earlier run of the same request completed it."""
+    """The widths of the shard at ``path`` if an earlier run of the same request completed it:
+    every entry of ``expected`` (fingerprint, index, the sequences it holds, dtype) in its metadata."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as shard:
             meta = shard.metadata() or {}
-            if meta.get("fingerprint") != digest or meta.get("shard") != str(index):
+            if any(meta.get(key) != value for key, value in expected.items()):
                 return None
             shapes = {h: shard.get_slice(h).get_shape() for h in hooks}
     except Exception:  # a foreign or damaged file: rewrite it
