@@ -181,7 +181,9 @@ class SAE(nn.Module):
 
     @classmethod
     def from_sae_lens(cls, obj: Any) -> SAE:
-        """Convert a live ``sae_lens`` SAE or transcoder object (same weights, same hook names)."""
+        """Convert a live ``sae_lens`` SAE or transcoder object (same weights, same hook names).
+        The tensors are shared, not copied: an in-place edit of one SAE's weights shows in the
+        other (``copy.deepcopy`` the result for an independent SAE)."""
         return cls.from_state(io.sae_lens_state(obj))
 
     @classmethod

@@ -145,7 +145,8 @@ class SAETrainer:
         self.hook_in, self.hook_out = sae_cfg.hook_name, sae_cfg.site
         sample = store.sample(max(cfg.geometric_median_samples, cfg.batch_size))
         x, y = sample[self.hook_in], sample[self.hook_out]
-        # Scale so that E||x||^2 = d (SAELens's convention); inputs and targets separately.
+        # Scale so that the mean norm E||x|| is sqrt(d) (SAELens's convention); inputs and targets
+        # separately.
         self.scale_in = _norm_scale(x) if cfg.normalize_activations else 1.0
         self.scale_out = self.scale_in if not sae_cfg.is_transcoder else (
             _norm_scale(y) if cfg.normalize_activations else 1.0
@@ -302,9 +303,7 @@ def run_trainers(store: ActivationSource, trainers: list[SAETrainer]) -> list[SA
     bar = tqdm(total=cfg.n_steps, disable=quiet, desc=f"train {label}")
     for trainer in trainers:
         trainer.dictionary.train()
-    for step, batch in enumerate(store):
-        if step >= cfg.n_steps:
-            break
+    for step, batch in zip(range(cfg.n_steps), store):  # range first: no batch drawn past the last step
         metrics = [trainer.step(batch) for trainer in trainers]
         for trainer, m in zip(trainers, metrics):
             trainer.last_metrics = m
