@@ -341,7 +341,11 @@ def unsplice(model: nn.Module, hook_names: str | Iterable[str] | None = None) ->
         site_point = get_hook_point(model, name)
         for hook_name in HOOK_NAMES:
             site_point._modules.pop(hook_name, None)
-            getattr(site.sae, hook_name).name = hook_name
+            sub = getattr(site.sae, hook_name)
+            # what model.reset_hooks() would remove, it can no longer reach once detached: the
+            # temporary hooks would fire again on the next splice of this SAE
+            sub.remove_hooks("both", including_permanent=False)
+            sub.name = hook_name
             removed.append(f"{name}.{hook_name}")
         state = _state(site_point, create=False)
         if state is not None:

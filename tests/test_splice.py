@@ -331,3 +331,19 @@ def test_unsplicing_a_site_named_twice_and_an_error_after_unsplicing_inside_the_
             sc.unsplice(model)
             raise RuntimeError("the caller's own error")  # not hidden by the cleanup
     assert sc.saes_of(model) == {}
+
+
+@torch.no_grad()
+def test_temporary_hooks_on_an_saes_own_hook_points_go_with_the_unsplice(model, sae, tokens):
+    """model.reset_hooks() cannot reach a detached SAE's hook points, so unsplice removes what it
+    would have (a hook added with model.add_hook), and keeps permanent ones."""
+    clean = model(tokens)
+    seen = []
+    sc.splice(model, [sae])
+    model.add_hook(f"{SITE}.hook_sae_acts_post", lambda f, hook: f * 0)  # an edit, left behind
+    model.add_hook(f"{SITE}.hook_sae_acts_pre", lambda h, hook: seen.append(1), is_permanent=True)
+    sc.unsplice(model)
+    with sc.spliced(model, [sae]):
+        assert torch.equal(model(tokens), clean)  # the zeroing hook did not come back
+    assert len(seen) == 1  # the permanent one did
+    sae.hook_sae_acts_pre.remove_hooks("both", including_permanent=True)
