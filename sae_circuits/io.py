@@ -392,6 +392,11 @@ def save_sae(sae: SAE, path: str | os.PathLike[str], sparsity: Tensor | None = N
     written last, so that an interrupted save leaves no loadable mixture.
     """
     folder = Path(path)
+    if sae.cfg.is_transcoder and sae.cfg.hook_name_out is None:  # the loader would refuse the file
+        raise ValueError(
+            f"this {sae.cfg.architecture} reading {sae.cfg.hook_name!r} has no hook_name_out (the hook "
+            "it writes); set sae.cfg.hook_name_out before saving"
+        )
     sparsity = sparsity if sparsity is not None else getattr(sae, "sparsity", None)
     tensors = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
     validate_state_dict(sae.cfg, tensors, source=f"SAE being saved to {folder}")

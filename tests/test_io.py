@@ -92,6 +92,9 @@ def test_bad_files_raise_clear_errors(tmp_path, sae, mutate, message):
 def test_a_transcoder_without_its_output_hook_is_refused_at_load(tmp_path):
     """Its site would otherwise silently be its input hook (for monitors, dashboards, --site)."""
     tc = random_sae("transcoder", hook_name="blocks.0.ln2.hook_normalized", d_out=64, d_in=64)
+    with pytest.raises(ValueError, match="has no hook_name_out .* set sae.cfg.hook_name_out before saving"):
+        tc.save(tmp_path)  # refused at save too: no file that cannot be loaded back
+    assert not tmp_path.joinpath("cfg.json").exists()
     tc.cfg.hook_name_out = "blocks.0.hook_mlp_out"
     tc.save(tmp_path)
     assert sc.SAE.load(tmp_path).cfg.site == "blocks.0.hook_mlp_out"

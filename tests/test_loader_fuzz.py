@@ -39,7 +39,7 @@ REFERENCES = {
     "standard": _reference("standard"),
     "topk": _reference("topk", k=4),
     "jumprelu": _reference("jumprelu"),
-    "transcoder": _reference("transcoder"),
+    "transcoder": _reference("transcoder", hook_name_out="blocks.0.hook_mlp_out"),
 }
 
 
