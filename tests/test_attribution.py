@@ -69,6 +69,8 @@ class FrozenReference:
     def error(self, site, position):
         sae = self.saes[site]
         recons = self.acts[site][0, position] @ sae.W_dec + sae.b_dec
+        if sae.cfg.has_skip:  # the skip path is the model's own linear part, not error
+            recons = recons + self.inputs[site][0, position].flatten() @ sae.W_skip.T
         return self.outputs[site][0, position].flatten() - recons
 
     def run(self, edits=(), embedding_edit=None, zero_embedding=False):
@@ -79,15 +81,20 @@ class FrozenReference:
         if embedding_edit is not None:
             emb[0, embedding_edit[0]] -= embedding_edit[1]
         hooks.append(("blocks.0.hook_resid_pre", lambda x, hook: emb))
-        pre = {}
+        pre, inputs = {}, {}
         for site, sae in self.saes.items():  # read the inputs before pinning (same hook for SAEs)
-            hooks.append((sae.cfg.hook_name, partial(_read_pre_acts, sae=sae, site=site, into=pre)))
-        for site in self.saes:
+            hooks.append(
+                (sae.cfg.hook_name, partial(_read_pre_acts, sae=sae, site=site, into=pre, inputs=inputs))
+            )
+        for site, sae in self.saes.items():
             out = self.outputs[site].clone()
             for s, p, vec in edits:
                 if s == site:
                     out[0, p] -= vec.reshape(out[0, p].shape)
-            hooks.append((site, _constant(out)))
+            if sae.cfg.has_skip:  # the skip path follows the (edited) input: W_skip is linear
+                hooks.append((site, partial(_skip_output, out=out, site=site, ref=self, inputs=inputs)))
+            else:
+                hooks.append((site, _constant(out)))
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             logits = self.model(self.tokens)
         return pre, logits[0, -1]
@@ -97,9 +104,14 @@ def _constant(value):
     return lambda x, hook: value
 
 
-def _read_pre_acts(x, hook, sae, site, into):
+def _read_pre_acts(x, hook, sae, site, into, inputs):
     into[site] = sae._pre_acts(sae._flatten(x))[0]
+    inputs[site] = x.clone()
     return x
+
+
+def _skip_output(x, hook, out, site, ref, inputs):
+    return out + (inputs[site] - ref.inputs[site]) @ ref.saes[site].W_skip.T
 
 
 def _double_copies(saes):
@@ -256,6 +268,34 @@ def _mixed_dictionaries():
     saes.append(random_sae(hook_name="blocks.1.hook_attn_out", seed=6))
     saes.append(random_sae(hook_name="blocks.0.hook_resid_post", seed=7))
     return saes
+
+
+@pytest.mark.parametrize("resid_site", [None, "blocks.1.hook_resid_pre", "blocks.0.hook_resid_post"])
+def test_skip_transcoders_are_exact_alone_and_beside_a_residual_sae(tiny_model_dir, resid_site):
+    """A skip transcoder's skip path is part of the frozen linear model (its error node leaves it
+    out): edges equal interventions with it, also when a residual SAE sits between the layers."""
+    from sae_circuits.zoo.loader import load_hf_gpt2
+
+    if NO_HOOKED:
+        pytest.skip(NO_HOOKED)
+    saes = [
+        random_sae("skip_transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_out=D_MODEL, d_sae=96,
+                   seed=layer)
+        for layer in (0, 1)
+    ]  # fmt: skip
+    for layer, tc in enumerate(saes):
+        tc.cfg.hook_name_out = f"blocks.{layer}.hook_mlp_out"
+        with torch.no_grad():
+            tc.W_skip.mul_(0.3)
+    if resid_site is not None:
+        saes.append(random_sae(hook_name=resid_site, seed=7))
+    model = load_hf_gpt2(tiny_model_dir, "hooked")
+    with sc.spliced(model, saes):
+        g = sc.attribute(model, "def parse(self, text):\n    return", prepend_bos=False, progress=False)
+    ref = _reference(load_hf_gpt2(tiny_model_dir, "hooked"), saes, g)
+    features = g.nodes_of(NodeKind.FEATURE)
+    late = features[g.stage[features] >= g.stage[features].max() - 1][:2].tolist()
+    assert _check_top_edges(g, ref, g.nodes_of(NodeKind.TARGET)[:2].tolist() + late) >= 12
 
 
 @pytest.mark.parametrize("kind", ["hooked", "bridge"])
