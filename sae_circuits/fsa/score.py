@@ -20,7 +20,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,12 +149,7 @@ def _truth(
     if _is_automaton(true_transitions):
         states = list(true_transitions.states)
         pairs = {(src, dst) for src, row in true_transitions.transitions.items() for dst in row}
-        unknown = sorted(map(str, set(seen) - set(states)))
-        if unknown:
-            name = getattr(true_transitions, "name", "?")
-            raise ValueError(
-                f"true_states has labels that are not states of automaton {name!r}: {unknown[:10]}"
-            )
+        _refuse_unknown_labels(seen, true_transitions)
     else:
         pairs = set()
         for k, pair in enumerate(true_transitions):
@@ -167,6 +162,16 @@ def _truth(
         states = list({**seen, **dict.fromkeys(extra)})
     pairs = {(a, b) for a, b in pairs if a not in ignored and b not in ignored}
     return states, pairs
+
+
+def _refuse_unknown_labels(labels: Iterable[Hashable], automaton: Any) -> None:
+    """A ``ValueError`` naming the labels (ignored ones left out) that are not ``automaton``'s states."""
+    unknown = sorted(map(str, set(labels) - set(automaton.states)))
+    if unknown:
+        raise ValueError(
+            f"true_states has labels that are not states of automaton "
+            f"{getattr(automaton, 'name', '?')!r}: {unknown[:10]}"
+        )
 
 
 def _ground_truth(
@@ -207,12 +212,7 @@ def _merged(
             stack.extend(item)
         else:
             seen.add(item)
-    unknown = sorted(map(str, seen - set(true_transitions.states) - ignored))
-    if unknown:
-        raise ValueError(
-            f"true_states has labels that are not states of automaton "
-            f"{getattr(true_transitions, 'name', '?')!r}: {unknown[:10]}"
-        )
+    _refuse_unknown_labels(seen - ignored, true_transitions)
     merged_states, merged_pairs = merge_equivalent_states(true_states, true_transitions)
     return merged_states, merged_pairs, ignored
 
