@@ -108,20 +108,15 @@ def resolve_targets(
             raise TypeError(f"target {item!r}: expected a token (str or id), a Feature or a LogitDirection")
     first: dict[tuple[str, Any], int] = {}  # one node per token or feature: a repeat has no id of its own
     for k, (item, r) in enumerate(zip(targets, resolved)):
-        key = (
-            ("token", r.token)
-            if r.kind == "token"
-            else ("feature", r.feature)
-            if r.kind == "feature"
-            else None
-        )
-        if key is not None and key in first:
+        key = {"token": ("token", r.token), "feature": ("feature", r.feature)}.get(r.kind)
+        if key is None:
+            continue  # a logit direction: not keyed by a token or feature
+        if key in first:
             raise ValueError(
                 f"targets[{k}] = {item!r} is the same {r.kind} as targets[{first[key]}] = "
                 f"{targets[first[key]]!r}; name each target once"
             )
-        if key is not None:
-            first[key] = k
+        first[key] = k
     return resolved
 
 
