@@ -294,7 +294,8 @@ def cache_activations(
         # of an interrupted run is reused only when both match, not just its index and row count
         meta = {
             "fingerprint": fingerprint.digest, "shard": str(index),
-            "sequences": _sha(group.numpy().astype("<i8").tobytes()), "dtype": str(dtype).removeprefix("torch."),
+            "sequences": _sha(group.numpy().astype("<i8").tobytes()),
+            "dtype": str(dtype).removeprefix("torch."),
         }  # fmt: skip
         done = _finished_shard(folder / name, meta, len(group) * per_sequence, hooks)
         if done is None:  # Step 3: run the model and write the shard atomically
