@@ -27,7 +27,7 @@ import sae_circuits as sc
 from sae_circuits.fsa.score import score_loops
 from sae_circuits.languages import automata, corpus_texts
 from sae_circuits.recipes.pack import pack_mix
-from sae_circuits.recipes.tokenizer import load_tokenizer
+from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
 from sae_circuits.zoo.loader import load_hf_gpt2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +42,8 @@ def training_tokens(folder: Path, truth: automata.Automaton) -> torch.Tensor:
     lm = byo_automaton.lm_config(2000, smoke=False)
     docs = automata.generate(truth, 6000, seed=0)
     texts = {truth.name: ["".join(symbols) for symbols, _ in docs]}
-    corpus = pack_mix(load_tokenizer(folder / "tokenizer"), texts, lm.seq_len, val_fraction=0.1, seed=lm.seed)
+    tokenizer = load_tokenizer(tokenizer_for_automaton(truth, folder / "tokenizer"))  # the zoo's, if it fits
+    corpus = pack_mix(tokenizer, texts, lm.seq_len, val_fraction=0.1, seed=lm.seed)
     return torch.from_numpy(corpus.train.astype("int64"))
 
 

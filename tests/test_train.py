@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import sae_circuits as sc
 from sae_circuits.train import (
@@ -61,6 +62,34 @@ def test_training_leaves_the_callers_random_numbers_alone(model, train_tokens, t
     torch.manual_seed(999)
     train_from_cache(tmp_path / "acts", [DictionarySpec(SITE)], small(total_tokens=256 * 2))
     assert torch.equal(torch.rand(3), expected)
+
+
+class _NumberedRows(ActivationStore):
+    """A store whose every computed row holds its own serial number, to follow rows through."""
+
+    computed = 0
+
+    def _activations(self, index):
+        rows = len(index) * (self.tokens.shape[1] - self.first)
+        serial = torch.arange(self.computed, self.computed + rows, dtype=torch.float32)
+        self.computed += rows
+        return {name: serial[:, None].repeat(1, 2) for name in self.hook_names}
+
+
+@pytest.mark.parametrize("model_batch_size, batch_size, buffer_tokens", [(3, 8, 40), (16, 8, 40), (2, 7, 30)])
+def test_the_store_serves_every_computed_row_once(model_batch_size, batch_size, buffer_tokens):
+    """No row the model computed is dropped or served twice: a fill's rows beyond what it needs
+    (the rest of its last model batch, the tail of a sequence it cut) wait for the next fill, and the
+    rows of a served half that make no whole batch stay in the buffer. Before, the zoo's dictionaries
+    (512-token rows, the default config) were trained on 80% of the rows the model computed."""
+    tokens = torch.zeros(37, 11, dtype=torch.long)  # 10 rows per sequence after the first position
+    store = _NumberedRows(nn.Identity(), tokens, SITE, batch_size=batch_size, buffer_tokens=buffer_tokens,
+                          model_batch_size=model_batch_size)  # fmt: skip
+    served = torch.cat([batch[SITE][:, 0] for batch, _ in zip(store, range(60))])
+    assert len(served) == 60 * batch_size
+    assert len(served.unique()) == len(served)  # none twice
+    # every computed row is served or waiting: in the buffer, or computed past the last fill's need
+    assert store.computed - len(served) <= buffer_tokens + model_batch_size * 10
 
 
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk", "jumprelu", "relu"])
@@ -227,3 +256,45 @@ def test_a_device_that_does_not_exist_is_named_before_training():
         sc.TrainConfig(device="cuda:1")
     with pytest.raises(ValueError, match=r"device 'tpu' is not a device name"):
         sc.TrainConfig(device="tpu")
+
+
+def test_learning_rate_schedule(model, train_tokens):
+    """Warm-up from lr / warmup_steps, constant, then linear decay whose last step is
+    lr / decay_steps (0 would be reached one step past the end), never increasing after warm-up."""
+    cfg = small(total_tokens=256 * 100, warmup_steps=10, decay_fraction=0.2, lr=1e-3)
+    store = ActivationStore(
+        model, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens
+    )
+    trainer = SAETrainer(store, cfg, sc.SAEConfig("topk", d_in=64, d_sae=256, hook_name=SITE, k=8))
+    rates = [trainer.lr_at(step) for step in range(cfg.n_steps)]
+    assert cfg.n_steps == 100
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[10:81] == [pytest.approx(1e-3)] * 71
+    assert rates[99] == pytest.approx(1e-3 / 20)
+    assert all(b < a for a, b in zip(rates[80:], rates[81:]))
+
+
+@pytest.mark.parametrize("block, batch_size, buffer_tokens", [(5, 4, 18), (50, 6, 24), (7, 8, 16)])
+def test_ranks_share_each_shuffled_batch_and_serve_every_row_once(block, batch_size, buffer_tokens):
+    """The shuffle buffer that the store and the disk cache share: blocks of any size (model
+    batches, shards) become batches in which every row comes once, and the ranks' parts of one
+    global batch (``part``) partition it."""
+    from sae_circuits.train.activations import Rows, shuffle_buffer
+
+    def blocks():
+        for first in range(0, 10**6, block):
+            yield {SITE: torch.arange(first, first + block, dtype=torch.float32)[:, None]}
+
+    def stream(part=slice(None)):
+        rows = Rows(blocks(), [SITE])
+        return shuffle_buffer(rows, buffer_tokens, batch_size, torch.Generator().manual_seed(0), part)
+
+    whole = torch.cat([b[SITE][:, 0] for b, _ in zip(stream(), range(50))])
+    assert len(whole.unique()) == len(whole) == 50 * batch_size
+    assert int(whole.max()) < len(whole) + buffer_tokens + block  # nothing skipped
+    half = batch_size // 2
+    ranks = [stream(slice(0, half)), stream(slice(half, batch_size))]
+    for batch, first, second in zip(stream(), *ranks):
+        assert torch.equal(torch.cat([first[SITE], second[SITE]]), batch[SITE])
+        if int(batch[SITE][0, 0]) > 2000:
+            break

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from sae_circuits._digest import weights_digest
 from sae_circuits._files import _atomic_files, atomic_write_text
-from sae_circuits.train.activations import ActivationBatch, ActivationStore
+from sae_circuits.train.activations import ActivationBatch, ActivationStore, Rows, shuffle_buffer
 
 _FORMAT = "sae_circuits.activation_cache"
 _VERSION = 1
@@ -425,39 +425,11 @@ class CachedActivations:
                     f"fewer than the {n} needed to initialise"
                 )
             generator = torch.Generator().manual_seed(self.seed + 1)
-            self._samples = {n: _Chunks(self._shards(generator, count_epochs=False), self.hook_names).take(n)}
+            self._samples = {n: Rows(self._shards(generator, count_epochs=False), self.hook_names).take(n)}
         return self._samples[n]
 
     def __iter__(self) -> Iterator[ActivationBatch]:
         generator = torch.Generator().manual_seed(self.seed)
-        chunks = _Chunks(self._shards(generator, count_epochs=True), self.hook_names)
-        buffer = chunks.take(self.buffer_tokens)
-        half, size = self.buffer_tokens // 2, self.global_batch_size
+        rows = Rows(self._shards(generator, count_epochs=True), self.hook_names)
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)  # of each global batch
-        while True:
-            perm = torch.randperm(self.buffer_tokens, generator=generator)
-            buffer = {name: acts[perm] for name, acts in buffer.items()}
-            for start in range(0, half - size + 1, size):
-                yield {name: acts[start : start + size][mine] for name, acts in buffer.items()}
-            fresh = chunks.take(half)
-            buffer = {name: torch.cat([fresh[name], buffer[name][half:]]) for name in self.hook_names}
-
-
-class _Chunks:
-    """Rows taken ``n`` at a time from a stream of shards, keeping what a shard has left over."""
-
-    def __init__(self, source: Iterator[ActivationBatch], hook_names: list[str]) -> None:
-        self.source, self.hook_names = source, hook_names
-        self.left: ActivationBatch = {}
-
-    def take(self, n: int) -> ActivationBatch:
-        """The next ``n`` rows of every hook (fewer only when the stream ends)."""
-        parts, have = [], 0
-        while have < n:
-            part = self.left or next(self.source)
-            rows = part[self.hook_names[0]].shape[0]
-            used = min(rows, n - have)
-            parts.append({h: t[:used] for h, t in part.items()})
-            self.left = {h: t[used:] for h, t in part.items()} if used < rows else {}
-            have += used
-        return {h: torch.cat([p[h] for p in parts]) for h in self.hook_names}
+        return shuffle_buffer(rows, self.buffer_tokens, self.global_batch_size, generator, mine)

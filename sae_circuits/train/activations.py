@@ -1,8 +1,9 @@
 """Stream activations from a hooked model through a shuffling buffer.
 
 The model runs only up to the last layer needed (``stop_at_layer``). Activations are held in
-memory: a buffer of ``buffer_tokens`` rows is filled, shuffled, and half of it is served as
-batches before the served half is refilled, so batches mix many contexts. Memory is
+memory: a buffer of ``buffer_tokens`` rows is filled, shuffled, and (whole batches of) half of it
+is served before the served rows are refilled, so batches mix many contexts. Every row the model
+computes is served once: what a fill computes beyond its need waits for the next fill. Memory is
 ``buffer_tokens * (d_in + d_out) * 4`` bytes (64k tokens of width 128: 64 MB). The trainer asks
 only for the :class:`ActivationSource` interface, so the same loop trains from activations cached
 to disk (:class:`~sae_circuits.train.activation_cache.CachedActivations`).
@@ -108,13 +109,6 @@ class ActivationStore:
             self._cursor += self.model_batch_size
             yield self._activations(index)
 
-    def _fill(self, source: Iterator[ActivationBatch], n: int) -> ActivationBatch:
-        chunks, have = [], 0
-        while have < n:
-            chunks.append(next(source))
-            have += chunks[-1][self.hook_names[0]].shape[0]
-        return {name: torch.cat([c[name] for c in chunks])[:n] for name in self.hook_names}
-
     def sample(self, n: int) -> ActivationBatch:
         """``n`` activations for initialisation statistics, from a fixed seeded order of sequences
         that does not move the training stream (so trainers sharing a store start alike)."""
@@ -125,22 +119,54 @@ class ActivationStore:
         chunks = (self._activations(order[i : i + self.model_batch_size])
                   for i in range(0, len(order), self.model_batch_size))  # fmt: skip
         try:
-            self._samples = {n: self._fill(iter(chunks), n)}
+            self._samples = {n: Rows(chunks, self.hook_names).take(n)}
             return self._samples[n]
         except StopIteration:
             raise ValueError(f"the tokens hold fewer than the {n} activations needed to initialise") from None
 
     def __iter__(self) -> Iterator[ActivationBatch]:
-        source = self._next_sequences()
-        buffer = self._fill(source, self.buffer_tokens)
-        half = self.buffer_tokens // 2
-        while True:
-            perm = torch.randperm(self.buffer_tokens, generator=self.generator)
-            buffer = {name: acts[perm] for name, acts in buffer.items()}
-            for start in range(0, half - self.batch_size + 1, self.batch_size):
-                yield {name: acts[start : start + self.batch_size] for name, acts in buffer.items()}
-            fresh = self._fill(source, half)
-            buffer = {name: torch.cat([fresh[name], buffer[name][half:]]) for name in self.hook_names}
+        return shuffle_buffer(
+            Rows(self._next_sequences(), self.hook_names), self.buffer_tokens, self.batch_size, self.generator
+        )
+
+
+class Rows:
+    """Rows taken ``n`` at a time from a stream of row blocks (model batches, shards), keeping what
+    a block has left over for the next take: no row of the stream is lost or read twice."""
+
+    def __init__(self, source: Iterator[ActivationBatch], hook_names: list[str]) -> None:
+        self.source, self.hook_names = source, hook_names
+        self.left: ActivationBatch = {}
+
+    def take(self, n: int) -> ActivationBatch:
+        """The next ``n`` rows of every hook (``StopIteration`` when the stream ends first)."""
+        parts, have = [], 0
+        while have < n:
+            part = self.left or next(self.source)
+            rows = part[self.hook_names[0]].shape[0]
+            used = min(rows, n - have)
+            parts.append({h: t[:used] for h, t in part.items()})
+            self.left = {h: t[used:] for h, t in part.items()} if used < rows else {}
+            have += used
+        return {h: torch.cat([p[h] for p in parts]) for h in self.hook_names}
+
+
+def shuffle_buffer(
+    rows: Rows, buffer_tokens: int, batch_size: int, generator: torch.Generator, part: slice = slice(None)
+) -> Iterator[ActivationBatch]:
+    """Batches of ``batch_size`` rows from a buffer of ``buffer_tokens``, shuffled with ``generator``:
+    whole batches of half the buffer are served, then exactly those rows are replaced by the next
+    rows of ``rows``, so every row is served once and batches mix many contexts. ``part`` selects
+    this rank's share of each batch (all of it by default)."""
+    buffer = rows.take(buffer_tokens)
+    served = buffer_tokens // 2 // batch_size * batch_size
+    while True:
+        perm = torch.randperm(buffer_tokens, generator=generator)
+        buffer = {name: acts[perm] for name, acts in buffer.items()}
+        for start in range(0, served, batch_size):
+            yield {name: acts[start : start + batch_size][part] for name, acts in buffer.items()}
+        fresh = rows.take(served)
+        buffer = {name: torch.cat([fresh[name], buffer[name][served:]]) for name in fresh}
 
 
 def _device(model: nn.Module) -> torch.device:

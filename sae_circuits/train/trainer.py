@@ -167,7 +167,9 @@ class SAETrainer:
         self.counted_tokens = 0
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, constant, then a linear decay to 0 over the last ``decay_fraction``."""
+        """Linear warm-up, constant, then a linear decay over the last ``decay_fraction`` of the
+        steps that would reach 0 at step ``n_steps``, one past the last: the last step runs at
+        ``lr / decay_steps``, as transformers' linear schedule does (a step at 0 would change nothing)."""
         cfg, total = self.cfg, self.cfg.n_steps
         warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         decay_start = total * (1 - cfg.decay_fraction)
