@@ -73,6 +73,22 @@ def test_token_set_matches_every_id_of_its_strings() -> None:
     assert TokenSet(["a"]).ids(rows) == [1, len(rows.vocab) - 1]
 
 
+def test_byte_tokens_have_names_of_their_own(model_and_saes) -> None:
+    """The 128 byte tokens that are no UTF-8 character alone all decode to U+FFFD; as vocabulary
+    names they are their bytes, so a token set proposed from one means that token, not all 128."""
+    model, _ = model_and_saes
+    tokens = model.to_tokens(["naïve café — über"], prepend_bos=False)
+    rows = token_rows(model, tokens)
+    assert len(set(rows.vocab)) == len(rows.vocab)
+    assert (
+        rows.text(0) == "na\ufffd\ufffdve caf\ufffd\ufffd \ufffd\ufffd\ufffd \ufffd\ufffdber"
+    )  # decoded text
+    names = [rows.vocab[i] for i in tokens[0].tolist()]
+    assert names[1:3] == ["<0xC3>", "<0xAF>"] and names[9:12] == ["<0xE2>", "<0x80>", "<0x94>"]
+    assert {n for n in rows.vocab if n.startswith("<0x")} == {f"<0x{b:02X}>" for b in range(128, 256)}
+    assert TokenSet(["<0xC3>"]).values(rows)[0].tolist() == [float(n == "<0xC3>") for n in names]
+
+
 AB = automata.Automaton(
     "ab", ("A", "B"), {"START": {"A": ("a",)}, "A": {"B": (" b",)}, "B": {"A": (" a",)}}, final=("B",)
 )

@@ -36,7 +36,10 @@ class TokenRows:
     strings: list[list[str]]
     """``strings[row][pos]``: that token decoded alone."""
     vocab: list[str] = field(repr=False)
-    """The string of every token id of the model's vocabulary."""
+    """The name of every token id of the model's vocabulary: its decoded string, except for a token
+    that decodes to U+FFFD alike with others (a byte that is no UTF-8 character alone, 128 of them in
+    a byte-level BPE), named by its bytes, ``"<0xC3>"``, so that a :class:`TokenSet` of names means
+    exactly those tokens. ``strings`` keeps the decoded text."""
     end_of_text: str | None = None
     """The string of the tokenizer's end-of-text token (a document boundary), if it has one."""
 
@@ -77,10 +80,56 @@ def token_rows(model: nn.Module, tokens: Int[Tensor, "batch pos"]) -> TokenRows:
         raise ValueError(
             f"tokens: ids must lie in [0, {n_vocab}), got [{int(tokens.min())}, {int(tokens.max())}]"
         )
-    vocab = tokenizer.batch_decode([[i] for i in range(n_vocab)])
+    decoded = tokenizer.batch_decode([[i] for i in range(n_vocab)])
     eos = getattr(tokenizer, "eos_token_id", None)
-    strings = [[vocab[i] for i in row] for row in tokens.tolist()]
-    return TokenRows(tokens.cpu(), strings, vocab, None if eos is None else vocab[eos])
+    strings = [[decoded[i] for i in row] for row in tokens.tolist()]
+    return TokenRows(
+        tokens.cpu(), strings, _vocab_names(tokenizer, decoded), None if eos is None else decoded[eos]
+    )
+
+
+def _vocab_names(tokenizer: Any, decoded: list[str]) -> list[str]:
+    """``decoded``, with each token that decodes to U+FFFD alike with another named by its bytes."""
+    count: dict[str, int] = {}
+    for s in decoded:
+        count[s] = count.get(s, 0) + 1
+    names = list(decoded)
+    for i, s in enumerate(decoded):
+        if count[s] > 1 and "\ufffd" in s:
+            raw = _token_bytes(tokenizer, i)
+            names[i] = "".join(f"<0x{b:02X}>" for b in raw) if raw is not None else f"<token {i}>"
+    return names
+
+
+def _token_bytes(tokenizer: Any, i: int) -> bytes | None:
+    """The bytes of token ``i`` of a byte-level BPE (GPT-2's alphabet) or a byte-fallback token
+    (``"<0xC3>"``); None for other tokenizers."""
+    piece = tokenizer.convert_ids_to_tokens(i)
+    if not isinstance(piece, str):
+        return None
+    fallback = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+    if fallback:
+        return bytes([int(fallback.group(1), 16)])
+    decoder = _byte_decoder()
+    return bytes(decoder[c] for c in piece) if all(c in decoder for c in piece) else None
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: printable bytes stand for themselves, the
+    others for the characters from U+0100 on, in byte order."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
 
 
 @runtime_checkable
