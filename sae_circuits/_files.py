@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -106,9 +107,9 @@ def _atomic_files(
 
     try:
         yield write
-        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; give them the usual permissions
-        for tmp, _ in staged:
-            os.chmod(tmp, mode)
+        # mkstemp makes 0600 files: give a new file the usual permissions, a rewritten one its own
+        for tmp, final in staged:
+            os.chmod(tmp, _mode_of(final, 0o666 & ~_umask()))
         staged.sort(key=lambda item: item[1].name == commit_last)
         if commit_last is not None:
             (folder / commit_last).unlink(missing_ok=True)
@@ -123,8 +124,25 @@ def _atomic_files(
                 os.unlink(tmp)
 
 
+def _mode_of(path: Path, default: int) -> int:
+    """The permission bits of ``path``, or ``default`` when there is no such file."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return default
+
+
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it where the system says it (Linux): setting it
+    to read it would, for that moment, give files other threads create every permission."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: the briefest change, and never a more permissive one
     os.umask(mask)
     return mask
 

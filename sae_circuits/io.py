@@ -32,6 +32,7 @@ from sae_circuits._files import (  # the file plumbing, re-exported here as befo
     _RETIRED,
     _STAGING,
     _atomic_files,
+    _mode_of,
     _temporary_of,
     _umask,
     remove_stale_temporaries,
@@ -428,7 +429,7 @@ def save_sae(sae: SAE, path: str | os.PathLike[str], sparsity: Tensor | None = N
     try:
         for name, writer in files.items():
             writer(str(staging / name))
-            os.chmod(staging / name, 0o666 & ~_umask())  # some writers make 0600 files
+            os.chmod(staging / name, _mode_of(real / name, 0o666 & ~_umask()))  # some writers make 0600 files
         os.chmod(staging, stat.S_IMODE(real.stat().st_mode) if real.is_dir() else 0o777 & ~_umask())
         if real.is_dir():
             _swap_in(staging, real)

@@ -194,6 +194,29 @@ def test_saved_files_get_the_usual_permissions(tmp_path, sae):
     assert set(modes.values()) == {0o644}, modes
 
 
+def test_rewriting_keeps_a_files_permissions_and_never_clears_the_umask(tmp_path, sae, monkeypatch):
+    """A file made private stays private when saved again; and the umask is read, never set to 0
+    (for that moment, files other threads create would get every permission)."""
+    import os
+
+    from sae_circuits.io import atomic_write_text
+
+    target = atomic_write_text(tmp_path / "graph.json", "{}")
+    os.chmod(target, 0o600)
+    atomic_write_text(target, "{}\n")
+    sae.save(tmp_path / "sae")
+    os.chmod(tmp_path / "sae" / "cfg.json", 0o600)
+    sae.save(tmp_path / "sae")
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "sae" / "cfg.json").stat().st_mode & 0o777 == 0o600
+    set_to = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: set_to.append(mask) or real(mask))
+    atomic_write_text(tmp_path / "new.json", "{}")
+    sae.save(tmp_path / "other")
+    assert 0 not in set_to
+
+
 # --------------------------------------------------------------------------- device (issue 12, item 1)
 
 
