@@ -1,11 +1,12 @@
 """What the ``sae-circuits`` subcommands share: loading the model a command names, checking an
-output can be written before the long work, and the ``--model`` option. Kept apart from
+output can be written before the long work, the ``--model`` option and integer options' bounds. Kept apart from
 :mod:`sae_circuits.cli` so that the analyses' commands (:mod:`sae_circuits.cli_analyses`) use it
 without importing the CLI back."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,18 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
     )
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse

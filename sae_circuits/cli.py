@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from sae_circuits._cli_common import add_model_argument as _add_model_argument
 from sae_circuits._cli_common import check_writable as _check_writable
+from sae_circuits._cli_common import int_at_least as _int_at_least
 from sae_circuits._cli_common import load_model as _load_model
 from sae_circuits._moved import renamed
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI starts fast
-    from collections.abc import Callable
     from pathlib import Path
 
     from torch import Tensor
@@ -36,21 +36,6 @@ def _node_budget(text: str) -> int | None:
     return value
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
 def _port(text: str) -> int:
     """An argparse ``type``: a TCP port, 0 to 65535."""
     try:
@@ -65,7 +50,12 @@ def _port(text: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sae_circuits import demo
 
-    demo.run(prompt=args.prompt) if args.prompt else demo.run()
+    if args.prompt is None:
+        demo.run()
+    elif not args.prompt:
+        raise ValueError("--prompt is empty: give a prompt, or leave the option out for the default")
+    else:
+        demo.run(prompt=args.prompt)
     return 0
 
 
@@ -164,7 +154,13 @@ def _prompt_text(args: argparse.Namespace) -> str:
             return Path(args.prompt_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"--prompt-file {args.prompt_file!r}: cannot read it ({err})") from None
-    return unescape_prompt(args.prompt)
+    text = unescape_prompt(args.prompt)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a \\uD800 escape: half of a surrogate pair is no character
+        raise ValueError(f"--prompt: {err.object[err.start : err.end]!r} at character {err.start} is not "
+                         "a character (half of a UTF-16 surrogate pair)") from None  # fmt: skip
+    return text
 
 
 def _graph_out(out: str, slug: str | None, prompt: str) -> Path:
@@ -523,17 +519,20 @@ def _add_automaton_command(sub: Any, writers: Any) -> None:
         default="resid",
         help="embedded dictionaries to splice (default: resid; ignored with --saes)",
     )
-    au.add_argument("--contexts", type=int, default=200, help="number of texts (default 200)")
-    au.add_argument("--length", type=int, default=128, help="symbols per text (default 128)")
+    au.add_argument("--contexts", type=_int_at_least(1), default=200, help="number of texts (default 200)")
+    au.add_argument("--length", type=_int_at_least(2), default=128, help="symbols per text (default 128)")
     au.add_argument(
         "--seed",
         type=int,
         default=0,
         help="seed of the generated texts (default 0; use one your model was not trained on)",
     )
-    au.add_argument("--max-states", type=int, default=256, help="most states (default 256)")
+    au.add_argument("--max-states", type=_int_at_least(1), default=256, help="most states (default 256)")
     au.add_argument(
-        "--attention-contexts", type=int, default=8, help="texts for attention transitions (default 8)"
+        "--attention-contexts",
+        type=_int_at_least(0),
+        default=8,
+        help="texts for attention transitions (default 8)",
     )
     au.add_argument(
         "--min-weight",
@@ -542,7 +541,10 @@ def _add_automaton_command(sub: Any, writers: Any) -> None:
         help="a printed loop's steps must be stronger than this (default 0; see fsa.loops)",
     )
     au.add_argument(
-        "--validate", type=int, default=0, help="validate the N heaviest transitions (default 0: none)"
+        "--validate",
+        type=_int_at_least(0),
+        default=0,
+        help="validate the N heaviest transitions (default 0: none)",
     )
     au.set_defaults(func=_automaton)
 
@@ -562,8 +564,10 @@ def _add_features_command(sub: Any) -> None:
     fe.add_argument(
         "--text", action="append", help="text file to read contexts from (repeatable; default: offline mix)"
     )
-    fe.add_argument("--chars", type=int, default=1200, help="characters read per text (default 1200)")
-    fe.add_argument("-k", type=int, default=12, help="top contexts shown (default 12)")
+    fe.add_argument(
+        "--chars", type=_int_at_least(1), default=1200, help="characters read per text (default 1200)"
+    )
+    fe.add_argument("-k", type=_int_at_least(1), default=12, help="top contexts shown (default 12)")
     fe.set_defaults(func=_features)
 
 
@@ -589,10 +593,11 @@ def main(argv: list[str] | None = None) -> int:
     >>> main(["serve", "no-such-folder"])   # stderr: sae-circuits serve: error: cannot serve ...
     2
     """
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():  # the caller's warning filters are left as they were
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            return int(args.func(args))
     except Exception as err:  # bad input, a busy port, an unwritable folder: one clear line, no traceback
         if not _user_error(err):
             raise  # a genuine bug: the traceback helps

@@ -85,7 +85,11 @@ def _monitor(args: argparse.Namespace) -> int:
     from sae_circuits.splice import spliced
 
     watches = [parse_watch(w) for w in args.watch]
+    if not args.prompt:
+        raise ValueError("--prompt is empty: the model needs at least one token to continue")
     if args.out:
+        if Path(args.out).suffix.lower() not in (".jsonl", ".json"):
+            raise ValueError(f"--out {args.out!r}: expected a .jsonl or .json file name")
         _check_writable(Path(args.out), "--out")
     model = _load_model(args.model)
     if args.sae:
@@ -124,6 +128,7 @@ def _monitor(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Register ``families`` and ``monitor`` on the ``sae-circuits`` subparsers ``sub``."""
     from sae_circuits._cli_common import add_model_argument as _add_model_argument
+    from sae_circuits._cli_common import int_at_least as _int_at_least
 
     fa = sub.add_parser("families", help="feature splitting: match dictionaries of several widths, as a tree")
     fa.add_argument("--saes", nargs="+", required=True, help="dictionary folders of one site, 2+ widths")
@@ -139,8 +144,8 @@ def add_commands(sub: Any) -> None:
     fa.add_argument(
         "--text", action="append", help="text file to read tokens from (repeatable; default: offline mix)"
     )
-    fa.add_argument("--rows", type=int, default=128, help="token rows in all (default 128)")
-    fa.add_argument("--length", type=int, default=128, help="tokens per row (default 128)")
+    fa.add_argument("--rows", type=_int_at_least(1), default=128, help="token rows in all (default 128)")
+    fa.add_argument("--length", type=_int_at_least(1), default=128, help="tokens per row (default 128)")
     fa.add_argument("--property", default=None, help="a source (e.g. base64) to score features by F1 against")
     fa.set_defaults(func=_families)
 
@@ -155,8 +160,10 @@ def add_commands(sub: Any) -> None:
     mo.add_argument(
         "--sae", action="append", help="SAE folder to splice (repeatable; default: the embedded ones)"
     )
-    mo.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate (default 40)")
+    mo.add_argument(
+        "--max-new-tokens", type=_int_at_least(1), default=40, help="tokens to generate (default 40)"
+    )
     mo.add_argument("--no-cache", action="store_true", help="generate without the KV cache (same firings)")
     mo.add_argument("--out", default=None, help="write the per-token trace (.jsonl or .json)")
-    mo.add_argument("--show", type=int, default=10, help="firings printed (default 10)")
+    mo.add_argument("--show", type=_int_at_least(0), default=10, help="firings printed (default 10)")
     mo.set_defaults(func=_monitor)

@@ -144,8 +144,14 @@ def run_embedded(model: nn.Module, saes: list[SAE], prompt: str, out: Callable[[
 
 
 def run(prompt: str = "def parse(self, text):\n    return", out: Callable[[str], None] = print) -> None:
-    """Print the demo: top features per layer, then text before/after a clamp."""
-    torch.manual_seed(0)
+    """Print the demo: top features per layer, then text before/after a clamp (seeded; the caller's
+    random numbers go on as if it had not run)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        _run(prompt, out)
+
+
+def _run(prompt: str, out: Callable[[str], None]) -> None:
     embedded = _embedded()
     if embedded is not None:
         with torch.no_grad():

@@ -348,9 +348,9 @@ class Monitor:
         """
         target = Path(path)
         rows = [_json_row(row) for row in self.trace()]
-        if target.suffix == ".jsonl":
+        if target.suffix.lower() == ".jsonl":
             text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows)
-        elif target.suffix == ".json":
+        elif target.suffix.lower() == ".json":
             document = {
                 "watches": [w._asdict() for w in self.watches],
                 "firings": [_json_row(f) for f in self.firings],
@@ -650,9 +650,9 @@ def load_trace(path: str | os.PathLike[str]) -> list[TraceRow]:
     activation, saved as ``null``, is read back as ``None``."""
     target = Path(path)
     text = target.read_text(encoding="utf-8")
-    if target.suffix == ".jsonl":
+    if target.suffix.lower() == ".jsonl":
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif target.suffix == ".json":
+    elif target.suffix.lower() == ".json":
         rows = json.loads(text)["trace"]
     else:
         raise ValueError(f"path={str(path)!r}: expected a .jsonl or .json file name")

@@ -10,9 +10,15 @@ from tests.conftest import random_sae
 
 
 def test_demo_runs(capsys):
+    import torch
+
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "Top features" in out and ("before:" in out or "without:" in out)
+    assert torch.equal(torch.rand(2), expected)  # seeded inside, the caller's stream untouched
 
 
 def test_eval_prints_metrics_and_writes_json(tiny_model_dir, tmp_path, capsys):
@@ -232,3 +238,38 @@ def test_graph_refuses_to_overwrite_the_folder_listing_before_any_work(tmp_path,
     (tmp_path / "graph-metadata.json").write_text("[1, 2]")
     assert main(["graph", "--prompt", "hi", "--out", f"{tmp_path}/g.json"]) == 2
     assert 'expected {"graphs": [...]}' in capsys.readouterr().err and not (tmp_path / "g.json").exists()
+
+
+def test_integer_options_are_bounded_where_they_are_read(capsys):
+    """--validate, --chars, -k and the automaton's sizes are refused by argparse, naming the option,
+    before any work (a negative --validate used to fail after the whole extraction)."""
+    import pytest
+
+    for argv, flag in (
+        (["automaton", "--validate", "-2"], "--validate"),
+        (["automaton", "--max-states", "0"], "--max-states"),
+        (["features", "--site", "s", "--feature", "1", "--out", "f.html", "--chars", "-1000"], "--chars"),
+        (["features", "--site", "s", "--feature", "1", "--out", "f.html", "-k", "0"], "-k"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: must be >= " in capsys.readouterr().err
+
+
+def test_an_empty_or_broken_prompt_is_refused(tmp_path, capsys, monkeypatch):
+    import sae_circuits.demo
+
+    monkeypatch.setattr(sae_circuits.demo, "run", None)  # never reached
+    assert main(["demo", "--prompt", ""]) == 2
+    assert "--prompt is empty" in capsys.readouterr().err
+    assert main(["graph", "--prompt", r"a\ud800b", "--out", str(tmp_path / "g.json")]) == 2
+    assert "'\\ud800' at character 1 is not a character" in capsys.readouterr().err
+
+
+def test_main_leaves_the_callers_warning_filters_alone():
+    import warnings
+
+    before = list(warnings.filters)
+    main(["serve", "no-such-folder"])
+    assert warnings.filters == before

@@ -73,3 +73,26 @@ def test_monitor_bad_input_is_one_clear_line(capsys):
     assert "99999" in capsys.readouterr().err
     with pytest.raises(ValueError, match="SITE:FEATURE"):
         parse_watch("blocks.1.hook_resid_post")
+
+
+def test_monitor_refuses_bad_options_before_generating(tmp_path, capsys, monkeypatch):
+    """An empty prompt, a bad --out suffix and --max-new-tokens below 1 are named before the model
+    loads or generates; --out takes .JSONL as .jsonl, as the other writers do."""
+    import sae_circuits._cli_common as common
+
+    monkeypatch.setattr(common, "load_model", lambda spec: pytest.fail("the model loaded before the checks"))
+    watch = ["--watch", f"{SITE}:5"]
+    for argv, message in (
+        (["--prompt", "", *watch], "--prompt is empty"),
+        (["--prompt", "x", *watch, "--out", str(tmp_path / "t.txt")], "--out"),
+    ):
+        assert main(["monitor", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["monitor", "--prompt", "x", *watch, "--max-new-tokens", "-4"])
+    assert "argument --max-new-tokens: must be >= 1, got -4" in capsys.readouterr().err
+    monkeypatch.undo()
+    trace = tmp_path / "t.JSONL"
+    assert main(["monitor", "--prompt", "x", *watch, "--max-new-tokens", "2", "--out", str(trace)]) == 0
+    assert sc.load_trace(trace)
