@@ -76,6 +76,7 @@ def test_the_shipped_specs_are_valid_and_single_tokens(spec, tmp_path):
         ({"transitions": {**_spec()["transitions"], "B": {"C": [3]}}}, "symbol 3"),
         ({"final": ["NOPE"]}, "NOPE"),
         ({"length": [5, 2]}, "length"),
+        ({"start": ["S"]}, r"start \['S'\]: expected the name of one state"),
     ],
 )  # fmt: skip
 def test_bad_specs_fail_naming_the_bad_value(changes, message):
@@ -99,6 +100,89 @@ def test_load_automaton_names_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_automaton(bad)
+
+
+def test_a_spec_that_repeats_a_key_is_refused_not_cut(tmp_path):
+    """json keeps the last of repeated keys: a second row for a state, or a second symbol list for
+    one transition, would silently define another language than the file reads."""
+    good = json.dumps(_spec())
+    row = good.replace('"transitions": {', '"transitions": {"A": {"B": [" x"]}, ', 1)
+    symbol = good.replace('"B": [', '"B": [" x"], "B": [', 1)
+    for text in (row, symbol):
+        (tmp_path / "spec.json").write_text(text)
+        with pytest.raises(ValueError, match=r"spec.json.*keys \[.*\] appear twice"):
+            load_automaton(tmp_path / "spec.json")
+
+
+def test_automata_are_hashable_and_equal_ones_hash_alike():
+    assert hash(automata.MARKUP) == hash(Automaton.from_dict(automata.MARKUP.to_dict()))
+    assert (
+        len({automata.MARKUP, automata.AUTOMATA["kvlog"], Automaton.from_dict(automata.MARKUP.to_dict())})
+        == 2
+    )
+
+
+def test_pack_mix_refuses_one_string_and_a_reserved_name_and_splits_exactly():
+    from sae_circuits.recipes.pack import pack_mix
+    from sae_circuits.recipes.tokenizer import load_tokenizer
+    from sae_circuits.recipes.train_lm import ZOO_TOKENIZER
+
+    tok = load_tokenizer(ZOO_TOKENIZER)
+    texts = ["".join(s) for s, _ in automata.generate("kvlog", 100, seed=0)]
+    with pytest.raises(ValueError, match="got one string"):
+        pack_mix(tok, "".join(texts), seq_len=16)  # was one document per character
+    with pytest.raises(ValueError, match="'train_rows'"):
+        pack_mix(tok, {"train_rows": texts}, seq_len=16)
+    for fraction in (0.07, 0.14, 0.28):  # 0.07 * 100 is 7.000000000000001: 8 texts were held out
+        corpus = pack_mix(tok, {"kvlog": texts}, seq_len=16, val_fraction=fraction)
+        assert corpus.sizes["kvlog"]["val"]["docs"] == round(fraction * 100)
+
+
+def test_a_checkpoint_of_other_data_or_settings_is_refused_not_returned(tmp_path):
+    """A run on another corpus used to resume a checkpoint of the same settings and come back as
+    the old model, with no step trained."""
+    import dataclasses
+
+    from sae_circuits.recipes.train_lm import train_on_texts
+
+    markup = ["".join(s) for s, _ in automata.generate("markup", 30, seed=0)]
+    kvlog = ["".join(s) for s, _ in automata.generate("kvlog", 30, seed=0)]
+    checkpoint = tmp_path / "ck.pt"
+    train_on_texts({"m": markup}, cfg=_tiny_cfg(), checkpoint=checkpoint, log=lambda _: None)
+    resumed: list[str] = []
+    train_on_texts({"m": markup}, cfg=_tiny_cfg(), checkpoint=checkpoint, log=resumed.append)
+    assert any("resumed" in line for line in resumed)
+    with pytest.raises(ValueError, match="ck.pt.*trained on other rows"):
+        train_on_texts({"m": kvlog}, cfg=_tiny_cfg(), checkpoint=checkpoint, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"ck.pt.*another configuration \(lr: "):
+        train_on_texts({"m": markup}, cfg=dataclasses.replace(_tiny_cfg(), lr=1e-4), checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("eval_every", 0), ("checkpoint_every", 0), ("steps", -1), ("n_head", 3), ("lr", -1.0)],
+)
+def test_lm_config_refuses_bad_values_naming_them(field, value):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=f"{field}={value}|n_head={value}"):
+        dataclasses.replace(_tiny_cfg(), **{field: value})
+
+
+def test_saved_corpus_files_are_replaced_atomically(tmp_path, monkeypatch):
+    from sae_circuits.languages import corpus as corpus_module
+
+    docs = [corpus_module.Doc("a b", "x"), corpus_module.Doc("c", "x")]
+    corpus_module.save_corpus({"c": {"train": docs}}, tmp_path)
+    before = (tmp_path / "c.train.jsonl").read_text()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(corpus_module.json, "dumps", fail)
+    with pytest.raises(OSError):
+        corpus_module.save_corpus({"c": {"train": docs[:1]}}, tmp_path)
+    assert (tmp_path / "c.train.jsonl").read_text() == before
 
 
 def test_generic_generator_is_deterministic_accepted_by_label_and_ends_final():

@@ -220,6 +220,8 @@ class Automaton:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"automaton name {self.name!r}: expected a non-empty string")
         where = f"automaton {self.name!r}"
+        if not isinstance(self.start, str) or not self.start:
+            raise ValueError(f"{where}: start {self.start!r}: expected the name of one state (a string)")
         if isinstance(self.states, str) or not all(isinstance(s, str) and s for s in self.states):
             raise ValueError(f"{where}: states {self.states!r}: expected a list of non-empty strings")
         object.__setattr__(self, "states", tuple(self.states))
@@ -285,6 +287,11 @@ class Automaton:
             )
         object.__setattr__(self, "length", lo_hi)
         self._check_graph(where)
+
+    def __hash__(self) -> int:
+        # frozen, so hashable: the generated hash would fail on the transitions' dict
+        table = tuple(sorted((src, tuple(sorted(row.items()))) for src, row in self.transitions.items()))
+        return hash((self.name, self.states, table, self.description, self.start, self.final, self.length))
 
     def _check_graph(self, where: str) -> None:
         """Every state is entered, reachable from the start, and can reach a final state."""
@@ -391,13 +398,27 @@ def load_automaton(path: str | os.PathLike[str]) -> Automaton:
     ('kvlog', True)
     """
     try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        spec = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_refuse_repeated_keys)
     except json.JSONDecodeError as err:
         raise ValueError(f"automaton spec {str(path)!r}: not valid JSON ({err})") from None
+    except _RepeatedKey as err:  # json keeps the last of repeated keys: the spec would lose a row
+        raise ValueError(f"automaton spec {str(path)!r}: {err}") from None
     try:
         return Automaton.from_dict(spec)
     except ValueError as err:
         raise ValueError(f"{str(path)!r}: {err}") from None
+
+
+class _RepeatedKey(Exception):
+    """A JSON object that names one key twice."""
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise _RepeatedKey(f"keys {repeated} appear twice in one object (with {sorted(set(keys))})")
+    return dict(pairs)
 
 
 def _closure(seeds: set[str], edges: dict[str, set[str]]) -> set[str]:

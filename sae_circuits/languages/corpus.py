@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sae_circuits._files import atomic_write_text
 from sae_circuits.languages import automata
 
 SUBCORPORA: tuple[str, ...] = ("code", "english", "base64", "markup", "kvlog")
@@ -331,9 +332,8 @@ def save_corpus(corpus: dict[str, dict[str, list[Doc]]], out_dir: Path) -> dict:
     summary: dict = {}
     for name, splits in corpus.items():
         for split, docs in splits.items():
-            with open(out_dir / f"{name}.{split}.jsonl", "w", encoding="utf-8") as f:
-                for doc in docs:
-                    f.write(json.dumps({"text": doc.text, "source": doc.source}) + "\n")
+            lines = "".join(json.dumps({"text": doc.text, "source": doc.source}) + "\n" for doc in docs)
+            atomic_write_text(out_dir / f"{name}.{split}.jsonl", lines)  # a killed write leaves the old file
             summary.setdefault(name, {})[split] = {
                 "docs": len(docs),
                 "bytes": sum(len(d.text.encode()) for d in docs),

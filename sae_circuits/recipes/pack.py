@@ -145,8 +145,16 @@ def pack_mix(
     >>> corpus.names, corpus.train.shape, corpus.train.dtype, corpus.val["markup"].shape
     (('markup',), (16, 16), dtype('uint16'), (6, 16))
     """
-    if isinstance(mix, str) or not isinstance(mix, Mapping):
+    if isinstance(mix, str):
+        raise ValueError(
+            f"mix: expected texts (a list, or a mapping name -> list), got one string {mix[:40]!r}"
+        )
+    if not isinstance(mix, Mapping):
         mix = {"corpus": list(mix)}
+    if "train_rows" in mix:
+        raise ValueError(
+            "a sub-corpus named 'train_rows': the name is taken by the count of training rows in sizes"
+        )
     if not mix or not any(any(t for t in texts) for texts in mix.values()):
         raise ValueError(f"empty corpus: sub-corpora {list(mix)} hold no text")
     if len(mix) > np.iinfo(np.uint8).max:
@@ -162,7 +170,7 @@ def pack_mix(
     for src, (name, texts) in enumerate(mix.items()):
         if isinstance(texts, str):
             raise ValueError(f"sub-corpus {name!r}: expected a list of texts, got one string")
-        n_val = math.ceil(val_fraction * len(texts))
+        n_val = math.ceil(round(val_fraction * len(texts), 9))  # 0.07 * 100 is 7.000000000000001
         if len(texts) - n_val < 1:
             raise ValueError(
                 f"sub-corpus {name!r}: {len(texts)} texts leave none for training at "

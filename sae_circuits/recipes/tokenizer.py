@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from sae_circuits._files import atomic_write_text
 from sae_circuits.languages import automata
 from sae_circuits.languages.corpus import SUBCORPORA, load_docs
 
@@ -70,8 +71,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
     """Write ``tokenizer.json`` and the GPT-2 style config files for ``transformers``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out_dir / "tokenizer.json"))
+    atomic_write_text(out_dir / "tokenizer.json", tok.to_str(pretty=True))  # what tok.save writes
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
     config = {
         # The generic backend loads tokenizer.json as is; naming GPT2Tokenizer
@@ -82,8 +82,8 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out_dir / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
 
 
 def load_tokenizer(tok_dir: Path) -> Tokenizer:

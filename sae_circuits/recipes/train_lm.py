@@ -23,6 +23,7 @@ step 3: train ... val markup=...
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -70,6 +71,24 @@ class LMTrainConfig:
     eval_every: int = 250
     eval_rows: int = 8  # per sub-corpus for the evaluations during training
     checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        positive = ("n_layer", "n_embd", "n_head", "seq_len", "batch_size", "steps", "eval_every", "eval_rows",
+                    "checkpoint_every")  # fmt: skip
+        for name in (*positive, "warmup_steps", "seed"):
+            value = getattr(self, name)
+            low = 1 if name in positive else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"LMTrainConfig: {name}={value!r}, expected an integer >= {low}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"LMTrainConfig: n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
+        for name, low, high in (("lr", 0, math.inf), ("min_lr_ratio", 0, 1), ("weight_decay", 0, math.inf),
+                                ("grad_clip", 0, math.inf)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"LMTrainConfig: {name}={value!r}, expected a number in [{low}, {high}]")
+        if not (len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas)):
+            raise ValueError(f"LMTrainConfig: adam_betas={self.adam_betas!r}, expected two numbers in [0, 1)")
 
 
 def make_model(vocab_size: int, eot_id: int, cfg: LMTrainConfig) -> GPT2LMHeadModel:
@@ -191,6 +210,7 @@ def _save_checkpoint(
     cfg: LMTrainConfig,
     history: list[dict],
     elapsed: float,
+    data: str,
 ) -> None:
     """Write atomically, so a kill during the write leaves the old checkpoint."""
     tmp = path.with_suffix(".tmp")
@@ -200,12 +220,42 @@ def _save_checkpoint(
             "opt": opt.state_dict(),
             "step": step,
             "cfg": asdict(cfg),
+            "data": data,
             "history": history,
             "elapsed": elapsed,
         },
         tmp,
     )
     tmp.replace(path)
+
+
+def _data_fingerprint(
+    train_rows: np.ndarray, val: Mapping[str, np.ndarray], vocab_size: int, eot: int
+) -> str:
+    """SHA-256 of the training and validation rows and the vocabulary's size and end-of-text id."""
+    digest = hashlib.sha256(f"{vocab_size} {eot} {train_rows.shape} {train_rows.dtype}".encode())
+    digest.update(np.ascontiguousarray(train_rows).tobytes())
+    for name in sorted(val):
+        digest.update(f"{name} {val[name].shape}".encode())
+        digest.update(np.ascontiguousarray(val[name]).tobytes())
+    return digest.hexdigest()
+
+
+def _check_resumable(
+    path: Path, state: dict, cfg: LMTrainConfig, data: str, log: Callable[[str], None]
+) -> None:
+    """Refuse to resume a checkpoint of another configuration or other training data (a run on
+    another corpus would come back as the old model, with no step trained)."""
+    changed = {k: (v, state["cfg"].get(k)) for k, v in asdict(cfg).items() if state["cfg"].get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {old!r} there, {new!r} here" for k, (new, old) in changed.items())
+        raise ValueError(f"checkpoint {str(path)!r} is of another configuration ({detail}); delete it "
+                         "or give another checkpoint path to start over")  # fmt: skip
+    if "data" not in state:
+        log(f"{path}: an older checkpoint that does not record its training data; resuming unchecked")
+    elif state["data"] != data:
+        raise ValueError(f"checkpoint {str(path)!r} was trained on other rows or another vocabulary; "
+                         "delete it or give another checkpoint path to start over")  # fmt: skip
 
 
 def train(
@@ -259,15 +309,16 @@ def _train_loop(
     model = make_model(vocab_size, eot, cfg)
     opt = make_optimizer(model, cfg)
     start, history, elapsed = 0, [], 0.0
+    data = _data_fingerprint(train_rows, val, vocab_size, eot)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(
             checkpoint, weights_only=True
         )  # tensors and plain containers only: no unpickling of code
-        if state["cfg"] == asdict(cfg):
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            start, history, elapsed = state["step"], state["history"], state["elapsed"]
-            log(f"resumed from {checkpoint} at step {start}")
+        _check_resumable(checkpoint, state, cfg, data, log)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, history, elapsed = state["step"], state["history"], state["elapsed"]
+        log(f"resumed from {checkpoint} at step {start}")
     sampler = BatchSampler(len(train_rows), cfg.batch_size, cfg.seed)
     tokens_per_step = cfg.batch_size * cfg.seq_len
 
@@ -301,7 +352,7 @@ def _train_loop(
             )
         history.append(record)
         if checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            _save_checkpoint(checkpoint, model, opt, done, cfg, history, time.time() - t0)
+            _save_checkpoint(checkpoint, model, opt, done, cfg, history, time.time() - t0, data)
     wall = time.time() - t0
     bar.close()
 
