@@ -97,7 +97,9 @@ def place(
         if dtype is not None:
             _move(tl, dtype)
     else:
-        _move(tl, target)
+        # as a string: given a torch.device, TransformerLens keeps only its type ("cuda" for cuda:1)
+        # in cfg.device, and would send the tokens to cuda:0
+        _move(tl, str(target))
         if dtype is not None:
             _move(tl, dtype)
     for site, sae in saes_of(model).items():
@@ -107,7 +109,7 @@ def place(
     return model
 
 
-def _move(model: Any, where: torch.device | torch.dtype) -> None:
+def _move(model: Any, where: str | torch.device | torch.dtype) -> None:
     """``model.to(where)``; TransformerLens's ``to`` (a HookedTransformer's or a bridge's: one
     device or dtype, and it updates the config) prints what it does unless told not to."""
     from sae_circuits._model import is_bridge

@@ -236,6 +236,19 @@ def test_place_moves_dictionaries_and_names_bad_devices(embedded):
         place(embedded, n_devices=0)
 
 
+def test_place_on_a_numbered_gpu_keeps_the_number_in_the_config(monkeypatch):
+    """Given a torch.device, TransformerLens records only its type: on cuda:1 the config said
+    "cuda", and the forward pass sent the tokens to cuda:0 (run here with the move stubbed out)."""
+    import sae_circuits.placement as placement
+
+    model = sc.zoo.load_model("tiny")
+    moved: list[object] = []
+    monkeypatch.setattr(placement, "check_device", lambda device: torch.device(device))
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: moved.append(args) or self)
+    place(model, "cuda:1")
+    assert moved and str(model.cfg.device) == "cuda:1"
+
+
 @pytest.mark.parametrize("batched_pattern", [False, True])
 def test_the_frozen_pattern_backward_under_vmap_equals_the_einsum(batched_pattern):
     """The batching rule of the pattern's transposed product (rows folded into the matmul, or a

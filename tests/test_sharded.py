@@ -61,7 +61,8 @@ def _worker(rank: int, world_size: int, store: str, out: str) -> None:
             done = attribute_prompts(model, PROMPTS, Path(out, "graphs"), **GRAPH_SETTINGS)
         Path(out, f"computed-{rank}.json").write_text(json.dumps(done.computed))
         with sc.spliced(model, sc.zoo.load_saes("tiny", kind="resid")):
-            fsa = sharded_automaton(model, _texts(), **FSA_SETTINGS)
+            # ranks may differ in progress bars alone (rank 0's shows), which change no result
+            fsa = sharded_automaton(model, _texts(), **{**FSA_SETTINGS, "progress": rank == 0})
         fsa.save(Path(out, f"fsa-{rank}.json"))
     finally:
         dist.destroy_process_group()
@@ -155,6 +156,23 @@ def test_a_folder_made_otherwise_is_refused(one_process: Path, tmp_path: Path) -
         (folder / MANIFEST).write_text((one_process / "graphs" / MANIFEST).read_text())
         with pytest.raises(ValueError, match=r"another model .*dictionaries:"):
             attribute_prompts(model, PROMPTS, folder, **GRAPH_SETTINGS)
+
+
+def test_a_graph_left_by_a_longer_prompt_list_is_not_taken_for_another_prompt(
+    one_process: Path, tmp_path: Path
+) -> None:
+    """A run on fewer prompts rewrites the manifest without the graphs it no longer lists; their
+    files stay. A later, longer list must not take such a file for its own prompt at that index."""
+    folder = tmp_path / "graphs"
+    shutil.copytree(one_process / "graphs", folder)
+    model = sc.zoo.load_model("tiny")
+    with _one_thread(), sc.spliced(model, sc.zoo.load_saes("tiny", kind="transcoder")):
+        done = attribute_prompts(model, PROMPTS[:2], folder, world_size=1, **GRAPH_SETTINGS)
+        assert done.skipped == [0, 1] and (folder / "graph-00002.json").is_file()
+        with pytest.raises(
+            ValueError, match=r"holds graph-00002.json, which its manifest.json does not list"
+        ):
+            attribute_prompts(model, [*PROMPTS[:2], "changed"], folder, world_size=1, **GRAPH_SETTINGS)
 
 
 @pytest.mark.parametrize(

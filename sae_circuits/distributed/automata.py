@@ -61,7 +61,10 @@ def sharded_automaton(
     if where.world_size == 1:
         return automaton(model, texts, **automaton_kwargs)
     mapper = RankMapper(where)  # refuses several ranks without a process group
-    key = json.dumps([_plain_texts(texts), sorted(automaton_kwargs.items())], default=repr)
+    settings = sorted(
+        (k, v) for k, v in automaton_kwargs.items() if k != "progress"
+    )  # a bar changes no result
+    key = json.dumps([_plain_texts(texts), settings], default=repr)
     everyone = gather(where, hashlib.sha256(key.encode()).hexdigest())
     differ = [r for r, seen in enumerate(everyone) if seen != everyone[0]]
     if differ:

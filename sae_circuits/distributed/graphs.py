@@ -253,14 +253,23 @@ def _check_folder(folder: Path, stamp: dict[str, Any], prompt_hashes: list[str])
             f"(fingerprint {old_fingerprint[:12]}, expected {stamp['fingerprint'][:12]}; "
             f"{'; '.join(differences) or 'another format'}); use another folder or these settings"
         )
+    listed = set()
     for entry in old_graphs:
         i = entry.get("index") if isinstance(entry, dict) else None
         if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(prompt_hashes):
             continue  # a prompt the list no longer has: its file stays, unlisted
+        listed.add(i)
         if entry.get("prompt_sha256") != prompt_hashes[i]:
             raise ValueError(
                 f"prompt {i} is not the prompt its graph in {str(folder)!r} ({graph_file(i)}) was made "
                 "from; use another folder, or the same prompts in the same order"
+            )
+    for i in range(len(prompt_hashes)):  # a file an earlier, longer list left: made from which prompt?
+        if i not in listed and (folder / graph_file(i)).is_file():
+            raise ValueError(
+                f"out_dir {str(folder)!r} holds {graph_file(i)}, which its {MANIFEST} does not list (left by "
+                "a longer list of prompts?): it cannot be checked against prompt "
+                f"{i}; remove it or use another folder"
             )
 
 
