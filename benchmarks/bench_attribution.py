@@ -140,8 +140,7 @@ def random_setup():
             (f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"),
         ):
             cfg = sc.SAEConfig("jumprelu_transcoder" if out else "jumprelu", d_in=128, d_sae=2048, hook_name=hook,
-                               apply_b_dec_to_input=out is None)  # fmt: skip
-            cfg.hook_name_out = out
+                               apply_b_dec_to_input=out is None, hook_name_out=out)  # fmt: skip
             torch.manual_seed(len(saes))
             sae = sc.SAE(cfg)
             sae.reset_parameters()

@@ -52,5 +52,5 @@ def token_row(
                 "prepend_bos=True with token rows needs the model's BOS token id, "
                 "and this model has no tokenizer (or no BOS token); pass prepend_bos=False"
             )
-        row = torch.cat([torch.tensor([tokenizer.bos_token_id]), row])
+        row = torch.cat([torch.tensor([tokenizer.bos_token_id], dtype=row.dtype, device=row.device), row])
     return row

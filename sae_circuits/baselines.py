@@ -145,4 +145,5 @@ def _calibrated(sae: SAE, model: Any, tokens: Any, active: int) -> Tensor:
             f"give at least {math.ceil(sae.cfg.d_sae / active)} tokens"
         )
     k = max(1, n - round(firing))  # the k-th smallest is exceeded by about `firing` tokens
-    return pre.float().kthvalue(k, dim=0).values.clamp_min(1e-3).to(sae.threshold.dtype)
+    exact = pre if pre.dtype == torch.float64 else pre.float()  # no rounding below the k-th value
+    return exact.kthvalue(k, dim=0).values.clamp_min(1e-3).to(sae.threshold.dtype)

@@ -242,9 +242,10 @@ class SAE(nn.Module):
         out = self.finish_output(recons, norm, flat)
         return self.hook_sae_output(self._unflatten(out))
 
-    def to(self, *args: Any, **kwargs: Any) -> SAE:  # keeps cfg.dtype/device truthful
-        """Move or cast the parameters (as ``nn.Module.to``) and update ``cfg.dtype``/``cfg.device``."""
-        out = super().to(*args, **kwargs)
+    def _apply(self, fn: Any, recurse: bool = True) -> SAE:
+        # every move or cast (to, cuda, cpu, double, half, bfloat16, to_empty) goes through here:
+        # keep cfg.dtype/cfg.device truthful, as save, load and random_like read them
+        out = super()._apply(fn, recurse)
         self.cfg = replace(self.cfg, dtype=dtype_to_str(self.W_enc.dtype), device=str(self.W_enc.device))
         return out
 

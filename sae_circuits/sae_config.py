@@ -67,8 +67,12 @@ class SAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        if self.d_out is not None and (not isinstance(self.d_out, int) or self.d_out <= 0):
+        if self.d_out is not None and (
+            not isinstance(self.d_out, int) or isinstance(self.d_out, bool) or self.d_out <= 0
+        ):
             raise ValueError(f"d_out={self.d_out!r} must be a positive integer or None")
+        if not isinstance(self.apply_b_dec_to_input, bool):  # "false" would act as True
+            raise ValueError(f"apply_b_dec_to_input={self.apply_b_dec_to_input!r} must be True or False")
         if not isinstance(self.hook_name, str) or not self.hook_name:
             raise ValueError(f"hook_name={self.hook_name!r} must be a non-empty hook name")
         if self.normalize_activations not in NORMALIZATIONS:
@@ -86,6 +90,11 @@ class SAEConfig:
         self.device = device_str(self.device)
         arch.check_config(self)
         if self.is_transcoder:
+            if not isinstance(self.hook_name_out, str) or not self.hook_name_out:
+                raise ValueError(  # else its site would silently be its input hook (as the loader says)
+                    f"a {self.architecture} needs hook_name_out, the hook it writes (e.g. "
+                    f"'blocks.0.hook_mlp_out'); got {self.hook_name_out!r}"
+                )
             if self.d_out is None:
                 self.d_out = self.d_in
             if self.apply_b_dec_to_input:
@@ -96,6 +105,11 @@ class SAEConfig:
                 raise ValueError(
                     f"normalize_activations={self.normalize_activations!r} is not supported for transcoders"
                 )
+        elif self.hook_name_out not in (None, self.hook_name):
+            raise ValueError(  # it would be spliced at a hook it does not read
+                f"a {self.architecture} SAE reconstructs the hook it reads: hook_name_out="
+                f"{self.hook_name_out!r} != hook_name={self.hook_name!r} (use a transcoder architecture)"
+            )
         elif self.d_out not in (None, self.d_in):
             raise ValueError(
                 f"a non-transcoder SAE reconstructs its input: d_out={self.d_out} != d_in={self.d_in}"

@@ -106,6 +106,8 @@ def random_sae(
 ) -> sc.SAE:
     """An SAE with random weights scaled so that a few percent of features fire."""
     is_transcoder = "transcoder" in architecture
+    if is_transcoder and "hook_name_out" not in kwargs:  # the MLP's output, for an MLP-input hook
+        kwargs["hook_name_out"] = hook_name.replace("ln2.hook_normalized", "hook_mlp_out")
     cfg = sc.SAEConfig(
         architecture,  # type: ignore[arg-type]
         d_in=d_in,

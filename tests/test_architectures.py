@@ -237,3 +237,23 @@ def test_relu_decnorm_attribution_edges_equal_interventions():
     ref.clean = ref.run()
     deep = features[graph.layer[features] >= 2][:: max(1, len(features) // 4)][:2].tolist()
     assert _check_top_edges(graph, ref, graph.nodes_of(NodeKind.TARGET)[:1].tolist() + deep) >= 8
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"architecture": "standard", "hook_name_out": "blocks.3.hook_resid_post"},
+            "reconstructs the hook it reads",
+        ),
+        ({"architecture": "transcoder", "apply_b_dec_to_input": False}, "a transcoder needs hook_name_out"),
+        ({"d_out": True}, r"d_out=True must be a positive integer"),
+        ({"apply_b_dec_to_input": "false"}, r"apply_b_dec_to_input='false' must be True or False"),
+    ],
+)
+def test_configs_that_would_splice_or_encode_wrongly_are_refused(changes, message):
+    """A plain SAE naming another output hook would be spliced where it does not read (and lose
+    the name on a round trip); a transcoder without one would be spliced at its input."""
+    base = {"architecture": "standard", "d_in": 8, "d_sae": 16, "hook_name": "blocks.0.hook_resid_post"}
+    with pytest.raises(ValueError, match=message):
+        sc.SAEConfig(**{**base, **changes})

@@ -44,9 +44,8 @@ def _random_model(normalization: str):
     for layer in range(2):
         cfg_sae = sc.SAEConfig(
             "transcoder", d_in=32, d_sae=64, hook_name=f"blocks.{layer}.ln2.hook_normalized",
-            apply_b_dec_to_input=False,
+            apply_b_dec_to_input=False, hook_name_out=f"blocks.{layer}.hook_mlp_out",
         )  # fmt: skip
-        cfg_sae.hook_name_out = f"blocks.{layer}.hook_mlp_out"
         torch.manual_seed(layer)
         sae = sc.SAE(cfg_sae)
         sae.reset_parameters()

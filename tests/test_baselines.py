@@ -102,3 +102,36 @@ def test_bad_input_errors(embedded):
         random_like(like, model, calibration[:, :10])
     with pytest.raises(ValueError, match="no hook 'blocks.9.hook_resid_post'"):
         random_like(random_sae(hook_name="blocks.9.hook_resid_post", d_in=128), model, calibration)
+
+
+def test_a_float64_dictionary_is_calibrated_exactly_and_casts_keep_the_config_true(embedded, tmp_path):
+    """The k-th pre-activation was taken in float32 and cast back: in float64 the threshold fell just
+    below the token that sets it, which then fired too (about 10% more active features). And
+    .double() left cfg.dtype at float32, so random_like and save/load went back to float32."""
+    model, saes, _, _ = embedded
+    calibration = torch.randint(0, 4096, (2, 256), generator=torch.Generator().manual_seed(0))  # few ties
+    sae = random_sae(hook_name=saes[1].cfg.hook_name, d_in=saes[1].cfg.d_in, d_sae=256).double()
+    assert sae.cfg.dtype == "float64"
+    random = random_like(sae, model, calibration, active=20)
+    assert random.W_dec.dtype == torch.float64 and random.cfg.dtype == "float64"
+    single = random_like(random_sae(hook_name=saes[1].cfg.hook_name, d_in=saes[1].cfg.d_in, d_sae=256),
+                         model, calibration, active=20)  # fmt: skip
+    _, cache = model.run_with_cache(calibration, names_filter=[sae.cfg.hook_name])
+    acts = cache[sae.cfg.hook_name]
+    l0 = [
+        float((r.pre_activations(acts.to(r.dtype)) > r.threshold).sum(-1).float().mean())
+        for r in (random, single)
+    ]
+    assert l0[0] == pytest.approx(l0[1], rel=0.01)  # was 10% above in float64
+    sae.save(tmp_path)
+    assert sc.SAE.load(tmp_path).W_enc.dtype == torch.float64
+    for cast, name in ((sae.half, "float16"), (sae.bfloat16, "bfloat16"), (sae.float, "float32")):
+        assert cast().cfg.dtype == name
+
+
+def test_token_rows_get_their_bos_on_their_own_device():
+    from sae_circuits._tokenize import token_row
+
+    model = sc.zoo.load_model("tiny")
+    row = token_row(model, torch.tensor([5, 6, 7], device="meta"), bos=True, ids="like_text")
+    assert row.device.type == "meta" and row.shape == (4,)

@@ -91,7 +91,10 @@ def test_bad_files_raise_clear_errors(tmp_path, sae, mutate, message):
 
 def test_a_transcoder_without_its_output_hook_is_refused_at_load(tmp_path):
     """Its site would otherwise silently be its input hook (for monitors, dashboards, --site)."""
+    with pytest.raises(ValueError, match="a transcoder needs hook_name_out, the hook it writes"):
+        random_sae("transcoder", hook_name="blocks.0.ln2.hook_normalized", hook_name_out=None)
     tc = random_sae("transcoder", hook_name="blocks.0.ln2.hook_normalized", d_out=64, d_in=64)
+    tc.cfg.hook_name_out = None  # a config changed after construction
     with pytest.raises(ValueError, match="has no hook_name_out .* set sae.cfg.hook_name_out before saving"):
         tc.save(tmp_path)  # refused at save too: no file that cannot be loaded back
     assert not tmp_path.joinpath("cfg.json").exists()
