@@ -106,6 +106,42 @@ def test_bad_input_gets_a_clear_error(model, markup):
             automaton(model, ["<p>", " x" * 200])
         with pytest.raises(ValueError, match="max_states=0"):
             automaton(model, ["<p>"], max_states=0)
+        row = model.to_tokens("<p>hi</p>", prepend_bos=False)[0]
+        for texts, message in (
+            (row, r"texts as a tensor must be \[n_texts, tokens\]"),  # was one text per token
+            (row[None, None], r"texts as a tensor must be \[n_texts, tokens\]"),
+            (
+                [row.float()],
+                r"text 0: expected a string or a 1-D row of integer token ids, got torch.float32",
+            ),
+            ([row > 0], "got torch.bool"),
+            ([[3, -1]], r"text 0: token ids must lie in \[0, \d+\), got \[-1, 3\]"),
+            ([[10**6]], r"token ids must lie in"),
+        ):
+            with pytest.raises(ValueError, match=message):
+                automaton(model, texts)
+
+
+def test_token_counts_add_up_over_ids_that_decode_alike(model):
+    """The 128 byte tokens all decode to U+FFFD: a transition's count for that string is the sum over
+    them (it kept the last id's count, and several ids took top slots under one key)."""
+    from sae_circuits.fsa.extract import _label_tokens
+
+    class Corpus:
+        vocab = torch.tensor([28, 95, 96, 97])  # "<" and three byte tokens (each U+FFFD), sorted
+        tokens = torch.tensor([28, 95, 28, 96, 28, 97, 28, 95])
+
+        def next_mask(self):
+            return torch.arange(8) < 7
+
+    corpus = Corpus()
+    corpus.model = model
+    fire = torch.zeros(8, 2, dtype=torch.bool)
+    fire[[0, 2, 4, 6], 0] = True  # state 0 on '<', state 1 on what follows
+    fire[[1, 3, 5, 7], 1] = True
+    transition = sc.fsa.Transition(0, 1, "token", 1.0)
+    _label_tokens(corpus, [transition], fire, top=5)
+    assert transition.tokens == {"\ufffd": 4}
 
 
 def test_validate_pins_sources_and_stores_effects(extracted):

@@ -322,6 +322,64 @@ def test_json_errors(fsa, tmp_path):
         bad.save(tmp_path / "bad.json")
 
 
+def _zipped(data: bytes) -> str:
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.compress(data, 9)).decode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(format_version=True), "version True is not supported"),
+        (lambda r: r["states"][1].update(label=7), r"states\[1\]\.label is 7; expected a string"),
+        (lambda r: r["states"][1].update(id=0), r"states\[\*\]\.id is \[0\]; expected distinct ids"),
+        (lambda r: r["states"][1].update(id=0.9), r"states\[1\]\.id is 0\.9; expected an integer"),
+        (lambda r: r["states"][0].update(frequency=True), r"states\[0\]\.frequency is True; expected a number"),
+        (lambda r: r["states"][0].update(pin_values="12"), r"states\[0\]\.pin_values is '12'; expected a list"),
+        (lambda r: r["states"][0].update(pin_values=[1.0]), r"pin_values is \[1\.0\]; expected one value per member"),
+        (lambda r: r["states"][0].update(members=[["x"]]), r"members\[0\] is \['x'\]; expected \[site, feature"),
+        (lambda r: r["transitions"][0].update(dst=999), r"transitions\[0\]\.dst is 999; expected the id of one"),
+        (lambda r: r["transitions"][0].update(src=1.5), r"transitions\[0\]\.src is 1\.5; expected an integer"),
+        (lambda r: r["transitions"][0].update(confirmed=1), r"confirmed is 1; expected true, false or null"),
+        (lambda r: r["transitions"][0].update(tokens=[1]), r"tokens is \[1\]; expected an object"),
+        (lambda r: r["transitions"][0].update(tokens={"a": 2.9}), r"tokens\['a'\] is 2\.9; expected an integer"),
+        (lambda r: r["transitions"][0].update(weight=None), r"weight is None; expected a number"),
+        (lambda r: r.update(lengths=[10, -27]), r"lengths is -27; expected an integer >= 0"),
+        (lambda r: r.update(lengths=[[1]]), r"lengths is \[1\]; expected an integer"),
+        (lambda r: r.update(lengths=[10, 10]), r"firing\.shape is \[37, 4\]; expected \[sum\(lengths\), states\]"),
+        (lambda r: r.update(metadata=[1]), r"metadata is \[1\]; expected an object"),
+        (lambda r: r.update(tokens=[1, 2]), r"tokens is '2 ids'; expected one per firing row \(37\)"),
+        (lambda r: r.update(weights={"bogus": {}}), r"weights is \['bogus'\]; expected mechanisms among"),
+        (lambda r: r.update(weights={"token": {"shape": [4, 64], "data": _zipped(bytes(8 * 256))}}),
+         r"weights\['token'\] is corrupt \(shape \[4, 64\], expected \[4, 4\]"),
+        (lambda r: r["firing"].update(data=_zipped(bytes(200_000_000))), r"firing\.data is corrupt \(it inflates past the 19 bytes"),
+        (lambda r: r.update(weights={"token": {"shape": [4, 4], "data": _zipped(bytes(10**8))}}),
+         r"weights\['token'\] is corrupt \(it inflates past the 128 bytes"),
+    ],
+)  # fmt: skip
+def test_a_file_that_does_not_fit_together_is_refused_naming_the_key(fsa, tmp_path, edit, message):
+    """Wrong types, ids that do not exist, parts of the wrong shape, and compressed data that would
+    inflate far past its shape (a small file, hundreds of MB) are refused before they are built."""
+    raw = strict_loads(export.to_json(fsa))
+    edit(raw)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=f"edited.json: .*{message}"):
+        FeatureAutomaton.load(path)
+
+
+def test_states_are_found_by_id_not_by_position(fsa):
+    shifted = FeatureAutomaton(
+        [State(s.id + 100, s.members, s.label, s.frequency, s.max_activation) for s in STATES],
+        [], fsa.firing, fsa.lengths,
+    )  # fmt: skip
+    assert shifted.state(103).label == STATES[3].label
+    with pytest.raises(KeyError, match="no state has id 3"):
+        shifted.state(3)
+
+
 # --------------------------------------------------------------------------- DOT, GraphML
 
 

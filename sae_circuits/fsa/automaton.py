@@ -101,8 +101,14 @@ class FeatureAutomaton:
     """The corpus's text tokens, concatenated (``validate`` draws its prompts from them)."""
 
     def state(self, state_id: int) -> State:
-        """``states[state_id]``: the state with that id (extraction numbers states 0, 1, ... in order)."""
-        return self.states[state_id]
+        """The state with id ``state_id`` (extraction numbers states 0, 1, ... in order, so it is
+        ``states[state_id]`` there); a ``KeyError`` for an id no state has."""
+        if 0 <= state_id < len(self.states) and self.states[state_id].id == state_id:
+            return self.states[state_id]
+        for state in self.states:
+            if state.id == state_id:
+                return state
+        raise KeyError(f"no state has id {state_id!r} (ids: {[s.id for s in self.states][:10]}...)")
 
     def weight(self, src: int, dst: int, mechanism: Mechanism | None = None) -> float:
         """Weight of ``src -> dst`` (one mechanism, or both added), from the full weight matrices

@@ -146,7 +146,11 @@ def _tokenize(model: Any, texts: Any, prepend_bos: bool | None) -> tuple[list[Te
         raise ValueError(
             f"texts must be a non-empty list of strings or token rows, got {type(texts).__name__}"
         )
-    n_ctx = model.cfg.n_ctx
+    if isinstance(texts, Tensor) and texts.ndim != 2:  # a 1-D row would become one text per token
+        raise ValueError(
+            f"texts as a tensor must be [n_texts, tokens] token ids, got shape {list(texts.shape)}"
+        )
+    n_ctx, n_vocab = model.cfg.n_ctx, model.cfg.d_vocab
     rows: list[Tensor] = []
     bos = resolve_bos(model, prepend_bos)  # token rows are "without BOS": they get it as texts do
     for i, text in enumerate(texts):
@@ -155,9 +159,23 @@ def _tokenize(model: Any, texts: Any, prepend_bos: bool | None) -> tuple[list[Te
                 raise ValueError(f"text {i} is empty")
             row = token_row(model, text, bos=bos)
         else:
-            row = torch.as_tensor(text).reshape(-1)
+            try:
+                row = torch.as_tensor(text)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(
+                    f"text {i} is {text!r:.60}: expected a string or a row of token ids"
+                ) from None
+            if row.ndim != 1 or row.dtype == torch.bool or row.is_floating_point() or row.is_complex():
+                raise ValueError(
+                    f"text {i}: expected a string or a 1-D row of integer token ids, got "
+                    f"{row.dtype} of shape {list(row.shape)}"
+                )
             if row.numel() == 0:
                 raise ValueError(f"text {i} is empty")
+            if int(row.min()) < 0 or int(row.max()) >= n_vocab:
+                raise ValueError(
+                    f"text {i}: token ids must lie in [0, {n_vocab}), got [{int(row.min())}, {int(row.max())}]"
+                )
             try:
                 row = token_row(model, row, bos=bos, ids="like_text")
             except ValueError as err:
@@ -427,7 +445,13 @@ def _label_tokens(corpus: _Corpus, transitions: list[Transition], fire: Tensor, 
     for x in token_col.unique().tolist():
         at = token_col == x
         counts[:, x] = (now[at].T @ then[at])[src, dst]
-    best = counts.topk(min(top, counts.shape[1]), dim=1)
+    # ids that decode alike (the byte tokens that are each U+FFFD) count as one string
     strings = [corpus.model.to_string(corpus.vocab[c : c + 1]) for c in range(corpus.vocab.numel())]
+    position = {x: i for i, x in enumerate(dict.fromkeys(strings))}
+    names = list(position)
+    column = torch.tensor([position[x] for x in strings]) if len(names) < len(strings) else None
+    if column is not None:
+        counts = torch.zeros(len(transitions), len(names)).index_add_(1, column, counts)
+    best = counts.topk(min(top, counts.shape[1]), dim=1)
     for t, values, columns in zip(transitions, best.values.tolist(), best.indices.tolist()):
-        t.tokens = {strings[c]: int(v) for v, c in zip(values, columns) if v > 0}
+        t.tokens = {names[c]: int(v) for v, c in zip(values, columns) if v > 0}

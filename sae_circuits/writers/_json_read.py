@@ -261,19 +261,17 @@ def read_circuit_tracer_graph(path: str | os.PathLike[str], raw: Any = None) -> 
 # --------------------------------------------------------------------------- automata
 
 
-def _read_optional(path: Path, where: str, value: Any) -> Any:
-    try:
-        if value is None:
-            return None
-        if isinstance(value, list):
-            if len(value) != 2:
-                raise ValueError(f"{len(value)} numbers")
-            return (float(value[0]), float(value[1]))
-        return float(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{path}: {where} is {value!r}; expected null, a number or [low, high] ({err})"
-        ) from None
+def _inflate(compressed: bytes, size: int) -> bytes:
+    """``zlib.decompress``, refusing more than ``size`` bytes before making them (a small file must
+    not inflate into gigabytes before its length is checked)."""
+    inflater = zlib.decompressobj()
+    data = inflater.decompress(compressed, size + 1)
+    if len(data) > size or inflater.unconsumed_tail:
+        raise ValueError(f"it inflates past the {size} bytes its shape needs")
+    data += inflater.flush()
+    if not inflater.eof:
+        raise ValueError("the compressed stream is cut short")
+    return data
 
 
 def _firing(path: Path, raw: Any) -> torch.Tensor:
@@ -283,17 +281,14 @@ def _firing(path: Path, raw: Any) -> torch.Tensor:
         raise ValueError(
             f"{path}: firing encoding {encoding!r} is not supported (reads {_FIRING_ENCODING!r})"
         )
-    if not (
-        isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 0 for n in shape)
-    ):
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(n) and n >= 0 for n in shape)):
         raise ValueError(f"{path}: firing.shape is {shape!r}; expected [tokens, states]")
+    count = shape[0] * shape[1]
     try:
-        packed = zlib.decompress(
-            base64.b64decode(json_get(path, "an automaton JSON", raw, "data", at="firing"), validate=True)
-        )
+        text = json_get(path, "an automaton JSON", raw, "data", at="firing")
+        packed = _inflate(base64.b64decode(text, validate=True), (count + 7) // 8)
     except (binascii.Error, zlib.error, TypeError, ValueError) as err:
         raise ValueError(f"{path}: firing.data is corrupt ({err})") from err
-    count = shape[0] * shape[1]
     if len(packed) != (count + 7) // 8:
         raise ValueError(
             f"{path}: firing.data holds {len(packed)} bytes; shape {shape} needs {(count + 7) // 8}"
@@ -302,60 +297,158 @@ def _firing(path: Path, raw: Any) -> torch.Tensor:
     return torch.from_numpy(bits.astype(bool).reshape(shape))
 
 
-def read_automaton(path: str | os.PathLike[str]) -> FeatureAutomaton:
-    """Rebuild an automaton from a ``.json`` file written by :func:`~sae_circuits.fsa.export.save`
-    (tensors on the CPU; ``lengths`` as int64)."""
-    path, raw = read_json(path, "automaton")
-    version = json_get(path, "an automaton JSON", raw, "format_version")
-    if json_get(path, "an automaton JSON", raw, "format") != FORMAT or version != AUTOMATON_VERSION:
-        raise ValueError(f"{path}: format {raw['format']!r} version {version!r} is not supported "
-                         f"(reads {FORMAT!r} version {AUTOMATON_VERSION})")  # fmt: skip
-    states = []
-    for i, row in enumerate(json_get(path, "an automaton JSON", raw, "states")):
-        f = {
-            k: json_get(path, "an automaton JSON", row, k, at=f"states[{i}]")
-            for k in ("id", "members", "label", "frequency", "max_activation")
-        }
-        states.append(State(
-            id=int(f["id"]), members=[(str(site), int(index)) for site, index in f["members"]],
-            label=f["label"], frequency=float(f["frequency"]), max_activation=float(f["max_activation"]),
-            pin_values=[float(v) for v in row.get("pin_values", [])],
-            coherence=float(row.get("coherence", 1.0)),
-        ))  # fmt: skip
-    transitions = []
-    for k, row in enumerate(json_get(path, "an automaton JSON", raw, "transitions")):
-        keys = ("src", "dst", "mechanism", "weight", "tokens", "effect", "confirmed")
-        f = {key: json_get(path, "an automaton JSON", row, key, at=f"transitions[{k}]") for key in keys}
-        if f["mechanism"] not in _MECHANISMS:
-            raise ValueError(
-                f"{path}: transitions[{k}].mechanism is {f['mechanism']!r}; expected one of {_MECHANISMS}"
-            )
-        if f["confirmed"] not in (None, True, False):
-            raise ValueError(
-                f"{path}: transitions[{k}].confirmed is {f['confirmed']!r}; expected true, false or null"
-            )
-        transitions.append(Transition(
-            src=int(f["src"]), dst=int(f["dst"]), mechanism=f["mechanism"], weight=float(f["weight"]),
-            tokens={str(x): int(n) for x, n in f["tokens"].items()},
-            effect=None if f["effect"] is None else float(f["effect"]), confirmed=f["confirmed"],
-            **{key: _read_optional(path, f"transitions[{k}].{key}", row.get(key)) for key in _CHECK_FIELDS},
-        ))  # fmt: skip
-    return FeatureAutomaton(
-        states=states,
-        transitions=transitions,
-        firing=_firing(path, json_get(path, "an automaton JSON", raw, "firing")),
-        lengths=torch.tensor(json_get(path, "an automaton JSON", raw, "lengths"), dtype=torch.long),
-        metadata=json_get(path, "an automaton JSON", raw, "metadata"),
-        weights={m: _weights(path, m, w) for m, w in raw.get("weights", {}).items()},
-        tokens=None if raw.get("tokens") is None else torch.tensor(raw["tokens"], dtype=torch.long),
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Fields:
+    """Typed reads of one automaton file's values, each error naming the file and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, value: Any, expected: str) -> ValueError:
+        return ValueError(f"{self.path}: {where} is {value!r:.80}; expected {expected}")
+
+    def get(self, obj: Any, key: str, at: str = "") -> Any:
+        return json_get(self.path, "an automaton JSON", obj, key, at=at)
+
+    def integer(self, where: str, value: Any, low: int | None = None) -> int:
+        if not _is_int(value) or (low is not None and value < low):
+            raise self.fail(where, value, "an integer" + (f" >= {low}" if low is not None else ""))
+        return int(value)
+
+    def number(self, where: str, value: Any) -> float:
+        # a JSON number, or the writer's "nan"/"inf"/"-inf" for the non-finite ones
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.fail(where, value, 'a number (or "nan", "inf", "-inf")')
+        if isinstance(value, str) and value not in ("nan", "inf", "-inf"):
+            raise self.fail(where, value, 'a number (or "nan", "inf", "-inf")')
+        return float(value)
+
+    def text(self, where: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(where, value, "a string")
+        return value
+
+    def array(self, where: str, value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(where, value, "a list")
+        return value
+
+    def mapping(self, where: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, value, "an object")
+        return value
+
+    def optional(self, where: str, value: Any) -> Any:
+        """None, a number or a pair of numbers (a causal check's optional fields)."""
+        if value is None:
+            return None
+        if isinstance(value, list):
+            if len(value) != 2:
+                raise self.fail(where, value, "null, a number or [low, high]")
+            return (self.number(where, value[0]), self.number(where, value[1]))
+        return self.number(where, value)
+
+
+def _state(f: _Fields, i: int, row: Any) -> State:
+    at = f"states[{i}]"
+    members = []
+    for j, member in enumerate(f.array(f"{at}.members", f.get(row, "members", at))):
+        if not (isinstance(member, list) and len(member) == 2):
+            raise f.fail(f"{at}.members[{j}]", member, "[site, feature index]")
+        members.append(
+            (f.text(f"{at}.members[{j}]", member[0]), f.integer(f"{at}.members[{j}]", member[1], 0))
+        )
+    pins = [f.number(f"{at}.pin_values", v) for v in f.array(f"{at}.pin_values", row.get("pin_values", []))]
+    if pins and len(pins) != len(members):
+        raise f.fail(f"{at}.pin_values", pins, f"one value per member ({len(members)})")
+    return State(
+        id=f.integer(f"{at}.id", f.get(row, "id", at), 0),
+        members=members,
+        label=f.text(f"{at}.label", f.get(row, "label", at)),
+        frequency=f.number(f"{at}.frequency", f.get(row, "frequency", at)),
+        max_activation=f.number(f"{at}.max_activation", f.get(row, "max_activation", at)),
+        pin_values=pins,
+        coherence=f.number(f"{at}.coherence", row.get("coherence", 1.0)),
     )
 
 
-def _weights(path: Path, mechanism: str, raw: Any) -> torch.Tensor:
+def _transition(f: _Fields, k: int, row: Any, ids: set[int]) -> Transition:
+    at = f"transitions[{k}]"
+    mechanism = f.get(row, "mechanism", at)
+    if mechanism not in _MECHANISMS:
+        raise f.fail(f"{at}.mechanism", mechanism, f"one of {_MECHANISMS}")
+    confirmed = f.get(row, "confirmed", at)
+    if confirmed is not None and not isinstance(confirmed, bool):
+        raise f.fail(f"{at}.confirmed", confirmed, "true, false or null")
+    ends = {}
+    for key in ("src", "dst"):
+        ends[key] = f.integer(f"{at}.{key}", f.get(row, key, at))
+        if ends[key] not in ids:
+            raise f.fail(f"{at}.{key}", ends[key], "the id of one of the file's states")
+    tokens = f.mapping(f"{at}.tokens", f.get(row, "tokens", at))
+    effect = f.get(row, "effect", at)
+    return Transition(
+        src=ends["src"], dst=ends["dst"], mechanism=mechanism,
+        weight=f.number(f"{at}.weight", f.get(row, "weight", at)),
+        tokens={x: f.integer(f"{at}.tokens[{x!r}]", n, 0) for x, n in tokens.items()},
+        effect=None if effect is None else f.number(f"{at}.effect", effect), confirmed=confirmed,
+        **{key: f.optional(f"{at}.{key}", row.get(key)) for key in _CHECK_FIELDS},
+    )  # fmt: skip
+
+
+def read_automaton(path: str | os.PathLike[str]) -> FeatureAutomaton:
+    """Rebuild an automaton from a ``.json`` file written by :func:`~sae_circuits.fsa.export.save`
+    (tensors on the CPU; ``lengths`` as int64). Every value is type-checked and the parts must fit
+    together (firing ``[sum(lengths), states]``, weights ``[states, states]``, transitions between
+    the file's state ids), else a ``ValueError`` names the file and the key."""
+    path, raw = read_json(path, "automaton")
+    f = _Fields(path)
+    fmt, version = f.get(raw, "format"), f.get(raw, "format_version")
+    if fmt != FORMAT or not _is_int(version) or version != AUTOMATON_VERSION:
+        raise ValueError(f"{path}: format {fmt!r} version {version!r} is not supported "
+                         f"(reads {FORMAT!r} version {AUTOMATON_VERSION})")  # fmt: skip
+    states = [_state(f, i, row) for i, row in enumerate(f.array("states", f.get(raw, "states")))]
+    ids = [s.id for s in states]
+    if len(set(ids)) != len(ids):
+        raise f.fail("states[*].id", sorted(i for i in set(ids) if ids.count(i) > 1), "distinct ids")
+    rows = f.array("transitions", f.get(raw, "transitions"))
+    transitions = [_transition(f, k, row, set(ids)) for k, row in enumerate(rows)]
+    firing = _firing(path, f.get(raw, "firing"))
+    lengths = [f.integer("lengths", n, 0) for n in f.array("lengths", f.get(raw, "lengths"))]
+    if list(firing.shape) != [sum(lengths), len(states)]:
+        raise f.fail(
+            "firing.shape", list(firing.shape), f"[sum(lengths), states] = [{sum(lengths)}, {len(states)}]"
+        )
+    weights = f.mapping("weights", raw.get("weights", {}))
+    unknown = sorted(set(weights) - set(_MECHANISMS))
+    if unknown:
+        raise f.fail("weights", unknown, f"mechanisms among {_MECHANISMS}")
+    tokens = raw.get("tokens")
+    if tokens is not None:
+        tokens = [f.integer("tokens", t, 0) for t in f.array("tokens", tokens)]
+        if len(tokens) != sum(lengths):
+            raise f.fail("tokens", f"{len(tokens)} ids", f"one per firing row ({sum(lengths)})")
+    return FeatureAutomaton(
+        states=states,
+        transitions=transitions,
+        firing=firing,
+        lengths=torch.tensor(lengths, dtype=torch.long),
+        metadata=f.mapping("metadata", f.get(raw, "metadata")),
+        weights={m: _weights(path, m, w, len(states)) for m, w in weights.items()},
+        tokens=None if tokens is None else torch.tensor(tokens, dtype=torch.long),
+    )
+
+
+def _weights(path: Path, mechanism: str, raw: Any, n_states: int) -> torch.Tensor:
     try:
-        shape = [int(n) for n in raw["shape"]]
-        data = zlib.decompress(base64.b64decode(raw["data"], validate=True))
+        if not isinstance(raw, dict) or raw.get("shape") != [n_states, n_states]:
+            raise ValueError(f"shape {raw.get('shape') if isinstance(raw, dict) else raw!r:.40}, expected "
+                             f"[{n_states}, {n_states}] (states x states)")  # fmt: skip
+        data = _inflate(base64.b64decode(raw["data"], validate=True), 8 * n_states * n_states)
         values = np.frombuffer(data, dtype=np.float64).copy()
-        return torch.from_numpy(values).reshape(shape)
+        return torch.from_numpy(values).reshape(n_states, n_states)
     except (KeyError, TypeError, ValueError, zlib.error, RuntimeError) as err:
         raise ValueError(f"{path}: weights[{mechanism!r}] is corrupt ({err})") from err
