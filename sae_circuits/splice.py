@@ -179,11 +179,22 @@ class _Site:
             if f is f_clean:
                 return x  # bitwise the model's own activation
             return x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
-        # Someone is looking at the reconstruction or the error: materialise both.
-        recons = sae.hook_sae_recons(sae.decode_normalized(f))
-        recons_clean = recons if f is f_clean else sae.decode_normalized(f_clean)
-        error = sae.hook_sae_error(x - self._to_site(sae.finish_output(recons_clean, norm_clean, flat), x))
-        return sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, inp.value), x) + error)
+        # Someone is looking at the reconstruction or the error: materialise both. The output is
+        # recons + error (as SAELens: error = x - the clean reconstruction, so a hook that changes
+        # the reconstruction changes the output), written as x plus what the edits and hooks changed:
+        # with nothing changed it is x, bitwise.
+        decoded = sae.decode_normalized(f)
+        recons = _run_hook(sae.hook_sae_recons, decoded, protect=True)  # `decoded` stays unhooked
+        recons_clean = decoded if f is f_clean else sae.decode_normalized(f_clean)
+        out_clean = self._to_site(sae.finish_output(recons_clean, norm_clean, flat), x)
+        error_clean = x - out_clean
+        error = _run_hook(sae.hook_sae_error, error_clean, protect=True)
+        out = x
+        if recons.changed or inp.changed or f is not f_clean:
+            out = out + (self._to_site(sae.finish_output(recons.value, norm, inp.value), x) - out_clean)
+        if error.changed:
+            out = out + (error.value - error_clean)
+        return sae.hook_sae_output(out)
 
     def _decoded_edit(self, df: Tensor, norm: Any) -> Tensor:
         """``df @ W_dec`` (in the activation's scale), using only the features that changed."""

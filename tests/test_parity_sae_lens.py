@@ -113,6 +113,37 @@ def test_spliced_activations_and_logits_match_sae_lens(hooked, tokens, tmp_path,
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu", "transcoder"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_hooks_on_the_reconstruction_and_the_error_act_as_in_sae_lens(
+    hooked, tokens, tmp_path, architecture, in_place
+):
+    """With the error term, SAELens adds the hooked reconstruction to the error of the clean one: a
+    hook that halves the reconstruction changes the output. It used to be cancelled here (the error
+    was taken from the hooked reconstruction) unless a feature was edited too."""
+    lens_sae = _lens_sae(architecture)
+    lens_sae.save_model(tmp_path)
+    ours = sc.SAE.load(tmp_path)
+    site = ours.cfg.site
+
+    def half(value, hook):
+        return value.mul_(0.5) if in_place else value * 0.5
+
+    lens_model = _lens_model(hooked)
+    lens_model.add_sae(lens_sae, use_error_term=True)
+    clean = hooked(tokens)
+    with sc.spliced(hooked, [ours]):
+        for hook in ("hook_sae_recons", "hook_sae_error"):
+            hooks = [(f"{site}.{hook}", half)]
+            expected = lens_model.run_with_hooks(tokens, fwd_hooks=hooks)
+            got = hooked.run_with_hooks(tokens, fwd_hooks=hooks)
+            assert not torch.allclose(got, clean, atol=1e-3), hook
+            assert torch.allclose(got, expected, atol=1e-4), hook
+        logits, _ = hooked.run_with_cache(tokens)  # every hook point watched, nothing changed
+        assert torch.equal(logits, clean)  # bitwise the unspliced model (it was off by ~1e-5)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("architecture", ARCHS)
 def test_save_here_load_in_sae_lens(tmp_path, architecture):
     lens_sae = _lens_sae(architecture)
