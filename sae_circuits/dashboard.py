@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from sae_circuits._export_io import page_start, printable, script_json
 from sae_circuits._files import atomic_write_text
 from sae_circuits._tokenize import token_row
-from sae_circuits.features import logit_effect_values
+from sae_circuits.features import TokenValues, logit_effect_values
 from sae_circuits.interventions import clamp, intervene
 from sae_circuits.splice import site_of
 
@@ -169,7 +169,10 @@ def feature_dashboard(
             "acts": acts[text, lo:hi].tolist(),
         })  # fmt: skip
 
-    promoted, suppressed = logit_effect_values(model, sae, feature, k=min(10, tl.cfg.d_vocab))
+    try:
+        promoted, suppressed = logit_effect_values(model, sae, feature, k=min(10, tl.cfg.d_vocab))
+    except ValueError:  # a site off the residual stream (an MLP's hidden layer): no direct effect
+        promoted = suppressed = TokenValues([], [])
     clamp_value = max_act if steer_value is None else float(steer_value)
     if steer_prompts is None:
         prompt_rows = [r[:_STEER_PROMPT_TOKENS] for r in rows[:3]]

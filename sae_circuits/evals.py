@@ -18,7 +18,7 @@ rows, scored on the even ones). With a single sequence, or too few tokens to sup
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import torch
@@ -27,6 +27,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sae_circuits._caller import user_stacklevel
 from sae_circuits.sae import SAE, SAEConfig
 from sae_circuits.splice import spliced
 
@@ -85,7 +86,7 @@ class _Accumulator:
 
     def add_logits(self, tokens: Tensor, clean: Tensor, spliced_logits: Tensor, zero: Tensor) -> None:
         """Add a batch's next-token CE losses and ``KL(clean || ·)`` for the three runs' logits."""
-        target = tokens[:, 1:].reshape(-1)
+        target = tokens[:, 1:].reshape(-1).long()  # nll_loss takes int64 targets only
         logp = {k: F.log_softmax(v[:, :-1].double(), -1).reshape(target.shape[0], -1)
                 for k, v in (("clean", clean), ("spliced", spliced_logits), ("zero", zero))}  # fmt: skip
         for name, values in logp.items():
@@ -151,11 +152,18 @@ def evaluate(
     for name, value in (("tokens", tokens), ("baseline_tokens", baseline_tokens)):
         if value is None and name == "baseline_tokens":
             continue
-        if not isinstance(value, Tensor) or value.ndim != 2 or value.shape[1] < 2 or value.shape[0] == 0:
-            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        if (
+            not isinstance(value, Tensor) or value.ndim != 2 or value.shape[1] < 2 or value.shape[0] == 0
+            or value.dtype == torch.bool or value.is_floating_point() or value.is_complex()
+        ):  # fmt: skip
+            shape = (
+                f"{value.dtype} {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            )
             raise ValueError(
                 f"{name} must be an integer tensor [n_sequences, sequence_length >= 2], got {shape}"
             )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
     hook_in, site = sae.cfg.hook_name, sae.cfg.site
     acc = _Accumulator(sae.cfg.d_sae)
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
@@ -188,7 +196,7 @@ def _held_out_baseline(
             warnings.warn(
                 f"evaluate: one sequence of {tokens.shape[1]} tokens, so the PCA baseline is fitted on the "
                 "tokens it is scored on (optimistic); pass baseline_tokens=... or more sequences",
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
             fit = tokens
         else:
@@ -199,7 +207,13 @@ def _held_out_baseline(
         warnings.warn(
             f"evaluate: the baseline's {fit.numel()} fitting tokens support rank {rank}, below the SAE's "
             f"L0 of {k}, so the baseline's L0 is not the same; evaluate on more tokens",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
+        )
+    if sae.cfg.is_transcoder and fit.numel() <= sae.cfg.d_in:
+        warnings.warn(
+            f"evaluate: the regression baseline is fitted on {fit.numel()} tokens, no more than its "
+            f"{sae.cfg.d_in} inputs: it is underdetermined and says little on other tokens; evaluate on more",
+            stacklevel=user_stacklevel(),
         )
     return evaluate(model, base, scored, batch_size=batch_size, baseline=False)
 
@@ -223,7 +237,9 @@ def pca_baseline(model: nn.Module, sae: SAE, tokens: Tensor, k: int, max_tokens:
     x, y = torch.cat(xs), torch.cat(ys)
     mean_x, mean_y = x.mean(0), y.mean(0)
     if sae.cfg.is_transcoder:
-        weights = torch.linalg.lstsq(x - mean_x, y - mean_y).solution  # [d_in, d_out]
+        # minimum-norm least squares, directions below 1e-7 of the largest singular value cut: the
+        # input (a LayerNorm's output) is centred, so one direction is float noise (weights ~1e5)
+        weights = torch.linalg.pinv(x - mean_x, rtol=1e-7) @ (y - mean_y)  # [d_in, d_out]
         fitted = (x - mean_x) @ weights
         directions = torch.linalg.svd(fitted, full_matrices=False).Vh[:k]  # [k, d_out]
         encoder = weights @ directions.T  # [d_in, k]
@@ -242,7 +258,7 @@ def pca_baseline(model: nn.Module, sae: SAE, tokens: Tensor, k: int, max_tokens:
         reshape_activations=sae.cfg.reshape_activations,
         metadata={"baseline": f"pca_top{k}" if not sae.cfg.is_transcoder else f"rank{k}_regression"},
     )
-    base = SAE(cfg)
+    base = SAE(replace(cfg, device="meta")).to_empty(device=sae.cfg.device)  # no draw from the global RNG
     base.W_enc.copy_(torch.cat([encoder, -encoder], dim=1).float())
     base.b_enc.copy_((-(mean_x @ torch.cat([encoder, -encoder], dim=1))).float())
     base.W_dec.copy_(torch.cat([directions, -directions]).float())

@@ -3,11 +3,13 @@ features selective for a kind of text (e.g. base64)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import torch
+from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -95,6 +97,33 @@ def direct_logit_effects(
     return d @ w_u
 
 
+_RESIDUAL_SITE = re.compile(r"(^|\.)hook_(resid_pre|resid_mid|resid_post|mlp_out|attn_out|embed|pos_embed)$")
+
+
+def residual_directions(model: nn.Module, sae: SAE, features: Sequence[int]) -> Float[Tensor, "n d_model"]:
+    """The decoder rows of ``features`` as what they add to the residual stream: as they are at a
+    residual-stream site (``hook_resid_*``, ``hook_mlp_out``, ``hook_attn_out``), through the
+    layer's ``W_O`` at an attention ``hook_z``; a ``ValueError`` at any other site (an MLP's
+    hidden layer, queries, ...), whose rows are not residual directions.
+
+    >>> residual_directions(model, sae, [0, 1]).shape
+    torch.Size([2, 128])
+    """
+    tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
+    rows, site = sae.W_dec[list(features)], sae.cfg.site
+    layer = re.match(r"blocks\.(\d+)\.attn\.hook_z$", site)
+    if layer is not None:
+        w_o = tl.blocks[int(layer.group(1))].attn.W_O  # [n_heads, d_head, d_model]
+        heads = rows.reshape(len(rows), *w_o.shape[:2]).to(device=w_o.device, dtype=w_o.dtype)
+        return einsum(heads, w_o, "n head d_head, head d_head d_model -> n d_model")
+    if _RESIDUAL_SITE.search(site) and rows.shape[-1] == tl.cfg.d_model:
+        return rows
+    raise ValueError(
+        f"the SAE at {site!r} (width {rows.shape[-1]}) does not write to the residual stream: its "
+        "features have no direct logit effect (sites: hook_resid_*, hook_mlp_out, hook_attn_out, attn.hook_z)"
+    )
+
+
 def logit_effect_values(
     model: nn.Module, sae: SAE, feature: int, k: int = 10
 ) -> tuple[TokenValues, TokenValues]:
@@ -109,7 +138,7 @@ def logit_effect_values(
     ('ment', 1.4)
     """
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
-    weights = direct_logit_effects(model, sae.W_dec[feature][None])[0]  # [d_vocab]
+    weights = direct_logit_effects(model, residual_directions(model, sae, [feature]))[0]  # [d_vocab]
     weights = weights - weights.median()
     up, down = weights.topk(k), (-weights).topk(k)
     return (

@@ -271,3 +271,23 @@ def test_long_work_shows_progress_unless_told_not_to(model, capsys):
         quiet = capsys.readouterr().err
     assert "dashboard: activations" in shown and "dashboard: steering" in shown
     assert "dashboard:" not in quiet
+
+
+def test_an_attention_z_feature_acts_through_its_heads_output_matrix(model):
+    """A hook_z SAE's decoder rows are per-head z vectors: what they add to the residual stream is
+    row @ W_O; sending them straight into W_U ranked nonsense (an MLP hidden site crashed)."""
+    from sae_circuits.features import residual_directions
+
+    sae = random_sae(hook_name="blocks.0.attn.hook_z", reshape_activations="hook_z", seed=2)
+    w_o = model.blocks[0].attn.W_O.detach()
+    for f in (0, 9):
+        expected = torch.einsum("hd,hdm->m", sae.W_dec[f].detach().reshape(w_o.shape[:2]), w_o)
+        assert torch.allclose(residual_directions(model, sae, [f])[0], expected, atol=1e-5)
+        weights = direct_logit_effects(model, expected[None])[0]
+        promoted, _ = logit_effect_values(model, sae, f, k=5)
+        assert promoted.values[0] == pytest.approx(float(weights.max() - weights.median()), abs=1e-4)
+    hidden = random_sae(hook_name="blocks.0.mlp.hook_post", d_in=model.cfg.d_mlp, seed=2)
+    with pytest.raises(
+        ValueError, match=r"'blocks.0.mlp.hook_post' \(width \d+\) does not write to the residual"
+    ):
+        logit_effect_values(model, hidden, 0)

@@ -99,3 +99,43 @@ def test_baseline_is_fitted_on_held_out_tokens(model, eval_tokens):
     assert explicit.baseline is not None and explicit.baseline.n_tokens == scored.numel()
     with pytest.raises(ValueError, match=r"baseline_tokens must be an integer tensor"), unchecked():
         evaluate(model, sae, eval_tokens, baseline_tokens=eval_tokens[0])
+
+
+def test_evaluate_leaves_the_callers_random_numbers_alone_and_names_bad_input(model, eval_tokens):
+    sae = _perfect_sae()
+    torch.manual_seed(7)
+    expected = torch.rand(2)
+    torch.manual_seed(7)
+    with pytest.warns(UserWarning, match="support rank") as caught:
+        evaluate(model, sae, eval_tokens[:2, :9])
+    assert torch.equal(torch.rand(2), expected)  # the baseline SAE drew its init from it
+    assert caught[0].filename == __file__  # the warning points at the caller, not torch's wrapper
+    as_int32 = evaluate(model, random_sae(), eval_tokens.int(), baseline=False)  # used to fail in nll_loss
+    assert as_int32.ce_loss_clean == pytest.approx(
+        evaluate(model, random_sae(), eval_tokens, baseline=False).ce_loss_clean
+    )
+    with (
+        pytest.raises(ValueError, match=r"tokens must be an integer tensor .*got torch.float32"),
+        unchecked(),
+    ):
+        evaluate(model, random_sae(), eval_tokens.float())
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size={bad} must be an integer >= 1"):
+            evaluate(model, random_sae(), eval_tokens, batch_size=bad)
+
+
+@torch.no_grad()
+def test_the_transcoder_baseline_is_a_stable_fit(eval_tokens):
+    """The MLP input is a LayerNorm output, centred: one input direction is float noise, and a plain
+    least-squares fit put weights of ~1e5 on it (baselines moved between identical calls)."""
+    model, _ = sc.zoo.load("tiny")
+    tc = sc.zoo.load_saes("tiny", kind="transcoder")[1]
+    tokens = torch.randint(0, 4096, (16, 64), generator=torch.Generator().manual_seed(0))
+    fits = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        fits.append(pca_baseline(model, tc, tokens[1::2], 20))
+    assert float(fits[0].W_enc.abs().max()) < 100
+    assert torch.equal(fits[0].W_enc, fits[1].W_enc)
+    with pytest.warns(UserWarning, match="underdetermined"):
+        evaluate(model, tc, tokens[:2, :40])

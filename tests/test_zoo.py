@@ -12,6 +12,7 @@ import torch
 
 import sae_circuits as sc
 from sae_circuits import zoo
+from sae_circuits.zoo.loader import has_hooked_transformer, load_hf_gpt2
 
 pytestmark = pytest.mark.skipif("tiny" not in zoo.names(), reason="embedded model not built yet")
 
@@ -127,3 +128,27 @@ def _numbers(obj):
             yield from _numbers(v)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         yield float(obj)
+
+
+@pytest.mark.skipif(not has_hooked_transformer(), reason="the hooked model needs TransformerLens 3.x")
+@pytest.mark.parametrize("flag", [{"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}])
+def test_gpt2_flags_that_change_the_attention_are_followed(tmp_path, flag):
+    """A user's GPT-2 folder with another attention scale: the hooked model was off by 2.4 and 6.4
+    in the logits, as the config did not carry the flags over."""
+    import shutil
+
+    from transformers import GPT2LMHeadModel
+
+    folder = tmp_path / "model"
+    shutil.copytree(zoo.model_path("tiny"), folder, ignore=shutil.ignore_patterns("saes", "transcoders"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **flag}))
+    tokens = torch.tensor([[5, 17, 300, 42, 7, 99]])
+    torch.manual_seed(3)
+    expected = torch.rand(2)
+    torch.manual_seed(3)
+    hooked = load_hf_gpt2(folder, "hooked")
+    assert torch.equal(torch.rand(2), expected)  # loading draws nothing from the caller's stream
+    reference = GPT2LMHeadModel.from_pretrained(str(folder), local_files_only=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(hooked(tokens), reference(tokens).logits, atol=1e-4)

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from sae_circuits.analysis._stats import check_tokens, dictionary_activations
 from sae_circuits.analysis.predicates import Predicate, TokenRows, TokenSet, evaluate, token_rows
-from sae_circuits.features import direct_logit_effects
+from sae_circuits.features import direct_logit_effects, residual_directions
 from sae_circuits.sae import SAE
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,9 @@ def logit_effect_matrix(
 ) -> Float[Tensor, "n_features d_vocab"]:
     """Direct logit effect of every feature in ``features``: ``W_dec[f]`` through the final norm's
     gain into ``W_U`` (:func:`~sae_circuits.features.direct_logit_effects`; CPU, float32)."""
-    return direct_logit_effects(model, sae.W_dec.detach()[list(features)]).detach().float().cpu()
+    return (
+        direct_logit_effects(model, residual_directions(model, sae, features).detach()).detach().float().cpu()
+    )
 
 
 class _Split(NamedTuple):

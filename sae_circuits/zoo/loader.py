@@ -85,6 +85,9 @@ def hooked_config_from_hf(hf_config: Any) -> Any:
         original_architecture="GPT2LMHeadModel",
         tokenizer_prepends_bos=False,
         default_prepend_bos=False,
+        # the attention's scale: by 1/sqrt(d_head) unless scale_attn_weights=False, and by 1/(layer+1)
+        scale_attn_by_inverse_layer_idx=bool(getattr(hf_config, "scale_attn_by_inverse_layer_idx", False)),
+        use_attn_scale=bool(getattr(hf_config, "scale_attn_weights", True)),
     )
 
 
@@ -96,7 +99,14 @@ def load_hf_gpt2(
     dtype: torch.dtype = torch.float32,
 ) -> Any:
     """Load the GPT-2 model in ``path`` as a ``HookedTransformer`` or ``TransformerBridge``
-    (``kind=None``: :func:`default_kind`, the bridge on TransformerLens 4)."""
+    (``kind=None``: :func:`default_kind`, the bridge on TransformerLens 4). Loading draws from no
+    global random stream of the caller (the models' initialisation runs on a forked one)."""
+    with torch.random.fork_rng(devices=[]):
+        return _load_hf_gpt2(path, kind, device=device, dtype=dtype)
+
+
+def _load_hf_gpt2(path: str | os.PathLike[str], kind: ModelKind | None, *, device: str | torch.device,
+                  dtype: torch.dtype) -> Any:  # fmt: skip
     if kind is None:
         kind = default_kind()
     if kind not in ("hooked", "bridge"):
@@ -113,6 +123,11 @@ def load_hf_gpt2(
     tokenizer = load_tokenizer(folder)
     hf_model = GPT2LMHeadModel.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
     hf_model.eval()
+    if kind == "bridge" and not getattr(hf_model.config, "scale_attn_weights", True):
+        raise ValueError(  # measured: its logits differ from the Hugging Face model's by ~6
+            f"{str(folder)!r} sets scale_attn_weights=False, which TransformerLens's bridge does not "
+            "follow; load it with kind='hooked' (TransformerLens 3.x)"
+        )
     if kind == "bridge":
         from transformer_lens.model_bridge import TransformerBridge
 
