@@ -1,7 +1,7 @@
 """What the ``sae-circuits`` subcommands share: loading the model a command names, checking an
-output can be written before the long work, the ``--model`` option and integer options' bounds. Kept apart from
-:mod:`sae_circuits.cli` so that the analyses' commands (:mod:`sae_circuits.cli_analyses`) use it
-without importing the CLI back."""
+output can be written before the long work, the ``--model`` option and integer options' bounds.
+Kept apart from :mod:`sae_circuits.cli` so that the analyses' commands
+(:mod:`sae_circuits.cli_analyses`) use it without importing the CLI back."""
 
 from __future__ import annotations
 

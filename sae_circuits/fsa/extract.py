@@ -174,7 +174,8 @@ def _tokenize(model: Any, texts: Any, prepend_bos: bool | None) -> tuple[list[Te
                 raise ValueError(f"text {i} is empty")
             if int(row.min()) < 0 or int(row.max()) >= n_vocab:
                 raise ValueError(
-                    f"text {i}: token ids must lie in [0, {n_vocab}), got [{int(row.min())}, {int(row.max())}]"
+                    f"text {i}: token ids must lie in [0, {n_vocab}), "
+                    f"got [{int(row.min())}, {int(row.max())}]"
                 )
             try:
                 row = token_row(model, row, bos=bos, ids="like_text")

@@ -73,8 +73,8 @@ class LMTrainConfig:
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
-        positive = ("n_layer", "n_embd", "n_head", "seq_len", "batch_size", "steps", "eval_every", "eval_rows",
-                    "checkpoint_every")  # fmt: skip
+        positive = ("n_layer", "n_embd", "n_head", "seq_len", "batch_size", "steps", "eval_every",
+                    "eval_rows", "checkpoint_every")  # fmt: skip
         for name in (*positive, "warmup_steps", "seed"):
             value = getattr(self, name)
             low = 1 if name in positive else 0
