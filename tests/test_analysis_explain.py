@@ -359,3 +359,18 @@ def test_bad_arguments_name_the_value(model_and_saes, splits) -> None:
         score_explanation(model, saes[1], 1, TokenSet(["<"]), test[:, :1])
     with pytest.raises(ValueError, match="k=0"):
         explanation_scores(model, saes[1], train, test, features=[1], k=0)
+
+
+def test_a_dictionary_off_the_residual_stream_gets_input_scores_and_nan_output_ones(
+    model_and_saes, splits
+) -> None:
+    """An MLP's hidden layer writes no residual direction: its output side is NaN, with a warning,
+    and its input side is scored as for any dictionary."""
+    from tests.conftest import random_sae
+
+    model, _ = model_and_saes
+    train, test = splits
+    sae = random_sae(hook_name="blocks.0.mlp.hook_post", d_in=model.cfg.d_mlp, d_sae=64, seed=1)
+    with pytest.warns(UserWarning, match="no output-side scores .* does not write to the residual stream"):
+        result = explanation_scores(model, sae, train, test, features=4, min_fired=1)
+    assert torch.isnan(result.logit.auroc).all() and not torch.isnan(result.activation.correlation).all()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -37,6 +38,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sae_circuits._caller import user_stacklevel
 from sae_circuits.analysis._stats import check_tokens, dictionary_activations
 from sae_circuits.analysis.predicates import Predicate, TokenRows, TokenSet, evaluate, token_rows
 from sae_circuits.features import direct_logit_effects, residual_directions
@@ -412,6 +414,9 @@ def explanation_scores(
             on the training split).
         progress: a progress bar (default: for more than 200 features).
 
+    A dictionary off the residual stream (an MLP's hidden layer) gets its input-side scores and
+    NaN output-side ones, with a warning: its features have no direct logit effect.
+
     >>> r = explanation_scores(model, sae, tokens, tokens, features=[253, 151])
     >>> r.explanations[0], [round(f1, 2) for f1 in r.activation.f1.tolist()]
     (TokenSet(['<']), [1.0, 0.91])
@@ -463,7 +468,12 @@ def explanation_scores(
     out_members = torch.zeros(len(chosen), n_vocab, dtype=torch.bool)
     for f in range(len(chosen)):
         out_members[f, out_ids[out_ok[:, f], f]] = True
-    logit = logit_scores(logit_effect_matrix(model, sae, chosen), out_members)
+    try:
+        logit = logit_scores(logit_effect_matrix(model, sae, chosen), out_members)
+    except ValueError as err:  # a site off the residual stream: no direct logit effect to score against
+        warnings.warn(f"explanation_scores: no output-side scores (NaN): {err}", stacklevel=user_stacklevel())
+        nan = torch.full((len(chosen),), math.nan, dtype=torch.float64)
+        logit = LogitScores(nan, nan.clone())
     seconds = time.perf_counter() - start
     logger.info("%d features explained and scored, %.1fs", len(chosen), seconds)
     return ExplanationScores(
