@@ -290,3 +290,47 @@ def test_lm_training_runs_on_one_thread_and_restores_the_callers(monkeypatch, tm
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_base64_runs_take_padding_only_at_their_end():
+    from sae_circuits.recipes.base64_steering import looks_like_base64
+
+    assert looks_like_base64("QWxhZGRpbjpvcGVuU2VzYW1lMQ==") and looks_like_base64(
+        "x = aGVsbG8gV29ybGQxMjM0+/9"
+    )
+    assert not looks_like_base64("Total1=Price+Tax/Rate")  # code, not base64: "=" inside the run
+    assert not looks_like_base64("aB1=aB1=aB1=aB1=") and not looks_like_base64("aGVsbG8gV2\n9ybGQxMjM0")
+
+
+def test_the_dictionaries_stage_trains_on_one_thread_and_restores_the_count(monkeypatch):
+    from sae_circuits.recipes import dictionaries
+
+    seen = []
+    monkeypatch.setattr(
+        dictionaries, "_build", lambda *args: seen.append(__import__("torch").get_num_threads())
+    )
+    torch = __import__("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        dictionaries.build(Path("m"), Path("t"), None, 1)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_build_manifest_is_replaced_atomically(tmp_path, monkeypatch):
+    from sae_circuits.recipes import build
+
+    build._update_manifest(tmp_path, "corpus", {"docs": 3})
+    before = (tmp_path / "manifest.json").read_text()
+
+    def half_then_full(self, data, *args, **kwargs):  # the disk fills halfway through the write
+        with open(self, "w") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError):
+        build._update_manifest(tmp_path, "tokenizer", {"vocab": 4096})
+    assert (tmp_path / "manifest.json").read_text() == before

@@ -30,7 +30,7 @@ from sae_circuits.languages.texts import PROMPTS, probe_texts
 from sae_circuits.sae import SAE
 from sae_circuits.splice import spliced
 
-_RUN = re.compile(r"[A-Za-z0-9+/=]{16,}")
+_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")  # "=" only as the padding at the end
 
 
 def looks_like_base64(text: str) -> bool:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sae_circuits._files import atomic_write_text
 from sae_circuits.languages import corpus as corpus_mod
 from sae_circuits.recipes import pack, tokenizer
 from sae_circuits.recipes.train_lm import (
@@ -92,7 +93,7 @@ def _update_manifest(out: Path, key: str, value: object) -> None:
     path = out / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest[key] = value
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def stage_corpus(out: Path, settings: Settings, cache_dir: Path) -> dict:
@@ -142,7 +143,7 @@ def stage_model(out: Path, settings: Settings, model_dir: Path) -> dict:
     idx = np.sort(rng.choice(len(train_rows), size=min(128, len(train_rows)), replace=False))
     source = np.load(tokens_dir / "train_source.npy", mmap_mode="r")
     history = stats.pop("history")
-    (out / "train_history.json").write_text(json.dumps(history) + "\n")
+    atomic_write_text(out / "train_history.json", json.dumps(history) + "\n")
     card = {
         "name": "sae-circuits-zoo-tiny",
         "rebuild_command": REBUILD_COMMAND,
@@ -161,7 +162,7 @@ def stage_model(out: Path, settings: Settings, model_dir: Path) -> dict:
         "manifest": json.loads((out / "manifest.json").read_text()),
         "versions": _versions(),
     }
-    (model_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(model_dir / "card.json", json.dumps(card, indent=2) + "\n")
     return card
 
 

@@ -58,8 +58,17 @@ def eval_tokens(tokens_dir: Path, rows_per_corpus: int) -> torch.Tensor:
 
 
 def build(model_dir: Path, tokens_dir: Path, config: TrainConfig, eval_rows: int) -> dict[str, Any]:
-    """Train, save and evaluate every dictionary; return the card entry."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    """Train, save and evaluate every dictionary on one torch thread (the caller's count restored
+    after); return the card entry."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the docs say: one thread, so a rebuild does the same arithmetic
+    try:
+        return _build(model_dir, tokens_dir, config, eval_rows)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(model_dir: Path, tokens_dir: Path, config: TrainConfig, eval_rows: int) -> dict[str, Any]:
     model = load_hf_gpt2(model_dir)  # HookedTransformer on TransformerLens 3.x, else the bridge
     train = torch.from_numpy(np.load(tokens_dir / "train.npy").astype(np.int64))
     resid, mlp = specs(model.cfg.n_layers)
