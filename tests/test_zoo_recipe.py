@@ -334,3 +334,33 @@ def test_the_build_manifest_is_replaced_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         build._update_manifest(tmp_path, "tokenizer", {"vocab": 4096})
     assert (tmp_path / "manifest.json").read_text() == before
+
+
+def test_the_base64_feature_is_chosen_on_other_text_than_its_steering_prompts():
+    """The English/code side of the selection held the steering prompts (one long enough was used):
+    the feature was chosen partly on what it is then tested on."""
+    from sae_circuits.languages import PROMPTS
+    from sae_circuits.recipes.base64_steering import _selection_texts
+
+    blobs, other = _selection_texts()
+    assert blobs and other and not set(other) & set(PROMPTS)
+
+
+def test_a_states_firing_skips_positions_of_the_whole_run():
+    """The blob's first tokens are left out after running the blob whole (as for single features),
+    not by running the blob without them, which moves every later position's context."""
+    import torch
+
+    import sae_circuits as sc
+    from sae_circuits.features import feature_activations
+    from sae_circuits.fsa.automaton import FeatureAutomaton, State
+    from sae_circuits.recipes.base64_steering import _state_firing
+
+    model, saes = sc.zoo.load("tiny")
+    tokens = model.to_tokens(["aGVsbG8gV29ybGQxMjM0NTY3ODkwYWJjZGVm"] * 2, prepend_bos=False)
+    state = State(0, [(saes[1].cfg.site, 5)], "b64", 0.1, 10.0)
+    fsa = FeatureAutomaton([state], [], torch.zeros(1, 1, dtype=torch.bool), torch.tensor([1]))
+    whole = feature_activations(model, saes[1], tokens)[:, 8:, 5].reshape(-1)
+    with sc.spliced(model, [saes[1]]):
+        fires, acts = _state_firing(model, fsa, tokens, skip=8)
+    assert torch.equal(acts[(saes[1].cfg.site, 5)], whole) and torch.equal(fires[:, 0], whole > 0)

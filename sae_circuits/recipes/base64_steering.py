@@ -73,8 +73,9 @@ def find_base64_feature(
     model: nn.Module, saes: list[SAE], length: int = 64
 ) -> tuple[SAE, int, float, float, float]:
     """The (SAE, feature) most selective for base64 text over English/code, with its firing
-    rates and its maximum observed activation (on the base64 probe text)."""
-    blobs, other = probe_texts()
+    rates and its maximum observed activation (on the base64 probe text). The steering prompts
+    are left out of the English/code side: the feature is chosen on other text than it is tested on."""
+    blobs, other = _selection_texts()
     blob_tokens, other_tokens = _token_rows(model, blobs, length), _token_rows(model, other, min(length, 16))
     best = None
     for sae in saes:
@@ -157,13 +158,23 @@ class Base64StateSteering:
     """(prompt, sampled continuation without, with) for the first prompts."""
 
 
-def _state_firing(model: Any, fsa: Any, tokens: Tensor) -> tuple[Tensor, dict[tuple[str, int], Tensor]]:
-    """``(tokens, states)`` firing and each member's activations on ``tokens`` ``[batch, pos]``."""
+def _selection_texts() -> tuple[list[str], list[str]]:
+    """The probe texts that choose the feature or state: base64 blobs, and English/code without the
+    steering prompts (which measure it)."""
+    blobs, other = probe_texts()
+    return blobs, [text for text in other if text not in PROMPTS]
+
+
+def _state_firing(
+    model: Any, fsa: Any, tokens: Tensor, skip: int = 0
+) -> tuple[Tensor, dict[tuple[str, int], Tensor]]:
+    """``(tokens, states)`` firing and each member's activations on ``tokens`` ``[batch, pos]``,
+    run whole, of the positions from ``skip`` on."""
     sites = sorted({site for s in fsa.states for site, _ in s.members})
     names = {f"{site}.hook_sae_acts_post" for site in sites}
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     acts = {
-        (site, index): cache[f"{site}.hook_sae_acts_post"][..., index].reshape(-1)
+        (site, index): cache[f"{site}.hook_sae_acts_post"][:, skip:, index].reshape(-1)
         for s in fsa.states
         for site, index in s.members
     }
@@ -180,9 +191,11 @@ def find_base64_state(
     rates, and its pin values under each rule of ``PIN_RULES`` (from its members' activations
     where they fire on the base64 probe text; a member that never fires there gets the state's
     ``max_activation``)."""
-    blobs, other = probe_texts()
+    blobs, other = _selection_texts()
     blob_tokens, other_tokens = _token_rows(model, blobs, length), _token_rows(model, other, min(length, 16))
-    fires_in, acts_in = _state_firing(model, fsa, blob_tokens[:, 8:])  # skip the blob's first tokens
+    fires_in, acts_in = _state_firing(
+        model, fsa, blob_tokens, skip=8
+    )  # the blob's first tokens: no context yet
     fires_out, _ = _state_firing(model, fsa, other_tokens)
     rate_in, rate_out = fires_in.float().mean(0), fires_out.float().mean(0)
     best = int((rate_in - rate_out).argmax())
