@@ -91,9 +91,7 @@ def random_like(
         rescale_acts_by_decoder_norm=False,
         metadata={**cfg.metadata, "baseline": "random_like", "seed": seed, "active": active},
     )
-    # Built on the meta device so that SAE.__init__ draws nothing from the global RNG.
-    random = SAE(replace(new_cfg, device="meta")).to_empty(device=cfg.device)
-    random.cfg = new_cfg
+    random = SAE.empty(new_cfg)  # SAE.__init__ would draw from the caller's global RNG
     _fill(random, seed)
     with torch.no_grad():
         if model is None:

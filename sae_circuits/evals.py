@@ -258,7 +258,7 @@ def pca_baseline(model: nn.Module, sae: SAE, tokens: Tensor, k: int, max_tokens:
         reshape_activations=sae.cfg.reshape_activations,
         metadata={"baseline": f"pca_top{k}" if not sae.cfg.is_transcoder else f"rank{k}_regression"},
     )
-    base = SAE(replace(cfg, device="meta")).to_empty(device=sae.cfg.device)  # no draw from the global RNG
+    base = SAE.empty(replace(cfg, device=sae.cfg.device))  # no draw from the global RNG
     base.W_enc.copy_(torch.cat([encoder, -encoder], dim=1).float())
     base.b_enc.copy_((-(mean_x @ torch.cat([encoder, -encoder], dim=1))).float())
     base.W_dec.copy_(torch.cat([directions, -directions]).float())

@@ -196,6 +196,14 @@ class SAE(nn.Module):
         sae.sparsity = state.sparsity
         return sae
 
+    @classmethod
+    def empty(cls, cfg: SAEConfig) -> SAE:
+        """An SAE of ``cfg`` with uninitialised parameters on ``cfg.device``, drawing nothing from
+        the global RNG: for code that fills every parameter itself."""
+        sae = cls(replace(cfg, device="meta")).to_empty(device=cfg.device)
+        sae.cfg = cfg
+        return sae
+
     # ------------------------------------------------------------------ public API
 
     @property
