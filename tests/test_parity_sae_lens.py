@@ -169,3 +169,35 @@ def test_from_live_sae_lens_object_matches_forward(architecture):
     x = torch.randn(4, 64)
     assert torch.allclose(ours.encode(x), lens_sae.encode(x), atol=1e-6)
     assert torch.allclose(ours(x), lens_sae(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [1e-3, 4e-4, 1e-4])
+def test_jumprelu_training_gradients_match_sae_lens(threshold):
+    """The threshold's pseudo-gradients (activation and L0 step) equal SAELens's on the same
+    pre-activations, also for a threshold below half the bandwidth, where a kernel read on
+    ``relu(h)`` took every negative entry for one near the threshold."""
+    from sae_lens.saes.jumprelu_sae import JumpReLU as LensJumpReLU
+    from sae_lens.saes.jumprelu_sae import Step as LensStep
+
+    from sae_circuits.architectures.jumprelu import _Step, jump_relu
+
+    generator = torch.Generator().manual_seed(0)
+    h = torch.randn(256, 8, generator=generator, dtype=torch.float64) * 2e-3
+    upstream = torch.randn(256, 8, generator=generator, dtype=torch.float64)
+    bandwidth = 1e-3
+    grads = {}
+    for name, fn in {
+        "ours": lambda x, t: jump_relu(x, t, bandwidth),
+        "lens": lambda x, t: LensJumpReLU.apply(x, t, bandwidth, False),
+        "ours_step": lambda x, t: _Step.apply(x, t, bandwidth),
+        "lens_step": lambda x, t: LensStep.apply(x, t, bandwidth, False),
+    }.items():
+        x = h.clone().requires_grad_(True)
+        t = torch.full((8,), threshold, dtype=torch.float64, requires_grad=True)
+        (fn(x, t) * upstream).sum().backward()
+        grads[name] = (t.grad, x.grad)
+    assert grads["ours"][0].abs().sum() > 0 and grads["ours_step"][0].abs().sum() > 0
+    torch.testing.assert_close(grads["ours"][0], grads["lens"][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(grads["ours_step"][0], grads["lens_step"][0], rtol=1e-12, atol=0)
+    # straight-through for the pre-activation where the unit is on (SAELens: x > threshold)
+    torch.testing.assert_close(grads["ours"][1], grads["lens"][1], rtol=0, atol=0)

@@ -29,18 +29,21 @@ def jump_relu(
     pseudo-gradient of the JumpReLU paper; without it, ordinary autograd (zero almost everywhere)."""
     if bandwidth is None:
         return h.relu() * (h > threshold)
-    return _JumpReLU.apply(h.relu(), threshold, bandwidth)
+    return _JumpReLU.apply(h, threshold, bandwidth)
 
 
+# Both autograd functions take the raw pre-activation, as the paper and SAELens do: the kernel
+# window |h - t| < bandwidth / 2 must not see a negative h as 0, which it would take for a value
+# near a threshold below bandwidth / 2 (about half of all entries, each pushing the threshold).
 class _JumpReLU(torch.autograd.Function):
-    """``h * (h > t)`` for ``h >= 0``; the threshold gets a rectangle-kernel pseudo-gradient."""
+    """``relu(h) * (h > t)``; the threshold gets a rectangle-kernel pseudo-gradient."""
 
     @staticmethod
     def forward(ctx: Any, h: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        """``h * (h > threshold)``."""
+        """``relu(h) * (h > threshold)``."""
         ctx.save_for_backward(h, threshold)
         ctx.bandwidth = bandwidth
-        return h * (h > threshold)
+        return h.relu() * (h > threshold)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
@@ -48,7 +51,7 @@ class _JumpReLU(torch.autograd.Function):
         h, threshold = ctx.saved_tensors
         window = ((h - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
         grad_threshold = -(threshold / ctx.bandwidth) * window * grad
-        return (h > threshold) * grad, grad_threshold.sum(0), None
+        return ((h > threshold) & (h > 0)) * grad, grad_threshold.sum(0), None
 
 
 class _Step(torch.autograd.Function):
@@ -104,7 +107,7 @@ class JumpReLU(Architecture):
         """L0 through the step function's pseudo-gradient, weighted by ``l0_coeff``."""
         cfg = trainer.cfg
         threshold = trainer.dictionary.get_parameter("log_threshold").exp()
-        fired = _Step.apply(h.relu(), threshold, cfg.jumprelu_bandwidth)
+        fired = _Step.apply(h, threshold, cfg.jumprelu_bandwidth)
         return cfg.l0_coeff * fired.sum(-1).mean()
 
     def export_training(self, dictionary: TrainableDictionary, sae: SAE) -> None:
