@@ -109,7 +109,11 @@ def evaluate(name, model, trained, texts, labels, truth):
             scores["merged"] = sc.score_automaton(fsa, labels, truth, merge_equivalent=True)
             loops = score_loops(fsa, fsa.loops(10), labels, truth)
             checks = confirm_rates(fsa, model, labels, truth) if kind == "trained" else None
-            probe_f1 = sc.probe_states(fsa, model, labels).best_mean_f1 if kind == "trained" else None
+            probe_f1 = (
+                sc.probe_states(fsa, model, labels, automaton=truth).best_mean_f1
+                if kind == "trained"
+                else None
+            )
         row[kind] = (fsa, seconds, scores, loops, checks, probe_f1)
         print(f"{name} {kind}: F1 {scores[None].mean_f1:.3f} AUROC {scores[None].transition_auroc:.3f} "
               f"loops {loops.n_true}/10 true, {loops.n_distinct} distinct; checks {checks}", file=sys.stderr)  # fmt: skip

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     fsa = sc.automaton(model, eval_texts, prepend_bos=False, progress=not args.smoke)
     score = sc.score_automaton(fsa, labels, fsa_true)
     seconds = time.time() - t0
-    ceiling = sc.probe_states(fsa, model, labels)  # the model's own ceiling: a linear probe per layer
+    # the model's own ceiling: a linear probe per layer
+    ceiling = sc.probe_states(fsa, model, labels, automaton=fsa_true)
     report["automaton"] = {
         "wall_time_s": round(seconds, 1),
         "states": len(fsa.states),

@@ -319,7 +319,7 @@ def _automaton(args: argparse.Namespace) -> int:
                 + (f"state {match} {fsa.states[match].label}" if match >= 0 else "no state")
             )
         try:  # the probe fits on some texts and scores on others: a small corpus may not allow it
-            ceiling = probe_states(fsa, model, labels)
+            ceiling = probe_states(fsa, model, labels, automaton=true_fsa)
             print(f"the model's own ceiling (a linear probe of the true states, held out): mean state F1 "
                   f"{ceiling.best_mean_f1:.3f} at {ceiling.best_site}")  # fmt: skip
         except ValueError as error:

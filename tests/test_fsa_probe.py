@@ -14,7 +14,7 @@ import torch
 import sae_circuits as sc
 from sae_circuits.fsa import automaton, probe_states
 from sae_circuits.fsa import probe as probe_module
-from sae_circuits.languages import corpus_texts
+from sae_circuits.languages import automata, corpus_texts
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -146,3 +146,25 @@ def test_a_site_named_twice_is_probed_once(extracted):
     once = probe_states(fsa, model, labels, sites=[SITE]).sites[SITE]
     twice = probe_states(fsa, model, labels, sites=[SITE, SITE])  # was a KeyError
     assert list(twice.sites) == [SITE] and twice.sites[SITE].mean_f1 == once.mean_f1
+
+
+def test_a_start_state_the_automaton_lists_is_probed_as_the_score_counts_it(extracted):
+    model, fsa, labels = extracted
+    markup = automata.AUTOMATA["markup"]
+
+    def rename(state):
+        return "START" if state == "TEXT" else state
+
+    spec = automata.Automaton(
+        markup.name,
+        tuple(rename(s) for s in markup.states),
+        {rename(a): {rename(b): v for b, v in row.items()} for a, row in markup.transitions.items()},
+    )
+    relabelled = [[rename(x) for x in text] for text in labels]
+    assert "START" in sc.score_automaton(fsa, relabelled, spec).state_f1
+    with_spec = probe_states(fsa, model, relabelled, sites=[SITE], automaton=spec).sites[SITE]
+    plain = probe_states(fsa, model, labels, sites=[SITE]).sites[SITE]
+    assert "START" in with_spec.state_f1 and with_spec.n_test == plain.n_test
+    assert with_spec.state_f1["START"] == plain.state_f1["TEXT"]
+    without = probe_states(fsa, model, relabelled, sites=[SITE]).sites[SITE]  # no spec: left out
+    assert "START" not in without.state_f1 and without.n_test < plain.n_test

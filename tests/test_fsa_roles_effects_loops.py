@@ -251,6 +251,25 @@ def test_markov_check_flags_a_mixed_state_and_sinks_the_paths_never_taken():
     assert all(6 not in loop.states for loop in loops(fsa, None, successors=3))
 
 
+def test_markov_factors_and_loops_do_not_depend_on_the_order_of_the_states():
+    # A state with fewer than NEIGHBOURS neighbours of positive strength (the one that always
+    # fires) used to pool arbitrary strength-0 "neighbours", picked by topk's tie order.
+    texts = _walks({"a": "bc", "b": "cd", "c": "ae", "d": "ab", "e": "ed"}, n=30, length=40)
+    fsa = _corpus(texts, ["a", "b", "c", "d", "e", "ab", "ce", "~", "~", "abcde"], noise=0.3)
+    reference = markov_consistency(fsa)
+    found = {tuple(loop.states): (loop.score, loop.consistency) for loop in loops(fsa, None)}
+    assert found
+    for seed in range(5):
+        order = list(range(len(fsa.states)))
+        random.Random(seed).shuffle(order)
+        shuffled = FeatureAutomaton([fsa.states[i] for i in order], [], fsa.firing[:, order], fsa.lengths)
+        assert torch.allclose(markov_consistency(shuffled), reference[order], rtol=0, atol=1e-12)
+        again = {tuple(loop.states): (loop.score, loop.consistency) for loop in loops(shuffled, None)}
+        assert again.keys() == found.keys()
+        for key, (score, consistency) in found.items():
+            assert again[key] == (pytest.approx(score, abs=1e-12), pytest.approx(consistency, abs=1e-12))
+
+
 def test_self_loops_rank_after_structural_loops_and_variants_after_distinct_loops():
     # X -> Y -> Z -> X, Z -> T, T -> T | X: a 3-loop, a 4-loop through T and T's self-loop.
     texts = _walks({"X": "Y", "Y": "Z", "Z": "XT", "T": "TX"})
@@ -396,6 +415,7 @@ def test_dictionaries_where_attention_is_frozen_are_left_out_with_a_warning():
 
     assert frozen_site("blocks.2.hook_attn_out") and frozen_site("blocks.1.attn.hook_z")
     assert frozen_site("blocks.0.hook_resid_pre") and frozen_site("hook_embed")
+    assert frozen_site("blocks.1.hook_attn_in") and frozen_site("blocks.0.hook_v_input")
     assert not frozen_site("blocks.1.hook_resid_post") and not frozen_site("blocks.3.hook_mlp_out")
     assert not frozen_site("blocks.1.hook_resid_pre") and not frozen_site("blocks.0.ln2.hook_normalized")
     from tests.conftest import random_sae

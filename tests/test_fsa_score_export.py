@@ -250,6 +250,24 @@ def test_cycles_rank_by_weakest_edge(fsa):
         fsa.cycles(max_length=0)
 
 
+def test_cycles_weigh_what_fsa_weight_gives_with_full_matrices():
+    # extraction keeps a transition per mechanism only above min_weight; fsa.weights keeps all
+    states = [State(i, [("x", i)], f"s{i}", 0.5) for i in range(3)]
+    attention = torch.tensor([[0.0, 0.5, 0.0], [0.5, 0.0, 0.08], [0.0, 0.08, 0.0]])
+    token = torch.tensor([[0.0, 0.05, 0.0], [0.05, 0.0, 0.08], [0.0, 0.08, 0.0]])
+    kept = [Transition(0, 1, "attention", 0.5), Transition(1, 0, "attention", 0.5)]
+    firing = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]] * 4, dtype=torch.bool)
+    fsa = FeatureAutomaton(states, kept, firing, torch.tensor([12]),
+                           weights={"attention": attention, "token": token})  # fmt: skip
+    found = fsa.cycles(min_weight=0.1)
+    assert [c for c, _ in found] == [[0, 1], [1, 2]]  # [1, 2]: 0.08 + 0.08 on each step
+    for cycle, weight in found:
+        assert weight == pytest.approx(min(fsa.weight(a, b) for a, b in zip(cycle, cycle[1:] + cycle[:1])))
+    assert found[0][1] == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="'tokens'"):
+        fsa.weight(0, 1, "tokens")  # a misspelt mechanism used to weigh 0
+
+
 def test_cycles_past_the_cap_are_the_strongest(monkeypatch):
     n = 5
     rng = np.random.default_rng(0)

@@ -113,6 +113,8 @@ class FeatureAutomaton:
     def weight(self, src: int, dst: int, mechanism: Mechanism | None = None) -> float:
         """Weight of ``src -> dst`` (one mechanism, or both added), from the full weight matrices
         when present (so pairs under ``min_weight`` count too), else from the transitions kept."""
+        if mechanism not in (None, "attention", "token"):
+            raise ValueError(f"mechanism must be None, 'attention' or 'token', got {mechanism!r}")
         if self.weights:
             column = {s.id: i for i, s in enumerate(self.states)}  # weights are indexed like firing
             return sum(

@@ -53,7 +53,9 @@ def frozen_site(site: str) -> bool:
     edits there would be overwritten, so its members cannot enter the token effects."""
     if site in ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"):
         return True
-    return re.match(r"blocks\.\d+\.(attn\.|hook_attn_out$|ln1\.)", site) is not None
+    # hook_attn_in and hook_{q,k,v}_input (use_attn_in, use_split_qkv_input) feed only the attention
+    inside = r"blocks\.\d+\.(attn\.|hook_attn_out$|hook_attn_in$|hook_[qkv]_input$|ln1\.)"
+    return re.match(inside, site) is not None
 
 
 def frozen_inputs(model: Any) -> list[str]:

@@ -27,7 +27,8 @@ everything. :func:`loops` ranks the loops from the corpus firing alone (``fsa.fi
    value, after ``<`` a tag name), so the path ``A -> B -> C`` through it is rarely taken although
    both steps are strong. Each step pair of a loop gets ``min(1, N(A, B, C) / E)``, with
    ``E = N(A, B) N(B, C) / N(B)`` the count if B forgot A; each state gets the same ratio pooled
-   over its ``NEIGHBOURS`` (3) strongest predecessors and successors (:func:`markov_consistency`).
+   over its ``NEIGHBOURS`` (3) strongest predecessors and successors of positive strength
+   (:func:`markov_consistency`).
    A loop's ``consistency`` = its smallest step-pair factor x its smallest state factor.
 4. **Score, distinct.** ``score = weakest strength x consistency x (1 - 1 / (2 k))**2`` for ``k``
    states: a self-loop counts 1/4, a 2-loop 0.56, a 4-loop 0.77, since a broad state persisting
@@ -93,6 +94,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import torch
 
+from sae_circuits._caller import user_stacklevel
 from sae_circuits.fsa.roles import average_linkage, jaccard
 
 if TYPE_CHECKING:
@@ -190,7 +192,7 @@ def _markov_ratios(fsa: FeatureAutomaton, triples: torch.Tensor) -> tuple[torch.
         at = now[:, b].nonzero().squeeze(-1)
         p, q = prev[at][:, a].float(), nxt[at][:, c].float()
         observed[rows] = (p * q).sum(0).double()
-        expected[rows] = (p.sum(0) * q.sum(0)).double() / max(len(at), 1)
+        expected[rows] = p.sum(0).double() * q.sum(0).double() / max(len(at), 1)  # product past 2^24
     return observed, expected
 
 
@@ -206,13 +208,21 @@ def markov_consistency(fsa: FeatureAutomaton, strength: torch.Tensor | None = No
 
 
 def _neighbour_triples(strength: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(b, triples)``: every ``(a, b, c)`` with ``a`` one of b's ``NEIGHBOURS`` strongest
+    predecessors and ``c`` one of its strongest successors, strength above 0 only (a pair of
+    strength 0 is no neighbour; ties go to the lower column, so the result does not depend on
+    the order of ``fsa.states``)."""
     n = strength.shape[0]
     k = min(NEIGHBOURS, n)
-    succ, pred = strength.topk(k, dim=1).indices, strength.topk(k, dim=0).indices.T
+    succ = strength.argsort(dim=1, descending=True, stable=True)[:, :k]
+    pred = strength.T.argsort(dim=1, descending=True, stable=True)[:, :k]
+    succ_ok = strength.gather(1, succ) > 0
+    pred_ok = strength.T.gather(1, pred) > 0
     b = torch.arange(n).repeat_interleave(k * k)
     a = pred.repeat_interleave(k, dim=1).reshape(-1)
     c = succ.repeat(1, k).reshape(-1)
-    return b, torch.stack([a, b, c], 1)
+    ok = (pred_ok.repeat_interleave(k, dim=1) & succ_ok.repeat(1, k)).reshape(-1)
+    return b[ok], torch.stack([a, b, c], 1)[ok]
 
 
 def _pool(n: int, b: torch.Tensor, observed: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
@@ -331,7 +341,7 @@ def loops(
     found = list(itertools.islice(nx.simple_cycles(graph, length_bound=max_length), MAX_LOOPS + 1))
     if len(found) > MAX_LOOPS:
         warnings.warn(f"more than {MAX_LOOPS} loops in the successor graph; ranking the first {MAX_LOOPS}",
-                      stacklevel=2)  # fmt: skip
+                      stacklevel=user_stacklevel())  # fmt: skip
         found = found[:MAX_LOOPS]
     if not found:
         return []
@@ -403,12 +413,22 @@ def _variant(cycle: list[int], other: list[int]) -> bool:
 # --------------------------------------------------------------------------- every cycle (fsa.cycles)
 
 
-def _summed_weights(fsa: FeatureAutomaton) -> dict[tuple[int, int], float]:
-    """``(src, dst) -> `` total weight over both mechanisms (what ``fsa.weight(src, dst)`` gives)."""
+def _summed_weights(fsa: FeatureAutomaton, min_weight: float) -> dict[tuple[int, int], float]:
+    """``(src, dst) -> `` total weight over both mechanisms, for the pairs above ``min_weight``:
+    what ``fsa.weight(src, dst)`` gives, so from the full weight matrices when present (a pair kept
+    by neither mechanism alone can pass on their sum), else from the transitions kept."""
+    if fsa.weights:
+        n = len(fsa.states)
+        total = torch.zeros(n, n, dtype=torch.float64)
+        for w in fsa.weights.values():
+            total += w.double()
+        ids = [s.id for s in fsa.states]
+        rows, cols = (total > min_weight).nonzero(as_tuple=True)
+        return {(ids[a], ids[b]): float(total[a, b]) for a, b in zip(rows.tolist(), cols.tolist())}
     weights: dict[tuple[int, int], float] = {}
     for t in fsa.transitions:
         weights[t.src, t.dst] = weights.get((t.src, t.dst), 0.0) + t.weight
-    return weights
+    return {pair: w for pair, w in weights.items() if w > min_weight}
 
 
 def _simple_cycles(graph: nx.DiGraph, max_length: int, cap: int) -> list[list[int]]:
@@ -425,8 +445,10 @@ def cycles(
 ) -> list[tuple[list[int], float]]:
     """Simple cycles of states, strongest first.
 
-    Edges are state pairs whose transitions (both mechanisms summed) weigh more than ``min_weight``;
-    a cycle's weight is its weakest edge. Cycles have at most ``max_length`` states (a self-loop is
+    Edges are state pairs whose weight, both mechanisms summed, is more than ``min_weight``: the
+    weight :meth:`FeatureAutomaton.weight` gives, read from ``fsa.weights`` when the automaton has
+    them (so a pair that neither mechanism kept alone counts on their sum), else from the
+    transitions kept. A cycle's weight is its weakest edge. Cycles have at most ``max_length`` states (a self-loop is
     ``[s]``), start at their smallest state id, and are sorted by weight (descending), then length.
 
     A cycle weighs more than ``w`` exactly when it lives in the subgraph of edges heavier than ``w``,
@@ -445,7 +467,7 @@ def cycles(
     cap = MAX_CYCLES if max_cycles is None else int(max_cycles)
     graph = nx.DiGraph()
     graph.add_nodes_from(s.id for s in fsa.states)
-    graph.add_weighted_edges_from((s, d, w) for (s, d), w in _summed_weights(fsa).items() if w > min_weight)
+    graph.add_weighted_edges_from((s, d, w) for (s, d), w in _summed_weights(fsa, min_weight).items())
     found = _simple_cycles(graph, int(max_length), cap)
     if len(found) > cap:
         # the lowest edge-weight threshold that leaves at most cap cycles (cycle counts only
@@ -470,7 +492,7 @@ def cycles(
         found = above(threshold)
         graph.remove_edges_from([(u, v) for u, v, w in full if w <= threshold])
         warnings.warn(f"more than {cap} cycles; returning the {len(found)} whose weakest transition "
-                      f"weighs more than {threshold:.6g}", stacklevel=3)  # fmt: skip
+                      f"weighs more than {threshold:.6g}", stacklevel=user_stacklevel())  # fmt: skip
     result = []
     for cycle in found:
         start = cycle.index(min(cycle))

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from sae_circuits._model import check_model
 from sae_circuits.analysis._stats import hook_activations
 from sae_circuits.fsa.automaton import FeatureAutomaton
-from sae_circuits.fsa.score import _UNLABELLED, _flat_labels
+from sae_circuits.fsa.score import _flat_labels, _ignored
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def probe_states(
     l2: float = 1e-3,
     max_iter: int = 200,
     batch_size: int = 32,
+    automaton: Any = None,
 ) -> StateProbe:
     """Fit a linear probe of the true states at each site and score it on held-out texts.
 
@@ -109,6 +110,9 @@ def probe_states(
         l2: weight of the L2 penalty on the (standardised) probe weights.
         max_iter: L-BFGS iterations.
         batch_size: texts per forward pass.
+        automaton: the true automaton, as given to :func:`score_automaton`: tokens labelled
+            ``"START"`` are then probed when it has a state of that name (one the corpus enters
+            again), as the score counts them; without it they are left out, like ``None``.
     """
     check_model(model)
     if fsa.tokens is None:
@@ -135,7 +139,8 @@ def probe_states(
     n_test = min(n_texts - 1, max(1, round(held_out * n_texts)))
     labels = _flat_labels(fsa, true_states)
     text_of = torch.repeat_interleave(torch.arange(n_texts), fsa.lengths.long().cpu())
-    keep = torch.tensor([x not in _UNLABELLED for x in labels], dtype=torch.bool)
+    ignored = _ignored(automaton)
+    keep = torch.tensor([x not in ignored for x in labels], dtype=torch.bool)
     fitting = keep & (text_of < n_texts - n_test)
     states = sorted({x for x, k in zip(labels, fitting.tolist()) if k}, key=str)  # the classes fitted
     if len(states) < 2 or int(fitting.sum()) < 2:
