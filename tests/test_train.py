@@ -167,6 +167,62 @@ def test_bad_training_input(model, train_tokens):
         small(architecture="gelu")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("geometric_median_samples", 0), ("lr", float("nan")), ("lr", float("inf")), ("grad_clip", float("nan")),
+     ("aux_k", 0), ("aux_k", -1), ("log_every", 0), ("jumprelu_bandwidth", 0.0), ("jumprelu_init_threshold", -0.1),
+     ("d_sae", 3.5), ("d_sae", True), ("k", True), ("seed", 0.5), ("l1_coeff", -1.0), ("l0_coeff", -1.0),
+     ("aux_coeff", float("nan")), ("dead_after_tokens", 0), ("warmup_steps", -1), ("progress", "no"),
+     ("decay_fraction", 1.5)],
+)  # fmt: skip
+def test_configs_that_would_train_nan_or_fail_late_are_refused_by_name(field, value):
+    """Each of these had been accepted: NaN weights (no geometric-median samples, a NaN or infinite
+    rate), a failure mid-run (aux_k < 0, log_every 0, bandwidth 0), or a silent change (aux_k 0 read
+    as the default, dead_after_tokens 0 marking every feature dead)."""
+    with pytest.raises(ValueError, match=f"^{field}="):
+        small(**{field: value})
+    with pytest.raises(ValueError, match="k=32 must be at most d_sae=16"):
+        small(architecture="batchtopk", k=32, d_sae=16)
+
+
+def test_constructing_a_trainer_leaves_the_global_rng_alone(model, train_tokens):
+    cfg = small(architecture="topk")
+    store = ActivationStore(
+        model, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens
+    )
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = SAETrainer(store, cfg, sc.SAEConfig("topk", d_in=64, d_sae=256, hook_name=SITE, k=8))
+    assert torch.equal(torch.rand(3), expected)
+    again = SAETrainer(store, cfg, sc.SAEConfig("topk", d_in=64, d_sae=256, hook_name=SITE, k=8))
+    assert torch.equal(first.dictionary.W_dec, again.dictionary.W_dec)  # seeded by cfg.seed
+
+
+def test_jumprelu_learns_its_threshold_directly_and_keeps_it_non_negative(model, train_tokens):
+    """A learned log(threshold) moved by Adam's ~lr steps changes a small threshold by a factor of
+    exp(lr * steps) at most; the threshold itself moves by ~lr per step. The parameter is projected
+    to >= 0 before each step, and the exported threshold is the learned one."""
+    cfg = small(architecture="jumprelu", lr=3e-3, warmup_steps=1)
+    store = ActivationStore(
+        model, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens
+    )
+    trainer = SAETrainer(store, cfg, sc.SAEConfig("jumprelu", d_in=64, d_sae=256, hook_name=SITE))
+    threshold = trainer.dictionary.get_parameter("threshold")
+    assert torch.equal(threshold.detach(), torch.full((256,), cfg.jumprelu_init_threshold))
+    batches = iter(store)
+    for _ in range(10):
+        trainer.step(next(batches))
+    moved = (threshold.detach() - cfg.jumprelu_init_threshold).abs().max()
+    assert moved > 5 * cfg.lr  # a log parameter would move it by at most 0.01 * (exp(0.03) - 1) = 3e-4
+    with torch.no_grad():
+        threshold[:8] = -1.0
+    trainer.step(next(batches))
+    assert float(threshold.detach()[:8].min()) > -2 * cfg.lr  # projected to 0, then one Adam step
+    sae = trainer.export()
+    assert float(sae.threshold.detach().min()) >= 0
+
+
 def test_training_several_dictionaries_from_one_stream_equals_training_each(model, train_tokens):
     specs = [DictionarySpec(SITE), DictionarySpec("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")]
     together = train_dictionaries(model, specs, train_tokens, small())

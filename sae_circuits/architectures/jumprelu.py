@@ -6,7 +6,6 @@ On disk: ``jumprelu``, ``jumprelu_transcoder``, ``jumprelu_skip_transcoder``.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -89,16 +88,22 @@ class JumpReLU(Architecture):
         """:func:`jump_relu` with the SAE's thresholds."""
         return jump_relu(h, sae.threshold)
 
-    # Training learns log(threshold), so that the threshold stays positive.
+    # Training learns the threshold itself, kept >= 0 by projection before each step. Adam moves a
+    # parameter by about lr per step, so a learned log(threshold) (the paper's positivity device)
+    # moves a small threshold by a factor of at most exp(lr * steps): 1.2 over a default run, too
+    # little to sparsify (SAELens made the same change, its issue #494).
     def init_training(self, dictionary: TrainableDictionary, cfg: TrainConfig) -> None:
-        """``log_threshold``, initialised at ``log(cfg.jumprelu_init_threshold)``."""
+        """``threshold``, initialised at ``cfg.jumprelu_init_threshold``."""
         d_sae = dictionary.W_enc.shape[1]
-        log_threshold = torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold))
-        dictionary.register_parameter("log_threshold", nn.Parameter(log_threshold))
+        threshold = torch.full((d_sae,), float(cfg.jumprelu_init_threshold))
+        dictionary.register_parameter("threshold", nn.Parameter(threshold))
 
     def train_activate(self, dictionary: TrainableDictionary, h: Tensor) -> Tensor | SparseCode:
-        """:func:`jump_relu` with the threshold's pseudo-gradient."""
-        threshold = dictionary.get_parameter("log_threshold").exp()
+        """:func:`jump_relu` with the threshold's pseudo-gradient, the threshold first projected
+        to >= 0 (each step's first use of it; the sparsity loss reads it after)."""
+        threshold = dictionary.get_parameter("threshold")
+        with torch.no_grad():  # on the data: a clamp in the graph would zero its gradient at 0
+            threshold.clamp_(min=0.0)
         return jump_relu(h, threshold, dictionary.cfg.jumprelu_bandwidth)
 
     def sparsity_loss(
@@ -106,10 +111,10 @@ class JumpReLU(Architecture):
     ) -> Tensor:
         """L0 through the step function's pseudo-gradient, weighted by ``l0_coeff``."""
         cfg = trainer.cfg
-        threshold = trainer.dictionary.get_parameter("log_threshold").exp()
+        threshold = trainer.dictionary.get_parameter("threshold")
         fired = _Step.apply(h, threshold, cfg.jumprelu_bandwidth)
         return cfg.l0_coeff * fired.sum(-1).mean()
 
     def export_training(self, dictionary: TrainableDictionary, sae: SAE) -> None:
-        """``threshold = exp(log_threshold)``."""
-        sae.threshold.copy_(dictionary.get_parameter("log_threshold").exp())
+        """The learned ``threshold`` (>= 0)."""
+        sae.threshold.copy_(dictionary.get_parameter("threshold").clamp_min(0))

@@ -113,7 +113,8 @@ def aux_k_loss(trainer: SAETrainer, h: Tensor, residual: Tensor) -> Tensor:
     if n_dead == 0:
         return h.new_zeros(())
     W_dec = trainer.dictionary.W_dec
-    aux_k = min(trainer.cfg.aux_k or max(1, trainer.dictionary.W_enc.shape[0] // 2), n_dead)
+    default = max(1, trainer.dictionary.W_enc.shape[0] // 2)
+    aux_k = min(default if trainer.cfg.aux_k is None else trainer.cfg.aux_k, n_dead)
     dead_features = dead.nonzero().squeeze(-1)
     values, picked = h[:, dead_features].topk(aux_k, dim=-1)  # only the dead columns
     offsets = torch.arange(0, h.shape[0] * aux_k, aux_k, device=h.device)

@@ -448,8 +448,9 @@ def cycles(
     Edges are state pairs whose weight, both mechanisms summed, is more than ``min_weight``: the
     weight :meth:`FeatureAutomaton.weight` gives, read from ``fsa.weights`` when the automaton has
     them (so a pair that neither mechanism kept alone counts on their sum), else from the
-    transitions kept. A cycle's weight is its weakest edge. Cycles have at most ``max_length`` states (a self-loop is
-    ``[s]``), start at their smallest state id, and are sorted by weight (descending), then length.
+    transitions kept. A cycle's weight is its weakest edge. Cycles have at most ``max_length``
+    states (a self-loop is ``[s]``), start at their smallest state id, and are sorted by weight
+    (descending), then length.
 
     A cycle weighs more than ``w`` exactly when it lives in the subgraph of edges heavier than ``w``,
     so when there are more than :data:`MAX_CYCLES` cycles, the weakest half of the edge weights is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sae_circuits import architectures
@@ -34,16 +35,20 @@ class TrainConfig:
     """A feature that has not fired for this many training tokens counts as dead."""
     l1_coeff: float = 5.0
     """``relu``: weight of the L1 penalty on feature activations (activations normalised)."""
-    l0_coeff: float = 1e-3
-    """``jumprelu``: weight of the (straight-through) L0 penalty."""
-    jumprelu_bandwidth: float = 1e-3
-    """``jumprelu``: width of the rectangle kernel in the threshold's pseudo-gradient."""
-    jumprelu_init_threshold: float = 1e-3
-    """``jumprelu``: initial threshold of every feature."""
+    l0_coeff: float = 1.0
+    """``jumprelu``: weight of the (straight-through) L0 penalty (SAELens's default)."""
+    jumprelu_bandwidth: float = 0.05
+    """``jumprelu``: width of the rectangle kernel in the threshold's pseudo-gradient (SAELens's
+    default)."""
+    jumprelu_init_threshold: float = 0.01
+    """``jumprelu``: initial threshold of every feature (SAELens's default). The threshold is
+    learned directly and Adam moves it by about ``lr`` per step, so JumpReLU needs long runs to
+    sparsify (on the tiny model, 236 steps leave an L0 of 250): for short runs use ``batchtopk``."""
     lr: float = 4e-4
     """Peak learning rate (Adam)."""
     warmup_steps: int = 100
-    """Linear learning-rate warm-up from 0."""
+    """Linear learning-rate warm-up from 0 (a run of fewer steps never reaches ``lr``: the toy
+    runs of the docstrings peak at a few percent of it)."""
     decay_fraction: float = 0.2
     """Fraction of training, at the end, over which the learning rate decays linearly to 0."""
     grad_clip: float = 1.0
@@ -59,7 +64,8 @@ class TrainConfig:
     skip_first_position: bool = True
     """Drop position 0 of every sequence (its activations are outliers in most models)."""
     normalize_activations: bool = True
-    """Train on activations scaled to unit mean squared norm; the scale is folded into the
+    """Train on activations scaled so that their mean norm is ``sqrt(d)`` (SAELens's convention);
+    the scale is folded into the
     weights when saving, so the saved SAE reads raw activations."""
     geometric_median_samples: int = 8192
     """Activations used for the geometric-median initialisation of the decoder bias."""
@@ -78,27 +84,45 @@ class TrainConfig:
         trainable = [n for n in architectures.names() if architectures.get(n).trainable]
         if self.architecture not in trainable:
             raise ValueError(f"architecture={self.architecture!r}; expected one of {trainable}")
-        for name in (
-            "expansion_factor",
-            "k",
-            "batch_size",
-            "total_tokens",
-            "buffer_tokens",
-            "model_batch_size",
-        ):
+
+        def whole(name: str, low: int) -> None:
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if self.d_sae is not None and self.d_sae <= 0:
-            raise ValueError(f"d_sae={self.d_sae} must be positive")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+
+        def number(name: str, low: float, *, strict: bool) -> None:
+            value = getattr(self, name)
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            if bad or value < low or (strict and value == low):
+                bound = f"> {low}" if strict else f">= {low}"
+                raise ValueError(f"{name}={value!r} must be a finite number {bound}")
+
+        positive = ["expansion_factor", "k", "batch_size", "total_tokens", "buffer_tokens"]
+        positive += ["model_batch_size", "log_every", "geometric_median_samples", "dead_after_tokens"]
+        for name in positive:
+            whole(name, 1)
+        whole("warmup_steps", 0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r} must be an integer")
+        for name in ("d_sae", "aux_k"):
+            if getattr(self, name) is not None:
+                whole(name, 1)
+        for name in ("lr", "grad_clip", "jumprelu_bandwidth"):
+            number(name, 0, strict=True)
+        for name in ("l1_coeff", "l0_coeff", "aux_coeff", "jumprelu_init_threshold"):
+            number(name, 0, strict=False)
+        number("decay_fraction", 0, strict=False)
+        if self.decay_fraction > 1:
+            raise ValueError(f"decay_fraction={self.decay_fraction} must be in [0, 1]")
+        for name in ("skip_first_position", "normalize_activations", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.buffer_tokens < 2 * self.batch_size:
             raise ValueError(
                 f"buffer_tokens={self.buffer_tokens} must be at least 2 * batch_size={2 * self.batch_size}"
             )
-        if not 0 <= self.decay_fraction <= 1:
-            raise ValueError(f"decay_fraction={self.decay_fraction} must be in [0, 1]")
-        if self.lr <= 0 or self.grad_clip <= 0:
-            raise ValueError(f"lr={self.lr} and grad_clip={self.grad_clip} must be positive")
+        if self.architecture in ("topk", "batchtopk") and self.d_sae is not None and self.k > self.d_sae:
+            raise ValueError(f"k={self.k} must be at most d_sae={self.d_sae} ({self.architecture})")
         from sae_circuits.placement import check_device
 
         check_device(self.device)  # a clear error now, not at the first step

@@ -3,9 +3,10 @@
 Recipe (Towards Monosemanticity; OpenAI's TopK paper; Gated/JumpReLU papers): decoder bias
 initialised at the geometric median of the targets; decoder rows kept at unit norm (the gradient
 component parallel to each row is removed before every step, the rows renormalised after);
-activations scaled to unit mean squared norm per dimension and the scale folded into the saved
-weights; AuxK for dead features of TopK/BatchTopK; linear warm-up, a linear decay over the last
-part of training, gradient clipping. The loop is :meth:`SAETrainer.step`, read top to bottom.
+activations scaled so that their mean norm is sqrt(d) (SAELens's convention) and the scale
+folded into the saved weights; AuxK for dead features of TopK/BatchTopK; linear warm-up, a
+linear decay over the last part of training, gradient clipping. The loop is
+:meth:`SAETrainer.step`, read top to bottom.
 What differs per architecture (activation, sparsity loss, extra parameters, the saved name) is
 asked of :mod:`sae_circuits.architectures`.
 
@@ -61,7 +62,7 @@ class TrainableDictionary(nn.Module):
     """The parameters being trained and the training-time forward pass (normalised space).
 
     ``W_dec``, ``W_enc``, ``b_enc``, ``b_dec`` are shared; the architecture (``cfg.architecture``,
-    from :mod:`sae_circuits.architectures`) adds its own (``log_threshold`` for JumpReLU,
+    from :mod:`sae_circuits.architectures`) adds its own (``threshold`` for JumpReLU,
     ``batch_threshold`` for BatchTopK) and supplies the activation and sparsity loss.
     """
 
@@ -72,9 +73,14 @@ class TrainableDictionary(nn.Module):
         super().__init__()
         self.cfg, self.transcoder = cfg, transcoder
         self.arch = architectures.get(cfg.architecture)
-        direction = torch.randn(d_sae, d_out)
+        generator = torch.Generator().manual_seed(cfg.seed)  # the global RNG is left alone
+        direction = torch.randn(d_sae, d_out, generator=generator)
         self.W_dec = nn.Parameter(direction / direction.norm(dim=-1, keepdim=True))
-        encoder = self.W_dec.data.T.clone() if not transcoder else torch.randn(d_in, d_sae) / math.sqrt(d_in)
+        encoder = (
+            self.W_dec.data.T.clone()
+            if not transcoder
+            else torch.randn(d_in, d_sae, generator=generator) / math.sqrt(d_in)
+        )
         self.W_enc = nn.Parameter(encoder)
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(b_dec.clone())
@@ -139,7 +145,6 @@ class SAETrainer:
     def __init__(
         self, store: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *, distributed: bool = False
     ) -> None:
-        torch.manual_seed(cfg.seed)
         self.store, self.cfg, self.sae_cfg = store, cfg, sae_cfg
         self.distributed = distributed
         self.hook_in, self.hook_out = sae_cfg.hook_name, sae_cfg.site
