@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"against the true {fsa_true.name} automaton: mean state F1 {score.mean_f1:.3f}, "
           f"transition AUROC {score.transition_auroc:.3f}; a linear probe of the true states reaches "
           f"{ceiling.best_mean_f1:.3f} at {ceiling.best_site}")  # fmt: skip
+    if score.note:
+        print(f"  note: {score.note}")
     for state, f1 in score.state_f1.items():
         match = score.matches[state]
         print(

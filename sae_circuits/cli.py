@@ -302,7 +302,13 @@ def _automaton(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     splice(model, _dictionaries(args.model, args.saes, args.dictionaries, "--saes"))
     if args.spec:
-        automata.verify_tokenizer(model.tokenizer, n_docs=50, automata=[truth])
+        try:
+            automata.verify_tokenizer(model.tokenizer, n_docs=50, automata=[truth])
+        except ValueError as error:
+            raise ValueError(
+                f"{error}. --model {args.model!r}: its tokenizer does not carry this spec's symbols; pass "
+                f"the model trained on it (examples/byo_automaton.py writes OUT/model) and its --saes"
+            ) from None
     texts, labels = corpus_texts(truth, args.contexts, args.length, seed=args.seed)
     fsa = automaton(model, texts, max_states=args.max_states, attention_contexts=args.attention_contexts,
                     prepend_bos=False)  # fmt: skip
@@ -312,6 +318,8 @@ def _automaton(args: argparse.Namespace) -> int:
         score = score_automaton(fsa, labels, true_fsa)
         print(f"against the true {true_fsa.name} automaton: mean state F1 {score.mean_f1:.3f}, "
               f"transition AUROC {score.transition_auroc:.3f}")  # fmt: skip
+        if score.note:
+            print(f"  note: {score.note}")
         for state, f1 in score.state_f1.items():
             match = score.matches[state]
             print(
@@ -612,7 +620,7 @@ def _message(err: BaseException) -> str:
         text = err.strerror + (f": {str(err.filename)!r}" if err.filename is not None else "")
     else:
         text = str(err) or type(err).__name__
-    return " ".join(text.split())
+    return re.sub(r"\s*\n\s*", " ", text).strip()  # one line; spaces inside a quoted value kept
 
 
 def _user_error(err: BaseException) -> bool:

@@ -77,11 +77,22 @@ def test_the_shipped_specs_are_valid_and_single_tokens(spec, tmp_path):
         ({"final": ["NOPE"]}, "NOPE"),
         ({"length": [5, 2]}, "length"),
         ({"start": ["S"]}, r"start \['S'\]: expected the name of one state"),
+        ({"transitions": {**_spec()["transitions"], "B": {"C": ["\ud83d"]}}}, r"'\\ud83d' is not valid Unicode"),
+        ({"start": "S0"}, r"unknown state 'START'.*no transition leaves the start state 'S0'"),
+        ({"transitions": {**_spec()["transitions"], "END": {"START": ["\n"]}}, "final": None},
+         r"END -> 'START' enters the start state"),
+        ({"states": ["START", "A", "B", "C", "END"]}, r"\['START'\] label no token.*only if the corpus returns"),
     ],
 )  # fmt: skip
 def test_bad_specs_fail_naming_the_bad_value(changes, message):
     with pytest.raises(ValueError, match=message):
         Automaton.from_dict(_spec(**changes))
+
+
+def test_an_unknown_key_alone_is_named_without_an_empty_missing_list():
+    with pytest.raises(ValueError, match=r"'abc': unknown keys \['colour'\]; expected") as caught:
+        Automaton.from_dict(_spec(colour="red"))
+    assert "missing" not in str(caught.value)
 
 
 def test_a_non_final_state_without_way_out_is_a_dead_end():
@@ -461,6 +472,10 @@ def test_cli_automaton_with_a_spec_on_the_embedded_model(tmp_path, capsys):
     assert "against the true sexpr automaton" in printed and "ARG2" in printed and out.is_file()
     assert main(["automaton", "--spec", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
     assert "nope.json" in capsys.readouterr().err
+    query = ROOT / "examples" / "automata" / "query.json"  # its keywords are not zoo tokens
+    assert main(["automaton", "--spec", str(query), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "not single tokens" in error and "--model 'tiny'" in error and "OUT/model" in error
 
 
 def test_save_model_replaces_files_atomically_and_keeps_the_folder(tmp_path):

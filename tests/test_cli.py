@@ -273,3 +273,12 @@ def test_main_leaves_the_callers_warning_filters_alone():
     before = list(warnings.filters)
     main(["serve", "no-such-folder"])
     assert warnings.filters == before
+
+
+def test_error_lines_keep_the_spaces_inside_a_quoted_value():
+    """The one-line error kept only single spaces, so a symbol such as '  two  spaces' was quoted
+    as ' two spaces', which the user's spec does not contain."""
+    from sae_circuits.cli import _message
+
+    error = ValueError("symbols ['  two  spaces'] are not single tokens:\n  pass --model")
+    assert _message(error) == "symbols ['  two  spaces'] are not single tokens: pass --model"

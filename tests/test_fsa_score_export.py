@@ -559,7 +559,18 @@ def test_a_state_named_start_is_scored_when_the_automaton_lists_it():
     fsa = FeatureAutomaton(states, transitions, firing, torch.tensor([6]))
     score = score_automaton(fsa, [["A", "START"] * 3], truth)
     assert (score.n_labelled, score.n_pairs, score.n_positive) == (6, 4, 2)
-    assert score.state_f1 == {"A": 1.0, "START": 1.0} and score.transition_auroc == 1.0 and not score.note
+    assert score.state_f1 == {"A": 1.0, "START": 1.0} and score.transition_auroc == 1.0
+    assert "carries" not in score.note and "steps of 0.25" in score.note  # 2 x 2 pairs: coarse
     # with label pairs only (no automaton to say otherwise), "START" still marks a token to ignore
     pairs = score_automaton(fsa, [["A", "START"] * 3], [("A", "A")])
     assert pairs.n_labelled == 3 and set(pairs.state_f1) == {"A"}
+
+
+def test_an_auroc_on_a_handful_of_pairs_says_how_coarse_it_is():
+    # a 2-state language: A -> A, A -> B, B -> A true, B -> B the one non-transition
+    firing = torch.tensor([[1, 0], [0, 1], [1, 0], [1, 0], [0, 1]] * 3, dtype=torch.bool)
+    labels = ["A", "B", "A", "A", "B"] * 3
+    fsa = fsa_from_firing(firing, [Transition(0, 1, "token", 0.9), Transition(1, 0, "token", 0.8)])
+    score = score_automaton(fsa, labels, [("A", "A"), ("A", "B"), ("B", "A")])
+    assert score.n_pairs == 4 and score.n_positive == 3
+    assert "rests on 3 true transitions and 1 non-transitions: it moves in steps of 0.333" in score.note

@@ -33,6 +33,9 @@ from sae_circuits.languages.equivalence import merge_equivalent as merge_equival
 START = "START"  # the zoo automata's start state: it labels no token
 _UNLABELLED = (None, START)
 _CHUNK = 1 << 16  # labelled tokens per matmul
+FEW_PAIRS = 3
+"""Fewer true transitions or non-transitions than this make ``AutomatonScore.note`` say how coarse
+the transition AUROC is (a 2-state language has 3 transitions and 1 non-transition at most)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class AutomatonScore:
     n_labelled: int
     """Tokens with a label (neither ``None`` nor ``"START"``)."""
     note: str = ""
-    """Why ``transition_auroc`` is NaN, and which true states no labelled token carries; ``""`` if none."""
+    """Why ``transition_auroc`` is NaN or how coarse it is (fewer than ``FEW_PAIRS`` pairs of one
+    class), and which true states no labelled token carries; ``""`` if none."""
 
 
 def auroc(scores: Any, labels: Any) -> float:
@@ -311,6 +315,13 @@ def score_automaton(
     if math.isnan(value):
         kind = "true transitions" if all(positive) else "non-transitions"
         notes.append(f"transition_auroc is NaN: all {len(positive)} pairs of labelled true states are {kind}")
+    else:
+        n_pos = sum(positive)
+        if min(n_pos, len(positive) - n_pos) < FEW_PAIRS:
+            notes.append(
+                f"transition_auroc rests on {n_pos} true transitions and {len(positive) - n_pos} "
+                f"non-transitions: it moves in steps of {1 / (n_pos * (len(positive) - n_pos)):.3g}"
+            )
     missing = [str(s) for i, s in enumerate(states) if not present[i]]
     if missing:
         notes.append(f"no labelled token carries the true states {missing} (F1 NaN, pairs skipped)")

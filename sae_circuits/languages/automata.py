@@ -234,8 +234,12 @@ class Automaton:
         table: dict[str, dict[str, tuple[str, ...]]] = {}
         for src, targets in self.transitions.items():
             if src not in known:
+                hint = "" if self.start in self.transitions else (
+                    f" (and no transition leaves the start state {self.start!r}: is {src!r} meant to be it? "
+                    f"set \"start\" to it)"
+                )  # fmt: skip
                 raise ValueError(
-                    f"{where}: transition from unknown state {src!r}; states are {sorted(known)}"
+                    f"{where}: transition from unknown state {src!r}; states are {sorted(known)}{hint}"
                 )
             if not isinstance(targets, dict):
                 raise ValueError(
@@ -243,6 +247,11 @@ class Automaton:
                 )
             row = {}
             for dst, symbols in targets.items():
+                if dst == self.start and dst not in self.states:
+                    raise ValueError(
+                        f"{where}: transition {src} -> {dst!r} enters the start state, which labels no "
+                        f"token; add a state for what follows (as sexpr's NEWLINE -> OPEN1 does)"
+                    )
                 if dst not in self.states:
                     raise ValueError(
                         f"{where}: transition {src} -> {dst!r} names an unknown state; states are "
@@ -258,6 +267,13 @@ class Automaton:
                         raise ValueError(
                             f"{where}: transition {src} -> {dst}: symbol {sym!r} is not a non-empty string"
                         )
+                    try:
+                        sym.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError(
+                            f"{where}: transition {src} -> {dst}: symbol {sym!r} is not valid Unicode "
+                            f"(a lone surrogate, such as half of an escaped emoji)"
+                        ) from None
                 row[dst] = tuple(symbols)
             table[src] = row
         object.__setattr__(self, "transitions", table)
@@ -298,7 +314,12 @@ class Automaton:
         entered = {dst for targets in self.transitions.values() for dst in targets}
         silent = [s for s in self.states if s not in entered]
         if silent:
-            raise ValueError(f"{where}: states {silent} label no token (no transition enters them)")
+            hint = (
+                f"; the start state {self.start!r} belongs in states only if the corpus returns to it"
+                if self.start in silent
+                else ""
+            )
+            raise ValueError(f"{where}: states {silent} label no token (no transition enters them){hint}")
         reachable = _closure({self.start}, self._successors())
         unreachable = [s for s in self.states if s not in reachable]
         if unreachable:
@@ -367,9 +388,10 @@ class Automaton:
         missing = sorted({"name", "states", "transitions"} - set(spec))
         extra = sorted(set(spec) - allowed)
         if missing or extra:
+            problems = [f"missing keys {missing}"] * bool(missing) + [f"unknown keys {extra}"] * bool(extra)
             raise ValueError(
-                f"automaton spec {spec.get('name', '?')!r}: missing keys {missing}, unknown keys {extra}; "
-                f"expected {sorted(allowed)}"
+                f"automaton spec {spec.get('name', '?')!r}: {', '.join(problems)}; "
+                f"expected {sorted(allowed)} (name, states and transitions required)"
             )
         return cls(
             name=spec["name"],
