@@ -420,6 +420,8 @@ def test_bad_input_gets_a_clear_error(model, bridge):
             sc.attribute(model, "")
         with pytest.raises(ValueError, match="more than the model's context of 128"):
             sc.attribute(model, list(range(129)))
+        with pytest.raises(ValueError, match="integer ids, got shape \\(2,\\) and dtype torch.float32"):
+            sc.attribute(model, torch.tensor([1.0, 2.0]))
         with pytest.raises(ValueError, match="token id 99999 is not in the vocabulary"):
             sc.attribute(model, "def f():", targets=[99999])
         with pytest.raises(ValueError, match="'def f' is not one token"):
@@ -440,6 +442,10 @@ def test_bad_input_gets_a_clear_error(model, bridge):
             sc.attribute(model, "def f():", edge_tolerance=1)
         with pytest.raises(ValueError, match="'blocks.1.hook_mlp_out' has no spliced dictionary"):
             sc.attribute(model, "def f():", targets=sc.Feature("blocks.1.hook_mlp_out", 0, 3))
+        with pytest.raises(ValueError, match="at position 0, where zero_bos=True removes every feature"):
+            sc.attribute(
+                model, "def f():", targets=sc.Feature("blocks.0.hook_resid_post", 0, 3), zero_bos=True
+            )
         with pytest.raises(ValueError, match="position 40 is outside"):
             sc.attribute(model, "def f():", targets=sc.Feature("blocks.0.hook_resid_post", 40, 3))
         with pytest.raises(ValueError, match="shape"):

@@ -255,8 +255,11 @@ def _tokens(model: Any, prompt: Any, prepend_bos: bool | None) -> Tensor:
     if not isinstance(prompt, str):
         if tokens.ndim == 2 and tokens.shape[0] == 1:
             tokens = tokens[0]
-        if tokens.ndim != 1 or tokens.is_floating_point():
-            raise ValueError(f"prompt tokens must be a 1-D sequence of ids, got shape {tuple(tokens.shape)}")
+        if tokens.ndim != 1 or tokens.is_floating_point() or tokens.dtype == torch.bool:
+            raise ValueError(
+                f"prompt tokens must be a 1-D sequence of integer ids, got shape {tuple(tokens.shape)} "
+                f"and dtype {tokens.dtype}"
+            )
         bad = tokens[(tokens < 0) | (tokens >= model.cfg.d_vocab)]
         if bad.numel():
             raise ValueError(
@@ -341,6 +344,12 @@ def _capture(
     if zero_bos:
         values = _without_position_zero(values)
     resolved = resolve_targets(targets, values.probs, model, tokens.numel())
+    at_bos = [t.feature for t in resolved if zero_bos and t.feature is not None and t.feature.position == 0]
+    if at_bos:
+        raise ValueError(
+            f"feature target {at_bos[0]} is at position 0, where zero_bos=True removes every feature; "
+            f"drop zero_bos or target another position"
+        )
     active = ActiveFeatures.of(values.sites)
     if batch_size == "auto":
         batch_size = auto_batch_size(
