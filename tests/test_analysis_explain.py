@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -344,6 +345,12 @@ def test_trained_dictionaries_are_explained_better_than_random_ones(model_and_sa
         assert t > r + 0.05, (name, float(t), float(r))  # F1 does not separate them at every layer
     summary = trained_r.summary()
     assert 0 < summary["correlation"]["median"] < 1 and 0 <= summary["f1"]["fraction_above_half"] <= 1
+    # an even count: the median is the mean of the two middle values (torch's median is the lower)
+    values = trained_r.activation.correlation
+    values = values[~torch.isnan(values)].numpy()
+    assert len(values) % 2 == 0 and summary["correlation"]["median"] == pytest.approx(
+        float(np.median(values))
+    )
 
 
 def test_bad_arguments_name_the_value(model_and_saes, splits) -> None:
@@ -355,6 +362,8 @@ def test_bad_arguments_name_the_value(model_and_saes, splits) -> None:
         explanation_scores(model, saes[1], train, test, features=[1], select_by="auc")  # type: ignore
     with pytest.raises(ValueError, match="9999"):
         explanation_scores(model, saes[1], train, test, features=[1, 9999])
+    with pytest.raises(ValueError, match="id 99999 is not in the model's vocabulary"):
+        explanation_scores(model, saes[1], train, torch.full_like(test, 99999), features=[1])
     with pytest.raises(ValueError, match="rows of 1 token"):
         score_explanation(model, saes[1], 1, TokenSet(["<"]), test[:, :1])
     with pytest.raises(ValueError, match="k=0"):

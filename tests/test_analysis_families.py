@@ -134,6 +134,10 @@ def test_a_feature_that_never_fires_gets_no_parent_at_any_threshold() -> None:
     saes, model, tokens, _ = planted()
     fam = feature_families(saes, model, tokens, threshold=0.0)  # correlation 0 would pass 0 >= 0
     assert int(fam.levels[2].parent[9]) == -1 and 9 not in fam.children(1, 0)
+    # nor a candidate: its correlations are all 0, and max would name feature 0 of the level below
+    level = fam.levels[2]
+    assert int(level.candidate[9]) == -1 and math.isnan(level.cosine[9]) and math.isnan(level.correlation[9])
+    json.dumps(fam.to_json(), allow_nan=False)
 
 
 def _brute_force(a: sc.SAE, b: sc.SAE, model: nn.Module, tokens: torch.Tensor):
@@ -181,8 +185,11 @@ def test_both_matches_equal_a_brute_force_loop(model: nn.Module) -> None:
     clear = (top2[:, 0] - top2[:, 1]) > 1e-4
     assert clear.sum() > 0 and torch.equal(fam.levels[1].parent[clear], back_corr.argmax(1)[clear])
     parent = fam.levels[1].candidate
-    assert fam.levels[1].cosine == pytest.approx(back[rows, parent], abs=1e-5)
-    assert fam.levels[1].correlation == pytest.approx(back_corr[rows, parent], abs=1e-5)
+    silent = (back_corr == 0).all(dim=1)  # features that never fire: no candidate, NaN edges
+    assert torch.equal(parent == -1, silent)
+    assert fam.levels[1].cosine[~silent] == pytest.approx(back[rows, parent][~silent], abs=1e-5)
+    assert fam.levels[1].correlation[~silent] == pytest.approx(back_corr[rows, parent][~silent], abs=1e-5)
+    assert fam.levels[1].cosine[silent].isnan().all()
     cos_only = match_features(a, b)  # no tokens: the decoder measure alone
     assert cos_only.correlation is None and torch.equal(cos_only.cosine_index, m.cosine_index)
 

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from sae_circuits.sae import SAE
 
 
-def check_tokens(tokens: Any) -> Int[Tensor, "batch pos"]:
-    """``tokens`` as a 2-d tensor of non-negative integer ids, or a ``ValueError`` naming what was
-    passed."""
+def check_tokens(tokens: Any, model: nn.Module | None = None) -> Int[Tensor, "batch pos"]:
+    """``tokens`` as a 2-d tensor of non-negative integer ids (below ``model.cfg.d_vocab`` when a
+    model is given), or a ``ValueError`` naming what was passed."""
     if (
         not isinstance(tokens, Tensor)
         or tokens.ndim != 2
@@ -35,6 +35,9 @@ def check_tokens(tokens: Any) -> Int[Tensor, "batch pos"]:
             else type(tokens)
         )
         raise ValueError(f"tokens: expected a non-empty [batch, pos] integer tensor, got {what}")
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if d_vocab is not None and int(tokens.max()) >= d_vocab:
+        raise ValueError(f"tokens: id {int(tokens.max())} is not in the model's vocabulary of {d_vocab}")
     return tokens
 
 
@@ -97,7 +100,7 @@ def hook_activations(
 ) -> dict[str, Float[Tensor, "n_tokens width"]]:
     """Activations at each of ``hook_names`` over ``tokens``, one row per token (heads of ``hook_z``
     flattened), float32 on the CPU. Position 0 is left out unless ``skip_first_position=False``."""
-    tokens = check_tokens(tokens)
+    tokens = check_tokens(tokens, model)
     names = list(dict.fromkeys(hook_names))
     known = set(cast(Any, model).hook_dict)
     missing = [n for n in names if n not in known]

@@ -208,7 +208,7 @@ class _Split(NamedTuple):
 
 
 def _split(model: nn.Module, sae: SAE, tokens: Tensor, batch_size: int) -> _Split:
-    tokens = check_tokens(tokens).cpu()
+    tokens = check_tokens(tokens, model).cpu()
     if tokens.shape[1] < 3:
         raise ValueError(
             f"tokens: rows of {tokens.shape[1]} tokens; expected at least 3 (position 0 is left out)"
@@ -328,7 +328,8 @@ class ExplanationScores:
     """Wall time of the call."""
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Median, mean and fraction above 0.5 of every score (NaN left out).
+        """Median (the mean of the two middle values for an even count), mean and fraction above
+        0.5 of every score (NaN left out).
 
         >>> r = explanation_scores(model, sae, tokens, tokens, features=[253])
         >>> sorted(r.summary()["f1"])
@@ -341,7 +342,7 @@ class ExplanationScores:
         ]:
             x = x[~torch.isnan(x)]
             out[name] = {
-                "median": float(x.median()) if len(x) else math.nan,
+                "median": float(x.quantile(0.5)) if len(x) else math.nan,  # torch's median: the lower middle
                 "mean": float(x.mean()) if len(x) else math.nan,
                 "fraction_above_half": float((x > 0.5).float().mean()) if len(x) else math.nan,
             }

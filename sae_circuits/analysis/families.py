@@ -65,11 +65,13 @@ class FamilyLevel:
     parent: Int[Tensor, " d_sae"]
     """Each feature's parent one level down, -1 where none (always at level 0)."""
     cosine: Float[Tensor, " d_sae"]
-    """Decoder cosine of each feature with its candidate parent (NaN at level 0)."""
+    """Decoder cosine of each feature with its candidate parent (NaN at level 0 or no candidate)."""
     correlation: Float[Tensor, " d_sae"]
-    """Activation correlation of each feature with its candidate parent (NaN at level 0)."""
+    """Activation correlation of each feature with its candidate parent (NaN at level 0 or no
+    candidate)."""
     candidate: Int[Tensor, " d_sae"]
-    """Each feature's best match one level down by the tree's measure, parent or not (-1 at level 0)."""
+    """Each feature's best match one level down by the tree's measure, parent or not (-1 at level
+    0, and for a feature whose every similarity is 0: one that never fires, by activation)."""
     match: FeatureMatch | None
     """Each measure's own best match one level down (``None`` at level 0): the two can differ."""
     top_tokens: list[list[tuple[str, float]]]
@@ -247,7 +249,7 @@ def feature_families(
     ['children', 'correlation', 'cosine', 'f1']
     """
     started = time.perf_counter()
-    tokens = check_tokens(tokens)
+    tokens = check_tokens(tokens, model)
     saes = _sorted_by_width(saes)
     if by not in MEASURES:
         raise ValueError(f"by={by!r}: expected one of {list(MEASURES)}")
@@ -272,6 +274,13 @@ def feature_families(
             value, candidate = chosen.max(dim=1)
             rows = torch.arange(sae.cfg.d_sae)
             cos_edge, corr_edge = cos[rows, candidate], corr[rows, candidate]
+            # a silent feature correlates 0 with everything: max picks index 0, which is no match
+            silent = ~(chosen != 0).any(dim=1)
+            candidate = candidate.masked_fill(silent, -1)
+            cos_edge, corr_edge = (
+                cos_edge.masked_fill(silent, math.nan),
+                corr_edge.masked_fill(silent, math.nan),
+            )
             fires, fires_below = firing_counts(a), firing_counts(acts[i - 1])
             linked = value >= threshold
             if by == "activation":  # a feature that never fires correlates 0 with everything: no evidence

@@ -109,7 +109,7 @@ def similarities(
         raise ValueError(f"match_features: {given} given alone; pass both model and tokens, or neither")
     if model is None or tokens is None:
         return Similarities(cosine, None, None, None)
-    acts_a, acts_b = dictionary_activations(model, [a, b], check_tokens(tokens), batch_size)
+    acts_a, acts_b = dictionary_activations(model, [a, b], check_tokens(tokens, model), batch_size)
     return Similarities(cosine, correlation(acts_a, acts_b), acts_a, acts_b)
 
 

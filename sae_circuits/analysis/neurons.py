@@ -232,7 +232,7 @@ def features_vs_neurons(
     >>> match.feature.f1 > 0, match.best_neuron.f1 >= match.feature_neuron.f1
     (True, True)
     """
-    tokens = check_tokens(tokens)
+    tokens = check_tokens(tokens, model)
     neuron_hook = neuron_hook or neuron_hook_of(sae.cfg.hook_name)
     n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
     masks = _check_properties(properties or {}, n_tokens, tokens.shape)

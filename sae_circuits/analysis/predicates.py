@@ -71,7 +71,7 @@ def token_rows(model: nn.Module, tokens: Int[Tensor, "batch pos"]) -> TokenRows:
     >>> rows.strings[0][:4], rows.spans(0)[:2]
     (['<', 'strong', '>', 'two'], [(0, 1), (1, 7)])
     """
-    tokens = check_tokens(tokens)
+    tokens = check_tokens(tokens, model)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ValueError(f"token_rows: {type(model).__name__} has no tokenizer to decode tokens with")

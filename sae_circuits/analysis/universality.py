@@ -202,7 +202,7 @@ def universality(
     True
     """
     check_same_tokenizer(model_a, model_b)
-    tokens = check_tokens(tokens)
+    tokens = check_tokens(tokens, model_a)
     list_a = [saes_a] if isinstance(saes_a, SAE) else list(saes_a)
     list_b = [saes_b] if isinstance(saes_b, SAE) else list(saes_b)
     if len(list_a) != len(list_b) or not list_a:
