@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -161,6 +161,8 @@ class PositionTracker:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self.refused: list[str] = []
+        """Generation entry points replaced by a refusal while tracking (:data:`UNTRACKED`)."""
 
     @property
     def _state(self) -> dict[str, Any]:
@@ -232,6 +234,22 @@ def _check_cache_filled(forward: Any, args: tuple[Any, ...], kwargs: dict[str, A
         raise cache_not_filled(getattr(forward, "__self__", forward), before, after, int(tokens.shape[-1]))
 
 
+UNTRACKED = ("generate_stream", "hf_generate")
+"""Generation entry points that bypass ``model.generate``: refused while positions are tracked
+(``"generated"`` was a no-op there, ``"prompt"`` edited every token, a list past the prompt failed)."""
+
+
+def _refused(model_name: str, name: str) -> Callable[..., Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"{model_name}.{name} does not go through {model_name}.generate, which sae_circuits "
+            f"tracks to know where the prompt ends: inside an intervention or monitor, use "
+            f"model.generate"
+        )
+
+    return refuse
+
+
 _trackers: weakref.WeakKeyDictionary[nn.Module, tuple[PositionTracker, int]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -256,6 +274,10 @@ def tracking(model: nn.Module) -> Iterator[PositionTracker]:
             model.forward = tracker.wrap_forward(model.forward)
             if hasattr(model, "generate"):
                 model.generate = tracker.wrap_generate(model.generate)
+            for name in UNTRACKED:  # they would run with no idea where the prompt ends
+                if hasattr(model, name) and name not in model.__dict__:
+                    setattr(model, name, _refused(type(model).__name__, name))
+                    tracker.refused.append(name)
         _trackers[model] = (tracker, depth + 1)
     try:
         yield tracker
@@ -264,7 +286,7 @@ def tracking(model: nn.Module) -> Iterator[PositionTracker]:
             tracker, depth = _trackers[model]
             if depth == 1:
                 del _trackers[model]
-                for name in ("forward", "generate"):
+                for name in ("forward", "generate", *tracker.refused):
                     model.__dict__.pop(name, None)
             else:
                 _trackers[model] = (tracker, depth - 1)

@@ -279,6 +279,8 @@ def _plan(model: nn.Module, saes: list[SAE]) -> list[tuple[SAE, HookPoint, HookP
                 "(convert sae_lens objects with sc.SAE.from_sae_lens)"
             )
     parents = taken | {sae.cfg.site for sae in saes}  # sites spliced now or in this call
+    # one hook point may answer to two names (the bridge: blocks.L.hook_resid_post is blocks.L.hook_out)
+    points = {id(get_hook_point(model, existing)): existing for existing in taken}
     plans = []
     for sae in saes:
         name = sae.cfg.site
@@ -288,6 +290,12 @@ def _plan(model: nn.Module, saes: list[SAE]) -> list[tuple[SAE, HookPoint, HookP
         if name in taken:
             raise ValueError(f"an SAE is already spliced at {name!r}; unsplice it first")
         site_point = get_hook_point(model, name)
+        if id(site_point) in points:
+            raise ValueError(
+                f"{name!r} is the hook point the SAE at {points[id(site_point)]!r} sits on (another name "
+                f"for it); unsplice that one first"
+            )
+        points[id(site_point)] = name
         input_point = get_hook_point(model, sae.cfg.hook_name) if sae.cfg.is_transcoder else None
         if sae.cfg.is_transcoder and sae.cfg.hook_name_out is None:
             raise ValueError(f"transcoder reading {sae.cfg.hook_name!r} has no hook_name_out")

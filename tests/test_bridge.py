@@ -163,3 +163,31 @@ def test_unsupported_versions_fail_with_what_was_found(model, monkeypatch):
         monkeypatch.undo()
         _compat.check_versions.cache_clear()
     _compat.check_versions()  # the real versions pass
+
+
+def test_two_names_of_one_bridge_hook_point_take_one_sae(bridge):
+    """blocks.1.hook_resid_post and blocks.1.hook_out are one hook point on the bridge: a second
+    SAE there had been accepted and silently replaced the first (its edits did nothing)."""
+    assert bridge.hook_dict["blocks.1.hook_out"] is bridge.hook_dict[SITE]
+    with sc.spliced(bridge, [random_sae(hook_name=SITE)]):
+        with pytest.raises(ValueError, match=r"'blocks.1.hook_out' is the hook point the SAE at "):
+            sc.splice(bridge, [random_sae(hook_name="blocks.1.hook_out")])
+        assert list(sc.saes_of(bridge)) == [SITE]
+    with pytest.raises(ValueError, match="another name for it"):  # both in one call
+        sc.splice(bridge, [random_sae(hook_name=SITE), random_sae(hook_name="blocks.1.hook_out")])
+    assert sc.saes_of(bridge) == {}
+
+
+@pytest.mark.parametrize("kind", ["hooked", "bridge"])
+def test_generation_paths_that_skip_generate_are_refused_inside_an_intervention(kind, hooked, bridge):
+    """generate_stream (and the bridge's hf_generate) bypass model.generate, so the prompt's end is
+    unknown: "generated" was a no-op there and "prompt" edited every token. Refused, then restored."""
+    model = hooked if kind == "hooked" else bridge
+    names = [n for n in ("generate_stream", "hf_generate") if hasattr(model, n)]
+    assert "generate_stream" in names
+    with sc.spliced(model, [random_sae(hook_name=SITE)]):
+        with sc.intervene(model, sc.clamp(SITE, 3, 5.0, positions="generated")):
+            for name in names:
+                with pytest.raises(RuntimeError, match=f"{name} does not go through .*use model.generate"):
+                    getattr(model, name)("def f", max_new_tokens=2)
+    assert not any(n in model.__dict__ for n in names)  # the class's own methods are back
