@@ -72,10 +72,14 @@ class _Accumulator:
         self.kl = {"spliced": 0.0, "zero": 0.0}
         self.ce_tokens = 0
 
-    def add_reconstruction(self, y: Tensor, y_hat: Tensor, f: Tensor) -> None:
-        """Add a batch's site activations ``y``, their reconstruction ``y_hat`` and features ``f``."""
+    def add_reconstruction(self, y: Tensor, y_hat: Tensor, f: Tensor, keep: Tensor | None = None) -> None:
+        """Add a batch's site activations ``y``, their reconstruction ``y_hat`` and features ``f``
+        (only the tokens where ``keep``, a ``[batch, pos]`` mask, is true)."""
         y, y_hat = y.reshape(-1, y.shape[-1]).double(), y_hat.reshape(-1, y.shape[-1]).double()
         f = f.reshape(-1, f.shape[-1])
+        if keep is not None:
+            rows = keep.reshape(-1).to(y.device)
+            y, y_hat, f = y[rows], y_hat[rows], f[rows.to(f.device)]
         self.tokens += y.shape[0]
         self.sq_error += float((y - y_hat).pow(2).sum())
         self.sq_norm += float(y.pow(2).sum())
@@ -137,11 +141,18 @@ def evaluate(
     baseline: bool = True,
     baseline_tokens: Int[Tensor, "n_fit seq_fit"] | None = None,
     progress: bool = False,
+    exclude_special_tokens: bool = False,
 ) -> EvalResult:
     """Evaluate ``sae`` on ``model`` over ``tokens`` (SAEBench core metrics, see module docstring).
 
     ``baseline_tokens``: the tokens the PCA baseline is fitted on (default: the odd rows of
     ``tokens``, and the baseline is then scored on the even rows).
+
+    ``exclude_special_tokens``: leave the tokenizer's BOS, EOS and padding tokens out of the
+    reconstruction and sparsity metrics (explained variance, MSE, L0, dead and dense fractions), as
+    SAEBench does by default; the CE and KL metrics keep every position. Off by default, so that
+    the figures in the docs are reproduced; turn it on for a model whose BOS activation is an
+    outlier (GPT-2's residual stream there is ~30x the others' norm) or to compare with SAEBench.
 
     >>> result = sc.evaluate(model, sae, tokens, baseline_tokens=model.to_tokens(texts[2:]))
     >>> result.n_tokens, result.baseline.l0 == round(result.l0)  # the baseline at the SAE's L0
@@ -164,6 +175,9 @@ def evaluate(
             )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    if not isinstance(exclude_special_tokens, bool):
+        raise ValueError(f"exclude_special_tokens={exclude_special_tokens!r} must be True or False")
+    special = _special_ids(model) if exclude_special_tokens else []
     hook_in, site = sae.cfg.hook_name, sae.cfg.site
     acc = _Accumulator(sae.cfg.d_sae)
     tl = cast(Any, model)  # HookedTransformer or TransformerBridge: its TL API is not on nn.Module
@@ -173,20 +187,30 @@ def evaluate(
         clean, cache = tl.run_with_cache(batch, names_filter=sorted({hook_in, site}))
         x, y = cache[hook_in], cache[site]
         f = sae.encode(x)
-        acc.add_reconstruction(y.reshape(*y.shape[:2], -1), sae(x).reshape(*y.shape[:2], -1), f)
+        keep = ~torch.isin(batch, torch.tensor(special, device=batch.device)) if special else None
+        acc.add_reconstruction(y.reshape(*y.shape[:2], -1), sae(x).reshape(*y.shape[:2], -1), f, keep)
         with spliced(model, [sae], error_term=False):
             spliced_logits = model(batch)
         zero = tl.run_with_hooks(batch, fwd_hooks=[(site, lambda act, hook: torch.zeros_like(act))])
         acc.add_logits(batch, clean, spliced_logits, zero)
+    if acc.tokens == 0:
+        raise ValueError(f"exclude_special_tokens=True left no token to score (special ids {special})")
     base = None
     if baseline:
         k = max(1, round(acc.active / acc.tokens))
-        base = _held_out_baseline(model, sae, tokens, baseline_tokens, k, batch_size)
+        base = _held_out_baseline(model, sae, tokens, baseline_tokens, k, batch_size, exclude_special_tokens)
     return acc.result(site, base)
 
 
+def _special_ids(model: nn.Module) -> list[int]:
+    """The tokenizer's BOS, EOS and padding ids (none without a tokenizer)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    ids = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    return sorted(i for i in ids if isinstance(i, int))
+
+
 def _held_out_baseline(
-    model: nn.Module, sae: SAE, tokens: Tensor, fit: Tensor | None, k: int, batch_size: int
+    model: nn.Module, sae: SAE, tokens: Tensor, fit: Tensor | None, k: int, batch_size: int, exclude: bool
 ) -> EvalResult:
     """The rank-``k`` baseline fitted on ``fit`` (default: the odd rows of ``tokens``) and scored
     on the rest, with a warning where it cannot be fair."""
@@ -215,7 +239,9 @@ def _held_out_baseline(
             f"{sae.cfg.d_in} inputs: it is underdetermined and says little on other tokens; evaluate on more",
             stacklevel=user_stacklevel(),
         )
-    return evaluate(model, base, scored, batch_size=batch_size, baseline=False)
+    return evaluate(
+        model, base, scored, batch_size=batch_size, baseline=False, exclude_special_tokens=exclude
+    )
 
 
 @torch.no_grad()

@@ -66,6 +66,32 @@ def test_metrics_match_a_direct_computation(model, eval_tokens):
 
 
 @torch.no_grad()
+def test_special_tokens_can_be_left_out_of_the_reconstruction_metrics(model, eval_tokens):
+    """As SAEBench: BOS/EOS/padding positions leave explained variance, L0 and the firing counts;
+    the CE and KL metrics keep every position."""
+    bos = model.tokenizer.bos_token_id
+    tokens = eval_tokens.clone()
+    tokens[:, 0] = bos
+    tokens[2, 7] = bos  # a document boundary inside a row
+    sae = random_sae()
+    kept = evaluate(model, sae, tokens, baseline=False, exclude_special_tokens=True)
+    every = evaluate(model, sae, tokens, baseline=False)
+    _, cache = model.run_with_cache(tokens, names_filter=SITE)
+    rows = (tokens != bos).reshape(-1)
+    x = cache[SITE].reshape(-1, D_MODEL)[rows].double()
+    x_hat = sae(cache[SITE]).reshape(-1, D_MODEL)[rows].double()
+    ev = 1 - (x - x_hat).pow(2).sum(-1).mean() / (x.pow(2).sum(-1).mean() - x.mean(0).pow(2).sum())
+    assert kept.n_tokens == int(rows.sum()) == tokens.numel() - 7
+    assert kept.explained_variance == pytest.approx(float(ev), rel=1e-6)
+    assert kept.explained_variance != pytest.approx(every.explained_variance, rel=1e-4)
+    f = sae.encode(cache[SITE]).reshape(-1, sae.cfg.d_sae)[rows]
+    assert kept.l0 == pytest.approx(float((f > 0).sum(-1).float().mean()), rel=1e-6)
+    assert kept.ce_loss_clean == every.ce_loss_clean and kept.kl_div_spliced == every.kl_div_spliced
+    with pytest.raises(ValueError, match="left no token to score"):
+        evaluate(model, sae, torch.full_like(tokens, bos), baseline=False, exclude_special_tokens=True)
+
+
+@torch.no_grad()
 def test_pca_baseline_is_the_best_rank_k_reconstruction(model, eval_tokens):
     sae = random_sae()
     base = pca_baseline(model, sae, eval_tokens, k=D_MODEL)  # full rank: exact
