@@ -48,7 +48,10 @@ from sae_circuits.zoo.loader import load_hf_gpt2
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Automata (issue: automata)"
-COMMAND = "python benchmarks/bench_automata.py --write-docs --third /tmp/third --third /tmp/fourth --third /tmp/fifth"
+COMMAND = (
+    "python benchmarks/bench_automata.py --write-docs --third /tmp/third --third /tmp/fourth --third /tmp/fifth "
+    "--third /tmp/sixth"
+)
 SIZES = (25, 50, 100, 200)
 LENGTH, CONTEXTS, SEED = 128, 200, 1
 
@@ -172,9 +175,10 @@ def main() -> None:
         SECTION,
         "",
         f"Reproduce: `{COMMAND}` ({datetime.date.today()}; {machine()}; 1 torch thread; "
-        f"{versions(('torch', 'transformer-lens'))}). The sexpr, shell and query rows need `python examples/byo_automaton.py "
-        "--out /tmp/third`, then the same with `--spec examples/automata/shell.json --out /tmp/fourth` and "
-        "`--spec examples/automata/query.json --out /tmp/fifth`, first (about 15 min each).",
+        f"{versions(('torch', 'transformer-lens'))}). The sexpr, shell, query and ini rows need `python "
+        "examples/byo_automaton.py --out /tmp/third`, then the same with `--spec examples/automata/shell.json "
+        "--out /tmp/fourth`, `--spec examples/automata/query.json --out /tmp/fifth` and `--spec "
+        "examples/automata/ini.json --out /tmp/sixth`, first (about 15 min each).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "
         "4 residual SAEs and 4 transcoders, role states, both mechanisms (target: 200 contexts ≤ 30 s):",
