@@ -261,7 +261,7 @@ def test_necessity_arm_starts_where_the_source_fires_and_reads_a_plain_generatio
         fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
         progress=False,
     )  # fmt: skip
-    windows = validate_module._windows(fsa, model, 0, 5, 16, 0, firing=True, repeat=False)
+    windows = validate_module._windows(fsa, model, 0, 5, 16, 0, firing=True)
     last = windows.shape[1] - 1
     names = {f"{site}.hook_sae_acts_post" for site, _ in src.members + dst.members}
 
@@ -292,3 +292,21 @@ def test_necessity_arm_starts_where_the_source_fires_and_reads_a_plain_generatio
     )  # fmt: skip
     assert without.removal is None and not without.removal_confirmed
     assert without.greedy == check.greedy and without.confirmed == without.pin_confirmed
+
+
+def test_pin_windows_never_repeat_and_a_shortfall_is_named(extracted):
+    """With fewer windows than n_prompts the pin arm had drawn with replacement, counting one window
+    many times as independent prompts: a tight interval from no new evidence (one greedy window x 40
+    confirmed with CI (1.0, 1.0)). Each window is used once now, and the shortfall is a warning."""
+    import numpy as np
+
+    model, fsa = extracted
+    longest = int(fsa.lengths.max())
+    src = min(fsa.states, key=lambda s: s.frequency).id  # off almost everywhere
+    dst = next(s.id for s in fsa.states if s.id != src)
+    with pytest.warns(UserWarning, match=rf"state {src} is off at only \d+ positions.*not n_prompts=40"):
+        [check] = check_pairs(fsa, model, [(np.int64(src), dst)], n_prompts=40, context=longest,
+                              steps=1, samples=2, necessity=False, progress=False)  # fmt: skip
+    n = check.prompts.shape[0]
+    assert 1 <= n < 40 and len({tuple(row) for row in check.prompts.tolist()}) == n
+    assert math.isnan(validate_module._one_sided_p(torch.tensor([0.5], dtype=torch.float64)))

@@ -75,6 +75,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -85,8 +86,10 @@ from jaxtyping import Bool, Float, Float64, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sae_circuits._caller import user_stacklevel
 from sae_circuits._model import check_model
 from sae_circuits.interventions import ablate, clamp, intervene
+from sae_circuits.positions import is_int
 from sae_circuits.splice import saes_of
 
 if TYPE_CHECKING:  # the automaton's types; at run time they are checked by shape, since
@@ -111,7 +114,7 @@ class Effect:
     ci: tuple[float, float]
     """Two-sided t-interval of ``effect`` at the check's ``confidence`` (prompts as units)."""
     p_value: float
-    """One-sided p-value of "effect > 0" (paired t-test, prompts as units)."""
+    """One-sided p-value of "effect > 0" (paired t-test, prompts as units; NaN with one prompt)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ class Removal:
     ci: tuple[float, float]
     """Two-sided t-interval of ``effect`` at the check's ``confidence`` (prompts as units)."""
     p_value: float
-    """One-sided p-value of "effect > 0" (paired t-test, prompts as units)."""
+    """One-sided p-value of "effect > 0" (paired t-test, prompts as units; NaN with one prompt)."""
     n_prompts: int
     """Windows used: each corpus position where the source fires at most once, so fewer than the
     check's ``n_prompts`` when the source fires rarely."""
@@ -347,6 +350,13 @@ def check_pairs(
     for src in tqdm(sources, desc="causal checks", unit="source", disable=not progress, leave=False):
         state = fsa.states[column[src]]
         prompts = _windows(fsa, model, column[src], n_prompts, context, seed)
+        if prompts.shape[0] < n_prompts:
+            warnings.warn(
+                f"state {src} is off at only {prompts.shape[0]} positions with {context - 1} earlier tokens "
+                f"in their text: its checks use {prompts.shape[0]} prompts, not n_prompts={n_prompts} "
+                f"(each window once: a repeated one would narrow the interval without new evidence)",
+                stacklevel=user_stacklevel(),
+            )
         pins = _pins(state, pin_scale)
         draw = seed * 100_003 + column[src]
         plain, pinned = probe.compare(prompts, pins, steps, samples, draw, bool(exclusive))
@@ -432,7 +442,7 @@ def _pair(pair: Any, k: int, column: dict[int, int], what: str = "pairs") -> tup
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise ValueError(f"{what}[{k}] is {pair!r}; expected a (src, dst) pair of state ids")
     for state_id in pair:
-        if isinstance(state_id, bool) or not isinstance(state_id, int) or state_id not in column:
+        if not is_int(state_id) or int(state_id) not in column:
             raise ValueError(
                 f"{what}[{k}] = {tuple(pair)!r}: {state_id!r} is not a state id of this automaton "
                 f"(ids {min(column)}..{max(column)})"
@@ -449,7 +459,7 @@ def _removal(
     once (a repeated window would shrink the interval without new evidence); None when fewer than
     two windows end where the source fires."""
     try:
-        prompts = _windows(fsa, model, column, n, context, seed, firing=True, repeat=False)
+        prompts = _windows(fsa, model, column, n, context, seed, firing=True)
     except ValueError:
         prompts = None
     if prompts is None or prompts.shape[0] < 2:
@@ -513,13 +523,12 @@ def _bos(fsa: FeatureAutomaton, model: Any) -> int | None:
 
 
 def _windows(
-    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False,
-    repeat: bool = True,
+    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False
 ) -> Int[Tensor, "n_prompts pos"]:  # fmt: skip
     """``n`` windows of ``context`` corpus tokens (one text each) that end where the state in
     ``column`` is off (``firing``: on), drawn without replacement when there are enough (fixed by
-    ``seed``). With fewer positions than ``n``: drawn with replacement, or (``repeat=False``) each
-    position once, so fewer than ``n`` windows."""
+    ``seed``). With fewer positions than ``n``, each position once: fewer than ``n`` windows (the
+    prompts are the t-test's independent units, so a window never repeats)."""
     assert fsa.tokens is not None  # _check_arguments refuses an automaton without corpus tokens
     starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)])
     text_of = torch.repeat_interleave(torch.arange(fsa.lengths.numel()), fsa.lengths)
@@ -540,11 +549,8 @@ def _windows(
             f"no prompt window of {context} tokens ends where the source state is {where}: {why}"
         )
     generator = torch.Generator().manual_seed(seed * 100_003 + column)
-    if ends.numel() >= n or not repeat:
-        picks = ends[torch.randperm(ends.numel(), generator=generator)[:n]]
-        n = picks.numel()
-    else:  # fewer positions than prompts: some windows repeat (the interval is then optimistic)
-        picks = ends[torch.randint(ends.numel(), (n,), generator=generator)]
+    picks = ends[torch.randperm(ends.numel(), generator=generator)[:n]]
+    n = picks.numel()
     windows = torch.stack([fsa.tokens[end - context + 1 : end + 1] for end in picks.tolist()])
     bos = _bos(fsa, model)
     if bos is not None:
@@ -781,7 +787,9 @@ def _one_sided_p(differences: Tensor) -> float:
     freedom, the distribution the interval uses (so ``p < (1 - confidence) / 2`` exactly when the
     interval lies above 0). Below about 1e-15 it reads 0 (the central mass is computed, not the tail)."""
     n = differences.numel()
-    sd = float(differences.std()) if n > 1 else 0.0
+    if n < 2:
+        return math.nan  # one prompt: no spread, no test (the interval is NaN too)
+    sd = float(differences.std())
     mean = float(differences.mean())
     if sd == 0.0:
         return 0.0 if mean > 0 else 1.0
