@@ -98,6 +98,40 @@ def test_circuit_tracer_set_matches_its_definition(tmp_path, jump, skip):
         _close(sae(x), y)
 
 
+def test_circuit_tracer_config_activation_is_followed_and_topk_refused(tmp_path):
+    """circuit-tracer passes the config's ``activation`` and ``k`` to every layer: a TopK set had
+    loaded as ReLU transcoders (outputs 15 off), and ``activation: relu`` over files with a
+    threshold as JumpReLU ones."""
+    t = _ct_layer(3, jump=True, skip=False)
+    save_file(t, str(tmp_path / "layer_0.safetensors"))
+    for extra, message in (("activation: topk\nk: 2\n", r"activation='topk', k=2: circuit-tracer's TopK"),
+                           ("k: 16\n", r"activation=None, k=16"), ("activation: gelu\n", r"activation='gelu'")):  # fmt: skip
+        (tmp_path / "config.yaml").write_text(CT_CONFIG + extra)
+        with pytest.raises(SAEFormatError, match=message):
+            formats.load(tmp_path)
+    (tmp_path / "config.yaml").write_text(CT_CONFIG + "activation: relu\n")
+    [sae] = formats.load(tmp_path)
+    relu = {k: v for k, v in t.items() if k != "activation_function.threshold"}
+    assert sae.cfg.architecture == "transcoder"
+    _close(sae(_x()), _ct_reference(relu, _x())[1])
+    (tmp_path / "config.yaml").write_text(CT_CONFIG + "activation: jumprelu\n")
+    assert formats.load(tmp_path)[0].cfg.architecture == "jumprelu_transcoder"
+    save_file(relu, str(tmp_path / "layer_0.safetensors"))
+    with pytest.raises(SAEFormatError, match="activation='jumprelu' but the file has no threshold"):
+        formats.load(tmp_path)
+
+
+def test_circuit_tracer_npz_layers_refuse_negative_thresholds_too(tmp_path):
+    gs = _gemma_arrays(3, d_out=D_OUT)
+    gs["threshold"] = gs["threshold"] - 10.0
+    np.savez(tmp_path / "params.npz", **gs)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_kind": "transcoder_set", "feature_input_hook": "hook_resid_mid",
+        "feature_output_hook": "hook_mlp_out", "transcoders": ["params.npz"]}))  # fmt: skip
+    with pytest.raises(SAEFormatError, match="params.npz: negative JumpReLU thresholds"):
+        formats.load(tmp_path, format="circuit_tracer")
+
+
 def test_circuit_tracer_listed_files_hf_uris_and_npz(tmp_path):
     """``transcoders:`` with a relative path, an hf:// URI from the cache, and a Gemma Scope .npz."""
     cache = tmp_path / "hub"

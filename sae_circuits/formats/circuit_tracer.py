@@ -22,8 +22,11 @@ A layer file is one of:
   ``threshold``, optional ``affine_skip_connection [d_in, d_out]``;
 * a Gemma Scope ``.npz`` (:mod:`sae_circuits.formats.gemma_scope`).
 
-circuit-tracer's JumpReLU is ``h * [h > threshold]`` and this library's ``ReLU(h) * [h >
-threshold]``: they agree when every threshold is >= 0, so a negative threshold is refused.
+The config's ``activation`` is followed as circuit-tracer follows it: ``relu`` makes every layer
+ReLU (a threshold tensor in the file is then unused), ``jumprelu`` needs the threshold; TopK sets
+(``activation: topk`` or a ``k``) are refused. circuit-tracer's JumpReLU is ``h * [h > threshold]``
+and this library's ``ReLU(h) * [h > threshold]``: they agree when every threshold is >= 0, so a
+negative threshold is refused (in every layer format, ``.npz`` included).
 Hook names become ``blocks.{layer}.{feature_input_hook}`` -> ``blocks.{layer}.{feature_output_hook}``.
 """
 
@@ -124,6 +127,7 @@ def read(
                 f"{config_path}: {key}={value!r} must be a hook name; expected {CONFIG_LAYOUT}"
             )
         hooks[key] = value
+    activation = _activation(config, config_path)
     files = _layer_files(config_path, config, cache_dir)
     metadata = {key: config[key] for key in ("model_name", "scan") if isinstance(config.get(key), str)}
     states = []
@@ -132,12 +136,44 @@ def read(
         hook_out = _hook(hooks["feature_output_hook"], layer)
         meta = {"source_format": NAME, "layer": layer, **metadata}
         if file.suffix == ".npz":
-            states += gemma_scope.read(
+            if activation == "relu":
+                raise SAEFormatError(
+                    f"{config_path}: activation='relu' but {file} is a Gemma Scope JumpReLU file"
+                )
+            read = gemma_scope.read(
                 file, hook_name=hook_in, hook_name_out=hook_out, device=device, dtype=dtype, metadata=meta
             )
+            for state in read:
+                _check_threshold(state.tensors["threshold"], file)
+            states += read
         else:
-            states.append(_read_layer(file, hook_in, hook_out, device, dtype, meta))
+            states.append(_read_layer(file, hook_in, hook_out, device, dtype, meta, activation))
     return states
+
+
+def _activation(config: dict[str, Any], config_path: Path) -> str | None:
+    """The config's ``activation`` (circuit-tracer passes it and ``k`` to every layer): ``None``
+    (from the files: JumpReLU with a threshold tensor, else ReLU), ``"relu"`` or ``"jumprelu"``.
+    TopK sets are refused: circuit-tracer's keeps the top ``k`` raw pre-activations, no ReLU, which
+    no architecture here computes."""
+    activation, k = config.get("activation"), config.get("k")
+    if activation in ("topk", "top_k") or k is not None:
+        raise SAEFormatError(
+            f"{config_path}: activation={activation!r}, k={k!r}: circuit-tracer's TopK transcoders "
+            "(the top k raw pre-activations, no ReLU) are not read"
+        )
+    if activation not in (None, "relu", "jumprelu"):
+        raise SAEFormatError(
+            f"{config_path}: activation={activation!r}; expected 'relu', 'jumprelu' or none (from the files)"
+        )
+    return activation
+
+
+def _check_threshold(threshold: torch.Tensor, file: Path) -> None:
+    if bool((threshold < 0).any()):
+        raise SAEFormatError(
+            f"{file}: negative JumpReLU thresholds; circuit-tracer's h*[h>t] and ReLU(h)*[h>t] differ there"
+        )
 
 
 def _hook(name: str, layer: int) -> str:
@@ -183,6 +219,7 @@ def _read_layer(
     device: str | torch.device | None,
     dtype: str | torch.dtype | None,
     metadata: dict[str, Any],
+    activation: str | None = None,
 ) -> SAEState:
     raw = _common.read_safetensors(file, LAYOUT)
     if "w_enc" in raw:  # Gemma Scope 2: SAELens orientation, lower-case names
@@ -204,6 +241,10 @@ def _read_layer(
             tensors["W_skip"] = raw.pop("W_skip")
     tensors["b_enc"] = raw.pop("b_enc")
     tensors["b_dec"] = raw.pop("b_dec")
+    if activation == "relu":  # the config's activation wins, as in circuit-tracer: the threshold is unused
+        tensors.pop("threshold", None)
+    elif activation == "jumprelu" and "threshold" not in tensors:
+        raise SAEFormatError(f"{file}: the config says activation='jumprelu' but the file has no threshold")
     if raw:
         raise SAEFormatError(f"{file}: unexpected tensors {sorted(raw)}; expected {LAYOUT}")
     d_in, d_sae = _common.dim(tensors["W_enc"], 2, "W_enc", file, LAYOUT)
@@ -211,11 +252,7 @@ def _read_layer(
     jump = "threshold" in tensors
     if jump:
         _common.file_dtype(tensors, "threshold", file)
-        if bool((tensors["threshold"] < 0).any()):
-            raise SAEFormatError(
-                f"{file}: negative JumpReLU thresholds; circuit-tracer's h*[h>t] and ReLU(h)*[h>t] "
-                "differ there"
-            )
+        _check_threshold(tensors["threshold"], file)
     architecture = ("jumprelu_" if jump else "") + (
         "skip_transcoder" if "W_skip" in tensors else "transcoder"
     )
