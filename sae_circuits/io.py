@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sae_circuits import architectures
+from sae_circuits._export_io import finite_json
 from sae_circuits._files import (  # the file plumbing, re-exported here as before
     _RETIRED,
     _STAGING,
@@ -405,7 +406,16 @@ def save_sae(sae: SAE, path: str | os.PathLike[str], sparsity: Tensor | None = N
         sparsity = sparsity.detach().float().cpu().contiguous()
         if tuple(sparsity.shape) != (sae.cfg.d_sae,):
             raise ValueError(f"sparsity has shape {list(sparsity.shape)}, expected [{sae.cfg.d_sae}]")
-    cfg_text = json.dumps(config_to_dict(sae.cfg), indent=2, default=_json_default)
+        if not bool(torch.isfinite(sparsity).all()):  # the loader refuses it: the save would not load
+            bad = int((~torch.isfinite(sparsity)).sum())
+            raise ValueError(
+                f"sparsity has {bad} NaN or infinite values (log10 of a zero frequency?); add a floor, "
+                f"e.g. (frequency + 1e-10).log10()"
+            )
+    # strict JSON: a NaN or infinite metadata value is written as null
+    cfg_text = json.dumps(
+        finite_json(config_to_dict(sae.cfg)), indent=2, default=_json_default, allow_nan=False
+    )
     files: dict[str, Callable[[str], Any]] = {WEIGHTS_FILENAME: lambda p: save_file(tensors, p)}
     if sparsity is not None:
         files[SPARSITY_FILENAME] = lambda p: save_file({"sparsity": sparsity}, p)

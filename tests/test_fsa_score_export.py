@@ -422,6 +422,15 @@ def test_dot_escapes_and_styles(fsa, tmp_path):
     assert r'label="\"div\" \"p\""' in edges[0][2] and "penwidth=4.000" in edges[0][2]
 
 
+def test_a_hostile_mechanism_stays_inside_its_dot_string(fsa, tmp_path):
+    # Transition() accepts any string; the DOT writer had put it between quotes unescaped
+    evil = 'tok"];\n evil [label="x'
+    bad = FeatureAutomaton(fsa.states, [Transition(0, 1, evil, 0.5)], fsa.firing, fsa.lengths)  # type: ignore[arg-type]
+    text = bad.save(tmp_path / "bad.dot").read_text(encoding="utf-8")
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', "S", text)
+    assert '"' not in bare and "evil [" not in bare and len(re.findall(r" -> ", text)) == 1
+
+
 def test_graphml_reads_back(fsa, tmp_path):
     path = fsa.save(tmp_path / "a.graphml")
     assert path.read_bytes().isascii()

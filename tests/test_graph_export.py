@@ -236,6 +236,9 @@ def test_graphml_loads_back(g, tmp_path):
     assert graph.edges["1r_1_2", "3_40_2"]["weight"] == pytest.approx(3.5)
     assert graph.nodes["0_1_0"]["label"] == "café ☃" and graph.nodes["E_30_2"]["label"] == EVIL
     assert graph.nodes["0_5_1"]["label"] == "bell\\x07 and \\x1b escape"  # XML 1.0 forbids control characters
+    g.sites[0] = "blocks.0.hook\x07odd"  # a site name from a loaded file: control characters too
+    graph = nx.read_graphml(g.save(tmp_path / "odd.graphml"))
+    assert graph.nodes["0_1_0"]["site"] == "blocks.0.hook\\x07odd"
     assert (
         graph.nodes["0_1_0"]["activation"] == pytest.approx(1.2345678) and graph.nodes["0_1_0"]["layer"] == 0
     )

@@ -147,6 +147,24 @@ def test_saving_nan_weights_is_refused(tmp_path, sae):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_save_that_would_not_load_back_is_refused_and_the_config_is_strict_json(tmp_path, sae):
+    """A sparsity with -inf (log10 of a zero frequency) was saved, and the loader then refused the
+    whole SAE; a NaN in the metadata was written as the bare NaN strict JSON readers refuse."""
+    frequency = torch.rand(sae.cfg.d_sae)
+    frequency[3] = 0.0
+    with pytest.raises(ValueError, match="sparsity has 1 NaN or infinite values"):
+        sae.save(tmp_path / "a", sparsity=frequency.log10())
+    assert not (tmp_path / "a").exists()
+    sae.cfg.metadata["l0"] = float("nan")
+    sae.save(tmp_path / "b", sparsity=(frequency + 1e-10).log10())
+    text = (tmp_path / "b" / "cfg.json").read_text()
+    assert (
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))["metadata"]["l0"]
+        is None
+    )
+    assert sc.SAE.load(tmp_path / "b").sparsity is not None
+
+
 VALID = config_to_dict(random_sae("topk", k=8).cfg)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12),

@@ -132,7 +132,7 @@ def to_dot(fsa: FeatureAutomaton) -> str:
     for t in fsa.transitions:
         width = min(4.0, 0.5 + 3.5 * abs(t.weight) / largest) if math.isfinite(t.weight) else 4.0
         attrs = [
-            f'transition_weight="{t.weight!r}"', f'mechanism="{t.mechanism}"',
+            f'transition_weight="{t.weight!r}"', f"mechanism={dot_string(str(t.mechanism))}",
             f'color="{_COLORS.get(t.mechanism, "#555555")}"', f"penwidth={width:.3f}",
             f"label={dot_string(_top_tokens(t.tokens, 3))}",
             f"tooltip={dot_string(f'{t.mechanism} {t.weight:.4g}; tokens {_top_tokens(t.tokens)}')}",

@@ -228,7 +228,7 @@ def to_graphml(g: AttributionGraph) -> str:
     """GraphML text of :func:`to_networkx` (labels made XML-safe; pure ASCII)."""
     graph = to_networkx(g)
     for _, attrs in graph.nodes(data=True):
-        attrs["label"] = printable(attrs["label"])
+        attrs["label"], attrs["site"] = printable(attrs["label"]), printable(attrs["site"])
     buffer = io.BytesIO()
     nx.write_graphml(graph, buffer, encoding="utf-8")
     # Character references keep the file ASCII, whatever encoding atomic_write_text uses.
