@@ -29,7 +29,8 @@ The algorithm:
    and TransformerBridge alike), positions it marks 0 are not kept: they never fire, stop or steer,
    and have no trace row. Positions stay column indices of the padded batch (those of the tokens
    ``generate`` returns), so a row with ``k`` pads has its real tokens at ``k, k + 1, ...``: the
-   positions of that row run alone, plus ``k``.
+   positions of that row run alone, plus ``k``. The last token ``generate`` returns is never seen:
+   it is sampled after the last forward pass, and no pass reads it.
 4. **Act on firings** (activation ``> threshold``, both rounded to float32, the same comparison in
    firings, stop, steering and the trace): ``"record"`` only keeps them. ``"stop"`` raises
    :class:`MonitorStopped` right after the site's positions of this pass are kept, so the pass is cut
