@@ -495,3 +495,85 @@ def test_save_model_replaces_files_atomically_and_keeps_the_folder(tmp_path):
     assert '"n_embd": 16' in (folder / "config.json").read_text()
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_distance_to_final_is_the_shortest_path():
+    """A state set in one round was read by the next state of the same round, one step too far
+    (3 of 578 random automata); the walk's "steps that bring it closer" rely on it."""
+    import collections
+    import random
+
+    from sae_circuits.languages.automata import _distance_to_final
+
+    def shortest(a):
+        before = collections.defaultdict(set)
+        for src, row in a.transitions.items():
+            for dst in row:
+                before[dst].add(src)
+        dist, queue = dict.fromkeys(a.final_states, 0), collections.deque(a.final_states)
+        while queue:
+            state = queue.popleft()
+            for src in sorted(before[state]):
+                if src not in dist:
+                    dist[src] = dist[state] + 1
+                    queue.append(src)
+        return dist
+
+    rng, checked = random.Random(2), 0
+    for i in range(3000):
+        states = [f"S{j}" for j in range(rng.randint(2, 7))]
+        table = {}
+        for src in ["START", *states]:
+            row = {}
+            for symbol in "abcd":
+                if rng.random() < 0.4:
+                    row.setdefault(rng.choice(states), []).append(symbol)
+            if row:
+                table[src] = row
+        try:
+            a = Automaton(f"r{i}", tuple(states), table, final=rng.sample(states, 1))
+        except ValueError:
+            continue
+        checked += 1
+        assert _distance_to_final(a) == shortest(a), a.to_dict()
+    assert checked > 500
+
+
+def test_symbols_that_spell_the_separator_are_refused_even_with_the_zoo_tokenizer(tmp_path):
+    from sae_circuits.recipes.tokenizer import tokenizer_for_automaton
+
+    chain = ["<", "|", "end", "of", "text", "|", ">"]
+    states = ("X", *(f"C{i}" for i in range(len(chain))))
+    table = {"START": {"X": ("x",)}, "X": {"X": (" the",), "C0": ("<",)}}
+    for i in range(1, len(chain)):
+        table[f"C{i - 1}"] = {f"C{i}": (chain[i],), "X": (" a",)}
+    table[f"C{len(chain) - 1}"] = {"X": (" z",)}
+    spelled = Automaton("eotspell", states, table, final=("X",), length=(5, 10))
+    with pytest.raises(
+        ValueError, match=r"eotspell: the symbols \['<', '\|', 'end'.*spell '<\|endoftext\|>'"
+    ):
+        tokenizer_for_automaton(spelled, tmp_path / "tok", n_docs=200)
+
+
+def test_pack_and_checkpoint_arguments_fail_before_any_work(tmp_path):
+    import torch
+
+    from sae_circuits.recipes.pack import pack_mix
+    from sae_circuits.recipes.random_model import random_gpt2
+    from sae_circuits.recipes.tokenizer import load_tokenizer
+    from sae_circuits.recipes.train_lm import ZOO_TOKENIZER, LMTrainConfig, train_on_texts
+
+    tok = load_tokenizer(ZOO_TOKENIZER)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=rf"seq_len={bad!r}: expected an integer >= 1"):
+            pack_mix(tok, {"a": ["x y z"] * 20}, bad)
+    cfg = LMTrainConfig(n_layer=1, n_embd=32, n_head=2, seq_len=16, batch_size=2, steps=3)
+    texts = {"markup": ["".join(s) for s, _ in automata.generate("markup", 20, seed=1)]}
+    with pytest.raises(ValueError, match="the folder .*nowhere' does not exist"):
+        train_on_texts(texts, cfg=cfg, val_fraction=0.25, checkpoint=tmp_path / "nowhere" / "ck.pt",
+                       log=lambda line: None)  # fmt: skip
+    torch.manual_seed(7)  # a new random model leaves the caller's random numbers alone
+    expected = torch.rand(2)
+    torch.manual_seed(7)
+    random_gpt2(tmp_path / "rand", kind="hooked")
+    assert torch.equal(torch.rand(2), expected)

@@ -648,11 +648,12 @@ def _distance_to_final(automaton: Automaton) -> dict[str, int]:
     dist = dict.fromkeys(automaton.final_states, 0)
     frontier = list(automaton.final_states)
     while frontier:
+        known = dict(dist)  # the previous rounds only: a state set this round is one step further
         nxt = []
         for src, targets in automaton.transitions.items():
             if src in dist:
                 continue
-            best = [dist[dst] for dst in targets if dst in dist]
+            best = [known[dst] for dst in targets if dst in known]
             if best:
                 dist[src] = 1 + min(best)
                 nxt.append(src)
@@ -710,7 +711,8 @@ def label(automaton: str | Automaton, token_strings: Sequence[str]) -> list[str]
 
     ``token_strings`` are the texts of single tokens (e.g. ``" class"``, not
     the byte-level form ``"Ġclass"``), one document, without end-of-text.
-    Raises ``ValueError`` if the sequence is not accepted by the automaton.
+    Raises ``ValueError`` at a symbol its state does not allow (a sequence that stops short of a
+    final state is labelled: prefixes are).
     """
     fsa = resolve(automaton)
     state, states = fsa.start, []

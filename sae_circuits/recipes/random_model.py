@@ -48,10 +48,12 @@ def random_gpt2(
         folder.mkdir(parents=True, exist_ok=True)
         train_small_tokenizer(folder, vocab_size=vocab_size)
         vocab = len(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
-        torch.manual_seed(seed)
         config = GPT2Config(
             vocab_size=vocab, n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
             n_inner=d_mlp, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )  # fmt: skip
-        GPT2LMHeadModel(config).save_pretrained(str(folder))
+        with torch.random.fork_rng(devices=[]):  # the caller's random numbers go on as before
+            torch.manual_seed(seed)
+            model = GPT2LMHeadModel(config)
+        model.save_pretrained(str(folder))
     return load_hf_gpt2(folder, kind)

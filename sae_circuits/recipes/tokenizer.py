@@ -151,11 +151,19 @@ def tokenizer_for_automaton(
     if any(EOT in symbol for symbol in automaton.alphabet):
         raise ValueError(f"{automaton.name}: a symbol contains {EOT!r}, the document separator")
     tok = load_tokenizer(base)
+    # A run of symbols that spells the separator is checked exhaustively, not only in the sampled
+    # documents: the base tokenizer would read it as one EOT token inside a document.
+    eot_run = automata.swallowing_symbol(automaton, extra=[EOT])
+    if eot_run is not None and eot_run[0] == EOT:
+        raise ValueError(
+            f"{automaton.name}: the symbols {eot_run[1]!r} spell {EOT!r}, the document separator, where a "
+            "document has them in a row; rename a symbol"
+        )
     if not automata.unstable_symbols(tok, automaton, n_docs):
         return base
     # Every symbol, not only the failing ones: then every symbol boundary starts a match of its own,
     # and the one way left to fuse is a symbol that spells several (checked exhaustively below).
-    swallow = automata.swallowing_symbol(automaton, extra=[EOT])
+    swallow = eot_run
     if swallow is not None:
         token, symbols = swallow
         raise ValueError(

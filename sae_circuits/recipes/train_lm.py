@@ -306,6 +306,10 @@ def _train_loop(
     empty = [name for name, rows in val.items() if len(rows) == 0]
     if not val or empty:
         raise ValueError(f"empty validation split: {empty or 'no sub-corpus'} (need at least one row each)")
+    if checkpoint is not None and not checkpoint.parent.is_dir():  # not after checkpoint_every steps
+        raise ValueError(
+            f"checkpoint={str(checkpoint)!r}: the folder {str(checkpoint.parent)!r} does not exist"
+        )
     model = make_model(vocab_size, eot, cfg)
     opt = make_optimizer(model, cfg)
     start, history, elapsed = 0, [], 0.0
