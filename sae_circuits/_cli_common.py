@@ -63,3 +63,22 @@ def int_at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def read_text_option(path: str, option: str) -> str:
+    """The UTF-8 text of the file an option names, or one error naming the option and the file
+    (a file in another encoding is refused, not read with characters dropped)."""
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueError(f"{option} {path!r}: cannot read it as UTF-8 text ({reason})") from None
+
+
+def check_context(model: Any, tokens: int, what: str) -> None:
+    """Refuse ``tokens`` positions past the model's context (``what`` says where they come from)."""
+    n_ctx = int(model.cfg.n_ctx)
+    if tokens > n_ctx:
+        raise ValueError(f"{what}: {tokens} tokens, more than the model's context of {n_ctx}")

@@ -117,7 +117,10 @@ def _atomic_files(
             if final.name == commit_last:
                 for name in obsolete:
                     (folder / name).unlink(missing_ok=True)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError as err:  # name the file the caller asked for, not the staging file
+                raise type(err)(err.errno, err.strerror, str(final)) from None
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):

@@ -61,12 +61,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _eval_tokens(model: Any, text_file: str | None, n_seq: int, seq_len: int) -> Tensor:
     """Token rows from a text file, or (default) offline text: stdlib code, markup and base64."""
-    from pathlib import Path
 
     import torch
 
+    from sae_circuits._cli_common import check_context, read_text_option
+
+    check_context(model, seq_len, f"--seq-len {seq_len}")
     if text_file:
-        text = Path(text_file).read_text(errors="ignore")
+        text = read_text_option(text_file, "--text")
     else:
         from sae_circuits.languages import automata, probe_texts
 
@@ -366,7 +368,9 @@ def _features(args: argparse.Namespace) -> int:
     else:
         raise ValueError("--sae is required with a model that is not embedded")
     if args.text:
-        texts = [Path(path).read_text(errors="ignore")[: args.chars] for path in args.text]
+        from sae_circuits._cli_common import read_text_option
+
+        texts = [read_text_option(path, "--text")[: args.chars] for path in args.text]
     else:
         blobs, code = probe_texts(seed=7)
         texts = (

@@ -16,11 +16,13 @@ _WATCH = re.compile(r"^(?P<site>[^:]+):(?P<features>\d+(,\d+)*)$")
 def analysis_tokens(model: Any, text_files: list[str] | None, rows: int, length: int) -> Any:
     """``LabelledRows`` from text files (one source each) or, by default, the offline mix
     (code, base64, markup, kvlog) generated with seed 7, which no embedded dictionary was trained on."""
+    from sae_circuits._cli_common import check_context, read_text_option
     from sae_circuits.analysis._stats import labelled_rows
     from sae_circuits.languages import offline_mix
 
+    check_context(model, length, f"--length {length}")
     if text_files:
-        texts = {path: [Path(path).read_text(errors="ignore")] for path in text_files}
+        texts = {path: [read_text_option(path, "--text")] for path in text_files}
     else:
         texts = offline_mix(seed=7, code_bytes=400_000, base64_docs=200, automaton_docs=300)
     per_source = max(1, rows // len(texts))
@@ -104,7 +106,12 @@ def _monitor(args: argparse.Namespace) -> int:
         ]
     else:
         raise ValueError("--sae is required with a model that is not embedded")
-    tokens = model.to_tokens(args.prompt)  # the model's own BOS habit
+    tokens = model.to_tokens(args.prompt, truncate=False)  # the model's own BOS habit, never cut
+    from sae_circuits._cli_common import check_context
+
+    prompt_tokens = tokens.shape[-1]
+    what = f"the prompt ({prompt_tokens} tokens) plus --max-new-tokens {args.max_new_tokens}"
+    check_context(model, prompt_tokens + args.max_new_tokens, what)
     with spliced(model, saes), monitor(model, watches, args.threshold, on_fire=args.on_fire) as mon:
         out = mon.generate(
             tokens, max_new_tokens=args.max_new_tokens, do_sample=False, use_past_kv_cache=not args.no_cache,

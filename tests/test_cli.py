@@ -282,3 +282,26 @@ def test_error_lines_keep_the_spaces_inside_a_quoted_value():
 
     error = ValueError("symbols ['  two  spaces'] are not single tokens:\n  pass --model")
     assert _message(error) == "symbols ['  two  spaces'] are not single tokens: pass --model"
+
+
+def test_lengths_past_the_context_and_other_encodings_are_one_clear_line(tmp_path, capsys):
+    """A reviewer's walk through the CLI: these had been tracebacks (a tensor size mismatch at
+    --seq-len 600, an IndexError past 512 generated tokens), a silently cut prompt, characters
+    silently dropped from a Latin-1 file, and an error naming the staging file, not --out."""
+    sae = "sae_circuits/zoo/tiny/saes/blocks.1.hook_resid_post"
+    assert main(["eval", "--sae", sae, "--sequences", "1", "--seq-len", "600"]) == 2
+    assert "--seq-len 600: 600 tokens, more than the model's context of 512" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"caf\xe9 " * 200)
+    assert main(["eval", "--sae", sae, "--text", str(latin1)]) == 2
+    assert "cannot read it as UTF-8 text" in capsys.readouterr().err
+    watch = ["--watch", "blocks.1.hook_resid_post:5"]
+    assert main(["monitor", "--prompt", "def f(x):", *watch, "--max-new-tokens", "5000"]) == 2
+    assert "plus --max-new-tokens 5000: 5005 tokens, more than the model's context" in capsys.readouterr().err
+    assert main(["monitor", "--prompt", "x " * 600, *watch, "--max-new-tokens", "1"]) == 2
+    assert "more than the model's context of 512" in capsys.readouterr().err  # not cut to 512
+    (tmp_path / "trace.jsonl").mkdir()
+    assert main(["monitor", "--prompt", "def f(x):", *watch, "--max-new-tokens", "2",
+                 "--out", str(tmp_path / "trace.jsonl")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"'{tmp_path / 'trace.jsonl'}'" in err and ".tmp" not in err
