@@ -349,7 +349,10 @@ def test_tokenizer_for_automaton_names_a_language_ambiguous_as_text(tmp_path):
     # the separator formed across two symbols: they fuse into it
     halves = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "A": {"B": ["<|endof"]},
                                                     "B": {"C": ["text|>"]}}))  # fmt: skip
-    with pytest.raises(ValueError, match=r"the symbols \['<\|endof', 'text\|>'\] spell '<\|endoftext\|>', the document separator"):
+    with pytest.raises(
+        ValueError,
+        match=r"the symbols \['<\|endof', 'text\|>'\] spell '<\|endoftext\|>', the document separator",
+    ):
         tokenizer_for_automaton(halves, tmp_path / "tok3", n_docs=20)
     # added as a token, "°C" would decode as raw bytes: refused by name, not a garbled tokenizer
     accent = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": ["°C", " zé"]}}))
