@@ -578,5 +578,5 @@ def test_pack_and_checkpoint_arguments_fail_before_any_work(tmp_path):
     torch.manual_seed(7)  # a new random model leaves the caller's random numbers alone
     expected = torch.rand(2)
     torch.manual_seed(7)
-    random_gpt2(tmp_path / "rand", kind="hooked")
+    random_gpt2(tmp_path / "rand")  # the loader's default kind: HookedTransformer or bridge
     assert torch.equal(torch.rand(2), expected)
