@@ -359,6 +359,11 @@ def _features(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     if args.sae:
         sae = SAE.load(args.sae)
+        if args.site not in (sae.cfg.site, sae.cfg.hook_name):
+            raise ValueError(
+                f"--site {args.site!r}: the --sae dictionary sits at {sae.cfg.site!r}; give that site or "
+                "another --sae"
+            )
     elif args.model in zoo.names():
         found = [s for kind in ("resid", "transcoder") for s in zoo.load_saes(args.model, kind=kind)
                  if args.site in (s.cfg.site, s.cfg.hook_name)]  # fmt: skip

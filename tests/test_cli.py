@@ -305,3 +305,25 @@ def test_lengths_past_the_context_and_other_encodings_are_one_clear_line(tmp_pat
                  "--out", str(tmp_path / "trace.jsonl")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert f"'{tmp_path / 'trace.jsonl'}'" in err and ".tmp" not in err
+
+
+def test_features_refuses_a_site_its_sae_does_not_sit_at(tmp_path, capsys):
+    """--site blocks.2 with an --sae of blocks.1 had written blocks.1's page without a word."""
+    sae = "sae_circuits/zoo/tiny/saes/blocks.1.hook_resid_post"
+    out = tmp_path / "f.html"
+    argv = [
+        "features",
+        "--site",
+        "blocks.2.hook_resid_post",
+        "--sae",
+        sae,
+        "--feature",
+        "5",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    assert "--site 'blocks.2.hook_resid_post': the --sae dictionary sits at 'blocks.1.hook_resid_post'" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
