@@ -61,7 +61,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _eval_tokens(model: Any, text_file: str | None, n_seq: int, seq_len: int) -> Tensor:
     """Token rows from a text file, or (default) offline text: stdlib code, markup and base64."""
-
     import torch
 
     from sae_circuits._cli_common import check_context, read_text_option
@@ -150,12 +149,9 @@ def unescape_prompt(text: str) -> str:
 def _prompt_text(args: argparse.Namespace) -> str:
     """The prompt: ``--prompt`` with its escapes interpreted, or ``--prompt-file`` as it is (UTF-8)."""
     if args.prompt_file is not None:
-        from pathlib import Path
+        from sae_circuits._cli_common import read_text_option
 
-        try:
-            return Path(args.prompt_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"--prompt-file {args.prompt_file!r}: cannot read it ({err})") from None
+        return read_text_option(args.prompt_file, "--prompt-file")
     text = unescape_prompt(args.prompt)
     try:
         text.encode("utf-8")
@@ -235,12 +231,9 @@ def _write_attribution_graph(args: argparse.Namespace) -> int:
 
 def _prompt_lines(path: str) -> list[str]:
     """``--prompts``: one prompt a line, escapes interpreted, blank lines skipped."""
-    from pathlib import Path
+    from sae_circuits._cli_common import read_text_option
 
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"--prompts {path!r}: cannot read it ({err})") from None
+    lines = read_text_option(path, "--prompts").splitlines()
     prompts = [unescape_prompt(line) for line in lines if line.strip()]
     if not prompts:
         raise ValueError(f"--prompts {path!r}: no prompt in it (one a line)")

@@ -80,6 +80,7 @@ def parse_watch(text: str) -> tuple[str, list[int]]:
 
 def _monitor(args: argparse.Namespace) -> int:
     from sae_circuits import zoo
+    from sae_circuits._cli_common import check_context
     from sae_circuits._cli_common import check_writable as _check_writable
     from sae_circuits._cli_common import load_model as _load_model
     from sae_circuits.monitor import monitor
@@ -107,8 +108,6 @@ def _monitor(args: argparse.Namespace) -> int:
     else:
         raise ValueError("--sae is required with a model that is not embedded")
     tokens = model.to_tokens(args.prompt, truncate=False)  # the model's own BOS habit, never cut
-    from sae_circuits._cli_common import check_context
-
     prompt_tokens = tokens.shape[-1]
     what = f"the prompt ({prompt_tokens} tokens) plus --max-new-tokens {args.max_new_tokens}"
     check_context(model, prompt_tokens + args.max_new_tokens, what)
