@@ -141,16 +141,22 @@ def lifts(fsa: FeatureAutomaton) -> torch.Tensor:
     """``(states, states)`` lift of every transition weight, indexed like ``fsa.states``:
     ``(w(A -> B) - f_B) / (1 - f_B)`` clipped at 0, with ``w`` both mechanisms' weight and ``f_B``
     the share of tokens on which B fires (how much reaching B raises it above its base rate)."""
-    n = len(fsa.states)
-    if fsa.weights:
-        weight = sum((w.double() for w in fsa.weights.values()), torch.zeros(n, n, dtype=torch.float64))
-    else:
-        column = {s.id: i for i, s in enumerate(fsa.states)}
-        weight = torch.zeros(n, n, dtype=torch.float64)
-        for t in fsa.transitions:
-            weight[column[t.src], column[t.dst]] += t.weight
+    weight = _weight_matrix(fsa)
     base = torch.tensor([s.frequency for s in fsa.states], dtype=torch.float64)
     return ((weight - base[None, :]) / (1 - base[None, :]).clamp_min(1e-12)).clamp_min(0)
+
+
+def _weight_matrix(fsa: FeatureAutomaton) -> torch.Tensor:
+    """``(states, states)`` weights, both mechanisms summed and indexed like ``fsa.states``: what
+    ``fsa.weight`` gives, from the full weight matrices when present, else the transitions kept."""
+    n = len(fsa.states)
+    if fsa.weights:
+        return sum((w.double() for w in fsa.weights.values()), torch.zeros(n, n, dtype=torch.float64))
+    column = {s.id: i for i, s in enumerate(fsa.states)}
+    weight = torch.zeros(n, n, dtype=torch.float64)
+    for t in fsa.transitions:
+        weight[column[t.src], column[t.dst]] += t.weight
+    return weight
 
 
 def _positions(fsa: FeatureAutomaton, before: int, after: int) -> torch.Tensor:
@@ -417,18 +423,9 @@ def _summed_weights(fsa: FeatureAutomaton, min_weight: float) -> dict[tuple[int,
     """``(src, dst) -> `` total weight over both mechanisms, for the pairs above ``min_weight``:
     what ``fsa.weight(src, dst)`` gives, so from the full weight matrices when present (a pair kept
     by neither mechanism alone can pass on their sum), else from the transitions kept."""
-    if fsa.weights:
-        n = len(fsa.states)
-        total = torch.zeros(n, n, dtype=torch.float64)
-        for w in fsa.weights.values():
-            total += w.double()
-        ids = [s.id for s in fsa.states]
-        rows, cols = (total > min_weight).nonzero(as_tuple=True)
-        return {(ids[a], ids[b]): float(total[a, b]) for a, b in zip(rows.tolist(), cols.tolist())}
-    weights: dict[tuple[int, int], float] = {}
-    for t in fsa.transitions:
-        weights[t.src, t.dst] = weights.get((t.src, t.dst), 0.0) + t.weight
-    return {pair: w for pair, w in weights.items() if w > min_weight}
+    total, ids = _weight_matrix(fsa), [s.id for s in fsa.states]
+    rows, cols = (total > min_weight).nonzero(as_tuple=True)
+    return {(ids[a], ids[b]): float(total[a, b]) for a, b in zip(rows.tolist(), cols.tolist())}
 
 
 def _simple_cycles(graph: nx.DiGraph, max_length: int, cap: int) -> list[list[int]]:
