@@ -27,9 +27,13 @@ def load_model(spec: str) -> Any:  # a HookedTransformer (zoo.load_model and loa
 
 def check_writable(path: Path, option: str) -> None:
     """Fail before the long computation, not after it, when ``path``'s folder cannot be written
-    (its nearest existing ancestor, since the writers create missing folders)."""
+    (its nearest existing ancestor, since the writers create missing folders), or ``path`` is a
+    folder."""
+    import errno
     import tempfile
 
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{option} {str(path)!r}: is a folder, not a file to write")
     folder = path.absolute().parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

@@ -21,6 +21,19 @@ if TYPE_CHECKING:  # torch is imported lazily: the CLI starts fast
     from torch import Tensor
 
 
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a row count >= 1, or ``auto`` (as many as fit in memory)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a batch size (an integer >= 1, or 'auto')")
+    return value
+
+
 def _node_budget(text: str) -> int | None:
     """``--max-feature-nodes``: a count >= 0, or ``all`` (no budget)."""
     if text.strip().lower() == "all":
@@ -189,6 +202,8 @@ def _write_attribution_graph(args: argparse.Namespace) -> int:
     out = _graph_out(args.out, args.slug, prompt)
     _check_suffix(str(out), "graph")
     _check_writable(out, "--out")
+    if args.html and out.suffix.lower() != ".html":  # before anything is written, not after --out
+        _check_writable(out.with_suffix(".html"), "--html")
     if out.suffix.lower() == ".json":  # the folder's list of graphs must be updatable: check it now
         from sae_circuits.writers.json_file import listed_graphs
 
@@ -467,7 +482,9 @@ def _add_graph_command(sub: Any, writers: Any) -> None:
     gr.add_argument(
         "--slug", default=None, help="the graph's name in a folder --out (default: from the prompt)"
     )
-    gr.add_argument("--html", action="store_true", help="also write an HTML view beside --out")
+    gr.add_argument(
+        "--html", action="store_true", help="also write an HTML view beside --out (not with --prompts)"
+    )
     _add_model_argument(gr)
     gr.add_argument(
         "--dictionaries",
@@ -492,7 +509,12 @@ def _add_graph_command(sub: Any, writers: Any) -> None:
         default=7500,
         help="most features to expand (default 7500, as circuit-tracer; 'all': every one)",
     )
-    gr.add_argument("--batch-size", type=int, default=64, help="target rows per backward pass (default 64)")
+    gr.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=64,
+        help="target rows per backward pass (default 64; 'auto': as many as fit in a quarter of free memory)",
+    )
     gr.add_argument(
         "--prepend-bos",
         action="store_true",
@@ -512,7 +534,9 @@ def _add_automaton_command(sub: Any, writers: Any) -> None:
         "automaton", help="the automaton features form over an offline corpus, scored against its truth"
     )
     au.add_argument(
-        "--corpus", default="markup", help="markup, kvlog (known automata) or base64 (default: markup)"
+        "--corpus",
+        default="markup",
+        help="markup, kvlog (known automata), base64, or a JSON spec file as --spec (default: markup)",
     )
     au.add_argument("--spec", default=None, help="your own automaton: a JSON spec file (replaces --corpus)")
     _add_model_argument(au)

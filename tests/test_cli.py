@@ -45,7 +45,17 @@ def test_graph_writes_a_loadable_pruned_graph_and_html(tmp_path, capsys):
     from sae_circuits.graph.influence import NodeKind
 
     out = tmp_path / "g.json"
-    assert main(["graph", "--prompt", "def foo(x):\n    return", "--out", str(out), "--html"]) == 0
+    argv = [
+        "graph",
+        "--prompt",
+        "def foo(x):\n    return",
+        "--out",
+        str(out),
+        "--html",
+        "--batch-size",
+        "auto",
+    ]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "replacement" in printed and f"wrote {out}" in printed
     g = sc.AttributionGraph.load(out)
@@ -211,6 +221,19 @@ def test_unwritable_out_fails_fast_with_one_line(tmp_path, capsys):
             ro.chmod(0o700)
 
 
+def test_out_that_is_a_folder_fails_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "g.json"
+    out.write_text("earlier graph")
+    out.with_suffix(".html").mkdir()  # --html would write here, after --out had been replaced
+    assert main(["graph", "--prompt", "x", "--out", str(out), "--html"]) == 2
+    err = capsys.readouterr().err
+    assert "--html" in err and "is a folder" in err and len(err.strip().splitlines()) == 1
+    assert out.read_text() == "earlier graph"
+    (tmp_path / "d.json").mkdir()
+    assert main(["automaton", "--out", str(tmp_path / "d.json")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
 def test_unknown_model_is_one_clear_line(capsys):
     assert main(["graph", "--prompt", "x", "--out", "g.json", "--model", "no-such-model"]) == 2
     err = capsys.readouterr().err
@@ -255,6 +278,9 @@ def test_integer_options_are_bounded_where_they_are_read(capsys):
             main(argv)
         assert exit_info.value.code == 2
         assert f"argument {flag}: must be >= " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["graph", "--prompt", "x", "--out", "g.json", "--batch-size", "0"])
+    assert "'0' is not a batch size (an integer >= 1, or 'auto')" in capsys.readouterr().err
 
 
 def test_an_empty_or_broken_prompt_is_refused(tmp_path, capsys, monkeypatch):
