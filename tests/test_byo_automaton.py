@@ -76,6 +76,7 @@ def test_the_shipped_specs_are_valid_and_single_tokens(spec, tmp_path):
         ({"transitions": {**_spec()["transitions"], "B": {"C": [3]}}}, "symbol 3"),
         ({"final": ["NOPE"]}, "NOPE"),
         ({"length": [5, 2]}, "length"),
+        ({"length": [True, 5]}, r"length \[True, 5\]"),  # was read as [1, 5]
         ({"start": ["S"]}, r"start \['S'\]: expected the name of one state"),
         ({"transitions": {**_spec()["transitions"], "B": {"C": ["\ud83d"]}}}, r"'\\ud83d' is not valid Unicode"),
         ({"start": "S0"}, r"unknown state 'START'.*no transition leaves the start state 'S0'"),
@@ -87,6 +88,25 @@ def test_the_shipped_specs_are_valid_and_single_tokens(spec, tmp_path):
 def test_bad_specs_fail_naming_the_bad_value(changes, message):
     with pytest.raises(ValueError, match=message):
         Automaton.from_dict(_spec(**changes))
+
+
+def test_counts_and_lengths_of_corpora_are_integers():
+    """A bool was one document or one symbol, a negative count no document, with nothing said; a
+    code budget that only empty files fit gave a code corpus of empty texts."""
+    from sae_circuits.languages import corpus_texts
+    from sae_circuits.languages.texts import offline_mix
+
+    for call, message in (
+        (lambda: automata.generate("kvlog", True, seed=0), "n_docs=True"),
+        (lambda: automata.generate("kvlog", -1, seed=0), "n_docs=-1"),
+        (lambda: corpus_texts("markup", 4, True), "length=True"),
+        (lambda: corpus_texts("markup", 0, 16), "n=0"),
+        (lambda: offline_mix(code_bytes=True), "code_bytes=True"),
+        (lambda: offline_mix(code_bytes=10, base64_docs=1, automaton_docs=1), "code_bytes=10: no standard"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert automata.generate("kvlog", 0, seed=0) == []
 
 
 def test_an_unknown_key_alone_is_named_without_an_empty_missing_list():
@@ -144,6 +164,9 @@ def test_pack_mix_refuses_one_string_and_a_reserved_name_and_splits_exactly():
         pack_mix(tok, "".join(texts), seq_len=16)  # was one document per character
     with pytest.raises(ValueError, match="'train_rows'"):
         pack_mix(tok, {"train_rows": texts}, seq_len=16)
+    holed = texts[:50] + [texts[50] + "<|endoftext|>" + texts[51]] + texts[52:]
+    with pytest.raises(ValueError, match=r"sub-corpus 'kvlog', text 50: it holds '<\|endoftext\|>'"):
+        pack_mix(tok, {"kvlog": holed}, seq_len=16)  # was two documents to the model
     for fraction in (0.07, 0.14, 0.28):  # 0.07 * 100 is 7.000000000000001: 8 texts were held out
         corpus = pack_mix(tok, {"kvlog": texts}, seq_len=16, val_fraction=fraction)
         assert corpus.sizes["kvlog"]["val"]["docs"] == round(fraction * 100)

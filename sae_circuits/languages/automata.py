@@ -297,7 +297,8 @@ class Automaton:
                 raise ValueError(f"{where}: final states {unknown!r} are not in states {list(self.states)}")
             object.__setattr__(self, "final", tuple(self.final))
         lo_hi = tuple(self.length) if isinstance(self.length, (list, tuple)) else ()
-        if len(lo_hi) != 2 or not all(isinstance(n, int) for n in lo_hi) or not 1 <= lo_hi[0] <= lo_hi[1]:
+        is_count = [isinstance(n, int) and not isinstance(n, bool) for n in lo_hi]  # True is no length
+        if len(lo_hi) != 2 or not all(is_count) or not 1 <= lo_hi[0] <= lo_hi[1]:
             raise ValueError(
                 f"{where}: length {self.length!r}: expected [min, max] symbols with 1 <= min <= max"
             )
@@ -722,6 +723,12 @@ def label(automaton: str | Automaton, token_strings: Sequence[str]) -> list[str]
     return states
 
 
+def check_count(name: str, value: Any, low: int) -> None:
+    """Refuse ``value`` unless it is an integer ``>= low`` (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
+
+
 def generate(automaton: str | Automaton, n_docs: int, seed: int) -> list[tuple[list[str], list[str]]]:
     """Generate ``n_docs`` documents of ``automaton`` (a built-in name or an :class:`Automaton`).
 
@@ -736,6 +743,7 @@ def generate(automaton: str | Automaton, n_docs: int, seed: int) -> list[tuple[l
     (3, True)
     >>> texts = ["".join(symbols[:128]) for symbols, _ in docs]
     """
+    check_count("n_docs", n_docs, 0)
     fsa = resolve(automaton)
     gen = _generator(fsa)
     rng = random.Random(f"{fsa.name}:{seed}")

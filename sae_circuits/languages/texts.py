@@ -59,6 +59,8 @@ def corpus_texts(
     """Offline texts for an automaton: an automaton's documents (cut to ``length`` symbols, with
     their true states) or base64 blobs mixed with code (no ground truth). ``name`` is a zoo
     automaton (``markup``, ``kvlog``), ``base64``, an ``Automaton`` or the path of a JSON spec."""
+    automata.check_count("n", n, 1)
+    automata.check_count("length", length, 1)
     if isinstance(name, automata.Automaton) or name in automata.AUTOMATA:
         docs = automata.generate(name, n, seed=seed)
         return ["".join(symbols[:length]) for symbols, _ in docs], [states[:length] for _, states in docs]
@@ -97,9 +99,13 @@ def offline_mix(
         ("base64_docs", base64_docs),
         ("automaton_docs", automaton_docs),
     ):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}: expected a positive integer")
+        automata.check_count(name, value, 1)
     code = code_documents(code_bytes)
+    if not any(d.text.strip() for d in code):  # only the empty files (``__init__.py``) fitted
+        raise ValueError(
+            f"code_bytes={code_bytes}: no standard-library file with any code in it fits; give a few "
+            "thousand bytes or more"
+        )
     return {
         "code": [d.text for d in code],
         "base64": [d.text for d in base64_documents(base64_docs, seed, code)],

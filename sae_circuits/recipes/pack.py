@@ -112,6 +112,16 @@ def _pack_train(
     return rows, source
 
 
+def _refuse_separator(name: str, encoded: list[np.ndarray], eot: int) -> None:
+    """A text holding the separator would read as two documents to the model: refuse it."""
+    for i, ids in enumerate(encoded):
+        if (ids == eot).any():
+            raise ValueError(
+                f"sub-corpus {name!r}, text {i}: it holds {EOT!r}, the document separator, so the model "
+                "would read it as two documents; remove it from the text"
+            )
+
+
 class PackedCorpus(NamedTuple):
     """A tokenized, packed corpus mix held in memory (see :func:`pack_mix`)."""
 
@@ -180,6 +190,7 @@ def pack_mix(
             )
         train_enc = encode_texts(tok, texts[: len(texts) - n_val])
         val_enc = encode_texts(tok, texts[len(texts) - n_val :])
+        _refuse_separator(name, train_enc + val_enc, eot)
         train_docs += [(src, ids) for ids in train_enc]
         val_rows = pack(val_enc, eot, seq_len)
         n_tokens = int(sum(len(ids) + 1 for ids in val_enc))
