@@ -54,3 +54,11 @@ def token_row(
             )
         row = torch.cat([torch.tensor([tokenizer.bos_token_id], dtype=row.dtype, device=row.device), row])
     return row
+
+
+def token_text(model: Any, token: int) -> str:
+    """One token's text, or its id as a string when the model has no tokenizer (a model built
+    from a config reads token ids alone)."""
+    if getattr(model, "tokenizer", None) is None:
+        return str(int(token))
+    return str(model.to_string(torch.tensor([int(token)])))

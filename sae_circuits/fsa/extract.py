@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from sae_circuits._model import check_model
 from sae_circuits._shard_map import map_items
-from sae_circuits._tokenize import resolve_bos, token_row
+from sae_circuits._tokenize import resolve_bos, token_row, token_text
 from sae_circuits.fsa.automaton import FeatureAutomaton, State, Transition
 from sae_circuits.fsa.effects import EffectKind, frozen_inputs, promoted_tokens
 from sae_circuits.fsa.roles import average_linkage, coherence, jaccard, majority
@@ -318,7 +318,7 @@ def automaton(
 def _state(corpus: _Corpus, state_id: int, members: list[int], fires: Tensor, agreement: float) -> State:
     model = corpus.model
     top = Counter(corpus.tokens[fires].tolist()).most_common(3)
-    label = " ".join(repr(model.to_string(torch.tensor([t]))) for t, _ in top)
+    label = " ".join(repr(token_text(model, t)) for t, _ in top)
     sites, pins, largest = [], [], 0.0
     for m in members:
         site, index = corpus.feature_of(m)
@@ -447,7 +447,7 @@ def _label_tokens(corpus: _Corpus, transitions: list[Transition], fire: Tensor, 
         at = token_col == x
         counts[:, x] = (now[at].T @ then[at])[src, dst]
     # ids that decode alike (the byte tokens that are each U+FFFD) count as one string
-    strings = [corpus.model.to_string(corpus.vocab[c : c + 1]) for c in range(corpus.vocab.numel())]
+    strings = [token_text(corpus.model, int(c)) for c in corpus.vocab]
     position = {x: i for i, x in enumerate(dict.fromkeys(strings))}
     names = list(position)
     column = torch.tensor([position[x] for x in strings]) if len(names) < len(strings) else None

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sae_circuits._tokenize import token_text
 from sae_circuits.graph.attribution_graph import AttributionGraph
 from sae_circuits.graph.edge_store import SparseEdges, StoredEdges
 from sae_circuits.graph.influence import Edges, NodeKind
@@ -104,10 +105,7 @@ def expanded_in_reading_order(result: AttributionResult) -> Int[Tensor, " n_expa
 
 def add_token_nodes(nodes: NodeTable, model: Any, tokens: Int[Tensor, " pos"]) -> list[str]:
     """One node per prompt position; returns the token strings."""
-    strings = [
-        model.to_string(tokens[i : i + 1]) if model.tokenizer is not None else str(int(t))
-        for i, t in enumerate(tokens)
-    ]
+    strings = [token_text(model, int(t)) for t in tokens]
     n = tokens.numel()
     nodes.add(
         NodeKind.TOKEN, site=-1, layer=-1, stage=0, position=torch.arange(n), index=tokens, labels=strings

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sae_circuits._tokenize import token_text
 from sae_circuits.positions import is_int
 
 
@@ -122,11 +123,7 @@ def resolve_targets(
 
 def _token_target(token: int, probs: Tensor, model: Any) -> ResolvedTarget:
     p = float(probs[token])
-    text = (
-        model.to_string(torch.tensor([token]))
-        if getattr(model, "tokenizer", None) is not None
-        else str(token)
-    )
+    text = token_text(model, token)
     return ResolvedTarget("token", p, f'Output "{text}" (p={p:.3f})', token=token, probability=p)
 
 

@@ -1,0 +1,103 @@
+"""Other models' shapes: random HookedTransformers built from a config (no download) with RMSNorm,
+rotary positions (full, partial, adjacent pairs), gated MLPs, grouped- and multi-query attention,
+and parallel attention + MLP. Attribution edges equal interventions in the independent frozen
+reference of ``test_attribution``; cached and uncached steered generation agree; automata extract
+and check on a model without a tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sae_circuits as sc
+from sae_circuits.graph.influence import NodeKind
+from tests.conftest import NO_HOOKED, random_sae
+from tests.test_attribution import _check_top_edges, _reference
+
+pytestmark = pytest.mark.skipif(bool(NO_HOOKED), reason=str(NO_HOOKED))
+
+D = 64
+SHAPES = {
+    "llama": dict(normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, act_fn="silu",
+                  n_key_value_heads=2, final_rms=True),
+    "neox": dict(normalization_type="LN", positional_embedding_type="rotary", parallel_attn_mlp=True,
+                 act_fn="gelu", rotary_dim=8),
+    "gptj": dict(normalization_type="LN", positional_embedding_type="rotary", parallel_attn_mlp=True,
+                 act_fn="gelu_new", rotary_dim=8, rotary_adjacent_pairs=True),
+    "multi-query": dict(normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
+                        act_fn="gelu_pytorch_tanh", n_key_value_heads=1),
+}  # fmt: skip
+
+
+def _model(shape: str):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=D, d_head=16, n_heads=4, d_mlp=128, d_vocab=300, n_ctx=64, seed=0, **SHAPES[shape]
+    )
+    return HookedTransformer(cfg)
+
+
+def _tokens(rows: int, length: int, seed: int = 0):
+    return torch.randint(1, 300, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_edges_equal_interventions_on_other_architectures(shape):
+    """Transcoders at both MLPs and a hook_z SAE: every checked edge (features, errors, tokens,
+    into features and logits) equals the change of its target when its source is removed."""
+    saes = []
+    for layer in (0, 1):
+        tc = random_sae("transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_in=D, d_out=D,
+                        d_sae=96, seed=layer)  # fmt: skip
+        tc.cfg.hook_name_out = f"blocks.{layer}.hook_mlp_out"
+        saes.append(tc)
+    saes.append(random_sae(hook_name="blocks.0.attn.hook_z", d_in=D, reshape_activations="hook_z", seed=5))
+    model = _model(shape)
+    with sc.spliced(model, saes):
+        g = sc.attribute(model, _tokens(1, 12), prepend_bos=False, progress=False, batch_size=16)
+    assert not g.first_order_edges().any()
+    assert g.token_strings[0] == str(int(g.tokens[0]))  # no tokenizer: the id is the label
+    ref = _reference(_model(shape), saes, g)
+    features = g.nodes_of(NodeKind.FEATURE)
+    late = features[g.stage[features] >= g.stage[features].max() - 1][:2].tolist()
+    assert _check_top_edges(g, ref, g.nodes_of(NodeKind.TARGET)[:2].tolist() + late) >= 12
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_cached_and_uncached_steered_generation_agree_on_other_architectures(shape):
+    model = _model(shape)
+    sae = random_sae(hook_name="blocks.0.hook_resid_post", d_in=D, seed=3)
+
+    def generate(cache: bool):
+        out = model.generate(
+            _tokens(1, 6, seed=1), max_new_tokens=8, do_sample=False, use_past_kv_cache=cache, verbose=False,
+            stop_at_eos=False, return_type="tokens", output_logits=True,
+        )  # fmt: skip
+        return out.sequences, torch.stack(out.logits, dim=1)
+
+    with sc.spliced(model, [sae]):
+        plain = generate(True)
+        with sc.intervene(model, [sc.clamp("blocks.0.hook_resid_post", 11, 8.0, positions="generated")]):
+            cached, uncached = generate(True), generate(False)
+    assert torch.equal(cached[0], uncached[0])
+    assert torch.allclose(cached[1], uncached[1], atol=1e-4)
+    assert not torch.allclose(cached[1], plain[1], atol=1e-2)  # the clamp did something
+
+
+def test_an_automaton_extracts_and_checks_on_a_model_without_a_tokenizer():
+    """Labels and transition tokens fall back to token ids (they had needed ``model.to_string``)."""
+    model = _model("llama")
+    saes = [
+        random_sae(hook_name=f"blocks.{layer}.hook_resid_post", d_in=D, d_sae=64, seed=layer)
+        for layer in (0, 1)
+    ]
+    with sc.spliced(model, saes):
+        fsa = sc.automaton(model, _tokens(24, 32), max_states=16, progress=False, prepend_bos=False)
+        checks = sc.check_pairs(fsa, model, [(fsa.states[0].id, fsa.states[1].id)], n_prompts=4, context=8,
+                                samples=2, progress=False)  # fmt: skip
+    assert len(fsa.states) == 16 and len(checks) == 1
+    assert all(label.strip("' ").isdigit() for label in fsa.states[0].label.split())
+    assert any(t.tokens for t in fsa.transitions)
+    assert all(token.isdigit() for t in fsa.transitions for token in t.tokens)
