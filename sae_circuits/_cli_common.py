@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 
-def load_model(spec: str) -> Any:  # a HookedTransformer (zoo.load_model and load_hf_gpt2 give Any)
+def load_model(spec: str) -> Any:  # a HookedTransformer (zoo.load_model and load_hf_model give Any)
     """The model ``--model`` names: an embedded model, or a Hugging Face model folder."""
     from sae_circuits import zoo
-    from sae_circuits.zoo.loader import load_hf_gpt2
+    from sae_circuits.zoo.loader import load_hf_model
 
     if spec in zoo.names():
         return zoo.load_model(spec)
     if Path(spec, "config.json").is_file():
-        return load_hf_gpt2(spec)
+        return load_hf_model(spec)
     raise ValueError(
         f"--model {spec!r}: not an embedded model ({zoo.names()}) nor a Hugging Face model folder"
     )
@@ -50,7 +50,10 @@ def check_writable(path: Path, option: str) -> None:
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--model`` (default: the embedded ``tiny``) to ``parser``."""
     parser.add_argument(
-        "--model", default="tiny", help="embedded model name or Hugging Face model folder (default: tiny)"
+        "--model",
+        default="tiny",
+        help="embedded model name or Hugging Face model folder (GPT-2, or any architecture TransformerLens's "
+        "bridge knows: Llama, GPT-NeoX, ...) (default: tiny)",
     )
 
 

@@ -1,5 +1,9 @@
-"""Load a GPT-2-architecture model saved in the Hugging Face layout, offline, as a
-``HookedTransformer`` or a ``TransformerBridge`` with the same weights and no processing.
+"""Load a model saved in the Hugging Face layout, offline, as a ``HookedTransformer`` or a
+``TransformerBridge`` with the same weights and no processing.
+
+:func:`load_hf_model` takes any causal LM the installed TransformerLens bridge has an adapter for
+(GPT-2, Llama, GPT-NeoX, ... : ``model_type`` in ``config.json``); a GPT-2 folder loads as either
+kind, any other as the bridge. :func:`load_hf_gpt2` is the GPT-2 path alone.
 
 TransformerLens 4 removed ``HookedTransformer``: there only ``kind="bridge"`` loads, and it is the
 default (:func:`default_kind`); on TransformerLens 3.x the default stays ``"hooked"``.
@@ -91,6 +95,62 @@ def hooked_config_from_hf(hf_config: Any) -> Any:
     )
 
 
+def load_hf_model(
+    path: str | os.PathLike[str],
+    kind: ModelKind | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """Load the causal LM in the Hugging Face folder ``path`` with hooks, offline.
+
+    A GPT-2 folder goes to :func:`load_hf_gpt2` (``kind=None``: :func:`default_kind`). Any other
+    architecture (``config.json``'s ``model_type``: ``llama``, ``gpt_neox``, ...) loads as a
+    ``TransformerBridge`` over ``AutoModelForCausalLM``; ``kind="hooked"`` is refused for it, since
+    the hooked model is built here from a GPT-2 config only. The bridge keeps its tokenizer's BOS
+    habit (``cfg.default_prepend_bos``). Loading draws from no global random stream of the caller.
+    """
+    folder = Path(path)
+    model_type = _model_type(folder)
+    if model_type == "gpt2":
+        return load_hf_gpt2(folder, kind, device=device, dtype=dtype)
+    if kind not in (None, "hooked", "bridge"):
+        raise ValueError(f"kind={kind!r}: expected 'hooked' or 'bridge'")
+    if kind == "hooked":
+        raise ValueError(
+            f"{str(folder)!r} holds a {model_type!r} model: kind='hooked' loads GPT-2 folders only; "
+            "load it with kind='bridge' (a TransformerBridge)"
+        )
+    with torch.random.fork_rng(devices=[]):
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformers import AutoModelForCausalLM
+
+        hf_model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+        hf_model.eval()
+        ensure_bridge_kv_cache()
+        return TransformerBridge.boot_transformers(
+            str(folder), hf_model=hf_model, tokenizer=load_tokenizer(folder), device=device, dtype=dtype
+        )
+
+
+def _model_type(folder: Path) -> str:
+    """``model_type`` of the Hugging Face folder's ``config.json`` (read as JSON, nothing run)."""
+    import json
+
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"{str(folder)!r} has no config.json (expected a Hugging Face model directory)"
+        )
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{str(config)!r}: not a JSON object with a model_type ({err})") from None
+    if not isinstance(model_type, str):
+        raise ValueError(f"{str(config)!r}: model_type {model_type!r} is not a name")
+    return model_type
+
+
 def load_hf_gpt2(
     path: str | os.PathLike[str],
     kind: ModelKind | None = None,
@@ -114,9 +174,11 @@ def _load_hf_gpt2(path: str | os.PathLike[str], kind: ModelKind | None, *, devic
     if kind == "hooked":
         _require_hooked()
     folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{str(folder)!r} has no config.json (expected a Hugging Face model directory)"
+    model_type = _model_type(folder)
+    if model_type != "gpt2":  # GPT2LMHeadModel would load it with fresh random weights
+        raise ValueError(
+            f"{str(folder)!r} holds a {model_type!r} model, not GPT-2: load it with "
+            "sae_circuits.zoo.loader.load_hf_model (a TransformerBridge)"
         )
     from transformers import GPT2LMHeadModel
 
