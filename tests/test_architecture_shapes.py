@@ -149,7 +149,7 @@ def test_hugging_face_folders_of_other_architectures_load_as_a_bridge_and_stay_e
     with pytest.raises(
         ValueError, match=f"holds a '{architecture}' model, not GPT-2: load it with .*load_hf_model"
     ):
-        load_hf_gpt2(folder)  # GPT2LMHeadModel had loaded it with random weights, or failed deep inside
+        load_hf_gpt2(folder)  # had failed deep inside the bridge with an AttributeError
     transcoders = []
     for layer in (0, 1):
         tc = random_sae("transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_in=D, d_out=D,

@@ -175,7 +175,7 @@ def _load_hf_gpt2(path: str | os.PathLike[str], kind: ModelKind | None, *, devic
         _require_hooked()
     folder = Path(path)
     model_type = _model_type(folder)
-    if model_type != "gpt2":  # GPT2LMHeadModel would load it with fresh random weights
+    if model_type != "gpt2":  # GPT2LMHeadModel would take it, with fresh weights for what it lacks
         raise ValueError(
             f"{str(folder)!r} holds a {model_type!r} model, not GPT-2: load it with "
             "sae_circuits.zoo.loader.load_hf_model (a TransformerBridge)"
