@@ -10,6 +10,10 @@ The site encodes once per forward pass. With the error term on and nothing edite
 *is* the input activation (bitwise); an edit adds exactly ``(f_edited - f) @ W_dec``, decoded over
 the edited features only. Reconstruction and error are materialised only when something hooks
 ``hook_sae_recons``/``hook_sae_error``/``hook_sae_output`` or the error term is off.
+
+Gradients with the error term on: upstream of the site they are the model's own. The features get
+``dL/df = dL/dout @ W_dec.T`` (SAELens's) when a backward hook listens on ``hook_sae_acts_pre`` or
+``hook_sae_acts_post``, through a term that is zero in value (:meth:`_Site._feature_gradients`).
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ def _has_fwd_hooks(hook_point: HookPoint) -> bool:
     return bool(hook_point._forward_hooks)
 
 
+def _has_bwd_hooks(sae: SAE) -> bool:
+    """Whether a backward hook listens on the SAE's pre-activations or activations."""
+    return bool(sae.hook_sae_acts_pre._backward_hooks or sae.hook_sae_acts_post._backward_hooks)
+
+
 class _Hooked(NamedTuple):
     value: Tensor
     changed: bool
@@ -172,13 +181,19 @@ class _Site:
             recons = sae.hook_sae_recons(sae.decode_normalized(f))
             out = sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, inp.value), x))
             return out
+        # Features get gradients only when something listens for them (a backward hook on the
+        # activations): then f0 recomputed without the hooks carries the cancelling path.
+        listened = torch.is_grad_enabled() and _has_bwd_hooks(sae)
+        f_free = sae.activation_fn(h0, gate) if listened else None
         # An edited input changes the normaliser and skip term too: materialise both outputs.
         if not inp.changed and not any(
             _has_fwd_hooks(getattr(sae, n)) for n in ("hook_sae_recons", "hook_sae_error", "hook_sae_output")
         ):
             if f is f_clean:
-                return x  # bitwise the model's own activation
-            return x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
+                out = x  # bitwise the model's own activation
+            else:
+                out = x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
+            return out if f_free is None else self._feature_gradients(out, f, f_clean, f_free, norm)
         # Someone is looking at the reconstruction or the error: materialise both. The output is
         # recons + error (as SAELens: error = x - the clean reconstruction, so a hook that changes
         # the reconstruction changes the output), written as x plus what the edits and hooks changed:
@@ -194,7 +209,30 @@ class _Site:
             out = out + (self._to_site(sae.finish_output(recons.value, norm, inp.value), x) - out_clean)
         if error.changed:
             out = out + (error.value - error_clean)
+        if f_free is not None:
+            out = self._feature_gradients(out, f, f_clean, f_free, norm)
         return sae.hook_sae_output(out)
+
+    def _feature_gradients(
+        self, out: Tensor, f: Tensor, f_clean: Tensor, f_free: Tensor, norm: Any
+    ) -> Tensor:
+        """``out`` plus a term that is exactly zero in value and gives the features the gradient
+        SAELens gives them, ``dL/df = W_dec dL/dout``, while the gradient upstream of the site
+        stays that of ``out`` (the model's own with no edit).
+
+        Over the features no edit changed, the term is ``B - B.detach()`` with ``B = (f - f_free)
+        @ W_dec``: ``f`` (through the activation hooks) gets ``W_dec g``; ``f_free``, the same
+        activations recomputed from the pre-activations before their hook, gets ``-W_dec g``, which
+        cancels what ``f`` sends upstream. Edited features already get theirs from the edit term."""
+        unchanged = (
+            f.detach().reshape(-1, f.shape[-1]).eq(f_clean.detach().reshape(-1, f.shape[-1])).all(dim=0)
+        )
+        columns = unchanged.nonzero().squeeze(-1)
+        bridge = self.sae.decode_delta(f - f_free, columns)
+        if norm.scale is not None:
+            bridge = bridge * norm.scale
+        bridge = self._to_site(bridge, out)
+        return out + (bridge - bridge.detach())
 
     def _decoded_edit(self, df: Tensor, norm: Any) -> Tensor:
         """``df @ W_dec`` (in the activation's scale), using only the features that changed."""

@@ -201,3 +201,62 @@ def test_jumprelu_training_gradients_match_sae_lens(threshold):
     torch.testing.assert_close(grads["ours_step"][0], grads["lens_step"][0], rtol=1e-12, atol=0)
     # straight-through for the pre-activation where the unit is on (SAELens: x > threshold)
     torch.testing.assert_close(grads["ours"][1], grads["lens"][1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_feature_gradients_match_sae_lens_and_the_upstream_gradient_stays_the_models(hooked, tokens, tmp_path,
+                                                                                     architecture):  # fmt: skip
+    """With the error term on, a backward hook on ``hook_sae_acts_post`` sees SAELens's feature
+    gradient ``dL/df`` (it saw zeros), while the gradient upstream of the site stays the unspliced
+    model's (SAELens's goes through the reconstruction) and the logits stay bitwise the model's."""
+    lens_sae = _lens_sae(architecture)
+    lens_sae.save_model(tmp_path)
+    ours = sc.SAE.load(tmp_path)
+    acts = f"{ours.cfg.site}.hook_sae_acts_post"
+
+    def run(model, grads):
+        model.zero_grad(set_to_none=True)
+        embed = {}
+
+        def keep_embed(x, hook):
+            x.retain_grad()
+            embed["x"] = x
+            return x
+
+        def keep_grad(grad, hook):
+            grads.append(grad.detach().clone())
+
+        logits = model.run_with_hooks(
+            tokens, fwd_hooks=[("blocks.0.hook_resid_pre", keep_embed)], bwd_hooks=[(acts, keep_grad)]
+        )
+        logits[:, -1].log_softmax(-1)[:, 7].sum().backward()
+        return logits.detach(), embed["x"].grad.detach()
+
+    clean = hooked(tokens).detach()
+    embed_plain = _embedding_gradient(hooked, tokens)
+    lens_model = _lens_model(hooked)
+    lens_model.add_sae(lens_sae, use_error_term=True)
+    lens_grads: list = []
+    _, lens_embed = run(lens_model, lens_grads)
+    grads: list = []
+    with sc.spliced(hooked, [ours]):
+        logits, embed_grad = run(hooked, grads)
+    assert torch.equal(logits, clean)
+    assert lens_grads[0].abs().max() > 0, "the metric must reach the features"
+    assert torch.allclose(grads[0].reshape(lens_grads[0].shape), lens_grads[0], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(embed_grad, embed_plain, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(lens_embed, embed_plain, atol=1e-4)  # SAELens's goes through the SAE
+
+
+def _embedding_gradient(model, tokens):
+    embed = {}
+
+    def keep(x, hook):
+        x.retain_grad()
+        embed["x"] = x
+        return x
+
+    model.zero_grad(set_to_none=True)
+    logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", keep)])
+    logits[:, -1].log_softmax(-1)[:, 7].sum().backward()
+    return embed["x"].grad.detach()

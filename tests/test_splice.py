@@ -347,3 +347,42 @@ def test_temporary_hooks_on_an_saes_own_hook_points_go_with_the_unsplice(model, 
         assert torch.equal(model(tokens), clean)  # the zeroing hook did not come back
     assert len(seen) == 1  # the permanent one did
     sae.hook_sae_acts_pre.remove_hooks("both", including_permanent=True)
+
+
+@pytest.mark.parametrize("edit", [None, "clamp"])
+def test_features_get_gradients_when_a_backward_hook_listens(model, sae, tokens, edit):
+    """With the error term on, a backward hook on ``hook_sae_acts_post`` sees ``dL/df = dL/dout
+    @ W_dec.T`` for every feature (it saw zeros), edited or not; the logits and the gradient
+    upstream of the site are what they are without the listener (the model's own, with no edit)."""
+
+    def run(listen: bool):
+        kept: dict = {}
+
+        def keep(name):
+            def hook(x, hook):
+                x.retain_grad()
+                kept[name] = x
+                return x
+
+            return hook
+
+        def keep_grad(grad, hook):
+            kept["features"] = grad.detach().clone()
+
+        model.zero_grad(set_to_none=True)
+        fwd = [("blocks.0.hook_resid_pre", keep("embed")), (SITE, keep("site"))]
+        bwd = [(f"{SITE}.hook_sae_acts_post", keep_grad)] if listen else []
+        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+            logits = model(tokens)
+            logits[:, -1].log_softmax(-1)[:, 7].sum().backward()
+        return logits.detach(), kept["embed"].grad, kept["site"].grad, kept.get("features")
+
+    edits = [sc.clamp(SITE, 11, 5.0)] if edit else []
+    with sc.spliced(model, [sae]), sc.intervene(model, edits):
+        logits, embed_grad, _, _ = run(listen=False)
+        logits_heard, embed_heard, site_grad, features = run(listen=True)
+    assert torch.equal(logits_heard, logits)
+    assert torch.allclose(embed_heard, embed_grad, atol=1e-6, rtol=1e-4)
+    expected = site_grad @ sae.W_dec.T
+    assert expected.abs().max() > 0.1
+    assert torch.allclose(features.reshape(expected.shape), expected, atol=1e-5, rtol=1e-4)
