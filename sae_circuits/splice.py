@@ -127,11 +127,23 @@ def _run_hook(hook_point: HookPoint, value: Tensor, protect: bool = False) -> _H
         copy = value.clone()
         version = copy._version
         out = hook_point(copy)
-        return _Hooked(out, copy._version != version or out is not copy, False)
+        return _Hooked(out, copy._version != version or not _same_tensor(out, copy), False)
     version = value._version
     out = hook_point(value)
     in_place = value._version != version
-    return _Hooked(out, in_place or out is not value, in_place)
+    return _Hooked(out, in_place or not _same_tensor(out, value), in_place)
+
+
+def _same_tensor(out: Tensor, value: Tensor) -> bool:
+    """Whether a hook returned ``value`` itself, or another tensor object over the same memory in
+    the same layout: a backward hook on the hook point makes PyTorch hand every forward hook such
+    an alias, which is no edit."""
+    return out is value or (
+        out.data_ptr() == value.data_ptr()
+        and out.shape == value.shape
+        and out.stride() == value.stride()
+        and out.dtype == value.dtype
+    )
 
 
 class _Site:
@@ -167,9 +179,15 @@ class _Site:
         post = _run_hook(sae.hook_sae_acts_post, f0)
         f = post.value
         norm_clean = norm
+        # Features get gradients only when something listens for them (a backward hook on the
+        # activations); then the clean activations are a twin computed outside the hooks, so
+        # that what cancels a feature's way upstream reaches no listener (_feature_gradients).
+        listened = torch.is_grad_enabled() and _has_bwd_hooks(sae)
         if inp.changed or h.changed:  # rare: a hook edited the input or pre-activations
             h_clean, norm_clean, gate_clean = sae.encode_parts(flat)  # the clean input's normaliser
             f_clean = sae.activation_fn(h_clean, gate_clean)
+        elif listened:
+            f_clean = sae.activation_fn(h0, gate)
         elif not post.changed:
             f_clean = f
         elif post.in_place:  # the clean activations were overwritten: recompute (cheap)
@@ -181,19 +199,17 @@ class _Site:
             recons = sae.hook_sae_recons(sae.decode_normalized(f))
             out = sae.hook_sae_output(self._to_site(sae.finish_output(recons, norm, inp.value), x))
             return out
-        # Features get gradients only when something listens for them (a backward hook on the
-        # activations): then f0 recomputed without the hooks carries the cancelling path.
-        listened = torch.is_grad_enabled() and _has_bwd_hooks(sae)
-        f_free = sae.activation_fn(h0, gate) if listened else None
         # An edited input changes the normaliser and skip term too: materialise both outputs.
         if not inp.changed and not any(
             _has_fwd_hooks(getattr(sae, n)) for n in ("hook_sae_recons", "hook_sae_error", "hook_sae_output")
         ):
             if f is f_clean:
-                out = x  # bitwise the model's own activation
-            else:
-                out = x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
-            return out if f_free is None else self._feature_gradients(out, f, f_clean, f_free, norm)
+                return x  # bitwise the model's own activation
+            out = x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
+            if not listened:
+                return out
+            f_free = f_clean if not (inp.changed or h.changed) else sae.activation_fn(h0, gate)
+            return self._feature_gradients(out, f, f_clean, f_free, norm)
         # Someone is looking at the reconstruction or the error: materialise both. The output is
         # recons + error (as SAELens: error = x - the clean reconstruction, so a hook that changes
         # the reconstruction changes the output), written as x plus what the edits and hooks changed:
@@ -209,8 +225,8 @@ class _Site:
             out = out + (self._to_site(sae.finish_output(recons.value, norm, inp.value), x) - out_clean)
         if error.changed:
             out = out + (error.value - error_clean)
-        if f_free is not None:
-            out = self._feature_gradients(out, f, f_clean, f_free, norm)
+        # A listened site has f is not f_clean: the output depends on f through the (hooked)
+        # reconstruction, which gives the features SAELens's gradient (the error holds f_clean).
         return sae.hook_sae_output(out)
 
     def _feature_gradients(
@@ -223,7 +239,8 @@ class _Site:
         Over the features no edit changed, the term is ``B - B.detach()`` with ``B = (f - f_free)
         @ W_dec``: ``f`` (through the activation hooks) gets ``W_dec g``; ``f_free``, the same
         activations recomputed from the pre-activations before their hook, gets ``-W_dec g``, which
-        cancels what ``f`` sends upstream. Edited features already get theirs from the edit term."""
+        cancels what ``f`` sends upstream. Edited features get theirs from the edit term, ``(f -
+        f_clean) @ W_dec``, whose ``f_clean`` is likewise computed outside the hooks."""
         unchanged = (
             f.detach().reshape(-1, f.shape[-1]).eq(f_clean.detach().reshape(-1, f.shape[-1])).all(dim=0)
         )

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,6 +108,7 @@ def test_counts_and_lengths_of_corpora_are_integers():
         with pytest.raises(ValueError, match=message):
             call()
     assert automata.generate("kvlog", 0, seed=0) == []
+    assert len(automata.generate("kvlog", np.int64(2), seed=0)) == 2  # NumPy's integers are counts
 
 
 def test_an_unknown_key_alone_is_named_without_an_empty_missing_list():

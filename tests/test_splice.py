@@ -349,40 +349,102 @@ def test_temporary_hooks_on_an_saes_own_hook_points_go_with_the_unsplice(model, 
     sae.hook_sae_acts_pre.remove_hooks("both", including_permanent=True)
 
 
-@pytest.mark.parametrize("edit", [None, "clamp"])
-def test_features_get_gradients_when_a_backward_hook_listens(model, sae, tokens, edit):
-    """With the error term on, a backward hook on ``hook_sae_acts_post`` sees ``dL/df = dL/dout
-    @ W_dec.T`` for every feature (it saw zeros), edited or not; the logits and the gradient
-    upstream of the site are what they are without the listener (the model's own, with no edit)."""
+@pytest.mark.parametrize(
+    ("listener", "edit", "hook"),
+    [
+        ("acts_post", None, None),
+        ("acts_post", "clamp", None),
+        ("acts_post", None, "recons"),  # the materialised path: the output goes through the recons
+        ("acts_post", "clamp", "error"),
+        ("acts_pre", "scale", None),
+        ("acts_pre", None, "error"),
+    ],
+)
+def test_features_get_gradients_when_a_backward_hook_listens(model, sae, tokens, listener, edit, hook):
+    """With the error term on, a backward hook on ``hook_sae_acts_post`` sees SAELens's
+    ``dL/df = dL/dout @ W_dec.T`` for every feature (it saw zeros), edited or not, once (it had
+    seen twice that on the materialised path), and one on ``hook_sae_acts_pre`` sees that through
+    the activation and the edit; the logits and the gradient upstream of the site are what they
+    are without the listener (the model's own, with no edit)."""
+    side_hooks = {
+        None: [],
+        "recons": [(f"{SITE}.hook_sae_recons", lambda x, hook: x)],  # watched, unchanged
+        "error": [(f"{SITE}.hook_sae_error", lambda x, hook: 0.5 * x)],
+    }[hook]
 
     def run(listen: bool):
         kept: dict = {}
 
         def keep(name):
-            def hook(x, hook):
-                x.retain_grad()
+            def keep_hook(x, hook):
+                if x.requires_grad:
+                    x.retain_grad()
                 kept[name] = x
                 return x
 
-            return hook
+            return keep_hook
 
         def keep_grad(grad, hook):
             kept["features"] = grad.detach().clone()
 
         model.zero_grad(set_to_none=True)
-        fwd = [("blocks.0.hook_resid_pre", keep("embed")), (SITE, keep("site"))]
-        bwd = [(f"{SITE}.hook_sae_acts_post", keep_grad)] if listen else []
-        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+        fwd = [
+            ("blocks.0.hook_resid_pre", keep("embed")),
+            (SITE, keep("site")),
+            (f"{SITE}.hook_sae_acts_pre", keep("h")),
+        ]
+        bwd = [(f"{SITE}.hook_sae_{listener}", keep_grad)] if listen else []
+        with model.hooks(fwd_hooks=fwd + side_hooks, bwd_hooks=bwd):
             logits = model(tokens)
             logits[:, -1].log_softmax(-1)[:, 7].sum().backward()
-        return logits.detach(), kept["embed"].grad, kept["site"].grad, kept.get("features")
+        return (
+            logits.detach(),
+            kept["embed"].grad,
+            kept["site"].grad,
+            kept.get("features"),
+            kept["h"].detach(),
+        )
 
-    edits = [sc.clamp(SITE, 11, 5.0)] if edit else []
+    edits = {None: [], "clamp": [sc.clamp(SITE, 11, 5.0)], "scale": [sc.scale(SITE, [11, 12], 2.0)]}[edit]
     with sc.spliced(model, [sae]), sc.intervene(model, edits):
-        logits, embed_grad, _, _ = run(listen=False)
-        logits_heard, embed_heard, site_grad, features = run(listen=True)
+        logits, embed_grad, _, _, _ = run(listen=False)
+        logits_heard, embed_heard, site_grad, features, h = run(listen=True)
     assert torch.equal(logits_heard, logits)
     assert torch.allclose(embed_heard, embed_grad, atol=1e-6, rtol=1e-4)
-    expected = site_grad @ sae.W_dec.T
+    expected = site_grad @ sae.W_dec.T  # dL/df, SAELens's (its error term is held constant)
+    if listener == "acts_pre":  # through ReLU and the edit, as SAELens's autograd would go
+        factor = torch.ones(expected.shape[-1])
+        if edit == "scale":
+            factor[[11, 12]] = 2.0
+        expected = expected * (h > 0) * factor
     assert expected.abs().max() > 0.1
     assert torch.allclose(features.reshape(expected.shape), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_backward_hook_makes_no_forward_hook_an_edit(model, sae, tokens):
+    """A backward hook hands the forward hooks of its hook point an alias of the activation, not
+    the activation itself: that alias is no edit (it had sent the site down the edited path)."""
+    from sae_circuits.splice import _run_hook
+
+    with sc.spliced(model, [sae]):
+        point = sae.hook_sae_acts_post
+        with model.hooks(fwd_hooks=[(f"{SITE}.hook_sae_acts_post", lambda x, hook: x)],
+                         bwd_hooks=[(f"{SITE}.hook_sae_acts_post", lambda g, hook: None)]):  # fmt: skip
+            value = torch.randn(2, 3, sae.cfg.d_sae, requires_grad=True)
+            hooked = _run_hook(point, value)
+            assert hooked.value is not value and not hooked.changed
+            assert _run_hook(point, value, protect=True).changed is False
+
+
+@pytest.mark.parametrize("edit", [None, "clamp"])
+def test_run_with_cache_incl_bwd_holds_each_features_gradient_once(model, sae, tokens, edit):
+    """The documented way to read feature gradients: ``run_with_cache(incl_bwd=True)`` watches
+    every hook point both ways. Each feature's cached gradient is ``dL/dout @ W_dec.T`` (it had
+    been twice that: the cache's forward hooks had looked like edits)."""
+    edits = [sc.clamp(SITE, 11, 5.0)] if edit else []
+    with sc.spliced(model, [sae]), sc.intervene(model, edits):
+        _, cache = model.run_with_cache(tokens, return_type="loss", incl_bwd=True)
+    expected = cache[f"{SITE}_grad"] @ sae.W_dec.T
+    got = cache[f"{SITE}.hook_sae_acts_post_grad"].reshape(expected.shape)
+    assert expected.abs().max() > 1e-3
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)

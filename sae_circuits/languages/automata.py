@@ -47,6 +47,7 @@ sequence is nonetheless accepted by its automaton.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -724,8 +725,8 @@ def label(automaton: str | Automaton, token_strings: Sequence[str]) -> list[str]
 
 
 def check_count(name: str, value: Any, low: int) -> None:
-    """Refuse ``value`` unless it is an integer ``>= low`` (a bool is not a count)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """Refuse ``value`` unless it is an integer ``>= low`` (NumPy's too; a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
 
 

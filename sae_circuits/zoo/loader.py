@@ -107,8 +107,10 @@ def load_hf_model(
     A GPT-2 folder goes to :func:`load_hf_gpt2` (``kind=None``: :func:`default_kind`). Any other
     architecture (``config.json``'s ``model_type``: ``llama``, ``gpt_neox``, ...) loads as a
     ``TransformerBridge`` over ``AutoModelForCausalLM``; ``kind="hooked"`` is refused for it, since
-    the hooked model is built here from a GPT-2 config only. The bridge keeps its tokenizer's BOS
-    habit (``cfg.default_prepend_bos``). Loading draws from no global random stream of the caller.
+    the hooked model is built here from a GPT-2 config only. The bridge's ``cfg.default_prepend_bos``
+    is TransformerLens's default (``True`` for most architectures), not read from the tokenizer:
+    set it to ``False`` for a tokenizer without a BOS habit. Loading draws from no global random
+    stream of the caller.
     """
     folder = Path(path)
     model_type = _model_type(folder)
