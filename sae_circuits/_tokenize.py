@@ -56,6 +56,13 @@ def token_row(
     return row
 
 
+def tokens_text(model: Any, tokens: Tensor) -> str:
+    """A row of tokens as text, or their ids joined by spaces when the model has no tokenizer."""
+    if getattr(model, "tokenizer", None) is None:
+        return " ".join(str(int(t)) for t in tokens.reshape(-1))
+    return str(model.to_string(tokens))
+
+
 def token_text(model: Any, token: int) -> str:
     """One token's text, or its id as a string when the model has no tokenizer (a model built
     from a config reads token ids alone)."""

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from sae_circuits._export_io import page_start, printable, script_json
 from sae_circuits._files import atomic_write_text
-from sae_circuits._tokenize import token_row
+from sae_circuits._tokenize import token_row, token_text, tokens_text
 from sae_circuits.features import TokenValues, logit_effect_values
 from sae_circuits.interventions import clamp, intervene
 from sae_circuits.splice import site_of
@@ -165,7 +165,7 @@ def feature_dashboard(
         lo, hi = max(0, pos - context), min(len(rows[text]), pos + 1 + _RIGHT)
         contexts.append({
             "text": text, "pos": pos, "activation": value, "max_index": pos - lo,
-            "tokens": [_shown(t) for t in tl.to_str_tokens(rows[text][lo:hi])],
+            "tokens": [_shown(token_text(tl, t)) for t in rows[text][lo:hi].tolist()],
             "acts": acts[text, lo:hi].tolist(),
         })  # fmt: skip
 
@@ -191,8 +191,8 @@ def feature_dashboard(
         # From the last prompt token on: that token's residual is what predicts the first new token.
         with intervene(model, clamp(spliced_site.name, feature, clamp_value, positions=slice(n - 1, None))):
             steered = tl.generate(prompt[None], **kwargs)
-        steering.append({"prompt": tl.to_string(prompt), "plain": tl.to_string(plain[0, n:]),
-                         "steered": tl.to_string(steered[0, n:])})  # fmt: skip
+        steering.append({"prompt": tokens_text(tl, prompt), "plain": tokens_text(tl, plain[0, n:]),
+                         "steered": tokens_text(tl, steered[0, n:])})  # fmt: skip
 
     data = {
         "site": spliced_site.name, "feature": feature, "architecture": sae.cfg.architecture,

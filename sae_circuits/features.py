@@ -13,6 +13,7 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from sae_circuits._tokenize import token_text, tokens_text
 from sae_circuits.sae import SAE
 from sae_circuits.splice import spliced
 
@@ -58,8 +59,8 @@ def top_activating_tokens(
             break
         row, pos = divmod(flat, acts.shape[1])
         out.append(TokenActivation(
-            tl.to_string(tokens[row, pos : pos + 1]),
-            tl.to_string(tokens[row, max(0, pos - context) : pos + 1]),
+            tokens_text(tl, tokens[row, pos : pos + 1]),
+            tokens_text(tl, tokens[row, max(0, pos - context) : pos + 1]),
             value,
         ))  # fmt: skip
     return out
@@ -142,8 +143,8 @@ def logit_effect_values(
     weights = weights - weights.median()
     up, down = weights.topk(k), (-weights).topk(k)
     return (
-        TokenValues([tl.to_string(int(t)) for t in up.indices], up.values.tolist()),
-        TokenValues([tl.to_string(int(t)) for t in down.indices], (-down.values).tolist()),
+        TokenValues([token_text(tl, int(t)) for t in up.indices], up.values.tolist()),
+        TokenValues([token_text(tl, int(t)) for t in down.indices], (-down.values).tolist()),
     )
 
 

@@ -90,7 +90,7 @@ def test_cached_and_uncached_steered_generation_agree_on_other_architectures(sha
 
 
 @needs_hooked
-def test_an_automaton_extracts_and_checks_on_a_model_without_a_tokenizer():
+def test_an_automaton_and_a_dashboard_on_a_model_without_a_tokenizer():
     """Labels and transition tokens fall back to token ids (they had needed ``model.to_string``)."""
     model = _model("llama")
     saes = [
@@ -101,7 +101,11 @@ def test_an_automaton_extracts_and_checks_on_a_model_without_a_tokenizer():
         fsa = sc.automaton(model, _tokens(24, 32), max_states=16, progress=False, prepend_bos=False)
         checks = sc.check_pairs(fsa, model, [(fsa.states[0].id, fsa.states[1].id)], n_prompts=4, context=8,
                                 samples=2, progress=False)  # fmt: skip
+        page = sc.feature_dashboard(
+            model, "blocks.0.hook_resid_post", 3, list(_tokens(8, 16)), progress=False
+        )
     assert len(fsa.states) == 16 and len(checks) == 1
+    assert "<html" in page.lower()  # its tokens and logit effects are ids (it had failed in to_string)
     assert all(label.strip("' ").isdigit() for label in fsa.states[0].label.split())
     assert any(t.tokens for t in fsa.transitions)
     assert all(token.isdigit() for t in fsa.transitions for token in t.tokens)

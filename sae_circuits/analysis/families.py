@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from sae_circuits._export_io import printable
 from sae_circuits._files import atomic_write_text
 from sae_circuits._html import SVG_ADD, fill, page_start
+from sae_circuits._tokenize import token_text
 from sae_circuits.analysis._stats import check_tokens, correlation, decoder_cosine, dictionary_activations
 from sae_circuits.analysis.matching import FeatureMatch, check_same_site, firing_counts
 from sae_circuits.analysis.neurons import detect
@@ -346,7 +347,10 @@ def _labels(token_property: Tensor | None, tokens: Tensor) -> Tensor | None:
 def _token_names(model: nn.Module, ids: Int[Tensor, " n_tokens"]) -> dict[int, str]:
     """Display strings of the distinct token ids (newlines, tabs, spaces made visible)."""
     distinct = ids.unique()
-    strings = model.to_str_tokens(distinct)  # type: ignore[operator]
+    if getattr(model, "tokenizer", "") is None:  # a model built from a config reads ids alone
+        strings = [token_text(model, int(i)) for i in distinct]
+    else:
+        strings = model.to_str_tokens(distinct)  # type: ignore[operator]
     return {
         int(i): printable(str(s).replace("\n", "\u21b5").replace("\t", "\u21e5").replace(" ", "\u00b7"))
         for i, s in zip(distinct.tolist(), strings)
