@@ -632,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # the caller's warning filters are left as they were
             warnings.filterwarnings("ignore", category=DeprecationWarning)
+            # transformers' rename, which the bridge's generation still uses (sae_circuits/_compat.py)
+            warnings.filterwarnings(
+                "ignore", message="`past_key_values` is deprecated", category=FutureWarning
+            )
             return int(args.func(args))
     except Exception as err:  # bad input, a busy port, an unwritable folder: one clear line, no traceback
         if not _user_error(err):
