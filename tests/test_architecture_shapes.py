@@ -179,3 +179,12 @@ def test_hugging_face_folders_of_other_architectures_load_as_a_bridge_and_stay_e
     cached_logits = torch.stack(cached.logits, dim=1)
     assert torch.allclose(cached_logits, torch.stack(uncached.logits, dim=1), atol=1e-4)
     assert not torch.allclose(cached_logits, plain, atol=1e-2)
+
+
+def test_a_folder_given_to_the_embedded_loader_points_to_load_hf_model(tmp_path):
+    folder, _ = _hf_folder(tmp_path, "llama")
+    with pytest.raises(
+        ValueError, match=r"installed: \['tiny'\]; for a Hugging Face model folder use sc.zoo.load_hf_model"
+    ):
+        sc.zoo.load(str(folder))
+    assert sc.zoo.load_hf_model.__module__ == "sae_circuits.zoo.loader"

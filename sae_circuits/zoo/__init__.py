@@ -20,13 +20,13 @@ from typing import Any, Literal
 import torch
 
 from sae_circuits.sae import SAE
-from sae_circuits.zoo.loader import ModelKind, load_hf_gpt2
+from sae_circuits.zoo.loader import ModelKind, load_hf_gpt2, load_hf_model
 
 ROOT = Path(__file__).resolve().parent
 DictionaryKind = Literal["resid", "transcoder"]
 _SUBDIRS = {"resid": "saes", "transcoder": "transcoders"}
 
-__all__ = ["ROOT", "load", "load_model", "load_saes", "model_path", "names"]
+__all__ = ["ROOT", "load", "load_hf_model", "load_model", "load_saes", "model_path", "names"]
 
 
 def names() -> list[str]:
@@ -34,10 +34,17 @@ def names() -> list[str]:
     return sorted(p.name for p in ROOT.iterdir() if (p / "config.json").is_file())
 
 
+def _is_folder(name: object) -> bool:
+    return isinstance(name, (str, Path)) and Path(name, "config.json").is_file()
+
+
 def model_path(name: str = "tiny") -> Path:
     """Folder of the embedded model ``name`` (Hugging Face layout)."""
     if not isinstance(name, str) or name not in names():
-        raise ValueError(f"unknown embedded model {name!r}; installed: {names() or 'none'}")
+        hint = (
+            "; for a Hugging Face model folder use sc.zoo.load_hf_model(folder)" if _is_folder(name) else ""
+        )
+        raise ValueError(f"unknown embedded model {name!r}; installed: {names() or 'none'}{hint}")
     return ROOT / name
 
 

@@ -180,7 +180,7 @@ def _load_hf_gpt2(path: str | os.PathLike[str], kind: ModelKind | None, *, devic
     if model_type != "gpt2":  # GPT2LMHeadModel would take it, with fresh weights for what it lacks
         raise ValueError(
             f"{str(folder)!r} holds a {model_type!r} model, not GPT-2: load it with "
-            "sae_circuits.zoo.loader.load_hf_model (a TransformerBridge)"
+            "sc.zoo.load_hf_model (a TransformerBridge)"
         )
     from transformers import GPT2LMHeadModel
 
