@@ -13,7 +13,8 @@ the edited features only. Reconstruction and error are materialised only when so
 
 Gradients with the error term on: upstream of the site they are the model's own. The features get
 ``dL/df = dL/dout @ W_dec.T`` (SAELens's) when a backward hook listens on ``hook_sae_acts_pre`` or
-``hook_sae_acts_post``, through a term that is zero in value (:meth:`_Site._feature_gradients`).
+``hook_sae_acts_post``, or a forward hook there called ``retain_grad()``, through a term that is
+zero in value (:meth:`_Site._feature_gradients`).
 """
 
 from __future__ import annotations
@@ -180,9 +181,10 @@ class _Site:
         f = post.value
         norm_clean = norm
         # Features get gradients only when something listens for them (a backward hook on the
-        # activations); then the clean activations are a twin computed outside the hooks, so
-        # that what cancels a feature's way upstream reaches no listener (_feature_gradients).
-        listened = torch.is_grad_enabled() and _has_bwd_hooks(sae)
+        # activations, or a forward hook that called retain_grad on them); then the clean
+        # activations are a twin computed outside the hooks, so that what cancels a feature's way
+        # upstream reaches no listener (_feature_gradients).
+        listened = torch.is_grad_enabled() and (_has_bwd_hooks(sae) or f.retains_grad or h.value.retains_grad)
         if inp.changed or h.changed:  # rare: a hook edited the input or pre-activations
             h_clean, norm_clean, gate_clean = sae.encode_parts(flat)  # the clean input's normaliser
             f_clean = sae.activation_fn(h_clean, gate_clean)

@@ -448,3 +448,28 @@ def test_run_with_cache_incl_bwd_holds_each_features_gradient_once(model, sae, t
     got = cache[f"{SITE}.hook_sae_acts_post_grad"].reshape(expected.shape)
     assert expected.abs().max() > 1e-3
     assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("edit", [None, "clamp", "ablate"])
+def test_retain_grad_in_a_forward_hook_is_a_listener_too(model, sae, tokens, edit):
+    """A SAELens user's first try: ``retain_grad()`` on the activations in a forward hook. Its
+    ``.grad`` is the full ``dL/df`` (it had been None, or under an edit the edited features only)."""
+    kept: dict = {}
+
+    def keep(name):
+        def keep_hook(x, hook):
+            x.retain_grad()
+            kept[name] = x
+
+        return keep_hook
+
+    edits = {None: [], "clamp": [sc.clamp(SITE, 11, 5.0, positions=[3])], "ablate": [sc.ablate(SITE, 3)]}[
+        edit
+    ]
+    with sc.spliced(model, [sae]), sc.intervene(model, edits):
+        with model.hooks(fwd_hooks=[(f"{SITE}.hook_sae_acts_post", keep("f")), (SITE, keep("out"))]):
+            logits = model(tokens)
+            (logits[:, -1, 5] - logits[:, -1, 7]).sum().backward()
+    expected = kept["out"].grad @ sae.W_dec.T
+    assert kept["f"].grad is not None and expected.abs().max() > 0.1
+    assert torch.allclose(kept["f"].grad.reshape(expected.shape), expected, atol=1e-5, rtol=1e-4)
