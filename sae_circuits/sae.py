@@ -356,3 +356,8 @@ class SAE(nn.Module):
         """Architecture, sizes and site, for ``repr(sae)``."""
         c = self.cfg
         return f"{c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}, hook_name={c.site!r}"
+
+    def __repr__(self) -> str:
+        """One line: the six hook points are the same for every SAE, and an intervention built on
+        an SAE (``sc.clamp(sae, ...)``) prints it inside its own repr."""
+        return f"{type(self).__name__}({self.extra_repr()})"

@@ -412,3 +412,9 @@ def test_bad_noise_arguments_are_rejected():
         sc.noise(SITE, 1, 1.0, seed=-1)
     with pytest.raises(ValueError, match="-2 is negative; positions are absolute"):
         sc.noise(SITE, 1, 1.0, positions=-2)
+
+
+def test_an_intervention_on_an_sae_prints_on_one_line():
+    sae = random_sae()
+    assert repr(sae) == "SAE(standard, d_in=64, d_sae=256, hook_name='blocks.0.hook_resid_post')"
+    assert "\n" not in repr(sc.clamp(sae, 3, 1.0))  # it had printed the SAE's six hook points
