@@ -39,6 +39,17 @@ def _model(shape: str):
     return HookedTransformer(cfg)
 
 
+def _transcoders():
+    """Random transcoders over both MLPs of a 2-layer model (every MLP covered: exact edges)."""
+    out = []
+    for layer in (0, 1):
+        tc = random_sae("transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_in=D, d_out=D,
+                        d_sae=96, seed=layer)  # fmt: skip
+        tc.cfg.hook_name_out = f"blocks.{layer}.hook_mlp_out"
+        out.append(tc)
+    return out
+
+
 def _tokens(rows: int, length: int, seed: int = 0):
     return torch.randint(1, 300, (rows, length), generator=torch.Generator().manual_seed(seed))
 
@@ -48,12 +59,7 @@ def _tokens(rows: int, length: int, seed: int = 0):
 def test_edges_equal_interventions_on_other_architectures(shape):
     """Transcoders at both MLPs and a hook_z SAE: every checked edge (features, errors, tokens,
     into features and logits) equals the change of its target when its source is removed."""
-    saes = []
-    for layer in (0, 1):
-        tc = random_sae("transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_in=D, d_out=D,
-                        d_sae=96, seed=layer)  # fmt: skip
-        tc.cfg.hook_name_out = f"blocks.{layer}.hook_mlp_out"
-        saes.append(tc)
+    saes = _transcoders()
     saes.append(random_sae(hook_name="blocks.0.attn.hook_z", d_in=D, reshape_activations="hook_z", seed=5))
     model = _model(shape)
     with sc.spliced(model, saes):
@@ -154,12 +160,7 @@ def test_hugging_face_folders_of_other_architectures_load_as_a_bridge_and_stay_e
         ValueError, match=f"holds a '{architecture}' model, not GPT-2: load it with .*load_hf_model"
     ):
         load_hf_gpt2(folder)  # had failed deep inside the bridge with an AttributeError
-    transcoders = []
-    for layer in (0, 1):
-        tc = random_sae("transcoder", hook_name=f"blocks.{layer}.ln2.hook_normalized", d_in=D, d_out=D,
-                        d_sae=96, seed=layer)  # fmt: skip
-        tc.cfg.hook_name_out = f"blocks.{layer}.hook_mlp_out"
-        transcoders.append(tc)
+    transcoders = _transcoders()
     with sc.spliced(model, transcoders):
         g = sc.attribute(model, ids[0], prepend_bos=False, progress=False, batch_size=16)
     ref = _reference(load_hf_model(folder), transcoders, g)
