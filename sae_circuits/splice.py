@@ -210,7 +210,7 @@ class _Site:
             out = x + self._to_site(self._decoded_edit(f - f_clean, norm), x)
             if not listened:
                 return out
-            f_free = f_clean if not (inp.changed or h.changed) else sae.activation_fn(h0, gate)
+            f_free = f_clean if not h.changed else sae.activation_fn(h0, gate)  # here inp is unchanged
             return self._feature_gradients(out, f, f_clean, f_free, norm)
         # Someone is looking at the reconstruction or the error: materialise both. The output is
         # recons + error (as SAELens: error = x - the clean reconstruction, so a hook that changes
