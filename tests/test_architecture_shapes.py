@@ -189,3 +189,19 @@ def test_a_folder_given_to_the_embedded_loader_points_to_load_hf_model(tmp_path)
     ):
         sc.zoo.load(str(folder))
     assert sc.zoo.load_hf_model.__module__ == "sae_circuits.zoo.loader"
+
+
+def test_a_folder_of_pickled_weights_is_refused_before_loading(tmp_path):
+    """Safetensors only: a ``pytorch_model.bin`` folder had loaded (through pickle) without a word."""
+    from safetensors.torch import load_file
+
+    from sae_circuits.zoo.loader import load_hf_gpt2, load_hf_model
+
+    folder, _ = _hf_folder(tmp_path, "llama")
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    for load in (load_hf_model, load_hf_gpt2):
+        with pytest.raises(
+            ValueError, match=r"holds no .safetensors weights: sae_circuits loads safetensors only"
+        ):
+            load(folder)

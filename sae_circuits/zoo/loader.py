@@ -127,7 +127,9 @@ def load_hf_model(
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoModelForCausalLM
 
-        hf_model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, torch_dtype=dtype, use_safetensors=True
+        )
         hf_model.eval()
         ensure_bridge_kv_cache()
         return TransformerBridge.boot_transformers(
@@ -136,7 +138,8 @@ def load_hf_model(
 
 
 def _model_type(folder: Path) -> str:
-    """``model_type`` of the Hugging Face folder's ``config.json`` (read as JSON, nothing run)."""
+    """``model_type`` of the Hugging Face folder's ``config.json`` (read as JSON, nothing run), once
+    the folder is checked to hold safetensors weights."""
     import json
 
     config = folder / "config.json"
@@ -150,6 +153,11 @@ def _model_type(folder: Path) -> str:
         raise ValueError(f"{str(config)!r}: not a JSON object with a model_type ({err})") from None
     if not isinstance(model_type, str):
         raise ValueError(f"{str(config)!r}: model_type {model_type!r} is not a name")
+    if not any(folder.glob("*.safetensors")):  # a pickled checkpoint could run code on loading
+        raise ValueError(
+            f"{str(folder)!r} holds no .safetensors weights: sae_circuits loads safetensors only, never a "
+            "pickle (.bin); convert it once with model.save_pretrained(folder, safe_serialization=True)"
+        )
     return model_type
 
 
@@ -185,7 +193,9 @@ def _load_hf_gpt2(path: str | os.PathLike[str], kind: ModelKind | None, *, devic
     from transformers import GPT2LMHeadModel
 
     tokenizer = load_tokenizer(folder)
-    hf_model = GPT2LMHeadModel.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+    hf_model = GPT2LMHeadModel.from_pretrained(
+        str(folder), local_files_only=True, torch_dtype=dtype, use_safetensors=True
+    )
     hf_model.eval()
     if kind == "bridge" and not getattr(hf_model.config, "scale_attn_weights", True):
         raise ValueError(  # measured: its logits differ from the Hugging Face model's by ~6
