@@ -171,8 +171,7 @@ def pack_mix(
         raise ValueError(f"{len(mix)} sub-corpora: at most 255")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction}: expected a fraction in (0, 1) (the validation split)")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len={seq_len!r}: expected an integer >= 1 (tokens per row)")
+    automata.check_count("seq_len", seq_len, 1)  # tokens per row
     eot = tok.token_to_id(EOT)
     if eot is None:
         raise ValueError(f"the tokenizer has no {EOT} token")
