@@ -191,7 +191,8 @@ def main() -> None:
         "the best-matching state's F1; ROC AUC of the matched states' transition weights against the true table, "
         "self-pairs included; loops: the first 10 of `fsa.loops()`, named afterwards through the true states; "
         "checks: `check_pairs` on every true transition between matched states and as many non-transitions, "
-        "confirmed by either arm, in brackets by the pin arm alone; probe F1: `sc.probe_states`, a linear probe "
+        "confirmed by either arm (the pin arm only where the destination follows the source in the model's own "
+        "rollouts), in brackets the pin arm's own verdict, that gate aside; probe F1: `sc.probe_states`, a linear probe "
         "of the true states on the model's residual stream, the best layer's held-out mean F1, the model's own "
         "ceiling for the F1 column; merged: `score_automaton(..., merge_equivalent=True)`, against the language's "
         "own automaton, states that no continuation tells apart named as one):",

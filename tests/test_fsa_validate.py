@@ -163,7 +163,8 @@ def test_intervals_contain_the_effect_and_decide_confirmed(extracted):
                 assert e.ci[0] <= e.effect <= e.ci[1]
                 assert e.effect == pytest.approx(e.natural - e.removed, abs=1e-12)
             assert c.removal_confirmed == (r.ci[0] > 0 and r.effect >= min_effect)
-            assert c.confirmed == (c.pin_confirmed or c.removal_confirmed)
+            assert c.observed == (r.natural > 0)
+            assert c.confirmed == ((c.pin_confirmed and c.observed) or c.removal_confirmed)
     # the t critical values (two-sided 95%): 12.706 for 1 degree of freedom, 2.093 for 19
     assert validate_module._t_critical(0.95, 1) == pytest.approx(12.7062, abs=1e-3)
     assert validate_module._t_critical(0.95, 19) == pytest.approx(2.0930, abs=1e-3)
@@ -290,8 +291,25 @@ def test_necessity_arm_starts_where_the_source_fires_and_reads_a_plain_generatio
         fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
         necessity=False, progress=False,
     )  # fmt: skip
-    assert without.removal is None and not without.removal_confirmed
+    assert without.removal is None and not without.removal_confirmed and without.observed is None
     assert without.greedy == check.greedy and without.confirmed == without.pin_confirmed
+
+
+def test_a_pin_alone_does_not_confirm_a_transition_the_model_never_makes(extracted):
+    """Pinned into arbitrary windows, a state can bring a destination that never follows it in
+    the model's own rollouts (the pin made a state the model does not visit): such a pair is
+    pin-confirmed but not confirmed. The fixture has one: source 19 pinned brings state 22."""
+    model, fsa = extracted
+    checks = check_pairs(
+        fsa, model, [(19, s.id) for s in fsa.states], n_prompts=8, context=16, steps=1, samples=4,
+        progress=False,
+    )  # fmt: skip
+    unseen = [c for c in checks if c.pin_confirmed and c.removal is not None and c.removal.natural == 0]
+    assert [c.dst for c in unseen] == [22]  # else the fixture changed: find another such pair
+    assert not unseen[0].observed and not unseen[0].confirmed
+    for c in checks:
+        assert c.observed == (c.removal is not None and c.removal.natural > 0)
+        assert c.confirmed == ((c.pin_confirmed and c.observed) or c.removal_confirmed)
 
 
 def test_pin_windows_never_repeat_and_a_shortfall_is_named(extracted):

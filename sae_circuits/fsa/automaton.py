@@ -57,8 +57,8 @@ class Transition:
     primary decoding (sampled at temperature 1 by default; see ``validate.py``)."""
     confirmed: bool | None = None
     """Verdict of that check (None: not checked): pinning src raises dst (``effect_ci`` above 0 and
-    ``effect`` >= ``min_effect``), or removing src where it fires lowers dst (``effect_removed``,
-    the same test)."""
+    ``effect`` >= ``min_effect``) and dst follows src at least once in the model's own rollouts,
+    or removing src where it fires lowers dst (``effect_removed``, the same test)."""
     effect_ci: tuple[float, float] | None = None
     """Confidence interval of ``effect`` (t-interval over the prompts; 95% by default)."""
     effect_greedy: float | None = None

@@ -69,8 +69,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
+def save_tokenizer(tok: Tokenizer, out_dir: str | os.PathLike[str]) -> None:
     """Write ``tokenizer.json`` and the GPT-2 style config files for ``transformers``."""
+    out_dir = Path(out_dir)
     atomic_write_text(out_dir / "tokenizer.json", tok.to_str(pretty=True))  # what tok.save writes
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
     config = {
@@ -86,9 +87,12 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
     atomic_write_text(out_dir / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
 
 
-def load_tokenizer(tok_dir: Path) -> Tokenizer:
-    """Load the ``tokenizers`` object saved by :func:`save_tokenizer`."""
-    return Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+def load_tokenizer(tok_dir: str | os.PathLike[str]) -> Tokenizer:
+    """Load the ``tokenizers`` object saved by :func:`save_tokenizer` (a folder with ``tokenizer.json``)."""
+    path = Path(tok_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{tok_dir}: no tokenizer.json there (a folder written by save_tokenizer)")
+    return Tokenizer.from_file(str(path))
 
 
 def check_with_transformers(tok_dir: Path, texts: list[str]) -> None:
