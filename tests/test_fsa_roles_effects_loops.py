@@ -305,6 +305,20 @@ def test_a_region_that_a_loop_runs_through_has_no_self_loop_of_its_own(monkeypat
     assert [4] in [loop.states for loop in loops(fsa, None)]
 
 
+def test_a_region_that_two_loops_run_through_has_no_self_loop_of_its_own():
+    # X -> Y -> Z -> X | P and P -> Q -> R -> P | X; in half of the texts (lowercase) G fires on
+    # y, z, p and q: a region spanning both loops, half in each, so neither covers it alone (the
+    # blind url language has one: a feature from the end of a host through the query).
+    table = {"X": "Y", "Y": "Z", "Z": "XP", "P": "Q", "Q": "R", "R": "PX"}
+    lower = {k.lower(): v.lower() for k, v in table.items()}
+    texts = _walks(table, n=20) + _walks(lower, n=20, seed=1)
+    fsa = _corpus(texts, ["Xx", "Yy", "Zz", "Pp", "Qq", "Rr", "yzpq"])
+    found = [loop.states for loop in loops(fsa, None)]
+    assert [0, 1, 2] in found and [3, 4, 5] in found and [6] not in found
+    kept = [(1.0, 1.0, 1.0, [0, 1, 2]), (1.0, 1.0, 1.0, [6]), (1.0, 1.0, 1.0, [6, 3])]
+    assert loops_module._structural(kept, 6) == [0, 1, 2]  # not a self-loop, not a loop through it
+
+
 def test_a_self_loop_half_outside_a_loop_whose_states_overlap_is_kept():
     # X, Y, Z loop; w is both X and Y (they overlap little). S fires on s and w: 40% of it inside
     # the loop's states, though the sum of its overlaps with X and Y counts w twice (80%).
