@@ -13,10 +13,10 @@
 
    - ``token`` (the dictionary-learning paper's mechanism: A makes the model emit a token on which
      B fires): ``w(A -> B) = Σ_x q_A(x) P(B | A, x)``. ``q_A`` is measured on the model
-     (``effects.py``): the tokens whose next-token probability A's features raise — taken off
-     where A fires (necessity), set to their pin values where A is off (sufficiency), by default
-     both (geometric mean), normalised over tokens: what A itself makes the model say, not what
-     the model says where A happens to fire. ``P(B | A, x)`` is the separable corpus term: how
+     (``effects.py``): the tokens whose next-token probability A's features raise when set to
+     their pin values where A is off (sufficiency, the default), or taken off where A fires
+     (necessity), or both (geometric mean), normalised over tokens: what A itself makes the model
+     say, not what the model says where A happens to fire. ``P(B | A, x)`` is the separable corpus term: how
      often B fires on token ``x`` right after A fired (``P(B | x)`` when ``x`` never follows A).
    - ``attention`` (inside one forward pass): on ``attention_contexts`` texts, active members of
      states at t+1 (a fixed random sample of at most 128 per text) get their attribution rows
@@ -198,7 +198,7 @@ def automaton(
     grouping: bool = True,
     group_threshold: float = 0.6,
     attention_contexts: int = 8,
-    effect: EffectKind = "both",
+    effect: EffectKind = "pin",
     effect_contexts: int = 32,
     effect_positions: int = 32,
     prepend_bos: bool | None = None,
@@ -218,9 +218,10 @@ def automaton(
             ``False`` keeps one feature per state.
         group_threshold: mean Jaccard overlap of firing sets within a group.
         attention_contexts: texts used for attention-mediated transitions (0 turns them off).
-        effect: how a state's effect on the next token is measured (``effects.py``): ``"remove"``
-            (its members taken off where it fires), ``"pin"`` (set to their pin values where it
-            does not) or ``"both"`` (tokens that both raise: the geometric mean).
+        effect: how a state's effect on the next token is measured (``effects.py``): ``"pin"``
+            (the default: its members set to their pin values where it does not fire),
+            ``"remove"`` (taken off where it fires) or ``"both"`` (tokens that both raise: the
+            geometric mean).
         effect_contexts, effect_positions: texts, and positions per state in them, on which each
             state's effect on the next token is measured.
         prepend_bos: prepend BOS to each text (None: the model's default); BOS is never scored.

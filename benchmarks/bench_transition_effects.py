@@ -1,0 +1,79 @@
+"""Benchmark: how a state's effect on the next token is measured (``sc.automaton(effect=...)``).
+
+For markup, kvlog and each ``examples/byo_automaton.py`` output folder (``--third DIR``,
+repeatable), the transition AUROC against the true automaton of the automaton extracted with
+``effect="pin"``, ``"remove"`` and ``"both"``, for the trained dictionaries and for
+``sc.random_like`` ones of the same shape (200 held-out contexts of 128 symbols, corpus seed 1,
+1 torch thread; the same dictionaries and random baselines as ``bench_automata.py``). Prints a
+markdown table of ``trained / random`` AUROC per language: docs/automata.md ("Method", item 4).
+
+Run ``python benchmarks/bench_transition_effects.py --third /tmp/third --third /tmp/fourth
+--third /tmp/fifth --third /tmp/sixth --third /tmp/seventh`` (about 10 min alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+from bench_automata import CONTEXTS, LENGTH, SEED, random_saes, spec_of
+
+import sae_circuits as sc
+from sae_circuits.languages import automata, corpus_texts
+from sae_circuits.zoo.loader import load_hf_gpt2
+
+EFFECTS = ("pin", "remove", "both")
+
+
+def languages(thirds: list[Path]):
+    """(name, model, dictionaries, spec) for markup, kvlog and every built folder."""
+    model = sc.zoo.load_model("tiny")
+    dictionaries = sc.zoo.load_saes("tiny", kind="resid") + sc.zoo.load_saes("tiny", kind="transcoder")
+    for name in ("markup", "kvlog"):
+        yield name, model, dictionaries, name
+    for third in thirds:
+        if not (third / "model").is_dir():
+            print(
+                f"{third}: no model (run examples/byo_automaton.py --out {third}); skipped", file=sys.stderr
+            )
+            continue
+        spec = spec_of(third)
+        saes = [sc.SAE.load(p) for p in sorted((third / "saes").iterdir()) if (p / "cfg.json").is_file()]
+        yield automata.load_automaton(spec).name, load_hf_gpt2(third / "model", "hooked"), saes, spec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--third", action="append", default=[], help="output folder of examples/byo_automaton.py"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    columns: dict[str, dict[str, str]] = {}
+    for name, model, trained, spec in languages([Path(p) for p in args.third]):
+        truth = automata.AUTOMATA[spec] if spec in automata.AUTOMATA else automata.load_automaton(spec)
+        texts, labels = corpus_texts(spec, CONTEXTS, LENGTH, seed=SEED)
+        aurocs = {}
+        for kind, saes in (("trained", trained), ("random", random_saes(model, trained, texts))):
+            with sc.spliced(model, saes):
+                for effect in EFFECTS:
+                    fsa = sc.automaton(model, texts, prepend_bos=False, progress=False, effect=effect)
+                    aurocs[kind, effect] = sc.score_automaton(fsa, labels, truth).transition_auroc
+        columns[name] = {e: f"{aurocs['trained', e]:.3f} / {aurocs['random', e]:.3f}" for e in EFFECTS}
+        print(name, columns[name], file=sys.stderr, flush=True)
+    print("| effect | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for effect in EFFECTS:
+        print(f'| `"{effect}"` | ' + " | ".join(columns[n][effect] for n in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()
