@@ -94,7 +94,7 @@ def confirm_rates(fsa, model, labels, truth) -> tuple[int, int, int, int, float,
     checks = check_pairs(fsa, model, true + non, progress=False)
     seconds = time.perf_counter() - start
     hits = [c.confirmed for c in checks]
-    by_pin = [c.pin_confirmed for c in checks]  # the pin arm alone (the rest: the necessity arm)
+    by_pin = [c.pin_confirmed for c in checks]  # the pin arm's own verdict, the observed gate aside
     return (
         sum(hits[: len(true)]), len(true), sum(hits[len(true) :]), len(non), seconds,
         sum(by_pin[: len(true)]), sum(by_pin[len(true) :]),
@@ -190,7 +190,8 @@ def main() -> None:
         "",
         f"**Against the true automata** ({CONTEXTS} held-out contexts of {LENGTH} symbols; mean over true states of "
         "the best-matching state's F1; ROC AUC of the matched states' transition weights against the true table, "
-        "self-pairs included; loops: the first 10 of `fsa.loops()`, named afterwards through the true states; "
+        'self-pairs included, the token mechanism measured by pinning (`effect="pin"`, the default); '
+        "loops: the first 10 of `fsa.loops()`, named afterwards through the true states; "
         "checks: `check_pairs` on every true transition between matched states and as many non-transitions, "
         "confirmed by either arm (the pin arm only where the destination follows the source in the model's own "
         "rollouts), in brackets the pin arm's own verdict, that gate aside; probe F1: `sc.probe_states`, a linear probe "
@@ -198,7 +199,7 @@ def main() -> None:
         "ceiling for the F1 column; merged: `score_automaton(..., merge_equivalent=True)`, against the language's "
         "own automaton, states that no continuation tells apart named as one):",
         "",
-        "| automaton | dictionaries | states | F1 | probe F1 | AUROC both | token | attention | F1 / AUROC, "
+        "| automaton | dictionaries | states | F1 | probe F1 | AUROC, both mechanisms | token | attention | F1 / AUROC, "
         "equivalent states merged | true loops in top 10 | distinct | longest in top 3 | true transitions "
         "confirmed | non-transitions confirmed | extraction |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

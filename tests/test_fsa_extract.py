@@ -75,6 +75,34 @@ def test_token_weight_is_the_documented_sum(extracted, markup):
     assert fsa.weight(a, b, "token") == pytest.approx(expected, rel=1e-6)
 
 
+def test_the_effect_settings_pin_by_default_and_both_is_the_geometric_mean(extracted, markup):
+    """``effect="pin"`` by default; ``"both"`` is the geometric mean of the removal's and the
+    pinning's promotions, each normalised over tokens, so a token only one of them raises gets 0."""
+    from sae_circuits.fsa import effects, extract
+
+    model, fsa = extracted
+    assert fsa.metadata["effect"] == "pin"
+    corpus = extract._Corpus(model, markup[0], None, progress=False)
+    members = [
+        [corpus.feature_offset(corpus.sites.index(site)) + i for site, i in s.members]
+        for s in fsa.states[:12]
+    ]
+    pins = {m: v for s, group in zip(fsa.states, members) for m, v in zip(group, s.pin_values)}
+    fire = fsa.firing[:, :12]
+    kw = dict(contexts=8, per_state=8, seed=0)
+    by = {
+        how: effects.promoted_tokens(corpus, members, fire, pins, how=how, **kw)
+        for how in ("pin", "remove", "both")
+    }
+    assert torch.equal(effects.promoted_tokens(corpus, members, fire, pins, **kw), by["pin"])
+    normalised = {h: by[h] / by[h].sum(1, keepdim=True).clamp_min(1e-12) for h in ("pin", "remove")}
+    assert torch.allclose(by["both"], (normalised["pin"] * normalised["remove"]).sqrt(), atol=1e-7)
+    assert bool(((by["pin"] > 0) & (by["remove"] == 0)).any())  # a token only the pin raises ...
+    assert bool((by["both"][(by["pin"] > 0) & (by["remove"] == 0)] == 0).all())  # ... weighs 0 in "both"
+    with pytest.raises(ValueError, match="how='sum'"):
+        effects.promoted_tokens(corpus, members, fire, pins, how="sum", **kw)
+
+
 def test_recovered_states_match_the_markup_automaton(extracted, markup):
     _, fsa = extracted
     score = score_automaton(fsa, markup[1], automata.AUTOMATA["markup"])

@@ -306,15 +306,20 @@ def test_a_region_that_a_loop_runs_through_has_no_self_loop_of_its_own(monkeypat
 
 
 def test_a_region_that_two_loops_run_through_has_no_self_loop_of_its_own():
-    # X -> Y -> Z -> X | P and P -> Q -> R -> P | X; in half of the texts (lowercase) G fires on
-    # y, z, p and q: a region spanning both loops, half in each, so neither covers it alone (the
+    # X -> Y -> Z -> X and, in other texts, P -> Q -> R -> P; in half of each (lowercase) G fires on
+    # every symbol: a region spanning both loops, half in each, so neither covers it alone (the
     # blind url language has one: a feature from the end of a host through the query).
-    table = {"X": "Y", "Y": "Z", "Z": "XP", "P": "Q", "Q": "R", "R": "PX"}
-    lower = {k.lower(): v.lower() for k, v in table.items()}
-    texts = _walks(table, n=20) + _walks(lower, n=20, seed=1)
-    fsa = _corpus(texts, ["Xx", "Yy", "Zz", "Pp", "Qq", "Rr", "yzpq"])
+    first, second = {"X": "Y", "Y": "Z", "Z": "X"}, {"P": "Q", "Q": "R", "R": "P"}
+    texts = []
+    for k, table in enumerate((first, second)):
+        lower = {a.lower(): b.lower() for a, b in table.items()}
+        texts += _walks(table, n=20, seed=2 * k) + _walks(lower, n=20, seed=2 * k + 1)
+    fsa = _corpus(texts, ["Xx", "Yy", "Zz", "Pp", "Qq", "Rr", "xyzpqr"])
     found = [loop.states for loop in loops(fsa, None)]
     assert [0, 1, 2] in found and [3, 4, 5] in found and [6] not in found
+    inter = fsa.firing.T.float() @ fsa.firing.float()
+    for cycle in ([0, 1, 2], [3, 4, 5]):  # the premise: neither loop covers the region alone
+        assert not loops_module._covered(fsa.firing, 6, cycle, inter)
     kept = [(1.0, 1.0, 1.0, [0, 1, 2]), (1.0, 1.0, 1.0, [6]), (1.0, 1.0, 1.0, [6, 3])]
     assert loops_module._structural(kept, 6) == [0, 1, 2]  # not a self-loop, not a loop through it
 

@@ -209,8 +209,9 @@ TRANSITIONS = [
         effect_ci=(0.1, 0.4),
         effect_removed=0.375,
         effect_removed_ci=(0.125, 0.625),
+        observed=True,
     ),
-    Transition(1, 2, "token", 0.3, {">": 4, '"': 1}, effect=-0.01, confirmed=False),
+    Transition(1, 2, "token", 0.3, {">": 4, '"': 1}, effect=-0.01, confirmed=False, observed=False),
     Transition(2, 0, "attention", 0.4, {"<": 5, EVIL: 2}),
     Transition(2, 0, "token", 0.1, {"\n": 1}),
     Transition(1, 0, "token", 0.3, {}),
@@ -299,11 +300,17 @@ def test_json_round_trip_is_exact(fsa, tmp_path):
     assert back.metadata == fsa.metadata and back.states[1].frequency == 0.1 + 0.2
     assert isinstance(back.states[0].members[0], tuple)
     assert back.transitions[0].effect_removed_ci == (0.125, 0.625)
+    assert [t.observed for t in back.transitions[:3]] == [True, False, None]
     for row in raw["transitions"]:  # a file written before the necessity arm loads with None there
-        del row["effect_removed"], row["effect_removed_ci"]
+        del row["effect_removed"], row["effect_removed_ci"], row["observed"]
     (tmp_path / "old.json").write_text(json.dumps(raw))
     old = FeatureAutomaton.load(tmp_path / "old.json")
     assert old.transitions[0].effect_removed is None and old.transitions[0].effect == 0.25
+    assert old.transitions[0].observed is None
+    raw["transitions"][0]["observed"] = "yes"
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"transitions\[0\]\.observed"):
+        FeatureAutomaton.load(tmp_path / "bad.json")
 
 
 def test_json_round_trip_edge_cases(tmp_path):

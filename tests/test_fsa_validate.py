@@ -199,6 +199,7 @@ def test_validate_stores_the_verdicts_on_transitions(extracted):
         (check,) = check_pairs(fsa, model, [(t.src, t.dst)], **FAST)
         assert check.removal is not None and t.effect_removed == check.removal.effect
         assert t.effect_removed_ci == check.removal.ci and t.confirmed == check.confirmed
+        assert check.observed is not None and t.observed == check.observed
     assert all(t.effect is None for t in fsa.transitions if t not in chosen)
     assert fsa.metadata["validation"]["steps"] == 2 and fsa.metadata["validation"]["decoding"] == "sampled"
 
@@ -287,6 +288,7 @@ def test_necessity_arm_starts_where_the_source_fires_and_reads_a_plain_generatio
     assert removal.natural == pytest.approx(float(fires(natural, dst, last + 1).mean()), abs=1e-12)
     assert removal.removed == pytest.approx(float(fires(removed, dst, last + 1).mean()), abs=1e-12)
     assert removal.effect == pytest.approx(removal.natural - removal.removed, abs=1e-12)
+    assert check.observed == (removal.natural > 0)  # greedy: the greedy rollouts decide it
     (without,) = check_pairs(
         fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
         necessity=False, progress=False,

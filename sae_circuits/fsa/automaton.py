@@ -57,8 +57,9 @@ class Transition:
     primary decoding (sampled at temperature 1 by default; see ``validate.py``)."""
     confirmed: bool | None = None
     """Verdict of that check (None: not checked): pinning src raises dst (``effect_ci`` above 0 and
-    ``effect`` >= ``min_effect``) and dst follows src at least once in the model's own rollouts,
-    or removing src where it fires lowers dst (``effect_removed``, the same test)."""
+    ``effect`` >= ``min_effect``) and, when the necessity arm ran, dst follows src at least once
+    in the model's own rollouts (``observed``), or removing src where it fires lowers dst
+    (``effect_removed``, the same test)."""
     effect_ci: tuple[float, float] | None = None
     """Confidence interval of ``effect`` (t-interval over the prompts; 95% by default)."""
     effect_greedy: float | None = None
@@ -70,6 +71,9 @@ class Transition:
     with src's members set to 0 there (primary decoding; None when not run)."""
     effect_removed_ci: tuple[float, float] | None = None
     """Confidence interval of ``effect_removed``."""
+    observed: bool | None = None
+    """Whether dst followed src at least once in the necessity arm's natural rollouts (None when
+    that arm did not run); a pin effect alone does not confirm an unobserved pair."""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """What a state does to the next token: the model's own causal answer, not corpus statistics.
 
-Two interventions, combined by :func:`promoted_tokens`: **pin** A where it is off (every member set
-to its pin value) and see which tokens it raises, and **remove** A where it fires. For a state A
+Two interventions, chosen or combined by :func:`promoted_tokens` (``how``): **pin** A where it is
+off (every member set to its pin value) and see which tokens it raises (the default), and **remove**
+A where it fires (or the geometric mean of both, ``how="both"``). For a state A
 (one or more features, possibly at several layers), sample positions where A fires and **remove A
 there**: every member m of A that is active at the position has its activation
 ``a_m`` in the full pass taken off in its spliced dictionary, which then outputs ``x - a_m W_dec[m]``

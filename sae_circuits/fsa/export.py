@@ -180,6 +180,7 @@ def to_json_dict(fsa: FeatureAutomaton) -> dict[str, Any]:
              "tokens": {str(k): int(v) for k, v in t.tokens.items()},
              "effect": None if t.effect is None else exact_float(float(t.effect)),
              "confirmed": None if t.confirmed is None else bool(t.confirmed),
+             "observed": None if t.observed is None else bool(t.observed),
              **{k: _optional(getattr(t, k)) for k in _CHECK_FIELDS}}
             for t in fsa.transitions
         ],

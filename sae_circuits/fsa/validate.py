@@ -31,7 +31,8 @@ For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
    separately. The pair is **confirmed** when, for the primary decoding (``decoding``, sampled by
    default: it follows the model's whole next-token distribution rather than its single top
    token), the interval's lower bound is above 0 *and* the effect is at least ``min_effect`` (so a
-   significant but negligible shift does not count) -- or when the necessity arm (5.) confirms.
+   significant but negligible shift does not count) and B is observed after A (6.) -- or when the
+   necessity arm (5.) confirms.
 5. **Necessity** (``necessity=True``, the default): ``n_prompts`` other windows, ending where A
    *fires*, are rolled out as they are and with every member of A set to 0 (the other states left
    alone) at the same positions; the removal effect is B's natural firing rate there minus its rate
@@ -48,11 +49,13 @@ For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
 6. **Observed.** The pin alone confirms only when B also follows A in those natural rollouts at
    least once (``PairCheck.observed``). A pinned into an arbitrary window is a state the model may
    never visit, and B can follow it there while the model never goes from A to B on its own: on
-   the four held-out languages of the bench, 5 of the 9 non-transitions that the pin had confirmed
+   the five held-out languages of the bench, 5 of the 10 non-transitions that the pin had confirmed
    (sexpr NEWLINE -> FN3 and ARG3 -> END, shell REDIR -> ARG, query CCOL -> OCOL, ini HDR_NL ->
-   BLANK) had a natural rate of exactly 0, while every true transition the pin confirmed, on all six
-   languages, had one above 0. Without the necessity arm (``necessity=False``, or fewer than two
-   windows where A fires) nothing is observed and the pin confirms alone.
+   BLANK) had a natural rate of exactly 0, while every true transition the pin confirmed, on all
+   seven languages, had one above 0. A rare source (few windows where it fires) or greedy decoding
+   (one rollout per window) gives few draws, so a real but rare branch can go unobserved. Without
+   the necessity arm (``necessity=False``, or fewer than two windows where A fires) nothing is
+   observed and the pin confirms alone.
 
 Why ``steps=1`` by default: a read at t+2 comes after A was pinned at t+1 *on top of* the state
 the model really reached there (a successor S of A), so two-step paths A -> S -> B count as
@@ -162,7 +165,7 @@ class PairCheck:
     """Which decoding decides ``confirmed`` (and is ``effect``)."""
     confirmed: bool
     """``(pin_confirmed and observed is not False) or removal_confirmed``: the features bring B
-    (either arm), and the model is seen to go from A to B on its own."""
+    (either arm), and, when the necessity arm ran, the model is seen to go from A to B on its own."""
     prompts: Int[Tensor, "n_prompts pos"]
     """The prompt windows (shared by every pair with this source)."""
     pin_confirmed: bool = False
@@ -177,10 +180,11 @@ class PairCheck:
     """Necessity: the primary decoding's removal effect has its interval above 0 and is at least
     ``min_effect``."""
     observed: bool | None = None
-    """Whether B ever follows A in the model's own rollouts: the necessity arm's natural rate
-    (primary decoding) is above 0. None when that arm did not run; the pin arm then confirms
-    alone. A pin can create a state the model never visits (A pinned into any window) and find B
-    after it; ``observed=False`` keeps such a pair from confirming by the pin."""
+    """Whether B ever follows A (within ``steps`` tokens) in the model's own rollouts: the
+    necessity arm's natural rate (primary decoding) is above 0. None when that arm did not run;
+    the pin arm then confirms alone. A pin can create a state the model never visits (A pinned
+    into any window) and find B after it; ``observed=False`` keeps such a pair from confirming by
+    the pin."""
 
     @property
     def primary(self) -> Effect:
@@ -225,9 +229,9 @@ def validate(
 
     Checks ``transitions`` (by default the ``top`` heaviest) with :func:`check_pairs` and sets, on
     each: ``effect`` and ``effect_ci`` (the primary decoding's, ``decoding``), ``effect_greedy``,
-    ``effect_sampled``, ``effect_removed`` and ``effect_removed_ci`` (the necessity arm's, None when
-    it did not run) and ``confirmed``. Transitions of one pair (both mechanisms) get one check.
-    The settings go to ``fsa.metadata["validation"]``. Returns ``fsa``.
+    ``effect_sampled``, ``effect_removed``, ``effect_removed_ci`` and ``observed`` (the necessity
+    arm's, None when it did not run) and ``confirmed``. Transitions of one pair (both mechanisms)
+    get one check. The settings go to ``fsa.metadata["validation"]``. Returns ``fsa``.
 
     Args: as :func:`check_pairs`; ``top``: how many of the heaviest transitions to check when
     ``transitions`` is None.
@@ -269,6 +273,7 @@ def validate(
         t.effect_sampled = None if c.sampled is None else c.sampled.effect
         t.effect_removed = None if c.removal is None else c.removal.effect
         t.effect_removed_ci = None if c.removal is None else c.removal.ci
+        t.observed = c.observed
     fsa.metadata["validation"] = {
         "n_prompts": n_prompts, "context": context, "steps": steps, "samples": samples,
         "min_effect": min_effect, "confidence": confidence, "decoding": decoding, "pin_scale": pin_scale,

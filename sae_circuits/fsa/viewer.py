@@ -114,7 +114,8 @@ s1 = at(b, NODE + 2, Math.atan2(q.y - b.y, q.x - b.x));
 "stroke-opacity": isHot ? 0.95 : 0.6,
     "marker-end": `url(#arrow-${t.mechanism in COLORS ? t.mechanism : "attention"})`}, edges);
   if (t.confirmed === false) path.setAttribute("stroke-dasharray", "6,4");
-  const verdict = t.confirmed === null ? "not validated" : t.confirmed ? "confirmed" : "not confirmed";
+  const verdict = t.confirmed === null ? "not validated" : t.confirmed ? "confirmed" :
+    t.observed === false ? "not confirmed: never followed src in the model's own rollouts" : "not confirmed";
   add("title", {}, path, `${name(t.src)} -> ${name(t.dst)}\\n${t.mechanism} weight ${fmt(t.weight)}` +
     `\\ntokens: ${t.tokens}\\neffect ${fmt(t.effect)}` +
     (t.effect_removed == null ? "" : `, removed ${fmt(t.effect_removed)}`) + ` (${verdict})`);
@@ -154,7 +155,7 @@ def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
     transitions = [
         {"src": t.src, "dst": t.dst, "mechanism": t.mechanism, "weight": float(t.weight),
          "tokens": top_tokens(t.tokens), "effect": None if t.effect is None else float(t.effect),
-         "confirmed": t.confirmed,
+         "confirmed": t.confirmed, "observed": t.observed,
          "effect_removed": None if t.effect_removed is None else float(t.effect_removed)}
         for t in fsa.transitions
     ]  # fmt: skip

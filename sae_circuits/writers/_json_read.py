@@ -383,6 +383,9 @@ def _transition(f: _Fields, k: int, row: Any, ids: set[int]) -> Transition:
     confirmed = f.get(row, "confirmed", at)
     if confirmed is not None and not isinstance(confirmed, bool):
         raise f.fail(f"{at}.confirmed", confirmed, "true, false or null")
+    observed = row.get("observed")  # absent in files written before it
+    if observed is not None and not isinstance(observed, bool):
+        raise f.fail(f"{at}.observed", observed, "true, false or null")
     ends = {}
     for key in ("src", "dst"):
         ends[key] = f.integer(f"{at}.{key}", f.get(row, key, at))
@@ -395,7 +398,7 @@ def _transition(f: _Fields, k: int, row: Any, ids: set[int]) -> Transition:
         weight=f.number(f"{at}.weight", f.get(row, "weight", at)),
         tokens={x: f.integer(f"{at}.tokens[{x!r}]", n, 0) for x, n in tokens.items()},
         effect=None if effect is None else f.number(f"{at}.effect", effect), confirmed=confirmed,
-        **{key: f.optional(f"{at}.{key}", row.get(key)) for key in _CHECK_FIELDS},
+        observed=observed, **{key: f.optional(f"{at}.{key}", row.get(key)) for key in _CHECK_FIELDS},
     )  # fmt: skip
 
 
