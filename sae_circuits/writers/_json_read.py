@@ -380,12 +380,11 @@ def _transition(f: _Fields, k: int, row: Any, ids: set[int]) -> Transition:
     mechanism = f.get(row, "mechanism", at)
     if mechanism not in _MECHANISMS:
         raise f.fail(f"{at}.mechanism", mechanism, f"one of {_MECHANISMS}")
-    confirmed = f.get(row, "confirmed", at)
-    if confirmed is not None and not isinstance(confirmed, bool):
-        raise f.fail(f"{at}.confirmed", confirmed, "true, false or null")
-    observed = row.get("observed")  # absent in files written before it
-    if observed is not None and not isinstance(observed, bool):
-        raise f.fail(f"{at}.observed", observed, "true, false or null")
+    # "observed" is absent in files written before it
+    verdicts = {"confirmed": f.get(row, "confirmed", at), "observed": row.get("observed")}
+    for key, verdict in verdicts.items():
+        if verdict is not None and not isinstance(verdict, bool):
+            raise f.fail(f"{at}.{key}", verdict, "true, false or null")
     ends = {}
     for key in ("src", "dst"):
         ends[key] = f.integer(f"{at}.{key}", f.get(row, key, at))
@@ -397,8 +396,8 @@ def _transition(f: _Fields, k: int, row: Any, ids: set[int]) -> Transition:
         src=ends["src"], dst=ends["dst"], mechanism=mechanism,
         weight=f.number(f"{at}.weight", f.get(row, "weight", at)),
         tokens={x: f.integer(f"{at}.tokens[{x!r}]", n, 0) for x, n in tokens.items()},
-        effect=None if effect is None else f.number(f"{at}.effect", effect), confirmed=confirmed,
-        observed=observed, **{key: f.optional(f"{at}.{key}", row.get(key)) for key in _CHECK_FIELDS},
+        effect=None if effect is None else f.number(f"{at}.effect", effect), **verdicts,
+        **{key: f.optional(f"{at}.{key}", row.get(key)) for key in _CHECK_FIELDS},
     )  # fmt: skip
 
 
