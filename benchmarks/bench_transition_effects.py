@@ -2,13 +2,15 @@
 
 For markup, kvlog and each ``examples/byo_automaton.py`` output folder (``--third DIR``,
 repeatable), the transition AUROC against the true automaton of the automaton extracted with
-``effect="pin"``, ``"remove"`` and ``"both"``, for the trained dictionaries and for
-``sc.random_like`` ones of the same shape (200 held-out contexts of 128 symbols, corpus seed 1,
-1 torch thread; the same dictionaries and random baselines as ``bench_automata.py``). Prints a
-markdown table of ``trained / random`` AUROC per language: docs/automata.md ("Method", item 4).
+``effect="pin"`` (the other states zeroed where a state is pinned, the default, and with
+``exclusive=False``, pinned on top), ``"remove"`` and ``"both"``, for the trained dictionaries and
+for ``sc.random_like`` ones of the same shape (200 held-out contexts of 128 symbols, corpus seed 1
+or ``--seed``, 1 torch thread; the same dictionaries and random baselines as
+``bench_automata.py``). Prints a markdown table of ``trained / random`` AUROC per language:
+docs/automata.md ("Method", item 4).
 
 Run ``python benchmarks/bench_transition_effects.py --third /tmp/third --third /tmp/fourth
---third /tmp/fifth --third /tmp/sixth --third /tmp/seventh`` (about 10 min alone).
+--third /tmp/fifth --third /tmp/sixth --third /tmp/seventh`` (about 15 min alone).
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ import sae_circuits as sc
 from sae_circuits.languages import automata, corpus_texts
 from sae_circuits.zoo.loader import load_hf_gpt2
 
-EFFECTS = ("pin", "remove", "both")
+EFFECTS = {  # row label: sc.automaton's settings
+    '`"pin"` (exclusive, the default)': dict(effect="pin"),
+    '`"pin"`, `exclusive=False`': dict(effect="pin", exclusive=False),
+    '`"remove"`': dict(effect="remove"),
+    '`"both"` (exclusive pin)': dict(effect="both"),
+}
 
 
 def languages(thirds: list[Path]):
@@ -55,24 +62,25 @@ def main() -> None:
     parser.add_argument(
         "--third", action="append", default=[], help="output folder of examples/byo_automaton.py"
     )
+    parser.add_argument("--seed", type=int, default=SEED, help="corpus seed (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     columns: dict[str, dict[str, str]] = {}
     for name, model, trained, spec in languages([Path(p) for p in args.third]):
         truth = automata.AUTOMATA[spec] if spec in automata.AUTOMATA else automata.load_automaton(spec)
-        texts, labels = corpus_texts(spec, CONTEXTS, LENGTH, seed=SEED)
+        texts, labels = corpus_texts(spec, CONTEXTS, LENGTH, seed=args.seed)
         aurocs = {}
         for kind, saes in (("trained", trained), ("random", random_saes(model, trained, texts))):
             with sc.spliced(model, saes):
-                for effect in EFFECTS:
-                    fsa = sc.automaton(model, texts, prepend_bos=False, progress=False, effect=effect)
-                    aurocs[kind, effect] = sc.score_automaton(fsa, labels, truth).transition_auroc
+                for row, settings in EFFECTS.items():
+                    fsa = sc.automaton(model, texts, prepend_bos=False, progress=False, **settings)
+                    aurocs[kind, row] = sc.score_automaton(fsa, labels, truth).transition_auroc
         columns[name] = {e: f"{aurocs['trained', e]:.3f} / {aurocs['random', e]:.3f}" for e in EFFECTS}
         print(name, columns[name], file=sys.stderr, flush=True)
     print("| effect | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
-    for effect in EFFECTS:
-        print(f'| `"{effect}"` | ' + " | ".join(columns[n][effect] for n in columns) + " |")
+    for row in EFFECTS:
+        print(f"| {row} | " + " | ".join(columns[n][row] for n in columns) + " |")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_the_effect_settings_pin_by_default_and_both_is_the_geometric_mean(extra
     from sae_circuits.fsa import effects, extract
 
     model, fsa = extracted
-    assert fsa.metadata["effect"] == "pin"
+    assert fsa.metadata["effect"] == "pin" and fsa.metadata["exclusive"] is True
     corpus = extract._Corpus(model, markup[0], None, progress=False)
     members = [
         [corpus.feature_offset(corpus.sites.index(site)) + i for site, i in s.members]
@@ -134,6 +134,8 @@ def test_bad_input_gets_a_clear_error(model, markup):
             automaton(model, ["<p>", " x" * 200])
         with pytest.raises(ValueError, match="max_states=0"):
             automaton(model, ["<p>"], max_states=0)
+        with pytest.raises(ValueError, match="exclusive='yes': expected True or False"):
+            automaton(model, ["<p>"], exclusive="yes")
         row = model.to_tokens("<p>hi</p>", prepend_bos=False)[0]
         for texts, message in (
             (row, r"texts as a tensor must be \[n_texts, tokens\]"),  # was one text per token

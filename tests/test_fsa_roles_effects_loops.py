@@ -426,6 +426,45 @@ def test_pinning_sets_every_member_where_the_state_is_off(spliced_corpus):
     assert len(seen) == len(group)
 
 
+def test_exclusive_pinning_also_zeroes_the_other_states_active_there(spliced_corpus):
+    """``exclusive`` (the default) replaces the position's state: where A is pinned, the members of
+    every other state that are active there are set to 0 as well, and a member of another state
+    that is silent there is left alone. ``exclusive=False`` only pins A."""
+    model, corpus = spliced_corpus
+    flat = 5
+    here = corpus.feature_ids[corpus.token_ids == flat].tolist()
+    silent = [f for f in range(40) if f not in here]
+    group, other = silent[:2], here[:2] + silent[2:3]  # A is off at `flat`; B is on there
+    pins = {f: 2.0 + k for k, f in enumerate(group)}
+    fire = torch.ones(int(corpus.lengths.sum()), 2, dtype=torch.bool)
+    fire[flat, 0] = False  # A is off only at `flat`: its one pinned position
+    names = effects.frozen_inputs(model)
+    cached = effects._cache(model, corpus, names, 1)
+
+    def by_hand(zeroed: list[int]) -> torch.Tensor:
+        def overwrite(act, hook):
+            site = hook.name.removesuffix(".hook_sae_acts_post")
+            out = act.clone()
+            for f, value in [*pins.items(), *((f, 0.0) for f in zeroed)]:
+                s, index = corpus.feature_of(f)
+                if corpus.sites[s] == site:
+                    out[0, 0, index] = value
+            return out
+
+        hooks = [(n, (lambda v: lambda a, hook: v)(cached[n][flat : flat + 1].unsqueeze(1))) for n in names]
+        hooks += [(f"{site}.hook_sae_acts_post", overwrite) for site in corpus.sites]
+        with torch.no_grad():
+            logits = model.run_with_hooks(corpus.tokens[flat : flat + 1].unsqueeze(1), fwd_hooks=hooks)
+        return logits[0, -1].double().softmax(-1)[corpus.vocab] - corpus.next_probs[flat]
+
+    kw = dict(contexts=1, per_state=4, pins=pins)
+    replaced = effects.next_token_effects(corpus, [group, other], fire, **kw)[0]
+    added = effects.next_token_effects(corpus, [group, other], fire, exclusive=False, **kw)[0]
+    torch.testing.assert_close(replaced, by_hand(here[:2]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(added, by_hand([]), atol=1e-6, rtol=0)
+    assert float((replaced - added).abs().max()) > 1e-3  # the zeroing changes the answer
+
+
 def test_dictionaries_where_attention_is_frozen_are_left_out_with_a_warning():
     """An SAE on an attention output (or the embeddings) sits where the single-position pass
     patches frozen values in: its edits would vanish, so its features are left out of the token

@@ -199,6 +199,7 @@ def automaton(
     group_threshold: float = 0.6,
     attention_contexts: int = 8,
     effect: EffectKind = "pin",
+    exclusive: bool = True,
     effect_contexts: int = 32,
     effect_positions: int = 32,
     prepend_bos: bool | None = None,
@@ -222,6 +223,9 @@ def automaton(
             (the default: its members set to their pin values where it does not fire),
             ``"remove"`` (taken off where it fires) or ``"both"`` (tokens that both raise: the
             geometric mean).
+        exclusive: when pinning, also set every *other* state's members to 0 where the state is
+            pinned, so the position's automaton state is replaced rather than added to (as
+            ``check_pairs`` does by default); ``False`` adds the pinned state on top.
         effect_contexts, effect_positions: texts, and positions per state in them, on which each
             state's effect on the next token is measured.
         prepend_bos: prepend BOS to each text (None: the model's default); BOS is never scored.
@@ -259,6 +263,8 @@ def automaton(
         )
     if effect not in ("both", "remove", "pin"):
         raise ValueError(f"effect={effect!r}: expected 'both', 'remove' or 'pin'")
+    if not isinstance(exclusive, bool):
+        raise ValueError(f"exclusive={exclusive!r}: expected True or False")
     frozen_inputs(model)  # refuse a model without the hook points the token effects patch, early
 
     corpus = _Corpus(model, texts, prepend_bos, progress)
@@ -289,7 +295,7 @@ def automaton(
     pins = {m: v for state, group in zip(states, members) for m, v in zip(group, state.pin_values)}
     effects = promoted_tokens(
         corpus, members, state_fire, pins, how=effect, contexts=effect_contexts, per_state=effect_positions,
-        seed=seed, progress=progress,
+        seed=seed, progress=progress, exclusive=exclusive,
     )  # fmt: skip
     weights = {"token": _token_weights(corpus, state_fire, effects)}
     if attention_contexts:
@@ -309,7 +315,7 @@ def automaton(
             "sites": corpus.sites, "n_texts": len(corpus.rows), "n_tokens": n_tokens,
             "max_states": max_states, "min_weight": min_weight, "min_frequency": min_frequency,
             "max_frequency": max_frequency, "grouping": grouping, "group_threshold": group_threshold,
-            "attention_contexts": attention_contexts, "effect": effect, "effect_contexts": effect_contexts,
+            "attention_contexts": attention_contexts, "effect": effect, "exclusive": exclusive, "effect_contexts": effect_contexts,
             "effect_positions": effect_positions, "seed": seed,
             "n_candidates": int(candidates.numel()), "prepend_bos": bool(corpus.offset),
         },
