@@ -134,7 +134,7 @@ def test_bad_input_gets_a_clear_error(model, markup):
             automaton(model, ["<p>", " x" * 200])
         with pytest.raises(ValueError, match="max_states=0"):
             automaton(model, ["<p>"], max_states=0)
-        with pytest.raises(ValueError, match="exclusive='yes': expected True or False"):
+        with pytest.raises(TypeError, match="exclusive='yes' must be True or False"):
             automaton(model, ["<p>"], exclusive="yes")
         row = model.to_tokens("<p>hi</p>", prepend_bos=False)[0]
         for texts, message in (

@@ -428,41 +428,63 @@ def test_pinning_sets_every_member_where_the_state_is_off(spliced_corpus):
 
 def test_exclusive_pinning_also_zeroes_the_other_states_active_there(spliced_corpus):
     """``exclusive`` (the default) replaces the position's state: where A is pinned, the members of
-    every other state that are active there are set to 0 as well, and a member of another state
-    that is silent there is left alone. ``exclusive=False`` only pins A."""
+    every other state that are active there are set to 0 as well (at every site), and the other
+    states' silent members are left alone. Two states, each pinned at its own position, members at
+    the first and last dictionaries; ``exclusive=False`` only pins. Checked against hand-made hooks."""
     model, corpus = spliced_corpus
-    flat = 5
-    here = corpus.feature_ids[corpus.token_ids == flat].tolist()
-    silent = [f for f in range(40) if f not in here]
-    group, other = silent[:2], here[:2] + silent[2:3]  # A is off at `flat`; B is on there
-    pins = {f: 2.0 + k for k, f in enumerate(group)}
-    fire = torch.ones(int(corpus.lengths.sum()), 2, dtype=torch.bool)
-    fire[flat, 0] = False  # A is off only at `flat`: its one pinned position
+    first, last = corpus.feature_offset(0), corpus.feature_offset(len(corpus.sites) - 1)
+    size = corpus.feature_offset(1) - first
+    pos_a, pos_b = 5, 11
+
+    def active(pos: int) -> set[int]:
+        return set(corpus.feature_ids[corpus.token_ids == pos].tolist())
+
+    def silent(site_start: int, pos: int, n: int) -> list[int]:
+        return [f for f in range(site_start, site_start + size) if f not in active(pos) | active(pos_b)][:n]
+
+    on_a = sorted(active(pos_a) - active(pos_b))
+    on_a = [next(f for f in on_a if f < first + size), next(f for f in on_a if f >= last)]
+    state_a = silent(first, pos_a, 2) + silent(last, pos_a, 1)  # off at pos_a, where it is pinned
+    pins = {f: 2.0 + k for k, f in enumerate(state_a)}
     names = effects.frozen_inputs(model)
     cached = effects._cache(model, corpus, names, 1)
+    seen: dict[str, torch.Tensor] = {}
 
-    def by_hand(zeroed: list[int]) -> torch.Tensor:
+    def by_hand(pos: int, pinned: list[int], zeroed: list[int]) -> torch.Tensor:
         def overwrite(act, hook):
+            seen[hook.name] = act[0, 0].clone()  # as re-encoded, before this site's own edits
             site = hook.name.removesuffix(".hook_sae_acts_post")
             out = act.clone()
-            for f, value in [*pins.items(), *((f, 0.0) for f in zeroed)]:
+            for f, value in [*((f, pins[f]) for f in pinned), *((f, 0.0) for f in zeroed)]:
                 s, index = corpus.feature_of(f)
                 if corpus.sites[s] == site:
                     out[0, 0, index] = value
             return out
 
-        hooks = [(n, (lambda v: lambda a, hook: v)(cached[n][flat : flat + 1].unsqueeze(1))) for n in names]
+        hooks = [(n, (lambda v: lambda a, hook: v)(cached[n][pos : pos + 1].unsqueeze(1))) for n in names]
         hooks += [(f"{site}.hook_sae_acts_post", overwrite) for site in corpus.sites]
         with torch.no_grad():
-            logits = model.run_with_hooks(corpus.tokens[flat : flat + 1].unsqueeze(1), fwd_hooks=hooks)
-        return logits[0, -1].double().softmax(-1)[corpus.vocab] - corpus.next_probs[flat]
+            logits = model.run_with_hooks(corpus.tokens[pos : pos + 1].unsqueeze(1), fwd_hooks=hooks)
+        return logits[0, -1].double().softmax(-1)[corpus.vocab] - corpus.next_probs[pos]
 
+    by_hand(pos_a, state_a, on_a)  # a last-site feature, silent at pos_a, that A's pin switches on
+    switched_on = seen[f"{corpus.sites[-1]}.hook_sae_acts_post"].nonzero().squeeze(-1) + last
+    switched_on = [f for f in switched_on.tolist() if f not in active(pos_a) | active(pos_b) | set(state_a)]
+    state_b = on_a + switched_on[:1]  # on at pos_a at both sites, plus a member silent there
+    pins |= {f: 2.0 + k for k, f in enumerate(state_b)}
+    fire = torch.ones(int(corpus.lengths.sum()), 2, dtype=torch.bool)
+    fire[pos_a, 0] = fire[pos_b, 1] = False  # each state is off (pinned) at one position
     kw = dict(contexts=1, per_state=4, pins=pins)
-    replaced = effects.next_token_effects(corpus, [group, other], fire, **kw)[0]
-    added = effects.next_token_effects(corpus, [group, other], fire, exclusive=False, **kw)[0]
-    torch.testing.assert_close(replaced, by_hand(here[:2]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(added, by_hand([]), atol=1e-6, rtol=0)
-    assert float((replaced - added).abs().max()) > 1e-3  # the zeroing changes the answer
+    replaced = effects.next_token_effects(corpus, [state_a, state_b], fire, **kw)
+    added = effects.next_token_effects(corpus, [state_a, state_b], fire, exclusive=False, **kw)
+    a_on_at_b = [f for f in state_a if f in active(pos_b)]
+    torch.testing.assert_close(replaced[0], by_hand(pos_a, state_a, on_a), atol=1e-6, rtol=0)
+    torch.testing.assert_close(replaced[1], by_hand(pos_b, state_b, a_on_at_b), atol=1e-6, rtol=0)
+    torch.testing.assert_close(added[0], by_hand(pos_a, state_a, []), atol=1e-6, rtol=0)
+    torch.testing.assert_close(added[1], by_hand(pos_b, state_b, []), atol=1e-6, rtol=0)
+    assert float((replaced[0] - added[0]).abs().max()) > 1e-3  # the zeroing changes the answer ...
+    assert float((by_hand(pos_a, state_a, state_b) - replaced[0]).abs().max()) > 1e-4  # ... and so
+    # would zeroing B's silent member, which the pin switches on: it is A's effect and is kept
 
 
 def test_dictionaries_where_attention_is_frozen_are_left_out_with_a_warning():

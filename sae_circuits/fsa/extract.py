@@ -223,9 +223,9 @@ def automaton(
             (the default: its members set to their pin values where it does not fire),
             ``"remove"`` (taken off where it fires) or ``"both"`` (tokens that both raise: the
             geometric mean).
-        exclusive: when pinning, also set every *other* state's members to 0 where the state is
-            pinned, so the position's automaton state is replaced rather than added to (as
-            ``check_pairs`` does by default); ``False`` adds the pinned state on top.
+        exclusive: when pinning, also set the *other* states' members active where the state is
+            pinned to 0, so the position's automaton state is replaced rather than added to;
+            ``False`` adds the pinned state on top (``effects.py``).
         effect_contexts, effect_positions: texts, and positions per state in them, on which each
             state's effect on the next token is measured.
         prepend_bos: prepend BOS to each text (None: the model's default); BOS is never scored.
@@ -263,8 +263,8 @@ def automaton(
         )
     if effect not in ("both", "remove", "pin"):
         raise ValueError(f"effect={effect!r}: expected 'both', 'remove' or 'pin'")
-    if not isinstance(exclusive, bool):
-        raise ValueError(f"exclusive={exclusive!r}: expected True or False")
+    if not isinstance(exclusive, bool):  # as check_pairs refuses its own ``exclusive``
+        raise TypeError(f"exclusive={exclusive!r} must be True or False")
     frozen_inputs(model)  # refuse a model without the hook points the token effects patch, early
 
     corpus = _Corpus(model, texts, prepend_bos, progress)
