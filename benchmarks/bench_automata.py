@@ -190,7 +190,7 @@ def main() -> None:
         "",
         f"**Against the true automata** ({CONTEXTS} held-out contexts of {LENGTH} symbols; mean over true states of "
         "the best-matching state's F1; ROC AUC of the matched states' transition weights against the true table, "
-        'self-pairs included, the token mechanism measured by pinning (`effect="pin"`, the default); '
+        'self-pairs included, the token mechanism measured by pinning, the state at the position replaced (`effect="pin"`, `exclusive=True`, the defaults); '
         "loops: the first 10 of `fsa.loops()`, named afterwards through the true states; "
         "checks: `check_pairs` on every true transition between matched states and as many non-transitions, "
         "confirmed by either arm (the pin arm only where the destination follows the source in the model's own "
