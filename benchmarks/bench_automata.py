@@ -15,7 +15,8 @@ What (``torch.set_num_threads(1)``; held-out texts: corpus seed 1):
 4. Causal checks (``check_pairs``): every true transition between matched states, and as many
    random non-transitions between matched states: the share confirmed of each.
 5. The paper's steering classic through states: the base64 state of the residual SAEs (all
-   members, every layer) pinned while generating 40 tokens after 20 English/code prompts.
+   members, every layer) pinned while generating 40 tokens after 20 English/code prompts, alone and
+   with every member of the other states set to 0 (``exclusive=True``).
 
 Run ``python benchmarks/bench_automata.py --write-docs [--third /tmp/third --third /tmp/fourth
 --third /tmp/fifth]`` to refresh docs/benchmarks.md.
@@ -169,6 +170,7 @@ def main() -> None:
         start = time.perf_counter()
         steering = measure_state(model, fsa, rules=("p90",))[0]
         steering_s = time.perf_counter() - start
+        replaced = measure_state(model, fsa, rules=("p90",), exclusive=True)[0]  # other states zeroed
     ceiling = greedy_ceiling(model)  # greedy decoding inside real base64, nothing pinned
 
     lines = [
@@ -237,6 +239,11 @@ def main() -> None:
         *[
             f"| {d} | {steering.fraction_without[d]:.0%} | {steering.fraction_with[d]:.0%} | "
             f"{steering.distinct_without[d]:.2f} | {steering.distinct_with[d]:.2f} |"
+            for d in ("sampled", "greedy")
+        ],
+        *[
+            f"| {d}, the other states' members set to 0 (`exclusive=True`) | {replaced.fraction_without[d]:.0%} | "
+            f"{replaced.fraction_with[d]:.0%} | {replaced.distinct_without[d]:.2f} | {replaced.distinct_with[d]:.2f} |"
             for d in ("sampled", "greedy")
         ],
         "",

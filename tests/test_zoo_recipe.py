@@ -364,3 +364,48 @@ def test_a_states_firing_skips_positions_of_the_whole_run():
     with sc.spliced(model, [saes[1]]):
         fires, acts = _state_firing(model, fsa, tokens, skip=8)
     assert torch.equal(acts[(saes[1].cfg.site, 5)], whole) and torch.equal(fires[:, 0], whole > 0)
+
+
+def test_an_exclusive_state_pin_also_zeroes_the_other_states_members(monkeypatch):
+    """``measure_state(exclusive=True)`` sets every member of the automaton's other states to 0 where
+    the base64 state is pinned (a member shared with the base64 state stays pinned); by default
+    only the state is pinned."""
+    import torch
+
+    import sae_circuits as sc
+    from sae_circuits.fsa.automaton import FeatureAutomaton, State
+    from sae_circuits.interventions import Ablate, Clamp
+    from sae_circuits.recipes import base64_steering
+
+    model, saes = sc.zoo.load("tiny")
+    site0, site1 = saes[0].cfg.site, saes[1].cfg.site
+    b64 = State(0, [(site1, 5), (site0, 2)], "b64", 0.1, 10.0)
+    other = State(1, [(site1, 7), (site1, 5), (site0, 9)], "x", 0.1, 10.0)
+    fsa = FeatureAutomaton([b64, other], [], torch.zeros(1, 2, dtype=torch.bool), torch.tensor([1]))
+    monkeypatch.setattr(
+        base64_steering, "find_base64_state", lambda model, fsa: (b64, 1.0, 0.0, {"p90": [3.0, 4.0]})
+    )
+    seen = []
+    real = base64_steering.intervene
+
+    def spy(model, edits):
+        seen.append(list(edits))
+        return real(model, edits)
+
+    monkeypatch.setattr(base64_steering, "intervene", spy)
+    prompt = "def main():"
+    n = model.to_tokens(prompt, prepend_bos=False).shape[1]
+    with sc.spliced(model, saes[:2]):
+        for exclusive in (False, True):
+            seen.clear()
+            out = base64_steering.measure_state(
+                model, fsa, rules=("p90",), max_new_tokens=2, prompts=[prompt], exclusive=exclusive
+            )[0]
+            edits = seen[0]
+            clamps = {(e.site, e.features, e.value) for e in edits if isinstance(e, Clamp)}
+            zeroed = {(e.site, e.features) for e in edits if isinstance(e, Ablate)}
+            assert clamps == {(site1, (5,), 3.0), (site0, (2,), 4.0)} and out.exclusive is exclusive
+            assert zeroed == ({(site1, (7,)), (site0, (9,))} if exclusive else set())
+            assert all(e.positions == slice(n - 1, None) for e in edits)
+        with pytest.raises(TypeError, match="exclusive=1 must be True or False"):
+            base64_steering.measure_state(model, fsa, prompts=[prompt], exclusive=1)
