@@ -315,8 +315,8 @@ def automaton(
             "sites": corpus.sites, "n_texts": len(corpus.rows), "n_tokens": n_tokens,
             "max_states": max_states, "min_weight": min_weight, "min_frequency": min_frequency,
             "max_frequency": max_frequency, "grouping": grouping, "group_threshold": group_threshold,
-            "attention_contexts": attention_contexts, "effect": effect, "exclusive": exclusive, "effect_contexts": effect_contexts,
-            "effect_positions": effect_positions, "seed": seed,
+            "attention_contexts": attention_contexts, "effect": effect, "exclusive": exclusive,
+            "effect_contexts": effect_contexts, "effect_positions": effect_positions, "seed": seed,
             "n_candidates": int(candidates.numel()), "prepend_bos": bool(corpus.offset),
         },
     )  # fmt: skip
