@@ -11,6 +11,8 @@ docs/automata.md ("Method", item 4).
 
 Run ``python benchmarks/bench_transition_effects.py --third /tmp/third --third /tmp/fourth
 --third /tmp/fifth --third /tmp/sixth --third /tmp/seventh`` (about 15 min alone).
+``--example`` prints instead the example of docs/automata.md: the next tokens markup's
+attribute-value state promotes, pinned on top of the position's state and replacing it (1 min).
 """
 
 from __future__ import annotations
@@ -55,6 +57,37 @@ def languages(thirds: list[Path]):
         yield automata.load_automaton(spec).name, load_hf_gpt2(third / "model", "hooked"), saes, spec
 
 
+def example() -> None:
+    """The share of markup's ATTR_VALUE state's promoted mass that each of its top tokens takes."""
+    from sae_circuits.fsa import effects, extract
+
+    model = sc.zoo.load_model("tiny")
+    dictionaries = sc.zoo.load_saes("tiny", kind="resid") + sc.zoo.load_saes("tiny", kind="transcoder")
+    texts, labels = corpus_texts("markup", CONTEXTS, LENGTH, seed=SEED)
+    with sc.spliced(model, dictionaries):
+        fsa = sc.automaton(model, texts, prepend_bos=False, progress=False)
+        column = [s.id for s in fsa.states].index(
+            sc.score_automaton(fsa, labels, automata.AUTOMATA["markup"]).matches["ATTR_VALUE"]
+        )
+        corpus = extract._Corpus(model, texts, False, progress=False)
+        members = [
+            [corpus.feature_offset(corpus.sites.index(site)) + i for site, i in s.members] for s in fsa.states
+        ]
+        pins = {m: v for s, group in zip(fsa.states, members) for m, v in zip(group, s.pin_values)}
+        meta = fsa.metadata
+        for exclusive in (False, True):
+            promoted = effects.promoted_tokens(
+                corpus, members, fsa.firing, pins, contexts=meta["effect_contexts"],
+                per_state=meta["effect_positions"], seed=meta["seed"], exclusive=exclusive,
+            )[column]  # fmt: skip
+            share = promoted / promoted.sum()
+            top = share.argsort(descending=True)[:4].tolist()
+            print(
+                f"exclusive={exclusive}:",
+                ", ".join(f"{model.to_string([int(corpus.vocab[j])])!r} {float(share[j]):.0%}" for j in top),
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,8 +96,12 @@ def main() -> None:
         "--third", action="append", default=[], help="output folder of examples/byo_automaton.py"
     )
     parser.add_argument("--seed", type=int, default=SEED, help="corpus seed (default 1)")
+    parser.add_argument("--example", action="store_true", help="print the example of docs/automata.md only")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.example:
+        example()
+        return
     columns: dict[str, dict[str, str]] = {}
     for name, model, trained, spec in languages([Path(p) for p in args.third]):
         truth = automata.AUTOMATA[spec] if spec in automata.AUTOMATA else automata.load_automaton(spec)

@@ -35,7 +35,8 @@ the other states; measured here that way, the transition AUROC fell on all seven
 shifts probability among the tokens the position's own state already makes likely: on markup,
 the attribute-value state pinned at a tag's ``>`` (where text or a newline comes next) raised the
 newline, which took 52% of its promoted mass against 16% for its own successor ``>``; replaced,
-the newline drops out of its first four and ``>`` and the attribute names take 47%.
+the newline drops out of its first four, ``>`` and the attribute names take 47%, and ``</`` (not a
+successor) 37% (``benchmarks/bench_transition_effects.py --example``).
 
 Dictionaries spliced where the pass patches frozen values in (a block's attention, its
 ``hook_attn_out``, the embeddings) would have their edits overwritten: their features are left out
