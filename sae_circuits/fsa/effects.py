@@ -159,9 +159,9 @@ def next_token_effects(
         rows = torch.repeat_interleave(torch.arange(positions.numel()), counts)
         member[group] = True
         active = member[feature_ids[entries]]
-        others = in_a_state[feature_ids[entries]] & ~active  # the states the position is in
         member[group] = False
-        if pins is not None and exclusive:  # ... are set to 0 where A is pinned
+        if pins is not None and exclusive:  # the states the position is in are set to 0 where A is pinned
+            others = in_a_state[feature_ids[entries]] & ~active
             zero_rows.append(rows[others] + first)
             zero_features.append(feature_ids[entries[others]])
             zero_values.append(torch.zeros(int(others.sum())))
