@@ -11,8 +11,9 @@ docs/automata.md ("Method", item 4).
 
 Run ``python benchmarks/bench_transition_effects.py --third /tmp/third --third /tmp/fourth
 --third /tmp/fifth --third /tmp/sixth --third /tmp/seventh`` (about 15 min alone).
-``--example`` prints instead the example of docs/automata.md: the next tokens markup's
-attribute-value state promotes, pinned on top of the position's state and replacing it (1 min).
+``--example`` prints instead the examples of docs/automata.md: the next tokens markup's
+attribute-value and text states promote, pinned on top of the position's state and replacing it
+(1 min).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def languages(thirds: list[Path]):
 
 
 def example() -> None:
-    """The share of markup's ATTR_VALUE state's promoted mass that each of its top tokens takes."""
+    """The share of the promoted mass that each top token takes, for markup's ATTR_VALUE and TEXT
+    states, pinned on top of the position's state and replacing it."""
     from sae_circuits.fsa import effects, extract
 
     model = sc.zoo.load_model("tiny")
@@ -66,9 +68,7 @@ def example() -> None:
     texts, labels = corpus_texts("markup", CONTEXTS, LENGTH, seed=SEED)
     with sc.spliced(model, dictionaries):
         fsa = sc.automaton(model, texts, prepend_bos=False, progress=False)
-        column = [s.id for s in fsa.states].index(
-            sc.score_automaton(fsa, labels, automata.AUTOMATA["markup"]).matches["ATTR_VALUE"]
-        )
+        matches = sc.score_automaton(fsa, labels, automata.AUTOMATA["markup"]).matches
         corpus = extract._Corpus(model, texts, False, progress=False)
         members = [
             [corpus.feature_offset(corpus.sites.index(site)) + i for site, i in s.members] for s in fsa.states
@@ -79,13 +79,17 @@ def example() -> None:
             promoted = effects.promoted_tokens(
                 corpus, members, fsa.firing, pins, contexts=meta["effect_contexts"],
                 per_state=meta["effect_positions"], seed=meta["seed"], exclusive=exclusive,
-            )[column]  # fmt: skip
-            share = promoted / promoted.sum()
-            top = share.argsort(descending=True)[:4].tolist()
-            print(
-                f"exclusive={exclusive}:",
-                ", ".join(f"{model.to_string([int(corpus.vocab[j])])!r} {float(share[j]):.0%}" for j in top),
-            )
+            )  # fmt: skip
+            for role in ("ATTR_VALUE", "TEXT"):
+                row = promoted[[s.id for s in fsa.states].index(matches[role])]
+                share = row / row.sum()
+                top = share.argsort(descending=True)[:4].tolist()
+                print(
+                    f"{role}, exclusive={exclusive}:",
+                    ", ".join(
+                        f"{model.to_string([int(corpus.vocab[j])])!r} {float(share[j]):.0%}" for j in top
+                    ),
+                )
 
 
 def main() -> None:
