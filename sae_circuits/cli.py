@@ -321,7 +321,7 @@ def _automaton(args: argparse.Namespace) -> int:
             ) from None
     texts, labels = corpus_texts(truth, args.contexts, args.length, seed=args.seed)
     fsa = automaton(model, texts, max_states=args.max_states, attention_contexts=args.attention_contexts,
-                    prepend_bos=False)  # fmt: skip
+                    effect=args.effect, exclusive=args.exclusive, prepend_bos=False)  # fmt: skip
     print(fsa)
     if labels is not None:
         true_fsa = automata.resolve(truth)
@@ -568,6 +568,18 @@ def _add_automaton_command(sub: Any, writers: Any) -> None:
         type=_int_at_least(0),
         default=8,
         help="texts for attention transitions (default 8)",
+    )
+    au.add_argument(
+        "--effect",
+        choices=("pin", "remove", "both"),
+        default="pin",
+        help="how a state's effect on the next token is measured (default pin; see sc.automaton)",
+    )
+    au.add_argument(
+        "--no-exclusive",
+        dest="exclusive",
+        action="store_false",
+        help="pin a state on top of the position's state instead of replacing it (see sc.automaton)",
     )
     au.add_argument(
         "--min-weight",

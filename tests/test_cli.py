@@ -98,6 +98,10 @@ def test_automaton_scores_against_the_true_automaton_and_saves(tmp_path, capsys)
 
     labels = corpus_texts("kvlog", 20, 48, seed=1)[1]  # the command's default: held out
     assert len(fsa.states) == 64 and fsa.lengths.tolist() == [len(row) for row in labels]
+    assert (fsa.metadata["effect"], fsa.metadata["exclusive"]) == ("pin", True)  # sc.automaton's defaults
+    assert main([*argv, "--effect", "both", "--no-exclusive"]) == 0
+    meta = FeatureAutomaton.load(out).metadata
+    assert (meta["effect"], meta["exclusive"]) == ("both", False)
 
 
 def test_automaton_bad_input_is_one_clear_line(tmp_path, capsys):
