@@ -111,7 +111,9 @@ def evaluate(name, model, trained, texts, labels, truth):
                 m: sc.score_automaton(fsa, labels, truth, mechanism=m) for m in (None, "token", "attention")
             }
             scores["merged"] = sc.score_automaton(fsa, labels, truth, merge_equivalent=True)
-            loops = score_loops(fsa, fsa.loops(10), labels, truth)
+            ranked = fsa.loops(10)
+            loops = score_loops(fsa, ranked, labels, truth)
+            scores["merged loops"] = score_loops(fsa, ranked, labels, truth, merge_equivalent=True)
             checks = confirm_rates(fsa, model, labels, truth) if kind == "trained" else None
             probe_f1 = (
                 sc.probe_states(fsa, model, labels, automaton=truth).best_mean_f1
@@ -198,11 +200,12 @@ def main() -> None:
         "confirmed by either arm (the pin arm only where the destination follows the source in the model's own "
         "rollouts), in brackets the pin arm's own verdict, that gate aside; probe F1: `sc.probe_states`, a linear probe "
         "of the true states on the model's residual stream, the best layer's held-out mean F1, the model's own "
-        "ceiling for the F1 column; merged: `score_automaton(..., merge_equivalent=True)`, against the language's "
-        "own automaton, states that no continuation tells apart named as one):",
+        "ceiling for the F1 column; merged: `score_automaton(..., merge_equivalent=True)` and `score_loops(..., "
+        "merge_equivalent=True)` (loops: true / distinct / longest in the top 3), against the language's own "
+        "automaton, states that no continuation tells apart named as one):",
         "",
-        "| automaton | dictionaries | states | F1 | probe F1 | AUROC, both mechanisms | token | attention | F1 / AUROC, "
-        "equivalent states merged | true loops in top 10 | distinct | longest in top 3 | true transitions "
+        "| automaton | dictionaries | states | F1 | probe F1 | AUROC, both mechanisms | token | attention | F1 / AUROC / "
+        "loops, equivalent states merged | true loops in top 10 | distinct | longest in top 3 | true transitions "
         "confirmed | non-transitions confirmed | extraction |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -215,7 +218,9 @@ def main() -> None:
                 f"{'—' if probe_f1 is None else f'{probe_f1:.3f}'} | "
                 f"{scores[None].transition_auroc:.3f} | {scores['token'].transition_auroc:.3f} | "
                 f"{scores['attention'].transition_auroc:.3f} | "
-                f"{scores['merged'].mean_f1:.3f} / {scores['merged'].transition_auroc:.3f} | "
+                f"{scores['merged'].mean_f1:.3f} / {scores['merged'].transition_auroc:.3f} / "
+                f"{scores['merged loops'].n_true}/{scores['merged loops'].n_distinct}/"
+                f"{scores['merged loops'].longest_in_top3} | "
                 f"{loops.n_true} | {loops.n_distinct} | "
                 f"{loops.longest_in_top3} | {confirmed} | {rejected} | {seconds:.1f} s |"
             )
