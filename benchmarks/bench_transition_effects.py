@@ -13,7 +13,7 @@ Run ``python benchmarks/bench_transition_effects.py --third /tmp/third --third /
 --third /tmp/fifth --third /tmp/sixth --third /tmp/seventh`` (about 15 min alone).
 ``--example`` prints instead the examples of docs/automata.md: the next tokens markup's
 attribute-value and text states promote, pinned on top of the position's state and replacing it
-(1 min).
+(1 min). ``--no-embedded`` skips markup and kvlog (the ``--third`` folders only).
 """
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ EFFECTS = {  # row label: sc.automaton's settings
 }
 
 
-def languages(thirds: list[Path]):
-    """(name, model, dictionaries, spec) for markup, kvlog and every built folder."""
-    model = sc.zoo.load_model("tiny")
-    dictionaries = sc.zoo.load_saes("tiny", kind="resid") + sc.zoo.load_saes("tiny", kind="transcoder")
-    for name in ("markup", "kvlog"):
-        yield name, model, dictionaries, name
+def languages(thirds: list[Path], embedded: bool = True):
+    """(name, model, dictionaries, spec) for markup and kvlog (unless ``embedded`` is False) and
+    every built folder."""
+    if embedded:
+        model = sc.zoo.load_model("tiny")
+        dictionaries = sc.zoo.load_saes("tiny", kind="resid") + sc.zoo.load_saes("tiny", kind="transcoder")
+        for name in ("markup", "kvlog"):
+            yield name, model, dictionaries, name
     for third in thirds:
         if not (third / "model").is_dir():
             print(
@@ -101,13 +103,16 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=SEED, help="corpus seed (default 1)")
     parser.add_argument("--example", action="store_true", help="print the example of docs/automata.md only")
+    parser.add_argument(
+        "--no-embedded", action="store_true", help="skip markup and kvlog: only the --third folders"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.example:
         example()
         return
     columns: dict[str, dict[str, str]] = {}
-    for name, model, trained, spec in languages([Path(p) for p in args.third]):
+    for name, model, trained, spec in languages([Path(p) for p in args.third], not args.no_embedded):
         truth = automata.AUTOMATA[spec] if spec in automata.AUTOMATA else automata.load_automaton(spec)
         texts, labels = corpus_texts(spec, CONTEXTS, LENGTH, seed=args.seed)
         aurocs = {}
