@@ -184,7 +184,7 @@ def main() -> None:
         "--out /tmp/fourth`, `--spec examples/automata/query.json --out /tmp/fifth`, `--spec "
         "examples/automata/ini.json --out /tmp/sixth`, `--spec examples/automata/url.json --out /tmp/seventh` "
         "and `--spec examples/automata/asm.json --out /tmp/eighth`, first (about 15 min each alone; each model "
-        "and its SAEs come out slightly differently on another CPU: the same losses, other features).",
+        "and its SAEs come out slightly differently on another CPU: losses within 0.001, other features).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "
         "4 residual SAEs and 4 transcoders, role states, both mechanisms (target: 200 contexts ≤ 30 s):",
