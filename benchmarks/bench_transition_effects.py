@@ -10,7 +10,8 @@ or ``--seed``, 1 torch thread; the same dictionaries and random baselines as
 docs/automata.md ("Method", item 4).
 
 Run ``python benchmarks/bench_transition_effects.py --third /tmp/third --third /tmp/fourth
---third /tmp/fifth --third /tmp/sixth --third /tmp/seventh`` (about 15 min alone).
+--third /tmp/fifth --third /tmp/sixth --third /tmp/seventh --third /tmp/eighth`` (about 17 min
+alone).
 ``--example`` prints instead the examples of docs/automata.md: the next tokens markup's
 attribute-value and text states promote, pinned on top of the position's state and replacing it
 (1 min). ``--no-embedded`` skips markup and kvlog (the ``--third`` folders only).
