@@ -315,6 +315,8 @@ def _automaton(args: argparse.Namespace) -> int:
         try:
             automata.verify_tokenizer(model.tokenizer, n_docs=50, automata=[truth])
         except ValueError as error:
+            if "special tokens" in str(error):  # no model's tokenizer can carry those: rename the symbol
+                raise
             raise ValueError(
                 f"{error}. --model {args.model!r}: its tokenizer does not carry this spec's symbols; pass "
                 f"the model trained on it (examples/byo_automaton.py writes OUT/model) and its --saes"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,11 @@ def test_the_shipped_specs_are_valid_and_single_tokens(spec, tmp_path):
         ({"transitions": {**_spec()["transitions"], "END": {"START": ["\n"]}}, "final": None},
          r"END -> 'START' enters the start state"),
         ({"states": ["START", "A", "B", "C", "END"]}, r"\['START'\] label no token.*only if the corpus returns"),
+        ({"transitions": {**_spec()["transitions"], "B": {"C": [" c", " c"]}}}, r"B -> C lists the symbols \[' c'\] more"),
+        ({"states": {"A": 1, "B": 2, "C": 3, "END": 4}}, "states {'A': 1.*expected a list"),  # was read as its keys
+        ({"description": 5}, "description 5: expected a string"),
+        ({"length": [2.5, 7.9]}, r"length \[2.5, 7.9\]: expected \[min, max\], two whole numbers"),
+        ({"final": "END"}, "final 'END': expected a non-empty list"),
     ],
 )  # fmt: skip
 def test_bad_specs_fail_naming_the_bad_value(changes, message):
@@ -231,6 +237,74 @@ def test_generic_generator_is_deterministic_accepted_by_label_and_ends_final():
         assert automata.label(fsa, symbols) == states
         assert states[-1] in fsa.final_states
         assert fsa.length[0] <= len(symbols) <= fsa.length[1] + len(fsa.states)
+
+
+def test_a_final_state_without_way_out_does_not_end_documents_early():
+    """A walk into a final "sink" ended the document at once: [20, 30] gave 2-6 symbols."""
+    sink = {"name": "sink", "states": ["B", "END"], "final": ["END"], "length": [20, 30],
+            "transitions": {"START": {"B": ["b"]}, "B": {"B": [" b"], "END": [" ."]}}}  # fmt: skip
+    docs = automata.generate(sink, 200, seed=0)  # a spec dict is an automaton too
+    lengths = {len(symbols) for symbols, _ in docs}
+    assert min(lengths) == 20 and max(lengths) <= 31  # the target, then the step into END
+    assert all(automata.label(sink, symbols) == states for symbols, states in docs)
+
+
+@pytest.mark.parametrize(
+    ("length", "message"),
+    [([32, 128], r"no document has between 32 and 128 symbols.*the longest has 2"),
+     ([3, 3], r"between 3 and 3 symbols.*the shortest has 2")],
+)  # fmt: skip
+def test_a_length_no_document_can_have_is_said_not_ignored(length, message):
+    even = {"name": "pairs", "states": ["A", "B"], "final": ["B"], "length": length,
+            "transitions": {"START": {"A": ["a"]}, "A": {"B": [" b"]}}}  # fmt: skip
+    if length == [3, 3]:  # a loop of even lengths: 2, 4, 6, ...
+        even["transitions"]["B"] = {"A": [" a"]}
+    with pytest.warns(UserWarning, match=message):
+        docs = automata.generate(even, 5, seed=0)
+    assert docs  # still generated, outside the range, as the warning says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        automata.generate(_spec(), 5, seed=0)  # a length documents can have: nothing said
+
+
+def test_label_names_the_position_and_the_symbols_allowed():
+    fsa = Automaton.from_dict(_spec())
+    with pytest.raises(
+        ValueError,
+        match=r"symbol 2 of the document: .*' a' is not allowed in state B; allowed there: \[' c'\]",
+    ):
+        automata.label(fsa, ["a", " b", " a"])
+    with pytest.raises(ValueError, match="not one string"):
+        automata.label(fsa, "a b c")
+
+
+def test_specs_as_dicts_and_files_in_other_encodings(tmp_path):
+    from sae_circuits.languages import corpus_texts
+
+    texts, labels = corpus_texts(_spec(), 3, 8, seed=0)
+    assert len(texts) == 3 and labels is not None and all(1 <= len(x) <= 8 for x in labels)
+    with pytest.raises(ValueError, match="corpus 3: expected a name, an Automaton, a spec dict"):
+        corpus_texts(3, 3, 8)
+    with pytest.raises(ValueError, match="an Automaton or a spec dict"):
+        automata.generate(["abc"], 1, seed=0)
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(_spec()).encode())  # a byte-order mark is fine
+    assert load_automaton(bom) == Automaton.from_dict(_spec())
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(json.dumps(_spec(description="caf\u00e9"), ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.json.*not UTF-8"):
+        load_automaton(latin)
+
+
+def test_a_special_token_inside_a_symbol_is_refused_by_any_tokenizer():
+    """The model's own tokenizer read ``<|endoftext|>`` as one token: the CLI ran such a spec."""
+    import sae_circuits as sc
+
+    spec = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": ["<|endoftext|>"]}}))
+    with pytest.raises(
+        ValueError, match=r"symbols \['<\|endoftext\|>'\] contain the tokenizer's special tokens"
+    ):
+        automata.verify_tokenizer(sc.zoo.load_model("tiny").tokenizer, automata=[spec], n_docs=5)
 
 
 def test_multi_token_and_fused_symbols_are_named():
@@ -454,6 +528,38 @@ def test_example_smoke_runs_end_to_end(tmp_path, monkeypatch):
     assert 0 <= report["automaton"]["mean_f1"] <= 1 and set(report["automaton"]["state_f1"]) <= set(
         load_automaton(SEXPR).states
     )
+
+
+@pytest.mark.filterwarnings("ignore:evaluate. one sequence")  # --smoke holds out one row
+def test_example_on_a_one_state_language_reports_no_probe_instead_of_crashing(tmp_path, monkeypatch):
+    """A probe needs two true states: the example raised after training, with nothing written."""
+    spec = Automaton.from_dict({"name": "one", "states": ["A"], "length": [40, 60],
+                                "transitions": {"START": {"A": ["a"]}, "A": {"A": [" a"]}}})  # fmt: skip
+    report = _byo_example(monkeypatch).main(
+        ["--smoke", "--spec", str(spec.save(tmp_path / "one.json")), "--out", str(tmp_path / "out")]
+    )
+    assert report["automaton"]["probe"] is None and (tmp_path / "out" / "report.json").is_file()
+
+
+def test_example_refuses_a_bad_spec_in_one_line_without_a_traceback(tmp_path):
+    import subprocess
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_spec(final=["NOPE"])))
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "byo_automaton.py"), "--spec", str(bad), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "byo_automaton.py: error:" in run.stderr and "NOPE" in run.stderr
+
+
+def test_tokenizer_for_automaton_refuses_a_file_as_its_folder(tmp_path):
+    from sae_circuits.recipes.tokenizer import tokenizer_for_automaton
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="'.*file' is a file: expected a folder"):
+        tokenizer_for_automaton(Automaton.from_dict(_spec()), tmp_path / "file")
 
 
 @pytest.mark.filterwarnings("ignore:evaluate. one sequence")  # --smoke holds out one row

@@ -47,9 +47,11 @@ sequence is nonetheless accepted by its automaton.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,8 +225,12 @@ class Automaton:
         where = f"automaton {self.name!r}"
         if not isinstance(self.start, str) or not self.start:
             raise ValueError(f"{where}: start {self.start!r}: expected the name of one state (a string)")
-        if isinstance(self.states, str) or not all(isinstance(s, str) and s for s in self.states):
+        if not isinstance(self.states, (list, tuple)) or not all(
+            isinstance(s, str) and s for s in self.states
+        ):
             raise ValueError(f"{where}: states {self.states!r}: expected a list of non-empty strings")
+        if not isinstance(self.description, str):
+            raise ValueError(f"{where}: description {self.description!r}: expected a string")
         object.__setattr__(self, "states", tuple(self.states))
         duplicated = sorted({s for s in self.states if self.states.count(s) > 1})
         if duplicated or not self.states:
@@ -258,10 +264,15 @@ class Automaton:
                         f"{where}: transition {src} -> {dst!r} names an unknown state; states are "
                         f"{list(self.states)}"
                     )
-                if isinstance(symbols, str) or not symbols:
+                if not isinstance(symbols, (list, tuple)) or not symbols:
                     raise ValueError(
                         f"{where}: transition {src} -> {dst}: symbols {symbols!r}: "
                         "expected a non-empty list of strings"
+                    )
+                repeated = sorted({sym for sym in symbols if isinstance(sym, str) and symbols.count(sym) > 1})
+                if repeated:  # the generator draws a symbol uniformly: a repeat would weigh it double
+                    raise ValueError(
+                        f"{where}: transition {src} -> {dst} lists the symbols {repeated!r} more than once"
                     )
                 for sym in symbols:
                     if not isinstance(sym, str) or not sym:
@@ -291,7 +302,7 @@ class Automaton:
                         )
                     self._delta[key] = dst
         if self.final is not None:
-            if isinstance(self.final, str) or not self.final:
+            if not isinstance(self.final, (list, tuple)) or not self.final:
                 raise ValueError(f"{where}: final {self.final!r}: expected a non-empty list of states")
             unknown = [s for s in self.final if s not in self.states]
             if unknown:
@@ -301,7 +312,8 @@ class Automaton:
         is_count = [isinstance(n, int) and not isinstance(n, bool) for n in lo_hi]  # True is no length
         if len(lo_hi) != 2 or not all(is_count) or not 1 <= lo_hi[0] <= lo_hi[1]:
             raise ValueError(
-                f"{where}: length {self.length!r}: expected [min, max] symbols with 1 <= min <= max"
+                f"{where}: length {self.length!r}: expected [min, max], two whole numbers of symbols "
+                "with 1 <= min <= max"
             )
         object.__setattr__(self, "length", lo_hi)
         self._check_graph(where)
@@ -363,7 +375,11 @@ class Automaton:
         try:
             return self._delta[(state, symbol)]
         except KeyError:
-            raise ValueError(f"{self.name}: symbol {symbol!r} not allowed in state {state}") from None
+            allowed = sorted(sym for src, sym in self._delta if src == state)
+            shown = f"{allowed[:12]!r}" + (f" and {len(allowed) - 12} more" if len(allowed) > 12 else "")
+            raise ValueError(
+                f"{self.name}: symbol {symbol!r} is not allowed in state {state}; allowed there: {shown}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON spec of this automaton (the inverse of :meth:`from_dict`)."""
@@ -422,7 +438,11 @@ def load_automaton(path: str | os.PathLike[str]) -> Automaton:
     ('kvlog', True)
     """
     try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_refuse_repeated_keys)
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is fine
+    except UnicodeDecodeError as err:
+        raise ValueError(f"automaton spec {str(path)!r}: not UTF-8 text ({err}); save it as UTF-8") from None
+    try:
+        spec = json.loads(text, object_pairs_hook=_refuse_repeated_keys)
     except json.JSONDecodeError as err:
         raise ValueError(f"automaton spec {str(path)!r}: not valid JSON ({err})") from None
     except _RepeatedKey as err:  # json keeps the last of repeated keys: the spec would lose a row
@@ -663,16 +683,38 @@ def _distance_to_final(automaton: Automaton) -> dict[str, int]:
     return dist
 
 
+def _longest_walk(automaton: Automaton) -> dict[str, float]:
+    """Most symbols a walk from each state can still take and end at a final state: ``inf`` where
+    a cycle is reachable (every state can reach a final state, the constructor checks)."""
+    successors = automaton._successors()
+    predecessors: dict[str, set[str]] = {}
+    for src, targets in successors.items():
+        for dst in targets:
+            predecessors.setdefault(dst, set()).add(src)
+    nodes = list(dict.fromkeys([automaton.start, *automaton.states]))
+    on_cycle = {s for s in nodes if s in _closure(successors.get(s, set()), successors)}
+    longest = dict.fromkeys(_closure(on_cycle, predecessors), math.inf)
+    final = set(automaton.final_states)
+    bounded = [s for s in nodes if s not in longest]
+    for s in bounded:
+        longest[s] = 0.0 if s in final else -math.inf
+    for _ in bounded:  # the rest is acyclic: as many rounds as states settle every path
+        for s in bounded:
+            longest[s] = max([longest[s]] + [1 + longest[d] for d in successors.get(s, ())])
+    return longest
+
+
 def _gen_random_walk(automaton: Automaton, rng: random.Random) -> _Labelled:
     """One document of any automaton: a random walk from the start state.
 
     Draw a target length in ``automaton.length``; at each step choose the next state uniformly
-    among the allowed ones, then one of its symbols uniformly.  Once the target is reached the walk
-    stops at the first final state, taking only steps that bring it closer to one (so a document
-    exceeds the target by at most the number of states).  A final state with no way out ends the
-    document early.
+    among the allowed ones from which the target can still be reached (all of them, unless the
+    automaton has final states with no way out), then one of its symbols uniformly.  Once the
+    target is reached the walk stops at the first final state, taking only steps that bring it
+    closer to one, so a document can exceed the target (and ``max``) by up to the number of states.
     """
     dist = _distance_to_final(automaton)
+    longest = _longest_walk(automaton)
     target = rng.randint(*automaton.length)
     final = set(automaton.final_states)
     out: _Labelled = []
@@ -682,20 +724,57 @@ def _gen_random_walk(automaton: Automaton, rng: random.Random) -> _Labelled:
         if done and state in final:
             return out
         targets = automaton.transitions.get(state, {})
-        choices = list(targets) if not done else [d for d in targets if dist[d] < dist[state]]
+        if done:
+            choices = [d for d in targets if dist[d] < dist[state]]
+        else:  # skip a step into a short dead end (a final state with no way out) while others go on
+            choices = [d for d in targets if 1 + longest[d] >= target - len(out)]
+            if not choices and targets:  # none can reach the target: take the longest way
+                most = max(longest[d] for d in targets)
+                choices = [d for d in targets if longest[d] == most]
         if not choices:  # a final state with no way out (a non-final one is refused at construction)
             return out
         state = rng.choice(choices)
         out.append((rng.choice(targets[state]), state))
 
 
-def resolve(automaton: str | Automaton) -> Automaton:
-    """The :class:`Automaton` itself, or the built-in one of that name."""
+_LENGTHS_CHECKED = 10_000  # document lengths beyond this are not checked for reachability
+
+
+def _length_warning(automaton: Automaton) -> str | None:
+    """Why no document of ``automaton`` can have a length in ``automaton.length`` (None: some can)."""
+    low, high = automaton.length
+    final = set(automaton.final_states)
+    states = {automaton.start}
+    for n in range(1, min(high, _LENGTHS_CHECKED) + 1):
+        states = {dst for src in states for dst in automaton.transitions.get(src, {})}
+        if n >= low and states & final:
+            return None
+        if not states:
+            break
+    if high > _LENGTHS_CHECKED:
+        return None
+    longest = _longest_walk(automaton)[automaton.start]
+    shortest = _distance_to_final(automaton)[automaton.start]
+    why = (
+        f"the longest has {int(longest)}" if longest < low
+        else f"no length a document can have lies in it; the shortest has {shortest}"
+    )  # fmt: skip
+    return (
+        f"automaton {automaton.name!r}: no document has between {low} and {high} symbols (length "
+        f"{list(automaton.length)}): {why}, so the generated documents fall outside it"
+    )
+
+
+def resolve(automaton: str | Automaton | dict[str, Any]) -> Automaton:
+    """The :class:`Automaton` itself, the built-in one of that name, or one built from a spec dict
+    (:meth:`Automaton.from_dict`)."""
     if isinstance(automaton, Automaton):
         return automaton
-    if automaton not in AUTOMATA:
+    if isinstance(automaton, dict):  # a spec as a Python object (the JSON form)
+        return Automaton.from_dict(automaton)
+    if not isinstance(automaton, str) or automaton not in AUTOMATA:
         raise ValueError(
-            f"unknown automaton {automaton!r}: expected one of {sorted(AUTOMATA)} or an Automaton"
+            f"unknown automaton {automaton!r}: expected one of {sorted(AUTOMATA)}, an Automaton or a spec dict"
         )
     return AUTOMATA[automaton]
 
@@ -707,7 +786,7 @@ def _generator(automaton: Automaton) -> Callable[[random.Random], _Labelled]:
     return lambda rng: _gen_random_walk(automaton, rng)
 
 
-def label(automaton: str | Automaton, token_strings: Sequence[str]) -> list[str]:
+def label(automaton: str | Automaton | dict[str, Any], token_strings: Sequence[str]) -> list[str]:
     """Run ``automaton`` (a built-in name or an :class:`Automaton`) over decoded token strings;
     return their states.
 
@@ -717,9 +796,16 @@ def label(automaton: str | Automaton, token_strings: Sequence[str]) -> list[str]
     final state is labelled: prefixes are).
     """
     fsa = resolve(automaton)
+    if isinstance(token_strings, str):  # a whole text would be read one character per symbol
+        raise ValueError(
+            f"token_strings {token_strings[:40]!r}: expected a list of the tokens' strings, not one string"
+        )
     state, states = fsa.start, []
-    for sym in token_strings:
-        state = fsa.step(state, sym)
+    for i, sym in enumerate(token_strings):
+        try:
+            state = fsa.step(state, sym)
+        except ValueError as err:
+            raise ValueError(f"symbol {i} of the document: {err}") from None
         states.append(state)
     return states
 
@@ -730,7 +816,9 @@ def check_count(name: str, value: Any, low: int) -> None:
         raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
 
 
-def generate(automaton: str | Automaton, n_docs: int, seed: int) -> list[tuple[list[str], list[str]]]:
+def generate(
+    automaton: str | Automaton | dict[str, Any], n_docs: int, seed: int
+) -> list[tuple[list[str], list[str]]]:
     """Generate ``n_docs`` documents of ``automaton`` (a built-in name or an :class:`Automaton`).
 
     Returns a list of ``(symbols, states)`` pairs: ``symbols[i]`` is the
@@ -747,6 +835,10 @@ def generate(automaton: str | Automaton, n_docs: int, seed: int) -> list[tuple[l
     check_count("n_docs", n_docs, 0)
     fsa = resolve(automaton)
     gen = _generator(fsa)
+    if not (fsa.name in _GENERATORS and AUTOMATA[fsa.name] == fsa):
+        problem = _length_warning(fsa)
+        if problem:
+            warnings.warn(problem, stacklevel=2)
     rng = random.Random(f"{fsa.name}:{seed}")
     docs = []
     for _ in range(n_docs):
@@ -857,14 +949,29 @@ def swallowing_symbol(automaton: str | Automaton, extra: Iterable[str] = ()) -> 
 class _Problem:
     """Why a tokenizer does not keep an automaton's symbols one token each."""
 
-    kind: str  # "single": symbols that are several tokens alone; "fused": neighbours that merge
+    kind: str  # "special", "single" (several tokens alone) or "fused" (neighbours that merge)
     symbols: list[str]
     message: str
 
 
+def _special_tokens(tokenizer: Any) -> list[str]:
+    """The special tokens' strings (``<|endoftext|>``) of a Hugging Face or ``tokenizers`` tokenizer."""
+    if hasattr(tokenizer, "get_added_tokens_decoder"):  # tokenizers.Tokenizer
+        return sorted({t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special})
+    return sorted(set(getattr(tokenizer, "all_special_tokens", [])))
+
+
 def _tokenization_problem(tokenizer: Any, fsa: Automaton, n_docs: int, seed: int) -> _Problem | None:
-    """The first problem found: symbols alone, then every adjacent pair, then sampled documents."""
+    """The first problem found: special tokens in symbols, symbols alone, then every adjacent
+    pair, then sampled documents."""
     alphabet = sorted(fsa.alphabet)
+    specials = [t for t in _special_tokens(tokenizer) if t]
+    special = [symbol for symbol in alphabet if any(t in symbol for t in specials)]
+    if special:  # one token each, but the tokenizer's separator: the model would read a document end
+        return _Problem(
+            "special", special,
+            f"{fsa.name}: symbols {special!r} contain the tokenizer's special tokens {specials!r}; rename them",
+        )  # fmt: skip
     ids: dict[str, int] = {}
     split = []
     for symbol, enc in zip(alphabet, _batch_ids(tokenizer, alphabet)):

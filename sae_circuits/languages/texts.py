@@ -13,6 +13,7 @@ import os
 import random
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import sae_circuits.languages.automata as automata
 
@@ -54,13 +55,20 @@ def probe_texts(seed: int = 0) -> tuple[list[str], list[str]]:
 
 
 def corpus_texts(
-    name: str | os.PathLike[str] | automata.Automaton, n: int, length: int, seed: int = 0
+    name: str | os.PathLike[str] | automata.Automaton | dict[str, Any], n: int, length: int, seed: int = 0
 ) -> tuple[list[str], list[list[str]] | None]:
     """Offline texts for an automaton: an automaton's documents (cut to ``length`` symbols, with
     their true states) or base64 blobs mixed with code (no ground truth). ``name`` is a zoo
-    automaton (``markup``, ``kvlog``), ``base64``, an ``Automaton`` or the path of a JSON spec."""
+    automaton (``markup``, ``kvlog``), ``base64``, an ``Automaton``, a spec dict
+    (:meth:`~sae_circuits.languages.automata.Automaton.from_dict`) or the path of a JSON spec."""
     automata.check_count("n", n, 1)
     automata.check_count("length", length, 1)
+    if isinstance(name, dict):  # a spec as a Python object
+        name = automata.Automaton.from_dict(name)
+    if not isinstance(name, (str, os.PathLike, automata.Automaton)):
+        raise ValueError(
+            f"corpus {name!r}: expected a name, an Automaton, a spec dict or the path of a JSON spec"
+        )
     if isinstance(name, automata.Automaton) or name in automata.AUTOMATA:
         docs = automata.generate(name, n, seed=seed)
         return ["".join(symbols[:length]) for symbols, _ in docs], [states[:length] for _, states in docs]

@@ -152,6 +152,10 @@ def tokenizer_for_automaton(
 
         base_dir = ROOT / "tiny"
     base, out = Path(base_dir), Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"out_dir {str(out)!r} is a file: expected a folder (new or existing) for the tokenizer"
+        )
     if any(EOT in symbol for symbol in automaton.alphabet):
         raise ValueError(f"{automaton.name}: a symbol contains {EOT!r}, the document separator")
     tok = load_tokenizer(base)
