@@ -312,11 +312,14 @@ def _automaton(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     splice(model, _dictionaries(args.model, args.saes, args.dictionaries, "--saes"))
     if args.spec:
+        special = automata.special_token_symbols(model.tokenizer, truth)
+        if special:  # no model's tokenizer can carry these (the model would read a document end)
+            raise ValueError(
+                f"{truth.name}: symbols {special!r} contain the tokenizer's special tokens; rename them"
+            )
         try:
             automata.verify_tokenizer(model.tokenizer, n_docs=50, automata=[truth])
         except ValueError as error:
-            if "special tokens" in str(error):  # no model's tokenizer can carry those: rename the symbol
-                raise
             raise ValueError(
                 f"{error}. --model {args.model!r}: its tokenizer does not carry this spec's symbols; pass "
                 f"the model trained on it (examples/byo_automaton.py writes OUT/model) and its --saes"

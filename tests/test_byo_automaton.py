@@ -251,8 +251,8 @@ def test_a_final_state_without_way_out_does_not_end_documents_early():
 
 @pytest.mark.parametrize(
     ("length", "message"),
-    [([32, 128], r"no document has between 32 and 128 symbols.*the longest has 2"),
-     ([3, 3], r"between 3 and 3 symbols.*the shortest has 2")],
+    [([32, 128], r"no document has between 32 and 128 symbols.*the lengths it can have are 2, so"),
+     ([3, 3], r"between 3 and 3 symbols.*the lengths it can have are 2, \.\.\., so")],
 )  # fmt: skip
 def test_a_length_no_document_can_have_is_said_not_ignored(length, message):
     even = {"name": "pairs", "states": ["A", "B"], "final": ["B"], "length": length,
@@ -263,15 +263,46 @@ def test_a_length_no_document_can_have_is_said_not_ignored(length, message):
         docs = automata.generate(even, 5, seed=0)
     assert docs  # still generated, outside the range, as the warning says
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        automata.generate(_spec(), 5, seed=0)  # a length documents can have: nothing said
+        warnings.simplefilter("error")  # _spec's documents have 4, 7, 10, ... symbols
+        for fine in ([4, 4], [7, 7], [3, 4], [4, 12]):
+            automata.generate(_spec(length=fine), 5, seed=0)  # a length documents can have: nothing said
+    with pytest.warns(UserWarning, match=r"the lengths it can have are 4, \.\.\., so"):
+        automata.generate(_spec(length=[5, 6]), 1, seed=0)
+    finite = {
+        "name": "abc",
+        "states": ["A"],
+        "length": [20_000, 30_000],
+        "transitions": {"START": {"A": ["a"]}},
+    }
+    with pytest.warns(UserWarning, match=r"the lengths it can have are 1, so"):  # not skipped as too long
+        automata.generate(finite, 1, seed=0)
+
+
+SHIPPED_CORPORA = {  # sha256 of generate(spec, 200, seed=1): every figure in the docs rests on these
+    "asm": "502c0206c9ea6e67",
+    "ini": "a76c6f7413aff9a4",
+    "query": "19b311658ab75dbe",
+    "sexpr": "9205a51580c9a8ad",
+    "shell": "0fc5ecdfbbe2d890",
+    "url": "95cd85a15bfb98ff",
+}
+
+
+def test_the_shipped_specs_corpora_do_not_change():
+    import hashlib
+
+    shipped = sorted(p.stem for p in (ROOT / "examples" / "automata").glob("*.json"))
+    assert shipped == sorted(SHIPPED_CORPORA), "a new shipped spec: pin its corpus here"
+    for name, digest in SHIPPED_CORPORA.items():
+        docs = automata.generate(load_automaton(ROOT / "examples" / "automata" / f"{name}.json"), 200, seed=1)
+        assert hashlib.sha256(json.dumps(docs).encode()).hexdigest()[:16] == digest, name
 
 
 def test_label_names_the_position_and_the_symbols_allowed():
     fsa = Automaton.from_dict(_spec())
     with pytest.raises(
         ValueError,
-        match=r"symbol 2 of the document: .*' a' is not allowed in state B; allowed there: \[' c'\]",
+        match=r"at symbol 2 of the document \(counting from 0\): .*' a' is not allowed in state B; allowed there: \[' c'\]",
     ):
         automata.label(fsa, ["a", " b", " a"])
     with pytest.raises(ValueError, match="not one string"):

@@ -52,10 +52,13 @@ import numbers
 import os
 import random
 import warnings
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sae_circuits._caller import user_stacklevel
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -269,7 +272,9 @@ class Automaton:
                         f"{where}: transition {src} -> {dst}: symbols {symbols!r}: "
                         "expected a non-empty list of strings"
                     )
-                repeated = sorted({sym for sym in symbols if isinstance(sym, str) and symbols.count(sym) > 1})
+                repeated = sorted(
+                    sym for sym, n in Counter(symbols).items() if n > 1 and isinstance(sym, str)
+                )
                 if repeated:  # the generator draws a symbol uniformly: a repeat would weigh it double
                     raise ValueError(
                         f"{where}: transition {src} -> {dst} lists the symbols {repeated!r} more than once"
@@ -685,26 +690,34 @@ def _distance_to_final(automaton: Automaton) -> dict[str, int]:
 
 def _longest_walk(automaton: Automaton) -> dict[str, float]:
     """Most symbols a walk from each state can still take and end at a final state: ``inf`` where
-    a cycle is reachable (every state can reach a final state, the constructor checks)."""
+    a cycle is reachable (every state can reach a final state, the constructor checks).
+
+    States are settled from the sinks backwards, each once all its successors are (linear time);
+    the ones never settled reach a cycle."""
     successors = automaton._successors()
-    predecessors: dict[str, set[str]] = {}
+    nodes = list(dict.fromkeys([automaton.start, *automaton.states]))
+    predecessors: dict[str, list[str]] = {s: [] for s in nodes}
     for src, targets in successors.items():
         for dst in targets:
-            predecessors.setdefault(dst, set()).add(src)
-    nodes = list(dict.fromkeys([automaton.start, *automaton.states]))
-    on_cycle = {s for s in nodes if s in _closure(successors.get(s, set()), successors)}
-    longest = dict.fromkeys(_closure(on_cycle, predecessors), math.inf)
+            predecessors[dst].append(src)
+    unsettled = {s: len(successors.get(s, ())) for s in nodes}
     final = set(automaton.final_states)
-    bounded = [s for s in nodes if s not in longest]
-    for s in bounded:
-        longest[s] = 0.0 if s in final else -math.inf
-    for _ in bounded:  # the rest is acyclic: as many rounds as states settle every path
-        for s in bounded:
-            longest[s] = max([longest[s]] + [1 + longest[d] for d in successors.get(s, ())])
+    longest = dict.fromkeys(nodes, math.inf)
+    ready = deque(s for s in nodes if unsettled[s] == 0)
+    while ready:
+        state = ready.popleft()
+        tails = [1 + longest[dst] for dst in successors.get(state, ())]
+        longest[state] = max(tails + [0.0 if state in final else -math.inf])
+        for src in predecessors[state]:
+            unsettled[src] -= 1
+            if unsettled[src] == 0:
+                ready.append(src)
     return longest
 
 
-def _gen_random_walk(automaton: Automaton, rng: random.Random) -> _Labelled:
+def _gen_random_walk(
+    automaton: Automaton, rng: random.Random, dist: dict[str, int], longest: dict[str, float]
+) -> _Labelled:
     """One document of any automaton: a random walk from the start state.
 
     Draw a target length in ``automaton.length``; at each step choose the next state uniformly
@@ -712,9 +725,8 @@ def _gen_random_walk(automaton: Automaton, rng: random.Random) -> _Labelled:
     automaton has final states with no way out), then one of its symbols uniformly.  Once the
     target is reached the walk stops at the first final state, taking only steps that bring it
     closer to one, so a document can exceed the target (and ``max``) by up to the number of states.
+    ``dist`` and ``longest`` are :func:`_distance_to_final` and :func:`_longest_walk`.
     """
-    dist = _distance_to_final(automaton)
-    longest = _longest_walk(automaton)
     target = rng.randint(*automaton.length)
     final = set(automaton.final_states)
     out: _Labelled = []
@@ -741,27 +753,27 @@ _LENGTHS_CHECKED = 10_000  # document lengths beyond this are not checked for re
 
 
 def _length_warning(automaton: Automaton) -> str | None:
-    """Why no document of ``automaton`` can have a length in ``automaton.length`` (None: some can)."""
+    """Why no document of ``automaton`` can have a length in ``automaton.length`` (None: some can,
+    or the range lies beyond the first ``_LENGTHS_CHECKED`` lengths)."""
     low, high = automaton.length
     final = set(automaton.final_states)
-    states = {automaton.start}
+    states, possible = {automaton.start}, []  # states after n symbols; lengths a document can have
     for n in range(1, min(high, _LENGTHS_CHECKED) + 1):
         states = {dst for src in states for dst in automaton.transitions.get(src, {})}
-        if n >= low and states & final:
-            return None
-        if not states:
+        if states & final:
+            if n >= low:
+                return None
+            possible.append(n)
+        if not states:  # a finite language, all of it seen
             break
-    if high > _LENGTHS_CHECKED:
-        return None
-    longest = _longest_walk(automaton)[automaton.start]
-    shortest = _distance_to_final(automaton)[automaton.start]
-    why = (
-        f"the longest has {int(longest)}" if longest < low
-        else f"no length a document can have lies in it; the shortest has {shortest}"
-    )  # fmt: skip
+    else:
+        if high > _LENGTHS_CHECKED:
+            return None
+    shown = ", ".join(map(str, possible[:5])) + (", ..." if len(possible) > 5 or states else "")
     return (
         f"automaton {automaton.name!r}: no document has between {low} and {high} symbols (length "
-        f"{list(automaton.length)}): {why}, so the generated documents fall outside it"
+        f"{list(automaton.length)}); the lengths it can have are {shown}, so the generated documents "
+        "fall outside the range"
     )
 
 
@@ -774,21 +786,28 @@ def resolve(automaton: str | Automaton | dict[str, Any]) -> Automaton:
         return Automaton.from_dict(automaton)
     if not isinstance(automaton, str) or automaton not in AUTOMATA:
         raise ValueError(
-            f"unknown automaton {automaton!r}: expected one of {sorted(AUTOMATA)}, an Automaton or a spec dict"
+            f"unknown automaton {automaton!r}: expected one of {sorted(AUTOMATA)}, an Automaton or a "
+            "spec dict"
         )
     return AUTOMATA[automaton]
 
 
+def _is_builtin(automaton: Automaton) -> bool:
+    """A built-in automaton (an equal one counts), which has a bespoke generator."""
+    return automaton.name in _GENERATORS and AUTOMATA[automaton.name] == automaton
+
+
 def _generator(automaton: Automaton) -> Callable[[random.Random], _Labelled]:
-    """The bespoke generator of a built-in automaton (an equal one counts), else the random walk."""
-    if automaton.name in _GENERATORS and AUTOMATA[automaton.name] == automaton:
+    """The bespoke generator of a built-in automaton, else the random walk."""
+    if _is_builtin(automaton):
         return _GENERATORS[automaton.name]
-    return lambda rng: _gen_random_walk(automaton, rng)
+    dist, longest = _distance_to_final(automaton), _longest_walk(automaton)
+    return lambda rng: _gen_random_walk(automaton, rng, dist, longest)
 
 
 def label(automaton: str | Automaton | dict[str, Any], token_strings: Sequence[str]) -> list[str]:
-    """Run ``automaton`` (a built-in name or an :class:`Automaton`) over decoded token strings;
-    return their states.
+    """Run ``automaton`` (a built-in name, an :class:`Automaton` or a spec dict) over decoded token
+    strings; return their states.
 
     ``token_strings`` are the texts of single tokens (e.g. ``" class"``, not
     the byte-level form ``"Ġclass"``), one document, without end-of-text.
@@ -805,7 +824,7 @@ def label(automaton: str | Automaton | dict[str, Any], token_strings: Sequence[s
         try:
             state = fsa.step(state, sym)
         except ValueError as err:
-            raise ValueError(f"symbol {i} of the document: {err}") from None
+            raise ValueError(f"at symbol {i} of the document (counting from 0): {err}") from None
         states.append(state)
     return states
 
@@ -819,13 +838,15 @@ def check_count(name: str, value: Any, low: int) -> None:
 def generate(
     automaton: str | Automaton | dict[str, Any], n_docs: int, seed: int
 ) -> list[tuple[list[str], list[str]]]:
-    """Generate ``n_docs`` documents of ``automaton`` (a built-in name or an :class:`Automaton`).
+    """Generate ``n_docs`` documents of ``automaton`` (a built-in name, an :class:`Automaton` or a
+    spec dict).
 
     Returns a list of ``(symbols, states)`` pairs: ``symbols[i]`` is the
     text of token ``i`` and ``states[i]`` the automaton state after it.
     Deterministic for a given ``seed`` (uses :class:`random.Random`).  The
     built-in automata use their bespoke generators, any other one a random
-    walk (:func:`_gen_random_walk`).
+    walk (:func:`_gen_random_walk`); it warns when no document of the automaton can have a length
+    in ``automaton.length`` (the documents then fall outside it).
 
     >>> docs = generate("kvlog", 3, seed=1)
     >>> len(docs), all(len(symbols) == len(states) for symbols, states in docs)
@@ -835,10 +856,10 @@ def generate(
     check_count("n_docs", n_docs, 0)
     fsa = resolve(automaton)
     gen = _generator(fsa)
-    if not (fsa.name in _GENERATORS and AUTOMATA[fsa.name] == fsa):
+    if not _is_builtin(fsa):
         problem = _length_warning(fsa)
         if problem:
-            warnings.warn(problem, stacklevel=2)
+            warnings.warn(problem, stacklevel=user_stacklevel())
     rng = random.Random(f"{fsa.name}:{seed}")
     docs = []
     for _ in range(n_docs):
@@ -961,16 +982,27 @@ def _special_tokens(tokenizer: Any) -> list[str]:
     return sorted(set(getattr(tokenizer, "all_special_tokens", [])))
 
 
+def special_token_symbols(tokenizer: Tokenizer | Any, automaton: str | Automaton) -> list[str]:
+    """The symbols of ``automaton`` that contain one of ``tokenizer``'s special tokens
+    (``<|endoftext|>``): no tokenizer can carry those, since the model would read a document end.
+
+    >>> special_token_symbols(model.tokenizer, "markup")
+    []
+    """
+    specials = [t for t in _special_tokens(tokenizer) if t]
+    return [symbol for symbol in sorted(resolve(automaton).alphabet) if any(t in symbol for t in specials)]
+
+
 def _tokenization_problem(tokenizer: Any, fsa: Automaton, n_docs: int, seed: int) -> _Problem | None:
     """The first problem found: special tokens in symbols, symbols alone, then every adjacent
     pair, then sampled documents."""
     alphabet = sorted(fsa.alphabet)
-    specials = [t for t in _special_tokens(tokenizer) if t]
-    special = [symbol for symbol in alphabet if any(t in symbol for t in specials)]
+    special = special_token_symbols(tokenizer, fsa)
     if special:  # one token each, but the tokenizer's separator: the model would read a document end
         return _Problem(
             "special", special,
-            f"{fsa.name}: symbols {special!r} contain the tokenizer's special tokens {specials!r}; rename them",
+            f"{fsa.name}: symbols {special!r} contain the tokenizer's special tokens "
+            f"{_special_tokens(tokenizer)!r}; rename them",
         )  # fmt: skip
     ids: dict[str, int] = {}
     split = []
