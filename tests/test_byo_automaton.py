@@ -643,6 +643,10 @@ def test_cli_automaton_with_a_spec_on_the_embedded_model(tmp_path, capsys):
     assert main(["automaton", "--spec", str(query), "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "not single tokens" in error and "--model 'tiny'" in error and "OUT/model" in error
+    eot = Automaton.from_dict(_spec(transitions={**_spec()["transitions"], "B": {"C": ["<|endoftext|>"]}}))
+    assert main(["automaton", "--spec", str(eot.save(tmp_path / "eot.json")), "--out", str(out)]) == 2
+    error = capsys.readouterr().err  # it ran and scored before; no model can carry such a symbol
+    assert "contain the tokenizer's special tokens; rename them" in error and "OUT/model" not in error
 
 
 def test_save_model_replaces_files_atomically_and_keeps_the_folder(tmp_path):
