@@ -252,7 +252,7 @@ def test_a_final_state_without_way_out_does_not_end_documents_early():
 @pytest.mark.parametrize(
     ("length", "message"),
     [([32, 128], r"no document has between 32 and 128 symbols.*the lengths it can have are 2, so"),
-     ([3, 3], r"between 3 and 3 symbols.*the lengths it can have are 2, \.\.\., so")],
+     ([3, 3], r"between 3 and 3 symbols.*the lengths it can have are 2, 4, 6, 8, 10, \.\.\., so")],
 )  # fmt: skip
 def test_a_length_no_document_can_have_is_said_not_ignored(length, message):
     even = {"name": "pairs", "states": ["A", "B"], "final": ["B"], "length": length,
@@ -266,8 +266,9 @@ def test_a_length_no_document_can_have_is_said_not_ignored(length, message):
         warnings.simplefilter("error")  # _spec's documents have 4, 7, 10, ... symbols
         for fine in ([4, 4], [7, 7], [3, 4], [4, 12]):
             automata.generate(_spec(length=fine), 5, seed=0)  # a length documents can have: nothing said
-    with pytest.warns(UserWarning, match=r"the lengths it can have are 4, \.\.\., so"):
-        automata.generate(_spec(length=[5, 6]), 1, seed=0)
+    for gap in ([5, 6], [1, 3]):  # between two lengths, and below the shortest
+        with pytest.warns(UserWarning, match=r"the lengths it can have are 4, 7, 10, 13, 16, \.\.\., so"):
+            automata.generate(_spec(length=gap), 1, seed=0)
     finite = {
         "name": "abc",
         "states": ["A"],

@@ -758,13 +758,13 @@ def _length_warning(automaton: Automaton) -> str | None:
     low, high = automaton.length
     final = set(automaton.final_states)
     states, possible = {automaton.start}, []  # states after n symbols; lengths a document can have
-    for n in range(1, min(high, _LENGTHS_CHECKED) + 1):
+    for n in range(1, _LENGTHS_CHECKED + 1):
         states = {dst for src in states for dst in automaton.transitions.get(src, {})}
         if states & final:
-            if n >= low:
+            if low <= n <= high:
                 return None
             possible.append(n)
-        if not states:  # a finite language, all of it seen
+        if not states or (n >= high and len(possible) >= 5):  # all of a finite language, or enough to show
             break
     else:
         if high > _LENGTHS_CHECKED:
