@@ -283,6 +283,7 @@ SHIPPED_CORPORA = {  # sha256 of generate(spec, 200, seed=1): every figure in th
     "asm": "502c0206c9ea6e67",
     "ini": "a76c6f7413aff9a4",
     "query": "19b311658ab75dbe",
+    "recipe": "c4032faf957edd6b",
     "sexpr": "9205a51580c9a8ad",
     "shell": "0fc5ecdfbbe2d890",
     "url": "95cd85a15bfb98ff",
