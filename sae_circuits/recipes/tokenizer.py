@@ -156,9 +156,13 @@ def tokenizer_for_automaton(
         raise ValueError(
             f"out_dir {str(out)!r} is a file: expected a folder (new or existing) for the tokenizer"
         )
-    if any(EOT in symbol for symbol in automaton.alphabet):
-        raise ValueError(f"{automaton.name}: a symbol contains {EOT!r}, the document separator")
     tok = load_tokenizer(base)
+    special = automata.special_token_symbols(tok, automaton)  # EOT, or any other special token of base
+    if special:
+        raise ValueError(
+            f"{automaton.name}: symbols {special!r} contain a special token of the tokenizer, such as "
+            f"{EOT!r}, the document separator; rename them"
+        )
     # A run of symbols that spells the separator is checked exhaustively, not only in the sampled
     # documents: the base tokenizer would read it as one EOT token inside a document.
     eot_run = automata.swallowing_symbol(automaton, extra=[EOT])
