@@ -6,9 +6,13 @@ model, tokenizer and report.json), the SAEs are retrained with the recipe's conf
 documents and packing as the recipe, so the recipe's own ``k`` reproduces its SAEs exactly). Each
 set is saved under ``OUT/k{k}/saes`` and scored on 200 held-out documents (corpus seed 1): dead
 fraction on 16 rows, mean state F1 with each state's F1, transition AUROC, and the first 10 loops
-(true / distinct / longest in the top 3).
+(true / distinct / longest in the top 3). ``--tokens-scale`` trains each set on that multiple of
+the recipe's tokens (more epochs of the same documents) and ``--batch-size`` changes the batch
+(a quarter of it is four times the steps on the same tokens); the folder's name then says so
+(``k16_t4``, ``k16_b1024``).
 
     python benchmarks/sweep_byo_k.py /tmp/fifth --k 4 8 16 32 --out /tmp/fifth_k   # ~5 min per k
+    python benchmarks/sweep_byo_k.py /tmp/eighth --k 16 --tokens-scale 4 --out /tmp/eighth_t4  # ~16 min
 
 The tutorial's table (docs/automata_tutorial.md, "A third language") is its output on ``query``.
 """
@@ -71,7 +75,13 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="an examples/byo_automaton.py output folder")
     parser.add_argument("--k", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--out", type=Path, required=True, help="where the retrained SAEs go")
+    parser.add_argument("--tokens-scale", type=int, default=1, help="times the recipe's training tokens")
+    parser.add_argument("--batch-size", type=int, default=None, help="SAE batch (default: the recipe's)")
     args = parser.parse_args()
+    if args.tokens_scale < 1:
+        parser.error(f"--tokens-scale must be a whole number >= 1, got {args.tokens_scale}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     torch.set_num_threads(1)
     spec = spec_of(args.folder)
     truth = automata.load_automaton(spec)
@@ -79,15 +89,25 @@ def main() -> None:
     tokens = training_tokens(args.folder, truth)
     print("| k | dead (per layer) | mean state F1 | AUROC | loops | state F1 |")
     print("|---|---|---|---|---|---|")
+    recipe = byo_automaton.sae_config(smoke=False)
+    batch = recipe.batch_size if args.batch_size is None else args.batch_size
     for k in args.k:
-        config = dataclasses.replace(byo_automaton.sae_config(smoke=False), k=k, progress=False)
+        config = dataclasses.replace(
+            recipe,
+            k=k,
+            total_tokens=recipe.total_tokens * args.tokens_scale,
+            batch_size=batch,
+            progress=False,
+        )
+        name = f"k{k}" + (f"_t{args.tokens_scale}" if args.tokens_scale != 1 else "")
+        name += f"_b{batch}" if batch != recipe.batch_size else ""
         saes = []
         for layer in range(model.cfg.n_layers):
             sae = sc.train_sae(model, f"blocks.{layer}.hook_resid_post", tokens, config)
-            sae.save(args.out / f"k{k}" / "saes" / sae.cfg.site)
+            sae.save(args.out / name / "saes" / sae.cfg.site)
             saes.append(sae)
         r = score(model, saes, truth, spec)
-        print(f"| {k} | {r['dead']} | {r['mean_f1']} | {r['auroc']} | {r['loops']} | {json.dumps(r['state_f1'])} |",
+        print(f"| {name} | {r['dead']} | {r['mean_f1']} | {r['auroc']} | {r['loops']} | {json.dumps(r['state_f1'])} |",
               flush=True)  # fmt: skip
 
 
