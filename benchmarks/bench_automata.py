@@ -19,7 +19,9 @@ What (``torch.set_num_threads(1)``; held-out texts: corpus seed 1):
    with every member of the other states set to 0 (``exclusive=True``).
 
 Run ``python benchmarks/bench_automata.py --write-docs [--third /tmp/third --third /tmp/fourth
---third /tmp/fifth]`` to refresh docs/benchmarks.md.
+--third /tmp/fifth]`` to refresh docs/benchmarks.md. ``--no-embedded --seed N --third DIR`` scores
+only the built automata (item 2-4), on the held-out corpus of seed ``N``, and prints one line each
+(what the docs quote for seeds 2 and 3).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Automata (issue: automata)"
 COMMAND = (
     "python benchmarks/bench_automata.py --write-docs --third /tmp/third --third /tmp/fourth --third /tmp/fifth "
-    "--third /tmp/sixth --third /tmp/seventh --third /tmp/eighth --third /tmp/ninth"
+    "--third /tmp/sixth --third /tmp/seventh --third /tmp/eighth --third /tmp/ninth --third /tmp/tenth"
 )
 SIZES = (25, 50, 100, 200)
 LENGTH, CONTEXTS, SEED = 128, 200, 1
@@ -102,6 +104,32 @@ def confirm_rates(fsa, model, labels, truth) -> tuple[int, int, int, int, float,
     )  # fmt: skip
 
 
+def built(third: Path, seed: int) -> tuple[str, dict]:
+    """``evaluate`` on a byo_automaton.py output folder, on the held-out corpus of ``seed``."""
+    if not (third / "model").is_dir():
+        raise SystemExit(f"{third}: no model (run examples/byo_automaton.py --out {third})")
+    spec = spec_of(third)
+    truth = automata.load_automaton(spec)
+    own = load_hf_gpt2(third / "model", "hooked")
+    saes = [sc.SAE.load(p) for p in sorted((third / "saes").iterdir()) if (p / "cfg.json").is_file()]
+    texts, labels = corpus_texts(spec, CONTEXTS, LENGTH, seed=seed)
+    return truth.name, evaluate(truth.name, own, saes, texts, labels, truth)
+
+
+def summary(name: str, row: dict) -> str:
+    """One line: trained (random) F1, AUROC, loops, and the checks, plain and merged."""
+    (_, _, s, loops, checks, probe), (_, _, r, rloops, _, _) = row["trained"], row["random"]
+    m, ml = s["merged"], s["merged loops"]
+    return (
+        f"{name}: F1 {s[None].mean_f1:.3f} ({r[None].mean_f1:.3f}) probe {probe:.3f} | "
+        f"AUROC {s[None].transition_auroc:.3f} ({r[None].transition_auroc:.3f}) | "
+        f"loops {loops.n_true}/{loops.n_distinct}/{loops.longest_in_top3} "
+        f"({rloops.n_true}/{rloops.n_distinct}/{rloops.longest_in_top3}) | "
+        f"checks true {checks[0]}/{checks[1]} non {checks[2]}/{checks[3]} (pin arm {checks[5]}, {checks[6]}) | "
+        f"merged {m.mean_f1:.3f} / {m.transition_auroc:.3f} / {ml.n_true}/{ml.n_distinct}/{ml.longest_in_top3}"
+    )
+
+
 def evaluate(name, model, trained, texts, labels, truth):
     row = {}
     for kind, saes in (("trained", trained), ("random", random_saes(model, trained, texts))):
@@ -136,8 +164,19 @@ def main() -> None:
         help="output folder of examples/byo_automaton.py (repeat for several; default /tmp/third); "
         "its report.json names the spec",
     )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=SEED, help=f"held-out corpus seed (default {SEED})")
+    parser.add_argument(
+        "--no-embedded", action="store_true",
+        help="only the --third automata (no timing, markup, kvlog or base64); prints a line each",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.write_docs and (args.no_embedded or args.seed != SEED):
+        parser.error(f"--write-docs writes the full run on seed {SEED}: drop --no-embedded and --seed")
     torch.set_num_threads(1)
+    if args.no_embedded:
+        for third in map(Path, args.third or ["/tmp/third"]):
+            print(summary(*built(third, args.seed)))
+        return
     model = sc.zoo.load_model("tiny")
     dictionaries = sc.zoo.load_saes("tiny", kind="resid") + sc.zoo.load_saes("tiny", kind="transcoder")
 
@@ -159,12 +198,8 @@ def main() -> None:
                 f"{third}: no model (run examples/byo_automaton.py --out {third}); skipped", file=sys.stderr
             )
             continue
-        spec = spec_of(third)
-        truth = automata.load_automaton(spec)
-        own = load_hf_gpt2(third / "model", "hooked")
-        saes = [sc.SAE.load(p) for p in sorted((third / "saes").iterdir()) if (p / "cfg.json").is_file()]
-        texts, labels = corpus_texts(spec, CONTEXTS, LENGTH, seed=SEED)
-        results[truth.name] = evaluate(truth.name, own, saes, texts, labels, truth)
+        name, row = built(third, SEED)
+        results[name] = row
 
     texts, _ = corpus_texts("base64", CONTEXTS, LENGTH, seed=SEED)
     with sc.spliced(model, sc.zoo.load_saes("tiny", kind="resid")):  # the residual stream's base64 role
@@ -179,12 +214,12 @@ def main() -> None:
         SECTION,
         "",
         f"Reproduce: `{COMMAND}` ({datetime.date.today()}; {machine()}; 1 torch thread; "
-        f"{versions(('torch', 'transformer-lens'))}). The sexpr, shell, query, ini, url, asm and recipe rows need `python "
+        f"{versions(('torch', 'transformer-lens'))}). The sexpr, shell, query, ini, url, asm, recipe and chemeq rows need `python "
         "examples/byo_automaton.py --out /tmp/third`, then the same with `--spec examples/automata/shell.json "
         "--out /tmp/fourth`, `--spec examples/automata/query.json --out /tmp/fifth`, `--spec "
         "examples/automata/ini.json --out /tmp/sixth`, `--spec examples/automata/url.json --out /tmp/seventh`, "
-        "`--spec examples/automata/asm.json --out /tmp/eighth` and `--spec examples/automata/recipe.json --out "
-        "/tmp/ninth`, first (about 15 min each alone; each model "
+        "`--spec examples/automata/asm.json --out /tmp/eighth`, `--spec examples/automata/recipe.json --out "
+        "/tmp/ninth` and `--spec examples/automata/chemeq.json --out /tmp/tenth`, first (about 15 min each alone; each model "
         "and its SAEs come out slightly differently on another CPU: losses within 0.001, other features).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "
