@@ -106,8 +106,8 @@ def confirm_rates(fsa, model, labels, truth) -> tuple[int, int, int, int, float,
 
 def built(third: Path, seed: int) -> tuple[str, dict]:
     """``evaluate`` on a byo_automaton.py output folder, on the held-out corpus of ``seed``."""
-    if not (third / "model").is_dir():
-        raise SystemExit(f"{third}: no model (run examples/byo_automaton.py --out {third})")
+    if not (third / "model").is_dir() or not (third / "saes").is_dir():
+        raise SystemExit(f"{third}: no model or saes folder (run examples/byo_automaton.py --out {third})")
     spec = spec_of(third)
     truth = automata.load_automaton(spec)
     own = load_hf_gpt2(third / "model", "hooked")
@@ -172,6 +172,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.write_docs and (args.no_embedded or args.seed != SEED):
         parser.error(f"--write-docs writes the full run on seed {SEED}: drop --no-embedded and --seed")
+    if args.seed != SEED and not args.no_embedded:
+        parser.error(f"--seed {args.seed} needs --no-embedded (the full run is the documented seed {SEED})")
     torch.set_num_threads(1)
     if args.no_embedded:
         for third in map(Path, args.third or ["/tmp/third"]):
@@ -219,7 +221,7 @@ def main() -> None:
         "--out /tmp/fourth`, `--spec examples/automata/query.json --out /tmp/fifth`, `--spec "
         "examples/automata/ini.json --out /tmp/sixth`, `--spec examples/automata/url.json --out /tmp/seventh`, "
         "`--spec examples/automata/asm.json --out /tmp/eighth`, `--spec examples/automata/recipe.json --out "
-        "/tmp/ninth` and `--spec examples/automata/chemeq.json --out /tmp/tenth`, first (about 15 min each alone; each model "
+        "/tmp/ninth` and `--spec examples/automata/chemeq.json --out /tmp/tenth`, first (about 15–21 min each alone; each model "
         "and its SAEs come out slightly differently on another CPU: losses within 0.001, other features).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "

@@ -78,6 +78,10 @@ def main() -> None:
     parser.add_argument("--tokens-scale", type=int, default=1, help="times the recipe's training tokens")
     parser.add_argument("--batch-size", type=int, default=None, help="SAE batch (default: the recipe's)")
     args = parser.parse_args()
+    if not (args.folder / "model").is_dir():
+        parser.error(
+            f"{args.folder}: no model folder (an examples/byo_automaton.py --out folder is expected)"
+        )
     if args.tokens_scale < 1:
         parser.error(f"--tokens-scale must be a whole number >= 1, got {args.tokens_scale}")
     if args.batch_size is not None and args.batch_size < 1:
