@@ -320,8 +320,9 @@ def check_pairs(
         min_effect: smallest primary effect (in firing rate) that confirms; the interval above 0
             is what guards against chance. 0.02 (0.05 until 7 December 2026): over ten languages'
             bench checks, on two prompt-window seeds and a second corpus, it confirmed 1-7 more true
-            transitions than 0.05 on markup, kvlog, sexpr, ini, asm and chemeq and no more
-            non-transitions anywhere; 0.01 added one on chemeq (docs/automata.md, Method, item 6).
+            transitions than 0.05 on markup, kvlog, sexpr, ini, asm and chemeq (each on at least
+            one of the three) and confirmed no more non-transitions anywhere; 0.01 confirmed one
+            more non-transition, on chemeq (docs/automata.md, Method, item 6).
         confidence: level of the two-sided intervals.
         decoding: which decoding confirms, ``"sampled"`` or ``"greedy"``.
         pin_scale: multiplies every pin value (``> 1`` overdrives the state).
