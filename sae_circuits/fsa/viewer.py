@@ -145,8 +145,8 @@ for (const [ids, w] of ranked) {
 def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
     """A self-contained page (inline SVG, CSS and JS; no network): states on a circle, transitions
     as arrows coloured by mechanism, the first loop of ``fsa.loops`` highlighted (its states red,
-    its drawn transitions thicker), the first ``n_cycles`` loops listed (the raw strongest cycles
-    when the firing cannot rank loops); hover a state or an arrow for members, tokens and effect."""
+    its drawn transitions thicker), the first ``n_cycles`` loops listed (the raw strongest cycles,
+    ``fsa.cycles()``, only when the firing cannot rank loops); hover a state or an arrow for members, tokens and effect."""
     states = [
         {"id": s.id, "label": s.label, "frequency": float(s.frequency), "members": members_text(s),
          "max_activation": float(s.max_activation)}
@@ -159,7 +159,11 @@ def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
          "effect_removed": None if t.effect_removed is None else float(t.effect_removed)}
         for t in fsa.transitions
     ]  # fmt: skip
+    ranked = _top_loops(fsa, n_cycles)
+    # the raw cycles only where loops cannot be ranked (the page shows them then): enumerating
+    # every cycle of a 256-state automaton takes seconds, and the page would not show them
+    raw = [] if ranked else _top_cycles(fsa, n_cycles)
     data = {"summary": repr(fsa), "states": states, "transitions": transitions,
-            "cycles": [[ids, w] for ids, w in _top_cycles(fsa, n_cycles)],
-            "loops": [[loop.states, loop.score] for loop in _top_loops(fsa, n_cycles)]}  # fmt: skip
+            "cycles": [[ids, w] for ids, w in raw],
+            "loops": [[loop.states, loop.score] for loop in ranked]}  # fmt: skip
     return fill(_HTML, data)
