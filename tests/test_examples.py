@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import sae_circuits as sc
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -25,6 +27,7 @@ def test_attribution_example_checks_an_edge_and_writes_every_format(tmp_path):
     assert graph.metadata["node_threshold"] == 0.8
 
 
+@pytest.mark.end_to_end
 def test_dashboard_and_automata_examples_run(tmp_path):
     subprocess.run([sys.executable, str(EXAMPLES / "feature_dashboard.py"), "--out", str(tmp_path / "f.html")],
                    capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
@@ -39,6 +42,7 @@ def test_dashboard_and_automata_examples_run(tmp_path):
     assert (tmp_path / "markup.html").exists() and (tmp_path / "base64.json").exists()
 
 
+@pytest.mark.end_to_end
 def test_analysis_examples_run(tmp_path):
     def run(script: str, *args: str) -> str:
         return subprocess.run([sys.executable, str(EXAMPLES / script), *args],
@@ -52,6 +56,7 @@ def test_analysis_examples_run(tmp_path):
     assert "stop: halted at position" in monitored and sc.load_trace(tmp_path / "trace.jsonl")
 
 
+@pytest.mark.end_to_end
 def test_universality_and_neurons_example_without_a_second_model(tmp_path):
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / "universality_and_neurons.py"), "--second", str(tmp_path / "none"),

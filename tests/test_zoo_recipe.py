@@ -155,6 +155,7 @@ def smoke_build(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.end_to_end
 def test_smoke_model_loads_with_transformers(smoke_build: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,6 +174,7 @@ def test_smoke_model_loads_with_transformers(smoke_build: Path) -> None:
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied
 
 
+@pytest.mark.end_to_end
 def test_smoke_outputs_are_complete(smoke_build: Path) -> None:
     card = json.loads((smoke_build / "tiny" / "card.json").read_text())
     entries = card["dictionaries"]["dictionaries"]
@@ -190,6 +192,7 @@ def test_smoke_outputs_are_complete(smoke_build: Path) -> None:
         assert manifest["corpus"]["sizes"][name]["train"]["docs"] > 0
 
 
+@pytest.mark.end_to_end
 def test_smoke_train_rows_interleave_labelled_documents(smoke_build: Path) -> None:
     manifest = json.loads((smoke_build / "manifest.json").read_text())
     eot = manifest["tokenizer"]["eot_id"]
@@ -208,6 +211,7 @@ def test_smoke_train_rows_interleave_labelled_documents(smoke_build: Path) -> No
     assert sum(a != b for a, b in zip(firsts, firsts[1:])) > len(firsts) // 4
 
 
+@pytest.mark.end_to_end
 def test_smoke_automaton_docs_are_token_aligned(smoke_build: Path) -> None:
     from tokenizers import Tokenizer
 
@@ -225,6 +229,7 @@ def test_smoke_automaton_docs_are_token_aligned(smoke_build: Path) -> None:
             assert len(automata.label(name, tokens)) == len(tokens) > 0
 
 
+@pytest.mark.end_to_end
 def test_smoke_build_is_reproducible(smoke_build: Path, tmp_path: Path) -> None:
     # Fixed seeds everywhere: a second build must give byte-identical files.
     from sae_circuits.recipes import build as recipe
