@@ -75,8 +75,12 @@ test-latest:
 # TransformerLens 4 would repeat library calls that the rest of the suite checks there on the
 # bridge; and the run-time shape checks (tests/shape_check.py; 110 s, 23% of the rest), which
 # `make test` applies on both model kinds.
-test-tl4: requirements-tl4.lock
+TL4_STAMP := .venv-tl4/.installed
+$(TL4_STAMP): pyproject.toml requirements-tl4.lock
 	$(call venv,.venv-tl4,-r requirements-tl4.lock)
+	touch $(TL4_STAMP)
+
+test-tl4: $(TL4_STAMP)
 	SAE_CIRCUITS_SHAPE_CHECKS=0 .venv-tl4/bin/python -m pytest -q -m "not end_to_end"
 
 # Resolve the newest allowed versions in a scratch venv and freeze them. torch stays the pinned CPU
