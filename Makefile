@@ -70,11 +70,11 @@ test-latest:
 	.venv-latest/bin/$(LATEST_VERSIONS)
 	.venv-latest/bin/python -m pytest -q
 
-# CI must stay well under 30 minutes, so two things run in `make test` only: the whole-script tests
-# (marker end_to_end: the slow examples, the zoo's smoke build; 262 s of the TL4 run), which on
-# TransformerLens 4 would repeat library calls that the rest of the suite checks there on the
-# bridge; and the run-time shape checks (tests/shape_check.py; 110 s, 23% of the rest), which
-# `make test` applies on both model kinds.
+# CI must stay well under 30 minutes, so two things run in `make test` only (docs/compatibility.md
+# has the timings): the whole-script tests (marker end_to_end: the slow examples, the zoo's smoke
+# build), which on TransformerLens 4 would repeat library calls that the rest of the suite checks
+# there on the bridge; and the run-time shape checks (tests/shape_check.py), which `make test`
+# applies on both model kinds.
 TL4_STAMP := .venv-tl4/.installed
 $(TL4_STAMP): pyproject.toml requirements-tl4.lock
 	$(call venv,.venv-tl4,-r requirements-tl4.lock)

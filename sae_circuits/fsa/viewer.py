@@ -146,7 +146,8 @@ def to_html(fsa: FeatureAutomaton, n_cycles: int = 10) -> str:
     """A self-contained page (inline SVG, CSS and JS; no network): states on a circle, transitions
     as arrows coloured by mechanism, the first loop of ``fsa.loops`` highlighted (its states red,
     its drawn transitions thicker), the first ``n_cycles`` loops listed (the raw strongest cycles,
-    ``fsa.cycles()``, only when the firing cannot rank loops); hover a state or an arrow for members, tokens and effect."""
+    ``fsa.cycles()``, only when the firing cannot rank loops); hover a state or an arrow for
+    members, tokens and effect."""
     states = [
         {"id": s.id, "label": s.label, "frequency": float(s.frequency), "members": members_text(s),
          "max_activation": float(s.max_activation)}
