@@ -9,7 +9,8 @@ fraction on 16 rows, mean state F1 with each state's F1, transition AUROC, and t
 (true / distinct / longest in the top 3). ``--tokens-scale`` trains each set on that multiple of
 the recipe's tokens (more epochs of the same documents) and ``--batch-size`` changes the batch
 (a quarter of it is four times the steps on the same tokens); the folder's name then says so
-(``k16_t4``, ``k16_b1024``).
+(``k16_t4``, ``k16_b1024``); ``--architecture matryoshka_batchtopk`` trains Matryoshka SAEs
+instead (``k16_matryoshka_batchtopk``, with ``--matryoshka-widths`` in the name when given).
 
     python benchmarks/sweep_byo_k.py /tmp/fifth --k 4 8 16 32 --out /tmp/fifth_k   # ~5 min per k
     python benchmarks/sweep_byo_k.py /tmp/eighth --k 16 --tokens-scale 4 --out /tmp/eighth_t4  # ~16 min
@@ -77,6 +78,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="where the retrained SAEs go")
     parser.add_argument("--tokens-scale", type=int, default=1, help="times the recipe's training tokens")
     parser.add_argument("--batch-size", type=int, default=None, help="SAE batch (default: the recipe's)")
+    parser.add_argument(
+        "--architecture", default=None, help="SAE training architecture (default: the recipe's, batchtopk)"
+    )
+    parser.add_argument(
+        "--matryoshka-widths", type=int, nargs="+", default=None,
+        help="matryoshka_batchtopk's prefix widths (default: d_sae / 16, / 8, / 4, / 2)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not (args.folder / "model").is_dir():
         parser.error(
@@ -101,10 +109,14 @@ def main() -> None:
             k=k,
             total_tokens=recipe.total_tokens * args.tokens_scale,
             batch_size=batch,
+            architecture=args.architecture or recipe.architecture,
+            matryoshka_widths=None if args.matryoshka_widths is None else tuple(args.matryoshka_widths),
             progress=False,
         )
         name = f"k{k}" + (f"_t{args.tokens_scale}" if args.tokens_scale != 1 else "")
         name += f"_b{batch}" if batch != recipe.batch_size else ""
+        name += f"_{config.architecture}" if config.architecture != recipe.architecture else ""
+        name += "_w" + "-".join(map(str, config.matryoshka_widths)) if config.matryoshka_widths else ""
         saes = []
         for layer in range(model.cfg.n_layers):
             sae = sc.train_sae(model, f"blocks.{layer}.hook_resid_post", tokens, config)

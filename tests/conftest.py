@@ -96,6 +96,15 @@ def tokens(tiny_model_dir: Path) -> torch.Tensor:
     return torch.tensor([tokenizer(t)["input_ids"][:12] for t in text])
 
 
+@pytest.fixture
+def train_tokens(model):
+    """200 rows of 32 tokens of real Python (three standard-library modules): SAE training data."""
+    text = "".join(open(__import__(m).__file__).read() for m in ("os", "json", "textwrap"))
+    ids = model.tokenizer(text)["input_ids"]
+    n = len(ids) // 32 * 32
+    return torch.tensor(ids[:n]).view(-1, 32)[:200]
+
+
 def random_sae(
     architecture: str = "standard",
     hook_name: str = "blocks.0.hook_resid_post",

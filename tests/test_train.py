@@ -23,14 +23,6 @@ from tests.shape_check import unchecked
 SITE = "blocks.0.hook_resid_post"
 
 
-@pytest.fixture
-def train_tokens(model):
-    text = "".join(open(__import__(m).__file__).read() for m in ("os", "json", "textwrap"))
-    ids = model.tokenizer(text)["input_ids"]
-    n = len(ids) // 32 * 32
-    return torch.tensor(ids[:n]).view(-1, 32)[:200]
-
-
 def small(**overrides) -> TrainConfig:
     base = dict(expansion_factor=4, k=8, batch_size=256, total_tokens=256 * 30, buffer_tokens=2048,
                 model_batch_size=8, progress=False, warmup_steps=5, lr=3e-3, geometric_median_samples=512,
@@ -92,7 +84,7 @@ def test_the_store_serves_every_computed_row_once(model_batch_size, batch_size, 
     assert store.computed - len(served) <= buffer_tokens + model_batch_size * 10
 
 
-@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "jumprelu", "relu"])
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "relu"])
 def test_training_reduces_loss_and_keeps_decoder_rows_unit_norm(model, train_tokens, architecture):
     cfg = small(architecture=architecture, l0_coeff=1e-2, l1_coeff=1.0)
     store = ActivationStore(
@@ -109,8 +101,9 @@ def test_training_reduces_loss_and_keeps_decoder_rows_unit_norm(model, train_tok
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
 
 
-def test_export_folds_normalisation_exactly(model, train_tokens):
-    cfg = small(architecture="batchtopk")
+@pytest.mark.parametrize("architecture", ["batchtopk", "matryoshka_batchtopk"])
+def test_export_folds_normalisation_exactly(model, train_tokens, architecture):
+    cfg = small(architecture=architecture)
     store = ActivationStore(
         model, train_tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens
     )

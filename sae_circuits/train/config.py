@@ -19,14 +19,20 @@ class TrainConfig:
     architecture: TrainArchitecture = "batchtopk"
     """``topk`` (saved as ``topk``), ``batchtopk`` (top ``k * batch`` over the batch; saved as
     ``jumprelu`` with the learned global threshold), ``jumprelu`` (learned per-feature thresholds,
-    L0 penalty through a straight-through estimator), ``relu`` (ReLU + L1 penalty), or another
-    trainable architecture of the registry (e.g. ``relu_decnorm``)."""
+    L0 penalty through a straight-through estimator), ``relu`` (ReLU + L1 penalty),
+    ``matryoshka_batchtopk`` (BatchTopK whose first features must also reconstruct alone, see
+    ``matryoshka_widths``; saved as ``jumprelu``), or another trainable architecture of the registry (e.g. ``relu_decnorm``)."""
     d_sae: int | None = None
     """Number of features; ``None`` means ``expansion_factor * d_in``."""
     expansion_factor: int = 16
     """Width multiplier used when ``d_sae`` is ``None``."""
     k: int = 32
-    """Active features per token for ``topk``/``batchtopk`` (on average, for ``batchtopk``)."""
+    """Active features per token for ``topk``/``batchtopk`` (on average, for ``batchtopk`` and
+    ``matryoshka_batchtopk``)."""
+    matryoshka_widths: tuple[int, ...] | None = None
+    """``matryoshka_batchtopk``: the nested prefix widths whose reconstructions from the first
+    features alone add to the loss, increasing (the full width is always one); ``None``: ``d_sae``
+    / 16, / 8, / 4 and / 2."""
     aux_k: int | None = None
     """AuxK: how many dead features reconstruct the residual error (``None``: ``d_in // 2``)."""
     aux_coeff: float = 1 / 32
@@ -121,11 +127,31 @@ class TrainConfig:
             raise ValueError(
                 f"buffer_tokens={self.buffer_tokens} must be at least 2 * batch_size={2 * self.batch_size}"
             )
-        if self.architecture in ("topk", "batchtopk") and self.d_sae is not None and self.k > self.d_sae:
+        self._check_matryoshka_widths()
+        if (
+            self.architecture in ("topk", "batchtopk", "matryoshka_batchtopk")
+            and self.d_sae is not None
+            and self.k > self.d_sae
+        ):
             raise ValueError(f"k={self.k} must be at most d_sae={self.d_sae} ({self.architecture})")
         from sae_circuits.placement import check_device
 
         check_device(self.device)  # a clear error now, not at the first step
+
+    def _check_matryoshka_widths(self) -> None:
+        widths = self.matryoshka_widths
+        if widths is None:
+            return
+        if self.architecture != "matryoshka_batchtopk":
+            raise ValueError(
+                f"matryoshka_widths={widths!r} applies only to architecture='matryoshka_batchtopk', "
+                f"not {self.architecture!r}"
+            )
+        whole = all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+        if not isinstance(widths, tuple) or not widths or not whole or list(widths) != sorted(set(widths)):
+            raise ValueError(f"matryoshka_widths={widths!r} must be a tuple of increasing integers >= 1")
+        if self.d_sae is not None and widths[-1] > self.d_sae:
+            raise ValueError(f"matryoshka_widths={widths!r} go beyond d_sae={self.d_sae}")
 
     @property
     def n_steps(self) -> int:

@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
         kind = str(field.type)
         if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        elif kind.startswith("tuple[int"):  # matryoshka_widths: --matryoshka-widths 32 64 128
+            parser.add_argument(
+                flag, type=int, nargs="+", default=field.default, help=f"(default {field.default})"
+            )
         else:
             convert = int if kind.startswith("int") else float if kind == "float" else str
             parser.add_argument(flag, type=convert, default=field.default, help=f"(default {field.default})")
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     values = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _CACHE_FIELDS
     }
+    values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
     config = TrainConfig(**values)
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     if launched and not dist.is_initialized():
