@@ -2,37 +2,46 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import sae_circuits as sc
 from sae_circuits.architectures.matryoshka import prefix_widths
-from sae_circuits.train import ActivationStore, SAETrainer, TrainConfig, train_sae
+from sae_circuits.train import ActivationStore, TrainConfig, train_sae
 from tests.test_train import SITE, small
 
 
-def _trainer(model, tokens, **overrides) -> tuple[SAETrainer, ActivationStore]:
-    cfg = small(architecture="matryoshka_batchtopk", **overrides)
-    store = ActivationStore(model, tokens, SITE, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens)
-    return SAETrainer(store, cfg, sc.SAEConfig("jumprelu", d_in=64, d_sae=256, hook_name=SITE)), store
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_prefix_losses_and_gradients_are_the_dense_definitions(transcoder):
+    """The loss (and its gradient for every parameter) is the dense sum over prefixes ``m`` of
+    ``|y - (f[:, :m] @ W_dec[:m] + b_dec)|^2``, summed over the output and averaged over the batch."""
+    from sae_circuits.train.trainer import TrainableDictionary
 
-
-def test_prefix_losses_are_the_dense_reconstructions_from_the_first_features(model, train_tokens):
-    trainer, store = _trainer(model, train_tokens, matryoshka_widths=(16, 64))
-    d = trainer.dictionary
-    x = next(iter(store))[SITE] * trainer.scale_in
+    torch.manual_seed(0)
+    cfg = small(architecture="matryoshka_batchtopk", k=6, matryoshka_widths=(8, 24))
+    d = TrainableDictionary(
+        16, 12 if transcoder else 16, 64, cfg, torch.randn(12 if transcoder else 16), transcoder
+    )
+    trainer = SimpleNamespace(
+        cfg=cfg, dictionary=d, tokens_since_fired=torch.zeros(64)
+    )  # no feature dead: no AuxK
+    x = torch.randn(40, 16)
+    y = torch.randn(40, 12) if transcoder else x
     h = d.pre_acts(x)
     code = d.activate(h)
-    y_hat = d.decode(code)
-    assert int(trainer.tokens_since_fired.max()) < trainer.cfg.dead_after_tokens  # no AuxK term
+    got = d.arch.sparsity_loss(trainer, h, code, y - d.decode(code))
     dense = code.dense()
-    expected = sum((x - (dense[:, :m] @ d.W_dec[:m] + d.b_dec)).pow(2).sum(-1).mean() for m in (16, 64))
-    got = trainer._sparsity_loss(h, code, x - y_hat)
+    expected = sum((y - (dense[:, :m] @ d.W_dec[:m] + d.b_dec)).pow(2).sum(-1).mean() for m in (8, 24))
     assert torch.allclose(got, expected, rtol=1e-5)
-    # the gradient reaches the decoder rows of every prefix
-    (grad,) = torch.autograd.grad(got, [d.W_dec])
-    used = dense[:, :64].ne(0).any(0).nonzero().squeeze(-1)
-    assert grad[used].norm(dim=-1).gt(0).all()
+    params = [d.W_dec, d.W_enc, d.b_enc, d.b_dec]
+    for a, b in zip(
+        torch.autograd.grad(got, params, retain_graph=True), torch.autograd.grad(expected, params)
+    ):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    # and it is not zero: the prefixes miss what the later features add
+    assert got > 0 and not torch.allclose(got, 2 * (y - d.decode(code)).pow(2).sum(-1).mean())
 
 
 def test_the_first_features_reconstruct_on_their_own_where_batchtopks_do_not(model, train_tokens):
@@ -72,10 +81,13 @@ def test_default_widths_double_up_to_half_the_dictionary():
         (dict(architecture="batchtopk", matryoshka_widths=(8,)), "applies only to"),
         (dict(architecture="matryoshka_batchtopk", matryoshka_widths=(32, 8)), "increasing"),
         (dict(architecture="matryoshka_batchtopk", matryoshka_widths=(8, 8)), "increasing"),
-        (dict(architecture="matryoshka_batchtopk", matryoshka_widths=[8]), "tuple"),
+        (dict(architecture="matryoshka_batchtopk", matryoshka_widths=32), "sequence"),
+        (dict(architecture="matryoshka_batchtopk", matryoshka_widths=(8.0,)), "sequence"),
+        (dict(architecture="matryoshka_batchtopk", matryoshka_widths=(True,)), "sequence"),
         (dict(architecture="matryoshka_batchtopk", matryoshka_widths=(0,)), ">= 1"),
-        (dict(architecture="matryoshka_batchtopk", matryoshka_widths=()), "tuple"),
-        (dict(architecture="matryoshka_batchtopk", d_sae=16, matryoshka_widths=(8, 32)), "d_sae=16"),
+        (dict(architecture="matryoshka_batchtopk", matryoshka_widths=()), "sequence"),
+        (dict(architecture="matryoshka_batchtopk", d_sae=16, matryoshka_widths=(8, 32)), "beyond d_sae=16"),
+        (dict(architecture="matryoshka_batchtopk", d_sae=16, matryoshka_widths=(16,)), "plain BatchTopK"),
     ],
 )
 def test_bad_widths_are_named(overrides, message):

@@ -9,6 +9,13 @@ number") to be absorbed into many specific late ones ("this tag's name", "this d
 plain sparsity rewards. The encoder and the selection are BatchTopK's, so the trained dictionary
 is saved as JumpReLU exactly as BatchTopK's is; only training differs.
 
+The prefix terms are *summed* with the main error (as the paper's loss and SAELens's
+``MatryoshkaBatchTopKTrainingSAE`` do; Bussmann's reference code averages over the levels and
+adds one of ``b_dec`` alone), so the total is about ``1 + len(widths)`` times the error: AuxK's
+``aux_coeff`` and ``grad_clip`` weigh relatively less than for BatchTopK, and the logged ``loss``
+holds the prefix terms (``mse`` and the explained variance are the full dictionary's). AuxK reads
+the full reconstruction's residual.
+
 >>> config = sc.TrainConfig(architecture="matryoshka_batchtopk", d_sae=64, k=8,
 ...                         matryoshka_widths=(8, 32), batch_size=32, total_tokens=128,
 ...                         buffer_tokens=64, geometric_median_samples=64, progress=False)
@@ -33,15 +40,27 @@ if TYPE_CHECKING:
 
 def prefix_widths(cfg: TrainConfig, d_sae: int) -> tuple[int, ...]:
     """The nested prefix widths below ``d_sae`` whose reconstructions add to the loss:
-    ``cfg.matryoshka_widths``, or by default ``d_sae / 16, / 8, / 4, / 2`` (doubling groups, the
-    smallest at least ``k``)."""
+    ``cfg.matryoshka_widths``, or by default ``d_sae / 16, / 8, / 4, / 2`` (doubling groups, none
+    below ``k``). Refuses widths beyond ``d_sae``, and widths that leave no prefix below it (that
+    would be plain BatchTopK under another name)."""
     widths = cfg.matryoshka_widths
     if widths is None:
-        widths = tuple(sorted({max(d_sae // 2**p, min(cfg.k, d_sae)) for p in (4, 3, 2, 1)}))
-        return tuple(w for w in widths if w < d_sae)
-    if widths[-1] > d_sae:
-        raise ValueError(f"matryoshka_widths={widths} go beyond the dictionary's d_sae={d_sae}")
-    return tuple(w for w in widths if w < d_sae)  # the full width is the main loss already
+        chosen = tuple(sorted({max(d_sae // 2**p, min(cfg.k, d_sae)) for p in (4, 3, 2, 1)}))
+    elif widths[-1] > d_sae:
+        raise ValueError(
+            f"matryoshka_widths={widths} go beyond the dictionary's d_sae={d_sae} "
+            "(expansion_factor * d_in when d_sae is None)"
+        )
+    else:
+        chosen = widths
+    below = tuple(w for w in chosen if w < d_sae)  # the full width is the main loss already
+    if not below:
+        given = f"matryoshka_widths={widths}" if widths is not None else f"the default widths at k={cfg.k}"
+        raise ValueError(
+            f"{given} leave no prefix below the dictionary's d_sae={d_sae}: it would train plain "
+            "BatchTopK; give matryoshka_widths below d_sae"
+        )
+    return below
 
 
 @register

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 from sae_circuits import architectures
@@ -21,7 +22,8 @@ class TrainConfig:
     ``jumprelu`` with the learned global threshold), ``jumprelu`` (learned per-feature thresholds,
     L0 penalty through a straight-through estimator), ``relu`` (ReLU + L1 penalty),
     ``matryoshka_batchtopk`` (BatchTopK whose first features must also reconstruct alone, see
-    ``matryoshka_widths``; saved as ``jumprelu``), or another trainable architecture of the registry (e.g. ``relu_decnorm``)."""
+    ``matryoshka_widths``; saved as ``jumprelu``), or another trainable architecture of the
+    registry (e.g. ``relu_decnorm``)."""
     d_sae: int | None = None
     """Number of features; ``None`` means ``expansion_factor * d_in``."""
     expansion_factor: int = 16
@@ -31,8 +33,9 @@ class TrainConfig:
     ``matryoshka_batchtopk``)."""
     matryoshka_widths: tuple[int, ...] | None = None
     """``matryoshka_batchtopk``: the nested prefix widths whose reconstructions from the first
-    features alone add to the loss, increasing (the full width is always one); ``None``: ``d_sae``
-    / 16, / 8, / 4 and / 2."""
+    features alone add to the loss, increasing, at least one below ``d_sae`` (the full width is
+    always a level: the main loss); any sequence of integers, kept as a tuple. ``None``: ``d_sae``
+    / 16, / 8, / 4 and / 2, none below ``k``."""
     aux_k: int | None = None
     """AuxK: how many dead features reconstruct the residual error (``None``: ``d_in // 2``)."""
     aux_coeff: float = 1 / 32
@@ -139,6 +142,7 @@ class TrainConfig:
         check_device(self.device)  # a clear error now, not at the first step
 
     def _check_matryoshka_widths(self) -> None:
+        """Refuse widths that are not increasing whole numbers; keep any sequence as a tuple."""
         widths = self.matryoshka_widths
         if widths is None:
             return
@@ -147,11 +151,26 @@ class TrainConfig:
                 f"matryoshka_widths={widths!r} applies only to architecture='matryoshka_batchtopk', "
                 f"not {self.architecture!r}"
             )
-        whole = all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
-        if not isinstance(widths, tuple) or not widths or not whole or list(widths) != sorted(set(widths)):
-            raise ValueError(f"matryoshka_widths={widths!r} must be a tuple of increasing integers >= 1")
-        if self.d_sae is not None and widths[-1] > self.d_sae:
-            raise ValueError(f"matryoshka_widths={widths!r} go beyond d_sae={self.d_sae}")
+        expected = f"matryoshka_widths={widths!r} must be a sequence of increasing integers >= 1"
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+            raise ValueError(expected)
+        try:  # NumPy and torch integers too, never bools or floats
+            values = tuple(w if isinstance(w, int) else operator.index(w) for w in widths)
+        except TypeError:
+            raise ValueError(expected) from None
+        if (
+            not values
+            or any(isinstance(w, bool) or w < 1 for w in values)
+            or list(values) != sorted(set(values))
+        ):
+            raise ValueError(expected)
+        if self.d_sae is not None and values[-1] > self.d_sae:
+            raise ValueError(f"matryoshka_widths={values} go beyond d_sae={self.d_sae}")
+        if self.d_sae is not None and values[0] >= self.d_sae:
+            raise ValueError(
+                f"matryoshka_widths={values} has no width below d_sae={self.d_sae}: it would train plain BatchTopK"
+            )
+        self.matryoshka_widths = values
 
     @property
     def n_steps(self) -> int:

@@ -132,7 +132,11 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
         elif kind.startswith("tuple[int"):  # matryoshka_widths: --matryoshka-widths 32 64 128
             parser.add_argument(
-                flag, type=int, nargs="+", default=field.default, help=f"(default {field.default})"
+                flag,
+                type=int,
+                nargs="+",
+                default=field.default,
+                help="(default: d_sae / 16, / 8, / 4 and / 2)",
             )
         else:
             convert = int if kind.startswith("int") else float if kind == "float" else str
