@@ -24,9 +24,8 @@ def test_prefix_losses_and_gradients_are_the_dense_definitions(transcoder):
     d = TrainableDictionary(
         16, 12 if transcoder else 16, 64, cfg, torch.randn(12 if transcoder else 16), transcoder
     )
-    trainer = SimpleNamespace(
-        cfg=cfg, dictionary=d, tokens_since_fired=torch.zeros(64)
-    )  # no feature dead: no AuxK
+    # no feature dead, so no AuxK term
+    trainer = SimpleNamespace(cfg=cfg, dictionary=d, tokens_since_fired=torch.zeros(64))
     x = torch.randn(40, 16)
     y = torch.randn(40, 12) if transcoder else x
     h = d.pre_acts(x)
