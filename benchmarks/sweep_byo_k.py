@@ -110,7 +110,7 @@ def main() -> None:
             total_tokens=recipe.total_tokens * args.tokens_scale,
             batch_size=batch,
             architecture=args.architecture or recipe.architecture,
-            matryoshka_widths=None if args.matryoshka_widths is None else tuple(args.matryoshka_widths),
+            matryoshka_widths=args.matryoshka_widths,
             progress=False,
         )
         name = f"k{k}" + (f"_t{args.tokens_scale}" if args.tokens_scale != 1 else "")

@@ -48,8 +48,7 @@ def prefix_widths(cfg: TrainConfig, d_sae: int) -> tuple[int, ...]:
         chosen = tuple(sorted({max(d_sae // 2**p, min(cfg.k, d_sae)) for p in (4, 3, 2, 1)}))
     elif widths[-1] > d_sae:
         raise ValueError(
-            f"matryoshka_widths={widths} go beyond the dictionary's d_sae={d_sae} "
-            "(expansion_factor * d_in when d_sae is None)"
+            f"matryoshka_widths={widths} go beyond d_sae={d_sae} (expansion_factor * d_in when d_sae is None)"
         )
     else:
         chosen = widths
@@ -84,7 +83,7 @@ class MatryoshkaBatchTopK(BatchTopK):
         if f is None:
             return loss
         W_dec = trainer.dictionary.W_dec
-        for width in prefix_widths(trainer.cfg, W_dec.shape[0]):
+        for width in prefix_widths(trainer.cfg, W_dec.shape[0]):  # a few integers: cheap per step
             if isinstance(f, SparseCode):
                 late = (f.features >= width).to(f.values.dtype)
                 tail = F.embedding_bag(

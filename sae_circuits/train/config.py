@@ -142,7 +142,8 @@ class TrainConfig:
         check_device(self.device)  # a clear error now, not at the first step
 
     def _check_matryoshka_widths(self) -> None:
-        """Refuse widths that are not increasing whole numbers; keep any sequence as a tuple."""
+        """Refuse widths that are not increasing whole numbers, or that the width cannot use when
+        ``d_sae`` is given; keep any sequence as a tuple."""
         widths = self.matryoshka_widths
         if widths is None:
             return
@@ -164,13 +165,11 @@ class TrainConfig:
             or list(values) != sorted(set(values))
         ):
             raise ValueError(expected)
-        if self.d_sae is not None and values[-1] > self.d_sae:
-            raise ValueError(f"matryoshka_widths={values} go beyond d_sae={self.d_sae}")
-        if self.d_sae is not None and values[0] >= self.d_sae:
-            raise ValueError(
-                f"matryoshka_widths={values} has no width below d_sae={self.d_sae}: it would train plain BatchTopK"
-            )
         self.matryoshka_widths = values
+        if self.d_sae is not None:  # against the width now; else once training knows d_in
+            from sae_circuits.architectures.matryoshka import prefix_widths
+
+            prefix_widths(self, self.d_sae)
 
     @property
     def n_steps(self) -> int:

@@ -155,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     values = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _CACHE_FIELDS
     }
-    values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
     config = TrainConfig(**values)
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     if launched and not dist.is_initialized():
