@@ -6,7 +6,8 @@ What (``torch.set_num_threads(1)``; held-out texts: corpus seed 1):
 1. Time to extract the markup automaton from 25, 50, 100 and 200 contexts of 128 symbols (the
    embedded model, its 4 residual SAEs and 4 transcoders spliced; both mechanisms).
 2. For markup, kvlog and each automaton built by ``examples/byo_automaton.py --spec SPEC --out DIR``
-   (its own 2-layer model and residual SAEs; ``--third DIR``, repeatable, default ``/tmp/third``,
+   (its own 2-layer model and the recipe's dictionaries, a residual SAE and an MLP transcoder per
+   layer; ``--third DIR``, repeatable, default ``/tmp/third``,
    the tutorial's ``sexpr``; a folder without a model is skipped):
    mean best-match state F1, transition AUROC (both mechanisms, token, attention), for the trained
    dictionaries and for ``sc.random_like`` dictionaries of the same shape at the same sites.
@@ -221,7 +222,7 @@ def main() -> None:
         "--out /tmp/fourth`, `--spec examples/automata/query.json --out /tmp/fifth`, `--spec "
         "examples/automata/ini.json --out /tmp/sixth`, `--spec examples/automata/url.json --out /tmp/seventh`, "
         "`--spec examples/automata/asm.json --out /tmp/eighth`, `--spec examples/automata/recipe.json --out "
-        "/tmp/ninth` and `--spec examples/automata/chemeq.json --out /tmp/tenth`, first (about 15–21 min each alone; each model "
+        "/tmp/ninth` and `--spec examples/automata/chemeq.json --out /tmp/tenth`, first (about 20–26 min each alone, the transcoders about 5 of them; each model "
         "and its SAEs come out slightly differently on another CPU: losses within 0.001, other features).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "

@@ -1,11 +1,13 @@
-"""Sweep: a bring-your-own automaton's residual SAEs retrained at several ``k``, each scored.
+"""Sweep: a bring-your-own automaton's dictionaries retrained at several ``k``, each scored.
 
 What (``torch.set_num_threads(1)``): for an output folder of ``examples/byo_automaton.py`` (its
-model, tokenizer and report.json), the SAEs are retrained with the recipe's config
-(``byo_automaton.sae_config``) and only ``k`` changed, on the same training tokens (the same
-documents and packing as the recipe, so the recipe's own ``k`` reproduces its SAEs exactly). Each
-set is saved under ``OUT/k{k}/saes`` and scored on 200 held-out documents (corpus seed 1): dead
-fraction on 16 rows, mean state F1 with each state's F1, transition AUROC, and the first 10 loops
+model, tokenizer and report.json), the recipe's dictionaries (``byo_automaton.train_dictionaries``:
+a residual SAE and an MLP transcoder per layer; ``--no-transcoders``: the residual SAEs alone, the
+recipe until the evening of 7 December 2026, which the sweeps quoted in docs/automata.md used)
+are retrained with the recipe's config (``byo_automaton.sae_config``) and only ``k`` changed, on
+the same training tokens (the same documents and packing as the recipe, so the recipe's own ``k``
+reproduces its dictionaries exactly). Each set is saved under ``OUT/k{k}/saes`` and scored on 200
+held-out documents (corpus seed 1): dead fraction on 16 rows, mean state F1 with each state's F1, transition AUROC, and the first 10 loops
 (true / distinct / longest in the top 3). ``--tokens-scale`` trains each set on that multiple of
 the recipe's tokens (more epochs of the same documents) and ``--batch-size`` changes the batch
 (a quarter of it is four times the steps on the same tokens); the folder's name then says so
@@ -85,6 +87,11 @@ def main() -> None:
         "--matryoshka-widths", type=int, nargs="+", default=None,
         help="matryoshka_batchtopk's prefix widths (default: d_sae / 16, / 8, / 4, / 2)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-transcoders",
+        action="store_true",
+        help="residual SAEs alone (the recipe until the evening of 7 December 2026)",
+    )
     args = parser.parse_args()
     if not (args.folder / "model").is_dir():
         parser.error(
@@ -99,7 +106,7 @@ def main() -> None:
     truth = automata.load_automaton(spec)
     model = load_hf_gpt2(args.folder / "model", "hooked")
     tokens = training_tokens(args.folder, truth)
-    print("| k | dead (per layer) | mean state F1 | AUROC | loops | state F1 |")
+    print("| k | dead (per dictionary) | mean state F1 | AUROC | loops | state F1 |")
     print("|---|---|---|---|---|---|")
     recipe = byo_automaton.sae_config(smoke=False)
     batch = recipe.batch_size if args.batch_size is None else args.batch_size
@@ -117,11 +124,10 @@ def main() -> None:
         name += f"_b{batch}" if batch != recipe.batch_size else ""
         name += f"_{config.architecture}" if config.architecture != recipe.architecture else ""
         name += "_w" + "-".join(map(str, config.matryoshka_widths)) if config.matryoshka_widths else ""
-        saes = []
-        for layer in range(model.cfg.n_layers):
-            sae = sc.train_sae(model, f"blocks.{layer}.hook_resid_post", tokens, config)
+        name += "_resid" if args.no_transcoders else ""
+        saes = byo_automaton.train_dictionaries(model, tokens, config, transcoders=not args.no_transcoders)
+        for sae in saes:
             sae.save(args.out / name / "saes" / sae.cfg.site)
-            saes.append(sae)
         r = score(model, saes, truth, spec)
         print(f"| {name} | {r['dead']} | {r['mean_f1']} | {r['auroc']} | {r['loops']} | {json.dumps(r['state_f1'])} |",
               flush=True)  # fmt: skip

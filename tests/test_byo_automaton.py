@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import sae_circuits as sc
 from sae_circuits.languages import automata
 from sae_circuits.languages.automata import Automaton, load_automaton
 
@@ -554,7 +555,15 @@ def test_example_smoke_runs_end_to_end(tmp_path, monkeypatch):
     report = _byo_example(monkeypatch).main(["--smoke", "--out", str(tmp_path)])
     assert report["tokenizer"]["added_symbols"] == 0  # sexpr fits the zoo tokenizer as it is
     assert (tmp_path / "model" / "config.json").is_file()
-    assert (tmp_path / "saes" / "blocks.0.hook_resid_post").is_dir()
+    assert sorted(p.name for p in (tmp_path / "saes").iterdir()) == [  # the residual SAE and the transcoder
+        "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"
+    ]  # fmt: skip
+    transcoder = sc.SAE.load(tmp_path / "saes" / "blocks.0.hook_mlp_out")
+    assert (transcoder.cfg.hook_name, transcoder.cfg.site) == (
+        "blocks.0.ln2.hook_normalized",
+        "blocks.0.hook_mlp_out",
+    )
+    assert set(report["saes"]) >= {"blocks.0.hook_resid_post", "blocks.0.hook_mlp_out"}  # both evaluated
     assert (tmp_path / "automaton.html").is_file()
     assert list(report["automaton"]["probe"]) == [
         "blocks.0.hook_resid_post"
