@@ -222,7 +222,7 @@ def main() -> None:
         "--out /tmp/fourth`, `--spec examples/automata/query.json --out /tmp/fifth`, `--spec "
         "examples/automata/ini.json --out /tmp/sixth`, `--spec examples/automata/url.json --out /tmp/seventh`, "
         "`--spec examples/automata/asm.json --out /tmp/eighth`, `--spec examples/automata/recipe.json --out "
-        "/tmp/ninth` and `--spec examples/automata/chemeq.json --out /tmp/tenth`, first (about 20–26 min each alone, the transcoders about 5 of them; each model "
+        "/tmp/ninth` and `--spec examples/automata/chemeq.json --out /tmp/tenth`, first (about 17–23 min each alone; each model "
         "and its SAEs come out slightly differently on another CPU: losses within 0.001, other features).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "

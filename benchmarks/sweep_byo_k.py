@@ -1,14 +1,14 @@
 """Sweep: a bring-your-own automaton's dictionaries retrained at several ``k``, each scored.
 
 What (``torch.set_num_threads(1)``): for an output folder of ``examples/byo_automaton.py`` (its
-model, tokenizer and report.json), the recipe's dictionaries (``byo_automaton.train_dictionaries``:
+model, tokenizer and report.json), the recipe's dictionaries (``byo_automaton.train_recipe_dictionaries``:
 a residual SAE and an MLP transcoder per layer; ``--no-transcoders``: the residual SAEs alone, the
 recipe until the evening of 7 December 2026, which the sweeps quoted in docs/automata.md used)
 are retrained with the recipe's config (``byo_automaton.sae_config``) and only ``k`` changed, on
 the same training tokens (the same documents and packing as the recipe, so the recipe's own ``k``
 reproduces its dictionaries exactly). Each set is saved under ``OUT/k{k}/saes`` and scored on 200
-held-out documents (corpus seed 1): dead fraction on 16 rows, mean state F1 with each state's F1, transition AUROC, and the first 10 loops
-(true / distinct / longest in the top 3). ``--tokens-scale`` trains each set on that multiple of
+held-out documents (corpus seed 1): dead fraction on 16 rows, mean state F1 with each state's F1,
+transition AUROC, and the first 10 loops (true / distinct / longest in the top 3). ``--tokens-scale`` trains each set on that multiple of
 the recipe's tokens (more epochs of the same documents) and ``--batch-size`` changes the batch
 (a quarter of it is four times the steps on the same tokens); the folder's name then says so
 (``k16_t4``, ``k16_b1024``); ``--architecture matryoshka_batchtopk`` trains Matryoshka SAEs
@@ -125,9 +125,9 @@ def main() -> None:
         name += f"_{config.architecture}" if config.architecture != recipe.architecture else ""
         name += "_w" + "-".join(map(str, config.matryoshka_widths)) if config.matryoshka_widths else ""
         name += "_resid" if args.no_transcoders else ""
-        saes = byo_automaton.train_dictionaries(model, tokens, config, transcoders=not args.no_transcoders)
-        for sae in saes:
-            sae.save(args.out / name / "saes" / sae.cfg.site)
+        saes = byo_automaton.train_recipe_dictionaries(
+            model, tokens, config, args.out / name / "saes", transcoders=not args.no_transcoders
+        )
         r = score(model, saes, truth, spec)
         print(f"| {name} | {r['dead']} | {r['mean_f1']} | {r['auroc']} | {r['loops']} | {json.dumps(r['state_f1'])} |",
               flush=True)  # fmt: skip

@@ -9,8 +9,8 @@
 2. Generate a labelled corpus (a random walk through the automaton; deterministic for a seed).
 3. Train a 2-layer GPT-2 (n_embd 128) on it with ``train_on_texts``, saved in the Hugging Face
    layout under ``<out>/model``.
-4. Train a residual SAE after each block (``sc.train_sae``) and a transcoder of each block's MLP
-   (``sc.train_transcoder``, ``blocks.<L>.ln2.hook_normalized`` -> ``blocks.<L>.hook_mlp_out``):
+4. Train a residual SAE after each block and a transcoder of each block's MLP
+   (``blocks.<L>.ln2.hook_normalized`` -> ``blocks.<L>.hook_mlp_out``) from one activation stream:
    the dictionaries the embedded automata use, saved under ``<out>/saes/<site>``.
 5. Splice them, extract the automaton the features form (``sc.automaton``) over fresh documents,
    score it against the spec (``sc.score_automaton``), measure the model's own ceiling with a
@@ -32,8 +32,10 @@ import torch
 import sae_circuits as sc
 from sae_circuits.io import atomic_write_text
 from sae_circuits.languages import automata
+from sae_circuits.recipes.dictionaries import specs
 from sae_circuits.recipes.tokenizer import load_tokenizer, tokenizer_for_automaton
 from sae_circuits.recipes.train_lm import LMTrainConfig, train_on_texts
+from sae_circuits.train import train_dictionaries
 from sae_circuits.zoo.loader import load_hf_gpt2
 
 warnings.filterwarnings("ignore")
@@ -58,11 +60,14 @@ def sae_config(smoke: bool) -> sc.TrainConfig:
                           lr=1e-3, warmup_steps=30, skip_first_position=False, dead_after_tokens=256_000)  # fmt: skip
 
 
-def train_dictionaries(
-    model, tokens: torch.Tensor, config: sc.TrainConfig, *, transcoders: bool = True
+def train_recipe_dictionaries(
+    model, tokens: torch.Tensor, config: sc.TrainConfig, out: Path, *, transcoders: bool = True
 ) -> list[sc.SAE]:
-    """The recipe's dictionaries: per block, a residual SAE after it and (``transcoders``, the
-    default; the recipe until the evening of 7 December 2026 had none) a transcoder of its MLP.
+    """The recipe's dictionaries, saved under ``out/<site>``: per block, a residual SAE after it
+    and (``transcoders``, the default; the recipe until the evening of 7 December 2026 had none) a
+    transcoder of its MLP, the zoo's set (``recipes.dictionaries.specs``). All are trained from one
+    stream of activations (``train_dictionaries``): each is what training it alone gives, for one
+    pass of the model instead of one per dictionary.
 
     Transcoders as well as residual SAEs because, on the eight held-out languages of
     docs/automata.md ("Transcoders beside the residual SAEs"; corpus seed 1), the pair gave a
@@ -70,12 +75,10 @@ def train_dictionaries(
     the residual SAEs alone, though fewer true loops in total; a transcoder feature is what the MLP
     computes at its position, where a residual feature also carries what the token and attention
     brought."""
-    saes = []
-    for layer in range(model.cfg.n_layers):
-        saes.append(sc.train_sae(model, f"blocks.{layer}.hook_resid_post", tokens, config))
-        if transcoders:
-            saes.append(sc.train_transcoder(model, f"blocks.{layer}.ln2.hook_normalized",
-                                            f"blocks.{layer}.hook_mlp_out", tokens, config))  # fmt: skip
+    resid, mlp = specs(model.cfg.n_layers)
+    saes = train_dictionaries(model, resid + (mlp if transcoders else []), tokens, config)
+    for sae in saes:
+        sae.save(out / sae.cfg.site)
     return saes
 
 
@@ -132,9 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_hf_gpt2(out / "model")
     tokens = torch.from_numpy(run.corpus.train.astype("int64"))
     t0 = time.time()
-    saes = train_dictionaries(model, tokens, sae_config(args.smoke))
-    for sae in saes:
-        sae.save(out / "saes" / sae.cfg.site)
+    saes = train_recipe_dictionaries(model, tokens, sae_config(args.smoke), out / "saes")
     held_out = torch.from_numpy(next(iter(run.corpus.val.values())).astype("int64"))
     report["saes"] = {"wall_time_s": round(time.time() - t0, 1)}
     for sae in saes:
