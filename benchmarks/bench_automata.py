@@ -54,7 +54,7 @@ DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Automata (issue: automata)"
 COMMAND = (
     "python benchmarks/bench_automata.py --write-docs --third /tmp/third --third /tmp/fourth --third /tmp/fifth "
-    "--third /tmp/sixth --third /tmp/seventh --third /tmp/eighth --third /tmp/ninth --third /tmp/tenth"
+    "--third /tmp/sixth --third /tmp/seventh --third /tmp/eighth --third /tmp/ninth --third /tmp/tenth --third /tmp/eleventh"
 )
 SIZES = (25, 50, 100, 200)
 LENGTH, CONTEXTS, SEED = 128, 200, 1
@@ -217,12 +217,13 @@ def main() -> None:
         SECTION,
         "",
         f"Reproduce: `{COMMAND}` ({datetime.date.today()}; {machine()}; 1 torch thread; "
-        f"{versions(('torch', 'transformer-lens'))}). The sexpr, shell, query, ini, url, asm, recipe and chemeq rows need `python "
+        f"{versions(('torch', 'transformer-lens'))}). The sexpr, shell, query, ini, url, asm, recipe, chemeq and abc rows need `python "
         "examples/byo_automaton.py --out /tmp/third`, then the same with `--spec examples/automata/shell.json "
         "--out /tmp/fourth`, `--spec examples/automata/query.json --out /tmp/fifth`, `--spec "
         "examples/automata/ini.json --out /tmp/sixth`, `--spec examples/automata/url.json --out /tmp/seventh`, "
         "`--spec examples/automata/asm.json --out /tmp/eighth`, `--spec examples/automata/recipe.json --out "
-        "/tmp/ninth` and `--spec examples/automata/chemeq.json --out /tmp/tenth`, first (about 17–23 min each alone; each model "
+        "/tmp/ninth`, `--spec examples/automata/chemeq.json --out /tmp/tenth` and `--spec examples/automata/abc.json "
+        "--out /tmp/eleventh`, first (about 17–23 min each alone; each model "
         "and its SAEs come out slightly differently on another CPU: losses within 0.001, other features).",
         "",
         f"**Extraction time** — the markup automaton from contexts of {LENGTH} symbols, embedded model with its "

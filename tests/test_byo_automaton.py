@@ -281,6 +281,7 @@ def test_a_length_no_document_can_have_is_said_not_ignored(length, message):
 
 
 SHIPPED_CORPORA = {  # sha256 of generate(spec, 200, seed=1): every figure in the docs rests on these
+    "abc": "ee355362fbdc4c22",
     "asm": "502c0206c9ea6e67",
     "chemeq": "659bb89401276109",
     "ini": "a76c6f7413aff9a4",
