@@ -93,9 +93,40 @@ def test_pin_is_exact_and_changes_nothing_else(extracted, monkeypatch, exclusive
             fsa, model, [(source.id, source.id)], kv_cache=False, exclusive=exclusive, pin_scale=scale, **FAST
         )
     # pinned passes: the prompt's last token (1 position), a read at step 1 (1 pinned before it),
-    # the next pinned pass (2 positions), the read at step 2 (2): per site, in each arm
+    # the next pinned pass (2 positions), the read at step 2 (2): per site, in each arm, once per
+    # prompt length (prompts are their texts from the start: those of one length run together)
     for removal in (False, True):
-        assert sorted(n for r, _, n in checked if r == removal) == sorted([1, 1, 2, 2] * len(sites))
+        counts = sorted(n for r, _, n in checked if r == removal)
+        groups = len(counts) // (4 * len(sites))
+        assert groups >= 1 and counts == sorted([1, 1, 2, 2] * len(sites) * groups)
+
+
+def test_prefix_windows_read_the_states_the_corpus_read(extracted):
+    """A prompt is its text from the start, so every state fires at its last position exactly as it
+    fired there in the extraction (fsa.firing); the last `context` tokens alone, placed at the
+    model's first positions (the crop the checks used until 8 December 2026), read other states."""
+    model, fsa = extracted
+    probe = validate_module._Probe(fsa, model, kv_cache=False)
+
+    def states_at_the_end(row):
+        read: dict[str, torch.Tensor] = {}
+        with probe._capturing(read):
+            model(row[row >= 0][None])  # the -1 padding left out
+        return probe._states(read)[0]
+
+    crops_differ = 0
+    for column in range(4):
+        for firing in (False, True):
+            args = (fsa, model, column, 6, 16, 0, firing)
+            ends = validate_module._window_ends(*args, longest=model.cfg.n_ctx - 1)
+            prefixes = validate_module._windows(*args, longest=model.cfg.n_ctx - 1)
+            for end, row in zip(ends.tolist(), prefixes):
+                assert torch.equal(states_at_the_end(row), fsa.firing[end])
+                assert bool(fsa.firing[end, column]) == firing
+            crop_ends = validate_module._window_ends(*args)
+            for end, row in zip(crop_ends.tolist(), validate_module._windows(*args)):
+                crops_differ += int(not torch.equal(states_at_the_end(row), fsa.firing[end]))
+    assert crops_differ > 0  # what the prefix windows avoid
 
 
 def test_unpinned_rate_is_a_plain_generation(extracted):
@@ -110,28 +141,38 @@ def test_unpinned_rate_is_a_plain_generation(extracted):
         steps=3,
         samples=0,
         decoding="greedy",
+        window="prefix",  # prompts of several lengths: each runs as its own plain generation
         progress=False,
     )
-    prompts = check.prompts
-    n = prompts.shape[1]
-    generated = model.generate(prompts, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
-    generated = generated.clone()  # generate returns an inference-mode tensor
     names = {f"{site}.hook_sae_acts_post" for site, _ in fsa.states[1].members}
-    _, cache = model.run_with_cache(generated, names_filter=lambda name: name in names)
-    fires = torch.stack(
-        [cache[f"{site}.hook_sae_acts_post"][:, n:, index] > 0 for site, index in fsa.states[1].members]
-    ).any(0)  # (prompts, 3 generated positions)
-    assert check.greedy.unpinned == pytest.approx(float(fires.double().mean()), abs=1e-12)
+    rates = []
+    for row in check.prompts:  # each prompt on its own, its -1 padding left out
+        prompt = row[row >= 0][None]
+        generated = model.generate(
+            prompt, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False
+        )
+        _, cache = model.run_with_cache(generated.clone(), names_filter=lambda name: name in names)
+        fires = torch.stack(
+            [
+                cache[f"{site}.hook_sae_acts_post"][0, prompt.shape[1] :, i] > 0
+                for site, i in fsa.states[1].members
+            ]
+        ).any(0)  # (3 generated positions,)
+        rates.append(float(fires.double().mean()))
+    assert check.greedy.unpinned == pytest.approx(sum(rates) / len(rates), abs=1e-12)
     assert check.sampled is None and check.decoding == "greedy"
 
 
-def test_reproducible_with_a_seed_and_the_same_with_and_without_kv_cache(extracted):
+@pytest.mark.parametrize("window", ["crop", "prefix"])
+def test_reproducible_with_a_seed_and_the_same_with_and_without_kv_cache(extracted, window):
     model, fsa = extracted
     pairs = [(s.id, t.id) for s in fsa.states[:2] for t in fsa.states[:3]]
-    a = check_pairs(fsa, model, pairs, seed=3, **FAST)
-    b = check_pairs(fsa, model, pairs, seed=3, **FAST)
-    c = check_pairs(fsa, model, pairs, seed=3, kv_cache=False, **FAST)
-    d = check_pairs(fsa, model, pairs, seed=4, **FAST)
+    a = check_pairs(fsa, model, pairs, seed=3, window=window, **FAST)
+    b = check_pairs(fsa, model, pairs, seed=3, window=window, **FAST)
+    c = check_pairs(fsa, model, pairs, seed=3, kv_cache=False, window=window, **FAST)
+    d = check_pairs(fsa, model, pairs, seed=4, window=window, **FAST)
+    if window == "prefix":  # texts from the start: several lengths, left-padded with -1
+        assert len(set((a[0].prompts >= 0).sum(1).tolist())) > 1
     for x, y, z in zip(a, b, c):
         assert (x.greedy, x.sampled, x.confirmed) == (y.greedy, y.sampled, y.confirmed)
         assert (x.removal_greedy, x.removal_sampled) == (y.removal_greedy, y.removal_sampled)
@@ -229,6 +270,8 @@ def test_clear_errors(extracted):
         check_pairs(fsa, model, pair, exclusive="no")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="kv_cache='no' must be None"):
         check_pairs(fsa, model, pair, kv_cache="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="window='text'; expected 'prefix'"):
+        check_pairs(fsa, model, pair, window="text")  # type: ignore[arg-type]
     first, second = (copy.copy(t) for t in fsa.transitions[:2])
     second.dst = 999
     with pytest.raises(ValueError, match=r"transitions\[2\] = \(.*, 999\): 999 is not a state id"):
@@ -261,37 +304,41 @@ def test_necessity_arm_starts_where_the_source_fires_and_reads_a_plain_generatio
     src, dst = fsa.states[0], fsa.states[1]
     (check,) = check_pairs(
         fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
-        progress=False,
+        window="prefix", progress=False,
     )  # fmt: skip
-    windows = validate_module._windows(fsa, model, 0, 5, 16, 0, firing=True)
-    last = windows.shape[1] - 1
+    windows = validate_module._windows(fsa, model, 0, 5, 16, 0, firing=True, longest=model.cfg.n_ctx - 1)
     names = {f"{site}.hook_sae_acts_post" for site, _ in src.members + dst.members}
 
-    def rollout(edits):  # one greedy token, then the states at the new position (edits stay on `last`)
+    def rollout(window, edits):  # one greedy token, then the states at the new position
         with sc.intervene(model, edits):
-            token = model(windows)[:, -1].argmax(-1, keepdim=True)
-            _, cache = model.run_with_cache(torch.cat([windows, token], 1), names_filter=lambda n: n in names)
+            token = model(window)[:, -1].argmax(-1, keepdim=True)
+            _, cache = model.run_with_cache(torch.cat([window, token], 1), names_filter=lambda n: n in names)
         return cache
 
     def fires(cache, state, position):  # a grouped state: at least half of its members active
         active = torch.stack(
             [cache[f"{site}.hook_sae_acts_post"][:, position, i] > 0 for site, i in state.members]
         )
-        return (2 * active.sum(0) >= len(state.members)).double()
+        return float((2 * active.sum(0) >= len(state.members)).double().mean())
 
-    natural = rollout([])
-    removed = rollout([sc.clamp(site, i, 0.0, positions=[last]) for site, i in src.members])
-    assert bool(fires(natural, src, last).all())  # every window ends where the source fires
-    assert not bool(fires(removed, src, last).any())
+    natural, removed = [], []
+    for row in windows:  # each window is its text from the start, -1 padding left out
+        window = row[row >= 0][None]
+        last = window.shape[1] - 1
+        plain = rollout(window, [])
+        without = rollout(window, [sc.clamp(site, i, 0.0, positions=[last]) for site, i in src.members])
+        assert fires(plain, src, last) == 1.0 and fires(without, src, last) == 0.0  # ends where src fires
+        natural.append(fires(plain, dst, last + 1))
+        removed.append(fires(without, dst, last + 1))
     removal = check.removal_greedy
     assert removal is not None and check.removal is removal and removal.n_prompts == windows.shape[0] == 5
-    assert removal.natural == pytest.approx(float(fires(natural, dst, last + 1).mean()), abs=1e-12)
-    assert removal.removed == pytest.approx(float(fires(removed, dst, last + 1).mean()), abs=1e-12)
+    assert removal.natural == pytest.approx(sum(natural) / 5, abs=1e-12)
+    assert removal.removed == pytest.approx(sum(removed) / 5, abs=1e-12)
     assert removal.effect == pytest.approx(removal.natural - removal.removed, abs=1e-12)
     assert check.observed == (removal.natural > 0)  # greedy: the greedy rollouts decide it
     (without,) = check_pairs(
         fsa, model, [(src.id, dst.id)], n_prompts=5, context=16, steps=1, samples=0, decoding="greedy",
-        necessity=False, progress=False,
+        necessity=False, window="prefix", progress=False,
     )  # fmt: skip
     assert without.removal is None and not without.removal_confirmed and without.observed is None
     assert without.greedy == check.greedy and without.confirmed == without.pin_confirmed

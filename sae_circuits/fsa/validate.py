@@ -2,10 +2,20 @@
 
 For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
 
-1. **Prompts.** ``n_prompts`` windows of the corpus (``fsa.tokens``), each the ``context`` tokens
-   that end at a position where A is off, drawn at random (fixed by ``seed``). All windows have one
-   length, so the prompts batch with no padding (BOS in front when the automaton was extracted
-   with one).
+1. **Prompts.** ``n_prompts`` windows of the corpus (``fsa.tokens``) that end at a position where
+   A is off (with at least ``context - 1`` earlier tokens in its text), drawn at random (fixed by
+   ``seed``). By default (``window="crop"``) a window is the last ``context`` tokens, placed at
+   the model's first positions, so all windows batch with no padding (BOS in front when the
+   automaton was extracted with one). The features read there are not exactly those of the
+   corpus: on ten languages of docs/automata.md, 8-27% of the states firing at a window's last
+   position in its full text were off in the 32-token crop, and more fired that did not (a
+   layer-0 feature that is shell's PIPE state fired at every `` |`` after a command in the texts
+   and at none in the crops, while the model's probability of `` |`` moved by 0.01).
+   ``window="prefix"`` makes a window its text from the start, so every state fires at its last
+   position as it fired in the extraction (a test checks it); windows of one length run in one
+   batch, so on the eleven languages of docs/automata.md (seed 1) it cost 3.5-5.4x, and it
+   confirmed 197 of their 262 checked true transitions against the crop's 198 (-3 to +2 per
+   language) and 5 of 262 non-transitions either way (docs/automata.md, Method, item 6), so the crop stays the default.
 2. **Rollouts.** From every prompt, ``steps`` tokens are generated greedily (one row per prompt)
    and at temperature 1 (``samples`` rows per prompt, drawn with a seeded generator), all rows in
    one batch, once with nothing pinned and once with *every* member of A (each at its site, all
@@ -110,6 +120,7 @@ if TYPE_CHECKING:  # the automaton's types; at run time they are checked by shap
 logger = logging.getLogger(__name__)
 
 Decoding = Literal["sampled", "greedy"]
+Window = Literal["prefix", "crop"]
 
 
 @dataclass(frozen=True)
@@ -167,7 +178,8 @@ class PairCheck:
     """``(pin_confirmed and observed is not False) or removal_confirmed``: the features bring B
     (either arm), and, when the necessity arm ran, the model is seen to go from A to B on its own."""
     prompts: Int[Tensor, "n_prompts pos"]
-    """The prompt windows (shared by every pair with this source)."""
+    """The prompt windows (shared by every pair with this source), left-padded with -1 to the
+    longest where they differ in length (``window="prefix"``)."""
     pin_confirmed: bool = False
     """Sufficiency: the primary pin effect's interval is above 0 and the effect is at least
     ``min_effect``."""
@@ -221,6 +233,7 @@ def validate(
     pin_scale: float = 1.0,
     exclusive: bool = True,
     necessity: bool = True,
+    window: Window = "crop",
     seed: int = 0,
     kv_cache: bool | None = None,
     progress: bool = True,
@@ -263,7 +276,8 @@ def validate(
     checks = check_pairs(
         fsa, model, pairs, n_prompts=n_prompts, context=context, steps=steps, samples=samples,
         min_effect=min_effect, confidence=confidence, decoding=decoding, pin_scale=pin_scale,
-        exclusive=exclusive, necessity=necessity, seed=seed, kv_cache=kv_cache, progress=progress,
+        exclusive=exclusive, necessity=necessity, window=window, seed=seed, kv_cache=kv_cache,
+        progress=progress,
     )  # fmt: skip
     by_pair = {(c.src, c.dst): c for c in checks}
     for t in chosen:
@@ -277,7 +291,8 @@ def validate(
     fsa.metadata["validation"] = {
         "n_prompts": n_prompts, "context": context, "steps": steps, "samples": samples,
         "min_effect": min_effect, "confidence": confidence, "decoding": decoding, "pin_scale": pin_scale,
-        "exclusive": exclusive, "necessity": necessity, "seed": seed, "checked": len(chosen),
+        "exclusive": exclusive, "necessity": necessity, "window": window, "seed": seed,
+        "checked": len(chosen),
     }  # fmt: skip
     return fsa
 
@@ -297,6 +312,7 @@ def check_pairs(
     pin_scale: float = 1.0,
     exclusive: bool = True,
     necessity: bool = True,
+    window: Window = "crop",
     seed: int = 0,
     kv_cache: bool | None = None,
     progress: bool = True,
@@ -312,7 +328,8 @@ def check_pairs(
         pairs: ``(src, dst)`` state ids.
         n_prompts: prompt windows per source and arm (>= 2: the interval needs two; 40 by default;
             on markup 120 confirmed the same 13/18 true transitions by pinning as 40).
-        context: tokens per prompt window (BOS not counted).
+        context: tokens per prompt window (BOS not counted); with ``window="prefix"``, the fewest:
+            a window ends at a position with at least ``context - 1`` earlier tokens in its text.
         steps: tokens generated per rollout; the source is pinned at the last prompt position and
             the first ``steps - 1`` generated ones, the destination read at the ``steps`` positions
             after them (see the module docstring for the default of 1).
@@ -330,6 +347,9 @@ def check_pairs(
             (the default: the automaton's state is then A alone, not A on top of the real state).
         necessity: also run the necessity arm (module docstring, step 5); a pair is then confirmed
             by either arm, the pin arm only where B is observed after A (step 6).
+        window: ``"crop"`` (a prompt is the last ``context`` tokens before the position) or
+            ``"prefix"`` (its text from the start: the positions and context the extraction read
+            the states in; about 4x the cost; module docstring, step 1).
         seed: fixes the prompt windows and the sampled tokens.
         kv_cache: use the model's KV cache (None: when it is a HookedTransformer).
         progress: a progress bar over the sources.
@@ -353,6 +373,8 @@ def check_pairs(
             raise TypeError(f"{name}={flag!r} must be True or False")
     if kv_cache is not None and not isinstance(kv_cache, bool):
         raise TypeError(f"kv_cache={kv_cache!r} must be None (automatic), True or False")
+    if window not in ("prefix", "crop"):
+        raise ValueError(f"window={window!r}; expected 'prefix' (the text from its start) or 'crop'")
     column = {s.id: i for i, s in enumerate(fsa.states)}
     pairs = [_pair(p, k, column) for k, p in enumerate(pairs)]
     use_cache = _supports_cache(model) if kv_cache is None else bool(kv_cache)
@@ -365,13 +387,14 @@ def check_pairs(
         raise ValueError(
             f"context={context} (+ BOS) + steps={steps} tokens exceed the model's context of {n_ctx}"
         )
+    longest = n_ctx - steps if window == "prefix" else None  # prompt tokens, BOS included
     probe = _Probe(fsa, model, use_cache)
     started = time.perf_counter()
     results: dict[tuple[int, int], PairCheck] = {}
     sources = list(dict.fromkeys(src for src, _ in pairs))
     for src in tqdm(sources, desc="causal checks", unit="source", disable=not progress, leave=False):
         state = fsa.states[column[src]]
-        prompts = _windows(fsa, model, column[src], n_prompts, context, seed)
+        prompts = _windows(fsa, model, column[src], n_prompts, context, seed, longest=longest)
         if prompts.shape[0] < n_prompts:
             warnings.warn(
                 f"state {src} is off at only {prompts.shape[0]} positions with {context - 1} earlier tokens "
@@ -385,7 +408,7 @@ def check_pairs(
         removal = None
         if necessity:
             removal = _removal(
-                fsa, model, probe, column[src], state, n_prompts, context, steps, samples, seed
+                fsa, model, probe, column[src], state, n_prompts, context, steps, samples, seed, longest
             )
         for dst in [d for s, d in pairs if s == src]:
             greedy, sampled = _effects(pinned, plain, column[dst], confidence)
@@ -475,14 +498,14 @@ def _pair(pair: Any, k: int, column: dict[int, int], what: str = "pairs") -> tup
 
 def _removal(
     fsa: FeatureAutomaton, model: Any, probe: _Probe, column: int, state: State, n: int, context: int,
-    steps: int, samples: int, seed: int,
+    steps: int, samples: int, seed: int, longest: int | None,
 ) -> tuple[_Rates, _Rates] | None:  # fmt: skip
     """The necessity arm: rollouts from windows that end where the source fires, as they are and
     with every member of the source set to 0 (the others left alone). Each corpus position is used
     once (a repeated window would shrink the interval without new evidence); None when fewer than
     two windows end where the source fires."""
     try:
-        prompts = _windows(fsa, model, column, n, context, seed, firing=True)
+        prompts = _windows(fsa, model, column, n, context, seed, firing=True, longest=longest)
     except ValueError:
         prompts = None
     if prompts is None or prompts.shape[0] < 2:
@@ -545,39 +568,67 @@ def _bos(fsa: FeatureAutomaton, model: Any) -> int | None:
 # --------------------------------------------------------------------------- step 1: prompts
 
 
-def _windows(
-    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False
-) -> Int[Tensor, "n_prompts pos"]:  # fmt: skip
-    """``n`` windows of ``context`` corpus tokens (one text each) that end where the state in
-    ``column`` is off (``firing``: on), drawn without replacement when there are enough (fixed by
-    ``seed``). With fewer positions than ``n``, each position once: fewer than ``n`` windows (the
-    prompts are the t-test's independent units, so a window never repeats)."""
+def _window_ends(
+    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False,
+    longest: int | None = None,
+) -> Int[Tensor, " n_prompts"]:  # fmt: skip
+    """The corpus positions (rows of ``fsa.firing``) where ``n`` prompt windows end: where the
+    state in ``column`` is off (``firing``: on), with at least ``context - 1`` earlier tokens in
+    their text (and, ``longest`` given, a text prefix of at most ``longest`` tokens, BOS included),
+    drawn without replacement when there are enough (fixed by ``seed``). With fewer positions than
+    ``n``, each position once: fewer than ``n`` windows (the prompts are the t-test's independent
+    units, so a window never repeats)."""
     assert fsa.tokens is not None  # _check_arguments refuses an automaton without corpus tokens
-    starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)])
-    text_of = torch.repeat_interleave(torch.arange(fsa.lengths.numel()), fsa.lengths)
-    offset = torch.arange(int(fsa.lengths.sum())) - starts[text_of]
+    offset = _offsets(fsa)
+    bos = _bos(fsa, model)
     wanted = fsa.firing[:, column].cpu() == firing
-    ends = (wanted & (offset >= context - 1)).nonzero().squeeze(-1)
+    allowed = offset >= context - 1
+    if longest is not None:  # the prefix, BOS included, must leave room for the generated tokens
+        allowed &= offset + 1 + int(bos is not None) <= longest
+    ends = (wanted & allowed).nonzero().squeeze(-1)
     if ends.numel() == 0:
-        longest = int(fsa.lengths.max())
+        longest_text = int(fsa.lengths.max())
         how = "never fires at any" if firing else "fires at every"
         why = (
-            f"no text has {context} tokens (the longest has {longest}); lower context"
-            if longest < context
+            f"no text has {context} tokens (the longest has {longest_text}); lower context"
+            if longest_text < context
             else f"state {fsa.states[column].id} {how} corpus position that has {context - 1} "
             "earlier tokens in its text"
+            + ("" if longest is None else " and leaves room for the generated tokens in the model's context")
         )
         where = "on" if firing else "off"
         raise ValueError(
             f"no prompt window of {context} tokens ends where the source state is {where}: {why}"
         )
     generator = torch.Generator().manual_seed(seed * 100_003 + column)
-    picks = ends[torch.randperm(ends.numel(), generator=generator)[:n]]
-    n = picks.numel()
-    windows = torch.stack([fsa.tokens[end - context + 1 : end + 1] for end in picks.tolist()])
+    return ends[torch.randperm(ends.numel(), generator=generator)[:n]]
+
+
+def _offsets(fsa: FeatureAutomaton) -> Int[Tensor, " tokens"]:
+    """Each corpus token's position in its text."""
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)[:-1]])
+    return torch.arange(int(fsa.lengths.sum())) - torch.repeat_interleave(starts, fsa.lengths)
+
+
+def _windows(
+    fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False,
+    longest: int | None = None,
+) -> Int[Tensor, "n_prompts pos"]:  # fmt: skip
+    """The prompt windows that end at :func:`_window_ends` (same arguments). ``longest`` given
+    (``window="prefix"``): each window is its text from the start, BOS included, left-padded with
+    -1 to the longest drawn; None: the last ``context`` tokens (``window="crop"``)."""
+    assert fsa.tokens is not None
+    ends = _window_ends(fsa, model, column, n, context, seed, firing, longest).tolist()
+    offset = _offsets(fsa)
+    first = [end - int(offset[end]) if longest is not None else end - context + 1 for end in ends]
+    rows = [fsa.tokens[a : end + 1] for a, end in zip(first, ends)]
     bos = _bos(fsa, model)
     if bos is not None:
-        windows = torch.cat([torch.full((n, 1), bos, dtype=windows.dtype), windows], dim=1)
+        rows = [torch.cat([torch.tensor([bos], dtype=row.dtype), row]) for row in rows]
+    width = max(row.numel() for row in rows)
+    windows = torch.full((len(rows), width), -1, dtype=fsa.tokens.dtype)
+    for k, row in enumerate(rows):
+        windows[k, width - row.numel() :] = row
     return windows.to(next(model.parameters()).device)
 
 
@@ -617,9 +668,38 @@ class _Probe:
         self, prompts: Int[Tensor, "n_prompts pos"], pins: list[tuple[str, int, float]], steps: int,
         samples: int, seed: int, exclusive: bool,
     ) -> tuple[_Rates, _Rates]:  # fmt: skip
-        """Unpinned and pinned rollouts from ``prompts``; the rows are ``[greedy (n); sampled
-        (n * samples, each prompt's draws together)]``. ``exclusive``: the pinned rollout also
-        sets every other state's members to 0 where it pins."""
+        """Unpinned and pinned rollouts from ``prompts`` (left-padded with -1 where their lengths
+        differ), per prompt: the prompts of one length run together, unpadded, so every token
+        keeps its position. ``exclusive``: the pinned rollout also sets every other state's
+        members to 0 where it pins."""
+        lengths = (prompts >= 0).sum(1)
+        if bool((lengths == prompts.shape[1]).all()):
+            return self._compare(prompts, pins, steps, samples, seed, exclusive)
+        n, out = prompts.shape[0], []
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().squeeze(-1)
+            out.append(
+                (rows, self._compare(prompts[rows, -length:], pins, steps, samples, seed + length, exclusive))
+            )
+
+        def gather(k: int, sampled: bool) -> Tensor | None:
+            parts = [(rows, getattr(rates[k], "sampled" if sampled else "greedy")) for rows, rates in out]
+            if parts[0][1] is None:
+                return None
+            merged = torch.zeros(n, parts[0][1].shape[1], dtype=parts[0][1].dtype)
+            for rows, values in parts:
+                merged[rows.cpu()] = values
+            return merged
+
+        plain, pinned = (_Rates(cast(Tensor, gather(k, False)), gather(k, True)) for k in (0, 1))
+        return plain, pinned
+
+    def _compare(
+        self, prompts: Int[Tensor, "n_prompts pos"], pins: list[tuple[str, int, float]], steps: int,
+        samples: int, seed: int, exclusive: bool,
+    ) -> tuple[_Rates, _Rates]:  # fmt: skip
+        """:meth:`compare` on prompts of one length; the rows are ``[greedy (n); sampled
+        (n * samples, each prompt's draws together)]``."""
         n = prompts.shape[0]
         row_prompt = torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(samples)])
         rows = prompts[row_prompt.to(prompts.device)]
