@@ -36,8 +36,8 @@ def _multi_site_state(fsa):
     return next(s for s in fsa.states if len({site for site, _ in s.members}) >= 2)
 
 
-@pytest.mark.parametrize("exclusive", [False, True])
-def test_pin_is_exact_and_changes_nothing_else(extracted, monkeypatch, exclusive):
+@pytest.mark.parametrize(("exclusive", "window"), [(False, "crop"), (True, "crop"), (True, "prefix")])
+def test_pin_is_exact_and_changes_nothing_else(extracted, monkeypatch, exclusive, window):
     """Inside every pinned forward pass, the source's members equal their pin values (times
     ``pin_scale``) at the pinned positions, and with ``exclusive`` the other states' members are 0
     there; in the necessity arm's passes the source's members are 0 there and nothing else changes;
@@ -90,22 +90,56 @@ def test_pin_is_exact_and_changes_nothing_else(extracted, monkeypatch, exclusive
     monkeypatch.setattr(validate_module, "intervene", recording)
     with model.hooks(fwd_hooks=[(f"{site}.hook_sae_acts_post", keep(site)) for site in sites]):
         check_pairs(
-            fsa, model, [(source.id, source.id)], kv_cache=False, exclusive=exclusive, pin_scale=scale, **FAST
-        )
+            fsa, model, [(source.id, source.id)], kv_cache=False, exclusive=exclusive, pin_scale=scale,
+            window=window, **FAST,
+        )  # fmt: skip
     # pinned passes: the prompt's last token (1 position), a read at step 1 (1 pinned before it),
     # the next pinned pass (2 positions), the read at step 2 (2): per site, in each arm, once per
-    # prompt length (prompts are their texts from the start: those of one length run together)
+    # prompt length (crops: one length; prefixes: those of one length run together)
+    column = fsa.states.index(source)
+    longest = model.cfg.n_ctx - FAST["steps"] if window == "prefix" else None
     for removal in (False, True):
+        windows = validate_module._windows(fsa, model, column, 4, 16, 0, firing=removal, longest=longest)
+        groups = len(set((windows >= 0).sum(1).tolist()))
+        assert groups == 1 or window == "prefix"
         counts = sorted(n for r, _, n in checked if r == removal)
-        groups = len(counts) // (4 * len(sites))
-        assert groups >= 1 and counts == sorted([1, 1, 2, 2] * len(sites) * groups)
+        assert counts == sorted([1, 1, 2, 2] * len(sites) * groups)
 
 
 def test_prefix_windows_read_the_states_the_corpus_read(extracted):
     """A prompt is its text from the start, so every state fires at its last position exactly as it
-    fired there in the extraction (fsa.firing); the last `context` tokens alone, placed at the
-    model's first positions (the crop the checks used until 8 December 2026), read other states."""
+    fired there in the extraction (fsa.firing; the uncached path); the default crop, the last
+    `context` tokens alone at the model's first positions, reads other states."""
     model, fsa = extracted
+    _prefixes_read_the_corpus(model, fsa, crops_differ=True)
+
+
+def test_prefix_windows_start_with_bos_where_the_extraction_did(extracted):
+    model, _ = extracted
+    docs = automata.generate("markup", 8, seed=12)
+    texts = ["".join(symbols[:40]) for symbols, _ in docs]
+    fsa = automaton(model, texts, max_states=8, attention_contexts=0, prepend_bos=True, progress=False)
+    assert fsa.metadata["prepend_bos"] and validate_module._bos(fsa, model) is not None
+    windows = validate_module._windows(fsa, model, 0, 4, 8, 0, longest=model.cfg.n_ctx - 1)
+    firsts = [row[row >= 0][0] for row in windows]
+    assert all(int(first) == validate_module._bos(fsa, model) for first in firsts)
+    _prefixes_read_the_corpus(model, fsa, crops_differ=False)
+
+
+def test_prefix_windows_leave_room_for_the_generated_tokens(extracted):
+    model, fsa = extracted
+    offsets = validate_module._offsets(fsa)
+    limit = int(offsets.max()) - 3  # the prompt's tokens, BOS included (none here), at most this
+    widest = []
+    for firing in (False, True):  # every position is drawn for one of the two
+        ends = validate_module._window_ends(fsa, model, 0, 10_000, 16, 0, firing, longest=limit)
+        windows = validate_module._windows(fsa, model, 0, 10_000, 16, 0, firing, longest=limit)
+        assert int((offsets[ends] + 1).max()) == windows.shape[1] <= limit
+        widest.append(windows.shape[1])
+    assert max(widest) == limit  # the boundary is drawn, nothing beyond it
+
+
+def _prefixes_read_the_corpus(model, fsa, crops_differ):
     probe = validate_module._Probe(fsa, model, kv_cache=False)
 
     def states_at_the_end(row):
@@ -114,10 +148,10 @@ def test_prefix_windows_read_the_states_the_corpus_read(extracted):
             model(row[row >= 0][None])  # the -1 padding left out
         return probe._states(read)[0]
 
-    crops_differ = 0
-    for column in range(4):
+    differ = 0
+    for column in range(min(4, len(fsa.states))):
         for firing in (False, True):
-            args = (fsa, model, column, 6, 16, 0, firing)
+            args = (fsa, model, column, 6, 8, 0, firing)
             ends = validate_module._window_ends(*args, longest=model.cfg.n_ctx - 1)
             prefixes = validate_module._windows(*args, longest=model.cfg.n_ctx - 1)
             for end, row in zip(ends.tolist(), prefixes):
@@ -125,8 +159,8 @@ def test_prefix_windows_read_the_states_the_corpus_read(extracted):
                 assert bool(fsa.firing[end, column]) == firing
             crop_ends = validate_module._window_ends(*args)
             for end, row in zip(crop_ends.tolist(), validate_module._windows(*args)):
-                crops_differ += int(not torch.equal(states_at_the_end(row), fsa.firing[end]))
-    assert crops_differ > 0  # what the prefix windows avoid
+                differ += int(not torch.equal(states_at_the_end(row), fsa.firing[end]))
+    assert differ > 0 or not crops_differ  # what the prefix windows avoid
 
 
 def test_unpinned_rate_is_a_plain_generation(extracted):

@@ -11,14 +11,17 @@ For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
    position in its full text were off in the 32-token crop, and more fired that did not (a
    layer-0 feature that is shell's PIPE state fired at every `` |`` after a command in the texts
    and at none in the crops, while the model's probability of `` |`` moved by 0.01).
-   ``window="prefix"`` makes a window its text from the start, so every state fires at its last
-   position as it fired in the extraction (a test checks it); windows of one length run in one
-   batch, so on the eleven languages of docs/automata.md (seed 1) it cost 3.5-5.4x, and it
-   confirmed 197 of their 262 checked true transitions against the crop's 198 (-3 to +2 per
-   language) and 5 of 262 non-transitions either way (docs/automata.md, Method, item 6), so the crop stays the default.
+   ``window="prefix"`` makes a window its text from the start (BOS, when the extraction had one,
+   then the text's tokens up to the position), so every state fires at its last position as it
+   fired in the extraction (up to floating point; a test checks it on the uncached path); a
+   window then also needs room for the ``steps`` generated tokens in the model's context. Random
+   positions rarely share a length, so the prompts run in nearly one batch each, and longer: on
+   the eleven languages of docs/automata.md (seed 1) it cost 3.5-5.4x, and it confirmed 197 of
+   their 262 checked true transitions against the crop's 198 (-3 to +2 per language) and 5 of 262
+   non-transitions either way (docs/automata.md, Method, item 6), so the crop stays the default.
 2. **Rollouts.** From every prompt, ``steps`` tokens are generated greedily (one row per prompt)
-   and at temperature 1 (``samples`` rows per prompt, drawn with a seeded generator), all rows in
-   one batch, once with nothing pinned and once with *every* member of A (each at its site, all
+   and at temperature 1 (``samples`` rows per prompt, drawn with a seeded generator), all rows (of
+   one prompt length) in one batch, once with nothing pinned and once with *every* member of A (each at its site, all
    layers) clamped at its pin value (``State.pin_values``, else ``max_activation``; times
    ``pin_scale``) at the last prompt position and at every generated position but the last, and
    (``exclusive``, the default) every member of the *other* states set to 0 there: the model's
@@ -76,7 +79,8 @@ steps remain available (``steps=3``: A pinned on 3 positions, B read on 3).
 Cost: pairs that share a source share their prompts and the four rollouts (unpinned and pinned;
 natural and removed, from the necessity arm's own windows); every state's firing is read at once.
 With a HookedTransformer the rollouts use its KV cache (each arm's prompt, less its last token,
-runs once per source for both of its rollouts; then one token per row per pass); other models
+runs once per source and prompt length for both of its rollouts; then one token per row per
+pass); other models
 (a TransformerBridge) recompute the whole sequence at each pass, with the same result.
 
 >>> with sc.spliced(model, saes):
@@ -347,9 +351,10 @@ def check_pairs(
             (the default: the automaton's state is then A alone, not A on top of the real state).
         necessity: also run the necessity arm (module docstring, step 5); a pair is then confirmed
             by either arm, the pin arm only where B is observed after A (step 6).
-        window: ``"crop"`` (a prompt is the last ``context`` tokens before the position) or
+        window: ``"crop"`` (a prompt is the ``context`` tokens ending at the position) or
             ``"prefix"`` (its text from the start: the positions and context the extraction read
-            the states in; about 4x the cost; module docstring, step 1).
+            the states in; it must leave room for the ``steps`` generated tokens in the model's
+            context; 3.5-5.4x the cost; module docstring, step 1).
         seed: fixes the prompt windows and the sampled tokens.
         kv_cache: use the model's KV cache (None: when it is a HookedTransformer).
         progress: a progress bar over the sources.
@@ -398,7 +403,8 @@ def check_pairs(
         if prompts.shape[0] < n_prompts:
             warnings.warn(
                 f"state {src} is off at only {prompts.shape[0]} positions with {context - 1} earlier tokens "
-                f"in their text: its checks use {prompts.shape[0]} prompts, not n_prompts={n_prompts} "
+                + ("(and room for the generated tokens) " if window == "prefix" else "")
+                + f"in their text: its checks use {prompts.shape[0]} prompts, not n_prompts={n_prompts} "
                 f"(each window once: a repeated one would narrow the interval without new evidence)",
                 stacklevel=user_stacklevel(),
             )
@@ -678,9 +684,8 @@ class _Probe:
         n, out = prompts.shape[0], []
         for length in lengths.unique().tolist():
             rows = (lengths == length).nonzero().squeeze(-1)
-            out.append(
-                (rows, self._compare(prompts[rows, -length:], pins, steps, samples, seed + length, exclusive))
-            )
+            draw = seed * 1_000_003 + length  # one stream per length: a prompt's draws depend on its group
+            out.append((rows, self._compare(prompts[rows, -length:], pins, steps, samples, draw, exclusive)))
 
         def gather(k: int, sampled: bool) -> Tensor | None:
             parts = [(rows, getattr(rates[k], "sampled" if sampled else "greedy")) for rows, rates in out]
