@@ -16,9 +16,9 @@ For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
    fired in the extraction (up to floating point; a test checks it on the uncached path); a
    window then also needs room for the ``steps`` generated tokens in the model's context. Random
    positions rarely share a length, so the prompts run in nearly one batch each, and longer: on
-   the eleven languages of docs/automata.md (seed 1) it cost 3.5-5.4x, and it confirmed 197 of
-   their 262 checked true transitions against the crop's 198 (-3 to +2 per language) and 5 of 262
-   non-transitions either way (docs/automata.md, Method, item 6), so the crop stays the default.
+   the eleven languages of docs/automata.md (seed 1) it cost 3.5-6x, and it confirmed 196 of
+   their 262 checked true transitions against the crop's 198 (-2 to +2 per language) and 4
+   non-transitions against 5 (docs/automata.md, Method, item 6), so the crop stays the default.
 2. **Rollouts.** From every prompt, ``steps`` tokens are generated greedily (one row per prompt)
    and at temperature 1 (``samples`` rows per prompt, drawn with a seeded generator), all rows (of
    one prompt length) in one batch, once with nothing pinned and once with *every* member of A (each at its site, all
@@ -354,7 +354,7 @@ def check_pairs(
         window: ``"crop"`` (a prompt is the ``context`` tokens ending at the position) or
             ``"prefix"`` (its text from the start: the positions and context the extraction read
             the states in; it must leave room for the ``steps`` generated tokens in the model's
-            context; 3.5-5.4x the cost; module docstring, step 1).
+            context; 3.5-6x the cost; module docstring, step 1).
         seed: fixes the prompt windows and the sampled tokens.
         kv_cache: use the model's KV cache (None: when it is a HookedTransformer).
         progress: a progress bar over the sources.
