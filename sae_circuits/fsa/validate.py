@@ -21,9 +21,10 @@ For a pair ``A -> B`` (a transition of the automaton or any pair of its states):
    non-transitions against 5 (docs/automata.md, Method, item 6), so the crop stays the default.
 2. **Rollouts.** From every prompt, ``steps`` tokens are generated greedily (one row per prompt)
    and at temperature 1 (``samples`` rows per prompt, drawn with a seeded generator), all rows (of
-   one prompt length) in one batch, once with nothing pinned and once with *every* member of A (each at its site, all
-   layers) clamped at its pin value (``State.pin_values``, else ``max_activation``; times
-   ``pin_scale``) at the last prompt position and at every generated position but the last, and
+   one prompt length) in one batch, once with nothing pinned and once with *every* member of A
+   (each at its site, all layers) clamped at its pin value (``State.pin_values``, else
+   ``max_activation``; times ``pin_scale``) at the last prompt position and at every generated
+   position but the last, and
    (``exclusive``, the default) every member of the *other* states set to 0 there: the model's
    automaton state is replaced by A, not A added on top of the state it was in. Measured on the
    embedded model with 20 prompts and B read as any member (benchmarks/bench_automata.py),
@@ -80,8 +81,8 @@ Cost: pairs that share a source share their prompts and the four rollouts (unpin
 natural and removed, from the necessity arm's own windows); every state's firing is read at once.
 With a HookedTransformer the rollouts use its KV cache (each arm's prompt, less its last token,
 runs once per source and prompt length for both of its rollouts; then one token per row per
-pass); other models
-(a TransformerBridge) recompute the whole sequence at each pass, with the same result.
+pass); other models (a TransformerBridge) recompute the whole sequence at each pass, with the same
+result.
 
 >>> with sc.spliced(model, saes):
 ...     fsa = sc.automaton(model, texts[:4], max_states=8, attention_contexts=0,
