@@ -381,6 +381,13 @@ def test_loops_near_duplicates_fold_and_bad_arguments_fail():
         loops(broken)
 
 
+def test_positions_count_from_each_texts_start():
+    fsa = _corpus(["ABA", "BA", "A"], ["A", "B"], noise=0.0)
+    assert fsa.positions().tolist() == [0, 1, 2, 0, 1, 0]
+    with pytest.raises(ValueError, match="fsa.lengths sums to 7 but fsa.firing has 6"):
+        FeatureAutomaton(fsa.states, [], fsa.firing, fsa.lengths + torch.tensor([1, 0, 0])).positions()
+
+
 def test_loop_scores_name_states_through_the_truth():
     fsa = _corpus(["ABABABABAB"] * 5 + ["CCCCCCCCCC"] * 5, ["A", "B", "C~"], noise=0.0)
     found = fsa.loops(None)

@@ -128,7 +128,7 @@ def test_prefix_windows_start_with_bos_where_the_extraction_did(extracted):
 
 def test_prefix_windows_leave_room_for_the_generated_tokens(extracted):
     model, fsa = extracted
-    offsets = validate_module._offsets(fsa)
+    offsets = fsa.positions()
     limit = int(offsets.max()) - 3  # the prompt's tokens, BOS included (none here), at most this
     widest = []
     for firing in (False, True):  # every position is drawn for one of the two

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -113,6 +114,16 @@ class FeatureAutomaton:
             if state.id == state_id:
                 return state
         raise KeyError(f"no state has id {state_id!r} (ids: {[s.id for s in self.states][:10]}...)")
+
+    def positions(self) -> Int[Tensor, " tokens"]:
+        """Each corpus token's position in its own text (0 at a text's first token), on the CPU;
+        a ``ValueError`` when ``lengths`` does not add up to ``firing``'s rows."""
+        lengths = self.lengths.long().reshape(-1).cpu()
+        n = int(self.firing.shape[0])
+        if int(lengths.sum()) != n:
+            raise ValueError(f"fsa.lengths sums to {int(lengths.sum())} but fsa.firing has {n} tokens (rows)")
+        starts = torch.cumsum(lengths, 0) - lengths
+        return torch.arange(n) - torch.repeat_interleave(starts, lengths)
 
     def weight(self, src: int, dst: int, mechanism: Mechanism | None = None) -> float:
         """Weight of ``src -> dst`` (one mechanism, or both added), from the full weight matrices

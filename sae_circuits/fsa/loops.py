@@ -166,12 +166,8 @@ def _weight_matrix(fsa: FeatureAutomaton) -> torch.Tensor:
 
 def _positions(fsa: FeatureAutomaton, before: int, after: int) -> torch.Tensor:
     """Token rows ``t`` with ``t - before`` and ``t + after`` in the same text."""
-    lengths = fsa.lengths.long().reshape(-1)
-    n = int(fsa.firing.shape[0])
-    if int(lengths.sum()) != n:
-        raise ValueError(f"fsa.lengths sums to {int(lengths.sum())} but fsa.firing has {n} tokens (rows)")
-    ends = torch.cumsum(lengths, 0)
-    offset = torch.arange(n) - torch.repeat_interleave(ends - lengths, lengths)
+    offset = fsa.positions()
+    lengths = fsa.lengths.long().reshape(-1).cpu()
     length = torch.repeat_interleave(lengths, lengths)
     return ((offset >= before) & (offset < length - after)).nonzero().squeeze(-1)
 

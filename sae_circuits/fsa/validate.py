@@ -586,7 +586,7 @@ def _window_ends(
     ``n``, each position once: fewer than ``n`` windows (the prompts are the t-test's independent
     units, so a window never repeats)."""
     assert fsa.tokens is not None  # _check_arguments refuses an automaton without corpus tokens
-    offset = _offsets(fsa)
+    offset = fsa.positions()
     bos = _bos(fsa, model)
     wanted = fsa.firing[:, column].cpu() == firing
     allowed = offset >= context - 1
@@ -611,12 +611,6 @@ def _window_ends(
     return ends[torch.randperm(ends.numel(), generator=generator)[:n]]
 
 
-def _offsets(fsa: FeatureAutomaton) -> Int[Tensor, " tokens"]:
-    """Each corpus token's position in its text."""
-    starts = torch.cat([torch.zeros(1, dtype=torch.long), fsa.lengths.cumsum(0)[:-1]])
-    return torch.arange(int(fsa.lengths.sum())) - torch.repeat_interleave(starts, fsa.lengths)
-
-
 def _windows(
     fsa: FeatureAutomaton, model: Any, column: int, n: int, context: int, seed: int, firing: bool = False,
     longest: int | None = None,
@@ -626,7 +620,7 @@ def _windows(
     -1 to the longest drawn; None: the last ``context`` tokens (``window="crop"``)."""
     assert fsa.tokens is not None
     ends = _window_ends(fsa, model, column, n, context, seed, firing, longest).tolist()
-    offset = _offsets(fsa)
+    offset = fsa.positions()
     first = [end - int(offset[end]) if longest is not None else end - context + 1 for end in ends]
     rows = [fsa.tokens[a : end + 1] for a, end in zip(first, ends)]
     bos = _bos(fsa, model)
