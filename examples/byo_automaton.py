@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import tempfile
 import time
-import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,7 +40,6 @@ from sae_circuits.recipes.train_lm import LMTrainConfig, train_on_texts
 from sae_circuits.train import train_dictionaries
 from sae_circuits.zoo.loader import load_hf_gpt2
 
-warnings.filterwarnings("ignore")
 SPEC = Path(__file__).resolve().parent / "automata" / "sexpr.json"
 
 
@@ -83,26 +84,58 @@ def train_recipe_dictionaries(
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the recipe (the module docstring) and return its report (also ``<out>/report.json``);
+    torch's thread count is set to 1 while it runs and restored after."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", default=str(SPEC), help="automaton spec (JSON)")
     parser.add_argument("--out", default="/tmp/byo_automaton", help="output folder (model, SAEs, automaton)")
-    parser.add_argument("--docs", type=int, default=6000, help="training documents (default 6000)")
     parser.add_argument(
-        "--steps", type=int, default=2000, help="language-model training steps (default 2000)"
+        "--docs", type=int, default=None, help="training documents (default 6000; 120 with --smoke)"
     )
     parser.add_argument(
-        "--contexts", type=int, default=200, help="documents for the extraction (default 200)"
+        "--steps", type=int, default=None, help="language-model training steps (default 2000; 4 with --smoke)"
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny everything: check the plumbing quickly")
+    parser.add_argument(
+        "--contexts",
+        type=int,
+        default=None,
+        help="documents for the extraction (default 200; 6 with --smoke)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="tiny everything: check the plumbing quickly (an explicit --docs, --steps or --contexts still counts)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    for name, full, smoke in (("docs", 6000, 120), ("steps", 2000, 4), ("contexts", 200, 6)):
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
+    if args.docs < 1 or args.steps < 1:
+        parser.error(f"--docs {args.docs} / --steps {args.steps}: need 1 or more of each")
     if args.contexts < 2:
         parser.error(
             f"--contexts {args.contexts}: need 2 or more (the probe fits on some and scores on others)"
         )
-    if args.smoke:
-        args.docs, args.steps, args.contexts = min(args.docs, 120), min(args.steps, 4), min(args.contexts, 6)
-    torch.set_num_threads(1)  # a shared machine; train_on_texts uses one thread either way
+    if not Path(args.spec).is_file():
+        parser.error(f"--spec {args.spec!r}: not a file (expected an automaton spec, a .json file)")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {args.out!r}: is a file, expected a folder (new or existing) for the results")
+    try:  # before the model trains, not after
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        parser.error(f"--out {args.out!r}: cannot write there ({error.strerror or error})")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared machine; train_on_texts uses one thread either way
+    try:
+        return _run(args, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, out: Path) -> dict:
+    """:func:`main`'s stages, on parsed arguments."""
     report: dict = {"spec": args.spec}
 
     # 1. the spec, and the tokenizer check
@@ -190,12 +223,24 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print("wrote", fsa.save(out / "automaton.html"))
     fsa.save(out / "automaton.json")
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")  # never half-written
+    # never half-written; strict JSON (a NaN, such as the AUROC of a one-state language, as null)
+    atomic_write_text(out / "report.json", json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
     return report
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, however nested, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:  # the library's errors name the problem: no traceback
+    except (ValueError, OSError) as error:  # the library's errors name the problem: no traceback
         raise SystemExit(f"byo_automaton.py: error: {error}") from None

@@ -306,6 +306,13 @@ def _automaton(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--contexts {args.contexts} / --length {args.length}: need at least 1 context of 2 tokens"
         )
+    if not args.spec and (args.corpus.lower().endswith(".json") or Path(args.corpus).is_file()):
+        args.spec = args.corpus  # a spec file given as --corpus, as --help allows: checked as one
+    if args.validate and args.length <= args.validate_context:
+        raise ValueError(
+            f"--length {args.length}: --validate draws windows of --validate-context "
+            f"{args.validate_context} tokens and one more after; lower --validate-context or raise --length"
+        )
     truth = automata.load_automaton(args.spec) if args.spec else args.corpus
     if args.spec:
         print(f"{args.spec}: automaton {truth.name!r}, {len(truth.states)} states")
@@ -347,13 +354,20 @@ def _automaton(args: argparse.Namespace) -> int:
                   f"{ceiling.best_mean_f1:.3f} at {ceiling.best_site}")  # fmt: skip
         except ValueError as error:
             print(f"no probe of the true states: {error}")
-    if args.validate:
-        fsa.validate(model, top=args.validate)
-        confirmed = [t for t in fsa.transitions if t.confirmed]
-        print(f"validated the {args.validate} heaviest transitions: {len(confirmed)} confirmed")
     for loop in fsa.loops(5, min_lift=args.min_weight):
         print(f"  loop (score {loop.score:.2f}): " + " -> ".join(fsa.state(s).label for s in loop.states))
     print(f"wrote {fsa.save(out)}")
+    if args.validate:  # after the save: a check that cannot run loses no extraction
+        try:
+            fsa.validate(model, top=args.validate, context=args.validate_context)
+        except ValueError as error:
+            raise ValueError(
+                f"{error} (--validate-context {args.validate_context}; {out} holds the automaton, "
+                "unvalidated)"
+            ) from None
+        confirmed = [t for t in fsa.transitions if t.confirmed]
+        print(f"validated the {args.validate} heaviest transitions: {len(confirmed)} confirmed")
+        print(f"wrote {fsa.save(out)} (with the checks)")
     return 0
 
 
@@ -541,7 +555,7 @@ def _add_automaton_command(sub: Any, writers: Any) -> None:
     au.add_argument(
         "--corpus",
         default="markup",
-        help="markup, kvlog (known automata), base64, or a JSON spec file as --spec (default: markup)",
+        help="markup, kvlog (known automata), base64, or a JSON spec file (read as --spec; default: markup)",
     )
     au.add_argument("--spec", default=None, help="your own automaton: a JSON spec file (replaces --corpus)")
     _add_model_argument(au)
@@ -597,6 +611,12 @@ def _add_automaton_command(sub: Any, writers: Any) -> None:
         type=_int_at_least(0),
         default=0,
         help="validate the N heaviest transitions (default 0: none)",
+    )
+    au.add_argument(
+        "--validate-context",
+        type=_int_at_least(1),
+        default=32,
+        help="tokens in each prompt window of --validate (default 32; texts need one more)",
     )
     au.set_defaults(func=_automaton)
 

@@ -93,6 +93,8 @@ def test_the_shipped_specs_are_valid_and_single_tokens(spec, tmp_path):
         ({"description": 5}, "description 5: expected a string"),
         ({"length": [2.5, 7.9]}, r"length \[2.5, 7.9\]: expected \[min, max\], two whole numbers"),
         ({"final": "END"}, "final 'END': expected a non-empty list"),
+        ({"transitions": {**_spec()["transitions"], "B": {"C": [["c"]]}}}, r"symbol \['c'\] is not a non-empty"),
+        ({"length": [2, 10**9]}, r"length \[2, 1000000000\]: .*max <= 100,000"),  # generate would hang
     ],
 )  # fmt: skip
 def test_bad_specs_fail_naming_the_bad_value(changes, message):
@@ -583,6 +585,40 @@ def test_example_on_a_one_state_language_reports_no_probe_instead_of_crashing(tm
         ["--smoke", "--spec", str(spec.save(tmp_path / "one.json")), "--out", str(tmp_path / "out")]
     )
     assert report["automaton"]["probe"] is None and (tmp_path / "out" / "report.json").is_file()
+    # strict JSON: the AUROC of a one-state language (no pairs to rank) is null, not NaN
+    strict = json.loads((tmp_path / "out" / "report.json").read_text(), parse_constant=lambda c: 1 / 0)
+    assert strict["automaton"]["transition_auroc"] is None
+
+
+def test_example_refuses_a_bad_spec_or_out_before_training_and_leaves_no_global_state(
+    tmp_path, monkeypatch, capsys
+):
+    example = _byo_example(monkeypatch)
+    spec = str(SEXPR)
+    (tmp_path / "file").write_text("x")
+    for argv, message in [
+        (["--spec", str(tmp_path)], "not a file (expected an automaton spec"),
+        (["--spec", spec, "--out", str(tmp_path / "file")], "is a file, expected a folder"),
+        (["--spec", spec, "--out", str(tmp_path / "file" / "below")], "cannot write there"),
+        (["--spec", spec, "--docs", "0"], "--docs 0"),
+    ]:
+        with pytest.raises(SystemExit):
+            example.main(["--smoke", "--out", str(tmp_path / "out"), *argv])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(example, "_run", lambda args, out: {"docs": args.docs, "contexts": args.contexts})
+    report = example.main(["--smoke", "--docs", "300", "--out", str(tmp_path / "out")])
+    assert report == {"docs": 300, "contexts": 6}  # an explicit --docs counts with --smoke
+    assert calls == [1, torch.get_num_threads()]  # one thread while it runs, then as it was
+
+
+def test_importing_the_example_keeps_the_warnings_filters(monkeypatch):
+    sys.modules.pop("byo_automaton", None)
+    before = list(warnings.filters)
+    _byo_example(monkeypatch)
+    assert warnings.filters == before
 
 
 def test_example_refuses_a_bad_spec_in_one_line_without_a_traceback(tmp_path):
@@ -660,6 +696,41 @@ def test_cli_automaton_with_a_spec_on_the_embedded_model(tmp_path, capsys):
     assert main(["automaton", "--spec", str(eot.save(tmp_path / "eot.json")), "--out", str(out)]) == 2
     error = capsys.readouterr().err  # it ran and scored before; no model can carry such a symbol
     assert "contain the tokenizer's special tokens; rename them" in error and "OUT/model" not in error
+
+
+@pytest.mark.filterwarnings("ignore:state .* is off at only")  # texts of a few tokens: few windows
+def test_cli_automaton_reads_a_spec_given_as_corpus_and_checks_validation_windows_early(tmp_path, capsys):
+    from sae_circuits.cli import main
+    from sae_circuits.fsa import FeatureAutomaton
+
+    out = tmp_path / "fsa.json"
+    query = ROOT / "examples" / "automata" / "query.json"  # as --corpus: the tokenizer check runs first
+    assert main(["automaton", "--corpus", str(query), "--out", str(out)]) == 2
+    assert "not single tokens" in capsys.readouterr().err and not out.exists()
+    small = ["--contexts", "4", "--attention-contexts", "1", "--max-states", "16", "--out", str(out)]
+    assert main(["automaton", "--spec", str(SEXPR), "--length", "32", "--validate", "2", *small]) == 2
+    assert "--length 32: --validate draws windows of --validate-context 32" in capsys.readouterr().err
+    assert not out.exists()  # refused before the extraction
+    short = Automaton.from_dict({**load_automaton(SEXPR).to_dict(), "length": [6, 12]})  # about 6-14 tokens
+    short = short.save(tmp_path / "short.json")
+    assert main(["automaton", "--corpus", str(short), "--length", "64", "--validate", "2", *small]) == 2
+    error = capsys.readouterr().err
+    assert "lower context (--validate-context 32;" in error and "holds the automaton, unvalidated" in error
+    assert out.is_file() and all(t.confirmed is None for t in FeatureAutomaton.load(out).transitions)
+    argv = [
+        "automaton",
+        "--corpus",
+        str(short),
+        "--length",
+        "64",
+        "--validate",
+        "2",
+        "--validate-context",
+        "3",
+    ]
+    assert main([*argv, *small]) == 0
+    assert "(with the checks)" in capsys.readouterr().out
+    assert any(t.confirmed is not None for t in FeatureAutomaton.load(out).transitions)
 
 
 def test_save_model_replaces_files_atomically_and_keeps_the_folder(tmp_path):

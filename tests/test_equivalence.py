@@ -80,3 +80,30 @@ def test_scoring_with_equivalent_states_merged():
     assert sc.score_automaton(fsa, labels, a, merge_equivalent=True).state_f1["TAG_NAME+ATTR_VALUE"] == 1.0
     with pytest.raises(ValueError, match="merge_equivalent=True needs the true automaton"):
         sc.score_automaton(fsa, labels, [("OPEN", "TAG_NAME")], merge_equivalent=True)
+
+
+def test_names_and_spec_dicts_stand_for_the_automaton():
+    markup = automata.AUTOMATA["markup"]
+    assert equivalent_states("markup") == equivalent_states(markup.to_dict()) == equivalent_states(markup)
+    labels = [["OPEN", "TAG_NAME", "CLOSE", "TEXT"]]
+    firing = torch.tensor([[x == "TEXT"] for x in labels[0]])
+    fsa = FeatureAutomaton(
+        [State(0, [("blocks.0.hook_resid_post", 0)], "s", 0.3)], [], firing, torch.tensor([4])
+    )
+    by_name, by_object = sc.score_automaton(fsa, labels, "markup"), sc.score_automaton(fsa, labels, markup)
+    assert by_name.state_f1 == by_object.state_f1 and by_name.state_f1["TEXT"] == 1.0
+    with pytest.raises(ValueError, match="unknown automaton 'nope'"):
+        sc.score_automaton(fsa, labels, "nope")
+
+
+def test_a_merged_name_never_takes_a_state_of_the_spec():
+    """A and B are equivalent; the spec also has a state called "A+B", which must stay apart."""
+    spec = automata.Automaton(
+        "plus", ("A", "B", "A+B", "C"),
+        {"START": {"A": ("a",), "B": ("b",), "A+B": ("p",)}, "A": {"C": (" c",)}, "B": {"C": (" c",)},
+         "A+B": {"A+B": (" p",), "C": (" q",)}, "C": {"A": (" a",), "B": (" b",)}},
+    )  # fmt: skip
+    assert equivalent_states(spec) == [("A", "B")]
+    merged, pairs = merge_equivalent([["A", "A+B", "B", "C"]], spec)
+    assert merged == [["(A+B)", "A+B", "(A+B)", "C"]]
+    assert ("A+B", "A+B") in pairs and ("(A+B)", "C") in pairs and ("C", "(A+B)") in pairs

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sae_circuits.fsa.automaton import FeatureAutomaton, Mechanism
+from sae_circuits.languages.automata import resolve
 from sae_circuits.languages.equivalence import merge_equivalent as merge_equivalent_states
 
 START = "START"  # the zoo automata's start state: it labels no token
@@ -200,6 +201,8 @@ def _merged(
     """The truth to score against: as given, or with ``merge_equivalent`` each group of equivalent
     states named as one (the labels relabelled, the table as pairs); and the ignored labels, read
     from the automaton before merging (the merged truth is a list of pairs)."""
+    if isinstance(true_transitions, (str, dict)):  # a built-in's name or a spec dict, not pairs
+        true_transitions = resolve(true_transitions)
     ignored = _ignored(true_transitions)
     if not merge_equivalent:
         return true_states, true_transitions, ignored
@@ -236,7 +239,8 @@ def score_automaton(
     ``"START"`` marks a token to ignore (``"START"`` is a true state like any other when the
     automaton lists a state of that name).
     ``true_transitions``: an :class:`~sae_circuits.languages.automata.Automaton` (its ``states`` are the
-    true states, its table minus ``START`` the true transitions), or ``(src, dst)`` label pairs (the
+    true states, its table minus ``START`` the true transitions; a built-in's name or a spec dict
+    stands for one), or ``(src, dst)`` label pairs (the
     true states are then the distinct labels in ``true_states``, plus any label only a pair names).
     ``mechanism`` scores only the ``"attention"`` or ``"token"`` transitions (default: their sum, as
     ``fsa.weight``).

@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 START = "START"
+MAX_LENGTH = 100_000
+"""The longest document a spec may ask for, in symbols (``Automaton.length``): far beyond any
+context a model here reads, and about a second to generate."""
 
 # --------------------------------------------------------------------------
 # Vocabularies.  All entries are lower-case ASCII letters so that each one is
@@ -272,14 +275,7 @@ class Automaton:
                         f"{where}: transition {src} -> {dst}: symbols {symbols!r}: "
                         "expected a non-empty list of strings"
                     )
-                repeated = sorted(
-                    sym for sym, n in Counter(symbols).items() if n > 1 and isinstance(sym, str)
-                )
-                if repeated:  # the generator draws a symbol uniformly: a repeat would weigh it double
-                    raise ValueError(
-                        f"{where}: transition {src} -> {dst} lists the symbols {repeated!r} more than once"
-                    )
-                for sym in symbols:
+                for sym in symbols:  # types first: a nested list would not even count below
                     if not isinstance(sym, str) or not sym:
                         raise ValueError(
                             f"{where}: transition {src} -> {dst}: symbol {sym!r} is not a non-empty string"
@@ -291,6 +287,11 @@ class Automaton:
                             f"{where}: transition {src} -> {dst}: symbol {sym!r} is not valid Unicode "
                             f"(a lone surrogate, such as half of an escaped emoji)"
                         ) from None
+                repeated = sorted(sym for sym, n in Counter(symbols).items() if n > 1)
+                if repeated:  # the generator draws a symbol uniformly: a repeat would weigh it double
+                    raise ValueError(
+                        f"{where}: transition {src} -> {dst} lists the symbols {repeated!r} more than once"
+                    )
                 row[dst] = tuple(symbols)
             table[src] = row
         object.__setattr__(self, "transitions", table)
@@ -315,10 +316,11 @@ class Automaton:
             object.__setattr__(self, "final", tuple(self.final))
         lo_hi = tuple(self.length) if isinstance(self.length, (list, tuple)) else ()
         is_count = [isinstance(n, int) and not isinstance(n, bool) for n in lo_hi]  # True is no length
-        if len(lo_hi) != 2 or not all(is_count) or not 1 <= lo_hi[0] <= lo_hi[1]:
+        if len(lo_hi) != 2 or not all(is_count) or not 1 <= lo_hi[0] <= lo_hi[1] <= MAX_LENGTH:
             raise ValueError(
                 f"{where}: length {self.length!r}: expected [min, max], two whole numbers of symbols "
-                "with 1 <= min <= max"
+                f"with 1 <= min <= max <= {MAX_LENGTH:,} (far longer than any model's context, and the "
+                "generator would run for hours)"
             )
         object.__setattr__(self, "length", lo_hi)
         self._check_graph(where)
@@ -1054,12 +1056,13 @@ def verify_tokenizer(
     tokenizer: Tokenizer | Any,
     n_docs: int = 200,
     seed: int = 12345,
-    automata: Iterable[str | Automaton] | str | Automaton | None = None,
+    automata: Iterable[str | Automaton | dict[str, Any]] | str | Automaton | dict[str, Any] | None = None,
 ) -> None:
     """Check that every symbol of every automaton is exactly one token, alone and in context.
 
     ``tokenizer``: a ``tokenizers.Tokenizer`` or a Hugging Face tokenizer (``model.tokenizer``).
-    ``automata``: names or :class:`Automaton` objects (default: the built-in ones).  Checks each
+    ``automata``: names, :class:`Automaton` objects or spec dicts, or one of them (default: the
+    built-in ones).  Checks each
     symbol alone, then every pair of symbols that can follow each other (:func:`adjacent_pairs`:
     all of them up to ``MAX_PAIRS``, a seeded sample of that many beyond), then ``n_docs``
     generated documents per automaton (longer runs).  Raises
@@ -1073,7 +1076,7 @@ def verify_tokenizer(
     """
     if automata is None:
         chosen = list(AUTOMATA.values())
-    elif isinstance(automata, (str, Automaton)):
+    elif isinstance(automata, (str, Automaton, dict)):  # one automaton (a dict is one spec)
         chosen = [resolve(automata)]
     else:
         chosen = [resolve(a) for a in automata]

@@ -29,13 +29,16 @@ if TYPE_CHECKING:
     from sae_circuits.languages.automata import Automaton
 
 
-def equivalent_states(automaton: Automaton) -> list[tuple[str, ...]]:
+def equivalent_states(automaton: Automaton | str | dict[str, Any]) -> list[tuple[str, ...]]:
     """Groups of two or more of ``automaton.states`` that are equivalent (module docstring), each in
     the spec's order of states, the groups in the order of their first state.
 
     ``automaton``: an :class:`~sae_circuits.languages.automata.Automaton` (a built-in, or one loaded
-    from a spec with ``load_automaton``).
+    from a spec with ``load_automaton``), a built-in's name or a spec dict.
     """
+    from sae_circuits.languages.automata import resolve  # automata imports this module
+
+    automaton = resolve(automaton)
     states = list(automaton.states)
     symbols = automaton.alphabet
     final = set(automaton.final_states)
@@ -64,15 +67,24 @@ def equivalent_states(automaton: Automaton) -> list[tuple[str, ...]]:
 
 
 def merge_equivalent(
-    true_states: Sequence[Hashable] | Sequence[Sequence[Hashable]], automaton: Automaton
+    true_states: Sequence[Hashable] | Sequence[Sequence[Hashable]],
+    automaton: Automaton | str | dict[str, Any],
 ) -> tuple[list[Any], set[tuple[str, str]]]:
     """``true_states`` and ``automaton``'s transitions with each group of equivalent states named as
-    one (``"TAG_NAME+ATTR_VALUE"``): what ``score_automaton(..., merge_equivalent=True)`` scores.
+    one (``"TAG_NAME+ATTR_VALUE"``, in brackets if the spec has a state of that name): what ``score_automaton(..., merge_equivalent=True)`` scores.
 
     ``true_states``: one label per token, or one list per text (left nested as it came). Returns the
     relabelled states and the set of ``(src, dst)`` true pairs between the merged names.
     """
-    name = {s: "+".join(group) for group in equivalent_states(automaton) for s in group}
+    from sae_circuits.languages.automata import resolve
+
+    automaton = resolve(automaton)
+    name = {}
+    for group in equivalent_states(automaton):
+        merged = "+".join(group)
+        while merged in automaton.states:  # a state of the spec may itself be called "A+B"
+            merged = f"({merged})"
+        name.update(dict.fromkeys(group, merged))
 
     def rename(label: Any) -> Any:
         if isinstance(label, (list, tuple)):

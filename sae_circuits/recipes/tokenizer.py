@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -112,12 +113,13 @@ def check_with_transformers(tok_dir: Path, texts: list[str]) -> None:
 
 
 def tokenizer_for_automaton(
-    automaton: automata.Automaton,
+    automaton: automata.Automaton | str | dict[str, Any],
     out_dir: str | os.PathLike[str],
     base_dir: str | os.PathLike[str] | None = None,
     n_docs: int = 200,
 ) -> Path:
-    """A tokenizer folder in which every symbol of ``automaton`` is one token in context.
+    """A tokenizer folder in which every symbol of ``automaton`` (an ``Automaton``, a built-in's name
+    or a spec dict) is one token in context.
 
     ``base_dir`` (default: the zoo tokenizer) is returned unchanged when it already passes
     :func:`~sae_circuits.languages.automata.verify_tokenizer` (each symbol alone, every pair of
@@ -147,6 +149,7 @@ def tokenizer_for_automaton(
     >>> load_tokenizer(folder).encode(" SELECT price FROM").tokens
     [' SELECT', ' price', ' FROM']
     """
+    automaton = automata.resolve(automaton)
     if base_dir is None:
         from sae_circuits.zoo import ROOT
 
