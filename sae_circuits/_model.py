@@ -32,6 +32,22 @@ def check_model(model: Any) -> None:
         ensure_bridge_kv_cache()
 
 
+def check_token_ids(tokens: Any, model: Any, what: str, *, context: bool = True) -> None:
+    """A ``ValueError`` naming ``what`` unless ``tokens`` is an integer tensor of ids in the model's
+    vocabulary (a negative id would index from the end, silently) and, with ``context``, rows no
+    longer than its context."""
+    if not torch.is_tensor(tokens) or tokens.dtype == torch.bool or tokens.is_floating_point():
+        raise ValueError(f"{what}: expected a tensor of integer token ids, got {type(tokens).__name__}")
+    vocab, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise ValueError(
+            f"{what}: token ids {int(tokens.min())}..{int(tokens.max())} fall outside the model's "
+            f"vocabulary (0..{vocab - 1})"
+        )
+    if context and tokens.ndim and tokens.shape[-1] > n_ctx:
+        raise ValueError(f"{what}: rows of {tokens.shape[-1]} tokens; the model's context is {n_ctx}")
+
+
 def get_hook_point(model: nn.Module, name: str) -> HookPoint:
     """The hook point called ``name`` (bridge aliases such as ``hook_resid_post`` resolved)."""
     if not isinstance(name, str):

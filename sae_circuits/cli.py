@@ -306,6 +306,8 @@ def _automaton(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--contexts {args.contexts} / --length {args.length}: need at least 1 context of 2 tokens"
         )
+    if not 0 <= args.min_weight <= 1:  # NaN fails too; checked by fsa.loops only after the work
+        raise ValueError(f"--min-weight {args.min_weight}: expected a number in [0, 1]")
     if not args.spec and (args.corpus.lower().endswith(".json") or Path(args.corpus).is_file()):
         args.spec = args.corpus  # a spec file given as --corpus, as --help allows: checked as one
     if args.validate and args.length <= args.validate_context:

@@ -91,6 +91,11 @@ def normalize_positions(positions: Positions) -> PositionSpec:
     return tuple(sorted(set(int(i) for i in items)))
 
 
+MAX_SEED = 2**32 - 1
+"""The largest ``seed`` the library's seeded functions take: the streams they derive from it
+(``seed * 1_000_003 + k``) must stay within torch's 64-bit seeds."""
+
+
 def is_int(value: Any) -> bool:
     """An int (not a bool), a numpy integer, or a 0-d tensor or numpy array of an integer dtype.
 

@@ -130,6 +130,7 @@ class FeatureAutomaton:
         when present (so pairs under ``min_weight`` count too), else from the transitions kept."""
         if mechanism not in (None, "attention", "token"):
             raise ValueError(f"mechanism must be None, 'attention' or 'token', got {mechanism!r}")
+        self.state(src), self.state(dst)  # a KeyError naming an unknown id
         if self.weights:
             column = {s.id: i for i, s in enumerate(self.states)}  # weights are indexed like firing
             return sum(

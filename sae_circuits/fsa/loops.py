@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -467,6 +468,8 @@ def cycles(
     """
     if int(max_length) != max_length or max_length < 1:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    if isinstance(min_weight, bool) or not isinstance(min_weight, (int, float)) or math.isnan(min_weight):
+        raise ValueError(f"min_weight={min_weight!r} must be a number (a transition's weight)")
     cap = MAX_CYCLES if max_cycles is None else int(max_cycles)
     graph = nx.DiGraph()
     graph.add_nodes_from(s.id for s in fsa.states)

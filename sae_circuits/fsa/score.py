@@ -103,6 +103,8 @@ def auroc(scores: Any, labels: Any) -> float:
 
 def _flat_labels(fsa: FeatureAutomaton, true_states: Any) -> list[Hashable]:
     """One label per row of ``fsa.firing``, from a flat sequence or per-text lists."""
+    if not isinstance(fsa, FeatureAutomaton):
+        raise TypeError(f"expected a FeatureAutomaton (sc.automaton) to score, got {type(fsa).__name__}")
     n_tokens = int(fsa.firing.shape[0])
     if torch.is_tensor(true_states) or isinstance(true_states, np.ndarray):
         true_states = true_states.tolist()
@@ -114,6 +116,7 @@ def _flat_labels(fsa: FeatureAutomaton, true_states: Any) -> list[Hashable]:
                 f"true_states has {len(true_states)} labels but fsa.firing has {n_tokens} tokens "
                 f"(rows); give one label per token, or one list per text with lengths fsa.lengths"
             )
+        _refuse_nan(true_states)
         return true_states
     lengths = [int(n) for n in fsa.lengths.tolist()]
     if len(true_states) != len(lengths):
@@ -129,7 +132,18 @@ def _flat_labels(fsa: FeatureAutomaton, true_states: Any) -> list[Hashable]:
         raise ValueError(
             f"true_states has {len(flat)} labels in all but fsa.firing has {n_tokens} tokens (rows)"
         )
+    _refuse_nan(flat)
     return flat
+
+
+def _refuse_nan(labels: list[Hashable]) -> None:
+    """A NaN label (pandas' missing value) is no state: each NaN differs from every other, so each
+    would score as a state of its own."""
+    for i, label in enumerate(labels):
+        if isinstance(label, float) and math.isnan(label):
+            raise ValueError(
+                f"true_states has a NaN label at token {i}: mark a token to ignore with None, not NaN"
+            )
 
 
 def _is_automaton(true_transitions: Any) -> bool:
@@ -258,6 +272,8 @@ def score_automaton(
     >>> s.state_f1["TEXT"], fsa.state(s.matches["TEXT"]).label   # text is recovered exactly
     (1.0, "' on' ' about' 'and'")
     """
+    if not isinstance(fsa, FeatureAutomaton):
+        raise TypeError(f"expected a FeatureAutomaton (sc.automaton) to score, got {type(fsa).__name__}")
     if not fsa.states:
         raise ValueError("cannot score an empty automaton: it has no states")
     true_states, true_transitions, ignored = _merged(true_states, true_transitions, merge_equivalent)
@@ -380,7 +396,12 @@ def score_loops(
     name = {s.id: states[int(best[column[s.id]])] if best_f1[column[s.id]] > 0 else None for s in fsa.states}
     names, true, keys, longest = [], [], set(), 0
     for k, loop in enumerate(loops):
-        ids = list(getattr(loop, "states", loop))
+        ids = getattr(loop, "states", loop)
+        if not isinstance(ids, (list, tuple)) or not ids or any(i not in name for i in ids):
+            raise ValueError(
+                f"loops[{k}] is {loop!r}: expected a Loop or a non-empty list of state ids "
+                f"(fsa.states' ids: {sorted(name)[:10]}{'...' if len(name) > 10 else ''})"
+            )
         named = [name[i] for i in ids]
         ok = None not in named and all((a, b) in true_pairs for a, b in zip(named, named[1:] + named[:1]))
         names.append(named)

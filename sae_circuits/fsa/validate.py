@@ -113,9 +113,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sae_circuits._caller import user_stacklevel
-from sae_circuits._model import check_model
+from sae_circuits._model import check_model, check_token_ids
 from sae_circuits.interventions import ablate, clamp, intervene
-from sae_circuits.positions import is_int
+from sae_circuits.positions import MAX_SEED, is_int
 from sae_circuits.splice import saes_of
 
 if TYPE_CHECKING:  # the automaton's types; at run time they are checked by shape, since
@@ -459,6 +459,9 @@ def _check_arguments(
             "this automaton keeps no corpus tokens (fsa.tokens is None) to draw prompts from; "
             "extract it with sc.automaton, which keeps them"
         )
+    if not fsa.states:
+        raise ValueError("this automaton has no states to check")
+    check_token_ids(fsa.tokens, model, "fsa.tokens (the corpus the prompts come from)", context=False)
     spliced = saes_of(model)
     missing = sorted({site for s in fsa.states for site, _ in s.members} - set(spliced))
     if missing:
@@ -478,8 +481,8 @@ def _check_arguments(
     ):  # fmt: skip
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, {MAX_SEED}] (2**32 - 1)")
     if isinstance(min_effect, bool) or not isinstance(min_effect, (int, float)) or not 0 <= min_effect <= 1:
         raise ValueError(f"min_effect={min_effect!r} must be a firing-rate difference in [0, 1]")
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
@@ -848,8 +851,9 @@ def _effect(pinned: Tensor, unpinned: Tensor, confidence: float) -> Effect:
     """Mean of the per-prompt differences with its t-interval (prompts as the units)."""
     differences = (pinned - unpinned).double()
     n = differences.numel()
-    mean, sd = float(differences.mean()), float(differences.std())
-    half = _t_critical(confidence, n - 1) * sd / math.sqrt(n)
+    mean, sd = float(differences.mean()), float(differences.std()) if n > 1 else math.nan
+    # one prompt (a source with one usable window): no spread, so no interval (and no verdict)
+    half = _t_critical(confidence, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
     return Effect(
         float(pinned.double().mean()), float(unpinned.double().mean()), mean, (mean - half, mean + half),
         _one_sided_p(differences),
