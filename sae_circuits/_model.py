@@ -33,11 +33,14 @@ def check_model(model: Any) -> None:
 
 
 def check_token_ids(tokens: Any, model: Any, what: str, *, context: bool = True) -> None:
-    """A ``ValueError`` naming ``what`` unless ``tokens`` is an integer tensor of ids in the model's
-    vocabulary (a negative id would index from the end, silently) and, with ``context``, rows no
-    longer than its context."""
+    """A ``TypeError`` naming ``what`` unless ``tokens`` is an integer tensor, a ``ValueError``
+    unless its ids are in the model's vocabulary (a negative id would index from the end, silently)
+    and, with ``context``, its rows no longer than the model's context."""
     if not torch.is_tensor(tokens) or tokens.dtype == torch.bool or tokens.is_floating_point():
-        raise ValueError(f"{what}: expected a tensor of integer token ids, got {type(tokens).__name__}")
+        raise TypeError(
+            f"{what} must be an integer tensor of token ids, got {type(tokens).__name__}"
+            + (f" of {tokens.dtype}" if torch.is_tensor(tokens) else "")
+        )
     vocab, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
         raise ValueError(

@@ -81,8 +81,6 @@ def random_like(
         raise ValueError(
             f"{given} was given without {missing}: give both to calibrate the thresholds, or neither"
         )
-    if model is not None:
-        check_token_ids(tokens, model, "tokens")
 
     cfg = sae.cfg
     transcoder = cfg.is_transcoder
@@ -125,9 +123,7 @@ def _fill(sae: SAE, seed: int) -> None:
 @torch.no_grad()
 def _calibrated(sae: SAE, model: Any, tokens: Any, active: int) -> Tensor:
     """Per-feature threshold: the pre-activation exceeded on ``active / d_sae`` of the tokens."""
-    if not isinstance(tokens, Tensor) or tokens.dtype in (torch.bool,) or tokens.is_floating_point():
-        raise TypeError(f"tokens must be an integer tensor of token ids, got {type(tokens).__name__}"
-                        + (f" of {tokens.dtype}" if isinstance(tokens, Tensor) else ""))  # fmt: skip
+    check_token_ids(tokens, model, "tokens")
     if tokens.ndim == 1:
         tokens = tokens.unsqueeze(0)
     if tokens.ndim != 2 or tokens.numel() == 0:
