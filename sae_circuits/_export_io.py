@@ -93,6 +93,8 @@ def read_json(path: str | os.PathLike[str], what: str) -> tuple[Path, Any]:
     path = Path(path)
     if path.suffix.lower() != ".json":
         raise ValueError(f"cannot load {path}: suffix {path.suffix!r} is a view; only '.json' loads back")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} file {str(path)!r} is a folder, not a file saved as .json")
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
     try:

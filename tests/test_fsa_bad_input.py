@@ -112,3 +112,9 @@ def test_cli_refuses_a_bad_min_weight_before_the_work(tmp_path, capsys):
         assert main(["automaton", "--corpus", "kvlog", "--min-weight", value, "--out", str(out)]) == 2
         assert f"--min-weight {float(value)}: expected a number in [0, 1]" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_loading_a_folder_named_json_says_it_is_a_folder(tmp_path):
+    (tmp_path / "fsa.json").mkdir()
+    with pytest.raises(IsADirectoryError, match="'.*fsa.json' is a folder, not a file saved as .json"):
+        sc.FeatureAutomaton.load(tmp_path / "fsa.json")
