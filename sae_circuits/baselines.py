@@ -24,7 +24,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from sae_circuits._model import check_token_ids
-from sae_circuits.positions import MAX_SEED
+from sae_circuits.positions import check_seed
 from sae_circuits.sae import SAE
 from sae_circuits.splice import bypassed
 
@@ -74,8 +74,7 @@ def random_like(
     d_sae = sae.cfg.d_sae
     if not isinstance(active, int) or isinstance(active, bool) or not 1 <= active < d_sae:
         raise ValueError(f"active={active!r} must be an integer with 1 <= active < d_sae={d_sae}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed={seed!r} must be an integer in [0, {MAX_SEED}] (2**32 - 1)")
+    check_seed(seed)
     if (model is None) != (tokens is None):
         given, missing = ("model", "tokens") if tokens is None else ("tokens", "model")
         raise ValueError(

@@ -96,6 +96,13 @@ MAX_SEED = 2**32 - 1
 (``seed * 1_000_003 + k``) must stay within torch's 64-bit seeds."""
 
 
+def check_seed(seed: Any) -> None:
+    """A ``ValueError`` naming ``seed`` unless it is a Python int in ``[0, MAX_SEED]`` (torch's
+    generators take no NumPy or tensor seed)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, {MAX_SEED}] (2**32 - 1)")
+
+
 def is_int(value: Any) -> bool:
     """An int (not a bool), a numpy integer, or a 0-d tensor or numpy array of an integer dtype.
 

@@ -45,7 +45,7 @@ from sae_circuits.fsa.roles import average_linkage, coherence, jaccard, majority
 from sae_circuits.graph.attribution import direct_effects
 from sae_circuits.graph.replacement import stage_of
 from sae_circuits.graph.targets import Feature
-from sae_circuits.positions import MAX_SEED, is_int
+from sae_circuits.positions import check_seed, is_int
 from sae_circuits.splice import saes_of
 
 _ROWS_PER_TEXT = 128  # attention transitions: state occurrences given an attribution row, per text
@@ -250,12 +250,10 @@ def automaton(
         ("effect_contexts", effect_contexts, 1),
         ("effect_positions", effect_positions, 1),
         ("batch_size", batch_size, 1),
-        ("seed", seed, 0),
     ):
         if not is_int(value) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    if seed > MAX_SEED:  # the random streams are derived from it by arithmetic on 64-bit integers
-        raise ValueError(f"seed={seed!r} must be an integer in [0, {MAX_SEED}] (2**32 - 1)")
+    check_seed(seed)  # the random streams are derived from it by arithmetic on 64-bit integers
     for name, number in (("min_weight", min_weight), ("group_threshold", group_threshold)):
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= 1:
             raise ValueError(f"{name}={number!r} must be a number in [0, 1]")

@@ -101,10 +101,15 @@ def auroc(scores: Any, labels: Any) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _flat_labels(fsa: FeatureAutomaton, true_states: Any) -> list[Hashable]:
-    """One label per row of ``fsa.firing``, from a flat sequence or per-text lists."""
+def _require_automaton(fsa: Any) -> None:
+    """A ``TypeError`` unless ``fsa`` is a :class:`FeatureAutomaton`."""
     if not isinstance(fsa, FeatureAutomaton):
         raise TypeError(f"expected a FeatureAutomaton (sc.automaton) to score, got {type(fsa).__name__}")
+
+
+def _flat_labels(fsa: FeatureAutomaton, true_states: Any) -> list[Hashable]:
+    """One label per row of ``fsa.firing``, from a flat sequence or per-text lists."""
+    _require_automaton(fsa)
     n_tokens = int(fsa.firing.shape[0])
     if torch.is_tensor(true_states) or isinstance(true_states, np.ndarray):
         true_states = true_states.tolist()
@@ -272,8 +277,7 @@ def score_automaton(
     >>> s.state_f1["TEXT"], fsa.state(s.matches["TEXT"]).label   # text is recovered exactly
     (1.0, "' on' ' about' 'and'")
     """
-    if not isinstance(fsa, FeatureAutomaton):
-        raise TypeError(f"expected a FeatureAutomaton (sc.automaton) to score, got {type(fsa).__name__}")
+    _require_automaton(fsa)
     if not fsa.states:
         raise ValueError("cannot score an empty automaton: it has no states")
     true_states, true_transitions, ignored = _merged(true_states, true_transitions, merge_equivalent)

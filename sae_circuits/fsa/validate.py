@@ -115,7 +115,7 @@ from tqdm.auto import tqdm
 from sae_circuits._caller import user_stacklevel
 from sae_circuits._model import check_model, check_token_ids
 from sae_circuits.interventions import ablate, clamp, intervene
-from sae_circuits.positions import MAX_SEED, is_int
+from sae_circuits.positions import check_seed, is_int
 from sae_circuits.splice import saes_of
 
 if TYPE_CHECKING:  # the automaton's types; at run time they are checked by shape, since
@@ -481,8 +481,7 @@ def _check_arguments(
     ):  # fmt: skip
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed={seed!r} must be an integer in [0, {MAX_SEED}] (2**32 - 1)")
+    check_seed(seed)
     if isinstance(min_effect, bool) or not isinstance(min_effect, (int, float)) or not 0 <= min_effect <= 1:
         raise ValueError(f"min_effect={min_effect!r} must be a firing-rate difference in [0, 1]")
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
